@@ -1,0 +1,86 @@
+"""Ed25519 signing identities (PyNaCl / libsodium).
+
+Every artifact manifest and every ledger entry is signed with the party's Ed25519 key. The
+private seed never leaves ``keys/`` in the party's workspace; the verify key travels in the
+party card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from vfl_cli.errors import KeyMismatch, VflError
+
+
+def fingerprint_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data``: the fingerprint format used for every key."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def short(fp: str) -> str:
+    """The first 16 hex digits of a fingerprint, grouped for reading aloud."""
+    return " ".join(fp[i : i + 4] for i in range(0, 16, 4))
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A party's Ed25519 signing key."""
+
+    key: SigningKey
+
+    @classmethod
+    def generate(cls) -> Signer:
+        return cls(SigningKey.generate())
+
+    @classmethod
+    def from_seed_hex(cls, seed_hex: str) -> Signer:
+        try:
+            return cls(SigningKey(bytes.fromhex(seed_hex.strip())))
+        except (ValueError, TypeError) as exc:
+            raise VflError(f"the signing key file is damaged: {exc}") from exc
+
+    def seed_hex(self) -> str:
+        return bytes(self.key).hex()
+
+    @property
+    def verifier(self) -> Verifier:
+        return Verifier(self.key.verify_key)
+
+    def sign(self, message: bytes) -> str:
+        """Return the hex Ed25519 signature of ``message``."""
+        return self.key.sign(message).signature.hex()
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """A party's public Ed25519 verify key."""
+
+    key: VerifyKey
+
+    @classmethod
+    def from_hex(cls, key_hex: str) -> Verifier:
+        try:
+            return cls(VerifyKey(bytes.fromhex(key_hex)))
+        except (ValueError, TypeError) as exc:
+            raise VflError(f"not an Ed25519 verify key: {exc}") from exc
+
+    def hex(self) -> str:
+        return bytes(self.key).hex()
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_bytes(bytes(self.key))
+
+    def verify(self, message: bytes, signature_hex: str, *, what: str) -> None:
+        """Check a signature; raise :class:`KeyMismatch` naming ``what`` if it is not valid."""
+        try:
+            self.key.verify(message, bytes.fromhex(signature_hex))
+        except (BadSignatureError, ValueError, TypeError) as exc:
+            raise KeyMismatch(
+                f"{what}: the signature does not match signing key {short(self.fingerprint)}"
+                " (tampered, or signed by someone else)"
+            ) from exc

@@ -1,0 +1,287 @@
+"""Plaintext, centralised reference trainers for the federated models.
+
+Tests and benchmarks train these on the *joined* data (all parties' columns in one matrix) and
+compare the federated result with them. They follow the federated protocols step for step: the
+same loss gradient, the same optimiser (:mod:`vfl_cli.models.optim`), the same mini-batches
+(:func:`minibatches`) and zero initial weights, so a correct protocol matches them up to the
+precision of its fixed-point encoding.
+
+Taylor-approximated logistic loss
+---------------------------------
+Paillier encryption can add and multiply by plaintexts but cannot evaluate a sigmoid, so the
+encrypted logistic-regression protocol uses the second-order Taylor expansion of the log-loss
+around ``z = 0``. With labels ``s = 2y - 1`` in ``{-1, 1}``::
+
+    log(1 + exp(-s z))  ~  log 2 - s z / 2 + z^2 / 8          (as s^2 = 1)
+
+    d/dz                =  0.25 z - 0.5 s                      (the {-1, 1} form)
+                        =  0.25 z + 0.5 - y                    (the {0, 1} form, s = 2y - 1)
+
+This module (and the protocols) use the ``{0, 1}`` form, :func:`taylor_logistic_residual`:
+``0.25 z + 0.5`` is the first-order expansion of ``sigmoid(z)``, so the residual reads like the
+exact ``sigmoid(z) - y``. Both forms are the same number; ``tests/test_models_optim.py`` checks
+that and the derivative of :func:`taylor_logistic_loss`.
+
+Weights are ``[coef..., intercept]`` during training; the intercept is never regularised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vfl_cli.errors import DataError, VflError
+from vfl_cli.models.optim import Optimizer
+
+__all__ = [
+    "ReferenceFit",
+    "fit_linear",
+    "fit_logistic",
+    "minibatches",
+    "sigmoid",
+    "taylor_logistic_loss",
+    "taylor_logistic_residual",
+]
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The logistic function, computed without overflow for large ``|z|``."""
+    z = np.asarray(z, dtype=np.float64)
+    out = np.empty_like(z)
+    positive = z >= 0
+    out[positive] = 1.0 / (1.0 + np.exp(-z[positive]))
+    exp_z = np.exp(z[~positive])
+    out[~positive] = exp_z / (1.0 + exp_z)
+    return out
+
+
+def taylor_logistic_residual(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Derivative of the Taylor-approximated log-loss with respect to the score.
+
+    Args:
+        z: Linear scores ``X w + b``.
+        y: Labels in ``{0, 1}``.
+
+    Returns:
+        ``0.25 z + 0.5 - y`` (equal to ``0.25 z - 0.5 s`` with ``s = 2y - 1``).
+    """
+    return 0.25 * np.asarray(z, dtype=np.float64) + 0.5 - np.asarray(y, dtype=np.float64)
+
+
+def taylor_logistic_loss(z: np.ndarray, y: np.ndarray) -> float:
+    """Mean Taylor-approximated log-loss, ``log 2 - s z / 2 + z^2 / 8`` with ``s = 2y - 1``.
+
+    Args:
+        z: Linear scores.
+        y: Labels in ``{0, 1}``.
+
+    Returns:
+        The mean loss, as a float.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    s = 2.0 * np.asarray(y, dtype=np.float64) - 1.0
+    return float(np.mean(np.log(2.0) - 0.5 * s * z + 0.125 * z * z))
+
+
+def _squared_loss(z: np.ndarray, y: np.ndarray) -> float:
+    return float(0.5 * np.mean((z - y) ** 2))
+
+
+def _squared_residual(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return z - y
+
+
+def minibatches(
+    n_samples: int, batch_size: int | None, *, seed: int, epoch: int
+) -> list[np.ndarray]:
+    """Row indices of each mini-batch of one epoch.
+
+    Each epoch draws its own permutation from ``(seed, epoch)``, so any epoch can be recomputed
+    on its own (a resumed job) and all parties derive the same batches from the shared seed.
+    A batch size of None or ``>= n_samples`` gives one full batch in row order.
+
+    Args:
+        n_samples: Number of (aligned) samples.
+        batch_size: Rows per batch; the last batch may be smaller.
+        seed: Seed agreed for the job.
+        epoch: Epoch number, from 0.
+
+    Returns:
+        A list of integer index arrays that together cover every row once.
+
+    Raises:
+        VflError: If ``n_samples`` or ``batch_size`` is not positive.
+    """
+    if n_samples < 1:
+        raise VflError(f"need at least one sample to make batches, got {n_samples}")
+    if batch_size is not None and batch_size < 1:
+        raise VflError(f"batch_size must be >= 1 (or None for full batch), got {batch_size}")
+    if batch_size is None or batch_size >= n_samples:
+        return [np.arange(n_samples)]
+    order = np.random.default_rng([seed, epoch]).permutation(n_samples)
+    return [order[start : start + batch_size] for start in range(0, n_samples, batch_size)]
+
+
+@dataclass
+class ReferenceFit:
+    """A trained reference model.
+
+    Attributes:
+        coef: Feature weights, shape ``(n_features,)``.
+        intercept: Intercept (0.0 when fitted without one).
+        loss_history: Mean training loss (without penalties) after each epoch, on all rows.
+    """
+
+    coef: np.ndarray
+    intercept: float
+    loss_history: list[float] = field(default_factory=list)
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Linear scores ``X @ coef + intercept`` (the prediction of a linear model)."""
+        return np.asarray(X, dtype=np.float64) @ self.coef + self.intercept
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probability of class 1 of a logistic model: the exact sigmoid of the scores."""
+        return sigmoid(self.decision_function(X))
+
+
+def _check_xy(X: Any, y: Any, *, binary: bool) -> tuple[np.ndarray, np.ndarray]:
+    features = np.asarray(X, dtype=np.float64)
+    target = np.asarray(y, dtype=np.float64)
+    if features.ndim != 2:
+        raise DataError(f"X must be a 2-D matrix, got shape {features.shape}")
+    if target.shape != (features.shape[0],):
+        raise DataError(f"y has shape {target.shape}, expected ({features.shape[0]},) to match X")
+    if features.shape[0] == 0:
+        raise DataError("X has no rows")
+    if not (np.all(np.isfinite(features)) and np.all(np.isfinite(target))):
+        raise DataError("X or y contains NaN or infinite values")
+    if binary and not np.all((target == 0.0) | (target == 1.0)):
+        raise DataError("y must hold only 0 and 1 for logistic regression")
+    return features, target
+
+
+def _fit(
+    X: Any,
+    y: Any,
+    optimizer: Optimizer,
+    epochs: int,
+    batch_size: int | None,
+    seed: int,
+    *,
+    fit_intercept: bool,
+    binary: bool,
+    residual: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    loss: Callable[[np.ndarray, np.ndarray], float],
+) -> ReferenceFit:
+    features, target = _check_xy(X, y, binary=binary)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise VflError(f"epochs must be a whole number >= 1, got {epochs!r}")
+    n, d = features.shape
+    if fit_intercept:
+        features = np.hstack([features, np.ones((n, 1))])
+    weights = np.zeros(features.shape[1])
+    mask = np.ones(features.shape[1], dtype=bool)
+    if fit_intercept:
+        mask[-1] = False
+    history: list[float] = []
+    for epoch in range(epochs):
+        for rows in minibatches(n, batch_size, seed=seed, epoch=epoch):
+            batch = features[rows]
+            grad = batch.T @ residual(batch @ weights, target[rows]) / len(rows)
+            weights = optimizer.step(weights, grad, mask=mask)
+        history.append(loss(features @ weights, target))
+    intercept = float(weights[-1]) if fit_intercept else 0.0
+    return ReferenceFit(coef=weights[:d].copy(), intercept=intercept, loss_history=history)
+
+
+def fit_logistic(
+    X: Any,
+    y: Any,
+    optimizer: Optimizer,
+    epochs: int,
+    batch_size: int | None,
+    seed: int,
+    *,
+    fit_intercept: bool = True,
+) -> ReferenceFit:
+    """Train logistic regression on the Taylor-approximated log-loss, as the protocol does.
+
+    Each mini-batch step uses the gradient ``X_b.T @ (0.25 z + 0.5 - y) / len(b)`` (see the
+    module docstring), starting from zero weights.
+
+    Args:
+        X: Joined features, shape ``(n, d)``.
+        y: Labels in ``{0, 1}``, shape ``(n,)``.
+        optimizer: A fresh optimiser (it is stepped, so its state changes).
+        epochs: Passes over the data, >= 1.
+        batch_size: Rows per mini-batch, or None for full batch.
+        seed: Seed of the mini-batch order (see :func:`minibatches`).
+        fit_intercept: Whether to learn an intercept.
+
+    Returns:
+        The fit; ``loss_history`` holds the Taylor loss after each epoch.
+
+    Raises:
+        DataError: If ``X``/``y`` are malformed or ``y`` is not 0/1.
+        VflError: If ``epochs`` or ``batch_size`` is invalid or training diverges.
+    """
+    return _fit(
+        X,
+        y,
+        optimizer,
+        epochs,
+        batch_size,
+        seed,
+        fit_intercept=fit_intercept,
+        binary=True,
+        residual=taylor_logistic_residual,
+        loss=taylor_logistic_loss,
+    )
+
+
+def fit_linear(
+    X: Any,
+    y: Any,
+    optimizer: Optimizer,
+    epochs: int,
+    batch_size: int | None,
+    seed: int,
+    *,
+    fit_intercept: bool = True,
+) -> ReferenceFit:
+    """Train linear regression on the squared loss ``mean((z - y)^2) / 2``.
+
+    Each mini-batch step uses the gradient ``X_b.T @ (z - y) / len(b)``, from zero weights.
+
+    Args:
+        X: Joined features, shape ``(n, d)``.
+        y: Targets, shape ``(n,)``.
+        optimizer: A fresh optimiser (it is stepped, so its state changes).
+        epochs: Passes over the data, >= 1.
+        batch_size: Rows per mini-batch, or None for full batch.
+        seed: Seed of the mini-batch order (see :func:`minibatches`).
+        fit_intercept: Whether to learn an intercept.
+
+    Returns:
+        The fit; ``loss_history`` holds ``mean((z - y)^2) / 2`` after each epoch.
+
+    Raises:
+        DataError: If ``X``/``y`` are malformed.
+        VflError: If ``epochs`` or ``batch_size`` is invalid or training diverges.
+    """
+    return _fit(
+        X,
+        y,
+        optimizer,
+        epochs,
+        batch_size,
+        seed,
+        fit_intercept=fit_intercept,
+        binary=False,
+        residual=_squared_residual,
+        loss=_squared_loss,
+    )

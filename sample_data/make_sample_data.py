@@ -42,7 +42,8 @@ def _snake_case(name: str) -> str:
 
 def _round_significant(values: np.ndarray, digits: int) -> np.ndarray:
     # Formatting through "%g" rounds to significant digits, whatever the magnitude of each value.
-    return np.vectorize(lambda v: float(f"{v:.{digits}g}"))(values)
+    rounded: np.ndarray = np.vectorize(lambda v: float(f"{v:.{digits}g}"))(values)
+    return rounded
 
 
 def make_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -54,9 +55,7 @@ def make_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
     data = load_breast_cancer()
     n = data.data.shape[0]
     columns = [_snake_case(str(name)) for name in data.feature_names]
-    features = pd.DataFrame(
-        _round_significant(data.data, SIGNIFICANT_DIGITS), columns=columns
-    )
+    features = pd.DataFrame(_round_significant(data.data, SIGNIFICANT_DIGITS), columns=columns)
     ids = pd.Series([f"p{i:05d}" for i in range(n)], name="id")
     # scikit-learn codes malignant as 0; the positive class of a diagnostic model is the disease.
     label = pd.Series(1 - data.target.astype(int), name="label")
@@ -74,9 +73,7 @@ def make_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
     active_rows = rng.permutation(np.concatenate([both, active_only]))
     passive_rows = rng.permutation(np.concatenate([both, passive_only]))
 
-    active = pd.concat(
-        [ids, label, features.iloc[:, :N_ACTIVE_FEATURES]], axis=1
-    ).iloc[active_rows]
+    active = pd.concat([ids, label, features.iloc[:, :N_ACTIVE_FEATURES]], axis=1).iloc[active_rows]
     passive = pd.concat([ids, features.iloc[:, N_ACTIVE_FEATURES:]], axis=1).iloc[passive_rows]
     return active.reset_index(drop=True), passive.reset_index(drop=True)
 
@@ -93,7 +90,7 @@ def write_sample_data(out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     active, passive = make_frames()
     paths = (out / ACTIVE_FILE, out / PASSIVE_FILE)
-    for frame, path in zip((active, passive), paths):
+    for frame, path in zip((active, passive), paths, strict=True):
         # Fixed line ending so the bytes do not depend on the platform.
         frame.to_csv(path, index=False, lineterminator="\n")
     return paths

@@ -251,7 +251,7 @@ def test_minibatches_cover_rows_once_and_are_deterministic() -> None:
     assert [len(b) for b in batches] == [4, 4, 2]
     assert sorted(np.concatenate(batches).tolist()) == list(range(10))
     again = minibatches(10, 4, seed=3, epoch=0)
-    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
     other = np.concatenate(minibatches(10, 4, seed=3, epoch=1))
     assert not np.array_equal(np.concatenate(batches), other)
     assert np.array_equal(minibatches(10, None, seed=3, epoch=0)[0], np.arange(10))

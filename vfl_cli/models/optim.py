@@ -202,7 +202,7 @@ class Optimizer(ABC):
         if self.l2:
             g = g + self.l2 * penalised * w
         lr = self.learning_rate()
-        new = w - self._delta(g, lr)
+        new: np.ndarray = w - self._delta(g, lr)
         if self.l1:
             threshold = lr * self.l1 * penalised
             new = np.sign(new) * np.maximum(np.abs(new) - threshold, 0.0)

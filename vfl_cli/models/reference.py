@@ -91,7 +91,8 @@ def _squared_loss(z: np.ndarray, y: np.ndarray) -> float:
 
 
 def _squared_residual(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return z - y
+    residual: np.ndarray = z - y
+    return residual
 
 
 def minibatches(
@@ -141,7 +142,8 @@ class ReferenceFit:
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """Linear scores ``X @ coef + intercept`` (the prediction of a linear model)."""
-        return np.asarray(X, dtype=np.float64) @ self.coef + self.intercept
+        scores: np.ndarray = np.asarray(X, dtype=np.float64) @ self.coef + self.intercept
+        return scores
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probability of class 1 of a logistic model: the exact sigmoid of the scores."""

@@ -1,0 +1,82 @@
+"""Shared fixtures: the real ``vfl`` command through CliRunner, party workspaces, sample data."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from vfl_cli.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+FATE = ROOT.parent / "shared" / "data" / "fate"
+TEST_KEY_BITS = 512
+
+
+def fate(name: str) -> Path:
+    """A FATE example data file (read in place; never copied into the package)."""
+    path = FATE / name
+    if not path.exists():
+        pytest.skip(f"shared FATE data not available at {path}")
+    return path
+
+
+@pytest.fixture
+def sample() -> Callable[[str], Path]:
+    return lambda name: ROOT / "sample_data" / name
+
+
+def run(*args: str, ok: bool = True) -> Result:
+    """Run ``vfl ARGS``. Success paths raise on any exception; failures return the result."""
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=not ok)
+    if ok and result.exit_code != 0:
+        raise AssertionError(f"vfl {' '.join(args)} exited {result.exit_code}:\n{result.output}")
+    return result
+
+
+def error_line(result: Result) -> str:
+    """The single ``Error:`` line of a failed command (and check it failed as a user error)."""
+    assert result.exit_code == 1, result.output
+    lines = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def make_party(root: Path, name: str, role: str, data: Path, id_column: str = "id",
+               label_column: str | None = None) -> Path:
+    ws = root / name
+    args = ["init", str(ws), "--name", name, "--role", role, "--data", str(data), "--id-column", id_column]
+    if label_column:
+        args += ["--label-column", label_column]
+    run(*args)
+    run("-w", str(ws), "keygen", "--key-bits", str(TEST_KEY_BITS), "--insecure-test-keys")
+    run("-w", str(ws), "keys", "export", "--out", str(root / f"{name}.card"))
+    return ws
+
+
+def introduce(root: Path, *names: str) -> None:
+    for a in names:
+        for b in names:
+            if a != b:
+                run("-w", str(root / a), "keys", "import", str(root / f"{b}.card"))
+
+
+def carry(src: Path, dst: Path) -> list[str]:
+    """Move every file in ``src``'s outbox addressed to ``dst`` into ``dst``'s inbox."""
+    moved = []
+    for f in sorted((src / "outbox").glob(f"*-to-{dst.name}.zip")):
+        shutil.move(str(f), dst / "inbox" / f.name)
+        moved.append(f.name)
+    return moved
+
+
+@pytest.fixture
+def two_parties(tmp_path: Path, sample: Callable[[str], Path]) -> tuple[Path, Path]:
+    bank = make_party(tmp_path, "bank", "active", sample("breast_active.csv"), label_column="label")
+    bureau = make_party(tmp_path, "bureau", "passive", sample("breast_passive.csv"))
+    introduce(tmp_path, "bank", "bureau")
+    return bank, bureau

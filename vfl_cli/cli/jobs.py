@@ -1,0 +1,180 @@
+"""``vfl job`` and ``vfl step``: propose, accept and advance jobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vfl_cli import jobs as engine
+from vfl_cli.cli._console import console, emit_json, progress_bars, say
+from vfl_cli.cli._options import json_option, workspace
+from vfl_cli.errors import VflError
+
+
+def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as JSON when they parse (numbers, true, lists)."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise VflError(f"--param {pair!r} must look like key=value")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def report(reports: list[engine.StepReport], as_json: bool, ws_name: str) -> None:
+    """Tell the user what happened and exactly which file goes to whom."""
+    if as_json:
+        emit_json([r.to_dict() for r in reports])
+    if not reports:
+        say("Nothing to do: no job waits on this party.")
+    for r in reports:
+        for name in r.received:
+            say(f"[{r.job}] accepted {name}")
+        for s in r.sent:
+            say(f"[{r.job}] wrote outbox/{s['file']}  -> carry it to {s['recipient']}'s inbox")
+        if r.done:
+            say(f"[{r.job}] done ({r.protocol})")
+        elif r.waiting_for:
+            say(f"[{r.job}] waiting for {'; '.join(r.waiting_for)}; then run 'vfl step' again")
+
+
+@click.group()
+def job() -> None:
+    """Propose, accept, list and show jobs.
+
+    Example:
+
+    \b
+        vfl job start --protocol handshake --with bureau
+    """
+
+
+@job.command()
+@click.option("--protocol", "-p", required=True, help="Protocol to run (e.g. handshake, psi, hetero-lr).")
+@click.option("--with", "peers", multiple=True, help="Peer to include (repeat; default: all trusted peers).")
+@click.option("--param", "params", multiple=True, help="Protocol parameter key=value (repeat).")
+@click.option("--job", "job_id", help="Job id (default: <protocol>-<date>-<random>).")
+@json_option
+@click.pass_context
+def start(ctx: click.Context, protocol: str, peers: tuple[str, ...], params: tuple[str, ...],
+          job_id: str | None, as_json: bool) -> None:
+    """Propose a job to peers and take this party's first step.
+
+    Writes a signed proposal (and any first message) for each peer to the outbox.
+
+    Example:
+
+    \b
+        vfl job start --protocol handshake --with bureau
+    """
+    ws = workspace(ctx)
+    with progress_bars() as progress:
+        r = engine.start_job(ws, protocol, parse_params(params), peers=list(peers) or None,
+                             job=job_id, progress=progress)
+    report([r], as_json, ws.name)
+
+
+@job.command()
+@click.argument("job_id", required=False)
+@json_option
+@click.pass_context
+def accept(ctx: click.Context, job_id: str | None, as_json: bool) -> None:
+    """Accept job proposals waiting in the inbox (all, or JOB_ID) and take the first step.
+
+    Check the parameters first with 'vfl inspect inbox/<file>'.
+
+    Example:
+
+    \b
+        vfl job accept handshake-20261122-3f2a9c
+    """
+    ws = workspace(ctx)
+    with progress_bars() as progress:
+        reports = engine.accept_job(ws, job_id, progress=progress)
+    report(reports, as_json, ws.name)
+
+
+@job.command(name="list")
+@json_option
+@click.pass_context
+def list_(ctx: click.Context, as_json: bool) -> None:
+    """List this party's jobs.
+
+    Example:
+
+    \b
+        vfl job list --json
+    """
+    from rich.table import Table
+
+    ws = workspace(ctx)
+    rows = engine.list_jobs(ws)
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title=f"Jobs of {ws.name}")
+    for col in ("job", "protocol", "proposer", "phase", "done"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["job"], r["protocol"], r["proposer"], r["phase"], "yes" if r["done"] else "no")
+    console.print(table)
+
+
+@job.command()
+@click.argument("job_id")
+@json_option
+@click.pass_context
+def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show one job: protocol, parameters, parties, phase and results.
+
+    Example:
+
+    \b
+        vfl job show psi-20261122-3f2a9c --json
+    """
+    ws = workspace(ctx)
+    info = engine.load_info(ws, job_id)
+    state, _ = engine.load_state(ws, job_id)
+    out = dict(info, phase=state.phase, done=state.done, results=state.results)
+    if as_json:
+        emit_json(out)
+        return
+    console.print_json(json.dumps(out, default=str))
+
+
+@click.command()
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--job", "job_id", help="Advance only this job.")
+@json_option
+@click.pass_context
+def step(ctx: click.Context, files: tuple[Path, ...], job_id: str | None, as_json: bool) -> None:
+    """Advance whatever job waits on this party, using the files in the inbox.
+
+    FILES, if given, are checked and copied into the inbox first. Prints which file to carry
+    to whom next.
+
+    Example:
+
+    \b
+        vfl step ~/drop/psi-20261122-3f2a9c.002.psi-response.bureau-to-bank.zip
+    """
+    ws = workspace(ctx)
+    if files:
+        engine.receive_files(ws, list(files))
+    with progress_bars() as progress:
+        reports = engine.step(ws, job_id, progress=progress)
+    pending = engine.pending_proposals(ws)
+    report(reports, as_json, ws.name)
+    for name, loaded in pending:
+        say(f"Proposal {name} from {loaded.artifact.sender} waits: check it with "
+            f"'vfl inspect inbox/{name}', then run 'vfl job accept {loaded.artifact.job}'")
+
+
+COMMANDS = [job, step]

@@ -1,0 +1,571 @@
+"""The job engine: proposals, acceptance, steps, crash-safe commits.
+
+A job is one protocol run agreed by all parties. The proposer sends every other party a signed
+``vfl/job-proposal`` naming the protocol, its parameters and every party's key fingerprints; each
+party accepts it explicitly, so all run the same signed parameters.
+
+Every artifact carries ``seq``, its position on the channel sender -> recipient within the job.
+A receiver takes exactly the next one: a lower ``seq`` is a replay, a higher one waits for the
+missing file. Together with the signature, the job id and the recipient this refuses replayed,
+reordered, misdirected and foreign files.
+
+Each step is a transaction. The new state, the artifacts it sends and the inbox files it
+consumed are first written to ``jobs/<job>/txn/`` and sealed with a ``COMMIT`` marker; only then
+are they applied (outbox, archive, ledger, state), each part idempotently. A step killed before
+the marker leaves no trace and simply runs again; one killed after it is completed on the next
+command. Nothing is lost or sent twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vfl_cli.artifacts.container import (
+    Artifact,
+    Loaded,
+    encode,
+    new_artifact,
+    parse_artifact,
+    read_artifact,
+)
+from vfl_cli.artifacts.io import pretty_json, replace_atomic, write_new
+from vfl_cli.crypto.signing import short
+from vfl_cli.errors import InvalidArtifact, VflError, WorkspaceError
+from vfl_cli.protocol.base import (
+    Expect,
+    JobState,
+    Outgoing,
+    PartyContext,
+    Progress,
+    get_protocol,
+    no_progress,
+)
+from vfl_cli.workspace import Workspace
+
+PROPOSAL = "vfl/job-proposal"
+
+
+@dataclass
+class StepReport:
+    """What one command did to one job, for the user and for scripts (``--json``)."""
+
+    job: str
+    protocol: str
+    phase: str
+    done: bool
+    sent: list[dict[str, str]] = field(default_factory=list)
+    received: list[str] = field(default_factory=list)
+    waiting_for: list[str] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# ----- locking and recovery --------------------------------------------------------------------
+@contextmanager
+def locked(ws: Workspace) -> Iterator[None]:
+    """Hold the workspace lock; finish any committed transaction first."""
+    with open(ws.path(".lock"), "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkspaceError(
+                f"another vfl command is working in {ws.root}; wait for it to finish"
+            ) from None
+        recover(ws)
+        yield
+
+
+def recover(ws: Workspace) -> None:
+    for txn in sorted(ws.path("jobs").glob("*/txn")):
+        if (txn / "COMMIT").exists():
+            _apply(ws, txn)
+        else:
+            shutil.rmtree(txn)
+    for d in ws.path("jobs").iterdir():
+        if d.is_dir() and not (d / "job.json").exists():
+            shutil.rmtree(d)  # a start or accept killed before its commit
+
+
+# ----- state on disk -----------------------------------------------------------------------------
+def job_dir(ws: Workspace, job: str) -> Path:
+    return ws.path("jobs", job)
+
+
+def load_info(ws: Workspace, job: str) -> dict[str, Any]:
+    f = job_dir(ws, job) / "job.json"
+    if not f.exists():
+        known = ", ".join(sorted(p.name for p in ws.path("jobs").iterdir())) or "none"
+        raise VflError(f"{ws.name} has no job {job!r} (known jobs: {known})")
+    return dict(json.loads(f.read_text()))
+
+
+def load_state(ws: Workspace, job: str) -> tuple[JobState, dict[str, Any]]:
+    d = job_dir(ws, job)
+    raw = json.loads((d / "state.json").read_text())
+    arrays: dict[str, np.ndarray] = {}
+    if (d / "arrays.npz").exists():
+        with np.load(d / "arrays.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    state = JobState(raw["phase"], raw["data"], arrays, raw["done"], raw["results"])
+    return state, raw["engine"]
+
+
+def _state_files(state: JobState, engine: dict[str, Any]) -> dict[str, bytes]:
+    raw = {
+        "phase": state.phase,
+        "data": state.data,
+        "done": state.done,
+        "results": state.results,
+        "engine": engine,
+    }
+    buf = io.BytesIO()
+    np.savez(buf, **state.arrays)
+    return {"state.json": pretty_json(raw), "arrays.npz": buf.getvalue()}
+
+
+def list_jobs(ws: Workspace) -> list[dict[str, Any]]:
+    out = []
+    for d in sorted(ws.path("jobs").iterdir()):
+        if (d / "job.json").exists() and (d / "state.json").exists():
+            info = load_info(ws, d.name)
+            state, _ = load_state(ws, d.name)
+            out.append(
+                {
+                    "job": d.name,
+                    "protocol": info["protocol"],
+                    "proposer": info["proposer"],
+                    "created": info["created"],
+                    "phase": state.phase,
+                    "done": state.done,
+                }
+            )
+    return out
+
+
+# ----- the transaction -----------------------------------------------------------------------------
+def _commit(
+    ws: Workspace,
+    job: str,
+    *,
+    info: dict[str, Any] | None,
+    state: JobState,
+    engine: dict[str, Any],
+    out: list[tuple[str, bytes, Artifact]],
+    consumed: list[tuple[str, Loaded]],
+) -> None:
+    d = job_dir(ws, job)
+    txn = d / "txn"
+    if txn.exists():
+        shutil.rmtree(txn)
+    (txn / "out").mkdir(parents=True)
+    files = _state_files(state, engine)
+    if info is not None:
+        files["job.json"] = pretty_json(info)
+    for name, data in files.items():
+        (txn / name).write_bytes(data)
+    plan = {"sent": [], "received": []}
+    for name, data, art in out:
+        (txn / "out" / name).write_bytes(data)
+        plan["sent"].append({"file": name, **_ledger_fields(art), "artifact_sha256": _sha(data)})
+    for name, loaded in consumed:
+        plan["received"].append(
+            {"file": name, **_ledger_fields(loaded.artifact), "artifact_sha256": loaded.sha256}
+        )
+    (txn / "plan.json").write_bytes(pretty_json(plan))
+    for f in txn.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    write_new(txn / "COMMIT", b"")
+    _apply(ws, txn)
+
+
+def _apply(ws: Workspace, txn: Path) -> None:
+    """Apply a sealed transaction. Every part may already be done: each is idempotent."""
+    d = txn.parent
+    plan = json.loads((txn / "plan.json").read_text())
+    for entry in plan["received"]:
+        name = entry["file"]
+        src = ws.inbox / name
+        dst = ws.path("archive", "received", name)
+        if src.exists():
+            if dst.exists():
+                src.unlink()
+            else:
+                os.replace(src, dst)
+        if not ws.ledger.has(entry["artifact_sha256"], "received"):
+            ws.ledger.append(ws.signer, "received", **entry)
+    for entry in plan["sent"]:
+        name = entry["file"]
+        archived = ws.path("archive", "sent", name)
+        if not archived.exists():
+            write_new(archived, (txn / "out" / name).read_bytes())
+        target = ws.outbox / name
+        if not target.exists() and not ws.ledger.has(entry["artifact_sha256"], "sent"):
+            try:
+                os.link(archived, target)
+            except OSError:
+                shutil.copyfile(archived, target)
+        if not ws.ledger.has(entry["artifact_sha256"], "sent"):
+            ws.ledger.append(ws.signer, "sent", **entry)
+    for name in ("job.json", "state.json", "arrays.npz"):
+        if (txn / name).exists():
+            replace_atomic(d / name, (txn / name).read_bytes())
+    shutil.rmtree(txn)
+
+
+def _ledger_fields(art: Artifact) -> dict[str, Any]:
+    return {
+        "job": art.job,
+        "kind": art.kind,
+        "artifact_seq": art.seq,
+        "step": art.step,
+        "round": art.round,
+        "sender": art.sender,
+        "recipient": art.recipient,
+    }
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+# ----- contexts ------------------------------------------------------------------------------------
+def _context(ws: Workspace, info: dict[str, Any], progress: Progress) -> PartyContext:
+    me = next(p for p in info["parties"] if p["name"] == ws.name)
+    cache: dict[str, Any] = {}
+
+    def data() -> Any:
+        if "data" not in cache:
+            cache["data"] = ws.read_data()
+        return cache["data"]
+
+    def job_arrays(job: str) -> dict[str, np.ndarray]:
+        return load_state(ws, job)[0].arrays
+
+    def job_info(job: str) -> dict[str, Any]:
+        state, _ = load_state(ws, job)
+        return dict(load_info(ws, job), done=state.done, results=state.results, data=state.data)
+
+    def public_key(name: str) -> Any:
+        return ws.public_key if name == ws.name else ws.peer(name).paillier
+
+    return PartyContext(
+        name=ws.name,
+        role=me["role"],
+        job=info["job"],
+        params=info["params"],
+        parties=[{"name": p["name"], "role": p["role"]} for p in info["parties"]],
+        rng=ws.rng(),
+        data=data,
+        id_column=ws.config["id_column"],
+        label_column=ws.label_column,
+        features=ws.features,
+        job_arrays=job_arrays,
+        job_info=job_info,
+        private_key=lambda: ws.private_key,
+        public_key=public_key,
+        progress=progress,
+    )
+
+
+def _to_artifacts(
+    ws: Workspace, job: str, engine: dict[str, Any], outgoing: list[Outgoing]
+) -> list[tuple[str, bytes, Artifact]]:
+    out = []
+    for msg in outgoing:
+        seq = engine["next_seq"].get(msg.recipient, 1)
+        engine["next_seq"][msg.recipient] = seq + 1
+        art = new_artifact(
+            kind=msg.kind,
+            job=job,
+            seq=seq,
+            step=msg.step,
+            round=msg.round,
+            sender=ws.name,
+            recipient=msg.recipient,
+            meta=msg.meta,
+            members=msg.members,
+        )
+        out.append((art.default_name(), encode(art, ws.signer), art))
+    return out
+
+
+# ----- starting and accepting --------------------------------------------------------------------
+def new_job_id(protocol: str) -> str:
+    return f"{protocol}-{datetime.now(timezone.utc):%Y%m%d}-{secrets.token_hex(3)}"
+
+
+def start_job(
+    ws: Workspace,
+    protocol_name: str,
+    params: dict[str, Any],
+    *,
+    peers: list[str] | None = None,
+    job: str | None = None,
+    progress: Progress = no_progress,
+) -> StepReport:
+    """Propose a job to ``peers`` (default: every trusted peer) and take the first step."""
+    protocol = get_protocol(protocol_name)
+    with locked(ws):
+        trusted = ws.peers()
+        names = peers if peers else sorted(trusted)
+        if not names:
+            raise VflError("no trusted peers yet; import their cards with 'vfl keys import FILE'")
+        cards = [ws.peer(n) for n in names]
+        parties = [_party_entry(ws.card())] + [_party_entry(c) for c in cards]
+        roles = [p["role"] for p in parties]
+        if roles.count("active") != 1:
+            raise VflError(
+                f"a job needs exactly one active party; these parties have roles {dict(zip(names, roles[1:]))}"
+                f" and {ws.name} is {ws.role}"
+            )
+        params = protocol.check_params(params, parties)
+        job = job or new_job_id(protocol_name)
+        if job_dir(ws, job).exists():
+            raise VflError(f"job {job} already exists in {ws.name}; choose another job id")
+        info = {
+            "job": job,
+            "protocol": protocol_name,
+            "params": params,
+            "parties": parties,
+            "proposer": ws.name,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        engine: dict[str, Any] = {"next_seq": {}, "expected_seq": {}}
+        proposals = [
+            Outgoing(n, PROPOSAL, "proposal", meta={k: info[k] for k in ("protocol", "params", "parties", "proposer")})
+            for n in names
+        ]
+        out = _to_artifacts(ws, job, engine, proposals)
+        job_dir(ws, job).mkdir(parents=True)
+        _commit(ws, job, info=info, state=JobState(), engine=engine, out=out, consumed=[])
+        report = _run(ws, job, {}, progress)
+        report.sent = [{"file": n, "recipient": a.recipient} for n, _, a in out] + report.sent
+        return report
+
+
+def _party_entry(card: Any) -> dict[str, str]:
+    return {
+        "name": card.name,
+        "role": card.role,
+        "signing_fingerprint": card.signing_fingerprint,
+        "paillier_fingerprint": card.paillier_fingerprint,
+    }
+
+
+def pending_proposals(ws: Workspace) -> list[tuple[str, Loaded]]:
+    return [(n, l) for n, l in _scan_inbox(ws) if l.artifact.kind == PROPOSAL]
+
+
+def accept_job(
+    ws: Workspace, job: str | None = None, *, progress: Progress = no_progress
+) -> list[StepReport]:
+    """Accept proposals waiting in the inbox (all, or the one for ``job``) and take first steps."""
+    with locked(ws):
+        pending = [(n, l) for n, l in _scan_inbox(ws) if l.artifact.kind == PROPOSAL]
+        if job is not None:
+            pending = [(n, l) for n, l in pending if l.artifact.job == job]
+        if not pending:
+            raise VflError(
+                f"no job proposal{' for ' + job if job else ''} in {ws.inbox}; copy the proposer's "
+                "*.job-proposal.* file there first"
+            )
+        reports = []
+        for name, loaded in pending:
+            art = loaded.artifact
+            info = _check_proposal(ws, name, art)
+            engine = {"next_seq": {}, "expected_seq": {art.sender: art.seq + 1}}
+            job_dir(ws, art.job).mkdir(parents=True)
+            _commit(ws, art.job, info=info, state=JobState(), engine=engine, out=[], consumed=[(name, loaded)])
+            reports.append(_run(ws, art.job, _inbox_by_job(ws).get(art.job, {}), progress))
+        return reports
+
+
+def _check_proposal(ws: Workspace, name: str, art: Artifact) -> dict[str, Any]:
+    meta = art.meta
+    if (job_dir(ws, art.job) / "job.json").exists():
+        raise InvalidArtifact(f"{name}: job {art.job} was already accepted here (replayed proposal)")
+    if art.seq != 1:
+        raise InvalidArtifact(f"{name}: a proposal must be the first file of its job")
+    parties = list(meta.get("parties", []))
+    mine = [p for p in parties if p.get("name") == ws.name]
+    if not mine:
+        raise InvalidArtifact(f"{name}: the proposal does not name {ws.name} as a party")
+    if mine[0]["role"] != ws.role:
+        raise InvalidArtifact(f"{name}: the proposal makes {ws.name} {mine[0]['role']}, but it is {ws.role}")
+    for p in parties:
+        card = ws.card() if p["name"] == ws.name else ws.peer(p["name"])
+        if (card.signing_fingerprint, card.paillier_fingerprint) != (
+            p["signing_fingerprint"],
+            p["paillier_fingerprint"],
+        ):
+            raise InvalidArtifact(
+                f"{name}: the proposal names {p['name']} with key {short(p['signing_fingerprint'])}, "
+                f"but the trusted key is {short(card.signing_fingerprint)}; compare cards out of band"
+            )
+    protocol = get_protocol(str(meta["protocol"]))
+    params = dict(meta.get("params", {}))
+    if protocol.check_params(params, parties) != params:
+        raise InvalidArtifact(f"{name}: the proposal's parameters are not in their checked form")
+    return {
+        "job": art.job,
+        "protocol": meta["protocol"],
+        "params": params,
+        "parties": parties,
+        "proposer": art.sender,
+        "created": art.created,
+    }
+
+
+# ----- stepping ------------------------------------------------------------------------------------
+def _scan_inbox(ws: Workspace) -> list[tuple[str, Loaded]]:
+    """Read and verify every artifact in the inbox; refuse anything that is not for us."""
+    out = []
+    for f in sorted(ws.inbox.glob("*.zip")):
+        loaded = read_artifact(f)
+        art = loaded.artifact
+        if art.recipient != ws.name:
+            raise InvalidArtifact(
+                f"{f.name} is addressed to {art.recipient}, but this workspace is {ws.name}; "
+                "it was handed to the wrong party"
+            )
+        if art.sender == ws.name:
+            raise InvalidArtifact(f"{f.name} was sent by {ws.name} itself; remove it from the inbox")
+        loaded.verify(ws.verifier_for(art.sender), what=f.name)
+        out.append((f.name, loaded))
+    proposed = {l.artifact.job for _, l in out if l.artifact.kind == PROPOSAL}
+    for name, loaded in out:
+        art = loaded.artifact
+        if art.kind == PROPOSAL:
+            continue
+        if not (job_dir(ws, art.job) / "state.json").exists():
+            if art.job not in proposed:
+                raise InvalidArtifact(
+                    f"{name} belongs to job {art.job}, which {ws.name} has not accepted; "
+                    "accept its proposal first (vfl job accept)"
+                )
+            continue
+        _, engine = load_state(ws, art.job)
+        if art.seq < engine["expected_seq"].get(art.sender, 1):
+            raise InvalidArtifact(
+                f"{name} is step {art.seq} from {art.sender} in job {art.job}, which was "
+                "already accepted (replayed); remove it from the inbox"
+            )
+    return out
+
+
+def _inbox_by_job(ws: Workspace) -> dict[str, dict[tuple[str, int], tuple[str, Loaded]]]:
+    by_job: dict[str, dict[tuple[str, int], tuple[str, Loaded]]] = {}
+    for name, loaded in _scan_inbox(ws):
+        art = loaded.artifact
+        if art.kind != PROPOSAL:
+            by_job.setdefault(art.job, {})[(art.sender, art.seq)] = (name, loaded)
+    return by_job
+
+
+def step(ws: Workspace, job: str | None = None, *, progress: Progress = no_progress) -> list[StepReport]:
+    """Advance every job (or ``job``) as far as the inbox allows."""
+    with locked(ws):
+        inbox = _inbox_by_job(ws)
+        jobs = [job] if job else [j["job"] for j in list_jobs(ws) if not j["done"] or j["job"] in inbox]
+        if job:
+            load_info(ws, job)
+        reports = [_run(ws, j, inbox.get(j, {}), progress) for j in jobs]
+        stuck = [r for r in reports if not r.sent and not r.received and not r.done]
+        for r in stuck:
+            early = sorted(inbox.get(r.job, {}).values(), key=lambda x: x[1].artifact.seq)
+            if early:
+                name, loaded = early[0]
+                raise InvalidArtifact(
+                    f"{name} came out of order: job {r.job} waits for "
+                    f"{'; '.join(r.waiting_for)} first (step {loaded.artifact.seq} of "
+                    f"{loaded.artifact.sender} cannot be used yet)"
+                )
+        return reports
+
+
+def _run(
+    ws: Workspace,
+    job: str,
+    available: dict[tuple[str, int], tuple[str, Loaded]],
+    progress: Progress,
+) -> StepReport:
+    info = load_info(ws, job)
+    protocol = get_protocol(info["protocol"])
+    ctx = _context(ws, info, progress)
+    report = StepReport(job, info["protocol"], "", False)
+    while True:
+        state, engine = load_state(ws, job)
+        report.phase, report.done, report.results = state.phase, state.done, state.results
+        if state.done:
+            return report
+        expects = protocol.expects(ctx, state)
+        received: dict[str, Artifact] = {}
+        consumed: list[tuple[str, Loaded]] = []
+        missing: list[Expect] = []
+        for exp in expects:
+            seq = engine["expected_seq"].get(exp.sender, 1)
+            hit = available.get((exp.sender, seq))
+            if hit is None:
+                missing.append(exp)
+                continue
+            name, loaded = hit
+            if loaded.artifact.kind != exp.kind:
+                raise InvalidArtifact(
+                    f"{name} is {loaded.artifact.kind}, but job {job} waits for {exp.describe()}"
+                )
+            received[exp.sender] = loaded.artifact
+            consumed.append((name, loaded))
+        if missing:
+            report.waiting_for = [m.describe() for m in missing]
+            return report
+        outgoing = protocol.advance(ctx, state, received)
+        for sender in received:
+            engine["expected_seq"][sender] = engine["expected_seq"].get(sender, 1) + 1
+        for name, loaded in consumed:
+            available.pop((loaded.artifact.sender, loaded.artifact.seq), None)
+        out = _to_artifacts(ws, job, engine, outgoing)
+        _commit(ws, job, info=None, state=state, engine=engine, out=out, consumed=consumed)
+        report.sent += [{"file": n, "recipient": a.recipient} for n, _, a in out]
+        report.received += [n for n, _ in consumed]
+        report.waiting_for = []
+
+
+def load_external(path: Path) -> Loaded:
+    """Read an artifact from anywhere (for ``vfl inspect``), without trusting it."""
+    return read_artifact(path)
+
+
+def receive_files(ws: Workspace, files: list[Path]) -> list[str]:
+    """Copy artifacts into the inbox after checking they parse and are addressed to us."""
+    names = []
+    for f in files:
+        loaded = parse_artifact(f.read_bytes(), name=str(f))
+        if loaded.artifact.recipient != ws.name:
+            raise InvalidArtifact(
+                f"{f} is addressed to {loaded.artifact.recipient}, but this workspace is {ws.name}"
+            )
+        loaded.verify(ws.verifier_for(loaded.artifact.sender), what=str(f))
+        target = ws.inbox / f.name
+        if not target.exists():
+            write_new(target, f.read_bytes())
+        names.append(f.name)
+    return names

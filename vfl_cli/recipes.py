@@ -1,0 +1,326 @@
+"""Recipes: a whole multi-party job on one machine, through the real ``vfl`` command.
+
+A recipe is a TOML file::
+
+    [recipe]
+    name = "breast"
+    protocol = "hetero-lr"          # handshake | align | hetero-lr | ...
+    key_bits = 2048                 # optional; [train] key_bits wins
+
+    [[party]]
+    name = "bank"
+    role = "active"
+    data = "../sample_data/breast_active.csv"   # relative to the recipe file
+    id_column = "id"
+    label_column = "label"
+
+    [align]      # options of each stage, passed to its job as parameters
+    [train]
+    [evaluate]   # test_fraction, seed
+
+``run_recipe`` gives every party its own workspace under the work folder and runs every step as
+a separate ``vfl`` process for that party. Files move only from one party's outbox to another's
+inbox, exactly as an operator would carry them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vfl_cli.errors import VflError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+STAGE_TABLES = ("align", "train", "evaluate", "model")
+DEFAULT_KEY_BITS = 2048
+
+
+@dataclass(frozen=True)
+class PartySpec:
+    name: str
+    role: str
+    data: Path
+    id_column: str
+    label_column: str | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One job of a recipe: a name, the protocol it runs and its parameters."""
+
+    name: str
+    protocol: str
+    params: dict[str, Any]
+
+
+@dataclass
+class Recipe:
+    path: Path
+    name: str
+    protocol: str
+    parties: list[PartySpec]
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def key_bits(self) -> int:
+        return int(self.tables.get("train", {}).get("key_bits", self.tables["recipe"].get("key_bits", DEFAULT_KEY_BITS)))
+
+    @property
+    def active(self) -> PartySpec:
+        return next(p for p in self.parties if p.role == "active")
+
+    def stages(self) -> list[Stage]:
+        """The jobs this recipe runs, in order. A later job names the earlier ones it uses."""
+        align = dict(self.tables.get("align", {}))
+        if self.protocol == "handshake":
+            return [Stage("handshake", "handshake", {})]
+        if self.protocol == "align":
+            return [Stage("align", "psi", align)]
+        train = {k: v for k, v in self.tables.get("train", {}).items() if k != "key_bits"}
+        train.update(self.tables.get("evaluate", {}))
+        if "model" in self.tables:
+            train["model"] = self.tables["model"]
+        train["alignment"] = f"{self.name}-align"
+        return [Stage("align", "psi", align), Stage("train", self.protocol, train)]
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and check a recipe file; relative data paths are relative to the recipe."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise VflError(f"cannot read recipe {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise VflError(f"{path} is not valid TOML: {exc}") from exc
+    head = raw.get("recipe")
+    if not isinstance(head, dict) or "protocol" not in head:
+        raise VflError(f"{path} needs a [recipe] table with name and protocol")
+    parties = []
+    for i, p in enumerate(raw.get("party", []), 1):
+        missing = [k for k in ("name", "role", "data", "id_column") if k not in p]
+        if missing:
+            raise VflError(f"{path}: [[party]] number {i} lacks {', '.join(missing)}")
+        data = Path(p["data"])
+        if not data.is_absolute():
+            data = (path.parent / data).resolve()
+        parties.append(PartySpec(p["name"], p["role"], data, p["id_column"], p.get("label_column")))
+    roles = [p.role for p in parties]
+    if roles.count("active") != 1 or len(parties) < 2:
+        raise VflError(f"{path}: a recipe needs one active party and at least one passive party")
+    unknown = set(raw) - {"recipe", "party", *STAGE_TABLES}
+    if unknown:
+        raise VflError(f"{path}: unknown table(s) {sorted(unknown)}; known: recipe, party, {', '.join(STAGE_TABLES)}")
+    tables = {k: dict(v) for k, v in raw.items() if k != "party"}
+    name = str(head.get("name", path.stem)).lower().replace(" ", "-")
+    return Recipe(path, name, str(head["protocol"]), parties, tables)
+
+
+def vfl_command() -> list[str]:
+    """How to start the ``vfl`` command as a child process."""
+    return [sys.executable, "-m", "vfl_cli"]
+
+
+@dataclass
+class Runner:
+    """Runs a recipe party by party, carrying files between outboxes and inboxes."""
+
+    recipe: Recipe
+    workdir: Path
+    on_event: Callable[[str], None] = lambda msg: None
+    exchanges: int = 0
+    bytes_exchanged: int = 0
+    commands: int = 0
+
+    def ws(self, party: str) -> Path:
+        return self.workdir / party
+
+    def vfl(self, party: str | None, *args: str) -> Any:
+        """Run one ``vfl`` process (for ``party``'s workspace) and return its JSON output."""
+        argv = [*vfl_command(), "--quiet"]
+        if party is not None:
+            argv += ["-w", str(self.ws(party))]
+        argv += list(args)
+        self.commands += 1
+        proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        if proc.returncode != 0:
+            lines = [l for l in proc.stderr.splitlines() if l.strip()]
+            error = next((l for l in lines if l.startswith("Error:")), lines[-1] if lines else "")
+            raise VflError(f"{party or 'vfl'}: 'vfl {' '.join(args[:3])}' failed: {error.removeprefix('Error: ')}")
+        out = proc.stdout.strip()
+        return json.loads(out) if out else None
+
+    def setup(self) -> None:
+        if self.workdir.exists() and any(self.workdir.iterdir()):
+            raise VflError(f"{self.workdir} is not empty; choose a new --workdir")
+        cards = self.workdir / "cards"
+        cards.mkdir(parents=True, exist_ok=True)
+        bits = self.recipe.key_bits
+        for p in self.recipe.parties:
+            init = ["init", str(self.ws(p.name)), "--name", p.name, "--role", p.role,
+                    "--data", str(p.data), "--id-column", p.id_column]
+            if p.label_column:
+                init += ["--label-column", p.label_column]
+            self.vfl(None, *init)
+            keygen = ["keygen", "--key-bits", str(bits)]
+            if bits < 1024:
+                keygen.append("--insecure-test-keys")
+            self.vfl(p.name, *keygen)
+            self.vfl(p.name, "keys", "export", "--out", str(cards / f"{p.name}.card"))
+            self.on_event(f"{p.name}: workspace and {bits}-bit keys ready")
+        for p in self.recipe.parties:
+            for q in self.recipe.parties:
+                if p.name != q.name:
+                    self.vfl(p.name, "keys", "import", str(cards / f"{q.name}.card"))
+
+    def deliver(self) -> int:
+        """Move every outbox file to its recipient's inbox; return how many moved."""
+        moved = 0
+        names = {p.name for p in self.recipe.parties}
+        for p in self.recipe.parties:
+            for f in sorted((self.ws(p.name) / "outbox").glob("*.zip")):
+                recipient = f.name.rsplit("-to-", 1)[-1].removesuffix(".zip")
+                if recipient not in names:
+                    raise VflError(f"{f} names an unknown recipient {recipient!r}")
+                self.bytes_exchanged += f.stat().st_size
+                self.exchanges += 1
+                shutil.move(str(f), self.ws(recipient) / "inbox" / f.name)
+                moved += 1
+        return moved
+
+    def run_stage(self, stage: Stage) -> dict[str, dict[str, Any]]:
+        """Run one job to completion; return each party's final job view."""
+        job = f"{self.recipe.name}-{stage.name}"
+        active = self.recipe.active.name
+        args = ["job", "start", "--protocol", stage.protocol, "--job", job, "--json"]
+        for k, v in stage.params.items():
+            args += ["--param", f"{k}={json.dumps(v)}"]
+        self.vfl(active, *args)
+        accepted = {active}
+        done: set[str] = set()
+        idle = 0
+        while len(done) < len(self.recipe.parties):
+            moved = self.deliver()
+            progressed = moved > 0
+            for p in self.recipe.parties:
+                if p.name in done:
+                    continue
+                if p.name not in accepted:
+                    if not any((self.ws(p.name) / "inbox").glob(f"{job}.001.*")):
+                        continue
+                    reports = self.vfl(p.name, "job", "accept", job, "--json")
+                    accepted.add(p.name)
+                else:
+                    reports = self.vfl(p.name, "step", "--job", job, "--json")
+                for r in reports:
+                    progressed = progressed or bool(r["sent"] or r["received"])
+                    if r["done"]:
+                        done.add(p.name)
+                    for s in r["sent"]:
+                        self.on_event(f"{p.name} -> {s['recipient']}: {s['file']}")
+            idle = 0 if progressed else idle + 1
+            if idle >= 2:
+                raise VflError(f"job {job} is stuck: no party can make progress (parties done: {sorted(done)})")
+        return {p.name: self.vfl(p.name, "job", "show", job, "--json") for p in self.recipe.parties}
+
+
+def run_recipe(recipe: Recipe, workdir: Path, *, on_event: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Run every stage of ``recipe`` under ``workdir`` and write ``workdir/report.json``."""
+    runner = Runner(recipe, workdir, on_event)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    runner.setup()
+    timings["setup"] = round(time.perf_counter() - t0, 3)
+    report: dict[str, Any] = {
+        "recipe": recipe.name,
+        "protocol": recipe.protocol,
+        "parties": [{"name": p.name, "role": p.role} for p in recipe.parties],
+        "metrics": {},
+    }
+    for stage in recipe.stages():
+        t = time.perf_counter()
+        views = runner.run_stage(stage)
+        timings[stage.name] = round(time.perf_counter() - t, 3)
+        active_view = views[recipe.active.name]
+        results = active_view.get("results", {})
+        report.setdefault("jobs", {})[stage.name] = active_view["job"]
+        if "metrics" in results:
+            report["metrics"] = results["metrics"]
+        for key in ("split", "history", "model"):
+            if key in results:
+                report[key] = results[key]
+        if stage.protocol == "psi":
+            report["alignment"] = alignment_summary(views)
+        on_event(f"stage {stage.name} done in {timings[stage.name]:.1f} s")
+    timings["total"] = round(time.perf_counter() - t0, 3)
+    report["timings_s"] = timings
+    report["exchanges"] = runner.exchanges
+    report["bytes_exchanged"] = runner.bytes_exchanged
+    report["vfl_processes"] = runner.commands
+    (workdir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return report
+
+
+def alignment_summary(views: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Intersection size and order fingerprints, from each party's own alignment result."""
+    per_party = {name: v["results"] for name, v in views.items()}
+    sizes = {r.get("intersection_size") for r in per_party.values()}
+    first = next(iter(per_party.values()))
+    return {
+        "intersection_size": first.get("intersection_size") if len(sizes) == 1 else sorted(sizes),
+        "ids_sha256": {name: r.get("ids_sha256") for name, r in per_party.items()},
+        "sorted_ids_sha256": first.get("sorted_ids_sha256"),
+    }
+
+
+def ids_digest(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def script(recipe: Recipe) -> str:
+    """Each party's commands as a shell script an operator could follow by hand."""
+    q = shlex.quote
+    lines = [
+        "#!/bin/sh",
+        f"# Recipe {recipe.name} ({recipe.protocol}), by hand: each block runs on that party's machine.",
+        "# Carry every file a command writes to outbox/ into the named party's inbox/.",
+        "set -e",
+    ]
+    bits = recipe.key_bits
+    for p in recipe.parties:
+        lines += ["", f"# ===== {p.name} ({p.role}): once ====="]
+        init = f"vfl init {q(p.name)} --role {p.role} --data {q(str(p.data))} --id-column {q(p.id_column)}"
+        if p.label_column:
+            init += f" --label-column {q(p.label_column)}"
+        lines += [init, f"cd {q(p.name)}", f"vfl keygen --key-bits {bits}",
+                  f"vfl keys export --out {q(p.name)}.card   # send to every other party"]
+        for o in recipe.parties:
+            if o.name != p.name:
+                lines.append(f"vfl keys import {q(o.name)}.card          # compare its fingerprint by phone")
+    active = recipe.active
+    for stage in recipe.stages():
+        job = f"{recipe.name}-{stage.name}"
+        params = " ".join(f"--param {q(f'{k}={json.dumps(v)}')}" for k, v in stage.params.items())
+        lines += ["", f"# ===== job {job} ({stage.protocol}) =====",
+                  f"# {active.name}:",
+                  f"vfl job start --protocol {stage.protocol} --job {job} {params}".rstrip()]
+        for p in recipe.parties:
+            if p.name != active.name:
+                lines += [f"# {p.name}: after receiving the proposal", f"vfl job accept {job}"]
+        lines += ["# every party, each time new files arrive in its inbox, until the job is done:",
+                  f"vfl step --job {job}",
+                  f"vfl job show {job} --json   # \"done\": true when finished"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,357 @@
+"""A party's workspace: one folder holding its config, keys, peers, inbox, outbox, jobs and ledger.
+
+Layout::
+
+    vfl.json            name, role, data file (read, never modified or copied), id/label columns
+    keys/               paillier.jwk (private, 0600), paillier.pub.jwk, signing.key (0600)
+    peers/<name>.json   trusted party cards of the other parties
+    inbox/              artifacts from peers, dropped here by hand (or by a recipe)
+    outbox/             artifacts for peers, to carry to them
+    archive/sent, archive/received   copies the audit re-checks
+    jobs/<job>/         job state (resumable)
+    ledger.jsonl        signed, hash-chained log of every artifact sent and received
+
+Commands find the workspace like git finds a repository: walk up from the current folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vfl_cli.artifacts.io import canonical_json, pretty_json, replace_atomic, write_new
+from vfl_cli.crypto import paillier
+from vfl_cli.crypto.signing import Signer, Verifier, short
+from vfl_cli.errors import DataError, VflError, WorkspaceError
+from vfl_cli.ledger import Ledger
+
+CONFIG = "vfl.json"
+CARD_FORMAT = "vfl-party-card"
+ROLES = ("active", "passive")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+MIN_KEY_BITS = 1024
+SECURE_KEY_BITS = 2048
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise VflError(
+            f"party name {name!r} is not allowed: use 1-32 lowercase letters, digits, '-' or '_'"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class PartyCard:
+    """The public identity of a party: what it shares so that others can trust its files."""
+
+    name: str
+    role: str
+    paillier: paillier.PublicKey
+    verifier: Verifier
+    created: str
+
+    @property
+    def paillier_fingerprint(self) -> str:
+        return self.paillier.fingerprint
+
+    @property
+    def signing_fingerprint(self) -> str:
+        return self.verifier.fingerprint
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "format": CARD_FORMAT,
+            "version": 1,
+            "name": self.name,
+            "role": self.role,
+            "created": self.created,
+            "paillier": self.paillier.to_jwk(),
+            "paillier_fingerprint": self.paillier_fingerprint,
+            "signing_key": self.verifier.hex(),
+            "signing_fingerprint": self.signing_fingerprint,
+        }
+
+    def to_bytes(self, signer: Signer) -> bytes:
+        body = self.body()
+        return pretty_json(dict(body, signature=signer.sign(canonical_json(body))))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, what: str) -> PartyCard:
+        try:
+            d = json.loads(data)
+            if d.get("format") != CARD_FORMAT:
+                raise VflError(f"{what} is not a vfl party card (made by 'vfl keys export')")
+            card = cls(
+                name=check_name(str(d["name"])),
+                role=str(d["role"]),
+                paillier=paillier.PublicKey.from_jwk(d["paillier"]),
+                verifier=Verifier.from_hex(d["signing_key"]),
+                created=str(d.get("created", "")),
+            )
+            signature = str(d["signature"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise VflError(f"{what} is not a valid party card: {exc}") from exc
+        body = card.body()
+        if body["paillier_fingerprint"] != d.get("paillier_fingerprint") or body[
+            "signing_fingerprint"
+        ] != d.get("signing_fingerprint"):
+            raise VflError(f"{what}: the fingerprints in the card do not match its keys (edited)")
+        card.verifier.verify(canonical_json(body), signature, what=what)
+        if card.role not in ROLES:
+            raise VflError(f"{what}: unknown role {card.role!r}")
+        return card
+
+
+class Workspace:
+    """One party's folder. Core code gets everything it needs about the party from here."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        try:
+            self.config: dict[str, Any] = json.loads((self.root / CONFIG).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise WorkspaceError(f"{self.root / CONFIG} cannot be read: {exc}") from exc
+
+    # ----- creation and discovery -------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        root: Path,
+        *,
+        name: str,
+        role: str,
+        data: Path,
+        id_column: str,
+        label_column: str | None = None,
+    ) -> Workspace:
+        """Create a party folder after checking the data file and columns."""
+        check_name(name)
+        if role not in ROLES:
+            raise VflError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        if root.exists() and any(root.iterdir()):
+            raise WorkspaceError(f"{root} exists and is not empty; choose a new folder")
+        if role == "passive" and label_column:
+            raise DataError(
+                "a passive party holds no labels: drop --label-column, or use --role active"
+            )
+        if role == "active" and not label_column:
+            raise DataError("the active party holds the labels: give --label-column")
+        columns = read_header(data)
+        for col, what in ((id_column, "id"), (label_column, "label")):
+            if col is not None and col not in columns:
+                raise DataError(
+                    f"{data} has no {what} column {col!r}; its columns are: {', '.join(columns[:12])}"
+                )
+        features = [c for c in columns if c not in (id_column, label_column)]
+        if not features and role == "passive":
+            raise DataError(f"{data} has no feature columns besides the id column")
+        for sub in ("keys", "peers", "inbox", "outbox", "archive/sent", "archive/received", "jobs"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        config = {
+            "name": name,
+            "role": role,
+            "data": str(data.resolve()),
+            "id_column": id_column,
+            "label_column": label_column,
+            "features": features,
+            "created": now(),
+        }
+        write_new(root / CONFIG, pretty_json(config))
+        (root / "ledger.jsonl").touch()
+        return cls(root)
+
+    @classmethod
+    def find(cls, explicit: Path | None = None, start: Path | None = None) -> Workspace:
+        """The workspace named by ``-w`` or found by walking up from ``start`` (default cwd)."""
+        if explicit is not None:
+            if not (explicit / CONFIG).is_file():
+                raise WorkspaceError(f"{explicit} is not a vfl workspace (no {CONFIG}); run 'vfl init' first")
+            return cls(explicit)
+        here = (start or Path.cwd()).resolve()
+        for folder in (here, *here.parents):
+            if (folder / CONFIG).is_file():
+                return cls(folder)
+        raise WorkspaceError(
+            "not inside a vfl workspace; cd into one, pass -w DIR, or create one with 'vfl init'"
+        )
+
+    # ----- identity ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(self.config["name"])
+
+    @property
+    def role(self) -> str:
+        return str(self.config["role"])
+
+    @property
+    def label_column(self) -> str | None:
+        return self.config.get("label_column")
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.config.get("features", []))
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    @property
+    def inbox(self) -> Path:
+        return self.path("inbox")
+
+    @property
+    def outbox(self) -> Path:
+        return self.path("outbox")
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(self.path("ledger.jsonl"))
+
+    # ----- keys -------------------------------------------------------------------------------
+    def has_keys(self) -> bool:
+        return self.path("keys", "signing.key").exists() and self.path("keys", "paillier.jwk").exists()
+
+    def generate_keys(self, bits: int, *, allow_insecure: bool = False) -> PartyCard:
+        """Create a Paillier keypair (pheutil JWK) and an Ed25519 signing key."""
+        if self.has_keys():
+            raise WorkspaceError(
+                f"{self.name} already has keys (fingerprint {short(self.card().paillier_fingerprint)}); "
+                "peers trust them, so they are never replaced. Start a new workspace for new keys"
+            )
+        if bits < MIN_KEY_BITS and not allow_insecure:
+            raise VflError(f"{bits}-bit Paillier keys are refused; use at least {SECURE_KEY_BITS}")
+        public, private = paillier.generate_keypair(bits)
+        signer = Signer.generate()
+        keys = self.path("keys")
+        replace_atomic(keys / "paillier.jwk", pretty_json(private.to_jwk()), mode=0o600)
+        replace_atomic(keys / "paillier.pub.jwk", pretty_json(public.to_jwk()))
+        replace_atomic(keys / "signing.key", (signer.seed_hex() + "\n").encode(), mode=0o600)
+        self.config["keys_created"] = now()
+        replace_atomic(self.path(CONFIG), pretty_json(self.config))
+        for attr in ("signer", "private_key", "public_key"):
+            self.__dict__.pop(attr, None)
+        return self.card()
+
+    def _need_keys(self) -> None:
+        if not self.has_keys():
+            raise WorkspaceError(f"{self.name} has no keys yet; run 'vfl keygen' first")
+
+    @cached_property
+    def signer(self) -> Signer:
+        self._need_keys()
+        return Signer.from_seed_hex(self.path("keys", "signing.key").read_text())
+
+    @cached_property
+    def private_key(self) -> paillier.PrivateKey:
+        self._need_keys()
+        return paillier.PrivateKey.from_jwk(json.loads(self.path("keys", "paillier.jwk").read_text()))
+
+    @cached_property
+    def public_key(self) -> paillier.PublicKey:
+        self._need_keys()
+        return paillier.PublicKey.from_jwk(json.loads(self.path("keys", "paillier.pub.jwk").read_text()))
+
+    def card(self) -> PartyCard:
+        return PartyCard(
+            name=self.name,
+            role=self.role,
+            paillier=self.public_key,
+            verifier=self.signer.verifier,
+            created=str(self.config.get("keys_created", "")),
+        )
+
+    # ----- peers ------------------------------------------------------------------------------
+    def import_card(self, data: bytes, *, what: str) -> tuple[PartyCard, bool]:
+        """Trust a peer's card. Returns the card and whether it was new.
+
+        Re-importing the same card is a no-op; a different card under a known name is refused,
+        because silently replacing a peer's keys is exactly what an attacker would want.
+        """
+        card = PartyCard.from_bytes(data, what=what)
+        if card.name == self.name:
+            raise VflError(f"{what} is this party's own card ({self.name}); import the peer's card")
+        target = self.path("peers", f"{card.name}.json")
+        if target.exists():
+            known = self.peer(card.name)
+            if (known.signing_fingerprint, known.paillier_fingerprint) == (
+                card.signing_fingerprint,
+                card.paillier_fingerprint,
+            ):
+                return card, False
+            raise VflError(
+                f"a different card for {card.name} is already trusted (signing key "
+                f"{short(known.signing_fingerprint)}, new one {short(card.signing_fingerprint)}); "
+                f"remove {target} first if the peer really changed keys"
+            )
+        replace_atomic(target, data)
+        return card, True
+
+    def peers(self) -> dict[str, PartyCard]:
+        out = {}
+        for f in sorted(self.path("peers").glob("*.json")):
+            out[f.stem] = PartyCard.from_bytes(f.read_bytes(), what=str(f))
+        return out
+
+    def peer(self, name: str) -> PartyCard:
+        f = self.path("peers", f"{name}.json")
+        if not f.exists():
+            raise VflError(
+                f"{name} is not a trusted peer of {self.name}; import its card with "
+                f"'vfl keys import {name}.card'"
+            )
+        return PartyCard.from_bytes(f.read_bytes(), what=str(f))
+
+    def verifier_for(self, name: str) -> Verifier:
+        return self.signer.verifier if name == self.name else self.peer(name).verifier
+
+    # ----- data -------------------------------------------------------------------------------
+    def read_data(self) -> pd.DataFrame:
+        """The party's data file, ids as strings. Never modified, never copied into artifacts."""
+        return read_table(Path(self.config["data"]), self.config["id_column"])
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng(int.from_bytes(os.urandom(16), "big"))
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_header(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        with path.open(encoding="utf-8") as fh:
+            header = fh.readline()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from exc
+    if not header.strip():
+        raise DataError(f"{path} is empty; it needs a header row and data rows")
+    return [c.strip() for c in header.rstrip("\r\n").split(",")]
+
+
+def read_table(path: Path, id_column: str) -> pd.DataFrame:
+    """Read a CSV with the id column as text (ids are strings, never numbers)."""
+    read_header(path)
+    try:
+        df = pd.read_csv(path, dtype={id_column: str}, keep_default_na=False, na_values=[""],
+                         encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text; save it as UTF-8 CSV") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path} is not a readable CSV: {exc}") from exc
+    df.columns = [str(c).strip() for c in df.columns]
+    if id_column not in df.columns:
+        raise DataError(f"{path} has no id column {id_column!r}")
+    df[id_column] = df[id_column].fillna("").astype(str)
+    return df

@@ -1,0 +1,432 @@
+"""X25519 blinding for ECDH private set intersection (libsodium through PyNaCl).
+
+Everything here works on numpy ``(n, 32)`` ``uint8`` arrays of X25519 u-coordinates
+(little-endian, RFC 7748), one row per id, and runs on every core.
+
+* :func:`hash_to_points` maps ids to points of Curve25519 itself, never of its quadratic twist.
+  X25519 computes happily on twist points, but it keeps a point on the curve or on the twist, and
+  anyone can tell which (a Legendre symbol): hashing straight to a u-coordinate would let the
+  receiver of a blinded set learn, for every blinded id, one bit of a public function of the id,
+  and so how many of the sender's ids hash to the twist. Rejection sampling keeps that bit
+  constant, at a cost of about 6 microseconds per id.
+* :func:`blind` raises every point to a secret scalar with libsodium's ``crypto_scalarmult``
+  (X25519). Blinding commutes: ``blind(blind(P, a), b) == blind(blind(P, b), a)``.
+* :func:`check_points` is what a receiver runs on a peer's points before using them.
+
+No curve arithmetic is written here: scalar multiplication is libsodium's constant-time X25519;
+the only field arithmetic is the public curve-membership test during hashing (gmpy2), which
+touches the party's own ids, never secrets received from anyone.
+
+Parallelism: on Linux the work is split into chunks run by forked worker processes (hashing is
+Python code bound by the GIL); elsewhere blinding runs in threads (the libsodium call releases the
+GIL) and hashing in the calling thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from itertools import pairwise
+from multiprocessing import get_all_start_methods, get_context
+from random import Random
+from typing import Any
+
+import numpy as np
+from gmpy2 import from_binary, jacobi, mpz  # type: ignore[import-untyped]
+
+from vfl_cli.errors import CryptoError
+
+try:  # the raw cffi library PyNaCl is built on: no per-call argument checks or bytes copies
+    from nacl._sodium import ffi as _ffi  # type: ignore[import-not-found]
+    from nacl._sodium import lib as _lib
+except ImportError:  # pragma: no cover - PyNaCl moved its private module
+    _ffi = None
+    _lib = None
+from nacl.bindings import crypto_scalarmult as _nacl_scalarmult
+
+__all__ = [
+    "POINT_BYTES",
+    "SCALAR_BYTES",
+    "blind",
+    "check_points",
+    "default_n_jobs",
+    "find_duplicates",
+    "hash_to_points",
+    "new_scalar",
+]
+
+POINT_BYTES = 32
+SCALAR_BYTES = 32
+
+_P = 2**255 - 19
+_A = 486662  # Curve25519: v^2 = u^3 + A u^2 + u over GF(2^255 - 19)
+_P_MPZ = mpz(_P)
+_MPZ_POSITIVE = b"\x01\x01"  # gmpy2.from_binary header: an mpz, non-negative, then LE bytes
+_HASH_TAG = b"vfl/psi/v1/hash-to-curve25519"
+_PERSON = b"vfl-psi-h2c-v1"  # BLAKE2b personalisation (<= 16 bytes)
+_MIN_PARALLEL = 2048  # below this, worker start-up costs more than it saves
+
+
+def default_n_jobs() -> int:
+    """The number of cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def new_scalar(rng: Random | None = None) -> bytes:
+    """A fresh secret X25519 scalar (32 bytes, clamped as RFC 7748 does anyway).
+
+    Args:
+        rng: source of randomness for tests; the default is the OS CSPRNG.
+
+    Returns:
+        32 bytes; keep them secret and drop them as soon as the protocol allows.
+    """
+    raw = bytearray(rng.randbytes(SCALAR_BYTES) if rng is not None else secrets.token_bytes(32))
+    raw[0] &= 248
+    raw[31] &= 127
+    raw[31] |= 64
+    return bytes(raw)
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _hash_key(domain: bytes) -> bytes:
+    # Length-prefixed so that no two (tag, domain) pairs share an encoding.
+    return hashlib.sha256(_HASH_TAG + len(domain).to_bytes(8, "big") + domain).digest()
+
+
+def _encode(ids: Sequence[str]) -> list[bytes]:
+    try:
+        return [value.encode("utf-8") for value in ids]
+    except UnicodeEncodeError:
+        for index, value in enumerate(ids):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise CryptoError(
+                    f"id number {index + 1} is not valid Unicode text (it cannot be UTF-8 encoded)"
+                ) from exc
+        raise  # pragma: no cover - unreachable
+
+
+def _on_curve(candidates: np.ndarray) -> np.ndarray:
+    """Which rows of ``(m, 32)`` u-coordinates (top bit clear) belong to points of Curve25519."""
+    # u is on the curve (not its twist) iff u^3 + A u^2 + u is a non-zero square mod p; this also
+    # refuses u = 0, the point of order 2. Values u >= p (probability 2^-250) are refused too.
+    raw = candidates.tobytes()
+    header, p, a = _MPZ_POSITIVE, _P_MPZ, _A
+    us = [from_binary(header + raw[o : o + 32]) for o in range(0, len(raw), 32)]
+    on_curve = np.fromiter((jacobi(u * (u * (u + a) + 1), p) == 1 for u in us), bool, len(us))
+    over_p = (
+        (candidates[:, 31] == 0x7F)
+        & np.all(candidates[:, 1:31] == 0xFF, axis=1)
+        & (candidates[:, 0] >= 0xED)
+    )
+    result: np.ndarray = on_curve & ~over_p
+    return result
+
+
+def _hash_chunk(ids: Sequence[str], key: bytes) -> bytes:
+    """Hash ids to Curve25519 u-coordinates; returns ``32 * len(ids)`` bytes.
+
+    Vectorised over the ids: round c hashes every id still without a point, each digest giving
+    two candidates, so about half the ids need a second candidate and a quarter a second round.
+    """
+    messages = _encode(ids)
+    n = len(messages)
+    result = np.zeros((n, POINT_BYTES), dtype=np.uint8)
+    pending = np.arange(n)
+    keyed = hashlib.blake2b(digest_size=64, key=key, person=_PERSON)
+
+    def digest(message: bytes) -> bytes:
+        state = keyed.copy()  # cheaper than a keyed constructor per id
+        state.update(message)
+        return state.digest()
+
+    for counter in range(256):
+        if not pending.size:
+            break
+        suffix = bytes([counter])
+        blob = b"".join([digest(messages[i] + suffix) for i in pending.tolist()])
+        candidates = np.frombuffer(blob, dtype=np.uint8).reshape(len(pending), 2, POINT_BYTES)
+        candidates = candidates.copy()
+        candidates[:, :, 31] &= 0x7F
+        first = _on_curve(candidates[:, 0])
+        result[pending[first]] = candidates[first, 0]
+        rest = np.flatnonzero(~first)
+        second = _on_curve(candidates[rest, 1])
+        result[pending[rest[second]]] = candidates[rest[second], 1]
+        pending = pending[rest[~second]]
+    if pending.size:  # pragma: no cover - probability 2^-512 per id
+        raise CryptoError("could not hash an id to Curve25519 in 512 attempts")
+    return result.tobytes()
+
+
+def hash_to_points(ids: Sequence[str], domain: bytes, *, n_jobs: int | None = None) -> np.ndarray:
+    """Hash ids to points of Curve25519, domain-separated.
+
+    ``H(domain, id)``: with ``K = SHA-256("vfl/psi/v1/hash-to-curve25519" || len(domain) as 8
+    bytes big-endian || domain)`` and ``D_c = BLAKE2b-512(key=K, salt=c as 16 bytes LE,
+    person="vfl-psi-h2c-v1", UTF-8(id))`` for c = 0, 1, ..., the result is the first of
+    ``D_0[0:32], D_0[32:64], D_1[0:32], ...`` which, read little-endian with the top bit cleared,
+    is below p and the u-coordinate of a Curve25519 point (about two candidates on average).
+
+    Args:
+        ids: the ids, already normalised (see ``vfl_cli.protocol.psi.normalise_ids``).
+        domain: binds the points to one job; parties hashing with different domains never match.
+        n_jobs: worker count; ``None`` uses every core.
+
+    Returns:
+        ``(len(ids), 32)`` uint8 array of u-coordinates, in the order of ``ids``.
+
+    Raises:
+        CryptoError: an id cannot be encoded as UTF-8 (a lone surrogate).
+    """
+    key = _hash_key(domain)
+    jobs = _jobs(n_jobs, len(ids))
+    if jobs == 1:
+        return _as_points(_hash_chunk(ids, key), len(ids))
+    global _SHARED
+    _SHARED = (ids, key)
+    try:
+        parts = _run(_hash_task, len(ids), jobs, processes=True)
+    finally:
+        _SHARED = None
+    return _as_points(b"".join(parts), len(ids))
+
+
+# --------------------------------------------------------------------------- blinding
+
+
+def _scalarmult_chunk(points: np.ndarray, scalar: bytes, out: np.ndarray) -> list[int]:
+    """X25519 every row of ``points`` into ``out``; returns the rows whose result was zero."""
+    failed: list[int] = []
+    if _lib is None:  # pragma: no cover - fallback through the public binding
+        from nacl.exceptions import RuntimeError as NaclRuntimeError
+
+        for i in range(len(points)):
+            try:
+                out[i] = np.frombuffer(_nacl_scalarmult(scalar, points[i].tobytes()), np.uint8)
+            except NaclRuntimeError:
+                failed.append(i)
+        return failed
+    mult = _lib.crypto_scalarmult
+    key = _ffi.from_buffer(scalar)
+    src = _ffi.from_buffer(np.ascontiguousarray(points))
+    dst = _ffi.from_buffer(out, require_writable=True)
+    # libsodium returns -1 when the result is all zero, i.e. the input had small order (RFC 7748
+    # section 6.1); such a point would make every blinded value equal and must be refused.
+    for i in range(len(points)):
+        off = 32 * i
+        if mult(dst + off, key, src + off):
+            failed.append(i)
+    return failed
+
+
+def blind(points: np.ndarray, scalar: bytes, *, n_jobs: int | None = None) -> np.ndarray:
+    """Raise every point to ``scalar`` (X25519); the order of rows is kept.
+
+    Args:
+        points: ``(n, 32)`` uint8 u-coordinates; run :func:`check_points` first on a peer's.
+        scalar: 32 secret bytes from :func:`new_scalar`.
+        n_jobs: worker count; ``None`` uses every core.
+
+    Returns:
+        ``(n, 32)`` uint8 array.
+
+    Raises:
+        CryptoError: the scalar is not 32 bytes, or a point has small order (the result would be
+            all zero); the message lists the first offending rows.
+    """
+    points = _check_shape(points)
+    if not isinstance(scalar, bytes) or len(scalar) != SCALAR_BYTES:
+        raise CryptoError(f"an X25519 scalar is {SCALAR_BYTES} bytes, got {_describe(scalar)}")
+    n = len(points)
+    out = np.empty((n, POINT_BYTES), dtype=np.uint8)
+    jobs = _jobs(n_jobs, n)
+    if jobs == 1:
+        failed = _scalarmult_chunk(points, scalar, out)
+    else:
+        global _SHARED
+        _SHARED = (points, scalar)
+        try:
+            if _fork_available():
+                parts = _run(_blind_task, n, jobs, processes=True)
+                failed = []
+                start = 0
+                for chunk_bytes, chunk_failed in parts:
+                    size = len(chunk_bytes) // POINT_BYTES
+                    out[start : start + size] = _as_points(chunk_bytes, size)
+                    failed.extend(start + i for i in chunk_failed)
+                    start += size
+            else:  # pragma: no cover - non-Linux: threads, the C call releases the GIL
+                results = _run(lambda r: _blind_into(r, out), n, jobs, processes=False)
+                failed = [i for part in results for i in part]
+        finally:
+            _SHARED = None
+    if failed:
+        raise CryptoError(
+            f"{len(failed)} point(s) have small order and cannot be blinded (rows "
+            f"{_first(failed)}); the peer's points are invalid or were tampered with"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def find_duplicates(points: np.ndarray) -> np.ndarray:
+    """Rows of ``points`` equal to an earlier row (sorted, may be empty)."""
+    points = _check_shape(points)
+    if len(points) < 2:
+        return np.empty(0, dtype=np.int64)
+    prefix = np.ascontiguousarray(points[:, :8]).view("<u8").ravel()
+    order = np.argsort(prefix, kind="stable")
+    ranked = prefix[order]
+    if not np.any(ranked[1:] == ranked[:-1]):
+        return np.empty(0, dtype=np.int64)
+    # Rare for random points: fall back to comparing whole rows.
+    rows = np.ascontiguousarray(points).view(f"V{POINT_BYTES}").ravel()
+    order = np.argsort(rows, kind="stable")
+    ranked = rows[order]
+    repeated = order[1:][ranked[1:] == ranked[:-1]]
+    return np.sort(repeated).astype(np.int64)
+
+
+def check_points(
+    points: object, *, expected: int | None = None, what: str = "points"
+) -> np.ndarray:
+    """Check points received from a peer before blinding or comparing them.
+
+    Refused: anything but an ``(n, 32)`` uint8 array, a wrong count, a non-canonical encoding (top
+    bit set, or u >= 2^255 - 19, which no honest X25519 output has), repeated points. Points of
+    small order are refused later by :func:`blind` (libsodium reports an all-zero result).
+
+    Args:
+        points: the received array.
+        expected: the number of points the protocol says must arrive, if known.
+        what: how to name the points in error messages.
+
+    Returns:
+        The same points as a contiguous ``(n, 32)`` uint8 array.
+
+    Raises:
+        CryptoError: one of the rules above is broken; the message names the first rows.
+    """
+    array = _check_shape(points, what=what)
+    if expected is not None and len(array) != expected:
+        raise CryptoError(f"{what}: expected {expected} points, got {len(array)}")
+    high = np.flatnonzero(array[:, 31] & 0x80)
+    if high.size:
+        raise CryptoError(
+            f"{what}: {high.size} point(s) are not canonical X25519 encodings (top bit set; rows "
+            f"{_first(high)})"
+        )
+    top = (array[:, 31] == 0x7F) & np.all(array[:, 1:31] == 0xFF, axis=1) & (array[:, 0] >= 0xED)
+    over = np.flatnonzero(top)
+    if over.size:
+        raise CryptoError(
+            f"{what}: {over.size} point(s) are not canonical X25519 encodings (u >= 2^255 - 19; "
+            f"rows {_first(over)})"
+        )
+    repeated = find_duplicates(array)
+    if repeated.size:
+        raise CryptoError(
+            f"{what}: {repeated.size} point(s) repeat an earlier one (rows {_first(repeated)}); "
+            "an honest party never sends the same point twice"
+        )
+    return array
+
+
+# --------------------------------------------------------------------------- plumbing
+
+# Work handed to forked workers; set only for the duration of one parallel call. With the "fork"
+# start method the children inherit it, so ids and points are never pickled to them.
+_SHARED: Any = None
+
+
+def _hash_task(bounds: tuple[int, int]) -> bytes:
+    ids, key = _SHARED
+    start, stop = bounds
+    return _hash_chunk(ids[start:stop], key)
+
+
+def _blind_task(bounds: tuple[int, int]) -> tuple[bytes, list[int]]:
+    points, scalar = _SHARED
+    start, stop = bounds
+    out = np.empty((stop - start, POINT_BYTES), dtype=np.uint8)
+    failed = _scalarmult_chunk(points[start:stop], scalar, out)
+    return out.tobytes(), failed
+
+
+def _blind_into(bounds: tuple[int, int], out: np.ndarray) -> list[int]:
+    points, scalar = _SHARED
+    start, stop = bounds
+    return [start + i for i in _scalarmult_chunk(points[start:stop], scalar, out[start:stop])]
+
+
+def _fork_available() -> bool:
+    return sys.platform.startswith("linux") and "fork" in get_all_start_methods()
+
+
+def _jobs(n_jobs: int | None, n: int) -> int:
+    if n_jobs is not None and n_jobs < 1:
+        raise ValueError(f"n_jobs must be at least 1, got {n_jobs}")
+    jobs = default_n_jobs() if n_jobs is None else n_jobs
+    if n < _MIN_PARALLEL:
+        return 1
+    return min(jobs, n // (_MIN_PARALLEL // 2))
+
+
+def _run(
+    task: Callable[[tuple[int, int]], Any], n: int, jobs: int, *, processes: bool
+) -> list[Any]:
+    # A few chunks per worker balance the load when other programs share the cores, while keeping
+    # per-chunk overhead (a pickled result per chunk) negligible.
+    chunks = min(jobs * 4, max(1, n // 1024))
+    edges = np.linspace(0, n, chunks + 1).astype(int)
+    bounds = [(int(a), int(b)) for a, b in pairwise(edges.tolist()) if b > a]
+    executor: Executor
+    if processes and _fork_available():
+        executor = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork"))
+    elif processes:  # pragma: no cover - hashing is GIL-bound: no gain from threads
+        return [task(b) for b in bounds]
+    else:  # pragma: no cover
+        executor = ThreadPoolExecutor(max_workers=jobs)
+    with executor:
+        return list(executor.map(task, bounds))
+
+
+def _check_shape(points: object, *, what: str = "points") -> np.ndarray:
+    if not isinstance(points, np.ndarray) or points.dtype != np.uint8:
+        raise CryptoError(
+            f"{what}: expected a uint8 array of 32-byte points, got {_describe(points)}"
+        )
+    if points.ndim != 2 or points.shape[1] != POINT_BYTES:
+        raise CryptoError(f"{what}: expected shape (n, {POINT_BYTES}), got {points.shape}")
+    return np.ascontiguousarray(points)
+
+
+def _as_points(data: bytes, n: int) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8).reshape(n, POINT_BYTES).copy()
+
+
+def _first(rows: Sequence[int] | np.ndarray, k: int = 5) -> str:
+    listed = ", ".join(str(int(r)) for r in list(rows)[:k])
+    return listed + (", ..." if len(rows) > k else "")
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return f"{len(value)} bytes"
+    if isinstance(value, np.ndarray):
+        return f"array of {value.dtype} with shape {value.shape}"
+    return type(value).__name__

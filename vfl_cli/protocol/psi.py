@@ -1,0 +1,706 @@
+"""Private set intersection (ECDH over X25519) with a jointly shuffled result: pure steps.
+
+Parties: one *active* party A and passive parties P1..Pk, each holding a list of unique ids
+(:func:`normalise_ids`). At the end every party holds the ids that **all** parties hold, in the
+same order, an order that no single party chose. Three hand-offs, whatever k is::
+
+    A  --start-->  every Pi        A's ids, hashed and blinded with alpha, shuffled;
+                                   commitment to A's seed
+    Pi --response--> A             A's points blinded again with beta_i (A's order kept);
+                                   Pi's ids blinded with beta_i, shuffled; Pi's seed
+    A  --finish-->  every Pi       positions, in Pi's own list, of the ids all parties hold;
+                                   every party's seed (A's opens its commitment)
+
+Each party then orders the common ids by ``HMAC-SHA256(order key, id)`` where the order key hashes
+the job id and every party's seed (:func:`order_key`): A committed to its seed before seeing the
+others, and each Pi chose its seed without seeing A's, so no single party picks the order, and a
+row's position says nothing about where the id sat in anyone's file.
+
+Threat model: semi-honest parties (they follow the steps, then try to learn more from what they
+saw), no collusion, no trusted third party. Artifacts are signed and bound to the job by the
+artifact layer; these steps also refuse a message for another job, a response to another start,
+a finish for another response, seeds that do not open the commitment, wrong point counts,
+non-canonical, small-order or repeated points. Hardness assumption: decisional Diffie-Hellman in
+the prime-order subgroup of Curve25519, with the id hash modelled as a random oracle
+(:func:`vfl_cli.crypto.ecdh.hash_to_points` maps onto the curve itself, never its twist).
+
+Who holds what:
+
+* A keeps alpha, its shuffle and its seed (:class:`ActiveState`); alpha never leaves A.
+* Pi uses beta_i only inside :func:`respond` and forgets it; it keeps its shuffle and its seed
+  (:class:`PassiveState`).
+
+What each message reveals (beyond what is listed, the points are pseudorandom under DDH):
+
+* start (A to every Pi): the number of A's ids. Nothing about which ids.
+* response (Pi to A): the number of Pi's ids. From it A computes, and so learns, the ids it shares
+  with Pi (the pairwise intersection, which can be larger than the final one when k > 1).
+* finish (A to Pi): the ids all parties hold and their number. Pi learns nothing about A's other
+  ids, nor which of its ids A holds but another passive party does not.
+* Nobody learns any id outside what is listed; nobody learns anyone's original row order.
+
+See docs/protocols/psi.md for the full description.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from random import Random
+
+import numpy as np
+
+from vfl_cli.crypto import ecdh
+from vfl_cli.errors import CryptoError, DataError, InvalidArtifact
+
+__all__ = [
+    "PROTOCOL",
+    "SEED_BYTES",
+    "ActiveState",
+    "Alignment",
+    "BlindedSet",
+    "FinishMessage",
+    "PassiveState",
+    "ResponseMessage",
+    "StartMessage",
+    "blind_ids",
+    "commit_seed",
+    "conclude",
+    "double_blind",
+    "final_order",
+    "finish",
+    "ids_digest",
+    "intersect",
+    "make_domain",
+    "new_seed",
+    "normalise_ids",
+    "order_key",
+    "points_digest",
+    "respond",
+    "start",
+    "verify_seed",
+]
+
+PROTOCOL = "vfl/psi-ecdh-x25519/v1"
+SEED_BYTES = 32
+_SHOWN = 5  # how many offending ids or rows an error message lists
+
+
+# --------------------------------------------------------------------------- messages and state
+
+
+@dataclass(frozen=True)
+class BlindedSet:
+    """A party's ids, hashed, blinded and shuffled.
+
+    Attributes:
+        points: ``(n, 32)`` uint8, the blinded ids in the order they are sent.
+        order: ``(n,)`` int64, private: ``order[j]`` is the row (in the party's id list) of the
+            id whose point is ``points[j]``. Never sent.
+    """
+
+    points: np.ndarray
+    order: np.ndarray
+
+
+@dataclass(frozen=True)
+class StartMessage:
+    """Hand-off 1, A to every passive party (the same message for all)."""
+
+    job_id: str
+    points: np.ndarray  # A's ids blinded with alpha, shuffled
+    seed_commitment: bytes  # commit_seed(A's seed, job_id)
+
+
+@dataclass(frozen=True)
+class ResponseMessage:
+    """Hand-off 2, passive party Pi to A."""
+
+    job_id: str
+    start_digest: bytes  # points_digest of the start points answered
+    double_blinded: np.ndarray  # A's points blinded again with beta_i, in A's order
+    points: np.ndarray  # Pi's ids blinded with beta_i, shuffled
+    seed: bytes  # Pi's seed, in the clear (A is already committed to its own)
+
+
+@dataclass(frozen=True)
+class FinishMessage:
+    """Hand-off 3, A to passive party Pi."""
+
+    job_id: str
+    response_digest: bytes  # points_digest of Pi's points this answers
+    positions: np.ndarray  # int64, ascending: rows of Pi's sent points that all parties hold
+    seeds: Mapping[str, bytes]  # every party's seed, by party name, A's included
+
+
+@dataclass(frozen=True)
+class ActiveState:
+    """What A keeps between :func:`start` and :func:`finish`. Secret: holds alpha."""
+
+    job_id: str
+    party: str
+    scalar: bytes  # alpha
+    seed: bytes
+    order: np.ndarray  # the private shuffle of A's sent points
+    start_digest: bytes
+    ids_digest: bytes  # refuses finishing with another id list
+
+
+@dataclass(frozen=True)
+class PassiveState:
+    """What Pi keeps between :func:`respond` and :func:`conclude` (no scalar: beta is gone)."""
+
+    job_id: str
+    party: str
+    active: str
+    seed: bytes
+    seed_commitment: bytes  # A's, from the start message
+    order: np.ndarray  # the private shuffle of Pi's sent points
+    response_digest: bytes
+    ids_digest: bytes
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """The result, identical in ``ids`` for every party.
+
+    Attributes:
+        ids: the ids all parties hold, in the joint shuffled order.
+        rows: ``(m,)`` int64, this party's row (in its normalised id list, i.e. its file order)
+            for each of ``ids``; take the party's data rows in this order.
+        fingerprint: SHA-256 over the job id and the ordered ids; equal for all parties, so it
+            can be compared (or carried in later artifacts) to prove everyone uses one alignment.
+    """
+
+    ids: list[str]
+    rows: np.ndarray
+    fingerprint: bytes
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def normalise_ids(values: Iterable[object], *, column: str = "id") -> list[str]:
+    """Turn an id column into the list of ids a party aligns, refusing anything ambiguous.
+
+    Rules: an id is the cell's text with leading and trailing whitespace removed (Python's
+    ``str.strip()``: Unicode White_Space, including tabs, newlines and no-break spaces). Nothing
+    else is changed: ids are case-sensitive, inner whitespace is kept, and no Unicode normalisation
+    is applied (a composed and a decomposed "é" are different ids). ``bytes`` cells must be UTF-8.
+    Refused, with the first few offenders listed: a column with no rows, empty ids (including
+    missing cells), text that is not valid Unicode, non-text cells (read the column as strings so
+    that "007" stays "007"), and repeated ids (after trimming).
+
+    Args:
+        values: the cells of the id column, in file order.
+        column: the column's name, for error messages.
+
+    Returns:
+        The ids in file order; position i is data row i + 1 (the header is not counted).
+
+    Raises:
+        DataError: one of the rules is broken.
+    """
+    ids: list[str] = []
+    empty: list[int] = []
+    invalid: list[int] = []
+    for row, value in enumerate(values, start=1):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                invalid.append(row)
+                continue
+        elif value is None or (isinstance(value, float) and math.isnan(value)):
+            value = ""
+        elif not isinstance(value, str):
+            raise DataError(
+                f"id column {column!r}: row {row} holds a {type(value).__name__}, not text; "
+                "read the column as strings so that ids such as '007' keep their form"
+            )
+        text = value.strip()
+        if not text:
+            empty.append(row)
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            invalid.append(row)
+            continue
+        ids.append(text)
+    if invalid:
+        raise DataError(
+            f"id column {column!r}: {len(invalid)} id(s) are not valid UTF-8 text (rows "
+            f"{_listed(invalid)}); save the file as UTF-8"
+        )
+    if empty:
+        raise DataError(
+            f"id column {column!r}: {len(empty)} row(s) have an empty id (rows "
+            f"{_listed(empty)}); every row needs an id"
+        )
+    if not ids:
+        raise DataError(f"id column {column!r} has no rows: there is nothing to align")
+    _refuse_repeats(ids, column)
+    return ids
+
+
+def _refuse_repeats(ids: Sequence[str], column: str) -> None:
+    if len(set(ids)) == len(ids):
+        return
+    rows: dict[str, list[int]] = {}
+    for row, value in enumerate(ids, start=1):
+        rows.setdefault(value, []).append(row)
+    repeated = [(v, r) for v, r in rows.items() if len(r) > 1]
+    shown = "; ".join(f"{v!r} (rows {_listed(r, 3)})" for v, r in repeated[:_SHOWN])
+    more = f"; and {len(repeated) - _SHOWN} more" if len(repeated) > _SHOWN else ""
+    raise DataError(
+        f"id column {column!r}: {len(repeated)} id(s) appear more than once: {shown}{more}. "
+        "Ids must be unique (rows sharing an id cannot be aligned one to one): remove the "
+        "duplicates or choose a column with unique ids"
+    )
+
+
+def ids_digest(ids: Sequence[str]) -> bytes:
+    """SHA-256 of a normalised id list, to check that a later step sees the same list."""
+    h = hashlib.sha256(b"vfl/psi/v1/ids\x00")
+    for value in ids:
+        data = value.encode("utf-8")
+        h.update(len(data).to_bytes(4, "big"))
+        h.update(data)
+    return h.digest()
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def make_domain(job_id: str, salt: bytes) -> bytes:
+    """The hashing domain of one job: ids hashed in different domains never match.
+
+    Args:
+        job_id: the job's id, as all parties know it.
+        salt: random bytes agreed in the job (so that a new job over the same data gives
+            unrelated points, even with the same job name).
+    """
+    job = job_id.encode("utf-8")
+    return (
+        b"vfl/psi/v1/domain"
+        + len(job).to_bytes(4, "big")
+        + job
+        + len(salt).to_bytes(4, "big")
+        + salt
+    )
+
+
+def new_seed(rng: Random | None = None) -> bytes:
+    """A party's fresh 32-byte contribution to the joint order (OS CSPRNG unless ``rng``)."""
+    return rng.randbytes(SEED_BYTES) if rng is not None else secrets.token_bytes(SEED_BYTES)
+
+
+def commit_seed(seed: bytes, job_id: str) -> bytes:
+    """SHA-256 commitment to a seed, bound to the job (the seed itself is 32 random bytes)."""
+    job = job_id.encode("utf-8")
+    return hashlib.sha256(
+        b"vfl/psi/v1/seed-commitment" + len(job).to_bytes(4, "big") + job + seed
+    ).digest()
+
+
+def verify_seed(seed: bytes, commitment: bytes, job_id: str) -> None:
+    """Check that ``seed`` opens ``commitment``.
+
+    Raises:
+        InvalidArtifact: it does not (the active party changed its seed, or another job's).
+    """
+    if len(seed) != SEED_BYTES or not hmac.compare_digest(commit_seed(seed, job_id), commitment):
+        raise InvalidArtifact(
+            "the active party's seed does not match the commitment it sent in the start message "
+            "(another job's finish message, or the seed was changed)"
+        )
+
+
+def order_key(seeds: Mapping[str, bytes], job_id: str) -> bytes:
+    """The key that orders the result: SHA-256 over the job id and every party's seed.
+
+    Args:
+        seeds: party name to seed, for every party of the job (sorted by name here, so the
+            mapping's order does not matter).
+        job_id: the job's id.
+    """
+    h = hashlib.sha256(b"vfl/psi/v1/order-key")
+    for value in (job_id, *sorted(seeds)):
+        data = value.encode("utf-8")
+        h.update(len(data).to_bytes(4, "big") + data)
+    for name in sorted(seeds):
+        seed = seeds[name]
+        if len(seed) != SEED_BYTES:
+            raise InvalidArtifact(f"the seed of {name} is {len(seed)} bytes, expected {SEED_BYTES}")
+        h.update(seed)
+    return h.digest()
+
+
+def final_order(ids: Iterable[str], key: bytes) -> list[str]:
+    """Order ids by ``HMAC-SHA256(key, UTF-8(id))``: a shuffle fixed by the key, not by any file.
+
+    Args:
+        ids: the ids to order (any order in, the same order out for equal sets).
+        key: from :func:`order_key`.
+    """
+    ranked = sorted((hmac.digest(key, value.encode("utf-8"), "sha256"), value) for value in ids)
+    return [value for _, value in ranked]
+
+
+def points_digest(points: np.ndarray, job_id: str) -> bytes:
+    """SHA-256 binding a list of points to the job; later messages echo it."""
+    job = job_id.encode("utf-8")
+    array = np.ascontiguousarray(points, dtype=np.uint8)
+    return hashlib.sha256(
+        b"vfl/psi/v1/points" + len(job).to_bytes(4, "big") + job + array.tobytes()
+    ).digest()
+
+
+def blind_ids(
+    ids: Sequence[str],
+    domain: bytes,
+    scalar: bytes,
+    *,
+    rng: Random | None = None,
+    n_jobs: int | None = None,
+) -> BlindedSet:
+    """Hash ids to curve points, blind them with ``scalar`` and shuffle them.
+
+    The shuffle is uniformly random (OS CSPRNG unless ``rng``) so that a point's position in the
+    sent list says nothing about the row the id came from.
+
+    Args:
+        ids: normalised ids (:func:`normalise_ids`).
+        domain: from :func:`make_domain`.
+        scalar: this party's secret scalar (:func:`vfl_cli.crypto.ecdh.new_scalar`).
+        rng: randomness for tests.
+        n_jobs: worker count; ``None`` uses every core.
+    """
+    order = _shuffle(len(ids), rng)
+    shuffled = [ids[i] for i in order.tolist()]
+    points = ecdh.blind(ecdh.hash_to_points(shuffled, domain, n_jobs=n_jobs), scalar, n_jobs=n_jobs)
+    return BlindedSet(points=points, order=order)
+
+
+def double_blind(
+    points: np.ndarray,
+    scalar: bytes,
+    *,
+    expected: int | None = None,
+    what: str = "the peer's points",
+    n_jobs: int | None = None,
+) -> np.ndarray:
+    """Check a peer's blinded points, then blind them again with ``scalar``, keeping their order.
+
+    Raises:
+        InvalidArtifact: wrong count, non-canonical, small-order or repeated points.
+    """
+    try:
+        checked = ecdh.check_points(points, expected=expected, what=what)
+        return ecdh.blind(checked, scalar, n_jobs=n_jobs)
+    except CryptoError as exc:
+        raise InvalidArtifact(f"{what}: {_strip_what(exc, what)}") from exc
+
+
+def intersect(own_double: np.ndarray, peer_double: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Match two lists of double-blinded points.
+
+    Args:
+        own_double: ``(n, 32)`` points, each list free of repeats (checked on receipt).
+        peer_double: ``(m, 32)`` points.
+
+    Returns:
+        ``(own_positions, peer_positions)``: int64 arrays, ``own_double[own_positions[i]] ==
+        peer_double[peer_positions[i]]``, ascending in ``own_positions``.
+    """
+    own = np.ascontiguousarray(own_double, dtype=np.uint8)
+    peer = np.ascontiguousarray(peer_double, dtype=np.uint8)
+    if not len(own) or not len(peer):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    own_key, peer_key = _prefix(own), _prefix(peer)
+    if _unique(own_key) and _unique(peer_key):
+        # 64-bit prefixes are unique within each list (always, short of a 2^-64 event), so a
+        # prefix appears at most once on each side; confirming the whole 32 bytes of each pair
+        # found is then exact.
+        _, ia, ib = np.intersect1d(own_key, peer_key, assume_unique=True, return_indices=True)
+        same = np.all(own[ia] == peer[ib], axis=1)
+        ia, ib = ia[same], ib[same]
+    else:
+        rows_own = own.view(f"V{ecdh.POINT_BYTES}").ravel()
+        rows_peer = peer.view(f"V{ecdh.POINT_BYTES}").ravel()
+        _, ia, ib = np.intersect1d(rows_own, rows_peer, assume_unique=True, return_indices=True)
+    by_own = np.argsort(ia, kind="stable")
+    return ia[by_own].astype(np.int64), ib[by_own].astype(np.int64)
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def start(
+    ids: Sequence[str],
+    *,
+    job_id: str,
+    salt: bytes,
+    party: str,
+    rng: Random | None = None,
+    n_jobs: int | None = None,
+) -> tuple[ActiveState, StartMessage]:
+    """Active party, hand-off 1: blind and shuffle A's ids, commit to A's seed.
+
+    Args:
+        ids: A's normalised ids.
+        job_id: the job's id.
+        salt: the salt agreed in the job (:func:`make_domain`).
+        party: A's name.
+        rng: randomness for tests (scalar, seed, shuffle); default the OS CSPRNG.
+        n_jobs: worker count; ``None`` uses every core.
+
+    Returns:
+        A's private state, and the message for every passive party.
+    """
+    scalar = ecdh.new_scalar(rng)
+    seed = new_seed(rng)
+    blinded = blind_ids(ids, make_domain(job_id, salt), scalar, rng=rng, n_jobs=n_jobs)
+    digest = points_digest(blinded.points, job_id)
+    state = ActiveState(
+        job_id=job_id,
+        party=party,
+        scalar=scalar,
+        seed=seed,
+        order=blinded.order,
+        start_digest=digest,
+        ids_digest=ids_digest(ids),
+    )
+    message = StartMessage(
+        job_id=job_id, points=blinded.points, seed_commitment=commit_seed(seed, job_id)
+    )
+    return state, message
+
+
+def respond(
+    ids: Sequence[str],
+    message: StartMessage,
+    *,
+    job_id: str,
+    salt: bytes,
+    party: str,
+    active: str,
+    rng: Random | None = None,
+    n_jobs: int | None = None,
+) -> tuple[PassiveState, ResponseMessage]:
+    """Passive party, hand-off 2: blind A's points again, blind and shuffle Pi's own ids.
+
+    Args:
+        ids: Pi's normalised ids.
+        message: A's start message.
+        job_id: the job's id, as Pi knows it.
+        salt: the salt agreed in the job.
+        party: Pi's name.
+        active: A's name.
+        rng: randomness for tests; default the OS CSPRNG.
+        n_jobs: worker count; ``None`` uses every core.
+
+    Raises:
+        InvalidArtifact: the start message is for another job or its points are invalid.
+    """
+    _same_job(message.job_id, job_id, "the start message")
+    if not isinstance(message.seed_commitment, bytes) or len(message.seed_commitment) != 32:
+        raise InvalidArtifact("the start message: the seed commitment is not 32 bytes")
+    beta = ecdh.new_scalar(rng)
+    # Pi's own points first: nothing about them depends on A's message.
+    double = double_blind(
+        message.points, beta, what="the active party's points (start message)", n_jobs=n_jobs
+    )
+    own = blind_ids(ids, make_domain(job_id, salt), beta, rng=rng, n_jobs=n_jobs)
+    seed = new_seed(rng)
+    response_digest = points_digest(own.points, job_id)
+    state = PassiveState(
+        job_id=job_id,
+        party=party,
+        active=active,
+        seed=seed,
+        seed_commitment=message.seed_commitment,
+        order=own.order,
+        response_digest=response_digest,
+        ids_digest=ids_digest(ids),
+    )
+    response = ResponseMessage(
+        job_id=job_id,
+        start_digest=points_digest(message.points, job_id),
+        double_blinded=double,
+        points=own.points,
+        seed=seed,
+    )
+    return state, response
+
+
+def finish(
+    state: ActiveState,
+    ids: Sequence[str],
+    responses: Mapping[str, ResponseMessage],
+    *,
+    n_jobs: int | None = None,
+) -> tuple[Alignment, dict[str, FinishMessage]]:
+    """Active party, hand-off 3: intersect with every passive party, keep what all hold.
+
+    Args:
+        state: from :func:`start`.
+        ids: A's normalised ids, the same list as at start.
+        responses: passive party name to its response (one per passive party of the job).
+        n_jobs: worker count; ``None`` uses every core.
+
+    Returns:
+        A's alignment, and the finish message for each passive party.
+
+    Raises:
+        DataError: ``ids`` is not the list A started with.
+        InvalidArtifact: a response is for another job or start, or holds invalid points.
+    """
+    _same_ids(ids, state.ids_digest)
+    if not responses:
+        raise InvalidArtifact("no responses: alignment needs at least one passive party")
+    n = len(state.order)
+    held_by_all = np.ones(n, dtype=bool)
+    matches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    digests: dict[str, bytes] = {}
+    for name in sorted(responses):
+        response = responses[name]
+        where = f"the response from {name}"
+        _same_job(response.job_id, state.job_id, where)
+        if not hmac.compare_digest(response.start_digest, state.start_digest):
+            raise InvalidArtifact(f"{where} answers another start message (stale or replayed)")
+        if not isinstance(response.seed, bytes) or len(response.seed) != SEED_BYTES:
+            raise InvalidArtifact(f"{where}: the seed is not {SEED_BYTES} bytes")
+        try:
+            own_double = ecdh.check_points(
+                response.double_blinded, expected=n, what=f"{where}: the re-blinded start points"
+            )
+        except CryptoError as exc:
+            raise InvalidArtifact(str(exc)) from exc
+        peer_double = double_blind(
+            response.points, state.scalar, what=f"{where}: its own points", n_jobs=n_jobs
+        )
+        own_pos, peer_pos = intersect(own_double, peer_double)
+        matches[name] = (own_pos, peer_pos)
+        digests[name] = points_digest(response.points, state.job_id)
+        mask = np.zeros(n, dtype=bool)
+        mask[own_pos] = True
+        held_by_all &= mask
+    common = np.flatnonzero(held_by_all)
+    seeds = {state.party: state.seed, **{name: responses[name].seed for name in responses}}
+    key = order_key(seeds, state.job_id)
+    messages: dict[str, FinishMessage] = {}
+    for name, (own_pos, peer_pos) in matches.items():
+        peer_of = np.full(n, -1, dtype=np.int64)
+        peer_of[own_pos] = peer_pos
+        # Ascending positions: their order carries nothing about A's list.
+        positions = np.sort(peer_of[common])
+        messages[name] = FinishMessage(
+            job_id=state.job_id,
+            response_digest=digests[name],
+            positions=positions,
+            seeds=dict(seeds),
+        )
+    rows = state.order[common]
+    return _alignment(ids, rows, key, state.job_id), messages
+
+
+def conclude(state: PassiveState, ids: Sequence[str], message: FinishMessage) -> Alignment:
+    """Passive party, after hand-off 3: turn positions into ids and order them jointly.
+
+    Args:
+        state: from :func:`respond`.
+        ids: Pi's normalised ids, the same list as at respond.
+        message: A's finish message for Pi.
+
+    Raises:
+        DataError: ``ids`` is not the list Pi responded with.
+        InvalidArtifact: the message is for another job or response, the positions are out of
+            range or repeated, or the seeds do not match (A's commitment, Pi's own seed).
+    """
+    _same_ids(ids, state.ids_digest)
+    where = "the finish message"
+    _same_job(message.job_id, state.job_id, where)
+    if not hmac.compare_digest(message.response_digest, state.response_digest):
+        raise InvalidArtifact(f"{where} answers another response (stale or replayed)")
+    seeds = dict(message.seeds)
+    if state.active not in seeds or state.party not in seeds:
+        raise InvalidArtifact(f"{where} lacks the seed of {state.active} or of {state.party}")
+    verify_seed(seeds[state.active], state.seed_commitment, state.job_id)
+    if not hmac.compare_digest(seeds[state.party], state.seed):
+        raise InvalidArtifact(f"{where} carries another seed for {state.party} than it sent")
+    positions = np.asarray(message.positions)
+    n = len(state.order)
+    if positions.ndim != 1 or (positions.size and positions.dtype.kind not in "iu"):
+        raise InvalidArtifact(f"{where}: positions must be a list of integers")
+    positions = positions.astype(np.int64)
+    if positions.size and (positions.min() < 0 or positions.max() >= n):
+        raise InvalidArtifact(f"{where}: positions must lie in 0..{n - 1}")
+    if np.unique(positions).size != positions.size:
+        raise InvalidArtifact(f"{where}: positions repeat")
+    rows = state.order[positions]
+    return _alignment(ids, rows, order_key(seeds, state.job_id), state.job_id)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _alignment(ids: Sequence[str], rows: np.ndarray, key: bytes, job_id: str) -> Alignment:
+    by_id = {ids[r]: int(r) for r in rows.tolist()}
+    ordered = final_order(by_id, key)
+    h = hashlib.sha256(b"vfl/psi/v1/alignment")
+    job = job_id.encode("utf-8")
+    h.update(len(job).to_bytes(4, "big") + job)
+    for value in ordered:
+        data = value.encode("utf-8")
+        h.update(len(data).to_bytes(4, "big") + data)
+    return Alignment(
+        ids=ordered,
+        rows=np.array([by_id[v] for v in ordered], dtype=np.int64),
+        fingerprint=h.digest(),
+    )
+
+
+def _shuffle(n: int, rng: Random | None) -> np.ndarray:
+    # A uniformly random permutation from 128 random bits per element (ties: probability
+    # n^2 / 2^129), drawn from the OS CSPRNG: a seeded PRNG could be predicted by a peer that
+    # learns a few positions at the end.
+    raw = rng.randbytes(16 * n) if rng is not None else secrets.token_bytes(16 * n)
+    keys = np.frombuffer(raw, dtype=np.uint64).reshape(n, 2)
+    return np.lexsort((keys[:, 1], keys[:, 0])).astype(np.int64)
+
+
+def _prefix(points: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(points[:, :8]).view("<u8").ravel()
+
+
+def _unique(keys: np.ndarray) -> bool:
+    ranked = np.sort(keys)
+    return not bool(np.any(ranked[1:] == ranked[:-1]))
+
+
+def _same_job(got: str, expected: str, where: str) -> None:
+    if got != expected:
+        raise InvalidArtifact(f"{where} belongs to job {got!r}, not to this job {expected!r}")
+
+
+def _same_ids(ids: Sequence[str], digest: bytes) -> None:
+    if not hmac.compare_digest(ids_digest(ids), digest):
+        raise DataError(
+            "the id column changed since this party's previous alignment step; "
+            "run the alignment again from the start"
+        )
+
+
+def _listed(rows: Sequence[int], k: int = _SHOWN) -> str:
+    text = ", ".join(str(r) for r in rows[:k])
+    return text + (", ..." if len(rows) > k else "")
+
+
+def _strip_what(exc: Exception, what: str) -> str:
+    return str(exc).removeprefix(f"{what}: ")

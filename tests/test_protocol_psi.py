@@ -1,0 +1,382 @@
+"""ECDH private set intersection with a jointly shuffled result (vfl_cli.protocol.psi)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vfl_cli.crypto import ecdh
+from vfl_cli.errors import DataError, InvalidArtifact
+from vfl_cli.protocol import psi
+
+FATE = Path(__file__).resolve().parents[2] / "shared" / "data" / "fate"
+JOB = "job-7"
+SALT = b"agreed-salt"
+
+
+def align(
+    active: Sequence[str], passives: dict[str, Sequence[str]], *, seed: int = 0
+) -> tuple[psi.Alignment, dict[str, psi.Alignment]]:
+    """Run the whole protocol in memory; returns A's alignment and each passive party's."""
+    rng = random.Random(seed)
+    state, start = psi.start(active, job_id=JOB, salt=SALT, party="bank", rng=rng, n_jobs=1)
+    states, responses = {}, {}
+    for name, ids in passives.items():
+        states[name], responses[name] = psi.respond(
+            ids, start, job_id=JOB, salt=SALT, party=name, active="bank", rng=rng, n_jobs=1
+        )
+    mine, messages = psi.finish(state, active, responses, n_jobs=1)
+    theirs = {n: psi.conclude(states[n], passives[n], messages[n]) for n in passives}
+    return mine, theirs
+
+
+def check(active: Sequence[str], passives: dict[str, Sequence[str]], seed: int = 0) -> None:
+    mine, theirs = align(active, passives, seed=seed)
+    expected = set(active).intersection(*map(set, passives.values()))
+    assert set(mine.ids) == expected and len(mine.ids) == len(expected)
+    assert [active[r] for r in mine.rows] == mine.ids
+    for name, result in theirs.items():
+        assert result.ids == mine.ids  # same rows, same order, for everyone
+        assert [passives[name][r] for r in result.rows] == result.ids
+        assert result.fingerprint == mine.fingerprint
+
+
+# --------------------------------------------------------------------------- correctness
+
+# Random ids (any Unicode but surrogates, which are not text), and ids drawn from a small pool of
+# look-alikes (case, composed/decomposed accents, inner and zero-width spaces, digits with
+# leading zeros) so that overlaps and near-misses are common.
+random_ids = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=6
+).filter(lambda s: s.strip() == s and s != "")
+LOOKALIKES = ["a", "A", "é", "e\u0301", "a b", "a\u200bb", "ab", "7", "07", "007", "٧", "x\ny"]
+adversarial_ids = st.one_of(random_ids, st.sampled_from(LOOKALIKES))
+id_lists = st.lists(adversarial_ids, min_size=1, max_size=25, unique=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(id_lists, id_lists, st.integers(0, 2**32))
+def test_two_parties_equal_set_intersection(a: list[str], b: list[str], seed: int) -> None:
+    check(a, {"bureau": b}, seed)
+
+
+@settings(max_examples=25, deadline=None)
+@given(id_lists, id_lists, id_lists, st.integers(0, 2**32))
+def test_three_parties_keep_what_all_hold(
+    a: list[str], b: list[str], c: list[str], seed: int
+) -> None:
+    # Force some ids held by all three and some held by two only.
+    common = a[:3]
+    b = list(dict.fromkeys(common + b))
+    c = list(dict.fromkeys(common[:2] + c))
+    check(a, {"bureau": b, "telco": c}, seed)
+
+
+@pytest.mark.parametrize(
+    ("active", "passive"),
+    [
+        (["a", "b", "c"], ["a", "b", "c"]),  # full overlap
+        (["a", "b", "c"], ["c", "b", "a"]),  # full overlap, other order
+        (["a", "b"], ["x", "y"]),  # no overlap
+        (["only"], ["only"]),
+        (["A", "a", "é", "e\u0301", "a b", "a\u200bb"], ["a", "e\u0301", "ab", "a\u00a0b"]),
+    ],
+)
+def test_adversarial_sets(active: list[str], passive: list[str]) -> None:
+    check(active, {"bureau": passive})
+
+
+def test_ids_differing_only_by_outer_whitespace_match() -> None:
+    active = psi.normalise_ids([" 42", "7\t", "\u00a0x\u00a0"])
+    passive = psi.normalise_ids(["42", " 7 ", "x", "y"])
+    mine, theirs = align(active, {"bureau": passive})
+    assert sorted(mine.ids) == ["42", "7", "x"]
+    assert theirs["bureau"].ids == mine.ids
+
+
+def test_unicode_forms_are_distinct_ids() -> None:
+    # No normalisation: a composed and a decomposed "é" never silently merge.
+    mine, _ = align(["caf\u00e9", "CAFE"], {"bureau": ["cafe\u0301", "cafe"]})
+    assert mine.ids == []
+
+
+def test_a_passive_party_learns_only_the_final_intersection() -> None:
+    active = ["1", "2", "3", "4"]
+    mine, theirs = align(active, {"bureau": ["1", "2", "3", "9"], "telco": ["1", "2", "8"]})
+    assert sorted(mine.ids) == ["1", "2"]
+    # "3" is shared by bank and bureau only: the bureau is never told.
+    assert sorted(theirs["bureau"].ids) == ["1", "2"]
+
+
+def test_order_is_the_documented_joint_shuffle() -> None:
+    active = [f"id{i}" for i in range(200)]
+    rng = random.Random(3)
+    state, start = psi.start(active, job_id=JOB, salt=SALT, party="bank", rng=rng, n_jobs=1)
+    passive_ids = list(reversed(active))
+    pstate, response = psi.respond(
+        passive_ids, start, job_id=JOB, salt=SALT, party="bureau", active="bank", rng=rng
+    )
+    mine, messages = psi.finish(state, active, {"bureau": response})
+    seeds = {"bank": state.seed, "bureau": response.seed}
+    key = psi.order_key(seeds, JOB)
+    assert mine.ids == psi.final_order(active, key)
+    assert mine.ids != sorted(mine.ids) and mine.ids != active
+    # Each party's seed moves the order: no single party chooses it.
+    for name in seeds:
+        other = dict(seeds, **{name: bytes(32)})
+        assert psi.final_order(active, psi.order_key(other, JOB)) != mine.ids
+    assert psi.conclude(pstate, passive_ids, messages["bureau"]).ids == mine.ids
+
+
+def test_order_does_not_depend_on_file_order() -> None:
+    active = [f"id{i}" for i in range(50)]
+    passive = [f"id{i}" for i in range(25, 80)]
+    first, _ = align(active, {"bureau": passive}, seed=5)
+    second, _ = align(list(reversed(active)), {"bureau": passive[::-1]}, seed=5)
+    assert first.ids == second.ids
+
+
+def test_sent_points_are_shuffled() -> None:
+    ids = [f"id{i}" for i in range(100)]
+    domain = psi.make_domain(JOB, SALT)
+    scalar = ecdh.new_scalar()
+    blinded = psi.blind_ids(ids, domain, scalar, rng=random.Random(1), n_jobs=1)
+    in_order = ecdh.blind(ecdh.hash_to_points(ids, domain, n_jobs=1), scalar, n_jobs=1)
+    assert sorted(blinded.order.tolist()) == list(range(100))
+    assert blinded.order.tolist() != list(range(100))
+    assert np.array_equal(blinded.points, in_order[blinded.order])
+
+
+def test_parallel_protocol_run() -> None:
+    # Enough ids for the worker processes to start (the fork path).
+    active = [f"id{i}" for i in range(3000)]
+    passive = [f"id{i}" for i in range(1500, 4500)]
+    state, start = psi.start(active, job_id=JOB, salt=SALT, party="bank", n_jobs=2)
+    pstate, response = psi.respond(
+        passive, start, job_id=JOB, salt=SALT, party="bureau", active="bank", n_jobs=2
+    )
+    mine, messages = psi.finish(state, active, {"bureau": response}, n_jobs=2)
+    theirs = psi.conclude(pstate, passive, messages["bureau"])
+    assert set(mine.ids) == set(active) & set(passive) and theirs.ids == mine.ids
+
+
+def test_intersect_positions() -> None:
+    points = ecdh.hash_to_points([str(i) for i in range(10)], b"d", n_jobs=1)
+    own, peer = points[[0, 1, 2, 3]], points[[9, 3, 8, 1]]
+    assert [x.tolist() for x in psi.intersect(own, peer)] == [[1, 3], [3, 1]]
+    colliding = peer.copy()
+    colliding[0, :8] = own[0, :8]  # same 64-bit prefix, not the same point
+    assert [x.tolist() for x in psi.intersect(own, colliding)] == [[1, 3], [3, 1]]
+    assert psi.intersect(own[:0], peer)[0].size == 0
+
+
+# --------------------------------------------------------------------------- input rules
+
+
+def test_normalise_ids_trims_and_keeps_order() -> None:
+    assert psi.normalise_ids([" a ", b"b\t", "c d", "\u00a0e"]) == ["a", "b", "c d", "e"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([], "id column 'id' has no rows"),
+        (
+            ["a", " ", "b", "", None, float("nan")],
+            r"4 row\(s\) have an empty id \(rows 2, 4, 5, 6\)",
+        ),
+        ([b"ok", b"\xff\xfe", "x"], r"1 id\(s\) are not valid UTF-8 text \(rows 2\)"),
+        (["ok", "bad\udcff"], r"rows 2\)"),
+        (["a", 7], "row 2 holds a int, not text"),
+        (
+            ["a", "b", "a ", "c", " b", "a"],
+            r"2 id\(s\) appear more than once: 'a' \(rows 1, 3, 6\); 'b' \(rows 2, 5\)\. Ids must",
+        ),
+    ],
+)
+def test_normalise_ids_refusals(values: list[object], message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        psi.normalise_ids(values)
+
+
+def test_many_duplicates_are_summarised() -> None:
+    with pytest.raises(DataError, match=r"8 id\(s\) appear more than once: .*; and 3 more\."):
+        psi.normalise_ids([str(i % 8) for i in range(20)], column="mock")
+
+
+# --------------------------------------------------------------------------- refused messages
+
+
+@pytest.fixture
+def run_two() -> dict[str, object]:
+    active = [f"id{i}" for i in range(30)]
+    passive = [f"id{i}" for i in range(15, 40)]
+    state, start = psi.start(active, job_id=JOB, salt=SALT, party="bank", n_jobs=1)
+    pstate, response = psi.respond(
+        passive, start, job_id=JOB, salt=SALT, party="bureau", active="bank", n_jobs=1
+    )
+    _, messages = psi.finish(state, active, {"bureau": response}, n_jobs=1)
+    return {
+        "active": active,
+        "passive": passive,
+        "state": state,
+        "start": start,
+        "pstate": pstate,
+        "response": response,
+        "finish": messages["bureau"],
+    }
+
+
+def respond_to(start: psi.StartMessage, passive: list[str], job: str = JOB) -> object:
+    return psi.respond(passive, start, job_id=job, salt=SALT, party="bureau", active="bank")
+
+
+def test_start_for_another_job_is_refused(run_two: dict) -> None:
+    with pytest.raises(InvalidArtifact, match="belongs to job 'job-7', not to this job 'job-8'"):
+        respond_to(run_two["start"], run_two["passive"], job="job-8")
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda p: np.concatenate([p, p[:1]]), r"1 point\(s\) repeat an earlier one"),
+        (lambda p: _set_row(p, 3, 1), r"small order .*rows 3\)"),
+        (lambda p: _set_top_bit(p, 4), r"top bit set; rows 4\)"),
+        (lambda p: p.astype(np.int16), "expected a uint8 array"),
+    ],
+)
+def test_invalid_start_points_are_refused(run_two: dict, tamper, message: str) -> None:
+    start = dataclasses.replace(run_two["start"], points=tamper(run_two["start"].points))
+    with pytest.raises(InvalidArtifact, match=message):
+        respond_to(start, run_two["passive"])
+
+
+def _set_row(points: np.ndarray, row: int, value: int) -> np.ndarray:
+    out = points.copy()
+    out[row] = np.frombuffer(value.to_bytes(32, "little"), np.uint8)
+    return out
+
+
+def _set_top_bit(points: np.ndarray, row: int) -> np.ndarray:
+    out = points.copy()
+    out[row, 31] |= 0x80
+    return out
+
+
+def finish_with(run_two: dict, **changes: object) -> None:
+    response = dataclasses.replace(run_two["response"], **changes)
+    psi.finish(run_two["state"], run_two["active"], {"bureau": response}, n_jobs=1)
+
+
+def test_invalid_responses_are_refused(run_two: dict) -> None:
+    response = run_two["response"]
+    with pytest.raises(InvalidArtifact, match="belongs to job 'other'"):
+        finish_with(run_two, job_id="other")
+    with pytest.raises(InvalidArtifact, match="answers another start message"):
+        finish_with(run_two, start_digest=bytes(32))
+    with pytest.raises(
+        InvalidArtifact, match="re-blinded start points: expected 30 points, got 29"
+    ):
+        finish_with(run_two, double_blinded=response.double_blinded[:-1])
+    with pytest.raises(InvalidArtifact, match=r"its own points: .*small order .*rows 0\)"):
+        finish_with(run_two, points=_set_row(response.points, 0, 0))
+    with pytest.raises(InvalidArtifact, match=r"its own points: 1 point\(s\) repeat"):
+        finish_with(run_two, points=np.concatenate([response.points, response.points[5:6]]))
+    with pytest.raises(InvalidArtifact, match="the seed is not 32 bytes"):
+        finish_with(run_two, seed=b"short")
+
+
+def test_points_from_another_job_never_match(run_two: dict) -> None:
+    # Same job name, another salt: the domains differ, so nothing matches (and the job id
+    # check above refuses another job outright).
+    other_state, other_start = psi.start(
+        run_two["active"], job_id=JOB, salt=b"other", party="bank", n_jobs=1
+    )
+    _, response = psi.respond(
+        run_two["passive"], other_start, job_id=JOB, salt=SALT, party="bureau", active="bank"
+    )
+    mine, _ = psi.finish(other_state, run_two["active"], {"bureau": response})
+    assert mine.ids == []
+
+
+def test_invalid_finish_messages_are_refused(run_two: dict) -> None:
+    pstate, message, passive = run_two["pstate"], run_two["finish"], run_two["passive"]
+
+    def conclude(**changes: object) -> None:
+        psi.conclude(pstate, passive, dataclasses.replace(message, **changes))
+
+    with pytest.raises(InvalidArtifact, match="belongs to job 'x'"):
+        conclude(job_id="x")
+    with pytest.raises(InvalidArtifact, match="answers another response"):
+        conclude(response_digest=bytes(32))
+    with pytest.raises(InvalidArtifact, match="does not match the commitment"):
+        conclude(seeds=dict(message.seeds, bank=bytes(32)))
+    with pytest.raises(InvalidArtifact, match="another seed for bureau"):
+        conclude(seeds=dict(message.seeds, bureau=bytes(32)))
+    with pytest.raises(InvalidArtifact, match="lacks the seed"):
+        conclude(seeds={"bank": message.seeds["bank"]})
+    with pytest.raises(InvalidArtifact, match=r"positions must lie in 0\.\.24"):
+        conclude(positions=np.array([0, 25]))
+    with pytest.raises(InvalidArtifact, match="positions repeat"):
+        conclude(positions=np.array([1, 1]))
+    with pytest.raises(InvalidArtifact, match="list of integers"):
+        conclude(positions=np.array([0.5]))
+
+
+def test_changed_ids_between_steps_are_refused(run_two: dict) -> None:
+    with pytest.raises(DataError, match="the id column changed"):
+        psi.finish(run_two["state"], run_two["active"][:-1], {"bureau": run_two["response"]})
+    with pytest.raises(DataError, match="the id column changed"):
+        psi.conclude(run_two["pstate"], run_two["passive"][::-1], run_two["finish"])
+
+
+def test_passive_state_holds_no_scalar(run_two: dict) -> None:
+    fields = {f.name for f in dataclasses.fields(psi.PassiveState)}
+    assert "scalar" not in fields
+    assert run_two["response"].seed not in run_two["start"].points.tobytes()
+
+
+# --------------------------------------------------------------------------- FATE example files
+
+
+def column(name: str, col: str) -> list[str]:
+    path = FATE / name
+    if not path.exists():
+        pytest.skip(f"FATE data not available at {path}")
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [row[col] for row in csv.DictReader(handle)]
+
+
+def test_fate_sample_id_files() -> None:
+    # breast_hetero_guest_sample_id.csv: `id` is FATE's match id, shared by several rows (one
+    # person, many samples), so it is refused; `mock_id` is unique per row.
+    with pytest.raises(DataError, match=r"appear more than once: '133' \(rows 1, 2, 3, \.\.\.\)"):
+        psi.normalise_ids(column("breast_hetero_guest_sample_id.csv", "id"))
+    host = psi.normalise_ids(column("breast_hetero_host_sample_id.csv", "id"))
+    guest_mock = psi.normalise_ids(column("breast_hetero_guest_sample_id.csv", "mock_id"))
+    # Keeping the first row per match id, as the doc suggests, makes the file alignable.
+    guest_first = list(dict.fromkeys(column("breast_hetero_guest_sample_id.csv", "id")))
+    check(guest_first, {"host": host})
+    mine, _ = align(guest_first, {"host": host})
+    assert len(mine.ids) == 299
+    # The per-row sample ids of the two parties are unrelated numbering: nothing in common.
+    host_rows = psi.normalise_ids(column("breast_hetero_host_sample_id.csv", "sample_id"))
+    assert align(guest_mock, {"host": host_rows})[0].ids == []
+
+
+def test_fate_repeated_id_file() -> None:
+    with pytest.raises(DataError, match=r"appear more than once: '133' \(rows 1, 2, 3, \.\.\.\)"):
+        psi.normalise_ids(column("breast_hetero_guest_repeated_id.csv", "id"))
+    # `mock_id` is unique ("133_0", "133_1", ... for repeated people, the plain id otherwise):
+    # it aligns, and only people with a single row match the host's ids.
+    guest = psi.normalise_ids(column("breast_hetero_guest_repeated_id.csv", "mock_id"))
+    host = psi.normalise_ids(column("breast_hetero_host_sample_id.csv", "id"))
+    check(guest, {"host": host})

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import math
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -266,12 +267,12 @@ def _refuse_repeats(ids: Sequence[str], column: str) -> None:
 
 def ids_digest(ids: Sequence[str]) -> bytes:
     """SHA-256 of a normalised id list, to check that a later step sees the same list."""
-    h = hashlib.sha256(b"vfl/psi/v1/ids\x00")
-    for value in ids:
-        data = value.encode("utf-8")
-        h.update(len(data).to_bytes(4, "big"))
-        h.update(data)
-    return h.digest()
+    return hashlib.sha256(b"vfl/psi/v1/ids\x00" + _encode_list(ids)).digest()
+
+
+def _encode_list(values: Sequence[str]) -> bytes:
+    # A JSON array with every non-ASCII character escaped: unambiguous, and fast in C.
+    return json.dumps(list(values), ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -348,8 +349,16 @@ def final_order(ids: Iterable[str], key: bytes) -> list[str]:
         ids: the ids to order (any order in, the same order out for equal sets).
         key: from :func:`order_key`.
     """
-    ranked = sorted((hmac.digest(key, value.encode("utf-8"), "sha256"), value) for value in ids)
-    return [value for _, value in ranked]
+    values = list(ids)
+    return [values[i] for i in _order_permutation(values, key).tolist()]
+
+
+def _order_permutation(values: Sequence[str], key: bytes) -> np.ndarray:
+    digest = hmac.digest
+    macs = b"".join([digest(key, value.encode("utf-8"), "sha256") for value in values])
+    # Byte order of 32-byte MACs is the order of their four big-endian 64-bit words.
+    words = np.frombuffer(macs, dtype=">u8").reshape(len(values), 4)
+    return np.lexsort((words[:, 3], words[:, 2], words[:, 1], words[:, 0])).astype(np.int64)
 
 
 def points_digest(points: np.ndarray, job_id: str) -> bytes:
@@ -651,19 +660,13 @@ def conclude(state: PassiveState, ids: Sequence[str], message: FinishMessage) ->
 
 
 def _alignment(ids: Sequence[str], rows: np.ndarray, key: bytes, job_id: str) -> Alignment:
-    by_id = {ids[r]: int(r) for r in rows.tolist()}
-    ordered = final_order(by_id, key)
-    h = hashlib.sha256(b"vfl/psi/v1/alignment")
-    job = job_id.encode("utf-8")
-    h.update(len(job).to_bytes(4, "big") + job)
-    for value in ordered:
-        data = value.encode("utf-8")
-        h.update(len(data).to_bytes(4, "big") + data)
-    return Alignment(
-        ids=ordered,
-        rows=np.array([by_id[v] for v in ordered], dtype=np.int64),
-        fingerprint=h.digest(),
-    )
+    chosen = [ids[r] for r in rows.tolist()]
+    permutation = _order_permutation(chosen, key)
+    ordered = [chosen[i] for i in permutation.tolist()]
+    fingerprint = hashlib.sha256(
+        b"vfl/psi/v1/alignment\x00" + _encode_list([job_id, *ordered])
+    ).digest()
+    return Alignment(ids=ordered, rows=rows[permutation].astype(np.int64), fingerprint=fingerprint)
 
 
 def _shuffle(n: int, rng: Random | None) -> np.ndarray:

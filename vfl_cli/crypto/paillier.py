@@ -530,7 +530,8 @@ def _w_plain_matmul(n: int, blob: bytes, cols: int, xenc: np.ndarray) -> bytes:
     top = int(np.abs(xenc).max()) if xenc.size else 0
     c = _best_window(rows, top.bit_length() + 1)
     digits = [_signed_digits(xenc[j], c) for j in range(xenc.shape[0])]
-    need_inv = bool(np.any(xenc < 0))
+    # signed digits of positive values can be negative too: inverses are needed if any is
+    need_inv = any(bool(np.any(d < 0)) for d in digits)
     out = []
     for col in range(cols):
         bases = cs[col::cols]
@@ -559,7 +560,7 @@ def _w_enc_matmul(n: int, blob: bytes, k: int, wenc: np.ndarray) -> bytes:
     c = min(range(1, 9), key=cost)
     digits = np.stack([_signed_digits(wenc[:, col], c) for col in range(m)])  # (m, T, k)
     half = 1 << (c - 1)
-    need_inv = bool(np.any(wenc < 0))
+    need_inv = bool(np.any(digits < 0))
     invs = _batch_invert(cs, nsq) if need_inv else []
     out = []
     for i in range(len(cs) // k):
@@ -832,7 +833,10 @@ class EncryptedArray:
         if isinstance(other, EncryptedArray):
             raise TypeError("Paillier cannot multiply two ciphertexts; one side must be plain")
         arr = np.asarray(other)
-        if arr.dtype.kind in "iub":
+        if arr.dtype.kind == "O" and all(isinstance(v, (int, np.integer)) for v in arr.flat):
+            ints = [int(v) for v in arr.ravel().tolist()]  # Python ints beyond int64
+            e = 0
+        elif arr.dtype.kind in "iub":
             ints = [int(v) for v in arr.ravel().tolist()]
             e = 0
         elif arr.dtype.kind == "f":
@@ -995,8 +999,10 @@ class ObfuscatorPool:
 
 def _fresh_obfuscators(public: PublicKey, count: int, n_jobs: int | None) -> list[mpz]:
     slices = _par.split(count, n_jobs, min_chunk=4) if count >= 4 else [slice(0, count)]
-    # each obfuscator costs a full exponentiation: parallelise even small counts
-    if count >= 4 and len(slices) == 1 and _par.effective_n_jobs(n_jobs) > 1:
+    # each obfuscator costs a full exponentiation (about 11 ms at 2048 bits): parallelise
+    # small counts too when the key is large enough for that to pay off
+    worth = count >= 8 and public.bits >= 1536
+    if worth and len(slices) == 1 and _par.effective_n_jobs(n_jobs) > 1:
         workers = _par.effective_n_jobs(n_jobs)
         step = -(-count // workers)
         slices = [slice(i, min(count, i + step)) for i in range(0, count, step)]

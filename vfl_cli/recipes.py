@@ -109,6 +109,9 @@ def load_recipe(path: Path) -> Recipe:
     head = raw.get("recipe")
     if not isinstance(head, dict) or "protocol" not in head:
         raise VflError(f"{path} needs a [recipe] table with name and protocol")
+    unknown = set(raw) - {"recipe", "party", *STAGE_TABLES}
+    if unknown:
+        raise VflError(f"{path}: unknown table(s) {sorted(unknown)}; known: recipe, party, {', '.join(STAGE_TABLES)}")
     parties = []
     for i, p in enumerate(raw.get("party", []), 1):
         missing = [k for k in ("name", "role", "data", "id_column") if k not in p]
@@ -121,9 +124,6 @@ def load_recipe(path: Path) -> Recipe:
     roles = [p.role for p in parties]
     if roles.count("active") != 1 or len(parties) < 2:
         raise VflError(f"{path}: a recipe needs one active party and at least one passive party")
-    unknown = set(raw) - {"recipe", "party", *STAGE_TABLES}
-    if unknown:
-        raise VflError(f"{path}: unknown table(s) {sorted(unknown)}; known: recipe, party, {', '.join(STAGE_TABLES)}")
     tables = {k: dict(v) for k, v in raw.items() if k != "party"}
     name = str(head.get("name", path.stem)).lower().replace(" ", "-")
     return Recipe(path, name, str(head["protocol"]), parties, tables)

@@ -1,0 +1,76 @@
+"""A party's own features, prepared locally for training: aligned, split, imputed, standardised.
+
+Every step here runs on one party's own columns with statistics that party computes itself;
+nothing is shared. All parties derive the same train/test split from the job's ``seed`` and the
+aligned row count, so no split needs to be sent.
+
+Missing values (empty cells, NA): replaced by the column's mean over the training rows, before
+standardising (so they become 0). Columns that are constant on the training rows are centred
+but not scaled. Non-numeric columns are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from vfl_cli.errors import DataError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row positions (into the aligned order) of the training and test sets."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+
+def split_rows(n: int, test_fraction: float, seed: int) -> Split:
+    """The job's train/test split of ``n`` aligned rows; identical for every party."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise DataError(f"test_fraction must be in [0, 1), not {test_fraction}")
+    perm = np.random.default_rng([seed, 0x5EED]).permutation(n)
+    n_test = int(round(n * test_fraction))
+    if n - n_test < 2:
+        raise DataError(f"only {n} aligned rows: too few to train on")
+    return Split(train=np.sort(perm[n_test:]), test=np.sort(perm[:n_test]))
+
+
+def numeric_matrix(df: pd.DataFrame, columns: list[str], *, what: str) -> np.ndarray:
+    """The given columns as float64, NaN for missing cells; refuses text columns."""
+    out = np.empty((len(df), len(columns)), dtype=np.float64)
+    for j, col in enumerate(columns):
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() & df[col].notna() & (df[col].astype(str).str.strip() != "")
+        if bad.any():
+            example = df[col][bad].iloc[0]
+            raise DataError(f"{what}: column {col!r} is not numeric (e.g. {example!r}); drop or encode it")
+        out[:, j] = values.to_numpy(dtype=np.float64)
+    return out
+
+
+@dataclass(frozen=True)
+class Standardiser:
+    """Per-column mean/scale from the training rows; kept in the party's model part."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, X: np.ndarray) -> Standardiser:
+        mean = np.nanmean(X, axis=0) if len(X) else np.zeros(X.shape[1])
+        mean = np.where(np.isnan(mean), 0.0, mean)
+        filled = np.where(np.isnan(X), mean, X)
+        scale = filled.std(axis=0)
+        return cls(mean=mean, scale=np.where(scale > 0, scale, 1.0))
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return (np.where(np.isnan(X), self.mean, X) - self.mean) / self.scale
+
+
+def prepare(X_raw: np.ndarray, split: Split) -> tuple[np.ndarray, Standardiser]:
+    """Fit the standardiser on the training rows and transform all rows."""
+    std = Standardiser.fit(X_raw[split.train])
+    return std.transform(X_raw), std

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -380,3 +380,38 @@ def test_fate_repeated_id_file() -> None:
     guest = psi.normalise_ids(column("breast_hetero_guest_repeated_id.csv", "mock_id"))
     host = psi.normalise_ids(column("breast_hetero_host_sample_id.csv", "id"))
     check(guest, {"host": host})
+
+
+def test_progress_is_reported_for_every_long_phase() -> None:
+    bars: list[list[object]] = []
+
+    def progress(description: str, total: int) -> Callable[[int], None]:
+        bar: list[object] = [description, total, 0]
+        bars.append(bar)
+
+        def advance(n: int) -> None:
+            bar[2] = int(str(bar[2])) + n
+
+        return advance
+
+    active = [f"id{i}" for i in range(2500)]  # enough for the parallel path
+    state, start = psi.start(active, job_id=JOB, salt=SALT, party="bank", progress=progress)
+    _, response = psi.respond(
+        active[:40],
+        start,
+        job_id=JOB,
+        salt=SALT,
+        party="bureau",
+        active="bank",
+        n_jobs=1,
+        progress=progress,
+    )
+    psi.finish(state, active, {"bureau": response}, progress=progress)
+    assert bars == [
+        ["hashing ids", 2500, 2500],
+        ["blinding ids", 2500, 2500],
+        ["blinding again the points of bank (start message)", 2500, 2500],
+        ["hashing ids", 40, 40],
+        ["blinding ids", 40, 40],
+        ["blinding again the response from bureau: its own points", 40, 40],
+    ]

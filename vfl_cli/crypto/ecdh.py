@@ -28,7 +28,7 @@ import hashlib
 import os
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from itertools import pairwise
 from multiprocessing import get_all_start_methods, get_context
@@ -69,6 +69,8 @@ _MPZ_POSITIVE = b"\x01\x01"  # gmpy2.from_binary header: an mpz, non-negative, t
 _HASH_TAG = b"vfl/psi/v1/hash-to-curve25519"
 _PERSON = b"vfl-psi-h2c-v1"  # BLAKE2b personalisation (<= 16 bytes)
 _MIN_PARALLEL = 2048  # below this, worker start-up costs more than it saves
+
+Advance = Callable[[int], None]  # progress: told how many more items are done
 
 
 def default_n_jobs() -> int:
@@ -170,19 +172,26 @@ def _hash_chunk(ids: Sequence[str], key: bytes) -> bytes:
     return result.tobytes()
 
 
-def hash_to_points(ids: Sequence[str], domain: bytes, *, n_jobs: int | None = None) -> np.ndarray:
+def hash_to_points(
+    ids: Sequence[str],
+    domain: bytes,
+    *,
+    n_jobs: int | None = None,
+    progress: Advance | None = None,
+) -> np.ndarray:
     """Hash ids to points of Curve25519, domain-separated.
 
     ``H(domain, id)``: with ``K = SHA-256("vfl/psi/v1/hash-to-curve25519" || len(domain) as 8
-    bytes big-endian || domain)`` and ``D_c = BLAKE2b-512(key=K, salt=c as 16 bytes LE,
-    person="vfl-psi-h2c-v1", UTF-8(id))`` for c = 0, 1, ..., the result is the first of
-    ``D_0[0:32], D_0[32:64], D_1[0:32], ...`` which, read little-endian with the top bit cleared,
-    is below p and the u-coordinate of a Curve25519 point (about two candidates on average).
+    bytes big-endian || domain)`` and ``D_c = BLAKE2b-512(key=K, person="vfl-psi-h2c-v1",
+    UTF-8(id) || byte c)`` for c = 0, 1, ..., the result is the first of ``D_0[0:32],
+    D_0[32:64], D_1[0:32], ...`` which, read little-endian with the top bit cleared, is below p
+    and the u-coordinate of a Curve25519 point (about two candidates per id on average).
 
     Args:
         ids: the ids, already normalised (see ``vfl_cli.protocol.psi.normalise_ids``).
         domain: binds the points to one job; parties hashing with different domains never match.
         n_jobs: worker count; ``None`` uses every core.
+        progress: called with the number of ids just hashed, chunk by chunk.
 
     Returns:
         ``(len(ids), 32)`` uint8 array of u-coordinates, in the order of ``ids``.
@@ -193,13 +202,12 @@ def hash_to_points(ids: Sequence[str], domain: bytes, *, n_jobs: int | None = No
     key = _hash_key(domain)
     jobs = _jobs(n_jobs, len(ids))
     if jobs == 1:
-        return _as_points(_hash_chunk(ids, key), len(ids))
-    global _SHARED
-    _SHARED = (ids, key)
-    try:
-        parts = _run(_hash_task, len(ids), jobs, processes=True)
-    finally:
-        _SHARED = None
+        points = _as_points(_hash_chunk(ids, key), len(ids))
+        if progress is not None:
+            progress(len(ids))
+        return points
+    # Hashing is Python code holding the GIL: only processes run it in parallel.
+    parts = _run(_hash_task, (ids, key), len(ids), jobs, processes=True, progress=progress)
     return _as_points(b"".join(parts), len(ids))
 
 
@@ -231,13 +239,20 @@ def _scalarmult_chunk(points: np.ndarray, scalar: bytes, out: np.ndarray) -> lis
     return failed
 
 
-def blind(points: np.ndarray, scalar: bytes, *, n_jobs: int | None = None) -> np.ndarray:
+def blind(
+    points: np.ndarray,
+    scalar: bytes,
+    *,
+    n_jobs: int | None = None,
+    progress: Advance | None = None,
+) -> np.ndarray:
     """Raise every point to ``scalar`` (X25519); the order of rows is kept.
 
     Args:
         points: ``(n, 32)`` uint8 u-coordinates; run :func:`check_points` first on a peer's.
         scalar: 32 secret bytes from :func:`new_scalar`.
         n_jobs: worker count; ``None`` uses every core.
+        progress: called with the number of points just blinded, chunk by chunk.
 
     Returns:
         ``(n, 32)`` uint8 array.
@@ -252,26 +267,27 @@ def blind(points: np.ndarray, scalar: bytes, *, n_jobs: int | None = None) -> np
     n = len(points)
     out = np.empty((n, POINT_BYTES), dtype=np.uint8)
     jobs = _jobs(n_jobs, n)
+    failed: list[int] = []
     if jobs == 1:
         failed = _scalarmult_chunk(points, scalar, out)
-    else:
-        global _SHARED
-        _SHARED = (points, scalar)
-        try:
-            if _fork_available():
-                parts = _run(_blind_task, n, jobs, processes=True)
-                failed = []
-                start = 0
-                for chunk_bytes, chunk_failed in parts:
-                    size = len(chunk_bytes) // POINT_BYTES
-                    out[start : start + size] = _as_points(chunk_bytes, size)
-                    failed.extend(start + i for i in chunk_failed)
-                    start += size
-            else:  # pragma: no cover - non-Linux: threads, the C call releases the GIL
-                results = _run(lambda r: _blind_into(r, out), n, jobs, processes=False)
-                failed = [i for part in results for i in part]
-        finally:
-            _SHARED = None
+        if progress is not None:
+            progress(n)
+    elif _fork_available():
+        parts = _run(_blind_task, (points, scalar), n, jobs, processes=True, progress=progress)
+        start = 0
+        for chunk, chunk_failed in parts:
+            size = len(chunk) // POINT_BYTES
+            out[start : start + size] = np.frombuffer(chunk, np.uint8).reshape(size, POINT_BYTES)
+            failed.extend(start + i for i in chunk_failed)
+            start += size
+    else:  # pragma: no cover - no fork: threads, as the libsodium call releases the GIL
+
+        def into(bounds: tuple[int, int]) -> list[int]:
+            a, b = bounds
+            return [a + i for i in _scalarmult_chunk(points[a:b], scalar, out[a:b])]
+
+        results = _run(into, None, n, jobs, processes=False, progress=progress)
+        failed = [i for part in results for i in part]
     if failed:
         raise CryptoError(
             f"{len(failed)} point(s) have small order and cannot be blinded (rows "
@@ -348,9 +364,15 @@ def check_points(
 
 # --------------------------------------------------------------------------- plumbing
 
-# Work handed to forked workers; set only for the duration of one parallel call. With the "fork"
-# start method the children inherit it, so ids and points are never pickled to them.
+# What a forked worker works on. It is set in the worker by the pool's initializer; with the
+# "fork" start method initializer arguments are inherited, not pickled, so ids and points are
+# never copied to the workers, and the parent's module state is never touched.
 _SHARED: Any = None
+
+
+def _set_shared(shared: Any) -> None:
+    global _SHARED
+    _SHARED = shared
 
 
 def _hash_task(bounds: tuple[int, int]) -> bytes:
@@ -367,12 +389,6 @@ def _blind_task(bounds: tuple[int, int]) -> tuple[bytes, list[int]]:
     return out.tobytes(), failed
 
 
-def _blind_into(bounds: tuple[int, int], out: np.ndarray) -> list[int]:
-    points, scalar = _SHARED
-    start, stop = bounds
-    return [start + i for i in _scalarmult_chunk(points[start:stop], scalar, out[start:stop])]
-
-
 def _fork_available() -> bool:
     return sys.platform.startswith("linux") and "fork" in get_all_start_methods()
 
@@ -387,7 +403,13 @@ def _jobs(n_jobs: int | None, n: int) -> int:
 
 
 def _run(
-    task: Callable[[tuple[int, int]], Any], n: int, jobs: int, *, processes: bool
+    task: Callable[[tuple[int, int]], Any],
+    shared: Any,
+    n: int,
+    jobs: int,
+    *,
+    processes: bool,
+    progress: Advance | None,
 ) -> list[Any]:
     # A few chunks per worker balance the load when other programs share the cores, while keeping
     # per-chunk overhead (a pickled result per chunk) negligible.
@@ -396,13 +418,33 @@ def _run(
     bounds = [(int(a), int(b)) for a, b in pairwise(edges.tolist()) if b > a]
     executor: Executor
     if processes and _fork_available():
-        executor = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork"))
-    elif processes:  # pragma: no cover - hashing is GIL-bound: no gain from threads
-        return [task(b) for b in bounds]
+        executor = ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=get_context("fork"),
+            initializer=_set_shared,
+            initargs=(shared,),
+        )
+    elif processes:  # pragma: no cover - GIL-bound work gains nothing from threads
+        _set_shared(shared)
+        try:
+            return _collect(map(task, bounds), bounds, progress)
+        finally:
+            _set_shared(None)
     else:  # pragma: no cover
         executor = ThreadPoolExecutor(max_workers=jobs)
     with executor:
-        return list(executor.map(task, bounds))
+        return _collect(executor.map(task, bounds), bounds, progress)
+
+
+def _collect(
+    results: Iterable[Any], bounds: list[tuple[int, int]], progress: Advance | None
+) -> list[Any]:
+    collected = []
+    for (start, stop), result in zip(bounds, results, strict=True):
+        collected.append(result)
+        if progress is not None:
+            progress(stop - start)
+    return collected
 
 
 def _check_shape(points: object, *, what: str = "points") -> np.ndarray:

@@ -49,7 +49,7 @@ import hmac
 import json
 import math
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from random import Random
 
@@ -87,6 +87,10 @@ __all__ = [
 ]
 
 PROTOCOL = "vfl/psi-ecdh-x25519/v1"
+
+# Progress reporting, shaped like vfl_cli.protocol.base.Progress: called with a description and a
+# total, returns a function told how many more items are done.
+Progress = Callable[[str, int], Callable[[int], None]]
 SEED_BYTES = 32
 _SHOWN = 5  # how many offending ids or rows an error message lists
 
@@ -377,6 +381,7 @@ def blind_ids(
     *,
     rng: Random | None = None,
     n_jobs: int | None = None,
+    progress: Progress | None = None,
 ) -> BlindedSet:
     """Hash ids to curve points, blind them with ``scalar`` and shuffle them.
 
@@ -389,10 +394,16 @@ def blind_ids(
         scalar: this party's secret scalar (:func:`vfl_cli.crypto.ecdh.new_scalar`).
         rng: randomness for tests.
         n_jobs: worker count; ``None`` uses every core.
+        progress: progress reporting (hashing, then blinding).
     """
     order = _shuffle(len(ids), rng)
     shuffled = [ids[i] for i in order.tolist()]
-    points = ecdh.blind(ecdh.hash_to_points(shuffled, domain, n_jobs=n_jobs), scalar, n_jobs=n_jobs)
+    hashed = ecdh.hash_to_points(
+        shuffled, domain, n_jobs=n_jobs, progress=_bar(progress, "hashing ids", len(ids))
+    )
+    points = ecdh.blind(
+        hashed, scalar, n_jobs=n_jobs, progress=_bar(progress, "blinding ids", len(ids))
+    )
     return BlindedSet(points=points, order=order)
 
 
@@ -403,6 +414,7 @@ def double_blind(
     expected: int | None = None,
     what: str = "the peer's points",
     n_jobs: int | None = None,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Check a peer's blinded points, then blind them again with ``scalar``, keeping their order.
 
@@ -411,7 +423,8 @@ def double_blind(
     """
     try:
         checked = ecdh.check_points(points, expected=expected, what=what)
-        return ecdh.blind(checked, scalar, n_jobs=n_jobs)
+        advance = _bar(progress, f"blinding again {what}", len(checked))
+        return ecdh.blind(checked, scalar, n_jobs=n_jobs, progress=advance)
     except CryptoError as exc:
         raise InvalidArtifact(f"{what}: {_strip_what(exc, what)}") from exc
 
@@ -458,6 +471,7 @@ def start(
     party: str,
     rng: Random | None = None,
     n_jobs: int | None = None,
+    progress: Progress | None = None,
 ) -> tuple[ActiveState, StartMessage]:
     """Active party, hand-off 1: blind and shuffle A's ids, commit to A's seed.
 
@@ -468,13 +482,15 @@ def start(
         party: A's name.
         rng: randomness for tests (scalar, seed, shuffle); default the OS CSPRNG.
         n_jobs: worker count; ``None`` uses every core.
+        progress: progress reporting for the long phases (hashing, blinding).
 
     Returns:
         A's private state, and the message for every passive party.
     """
     scalar = ecdh.new_scalar(rng)
     seed = new_seed(rng)
-    blinded = blind_ids(ids, make_domain(job_id, salt), scalar, rng=rng, n_jobs=n_jobs)
+    domain = make_domain(job_id, salt)
+    blinded = blind_ids(ids, domain, scalar, rng=rng, n_jobs=n_jobs, progress=progress)
     digest = points_digest(blinded.points, job_id)
     state = ActiveState(
         job_id=job_id,
@@ -501,6 +517,7 @@ def respond(
     active: str,
     rng: Random | None = None,
     n_jobs: int | None = None,
+    progress: Progress | None = None,
 ) -> tuple[PassiveState, ResponseMessage]:
     """Passive party, hand-off 2: blind A's points again, blind and shuffle Pi's own ids.
 
@@ -513,6 +530,7 @@ def respond(
         active: A's name.
         rng: randomness for tests; default the OS CSPRNG.
         n_jobs: worker count; ``None`` uses every core.
+        progress: progress reporting for the long phases (blinding, hashing).
 
     Raises:
         InvalidArtifact: the start message is for another job or its points are invalid.
@@ -523,9 +541,14 @@ def respond(
     beta = ecdh.new_scalar(rng)
     # Pi's own points first: nothing about them depends on A's message.
     double = double_blind(
-        message.points, beta, what="the active party's points (start message)", n_jobs=n_jobs
+        message.points,
+        beta,
+        what=f"the points of {active} (start message)",
+        n_jobs=n_jobs,
+        progress=progress,
     )
-    own = blind_ids(ids, make_domain(job_id, salt), beta, rng=rng, n_jobs=n_jobs)
+    domain = make_domain(job_id, salt)
+    own = blind_ids(ids, domain, beta, rng=rng, n_jobs=n_jobs, progress=progress)
     seed = new_seed(rng)
     response_digest = points_digest(own.points, job_id)
     state = PassiveState(
@@ -554,6 +577,7 @@ def finish(
     responses: Mapping[str, ResponseMessage],
     *,
     n_jobs: int | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Alignment, dict[str, FinishMessage]]:
     """Active party, hand-off 3: intersect with every passive party, keep what all hold.
 
@@ -562,6 +586,7 @@ def finish(
         ids: A's normalised ids, the same list as at start.
         responses: passive party name to its response (one per passive party of the job).
         n_jobs: worker count; ``None`` uses every core.
+        progress: progress reporting for the long phases (blinding each party's points).
 
     Returns:
         A's alignment, and the finish message for each passive party.
@@ -592,7 +617,11 @@ def finish(
         except CryptoError as exc:
             raise InvalidArtifact(str(exc)) from exc
         peer_double = double_blind(
-            response.points, state.scalar, what=f"{where}: its own points", n_jobs=n_jobs
+            response.points,
+            state.scalar,
+            what=f"{where}: its own points",
+            n_jobs=n_jobs,
+            progress=progress,
         )
         own_pos, peer_pos = intersect(own_double, peer_double)
         matches[name] = (own_pos, peer_pos)
@@ -667,6 +696,10 @@ def _alignment(ids: Sequence[str], rows: np.ndarray, key: bytes, job_id: str) ->
         b"vfl/psi/v1/alignment\x00" + _encode_list([job_id, *ordered])
     ).digest()
     return Alignment(ids=ordered, rows=rows[permutation].astype(np.int64), fingerprint=fingerprint)
+
+
+def _bar(progress: Progress | None, description: str, total: int) -> Callable[[int], None] | None:
+    return None if progress is None else progress(description, total)
 
 
 def _shuffle(n: int, rng: Random | None) -> np.ndarray:

@@ -23,16 +23,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from vfl_cli.artifacts.io import canonical_json, pretty_json, replace_atomic, write_new
 from vfl_cli.crypto import paillier
 from vfl_cli.crypto.signing import Signer, Verifier, short
 from vfl_cli.errors import DataError, VflError, WorkspaceError
 from vfl_cli.ledger import Ledger
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CONFIG = "vfl.json"
 CARD_FORMAT = "vfl-party-card"
@@ -315,7 +317,7 @@ class Workspace:
         return self.signer.verifier if name == self.name else self.peer(name).verifier
 
     # ----- data -------------------------------------------------------------------------------
-    def read_data(self) -> pd.DataFrame:
+    def read_data(self) -> "pd.DataFrame":
         """The party's data file, ids as strings. Never modified, never copied into artifacts."""
         return read_table(Path(self.config["data"]), self.config["id_column"])
 
@@ -340,8 +342,10 @@ def read_header(path: Path) -> list[str]:
     return [c.strip() for c in header.rstrip("\r\n").split(",")]
 
 
-def read_table(path: Path, id_column: str) -> pd.DataFrame:
+def read_table(path: Path, id_column: str) -> "pd.DataFrame":
     """Read a CSV with the id column as text (ids are strings, never numbers)."""
+    import pandas as pd
+
     read_header(path)
     try:
         df = pd.read_csv(path, dtype={id_column: str}, keep_default_na=False, na_values=[""],

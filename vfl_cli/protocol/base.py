@@ -15,13 +15,15 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol as TypingProtocol
 
 import numpy as np
-import pandas as pd
 
 from vfl_cli.artifacts.container import Artifact, Member
 from vfl_cli.errors import VflError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class PartyContext:
     params: Mapping[str, Any]
     parties: list[dict[str, str]]
     rng: np.random.Generator
-    data: Callable[[], pd.DataFrame]
+    data: Callable[[], "pd.DataFrame"]
     id_column: str
     label_column: str | None
     features: list[str]
@@ -130,6 +132,7 @@ class Protocol(ABC):
 #: protocol name -> "module:Class", imported on first use so that start-up stays fast.
 REGISTRY: dict[str, str] = {
     "handshake": "vfl_cli.protocol.handshake:Handshake",
+    "psi": "vfl_cli.protocol.align:Align",
 }
 
 

@@ -1,0 +1,232 @@
+"""The ``psi`` job: private set intersection alignment as a protocol state machine.
+
+The cryptographic steps live in :mod:`vfl_cli.protocol.psi` (see its docstring and
+docs/protocols/psi.md for the threat model and what each message reveals); this module maps
+them onto artifacts and resumable job state:
+
+=====================  ===========================  =========================================
+hand-off               artifact kind                payload
+=====================  ===========================  =========================================
+1  active -> passive   ``psi/start``                A's blinded, shuffled points; seed commitment
+2  passive -> active   ``psi/response``             A's points re-blinded; Pi's blinded points; seed
+3  active -> passive   ``psi/finish``               positions of the common ids in Pi's list; seeds
+=====================  ===========================  =========================================
+
+Afterwards every party holds, in its own job state, the common ids in the jointly shuffled
+order (``aligned_ids``) and the row of its own file for each (``aligned_rows``). The party's
+secret scalar is kept in its private job state between hand-offs and never sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from vfl_cli.artifacts.container import Artifact, ndarray_member, points_member
+from vfl_cli.errors import InvalidArtifact, VflError
+from vfl_cli.protocol import psi
+from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
+
+START = "psi/start"
+RESPONSE = "psi/response"
+FINISH = "psi/finish"
+
+
+def _hex(b: bytes) -> str:
+    return b.hex()
+
+
+def _unhex(value: Any, what: str) -> bytes:
+    try:
+        return bytes.fromhex(str(value))
+    except ValueError as exc:
+        raise InvalidArtifact(f"{what} is not hex") from exc
+
+
+def _own_ids(ctx: PartyContext) -> list[str]:
+    df = ctx.data()
+    return psi.normalise_ids(df[ctx.id_column].tolist(), column=ctx.id_column)
+
+
+def _digest(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
+
+
+def _finish_state(state: JobState, alignment: psi.Alignment) -> None:
+    ids = alignment.ids
+    state.arrays["aligned_ids"] = np.array(ids, dtype=str)
+    state.arrays["aligned_rows"] = np.asarray(alignment.rows, dtype=np.int64)
+    state.results = {
+        "intersection_size": len(ids),
+        "ids_sha256": _digest(ids),
+        "sorted_ids_sha256": _digest(sorted(ids)),
+        "fingerprint": alignment.fingerprint.hex(),
+    }
+    state.phase = "done"
+    state.done = True
+
+
+class Align(Protocol):
+    name = "psi"
+    summary = "ECDH-PSI over X25519: common ids of all parties, in a jointly shuffled order"
+
+    def check_params(self, params: dict[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
+        unknown = set(params) - {"salt"}
+        if unknown:
+            raise VflError(f"unknown psi parameter(s) {sorted(unknown)}; psi takes: salt")
+        salt = params.get("salt") or secrets.token_hex(16)
+        if len(_unhex(salt, "salt")) < 16:
+            raise VflError("the psi salt must be at least 16 bytes (32 hex digits)")
+        return {"salt": str(salt)}
+
+    def expects(self, ctx: PartyContext, state: JobState) -> list[Expect]:
+        if ctx.is_active:
+            return [] if state.phase == "start" else [Expect(p, RESPONSE) for p in ctx.passives]
+        return [Expect(ctx.active, START if state.phase == "start" else FINISH)]
+
+    def advance(
+        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
+    ) -> list[Outgoing]:
+        salt = bytes.fromhex(ctx.params["salt"])
+        if ctx.is_active and state.phase == "start":
+            return self._start(ctx, state, salt)
+        if ctx.is_active:
+            return self._finish(ctx, state, received)
+        if state.phase == "start":
+            return self._respond(ctx, state, received, salt)
+        return self._conclude(ctx, state, received)
+
+    # ----- active party ----------------------------------------------------------------------
+    def _start(self, ctx: PartyContext, state: JobState, salt: bytes) -> list[Outgoing]:
+        ids = _own_ids(ctx)
+        tick = ctx.progress("PSI: blinding own ids", None)
+        secret, message = psi.start(ids, job_id=ctx.job, salt=salt, party=ctx.name)
+        tick(len(ids))
+        state.data.update(
+            scalar=_hex(secret.scalar),
+            seed=_hex(secret.seed),
+            start_digest=_hex(secret.start_digest),
+            ids_digest=_hex(secret.ids_digest),
+        )
+        state.arrays["order"] = secret.order
+        state.phase = "wait-responses"
+        meta = {"count": len(ids), "seed_commitment": _hex(message.seed_commitment)}
+        return [
+            Outgoing(p, START, "start", members=[points_member("points", message.points)], meta=meta)
+            for p in ctx.passives
+        ]
+
+    def _finish(
+        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
+    ) -> list[Outgoing]:
+        d = state.data
+        secret = psi.ActiveState(
+            job_id=ctx.job,
+            party=ctx.name,
+            scalar=bytes.fromhex(d["scalar"]),
+            seed=bytes.fromhex(d["seed"]),
+            order=state.arrays["order"],
+            start_digest=bytes.fromhex(d["start_digest"]),
+            ids_digest=bytes.fromhex(d["ids_digest"]),
+        )
+        responses = {}
+        for p in ctx.passives:
+            art = need(received, p, RESPONSE)
+            responses[p] = psi.ResponseMessage(
+                job_id=art.job,
+                start_digest=_unhex(art.meta.get("start_digest"), f"{p}'s start_digest"),
+                double_blinded=art.points("double_blinded"),
+                points=art.points("points"),
+                seed=_unhex(art.meta.get("seed"), f"{p}'s seed"),
+            )
+        alignment, messages = psi.finish(secret, _own_ids(ctx), responses)
+        _finish_state(state, alignment)
+        state.arrays.pop("order", None)
+        # The scalar is no longer needed; drop it so the stored state holds no secret.
+        for key in ("scalar", "seed"):
+            state.data.pop(key, None)
+        return [
+            Outgoing(
+                p,
+                FINISH,
+                "finish",
+                members=[ndarray_member("positions", m.positions.astype(np.int64))],
+                meta={
+                    "response_digest": _hex(m.response_digest),
+                    "seeds": {k: _hex(v) for k, v in m.seeds.items()},
+                },
+            )
+            for p, m in messages.items()
+        ]
+
+    # ----- passive party -----------------------------------------------------------------------
+    def _respond(
+        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact], salt: bytes
+    ) -> list[Outgoing]:
+        art = need(received, ctx.active, START)
+        message = psi.StartMessage(
+            job_id=art.job,
+            points=art.points("points"),
+            seed_commitment=_unhex(art.meta.get("seed_commitment"), "the seed commitment"),
+        )
+        ids = _own_ids(ctx)
+        secret, response = psi.respond(
+            ids, message, job_id=ctx.job, salt=salt, party=ctx.name, active=ctx.active
+        )
+        state.data.update(
+            seed=_hex(secret.seed),
+            seed_commitment=_hex(secret.seed_commitment),
+            response_digest=_hex(secret.response_digest),
+            ids_digest=_hex(secret.ids_digest),
+        )
+        state.arrays["order"] = secret.order
+        state.phase = "wait-finish"
+        return [
+            Outgoing(
+                ctx.active,
+                RESPONSE,
+                "response",
+                members=[
+                    points_member("double_blinded", response.double_blinded),
+                    points_member("points", response.points),
+                ],
+                meta={
+                    "count": len(ids),
+                    "start_digest": _hex(response.start_digest),
+                    "seed": _hex(response.seed),
+                },
+            )
+        ]
+
+    def _conclude(
+        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
+    ) -> list[Outgoing]:
+        art = need(received, ctx.active, FINISH)
+        d = state.data
+        secret = psi.PassiveState(
+            job_id=ctx.job,
+            party=ctx.name,
+            active=ctx.active,
+            seed=bytes.fromhex(d["seed"]),
+            seed_commitment=bytes.fromhex(d["seed_commitment"]),
+            order=state.arrays["order"],
+            response_digest=bytes.fromhex(d["response_digest"]),
+            ids_digest=bytes.fromhex(d["ids_digest"]),
+        )
+        seeds = art.meta.get("seeds")
+        if not isinstance(seeds, dict):
+            raise InvalidArtifact("the finish message carries no seeds")
+        message = psi.FinishMessage(
+            job_id=art.job,
+            response_digest=_unhex(art.meta.get("response_digest"), "the response digest"),
+            positions=art.array("positions"),
+            seeds={k: _unhex(v, f"{k}'s seed") for k, v in seeds.items()},
+        )
+        alignment = psi.conclude(secret, _own_ids(ctx), message)
+        _finish_state(state, alignment)
+        state.arrays.pop("order", None)
+        return []

@@ -354,12 +354,20 @@ def start_job(
             Outgoing(n, PROPOSAL, "proposal", meta={k: info[k] for k in ("protocol", "params", "parties", "proposer")})
             for n in names
         ]
-        out = _to_artifacts(ws, job, engine, proposals)
-        job_dir(ws, job).mkdir(parents=True)
-        _commit(ws, job, info=info, state=JobState(), engine=engine, out=out, consumed=[])
+        # The proposal and the proposer's first step are one transaction: if the first step
+        # fails (bad data, say), nothing is written and no proposal goes out.
+        state = JobState()
+        outgoing = proposals + _first_step(protocol, _context(ws, info, progress), state)
+        out = _to_artifacts(ws, job, engine, outgoing)
+        _commit(ws, job, info=info, state=state, engine=engine, out=out, consumed=[])
         report = _run(ws, job, {}, progress)
         report.sent = [{"file": n, "recipient": a.recipient} for n, _, a in out] + report.sent
         return report
+
+
+def _first_step(protocol: Any, ctx: PartyContext, state: JobState) -> list[Outgoing]:
+    """A party's first step if it needs no input, else nothing."""
+    return [] if protocol.expects(ctx, state) else protocol.advance(ctx, state, {})
 
 
 def _party_entry(card: Any) -> dict[str, str]:
@@ -393,8 +401,9 @@ def accept_job(
             art = loaded.artifact
             info = _check_proposal(ws, name, art)
             engine = {"next_seq": {}, "expected_seq": {art.sender: art.seq + 1}}
-            job_dir(ws, art.job).mkdir(parents=True)
-            _commit(ws, art.job, info=info, state=JobState(), engine=engine, out=[], consumed=[(name, loaded)])
+            state = JobState()
+            out = _to_artifacts(ws, art.job, engine, _first_step(get_protocol(info["protocol"]), _context(ws, info, progress), state))
+            _commit(ws, art.job, info=info, state=state, engine=engine, out=out, consumed=[(name, loaded)])
             reports.append(_run(ws, art.job, _inbox_by_job(ws).get(art.job, {}), progress))
         return reports
 

@@ -118,10 +118,10 @@ def _to_float(v: int, exponent: int) -> float:
         return math.ldexp(float(v), shift)
     except OverflowError:
         excess = abs(v).bit_length() - 60
-        out = math.ldexp(float(v >> excess), excess + shift)
-        if math.isinf(out):
+        try:
+            return math.ldexp(float(v >> excess), excess + shift)
+        except OverflowError:
             raise EncodingOverflow("a decoded value does not fit a float64") from None
-        return out
 
 
 def decode(ints: Iterable[int], exponent: int) -> np.ndarray:

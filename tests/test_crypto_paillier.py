@@ -375,3 +375,13 @@ def test_dask_path():
             assert len(ts.data) >= 2  # chunks ran on the cluster
     np.testing.assert_allclose(values, x, atol=RES)
     assert float(priv.decrypt(g)[0]) == pytest.approx(x.sum(), abs=1e-6)
+
+
+def test_numpy_operands_on_the_left(pub, priv):
+    x = np.array([1.0, -2.0])
+    e = P.encrypt(pub, x)
+    r = np.array([0.5, 0.25]) + e
+    assert isinstance(r, P.EncryptedArray)
+    np.testing.assert_allclose(priv.decrypt(r), x + [0.5, 0.25], atol=RES)
+    np.testing.assert_allclose(priv.decrypt(np.float64(3.0) * e), 3 * x, atol=1e-8)
+    np.testing.assert_allclose(priv.decrypt(np.array([1.0, 1.0]) - e), 1 - x, atol=RES)

@@ -504,12 +504,13 @@ def _pippenger(bases: list[mpz], invs: list[mpz], digits: np.ndarray, c: int, ns
             continue
         dn = d[nz]
         sel = (nz + rows * (dn < 0)).tolist()
+        absd = np.abs(dn)
         buckets: list[mpz | None] = [None] * (half + 1)
-        for u, b in zip(np.abs(dn).tolist(), sel):
+        for u, b in zip(absd.tolist(), sel):
             cur = buckets[u]
             buckets[u] = both[b] if cur is None else cur * both[b] % nsq
         running = total = None
-        for u in range(half, 0, -1):
+        for u in range(int(absd.max()), 0, -1):  # the top window often uses few buckets
             bu = buckets[u]
             if bu is not None:
                 running = bu if running is None else running * bu % nsq
@@ -613,6 +614,10 @@ class EncryptedArray:
         fresh: every ciphertext carries fresh randomness (outputs of :func:`encrypt`,
             :func:`mask`, :func:`rerandomize`); arithmetic results are not fresh.
     """
+
+    # numpy must not try to broadcast an EncryptedArray as an object: ``ndarray + enc`` and
+    # ``float64 * enc`` then fall back to our reflected operators.
+    __array_ufunc__ = None
 
     def __init__(
         self,

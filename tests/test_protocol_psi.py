@@ -292,6 +292,14 @@ def test_invalid_responses_are_refused(run_two: dict) -> None:
         finish_with(run_two, points=np.concatenate([response.points, response.points[5:6]]))
     with pytest.raises(InvalidArtifact, match="the seed is not 32 bytes"):
         finish_with(run_two, seed=b"short")
+    with pytest.raises(InvalidArtifact, match="holds no points of its own"):
+        finish_with(run_two, points=response.points[:0])
+
+
+def test_empty_start_is_refused(run_two: dict) -> None:
+    start = dataclasses.replace(run_two["start"], points=run_two["start"].points[:0])
+    with pytest.raises(InvalidArtifact, match="the start message holds no points"):
+        respond_to(start, run_two["passive"])
 
 
 def test_points_from_another_job_never_match(run_two: dict) -> None:

@@ -96,6 +96,57 @@ def run_openmined(ids: IdSets, n_jobs: int | None) -> dict[str, Any]:
     }
 
 
+def backend_rates(n: int = 20_000, rounds: int = 3) -> dict[str, float]:
+    """Single-core X25519 multiplications per second through each available binding.
+
+    Interleaved over several rounds (best round kept) so that load from other programs hits every
+    backend alike.
+    """
+    from nacl._sodium import ffi, lib
+    from nacl.bindings import crypto_scalarmult
+
+    from vfl_cli.crypto import ecdh
+
+    points = ecdh.hash_to_points([f"b{i}" for i in range(n)], b"bench", n_jobs=1)
+    raw = [p.tobytes() for p in points]
+    scalar = ecdh.new_scalar()
+    out = np.empty_like(points)
+
+    def pynacl() -> None:
+        for p in raw:
+            crypto_scalarmult(scalar, p)
+
+    def cffi_loop() -> None:
+        dst, src, key = ffi.from_buffer(out, require_writable=True), ffi.from_buffer(points), scalar
+        for off in range(0, 32 * n, 32):
+            lib.crypto_scalarmult(dst + off, key, src + off)
+
+    backends: dict[str, Callable[[], None]] = {
+        "libsodium via nacl.bindings": pynacl,
+        "libsodium via raw cffi (used)": cffi_loop,
+    }
+    try:
+        from cryptography.hazmat.primitives.asymmetric import x25519
+
+        key = x25519.X25519PrivateKey.from_private_bytes(scalar)
+        load = x25519.X25519PublicKey.from_public_bytes
+
+        def openssl() -> None:
+            for p in raw:
+                key.exchange(load(p))
+
+        backends["OpenSSL via cryptography"] = openssl
+    except ImportError:
+        pass
+    best = dict.fromkeys(backends, 0.0)
+    for _ in range(rounds):
+        for name, run in backends.items():
+            t0 = time.perf_counter()
+            run()
+            best[name] = max(best[name], n / (time.perf_counter() - t0))
+    return best
+
+
 def _child(
     target: Callable[[IdSets, int | None], dict[str, Any]],
     ids: IdSets,
@@ -145,7 +196,16 @@ def main() -> None:
     parser.add_argument("--n-jobs", type=int, default=None, help="cores for ours (default all)")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument(
+        "--backends", action="store_true", help="only compare X25519 bindings on one core"
+    )
     args = parser.parse_args()
+    if args.backends:
+        print(f"load before: {os.getloadavg()}")
+        for name, rate in backend_rates().items():
+            print(f"{name}: {rate:,.0f} X25519/s on one core")
+        print(f"load after: {os.getloadavg()}")
+        return
 
     ids = make_ids(args.n, args.overlap, args.seed)
     total = 2 * args.n

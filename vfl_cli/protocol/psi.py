@@ -538,6 +538,8 @@ def respond(
     _same_job(message.job_id, job_id, "the start message")
     if not isinstance(message.seed_commitment, bytes) or len(message.seed_commitment) != 32:
         raise InvalidArtifact("the start message: the seed commitment is not 32 bytes")
+    if len(message.points) == 0:
+        raise InvalidArtifact("the start message holds no points (the active party has no ids)")
     beta = ecdh.new_scalar(rng)
     # Pi's own points first: nothing about them depends on A's message.
     double = double_blind(
@@ -610,6 +612,8 @@ def finish(
             raise InvalidArtifact(f"{where} answers another start message (stale or replayed)")
         if not isinstance(response.seed, bytes) or len(response.seed) != SEED_BYTES:
             raise InvalidArtifact(f"{where}: the seed is not {SEED_BYTES} bytes")
+        if len(response.points) == 0:
+            raise InvalidArtifact(f"{where} holds no points of its own (the party has no ids)")
         try:
             own_double = ecdh.check_points(
                 response.double_blinded, expected=n, what=f"{where}: the re-blinded start points"

@@ -348,6 +348,12 @@ def test_rerandomize_and_pool(pub, priv):
     assert r.fresh and len(pool) == 0
     assert r.to_bytes() != e.to_bytes()
     np.testing.assert_allclose(priv.decrypt(r), 2 * x, atol=RES)
+    pool.fill(3, n_jobs=1)
+    again = P.ObfuscatorPool.from_bytes(pub, pool.to_bytes())
+    assert len(again) == 3
+    masked, m = P.mask(e, value_bits=40, pool=again)
+    assert len(again) == 0
+    np.testing.assert_allclose(P.unmask(priv.decrypt_raw(masked), m), 2 * x, atol=RES)
 
 
 # -- parallel paths ---------------------------------------------------------------------------

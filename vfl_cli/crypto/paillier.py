@@ -53,6 +53,7 @@ EXPONENT = _enc.EXPONENT
 GUARD_BITS = 2
 """Spare bits on top of every packed slot: an overflowing slot is detected, not carried."""
 
+MIN_OBFUSCATE_SMALL_KEY = 128  # below 1536-bit keys, obfuscators are cheap: stay in-process
 _WINDOW = 8  # bits per fixed-base window for h**a: one random byte per table lookup
 
 __all__ = [
@@ -280,7 +281,7 @@ class PrivateKey:
         nw = _width(n)
         tasks = [
             (self._p, self._q, _to_blob(x._c[s], self.public.width))
-            for s in _par.split(len(x._c), n_jobs, min_chunk=8)
+            for s in _par.split(len(x._c), n_jobs, min_chunk=8, min_items=32)
         ]
         out: list[int] = []
         for blob in _par.run(_w_decrypt, tasks, n_jobs):
@@ -992,6 +993,26 @@ class ObfuscatorPool:
         """Compute ``count`` more obfuscators (in parallel)."""
         self._items.extend(_fresh_obfuscators(self.public, count, n_jobs))
 
+    def to_bytes(self) -> bytes:
+        """The remaining obfuscators, to keep in the party's private workspace (treat like a
+        private key; rewrite the file after every :meth:`take` so none is ever reused)."""
+        return _to_blob(self._items, self.public.width)
+
+    @classmethod
+    def from_bytes(cls, public: PublicKey, data: bytes) -> ObfuscatorPool:
+        """Reload a pool written by :meth:`to_bytes`.
+
+        Raises:
+            InvalidArtifact: the data is not a whole number of ciphertext-sized values.
+        """
+        if len(data) % public.width:
+            raise InvalidArtifact("obfuscator pool: length is not a multiple of the value width")
+        pool = cls(public)
+        pool._items = _from_blob(bytes(data), public.width)
+        if any(not 0 < v < public.nsquare for v in pool._items):
+            raise InvalidArtifact("obfuscator pool: a value is out of range for this key")
+        return pool
+
     def take(self, count: int, *, n_jobs: int | None = None) -> list[mpz]:
         """Remove and return ``count`` obfuscators, computing any the pool lacks."""
         have = min(count, len(self._items))
@@ -1003,14 +1024,10 @@ class ObfuscatorPool:
 
 
 def _fresh_obfuscators(public: PublicKey, count: int, n_jobs: int | None) -> list[mpz]:
-    slices = _par.split(count, n_jobs, min_chunk=4) if count >= 4 else [slice(0, count)]
     # each obfuscator costs a full exponentiation (about 11 ms at 2048 bits): parallelise
     # small counts too when the key is large enough for that to pay off
-    worth = count >= 8 and public.bits >= 1536
-    if worth and len(slices) == 1 and _par.effective_n_jobs(n_jobs) > 1:
-        workers = _par.effective_n_jobs(n_jobs)
-        step = -(-count // workers)
-        slices = [slice(i, min(count, i + step)) for i in range(0, count, step)]
+    min_items = 8 if public.bits >= 1536 else MIN_OBFUSCATE_SMALL_KEY
+    slices = _par.split(count, n_jobs, min_chunk=4, min_items=min_items)
     tasks = [(public.n, None, s.stop - s.start) for s in slices]
     out: list[mpz] = []
     for blob in _par.run(_w_obfuscate, tasks, n_jobs):

@@ -59,15 +59,23 @@ def effective_n_jobs(n_jobs: int | None = None) -> int:
     return max(1, int(joblib.effective_n_jobs(wanted)))
 
 
-def split(count: int, n_jobs: int | None, *, min_chunk: int, per_worker: int = 1) -> list[slice]:
+def split(
+    count: int,
+    n_jobs: int | None,
+    *,
+    min_chunk: int,
+    per_worker: int = 1,
+    min_items: int = MIN_PARALLEL_ITEMS,
+) -> list[slice]:
     """Cut ``range(count)`` into coarse contiguous slices, about ``per_worker`` per worker.
 
-    Returns a single slice (run in-process) when ``count`` is below :data:`MIN_PARALLEL_ITEMS`
-    or the work is too small for more than one chunk of ``min_chunk`` items.
+    Returns a single slice (run in-process) when ``count`` is below ``min_items`` (default
+    :data:`MIN_PARALLEL_ITEMS`; lower for expensive items such as decryptions) or the work is
+    too small for more than one chunk of ``min_chunk`` items.
     """
     if count <= 0:
         return []
-    workers = effective_n_jobs(n_jobs) if count >= MIN_PARALLEL_ITEMS else 1
+    workers = effective_n_jobs(n_jobs) if count >= min_items else 1
     chunks = max(1, min(workers * per_worker, count // max(1, min_chunk)))
     if workers == 1:
         chunks = 1

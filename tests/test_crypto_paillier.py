@@ -60,6 +60,17 @@ def test_roundtrip_through_bytes(pub, priv, x):
     np.testing.assert_allclose(got, x, rtol=1e-15, atol=RES / 2)
 
 
+def test_meta_names_the_key_once(pub, priv):
+    e = P.encrypt(pub, np.array([[1.0, 2.0], [3.0, 4.0]]))
+    meta = json.loads(json.dumps(e.meta()))
+    assert meta["key_id"] == pub.fingerprint and meta["shape"] == [2, 2]
+    back = P.EncryptedArray.from_meta(pub, e.to_bytes(), meta)
+    np.testing.assert_allclose(priv.decrypt(back), [[1, 2], [3, 4]], atol=RES)
+    other, _ = P.generate_keypair(512)
+    with pytest.raises(KeyMismatch, match="encrypted under key"):
+        P.EncryptedArray.from_meta(other, e.to_bytes(), meta)
+
+
 def test_two_encryptions_of_one_value_differ(pub, priv):
     a, b = P.encrypt(pub, np.array([0.5, 0.5])).to_bytes(), P.encrypt(pub, np.array([0.5])).to_bytes()
     w = pub.width

@@ -745,6 +745,37 @@ class EncryptedArray:
         bound = None if max_abs is None else _enc.int_bound(max_abs, exponent)
         return cls(public, values, shape_t, exponent, bound=bound)
 
+    def meta(self) -> dict[str, Any]:
+        """JSON-safe description for an artifact manifest: the key fingerprint once per vector."""
+        return {
+            "key_id": self.public.fingerprint,
+            "shape": list(self.shape),
+            "exponent": self.exponent,
+            "width": self.public.width,
+        }
+
+    @classmethod
+    def from_meta(cls, public: PublicKey, data: bytes, meta: dict[str, Any]) -> EncryptedArray:
+        """Load ciphertexts described by :meth:`meta`, checking they are under ``public``.
+
+        Raises:
+            KeyMismatch: the manifest names another key.
+            InvalidArtifact: a malformed description or payload.
+        """
+        try:
+            key_id, shape = str(meta["key_id"]), [int(v) for v in meta["shape"]]
+            exponent, width = int(meta["exponent"]), int(meta["width"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidArtifact(f"ciphertext vector: bad or missing member ({exc})") from None
+        if key_id != public.fingerprint:
+            raise KeyMismatch(
+                f"the ciphertexts were encrypted under key {key_id[:16]}…, the key at hand is "
+                f"{public.fingerprint[:16]}…"
+            )
+        if width != public.width:
+            raise InvalidArtifact(f"ciphertext vector: width {width}, expected {public.width}")
+        return cls.from_bytes(public, data, shape, exponent)
+
     def to_phe(self) -> list[phe.EncryptedNumber]:
         """The ciphertexts as phe ``EncryptedNumber`` objects (flat, C order)."""
         pk = self.public.phe

@@ -86,7 +86,7 @@ def main() -> None:
     add("decryption", "values/s", args.phe_count / t_phe, dcount / t_one, big.size / t_many)
 
     # -- ciphertext * float ----------------------------------------------------------------
-    mcount = 1000
+    mcount = min(1000, enc_many.size)
     factors = rng.standard_normal(mcount)
     t_phe, _ = _timed(lambda: [x * float(f) for x, f in zip(sample_phe[:300], factors[:300])])
     src = enc_many[:mcount]
@@ -124,6 +124,30 @@ def main() -> None:
     add(f"X^T[[d]], {args.rows:,} x {args.cols}, X at 2^-20 (exponent=-5)", "seconds", t_phe,
         t_one5, t_many5, higher_is_better=False)
 
+    # -- E @ W (split neural network layer) -------------------------------------------------
+    n_e, k_e, m_e, phe_e = 200, 16, 8, 10
+    Z = rng.standard_normal((n_e, k_e))
+    Wm = rng.standard_normal((k_e, m_e)) * 0.3
+    EZ = P.encrypt(pub, Z, n_jobs=args.n_jobs)
+    ez_phe = [[phe_pub.encrypt(float(v)) for v in row] for row in Z[:phe_e]]
+
+    def phe_layer() -> list[object]:
+        out = []
+        for row in ez_phe:
+            for col in range(m_e):
+                acc = row[0] * float(Wm[0, col])
+                for j in range(1, k_e):
+                    acc = acc + row[j] * float(Wm[j, col])
+                out.append(acc)
+        return out
+
+    t_phe_sub, _ = _timed(phe_layer)
+    t_one, _ = _timed(lambda: P.enc_matmul(EZ, Wm, n_jobs=1))
+    t_many, zw = _timed(lambda: P.enc_matmul(EZ, Wm, n_jobs=args.n_jobs))
+    err_e = float(np.max(np.abs(priv.decrypt(zw) - Z @ Wm)))
+    add(f"[[Z]] W, {n_e} x {k_e} by {k_e} x {m_e}", "seconds", t_phe_sub * n_e / phe_e, t_one,
+        t_many, higher_is_better=False)
+
     # -- gradient: mask, pack, one decryption, unmask --------------------------------------
     value_bits = 96
     t_mask, (masked, m) = _timed(lambda: P.mask(g, value_bits=value_bits))
@@ -152,6 +176,8 @@ def main() -> None:
     print(f"- X^T[[d]]: phe measured on {args.phe_rows} rows x {args.cols} columns "
           f"({t_phe_sub:.1f} s) and scaled linearly to {args.rows:,} rows; engine max error "
           f"{err:.2e} (X at 2^-32), {err5:.2e} (X at 2^-20)")
+    print(f"- [[Z]] W: phe measured on {phe_e} rows and scaled linearly; engine max error "
+          f"{err_e:.2e}")
     print(f"- gradient: {packed.ciphertexts.size} packed ciphertext(s) of {packed.slots} slots x "
           f"{packed.slot_bits} bits ({packed_bytes} bytes) instead of {g.size} ciphertexts "
           f"({unpacked_bytes} bytes); mask {t_mask * 1e3:.0f} ms + pack {t_pack * 1e3:.0f} ms on "

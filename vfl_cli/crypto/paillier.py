@@ -1182,7 +1182,10 @@ def enc_matmul(
         col_l1 = max((sum(abs(int(v)) for v in col.tolist()) for col in wenc.T), default=0)
         bound = E._check_bound(col_l1 * E.bound)
     width = E.public.width
-    slices = _par.split(rows, n_jobs, min_chunk=16, per_worker=2)
+    # a row costs about k*m multiplications: parallelise once there are a few thousand
+    per_row = max(1, k * m)
+    slices = _par.split(rows, n_jobs, min_chunk=max(1, 512 // per_row), per_worker=2,
+                        min_items=max(2, 4096 // per_row))
     tasks = [
         (E.public.n, _to_blob(E._c[s.start * k : s.stop * k], width), k, wenc) for s in slices
     ]

@@ -176,6 +176,9 @@ def test_intersect_positions() -> None:
     colliding[0, :8] = own[0, :8]  # same 64-bit prefix, not the same point
     assert [x.tolist() for x in psi.intersect(own, colliding)] == [[1, 3], [3, 1]]
     assert psi.intersect(own[:0], peer)[0].size == 0
+    twins = own.copy()
+    twins[2, :8] = twins[0, :8]  # two prefixes alike within one list: the exact path
+    assert [x.tolist() for x in psi.intersect(twins, peer)] == [[1, 3], [3, 1]]
 
 
 # --------------------------------------------------------------------------- input rules

@@ -66,6 +66,7 @@ __all__ = [
     "BlindedSet",
     "FinishMessage",
     "PassiveState",
+    "Progress",
     "ResponseMessage",
     "StartMessage",
     "blind_ids",
@@ -87,11 +88,11 @@ __all__ = [
 ]
 
 PROTOCOL = "vfl/psi-ecdh-x25519/v1"
+SEED_BYTES = 32
 
 # Progress reporting, shaped like vfl_cli.protocol.base.Progress: called with a description and a
 # total, returns a function told how many more items are done.
 Progress = Callable[[str, int], Callable[[int], None]]
-SEED_BYTES = 32
 _SHOWN = 5  # how many offending ids or rows an error message lists
 
 
@@ -418,6 +419,17 @@ def double_blind(
 ) -> np.ndarray:
     """Check a peer's blinded points, then blind them again with ``scalar``, keeping their order.
 
+    Args:
+        points: the peer's points, as received.
+        scalar: this party's secret scalar.
+        expected: the number of points the protocol says must arrive, if known.
+        what: how to name the points in error messages.
+        n_jobs: worker count; ``None`` uses every core.
+        progress: progress reporting.
+
+    Returns:
+        ``(n, 32)`` uint8, the points blinded again, in the order received.
+
     Raises:
         InvalidArtifact: wrong count, non-canonical, small-order or repeated points.
     """
@@ -446,9 +458,9 @@ def intersect(own_double: np.ndarray, peer_double: np.ndarray) -> tuple[np.ndarr
         return np.empty(0, np.int64), np.empty(0, np.int64)
     own_key, peer_key = _prefix(own), _prefix(peer)
     if _unique(own_key) and _unique(peer_key):
-        # 64-bit prefixes are unique within each list (always, short of a 2^-64 event), so a
-        # prefix appears at most once on each side; confirming the whole 32 bytes of each pair
-        # found is then exact.
+        # The 64-bit prefixes are unique within each list (they collide with probability about
+        # n^2 / 2^65, and then the exact path below runs), so a prefix appears at most once on
+        # each side and confirming the whole 32 bytes of each pair found is exact.
         _, ia, ib = np.intersect1d(own_key, peer_key, assume_unique=True, return_indices=True)
         same = np.all(own[ia] == peer[ib], axis=1)
         ia, ib = ia[same], ib[same]

@@ -1,0 +1,45 @@
+"""Multi-node (horizontal) training: nodes hold the same columns for different rows.
+
+Pure, file-free cores that a protocol calls (seeds 002 and 003):
+
+* :mod:`~vfl_cli.hfl.worker`: a training worker trains the master model on its rows and returns
+  a :class:`~vfl_cli.hfl.worker.Delta` (trained minus snapshot, sample count, statistics).
+* :mod:`~vfl_cli.hfl.aggregation`: the parameter server weights the deltas (FedAvg or a learned
+  Actor-Critic policy) and adds their weighted sum to the master model.
+* :mod:`~vfl_cli.hfl.updates`: the server publishes sparse real-time updates and exact full
+  updates; a prediction worker applies them strictly in order.
+* :mod:`~vfl_cli.hfl.simulation`: all parties in one process, for tests and benchmarks.
+
+See ``docs/protocols/hfl.md`` for the algorithms and what each party learns.
+"""
+
+from vfl_cli.hfl.aggregation import (
+    ActorCritic,
+    aggregate,
+    apply_sum,
+    fedavg_weights,
+    node_features,
+    weighted_sum,
+)
+from vfl_cli.hfl.model import LOGISTIC_SPEC, init_model, mlp_spec, model_loss, model_predict
+from vfl_cli.hfl.simulation import SimulationResult, simulate
+from vfl_cli.hfl.worker import STAT_NAMES, Delta, local_train
+
+__all__ = [
+    "LOGISTIC_SPEC",
+    "STAT_NAMES",
+    "ActorCritic",
+    "Delta",
+    "SimulationResult",
+    "aggregate",
+    "apply_sum",
+    "fedavg_weights",
+    "init_model",
+    "local_train",
+    "mlp_spec",
+    "model_loss",
+    "model_predict",
+    "node_features",
+    "simulate",
+    "weighted_sum",
+]

@@ -993,6 +993,12 @@ def encrypt(
         EncodingOverflow: a value does not fit the plaintext space.
     """
     arr = np.asarray(values, dtype=np.float64)
+    ebits = public.short_exponent_bits
+    if ebits % _WINDOW or ebits < 2 * security_bits(public.bits):
+        raise CryptoError(
+            f"short_exponent_bits must be a multiple of {_WINDOW} and at least "
+            f"{2 * security_bits(public.bits)} for a {public.bits}-bit key, got {ebits}"
+        )
     _, biggest = _enc.encode(arr, public.n, exponent)  # fail early, in the caller's process
     flat = arr.ravel()
     width = public.width

@@ -5,6 +5,8 @@ Usage:
 
 Prints a markdown table (figures per second or seconds, per core with ``n_jobs=1`` and for the
 whole machine with ``--n-jobs``) followed by the load average, for docs/benchmarks.md.
+Per-core figures are CPU time of this process (so that other jobs sharing the machine do not
+distort them); whole-machine figures are wall-clock time.
 The phe baseline of ``X^T [[d]]`` runs on ``--phe-rows`` rows and is scaled linearly to
 ``--rows`` (phe's cost per element does not depend on the number of rows).
 """
@@ -24,9 +26,18 @@ from vfl_cli.crypto import parallel
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, object]:
+    """Wall-clock seconds (for the whole-machine column, whose work runs in worker processes)."""
     t = time.perf_counter()
     out = fn()
     return time.perf_counter() - t, out
+
+
+def _cpu(fn: Callable[[], object]) -> tuple[float, object]:
+    """CPU seconds of this process (for in-process, single-core measures): robust to other
+    jobs sharing the machine, which only stretch wall-clock time."""
+    t = time.process_time()
+    out = fn()
+    return time.process_time() - t, out
 
 
 def main() -> None:
@@ -68,8 +79,8 @@ def main() -> None:
 
     # -- encryption ------------------------------------------------------------------------
     vals = rng.uniform(-1, 1, max(args.count, args.phe_count))
-    t_phe, _ = _timed(lambda: [phe_pub.encrypt(float(v)) for v in vals[: args.phe_count]])
-    t_one, _ = _timed(lambda: P.encrypt(pub, vals[: args.count], n_jobs=1))
+    t_phe, _ = _cpu(lambda: [phe_pub.encrypt(float(v)) for v in vals[: args.phe_count]])
+    t_one, _ = _cpu(lambda: P.encrypt(pub, vals[: args.count], n_jobs=1))
     many_vals = rng.uniform(-1, 1, args.count * workers)
     t_many, enc_many = _timed(lambda: P.encrypt(pub, many_vals, n_jobs=args.n_jobs))
     add("encryption, fresh randomness", "ciphertexts/s", args.phe_count / t_phe,
@@ -79,8 +90,8 @@ def main() -> None:
     dcount = max(args.phe_count, 200)
     sample = enc_many[:dcount]
     sample_phe = sample.to_phe()
-    t_phe, _ = _timed(lambda: [phe_priv.decrypt(x) for x in sample_phe[: args.phe_count]])
-    t_one, _ = _timed(lambda: priv.decrypt(sample, n_jobs=1))
+    t_phe, _ = _cpu(lambda: [phe_priv.decrypt(x) for x in sample_phe[: args.phe_count]])
+    t_one, _ = _cpu(lambda: priv.decrypt(sample, n_jobs=1))
     big = enc_many[: min(enc_many.size, dcount * workers)]
     t_many, _ = _timed(lambda: priv.decrypt(big, n_jobs=args.n_jobs))
     add("decryption", "values/s", args.phe_count / t_phe, dcount / t_one, big.size / t_many)
@@ -88,9 +99,9 @@ def main() -> None:
     # -- ciphertext * float ----------------------------------------------------------------
     mcount = min(1000, enc_many.size)
     factors = rng.standard_normal(mcount)
-    t_phe, _ = _timed(lambda: [x * float(f) for x, f in zip(sample_phe[:300], factors[:300])])
+    t_phe, _ = _cpu(lambda: [x * float(f) for x, f in zip(sample_phe[:300], factors[:300])])
     src = enc_many[:mcount]
-    t_one, _ = _timed(lambda: src.mul(factors, n_jobs=1))
+    t_one, _ = _cpu(lambda: src.mul(factors, n_jobs=1))
     t_many, _ = _timed(lambda: src.mul(factors, n_jobs=args.n_jobs))
     add("ciphertext x float", "products/s", 300 / t_phe, mcount / t_one, mcount / t_many)
 
@@ -110,15 +121,15 @@ def main() -> None:
             out.append(acc)
         return out
 
-    t_phe_sub, _ = _timed(phe_product)
+    t_phe_sub, _ = _cpu(phe_product)
     t_phe = t_phe_sub * args.rows / args.phe_rows
-    t_one, g = _timed(lambda: P.plain_matmul(X.T, d, n_jobs=1))
+    t_one, g = _cpu(lambda: P.plain_matmul(X.T, d, n_jobs=1))
     t_many, g2 = _timed(lambda: P.plain_matmul(X.T, d, n_jobs=args.n_jobs))
     err = float(np.max(np.abs(priv.decrypt(g2) - X.T @ d_plain)))
     add(f"X^T[[d]], {args.rows:,} x {args.cols}, X at 2^-32", "seconds", t_phe, t_one, t_many,
         higher_is_better=False)
     # the precision knob: X rounded to 2^-20 (exponent -5) needs 2 windows instead of 3
-    t_one5, _ = _timed(lambda: P.plain_matmul(X.T, d, exponent=-5, n_jobs=1))
+    t_one5, _ = _cpu(lambda: P.plain_matmul(X.T, d, exponent=-5, n_jobs=1))
     t_many5, g5 = _timed(lambda: P.plain_matmul(X.T, d, exponent=-5, n_jobs=args.n_jobs))
     err5 = float(np.max(np.abs(priv.decrypt(g5) - X.T @ d_plain)))
     add(f"X^T[[d]], {args.rows:,} x {args.cols}, X at 2^-20 (exponent=-5)", "seconds", t_phe,
@@ -141,8 +152,8 @@ def main() -> None:
                 out.append(acc)
         return out
 
-    t_phe_layer, _ = _timed(phe_layer)
-    t_one, _ = _timed(lambda: P.enc_matmul(EZ, Wm, n_jobs=1))
+    t_phe_layer, _ = _cpu(phe_layer)
+    t_one, _ = _cpu(lambda: P.enc_matmul(EZ, Wm, n_jobs=1))
     t_many, zw = _timed(lambda: P.enc_matmul(EZ, Wm, n_jobs=args.n_jobs))
     err_e = float(np.max(np.abs(priv.decrypt(zw) - Z @ Wm)))
     add(f"[[Z]] W, {n_e} x {k_e} by {k_e} x {m_e}", "seconds", t_phe_layer * n_e / phe_e, t_one,
@@ -152,11 +163,11 @@ def main() -> None:
     value_bits = 96
     t_mask, (masked, m) = _timed(lambda: P.mask(g, value_bits=value_bits))
     t_pack, packed = _timed(lambda: P.pack(masked))
-    t_dec, raw = _timed(lambda: P.decrypt_packed(priv, packed, n_jobs=1))
+    t_dec, raw = _cpu(lambda: P.decrypt_packed(priv, packed, n_jobs=1))
     grad = P.unmask(raw, m)
     exact = priv.decrypt(g)
     grad_phe = g.to_phe()
-    t_phe, _ = _timed(lambda: [phe_priv.decrypt(x) for x in grad_phe])
+    t_phe, _ = _cpu(lambda: [phe_priv.decrypt(x) for x in grad_phe])
     add(f"decrypt a {args.cols}-value gradient", "seconds", t_phe, t_dec, None,
         higher_is_better=False)
     unpacked_bytes = g.size * pub.width
@@ -183,6 +194,9 @@ def main() -> None:
           f"({unpacked_bytes} bytes); mask {t_mask * 1e3:.0f} ms + pack {t_pack * 1e3:.0f} ms on "
           f"the passive side; unmasked gradient equals the exact decryption: "
           f"{bool(np.array_equal(grad, exact))}")
+    print("- phe and engine-1-core columns: CPU time of the benchmark process (n_jobs=1, in-process); "
+          f"engine-{workers}-cores column: wall-clock time with {workers} worker processes, "
+          "which other jobs on the machine slow down")
     print(f"- load average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 

@@ -55,6 +55,12 @@ def test_points_member_round_trip() -> None:
     assert loaded.artifact.manifest()["members"]["p"]["encrypted"] is True
 
 
+def test_members_in_any_order_round_trip() -> None:
+    art = _artifact(zeta=np.arange(2.0), alpha=np.arange(3.0))
+    loaded = parse_artifact(encode(art, SIGNER), name="f.zip")
+    np.testing.assert_array_equal(loaded.artifact.array("zeta"), np.arange(2.0))
+
+
 def test_container_is_a_plain_zip_with_manifest() -> None:
     data = encode(_artifact(x=np.arange(3.0)), SIGNER)
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()

@@ -186,9 +186,9 @@ class Runner:
                 if p.name != q.name:
                     self.vfl(p.name, "keys", "import", str(cards / f"{q.name}.card"))
 
-    def deliver(self) -> int:
-        """Move every outbox file to its recipient's inbox; return how many moved."""
-        moved = 0
+    def deliver(self) -> set[str]:
+        """Move every outbox file to its recipient's inbox; return who received something."""
+        receivers: set[str] = set()
         names = {p.name for p in self.recipe.parties}
         for p in self.recipe.parties:
             for f in sorted((self.ws(p.name) / "outbox").glob("*.zip")):
@@ -198,8 +198,8 @@ class Runner:
                 self.bytes_exchanged += f.stat().st_size
                 self.exchanges += 1
                 shutil.move(str(f), self.ws(recipient) / "inbox" / f.name)
-                moved += 1
-        return moved
+                receivers.add(recipient)
+        return receivers
 
     def run_stage(self, stage: Stage) -> dict[str, dict[str, Any]]:
         """Run one job to completion; return each party's final job view."""
@@ -208,19 +208,17 @@ class Runner:
         args = ["job", "start", "--protocol", stage.protocol, "--job", job, "--json"]
         for k, v in stage.params.items():
             args += ["--param", f"{k}={json.dumps(v)}"]
-        self.vfl(active, *args)
+        started = self.vfl(active, *args)
         accepted = {active}
-        done: set[str] = set()
-        idle = 0
+        done: set[str] = {active} if any(r["done"] for r in started) else set()
         while len(done) < len(self.recipe.parties):
-            moved = self.deliver()
-            progressed = moved > 0
+            # only a party that received something has anything to do: no idle processes
+            receivers = self.deliver()
+            progressed = False
             for p in self.recipe.parties:
-                if p.name in done:
+                if p.name in done or p.name not in receivers:
                     continue
                 if p.name not in accepted:
-                    if not any((self.ws(p.name) / "inbox").glob(f"{job}.001.*")):
-                        continue
                     reports = self.vfl(p.name, "job", "accept", job, "--json")
                     accepted.add(p.name)
                 else:
@@ -231,8 +229,7 @@ class Runner:
                         done.add(p.name)
                     for s in r["sent"]:
                         self.on_event(f"{p.name} -> {s['recipient']}: {s['file']}")
-            idle = 0 if progressed else idle + 1
-            if idle >= 2:
+            if not progressed and not receivers:
                 raise VflError(f"job {job} is stuck: no party can make progress (parties done: {sorted(done)})")
         return {p.name: self.vfl(p.name, "job", "show", job, "--json") for p in self.recipe.parties}
 

@@ -185,7 +185,8 @@ def encode(artifact: Artifact, signer: Signer) -> bytes:
     manifest = dict(artifact.manifest(), sender_key=signer.verifier.fingerprint)
     manifest_bytes = canonical_json(manifest)
     signature = (signer.sign(manifest_bytes) + "\n").encode("ascii")
-    return _pack(manifest_bytes, signature, [(m.file, m.data) for m in artifact.members.values()])
+    members = sorted(artifact.members.values(), key=lambda m: m.name)
+    return _pack(manifest_bytes, signature, [(m.file, m.data) for m in members])
 
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -295,7 +296,8 @@ def parse_artifact(data: bytes, *, name: str) -> Loaded:
             created=str(manifest.get("created", "")),
             nonce=str(manifest.get("nonce", "")),
         )
-        repacked = _pack(manifest_bytes, signature_bytes, [(m.file, m.data) for m in members.values()])
+        ordered = sorted(members.values(), key=lambda m: m.name)
+        repacked = _pack(manifest_bytes, signature_bytes, [(m.file, m.data) for m in ordered])
         if repacked != data:
             raise bad("the zip container was altered outside its signed content (not canonical)")
     except InvalidArtifact:

@@ -133,6 +133,8 @@ class Protocol(ABC):
 REGISTRY: dict[str, str] = {
     "handshake": "vfl_cli.protocol.handshake:Handshake",
     "psi": "vfl_cli.protocol.align:Align",
+    "hetero-lr": "vfl_cli.protocol.hetero_linear:HeteroLogistic",
+    "hetero-linear": "vfl_cli.protocol.hetero_linear:HeteroLinear",
 }
 
 

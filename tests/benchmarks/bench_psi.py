@@ -158,8 +158,13 @@ def _child(
     except Exception as exc:  # noqa: BLE001 - report any failure, never hang the parent
         conn.send({"error": f"{type(exc).__name__}: {exc}"})
         return
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["peak_worker_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["peak_rss_mib"] = me.ru_maxrss / 1024
+    result["peak_worker_rss_mib"] = workers.ru_maxrss / 1024
+    # CPU seconds (this process and its reaped workers, ids generation excluded as it happened in
+    # the parent): less sensitive than wall time to other programs sharing the cores.
+    result["cpu"] = me.ru_utime + me.ru_stime + workers.ru_utime + workers.ru_stime
     conn.send(result)
 
 
@@ -182,6 +187,7 @@ def report(name: str, result: dict[str, Any], total_ids: int) -> None:
     steps = ", ".join(f"{k} {v:.1f} s" for k, v in result["steps"].items())
     print(
         f"{name}: {result['wall']:.1f} s wall, {total_ids / result['wall']:,.0f} ids/s, "
+        f"{result['cpu']:.1f} CPU s, "
         f"intersection {result['intersection']:,}, peak RSS {result['peak_rss_mib']:,.0f} MiB "
         f"(workers {result['peak_worker_rss_mib']:,.0f} MiB), point data "
         f"{result['point_bytes'] / total_ids:.1f} B/id, all messages "
@@ -231,6 +237,7 @@ def main() -> None:
         if ours["intersection"] != base["intersection"]:
             print("WARNING: the two implementations found different intersection sizes")
         print(f"speedup (throughput ours / openmined-psi): {base['wall'] / ours['wall']:.2f}x")
+        print(f"CPU-time ratio (openmined-psi / ours, per core): {base['cpu'] / ours['cpu']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -17,51 +17,54 @@ Actor-Critic weighting (seed 002)
 A policy learns, online and one round at a time, how much to trust each node. With ``N``
 nodes, FedAvg prior ``q_i = n_i / sum n`` and round ``t``:
 
-*State* ``s_t``: one feature row per node ``i`` (:func:`node_features`):
+*State* ``s_t``: the previous round's probabilities ``p_{t-1}`` (``p_0 = q``) and, per node
+``i``, a feature row (:func:`node_features`):
 
-  - ``N p_{t-1,i} - 1``: the node's probability in the previous round (``p_0 = q``),
   - ``log(n_i / mean n)``: its relative sample count,
   - ``log(x_i / median_j x_j)``, clipped to ``[-3, 3]``, for each statistic ``x`` the nodes
     report with their deltas (``loss_before``, ``loss_after``, ``delta_norm``): how the node
     compares with the others. A node with noisy or poisoned labels fits the master model worse
     (high ``loss_before``) and cannot fit its own rows as well (high ``loss_after``).
 
-  The critic also sees the log mean ``loss_before`` and ``loss_after`` (how far training has
-  come) and the previous scaled reward.
+  The critic sees the log mean ``loss_before`` and ``loss_after`` over nodes (how far training
+  has come) and the previous scaled reward.
 
 *Actor*: one small network ``f`` (features -> 8 tanh -> 1), shared by all nodes, so the policy
 does not depend on node order and what it learns about one node's statistics applies to any
-node showing them. Mean logits::
+node showing them. The policy's mean logits are::
 
-    mu_i = memory * log p_{t-1,i} + (1 - memory) * log q_i + bound * tanh(f(s_{t,i}) / bound)
+    mu_i = memory * log p_{t-1,i} + (1 - memory) * log q_i + bound * tanh(f(x_i) / bound)
 
-So this round's probabilities come from the previous round's, adjusted by the actor (a
+so each round's probabilities are the previous round's, adjusted by the actor's scores (a
 multiplicative-weights update: a node that keeps looking bad keeps losing weight), pulled
 slightly back towards FedAvg (``memory = 0.9``), with at most ``bound = 2`` change of a logit
 per round. An untrained actor (zero output layer) gives exactly FedAvg.
 
-*Action*: exploratory logits ``a = mu + sigma * eps`` (``sigma = 0.75``) and weights
-``p = softmax(a)``, used to aggregate. ``eps ~ N(0, I)`` is drawn from ``(seed, t // 2)`` and
-negated in odd rounds (antithetic pairs), so a slowly drifting critic error cancels within
-each pair instead of pushing the actor one way. The next state carries the mean policy
-``softmax(mu)``, so exploration noise does not accumulate. ``act(explore=False)`` returns
-``softmax(mu)`` without exploring.
+*Action*: exploratory logits ``a = mu + sigma * eps`` (``sigma = 0.75``); the weights are
+``p_t = softmax(a)``, used to aggregate. ``eps ~ N(0, I)`` is drawn from ``(seed, t // 2)`` and
+negated in odd rounds (antithetic pairs), so a slowly drifting error of the critic cancels
+within each pair instead of pushing the actor one way. The next state carries the mean policy
+``softmax(mu)``, so exploration noise does not accumulate in the weights.
+``act(explore=False)`` returns ``softmax(mu)`` without exploring or learning.
 
 *Reward*: the improvement of the aggregated model on the server's validation data,
-``r_t = L_val(m_t) - L_val(m_{t+1})``, divided by the FedAvg-weighted decrease of the nodes'
-local losses this round (fixed before the action, so a per-state positive scale that keeps
-rewards comparable while training converges).
+``r_t = L_val(m_t) - L_val(m_{t+1})``, divided by ``g_t``, the FedAvg-weighted decrease of the
+nodes' local losses this round. ``g_t`` is known before the action, so it is a per-state
+positive scale (the policy gradient keeps its direction) that keeps rewards comparable while
+training converges.
 
 *Critic* ``V`` (inputs above -> 8 tanh -> 1) estimates the scaled reward of the current policy.
-The first reward sets its output bias (there is no baseline to compare with yet, and the actor
-is not updated in round 0).
+The first reward sets its output bias: there is no baseline yet, so the actor is not updated
+in round 0.
 
-*Update* (one Adam step each per round, learning rates 0.05): advantage ``A = r / g - V(s)``;
-critic: descend ``(V(s) - r / g)^2 / 2``; actor: ascend ``A * log pi(a | s) + 0.01 * H(softmax(mu))``
-with ``grad_mu log pi = eps / sigma`` for the Gaussian policy on the logits and ``H`` the
-entropy, which keeps the policy from collapsing onto one node. A node whose extra weight is
-followed by a worse validation loss than the critic expected has its score lowered, and so has
-any node with the same statistics.
+*Update*, once per round: advantage ``A = r_t / g_t - V(s_t)``. Critic: one Adam step
+(lr 0.05) down the gradient of ``(V(s_t) - r_t / g_t)^2 / 2``. Actor: one plain SGD step (lr
+0.2) up ``A * log pi(a | s) + 0.01 * H(softmax(mu))``, where ``grad_mu log pi = eps / sigma`` for
+the Gaussian policy on the logits and the entropy ``H`` keeps the policy from collapsing onto
+one node. SGD rather than Adam, because Adam takes full-size steps on the first, nearly
+uninformative gradients and its momentum keeps them going. A node whose extra weight is
+followed by a worse validation loss than the critic expected has its score lowered, and so
+has any node with the same statistics.
 
 Everything the server must keep between rounds is in :meth:`ActorCritic.state_dict` (plain
 values and numpy arrays), so a file-based job can persist it and resume.
@@ -78,7 +81,7 @@ import numpy as np
 from vfl_cli.errors import VflError
 from vfl_cli.hfl.worker import STAT_NAMES, Delta
 from vfl_cli.models.nn import Sequential, build_sequential
-from vfl_cli.models.optim import Adam, Optimizer
+from vfl_cli.models.optim import SGD, Adam, Optimizer
 
 __all__ = [
     "ActorCritic",
@@ -223,35 +226,35 @@ def aggregate(
 def node_features(
     n_samples: Sequence[int] | np.ndarray,
     stats: Sequence[Mapping[str, float]],
-    prev_probs: Any,
     stat_names: Sequence[str] = STAT_NAMES,
 ) -> np.ndarray:
-    """The actor's state: one feature row per node (see the module docstring).
+    """What the actor network sees of each node (see the module docstring).
+
+    Every column compares a node with the others, so the features mean the same whatever the
+    loss scale and however far training has come.
 
     Args:
         n_samples: Rows per node.
         stats: Reported statistics per node (``Delta.stats``), each holding ``stat_names``.
-        prev_probs: The nodes' probabilities in the previous round.
-        stat_names: Which statistics to use; each must be > 0.
+        stat_names: Which statistics to use; each must be >= 0.
 
     Returns:
-        Matrix of shape ``(n_nodes, 2 + len(stat_names))``.
+        Matrix of shape ``(n_nodes, 1 + len(stat_names))``: ``log(n_i / mean n)``, then
+        ``log(x_i / median x)`` clipped to ``[-3, 3]`` per statistic.
 
     Raises:
-        VflError: If counts, statistics and probabilities disagree in number, a statistic is
-            missing, or a value is not finite and positive.
+        VflError: If counts and statistics disagree in number, a statistic is missing, or a
+            value is not finite and >= 0.
     """
     counts = np.asarray(n_samples, dtype=np.float64)
     n = counts.size
-    prev = np.asarray(prev_probs, dtype=np.float64)
-    if len(stats) != n or prev.shape != (n,):
+    if counts.ndim != 1 or len(stats) != n:
         raise VflError(
-            f"got {n} sample counts, {len(stats)} statistics and {prev.size} previous "
-            "probabilities; give one of each per node"
+            f"got {n} sample counts and {len(stats)} statistics; give one of each per node"
         )
     if np.any(counts < 1):
         raise VflError(f"every node needs at least one sample, got counts {counts.tolist()}")
-    columns = [n * prev - 1.0, np.log(counts / counts.mean())]
+    columns = [np.log(counts / counts.mean())]
     for name in stat_names:
         values = []
         for index, node in enumerate(stats):
@@ -282,7 +285,7 @@ class ActorCritic:
     Args:
         n_nodes: Number of nodes (fixed for the job, in a fixed order).
         hidden: Hidden units of the actor and the critic.
-        actor_lr: Adam learning rate of the actor.
+        actor_lr: SGD learning rate of the actor.
         critic_lr: Adam learning rate of the critic.
         sigma: Standard deviation of the exploration noise on the logits.
         memory: Weight of the previous round's log-probabilities in the mean logits (the rest
@@ -302,7 +305,7 @@ class ActorCritic:
         n_nodes: int,
         *,
         hidden: int = 8,
-        actor_lr: float = 0.05,
+        actor_lr: float = 0.2,
         critic_lr: float = 0.05,
         sigma: float = 0.75,
         memory: float = 0.9,
@@ -335,14 +338,21 @@ class ActorCritic:
         self.entropy = float(entropy)
         self.stat_names = tuple(stat_names)
         self.seed = seed
-        self.actor = self._network(2 + len(self.stat_names), seed)
+        self.actor = self._network(1 + len(self.stat_names), seed)
         self.critic = self._network(_CRITIC_INPUTS, seed + 1)
-        self.actor_opts: list[Optimizer] = [Adam(lr=self.actor_lr) for _ in self.actor.params()]
-        self.critic_opts: list[Optimizer] = [Adam(lr=self.critic_lr) for _ in self.critic.params()]
+        self.actor_opts, self.critic_opts = self._optimizers()
         self.round = 0
         self.prev_probs: np.ndarray | None = None
         self.last_reward = 0.0
         self.pending: dict[str, np.ndarray] | None = None
+
+    def _optimizers(self) -> tuple[list[Optimizer], list[Optimizer]]:
+        # Plain SGD for the actor: its step is proportional to the evidence of the round. Adam
+        # would take a full-size step on the first, nearly uninformative gradients and its
+        # momentum would keep pushing that way for several rounds.
+        actor: list[Optimizer] = [SGD(lr=self.actor_lr) for _ in self.actor.params()]
+        critic: list[Optimizer] = [Adam(lr=self.critic_lr) for _ in self.critic.params()]
+        return actor, critic
 
     def _network(self, n_in: int, seed: int) -> Sequential:
         # A zero output layer: the untrained actor changes nothing (FedAvg), the untrained
@@ -383,7 +393,7 @@ class ActorCritic:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         prior = fedavg_weights(counts)
         prev = prior if self.prev_probs is None else self.prev_probs
-        features = node_features(counts, stats, prev, self.stat_names)
+        features = node_features(counts, stats, self.stat_names)
         raw = self.actor.forward(features, train=False)[:, 0]
         base = self.memory * np.log(prev) + (1.0 - self.memory) * np.log(prior)
         mu = base + self.bound * np.tanh(raw / self.bound)
@@ -546,8 +556,7 @@ class ActorCritic:
         last_reward = float(last)  # type: ignore[arg-type]  # checked by _finite
         actor = _array(state.get("actor"), "actor", (self.actor.n_params,))
         critic = _array(state.get("critic"), "critic", (self.critic.n_params,))
-        actor_opts: list[Optimizer] = [Adam(lr=self.actor_lr) for _ in self.actor.params()]
-        critic_opts: list[Optimizer] = [Adam(lr=self.critic_lr) for _ in self.critic.params()]
+        actor_opts, critic_opts = self._optimizers()
         for opts, key in ((actor_opts, "actor_opts"), (critic_opts, "critic_opts")):
             saved = state.get(key)
             if not isinstance(saved, Sequence) or len(saved) != len(opts):
@@ -560,7 +569,7 @@ class ActorCritic:
         pending = None
         if pending_in is not None:
             shapes = {
-                "features": (self.n_nodes, 2 + len(self.stat_names)),
+                "features": (self.n_nodes, 1 + len(self.stat_names)),
                 "critic_input": (1, _CRITIC_INPUTS),
                 "eps": (self.n_nodes,),
                 "mean_probs": (self.n_nodes,),

@@ -23,6 +23,15 @@ from vfl_cli.hfl.aggregation import (
 )
 from vfl_cli.hfl.model import LOGISTIC_SPEC, init_model, mlp_spec, model_loss, model_predict
 from vfl_cli.hfl.simulation import SimulationResult, simulate
+from vfl_cli.hfl.updates import (
+    FullUpdate,
+    PredictionReplica,
+    SparseUpdate,
+    UpdatePublisher,
+    full_update,
+    realtime_update,
+    update_from_bytes,
+)
 from vfl_cli.hfl.worker import STAT_NAMES, Delta, local_train
 
 __all__ = [
@@ -30,16 +39,23 @@ __all__ = [
     "STAT_NAMES",
     "ActorCritic",
     "Delta",
+    "FullUpdate",
+    "PredictionReplica",
     "SimulationResult",
+    "SparseUpdate",
+    "UpdatePublisher",
     "aggregate",
     "apply_sum",
     "fedavg_weights",
+    "full_update",
     "init_model",
     "local_train",
     "mlp_spec",
     "model_loss",
     "model_predict",
     "node_features",
+    "realtime_update",
     "simulate",
+    "update_from_bytes",
     "weighted_sum",
 ]

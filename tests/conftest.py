@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,9 @@ from vfl_cli.cli import cli
 ROOT = Path(__file__).resolve().parents[1]
 FATE = ROOT.parent / "shared" / "data" / "fate"
 TEST_KEY_BITS = 512
+
+# Unit tests run the engine in-process: no worker pools to start per test.
+os.environ.setdefault("VFL_N_JOBS", "1")
 
 
 def fate(name: str) -> Path:

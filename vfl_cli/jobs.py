@@ -500,7 +500,12 @@ def step(ws: Workspace, job: str | None = None, *, progress: Progress = no_progr
         reports = [_run(ws, j, inbox.get(j, {}), progress) for j in jobs]
         stuck = [r for r in reports if not r.sent and not r.received and not r.done]
         for r in stuck:
-            early = sorted(inbox.get(r.job, {}).values(), key=lambda x: x[1].artifact.seq)
+            _, engine = load_state(ws, r.job)
+            early = sorted(
+                (hit for hit in inbox.get(r.job, {}).values()
+                 if hit[1].artifact.seq > engine["expected_seq"].get(hit[1].artifact.sender, 1)),
+                key=lambda x: x[1].artifact.seq,
+            )
             if early:
                 name, loaded = early[0]
                 raise InvalidArtifact(

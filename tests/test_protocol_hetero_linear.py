@@ -1,0 +1,251 @@
+"""Hetero linear models: the encrypted protocol equals the plaintext reference, refusals, resume.
+
+Jobs run in-process through the job engine (the same code the CLI calls) with 512-bit keys;
+end-to-end runs through the real command are in test_cli_train.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import carry, error_line, fate, introduce, make_party, run
+from vfl_cli import jobs
+from vfl_cli.errors import InvalidArtifact
+from vfl_cli.models.features import split_rows
+from vfl_cli.models.optim import make_optimizer
+from vfl_cli.models.reference import fit_linear, fit_logistic
+from vfl_cli.workspace import Workspace
+
+
+def drive(parties: list[Path], job: str, *, limit: int = 10_000) -> None:
+    """Carry files and step every party until all are done (like the recipe runner)."""
+    for _ in range(limit):
+        moved = False
+        for src in parties:
+            for dst in parties:
+                if src != dst and carry(src, dst):
+                    moved = True
+        done = 0
+        for ws in parties:
+            w = Workspace(ws)
+            if (ws / "jobs" / job / "job.json").exists():
+                reports = jobs.step(w, job)
+            elif any((ws / "inbox").glob(f"{job}.001.*")):
+                reports = jobs.accept_job(w, job)
+            else:
+                continue
+            done += all(r.done for r in reports)
+        if done == len(parties):
+            return
+        if not moved and done == 0:
+            pass
+    raise AssertionError("job did not finish")
+
+
+def align(active: Path, passives: list[Path], job: str = "al") -> None:
+    jobs.start_job(Workspace(active), "psi", {}, job=job)
+    drive([active, *passives], job)
+
+
+def train(active: Path, passives: list[Path], protocol: str, params: dict, job: str = "tr") -> dict:
+    jobs.start_job(Workspace(active), protocol, {"alignment": "al", **params}, job=job)
+    drive([active, *passives], job)
+    return {ws.name: jobs.load_state(Workspace(ws), job) for ws in [active, *passives]}
+
+
+def joined(active: Path, passives: list[Path]) -> tuple[pd.DataFrame, list[list[str]]]:
+    """The aligned rows of every party side by side (only a test may join them)."""
+    frames, cols = [], []
+    for ws in [active, *passives]:
+        w = Workspace(ws)
+        state, _ = jobs.load_state(w, "al")
+        df = w.read_data().iloc[state.arrays["aligned_rows"]].reset_index(drop=True)
+        frames.append(df[w.features + ([w.label_column] if w.label_column else [])])
+        cols.append(w.features)
+    return pd.concat(frames, axis=1), cols
+
+
+def standardised(X: np.ndarray, train: np.ndarray) -> np.ndarray:
+    mean, std = X[train].mean(0), X[train].std(0)
+    return (X - mean) / np.where(std > 0, std, 1)
+
+
+PARAMS = {"epochs": 3, "batch_size": 64, "optimizer": "adam", "learning_rate": 0.05, "test_fraction": 0.25,
+          "seed": 5, "l2": 0.01}
+
+
+def test_logistic_equals_the_plaintext_reference(two_parties) -> None:
+    bank, bureau = two_parties
+    align(bank, [bureau])
+    states = train(bank, [bureau], "hetero-lr", PARAMS)
+    df, (a_cols, p_cols) = joined(bank, [bureau])
+    split = split_rows(len(df), PARAMS["test_fraction"], PARAMS["seed"])
+    X = standardised(df[a_cols + p_cols].to_numpy(float), split.train)
+    y = df["label"].to_numpy(float)
+    ref = fit_logistic(X[split.train], y[split.train], make_optimizer("adam", lr=0.05, l2=0.01),
+                       PARAMS["epochs"], PARAMS["batch_size"], PARAMS["seed"])
+    w_bank = states["bank"][0].arrays["weights"]
+    w_bureau = states["bureau"][0].arrays["weights"]
+    np.testing.assert_allclose(w_bank[:-1], ref.coef[: len(a_cols)], atol=1e-6)
+    np.testing.assert_allclose(w_bank[-1], ref.intercept, atol=1e-6)
+    np.testing.assert_allclose(w_bureau, ref.coef[len(a_cols):], atol=1e-6)
+    results = states["bank"][0].results
+    assert results["metrics"]["test"]["auc"] > 0.95
+    # the loss A computed through the masked exchange equals the reference's Taylor loss
+    assert len(results["history"]) == PARAMS["epochs"]
+    assert set(results["split"]["test_ids"]) == set(
+        Workspace(bank).read_data()["id"].iloc[jobs.load_state(Workspace(bank), "al")[0].arrays["aligned_rows"][split.test]]
+    )
+    # the passive party learns no metrics and keeps only its own model part
+    assert states["bureau"][0].results["metrics"] == {}
+    assert set(states["bureau"][0].results["model"]["features"]) == set(p_cols)
+
+
+def test_three_party_linear_equals_the_reference(tmp_path: Path) -> None:
+    frames = {n: pd.read_csv(fate(f"motor_hetero_{n}.csv"), dtype={"idx": str}).sample(frac=0.5, random_state=1)
+              for n in ("guest", "host_1", "host_2")}
+    paths = {}
+    for n, df in frames.items():
+        paths[n] = tmp_path / f"{n}.csv"
+        df.to_csv(paths[n], index=False)
+    a = make_party(tmp_path, "plant", "active", paths["guest"], id_column="idx", label_column="motor_speed")
+    p1 = make_party(tmp_path, "s1", "passive", paths["host_1"], id_column="idx")
+    p2 = make_party(tmp_path, "s2", "passive", paths["host_2"], id_column="idx")
+    introduce(tmp_path, "plant", "s1", "s2")
+    align(a, [p1, p2])
+    params = dict(PARAMS, epochs=2, l2=0.0)
+    states = train(a, [p1, p2], "hetero-linear", params)
+    df, (ca, c1, c2) = joined(a, [p1, p2])
+    split = split_rows(len(df), params["test_fraction"], params["seed"])
+    X = standardised(df[ca + c1 + c2].to_numpy(float), split.train)
+    y = df["motor_speed"].to_numpy(float)
+    ref = fit_linear(X[split.train], y[split.train], make_optimizer("adam", lr=0.05),
+                     params["epochs"], params["batch_size"], params["seed"])
+    got = np.concatenate([states["plant"][0].arrays["weights"][:-1], states["s1"][0].arrays["weights"],
+                          states["s2"][0].arrays["weights"]])
+    np.testing.assert_allclose(got, ref.coef, atol=1e-6)
+    np.testing.assert_allclose(states["plant"][0].arrays["weights"][-1], ref.intercept, atol=1e-6)
+    assert "rmse" in states["plant"][0].results["metrics"]["test"]
+
+
+def test_no_artifact_carries_plaintext_rows(two_parties) -> None:
+    bank, bureau = two_parties
+    align(bank, [bureau])
+    train(bank, [bureau], "hetero-lr", dict(PARAMS, epochs=1, batch_size=0))
+    for ws in (bank, bureau):
+        for f in (ws / "archive" / "sent").glob("tr.*.zip"):
+            manifest = json.loads(__import__("zipfile").ZipFile(f).read("manifest.json"))
+            for name, m in manifest["members"].items():
+                # no plaintext array in any training message; only ciphertexts and masked values
+                assert m["type"] in ("paillier", "masked"), (f.name, name, m["type"])
+
+
+def _first(ws: Path, pattern: str) -> Path:
+    return next((ws / "outbox").glob(pattern))
+
+
+def test_stale_round_and_wrong_job_are_refused(two_parties) -> None:
+    bank, bureau = two_parties
+    align(bank, [bureau])
+    jobs.start_job(Workspace(bank), "hetero-lr", {"alignment": "al", **dict(PARAMS, batch_size=0)}, job="tr")
+    carry(bank, bureau)
+    jobs.accept_job(Workspace(bureau), "tr")  # sends partial for round 0
+    carry(bureau, bank)
+    jobs.step(Workspace(bank), "tr")  # residual round 0
+    residual = _first(bank, "*residual*")
+    saved = residual.read_bytes()
+    carry(bank, bureau)
+    jobs.step(Workspace(bureau), "tr")
+    carry(bureau, bank)
+    jobs.step(Workspace(bank), "tr")  # reply round 0
+    carry(bank, bureau)
+    jobs.step(Workspace(bureau), "tr")  # update, partial round 1
+    # an old residual delivered again is a replay
+    (bureau / "inbox" / residual.name).write_bytes(saved)
+    with pytest.raises(InvalidArtifact, match="replayed"):
+        jobs.step(Workspace(bureau), "tr")
+
+
+def test_mismatched_alignment_is_refused(two_parties, tmp_path: Path) -> None:
+    bank, bureau = two_parties
+    align(bank, [bureau])
+    # bureau aligns again on its own copy of the job with another salt: a different row order
+    jobs.start_job(Workspace(bank), "psi", {}, job="al2")
+    drive([bank, bureau], "al2")
+    state, engine = jobs.load_state(Workspace(bureau), "al")
+    state2, _ = jobs.load_state(Workspace(bureau), "al2")
+    # swap bureau's alignment for the other job's result (same ids, other order and fingerprint)
+    shutil.copy(bureau / "jobs" / "al2" / "arrays.npz", bureau / "jobs" / "al" / "arrays.npz")
+    raw = json.loads((bureau / "jobs" / "al" / "state.json").read_text())
+    raw["results"] = state2.results
+    (bureau / "jobs" / "al" / "state.json").write_text(json.dumps(raw))
+    jobs.start_job(Workspace(bank), "hetero-lr", {"alignment": "al", **PARAMS}, job="tr")
+    carry(bank, bureau)
+    jobs.accept_job(Workspace(bureau), "tr")
+    carry(bureau, bank)
+    with pytest.raises(InvalidArtifact, match="another alignment"):
+        jobs.step(Workspace(bank), "tr")
+
+
+def test_bad_training_parameters_are_refused(two_parties) -> None:
+    bank, _ = two_parties
+    for params, message in [({}, "alignment="), ({"alignment": "al", "optimizer": "lbfgs"}, "unknown optimizer"),
+                            ({"alignment": "al", "epochs": 0}, "epochs"), ({"alignment": "al", "nope": 1}, "unknown training")]:
+        args = ["-w", str(bank), "job", "start", "--protocol", "hetero-lr"]
+        for k, v in params.items():
+            args += ["--param", f"{k}={v}"]
+        assert message in error_line(run(*args, ok=False))
+
+
+def test_training_before_alignment_finishes_is_refused(two_parties) -> None:
+    bank, bureau = two_parties
+    jobs.start_job(Workspace(bank), "psi", {}, job="al")
+    message = error_line(run("-w", str(bank), "job", "start", "--protocol", "hetero-lr", "--param", "alignment=al", ok=False))
+    assert "not a finished alignment" in message
+    assert len(list((bank / "jobs").iterdir())) == 1
+
+
+def test_killed_and_resumed_training_finishes_identically(two_parties, monkeypatch) -> None:
+    bank, bureau = two_parties
+    align(bank, [bureau])
+    params = dict(PARAMS, epochs=2)
+    jobs.start_job(Workspace(bank), "hetero-lr", {"alignment": "al", **params}, job="tr")
+    calls = {"n": 0}
+    original = jobs._apply
+
+    def flaky(ws, txn):
+        calls["n"] += 1
+        if calls["n"] % 5 == 0:  # every fifth commit is killed half-way through applying
+            plan = json.loads((txn / "plan.json").read_text())
+            for e in plan["sent"][:1]:
+                shutil.copyfile(txn / "out" / e["file"], ws.path("archive", "sent", e["file"]))
+            raise KeyboardInterrupt
+        original(ws, txn)
+
+    monkeypatch.setattr(jobs, "_apply", flaky)
+    for _ in range(400):
+        try:
+            drive([bank, bureau], "tr", limit=1)
+        except KeyboardInterrupt:
+            continue
+        except AssertionError:
+            continue
+        break
+    monkeypatch.setattr(jobs, "_apply", original)
+    drive([bank, bureau], "tr")
+    resumed = jobs.load_state(Workspace(bank), "tr")[0].arrays["weights"]
+    # the same training without interruptions, in fresh workspaces of the same parties
+    df, (a_cols, p_cols) = joined(bank, [bureau])
+    split = split_rows(len(df), params["test_fraction"], params["seed"])
+    X = standardised(df[a_cols + p_cols].to_numpy(float), split.train)
+    ref = fit_logistic(X[split.train], df["label"].to_numpy(float)[split.train],
+                       make_optimizer("adam", lr=0.05, l2=0.01), 2, 64, params["seed"])
+    np.testing.assert_allclose(resumed[:-1], ref.coef[: len(a_cols)], atol=1e-6)
+    for ws in (bank, bureau):
+        assert json.loads(run("-w", str(ws), "audit", "verify", "--json").stdout)["ok"]

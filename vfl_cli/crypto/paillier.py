@@ -482,12 +482,24 @@ def _signed_digits(x: np.ndarray, c: int) -> np.ndarray:
     return np.stack(digits)
 
 
-def _pippenger_cost(rows: int, bits: int, c: int) -> int:
-    return -(-bits // c) * (rows + (1 << c))
+def _column_digits(x: np.ndarray) -> tuple[int, np.ndarray]:
+    """Pick the window width of one column from its data, and return its signed digits.
 
+    The cost of the bucket method is, per window, one multiplication per non-zero digit plus
+    two per bucket up to the largest digit. Counting both for each width on the actual digits
+    exploits whatever the column holds: integer-valued or binary features (zero low windows),
+    heavy tails (a sparse top window), zeros.
+    """
+    def cost(digits: np.ndarray) -> int:
+        return int(np.count_nonzero(digits)) + 2 * int(np.abs(digits).max(axis=1).sum())
 
-def _best_window(rows: int, bits: int) -> int:
-    return min(range(2, 21), key=lambda c: _pippenger_cost(rows, bits, c))
+    best_c, best = 4, _signed_digits(x, 4)
+    best_cost = cost(best)
+    for c in range(5, 17):
+        digits = _signed_digits(x, c)
+        if cost(digits) < best_cost:
+            best_c, best, best_cost = c, digits, cost(digits)
+    return best_c, best
 
 
 def _pippenger(bases: list[mpz], invs: list[mpz], digits: np.ndarray, c: int, nsq: mpz) -> mpz:
@@ -528,18 +540,15 @@ def _w_plain_matmul(n: int, blob: bytes, cols: int, xenc: np.ndarray) -> bytes:
     nsq = N * N
     width = _width(nsq)
     cs = _from_blob(blob, width)
-    rows = xenc.shape[1]
-    top = int(np.abs(xenc).max()) if xenc.size else 0
-    c = _best_window(rows, top.bit_length() + 1)
-    digits = [_signed_digits(xenc[j], c) for j in range(xenc.shape[0])]
+    chosen = [_column_digits(xenc[j]) for j in range(xenc.shape[0])]
     # signed digits of positive values can be negative too: inverses are needed if any is
-    need_inv = any(bool(np.any(d < 0)) for d in digits)
+    need_inv = any(bool(np.any(d < 0)) for _, d in chosen)
     out = []
     for col in range(cols):
         bases = cs[col::cols]
         invs = _batch_invert(bases, nsq) if need_inv else []
-        for j in range(xenc.shape[0]):
-            out.append(_pippenger(bases, invs, digits[j], c, nsq))
+        for c, digits in chosen:
+            out.append(_pippenger(bases, invs, digits, c, nsq))
     # out is ordered (col, j); return (j, col)
     k = xenc.shape[0]
     ordered = [out[col * k + j] for j in range(k) for col in range(cols)]

@@ -115,6 +115,7 @@ def load_info(ws: Workspace, job: str) -> dict[str, Any]:
 
 
 def load_state(ws: Workspace, job: str) -> tuple[JobState, dict[str, Any]]:
+    load_info(ws, job)  # a clear error for an unknown job
     d = job_dir(ws, job)
     raw = json.loads((d / "state.json").read_text())
     arrays: dict[str, np.ndarray] = {}
@@ -252,17 +253,21 @@ def _context(ws: Workspace, info: dict[str, Any], progress: Progress) -> PartyCo
     me = next(p for p in info["parties"] if p["name"] == ws.name)
     cache: dict[str, Any] = {}
 
-    def data() -> Any:
-        if "data" not in cache:
-            cache["data"] = ws.read_data()
-        return cache["data"]
+    def data(job: str | None = None) -> Any:
+        """The data file this job (or the named earlier job) was run on, read once."""
+        path = Path(info.get("data") or ws.config["data"]) if job is None else Path(
+            load_info(ws, job).get("data") or ws.config["data"])
+        if path not in cache:
+            cache[path] = ws.read_data(path)
+        return cache[path]
 
     def job_arrays(job: str) -> dict[str, np.ndarray]:
         return load_state(ws, job)[0].arrays
 
     def job_info(job: str) -> dict[str, Any]:
+        info = load_info(ws, job)
         state, _ = load_state(ws, job)
-        return dict(load_info(ws, job), done=state.done, results=state.results, data=state.data)
+        return dict(info, done=state.done, results=state.results, state=state.data)
 
     def public_key(name: str) -> Any:
         return ws.public_key if name == ws.name else ws.peer(name).paillier
@@ -320,9 +325,14 @@ def start_job(
     *,
     peers: list[str] | None = None,
     job: str | None = None,
+    data: Path | None = None,
     progress: Progress = no_progress,
 ) -> StepReport:
-    """Propose a job to ``peers`` (default: every trusted peer) and take the first step."""
+    """Propose a job to ``peers`` (default: every trusted peer) and take the first step.
+
+    ``data`` names another data file of this party for this job (e.g. new rows to align and
+    score); it stays local and is never part of the proposal.
+    """
     protocol = get_protocol(protocol_name)
     with locked(ws):
         trusted = ws.peers()
@@ -348,6 +358,7 @@ def start_job(
             "parties": parties,
             "proposer": ws.name,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "data": _data_file(ws, data),
         }
         engine: dict[str, Any] = {"next_seq": {}, "expected_seq": {}}
         proposals = [
@@ -370,6 +381,19 @@ def _first_step(protocol: Any, ctx: PartyContext, state: JobState) -> list[Outgo
     return [] if protocol.expects(ctx, state) else protocol.advance(ctx, state, {})
 
 
+def _data_file(ws: Workspace, data: Path | None) -> str:
+    """The data file a job uses: the workspace's, or another one checked like it."""
+    if data is None:
+        return str(ws.config["data"])
+    from vfl_cli.workspace import read_header
+
+    columns = read_header(data)
+    missing = [c for c in [ws.config["id_column"], *ws.features] if c not in columns]
+    if missing:
+        raise VflError(f"{data} lacks column(s) {', '.join(missing[:5])} that {ws.name}'s data has")
+    return str(data.resolve())
+
+
 def _party_entry(card: Any) -> dict[str, str]:
     return {
         "name": card.name,
@@ -384,9 +408,12 @@ def pending_proposals(ws: Workspace) -> list[tuple[str, Loaded]]:
 
 
 def accept_job(
-    ws: Workspace, job: str | None = None, *, progress: Progress = no_progress
+    ws: Workspace, job: str | None = None, *, data: Path | None = None, progress: Progress = no_progress
 ) -> list[StepReport]:
-    """Accept proposals waiting in the inbox (all, or the one for ``job``) and take first steps."""
+    """Accept proposals waiting in the inbox (all, or the one for ``job``) and take first steps.
+
+    ``data`` names another data file of this party for the accepted job (local only).
+    """
     with locked(ws):
         pending = [(n, l) for n, l in _scan_inbox(ws) if l.artifact.kind == PROPOSAL]
         if job is not None:
@@ -400,6 +427,7 @@ def accept_job(
         for name, loaded in pending:
             art = loaded.artifact
             info = _check_proposal(ws, name, art)
+            info["data"] = _data_file(ws, data)
             engine = {"next_seq": {}, "expected_seq": {art.sender: art.seq + 1}}
             state = JobState()
             out = _to_artifacts(ws, art.job, engine, _first_step(get_protocol(info["protocol"]), _context(ws, info, progress), state))

@@ -317,9 +317,12 @@ class Workspace:
         return self.signer.verifier if name == self.name else self.peer(name).verifier
 
     # ----- data -------------------------------------------------------------------------------
-    def read_data(self) -> "pd.DataFrame":
-        """The party's data file, ids as strings. Never modified, never copied into artifacts."""
-        return read_table(Path(self.config["data"]), self.config["id_column"])
+    def read_data(self, path: Path | None = None) -> "pd.DataFrame":
+        """The party's data file (or another of its files), ids as strings.
+
+        Data files are read, never modified, never copied into artifacts.
+        """
+        return read_table(path or Path(self.config["data"]), self.config["id_column"])
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(int.from_bytes(os.urandom(16), "big"))

@@ -54,9 +54,9 @@ def cli(workspace: str | None, quiet: bool, debug: bool) -> None:
 
 
 def _register() -> None:
-    from vfl_cli.cli import align, audit, inspect, jobs, keys, recipe, workspace
+    from vfl_cli.cli import align, audit, inspect, jobs, keys, recipe, train, workspace
 
-    for module in (workspace, keys, jobs, align, inspect, audit, recipe):
+    for module in (workspace, keys, jobs, align, train, inspect, audit, recipe):
         for command in module.COMMANDS:
             cli.add_command(command)
 

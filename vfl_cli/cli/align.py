@@ -13,6 +13,11 @@ from vfl_cli.cli._options import force_option, json_option, out_option, workspac
 from vfl_cli.cli.jobs import report
 
 
+data_option = click.option(
+    "--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Align another CSV of this party (same columns, e.g. new rows to score); stays local.")
+
+
 @click.group()
 def align() -> None:
     """Align ids with private set intersection: start, respond, finish.
@@ -33,9 +38,11 @@ def align() -> None:
 @align.command()
 @click.option("--with", "peers", multiple=True, help="Passive party to align with (repeat; default: all).")
 @click.option("--job", "job_id", help="Job id (default: psi-<date>-<random>).")
+@data_option
 @json_option
 @click.pass_context
-def start(ctx: click.Context, peers: tuple[str, ...], job_id: str | None, as_json: bool) -> None:
+def start(ctx: click.Context, peers: tuple[str, ...], job_id: str | None, data: Path | None,
+          as_json: bool) -> None:
     """Active party: propose an alignment job and send the blinded ids.
 
     Example:
@@ -45,15 +52,17 @@ def start(ctx: click.Context, peers: tuple[str, ...], job_id: str | None, as_jso
     """
     ws = workspace(ctx)
     with progress_bars() as progress:
-        r = engine.start_job(ws, "psi", {}, peers=list(peers) or None, job=job_id, progress=progress)
+        r = engine.start_job(ws, "psi", {}, peers=list(peers) or None, job=job_id, data=data,
+                             progress=progress)
     report([r], as_json, ws.name)
 
 
 @align.command()
 @click.argument("job_id", required=False)
+@data_option
 @json_option
 @click.pass_context
-def respond(ctx: click.Context, job_id: str | None, as_json: bool) -> None:
+def respond(ctx: click.Context, job_id: str | None, data: Path | None, as_json: bool) -> None:
     """Passive party: accept the alignment proposal in the inbox and answer it.
 
     Example:
@@ -63,7 +72,7 @@ def respond(ctx: click.Context, job_id: str | None, as_json: bool) -> None:
     """
     ws = workspace(ctx)
     with progress_bars() as progress:
-        reports = engine.accept_job(ws, job_id, progress=progress)
+        reports = engine.accept_job(ws, job_id, data=data, progress=progress)
     report(reports, as_json, ws.name)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vfl_cli import jobs
@@ -20,4 +21,5 @@ def aligned_frame(ws: Workspace, job: str) -> "pd.DataFrame":
         raise VflError(f"job {job} is a {info['protocol']} job, not an alignment (psi) job")
     if not state.done:
         raise VflError(f"alignment job {job} is not finished yet (phase {state.phase}); run 'vfl step'")
-    return ws.read_data().iloc[state.arrays["aligned_rows"]].reset_index(drop=True)
+    data = ws.read_data(Path(info["data"])) if info.get("data") else ws.read_data()
+    return data.iloc[state.arrays["aligned_rows"]].reset_index(drop=True)

@@ -82,7 +82,7 @@ class PartyContext:
     params: Mapping[str, Any]
     parties: list[dict[str, str]]
     rng: np.random.Generator
-    data: Callable[[], "pd.DataFrame"]
+    data: Callable[..., "pd.DataFrame"]  # data() this job's rows; data(job) an earlier job's
     id_column: str
     label_column: str | None
     features: list[str]
@@ -135,6 +135,7 @@ REGISTRY: dict[str, str] = {
     "psi": "vfl_cli.protocol.align:Align",
     "hetero-lr": "vfl_cli.protocol.hetero_linear:HeteroLogistic",
     "hetero-linear": "vfl_cli.protocol.hetero_linear:HeteroLinear",
+    "predict": "vfl_cli.protocol.predict:Predict",
 }
 
 

@@ -142,7 +142,7 @@ class PartyData:
             raise VflError(f"job {alignment} is not a finished alignment (psi) job on {ctx.name}")
         self.fingerprint = str(info["results"]["fingerprint"])
         rows = ctx.job_arrays(alignment)["aligned_rows"]
-        df = ctx.data().iloc[rows]
+        df = ctx.data(alignment).iloc[rows]
         self.n = len(rows)
         self.split: Split = split_rows(self.n, ctx.params["test_fraction"], ctx.params["seed"])
         raw = numeric_matrix(df, ctx.features, what=ctx.name)
@@ -402,28 +402,19 @@ class HeteroLinear(Protocol):
         return self._p_scores(ctx, state, data)
 
     def _p_scores(self, ctx: PartyContext, state: JobState, data: PartyData) -> list[Outgoing]:
-        if ctx.name == ctx.passives[0] and len(ctx.passives) > 1:
+        u = data.X[data.split.test] @ state.arrays["weights"]
+        out = send_scores(ctx, u, int(state.data["t"]))
+        if out is None:
             state.phase = "collect-scores"  # P1 first gathers the other passive parties' scores
             return []
-        test = data.split.test
-        enc = paillier.encrypt(ctx.public_key(ctx.active), data.X[test] @ state.arrays["weights"])
-        t = int(state.data["t"])
         self._finish_passive(ctx, state, data)
-        member, meta = [enc_member("u", enc)], {"rows": len(test)}
-        if ctx.name == ctx.passives[0]:
-            return [Outgoing(ctx.active, SCORES, "scores", member, meta, t)]
-        return [Outgoing(ctx.passives[0], PEER_SCORES, "peer-scores", member, meta, t)]
+        return out
 
     def _p_collect(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
                    data: PartyData) -> list[Outgoing]:
-        test = data.split.test
-        ka = ctx.public_key(ctx.active)
-        total = paillier.encrypt(ka, data.X[test] @ state.arrays["weights"])
-        for art in received.values():
-            total = total + read_enc(art, "u", ka, rows=len(test))
+        u = data.X[data.split.test] @ state.arrays["weights"]
         self._finish_passive(ctx, state, data)
-        total = paillier.rerandomize(total)
-        return [Outgoing(ctx.active, SCORES, "scores", [enc_member("u", total)], {"rows": len(test)}, int(state.data["t"]))]
+        return collect_scores(ctx, u, received, int(state.data["t"]))
 
     def _finish_passive(self, ctx: PartyContext, state: JobState, data: PartyData) -> None:
         state.arrays["mean"] = data.standardiser.mean
@@ -593,6 +584,32 @@ class HeteroLogistic(HeteroLinear):
 
     def evaluate(self, y: np.ndarray, z: np.ndarray) -> dict[str, Any]:
         return classification_metrics(y, 1.0 / (1.0 + np.exp(-z)))
+
+
+def send_scores(ctx: PartyContext, u: np.ndarray, t: int) -> list[Outgoing] | None:
+    """A passive party's partial scores for A, encrypted under A's key.
+
+    With one passive party they go to A; with several, every party but P1 sends them to P1,
+    which adds them up (:func:`collect_scores`) so that A learns only their sum. Returns None
+    for P1 when it must first collect the others'.
+    """
+    enc = paillier.encrypt(ctx.public_key(ctx.active), u)
+    member, meta = [enc_member("u", enc)], {"rows": len(u)}
+    if ctx.name != ctx.passives[0]:
+        return [Outgoing(ctx.passives[0], PEER_SCORES, "peer-scores", member, meta, t)]
+    if len(ctx.passives) > 1:
+        return None
+    return [Outgoing(ctx.active, SCORES, "scores", member, meta, t)]
+
+
+def collect_scores(ctx: PartyContext, u: np.ndarray, received: Mapping[str, Artifact], t: int) -> list[Outgoing]:
+    """P1 adds its own partial scores to the other passive parties' (all under A's key)."""
+    ka = ctx.public_key(ctx.active)
+    total = paillier.encrypt(ka, u)
+    for art in received.values():
+        total = total + read_enc(art, "u", ka, rows=len(u))
+    total = paillier.rerandomize(total)
+    return [Outgoing(ctx.active, SCORES, "scores", [enc_member("u", total)], {"rows": len(u)}, t)]
 
 
 def _json_state(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,241 @@
+"""``vfl train``, ``vfl evaluate``, ``vfl predict`` and ``vfl model``: training jobs and their models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vfl_cli import jobs as engine
+from vfl_cli.artifacts.io import ensure_writable, pretty_json, replace_atomic, write_new
+from vfl_cli.cli._console import console, emit_json, progress_bars, say
+from vfl_cli.cli._options import force_option, json_option, out_option, workspace
+from vfl_cli.cli.jobs import parse_params, report
+from vfl_cli.errors import VflError
+
+TRAIN_OPTIONS = {
+    "epochs": int, "batch_size": int, "learning_rate": float, "optimizer": str,
+    "test_fraction": float, "seed": int, "l2": float,
+}
+
+
+@click.group()
+def train() -> None:
+    """Train a model on aligned rows with Paillier-encrypted rounds.
+
+    Example:
+
+    \b
+        bank$   vfl train start --protocol hetero-lr --alignment align-2026-11 --epochs 10
+        bureau$ vfl job accept
+        both$   vfl step      (each time new files arrive, until done)
+    """
+
+
+@train.command()
+@click.option("--protocol", "-p", type=click.Choice(["hetero-lr", "hetero-linear"]), required=True,
+              help="hetero-lr: binary logistic regression; hetero-linear: linear regression.")
+@click.option("--alignment", required=True, help="The finished alignment (psi) job whose rows to train on.")
+@click.option("--epochs", type=int, help="Passes over the training rows (default 10).")
+@click.option("--batch-size", type=int, help="Rows per mini-batch; 0 = full batch, fewest hand-offs (default 0).")
+@click.option("--learning-rate", type=float, help="Step size (default 0.05).")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), help="Optimiser (default adam).")
+@click.option("--l2", type=float, help="L2 penalty (default 0).")
+@click.option("--test-fraction", type=float, help="Share of aligned rows held out for evaluation (default 0.2).")
+@click.option("--seed", type=int, help="Seed of the split and mini-batch order (default 42).")
+@click.option("--param", "params", multiple=True, help="Any other parameter key=value (l1, momentum, "
+              "schedule, decay, early_stopping_patience, early_stopping_tol, loss_sample).")
+@click.option("--with", "peers", multiple=True, help="Passive party (repeat; default: all trusted).")
+@click.option("--job", "job_id", help="Job id (default: <protocol>-<date>-<random>).")
+@json_option
+@click.pass_context
+def start(ctx: click.Context, protocol: str, alignment: str, params: tuple[str, ...], peers: tuple[str, ...],
+          job_id: str | None, as_json: bool, **options: Any) -> None:
+    """Active party: propose a training job on the rows of a finished alignment.
+
+    Example:
+
+    \b
+        vfl train start --protocol hetero-lr --alignment align-2026-11 --epochs 10 --batch-size 0
+    """
+    ws = workspace(ctx)
+    values = {k: v for k, v in options.items() if v is not None}
+    values.update(parse_params(params))
+    values["alignment"] = alignment
+    with progress_bars() as progress:
+        r = engine.start_job(ws, protocol, values, peers=list(peers) or None, job=job_id, progress=progress)
+    report([r], as_json, ws.name)
+
+
+def _finished(ctx: click.Context, job_id: str) -> tuple[Any, dict[str, Any], Any]:
+    ws = workspace(ctx)
+    info = engine.load_info(ws, job_id)
+    state, _ = engine.load_state(ws, job_id)
+    if not state.done:
+        raise VflError(f"job {job_id} is not finished (phase {state.phase}); run 'vfl step' as files arrive")
+    return ws, info, state
+
+
+@click.command()
+@click.argument("job_id")
+@json_option
+@click.pass_context
+def evaluate(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show the metrics of a finished training job (its test split) or predict job (labelled rows).
+
+    Only the active party has metrics: it alone holds the labels.
+
+    Example:
+
+    \b
+        vfl evaluate hetero-lr-20261122-3f2a9c --json
+    """
+    from rich.table import Table
+
+    ws, info, state = _finished(ctx, job_id)
+    metrics = state.results.get("metrics")
+    if not metrics:
+        raise VflError(
+            f"{ws.name} has no metrics for job {job_id}: only the active party, which holds the labels, has them"
+            if ws.role == "passive" else f"job {job_id} computed no metrics (no test rows or no labels)"
+        )
+    if as_json:
+        emit_json(metrics)
+        return
+    table = Table(title=f"{info['protocol']} job {job_id}")
+    table.add_column("split")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for split, values in metrics.items():
+        for k, v in values.items():
+            table.add_row(split, k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
+@click.group()
+def predict() -> None:
+    """Score aligned rows jointly with a trained model; only the active party sees the scores.
+
+    Example:
+
+    \b
+        bank$   vfl align start --with bureau --data new_customers.csv --job new-rows
+        ...     (finish the alignment)
+        bank$   vfl predict start --model hetero-lr-20261122-3f2a9c --alignment new-rows
+        bureau$ vfl job accept
+        bank$   vfl step && vfl predict export <job> --out scores.csv
+    """
+
+
+@predict.command(name="start")
+@click.option("--model", required=True, help="The finished training job whose model to use.")
+@click.option("--alignment", required=True, help="The finished alignment job of the rows to score.")
+@click.option("--job", "job_id", help="Job id (default: predict-<date>-<random>).")
+@json_option
+@click.pass_context
+def predict_start(ctx: click.Context, model: str, alignment: str, job_id: str | None, as_json: bool) -> None:
+    """Active party: propose scoring the rows of ALIGNMENT with MODEL.
+
+    Example:
+
+    \b
+        vfl predict start --model hetero-lr-20261122-3f2a9c --alignment new-rows
+    """
+    ws = workspace(ctx)
+    r = engine.start_job(ws, "predict", {"model": model, "alignment": alignment}, job=job_id)
+    report([r], as_json, ws.name)
+
+
+@predict.command(name="export")
+@click.argument("job_id")
+@out_option("CSV file for the ids and their scores.")
+@force_option
+@click.pass_context
+def predict_export(ctx: click.Context, job_id: str, out: Path, force: bool) -> None:
+    """Active party: write the scores of a finished predict job as CSV (id, score).
+
+    Example:
+
+    \b
+        vfl predict export predict-20261122-77aa01 --out scores.csv
+    """
+    import pandas as pd
+
+    ensure_writable(out, force=force)
+    ws, info, state = _finished(ctx, job_id)
+    if "scores" not in state.arrays:
+        raise VflError(f"{ws.name} holds no scores for job {job_id}: only the active party receives them")
+    ids = engine.load_state(ws, info["params"]["alignment"])[0].arrays["aligned_ids"]
+    pd.DataFrame({"id": ids, "score": state.arrays["scores"]}).to_csv(out, index=False)
+    say(f"Wrote {len(ids)} scores to {out}")
+
+
+@click.group()
+def model() -> None:
+    """Show or export this party's part of a trained model.
+
+    Example:
+
+    \b
+        vfl model show hetero-lr-20261122-3f2a9c
+    """
+
+
+@model.command(name="show")
+@click.argument("job_id")
+@json_option
+@click.pass_context
+def model_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show this party's model card: protocol, parameters, its features and weights, metrics.
+
+    Example:
+
+    \b
+        vfl model show hetero-lr-20261122-3f2a9c --json
+    """
+    from rich.table import Table
+
+    ws, info, state = _finished(ctx, job_id)
+    card = state.results.get("model")
+    if card is None:
+        raise VflError(f"job {job_id} is a {info['protocol']} job and holds no model")
+    if as_json:
+        emit_json(dict(card, metrics=state.results.get("metrics", {})))
+        return
+    console.print(f"[bold]{card['protocol']}[/bold] model of job {job_id}, {ws.name}'s part "
+                  f"(trained on alignment {card['alignment']}, {card['epochs_run']} epochs)")
+    table = Table()
+    table.add_column("feature")
+    table.add_column("weight", justify="right")
+    for f, w in card["weights"].items():
+        table.add_row(f, f"{w:+.5f}")
+    console.print(table)
+
+
+@model.command(name="export")
+@click.argument("job_id")
+@out_option("JSON file for this party's model part and card.")
+@force_option
+@click.pass_context
+def model_export(ctx: click.Context, job_id: str, out: Path, force: bool) -> None:
+    """Write this party's model part (weights, standardisation, card) as JSON; never other parties'.
+
+    Example:
+
+    \b
+        vfl model export hetero-lr-20261122-3f2a9c --out bank-model.json
+    """
+    ensure_writable(out, force=force)
+    ws, info, state = _finished(ctx, job_id)
+    card = state.results.get("model")
+    if card is None:
+        raise VflError(f"job {job_id} is a {info['protocol']} job and holds no model")
+    doc = dict(card, metrics=state.results.get("metrics", {}),
+               standardiser={"mean": state.arrays["mean"].tolist(), "scale": state.arrays["scale"].tolist()})
+    (replace_atomic if force else write_new)(out, pretty_json(doc))
+    say(f"Wrote {ws.name}'s model part to {out}")
+
+
+COMMANDS = [train, evaluate, predict, model]

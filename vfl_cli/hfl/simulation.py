@@ -29,7 +29,10 @@ class SimulationResult:
 
     Attributes:
         master: Final master model vector.
-        weights: The node weights of each round, shape ``(rounds, n_nodes)``.
+        weights: The node weights used to aggregate in each round, shape ``(rounds, n_nodes)``
+            (for Actor-Critic: the exploratory sample).
+        policy: Actor-Critic only: the mean policy ``softmax(mu)`` of each round, the weights
+            without exploration noise; equal to ``weights`` for FedAvg.
         val_loss: Validation loss of the master model before round 1 and after each round.
         rewards: Actor-Critic learning records per round (empty for FedAvg).
         actor_critic: The trained weighting policy (None for FedAvg).
@@ -37,6 +40,7 @@ class SimulationResult:
 
     master: np.ndarray
     weights: np.ndarray
+    policy: np.ndarray
     val_loss: list[float] = field(default_factory=list)
     rewards: list[dict[str, float]] = field(default_factory=list)
     actor_critic: ActorCritic | None = None
@@ -97,6 +101,7 @@ def simulate(
         ac = ActorCritic(len(nodes), seed=seed, **dict(actor_critic or {}))
     val_loss = [model_loss(spec, master, X_val, y_val, head)]
     history: list[np.ndarray] = []
+    policy: list[np.ndarray] = []
     rewards: list[dict[str, float]] = []
     for t in range(rounds):
         deltas = [
@@ -114,10 +119,15 @@ def simulate(
         val_loss.append(model_loss(spec, master, X_val, y_val, head))
         if ac is not None:
             rewards.append(ac.learn(val_loss[-2] - val_loss[-1]))
+            # After learn(), prev_probs is the mean policy of the round just played.
+            policy.append(ac.prev_probs.copy() if ac.prev_probs is not None else weights)
+        else:
+            policy.append(weights)
         history.append(weights)
     return SimulationResult(
         master=master,
         weights=np.array(history),
+        policy=np.array(policy),
         val_loss=val_loss,
         rewards=rewards,
         actor_critic=ac,

@@ -32,6 +32,15 @@ def _timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
+def _best(fn: Callable[[], object], repeat: int = 3) -> tuple[float, object]:
+    """Best wall-clock time of ``repeat`` runs: other jobs on a shared machine only add time."""
+    best, out = _timed(fn)
+    for _ in range(repeat - 1):
+        t, out = _timed(fn)
+        best = min(best, t)
+    return best, out
+
+
 def _cpu(fn: Callable[[], object]) -> tuple[float, object]:
     """CPU seconds of this process (for in-process, single-core measures): robust to other
     jobs sharing the machine, which only stretch wall-clock time."""
@@ -86,7 +95,7 @@ def main() -> None:
     t_phe, _ = _cpu(lambda: [phe_pub.encrypt(float(v)) for v in vals[: args.phe_count]])
     t_one, _ = _cpu(lambda: P.encrypt(pub, vals[: args.count], n_jobs=1))
     many_vals = rng.uniform(-1, 1, args.count * workers)
-    t_many, enc_many = _timed(lambda: P.encrypt(pub, many_vals, n_jobs=args.n_jobs))
+    t_many, enc_many = _best(lambda: P.encrypt(pub, many_vals, n_jobs=args.n_jobs))
     add("encryption, fresh randomness", "ciphertexts/s", args.phe_count / t_phe,
         args.count / t_one, many_vals.size / t_many)
 
@@ -97,7 +106,7 @@ def main() -> None:
     t_phe, _ = _cpu(lambda: [phe_priv.decrypt(x) for x in sample_phe[: args.phe_count]])
     t_one, _ = _cpu(lambda: priv.decrypt(sample, n_jobs=1))
     big = enc_many[: min(enc_many.size, dcount * workers)]
-    t_many, _ = _timed(lambda: priv.decrypt(big, n_jobs=args.n_jobs))
+    t_many, _ = _best(lambda: priv.decrypt(big, n_jobs=args.n_jobs))
     add("decryption", "values/s", args.phe_count / t_phe, dcount / t_one, big.size / t_many)
 
     # -- ciphertext * float ----------------------------------------------------------------
@@ -106,7 +115,7 @@ def main() -> None:
     t_phe, _ = _cpu(lambda: [x * float(f) for x, f in zip(sample_phe[:300], factors[:300])])
     src = enc_many[:mcount]
     t_one, _ = _cpu(lambda: src.mul(factors, n_jobs=1))
-    t_many, _ = _timed(lambda: src.mul(factors, n_jobs=args.n_jobs))
+    t_many, _ = _best(lambda: src.mul(factors, n_jobs=args.n_jobs))
     add("ciphertext x float", "products/s", 300 / t_phe, mcount / t_one, mcount / t_many)
 
     # -- X^T [[d]] -------------------------------------------------------------------------
@@ -138,13 +147,13 @@ def main() -> None:
     t_phe_sub, _ = _cpu(phe_product)
     t_phe = t_phe_sub * args.rows / args.phe_rows
     t_one, g = _cpu(lambda: P.plain_matmul(X.T, d, n_jobs=1))
-    t_many, g2 = _timed(lambda: P.plain_matmul(X.T, d, n_jobs=args.n_jobs))
+    t_many, g2 = _best(lambda: P.plain_matmul(X.T, d, n_jobs=args.n_jobs))
     err = float(np.max(np.abs(priv.decrypt(g2) - X.T @ d_plain)))
     add(f"X^T[[d]], {args.rows:,} x {args.cols}, X at 2^-32", "seconds", t_phe, t_one, t_many,
         higher_is_better=False)
     # the precision knob: X rounded to 2^-20 (exponent -5) needs 2 windows instead of 3
     t_one5, _ = _cpu(lambda: P.plain_matmul(X.T, d, exponent=-5, n_jobs=1))
-    t_many5, g5 = _timed(lambda: P.plain_matmul(X.T, d, exponent=-5, n_jobs=args.n_jobs))
+    t_many5, g5 = _best(lambda: P.plain_matmul(X.T, d, exponent=-5, n_jobs=args.n_jobs))
     err5 = float(np.max(np.abs(priv.decrypt(g5) - X.T @ d_plain)))
     add(f"X^T[[d]], {args.rows:,} x {args.cols}, X at 2^-20 (exponent=-5)", "seconds", t_phe,
         t_one5, t_many5, higher_is_better=False)
@@ -168,7 +177,7 @@ def main() -> None:
 
     t_phe_layer, _ = _cpu(phe_layer)
     t_one, _ = _cpu(lambda: P.enc_matmul(EZ, Wm, n_jobs=1))
-    t_many, zw = _timed(lambda: P.enc_matmul(EZ, Wm, n_jobs=args.n_jobs))
+    t_many, zw = _best(lambda: P.enc_matmul(EZ, Wm, n_jobs=args.n_jobs))
     err_e = float(np.max(np.abs(priv.decrypt(zw) - Z @ Wm)))
     add(f"[[Z]] W, {n_e} x {k_e} by {k_e} x {m_e}", "seconds", t_phe_layer * n_e / phe_e, t_one,
         t_many, higher_is_better=False)
@@ -210,8 +219,8 @@ def main() -> None:
           f"the passive side; unmasked gradient equals the exact decryption: "
           f"{bool(np.array_equal(grad, exact))}")
     print("- phe and engine-1-core columns: CPU time of the benchmark process (n_jobs=1, in-process); "
-          f"engine-{workers}-cores column: wall-clock time with {workers} worker processes, "
-          "which other jobs on the machine slow down")
+          f"engine-{workers}-cores column: best wall-clock time of 3 runs with {workers} worker "
+          "processes, which other jobs on the machine slow down")
     print(f"- load average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 

@@ -140,8 +140,11 @@ def centred_reference(XA: np.ndarray, XP: np.ndarray, y: np.ndarray, epochs: int
     """Plain numpy: the centred sigmoid linearisation with Adam, as the protocol runs it."""
     from vfl_cli.models.reference import minibatches
 
+    from vfl_cli.models.reference import initial_intercept
+
     A = np.hstack([XA, np.ones((len(XA), 1))])
     wa, wp = np.zeros(A.shape[1]), np.zeros(XP.shape[1])
+    wa[-1] = initial_intercept(y, binary=True)
     opt_a = make_optimizer("adam", lr=lr, l2=l2)
     opt_p = make_optimizer("adam", lr=lr, l2=l2)
     for epoch in range(epochs):

@@ -75,7 +75,7 @@ from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.metrics import classification_metrics, regression_metrics
 from vfl_cli.models.features import Split, numeric_matrix, prepare, split_rows
 from vfl_cli.models.optim import EarlyStopping, make_optimizer
-from vfl_cli.models.reference import minibatches
+from vfl_cli.models.reference import initial_intercept, minibatches
 from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
 
 PARTIAL = "hetero/partial"
@@ -487,6 +487,7 @@ class HeteroLinear(Protocol):
         if self.task == "binary" and not np.isin(data.y, (0.0, 1.0)).all():
             raise DataError(f"{ctx.label_column!r} must hold 0/1 labels for {self.name}")
         self._init_weights(state, ctx, data.X.shape[1])
+        state.arrays["weights"][-1] = initial_intercept(data.y[data.split.train], binary=self.task == "binary")
         state.data["fingerprint"] = data.fingerprint
         state.phase = "wait-partials"
         return []

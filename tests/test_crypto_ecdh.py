@@ -97,6 +97,31 @@ def test_parallel_equals_serial() -> None:
     )
 
 
+def test_forkserver_workers_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The path taken when another thread is running (fork would be unsafe) or on other OSes.
+    ids = [f"user-{i}" for i in range(3000)]
+    scalar = ecdh.new_scalar()
+    expected = ecdh.blind(ecdh.hash_to_points(ids, b"d", n_jobs=1), scalar, n_jobs=1)
+    monkeypatch.setattr(ecdh, "_start_method", lambda: "forkserver")
+    points = ecdh.hash_to_points(ids, b"d", n_jobs=2)
+    assert np.array_equal(ecdh.blind(points, scalar, n_jobs=2), expected)
+
+
+def test_fork_only_while_single_threaded() -> None:
+    import threading
+
+    if threading.active_count() == 1:  # other tests may leave threads behind
+        assert ecdh._start_method() == "fork"
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        assert ecdh._start_method() == "forkserver"
+    finally:
+        stop.set()
+        worker.join()
+
+
 def test_openssl_backend_agrees() -> None:
     # The same X25519 through OpenSSL (the `cryptography` package), should we switch backends.
     x25519 = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.x25519")

@@ -17,9 +17,10 @@ No curve arithmetic is written here: scalar multiplication is libsodium's consta
 the only field arithmetic is the public curve-membership test during hashing (gmpy2), which
 touches the party's own ids, never secrets received from anyone.
 
-Parallelism: on Linux the work is split into chunks run by forked worker processes (hashing is
-Python code bound by the GIL); elsewhere blinding runs in threads (the libsodium call releases the
-GIL) and hashing in the calling thread.
+Parallelism: the work is split into chunks run by worker processes (hashing is Python code bound
+by the GIL, so threads would not help it). On Linux, when the caller is single-threaded, workers
+are forked and inherit the data without copies; otherwise (another thread is running, or another
+OS) they come from a clean "forkserver" process and each chunk is pickled to them.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import hashlib
 import os
 import secrets
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from itertools import pairwise
 from multiprocessing import get_all_start_methods, get_context
 from random import Random
@@ -207,7 +209,7 @@ def hash_to_points(
             progress(len(ids))
         return points
     # Hashing is Python code holding the GIL: only processes run it in parallel.
-    parts = _run(_hash_task, (ids, key), len(ids), jobs, processes=True, progress=progress)
+    parts = _run(_hash_task, ids, key, jobs, progress)
     return _as_points(b"".join(parts), len(ids))
 
 
@@ -272,22 +274,13 @@ def blind(
         failed = _scalarmult_chunk(points, scalar, out)
         if progress is not None:
             progress(n)
-    elif _fork_available():
-        parts = _run(_blind_task, (points, scalar), n, jobs, processes=True, progress=progress)
+    else:
         start = 0
-        for chunk, chunk_failed in parts:
+        for chunk, chunk_failed in _run(_blind_task, points, scalar, jobs, progress):
             size = len(chunk) // POINT_BYTES
             out[start : start + size] = np.frombuffer(chunk, np.uint8).reshape(size, POINT_BYTES)
             failed.extend(start + i for i in chunk_failed)
             start += size
-    else:  # pragma: no cover - no fork: threads, as the libsodium call releases the GIL
-
-        def into(bounds: tuple[int, int]) -> list[int]:
-            a, b = bounds
-            return [a + i for i in _scalarmult_chunk(points[a:b], scalar, out[a:b])]
-
-        results = _run(into, None, n, jobs, processes=False, progress=progress)
-        failed = [i for part in results for i in part]
     if failed:
         raise CryptoError(
             f"{len(failed)} point(s) have small order and cannot be blinded (rows "
@@ -364,9 +357,9 @@ def check_points(
 
 # --------------------------------------------------------------------------- plumbing
 
-# What a forked worker works on. It is set in the worker by the pool's initializer; with the
-# "fork" start method initializer arguments are inherited, not pickled, so ids and points are
-# never copied to the workers, and the parent's module state is never touched.
+# What a worker works on, set by the pool's initializer. With the "fork" start method the
+# initializer's arguments are inherited, not pickled, so ids and points are never copied to the
+# workers; with the other start methods each task carries its own chunk instead.
 _SHARED: Any = None
 
 
@@ -375,22 +368,31 @@ def _set_shared(shared: Any) -> None:
     _SHARED = shared
 
 
-def _hash_task(bounds: tuple[int, int]) -> bytes:
+def _hash_task(job: tuple[tuple[int, int], Sequence[str] | None]) -> bytes:
+    (start, stop), chunk = job
     ids, key = _SHARED
-    start, stop = bounds
-    return _hash_chunk(ids[start:stop], key)
+    return _hash_chunk(ids[start:stop] if chunk is None else chunk, key)
 
 
-def _blind_task(bounds: tuple[int, int]) -> tuple[bytes, list[int]]:
+def _blind_task(job: tuple[tuple[int, int], np.ndarray | None]) -> tuple[bytes, list[int]]:
+    (start, stop), chunk = job
     points, scalar = _SHARED
-    start, stop = bounds
+    if chunk is None:
+        chunk = points[start:stop]
     out = np.empty((stop - start, POINT_BYTES), dtype=np.uint8)
-    failed = _scalarmult_chunk(points[start:stop], scalar, out)
+    failed = _scalarmult_chunk(chunk, scalar, out)
     return out.tobytes(), failed
 
 
-def _fork_available() -> bool:
-    return sys.platform.startswith("linux") and "fork" in get_all_start_methods()
+def _start_method() -> str:
+    """How to start workers: fork when it is safe, else a clean server process."""
+    methods = get_all_start_methods()
+    # fork copies only the calling thread: a lock held by another thread at that moment (say a
+    # progress bar writing to stderr) would stay locked forever in the child. Fork only while
+    # this is the process's single thread.
+    if sys.platform.startswith("linux") and "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
 
 
 def _jobs(n_jobs: int | None, n: int) -> int:
@@ -403,48 +405,39 @@ def _jobs(n_jobs: int | None, n: int) -> int:
 
 
 def _run(
-    task: Callable[[tuple[int, int]], Any],
-    shared: Any,
-    n: int,
+    task: Callable[[Any], Any],
+    data: Sequence[Any] | np.ndarray,
+    extra: Any,
     jobs: int,
-    *,
-    processes: bool,
     progress: Advance | None,
 ) -> list[Any]:
+    """Run ``task`` over chunks of ``data`` in ``jobs`` worker processes, results in order."""
+    n = len(data)
     # A few chunks per worker balance the load when other programs share the cores, while keeping
     # per-chunk overhead (a pickled result per chunk) negligible.
     chunks = min(jobs * 4, max(1, n // 1024))
     edges = np.linspace(0, n, chunks + 1).astype(int)
     bounds = [(int(a), int(b)) for a, b in pairwise(edges.tolist()) if b > a]
-    executor: Executor
-    if processes and _fork_available():
-        executor = ProcessPoolExecutor(
-            max_workers=jobs,
-            mp_context=get_context("fork"),
-            initializer=_set_shared,
-            initargs=(shared,),
-        )
-    elif processes:  # pragma: no cover - GIL-bound work gains nothing from threads
-        _set_shared(shared)
-        try:
-            return _collect(map(task, bounds), bounds, progress)
-        finally:
-            _set_shared(None)
-    else:  # pragma: no cover
-        executor = ThreadPoolExecutor(max_workers=jobs)
+    method = _start_method()
+    if method == "fork":
+        shared: Any = (data, extra)
+        work: list[Any] = [(b, None) for b in bounds]
+    else:
+        shared = (None, extra)
+        work = [(b, data[b[0] : b[1]]) for b in bounds]
+    executor = ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=get_context(method),
+        initializer=_set_shared,
+        initargs=(shared,),
+    )
     with executor:
-        return _collect(executor.map(task, bounds), bounds, progress)
-
-
-def _collect(
-    results: Iterable[Any], bounds: list[tuple[int, int]], progress: Advance | None
-) -> list[Any]:
-    collected = []
-    for (start, stop), result in zip(bounds, results, strict=True):
-        collected.append(result)
-        if progress is not None:
-            progress(stop - start)
-    return collected
+        collected = []
+        for (start, stop), result in zip(bounds, executor.map(task, work), strict=True):
+            collected.append(result)
+            if progress is not None:
+                progress(stop - start)
+        return collected
 
 
 def _check_shape(points: object, *, what: str = "points") -> np.ndarray:

@@ -426,3 +426,38 @@ def test_progress_is_reported_for_every_long_phase() -> None:
         ["blinding ids", 40, 40],
         ["blinding again the response from bureau: its own points", 40, 40],
     ]
+
+
+def test_documented_encodings() -> None:
+    # The formulas of docs/protocols/psi.md, written out independently.
+    import hashlib
+    import hmac
+
+    def lp(text: str) -> bytes:
+        data = text.encode("utf-8")
+        return len(data).to_bytes(4, "big") + data
+
+    seeds = {"zeta": bytes(range(32)), "bank": bytes(32), "bureau": b"\x07" * 32}
+    key = hashlib.sha256(
+        b"vfl/psi/v1/order-key"
+        + lp(JOB)
+        + lp("bank")
+        + lp("bureau")
+        + lp("zeta")
+        + seeds["bank"]
+        + seeds["bureau"]
+        + seeds["zeta"]
+    ).digest()
+    assert psi.order_key(seeds, JOB) == key
+    ids = ["b", "a", "c", "é"]
+    assert psi.final_order(ids, key) == sorted(
+        ids, key=lambda v: hmac.digest(key, v.encode("utf-8"), "sha256")
+    )
+    seed = b"\x01" * 32
+    assert (
+        psi.commit_seed(seed, JOB)
+        == hashlib.sha256(b"vfl/psi/v1/seed-commitment" + lp(JOB) + seed).digest()
+    )
+    assert psi.make_domain(JOB, SALT) == (
+        b"vfl/psi/v1/domain" + lp(JOB) + len(SALT).to_bytes(4, "big") + SALT
+    )

@@ -35,8 +35,9 @@ import math
 import os
 import random
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import gmpy2
 import numpy as np
@@ -281,7 +282,7 @@ class PrivateKey:
         nw = _width(n)
         tasks = [
             (self._p, self._q, _to_blob(x._c[s], self.public.width))
-            for s in _par.split(len(x._c), n_jobs, min_chunk=8, min_items=32)
+            for s in _par.split(len(x._c), n_jobs, min_chunk=8, min_items=256)
         ]
         out: list[int] = []
         for blob in _par.run(_w_decrypt, tasks, n_jobs):
@@ -490,6 +491,7 @@ def _column_digits(x: np.ndarray) -> tuple[int, np.ndarray]:
     exploits whatever the column holds: integer-valued or binary features (zero low windows),
     heavy tails (a sparse top window), zeros.
     """
+
     def cost(digits: np.ndarray) -> int:
         return int(np.count_nonzero(digits)) + 2 * int(np.abs(digits).max(axis=1).sum())
 
@@ -702,8 +704,12 @@ class EncryptedArray:
         The declaration feeds overflow checks and packing headroom; :func:`unmask` and
         :func:`decrypt_packed` check it on the way back.
         """
-        return self._like(list(self._c), self.shape, bound=_enc.int_bound(max_abs, self.exponent),
-                          fresh=self.fresh)
+        return self._like(
+            list(self._c),
+            self.shape,
+            bound=_enc.int_bound(max_abs, self.exponent),
+            fresh=self.fresh,
+        )
 
     # -- serialisation ----------------------------------------------------------------------
 
@@ -895,8 +901,7 @@ class EncryptedArray:
         values = _powmod_all(self.public, [self._c[i] for i in ia], exps, n_jobs)
         biggest = max((abs(v) for v in ints), default=0)
         bound = None if self.bound is None else self.bound * biggest
-        return self._like(values, shape, exponent=self.exponent + e,
-                          bound=self._check_bound(bound))
+        return self._like(values, shape, exponent=self.exponent + e, bound=self._check_bound(bound))
 
     __rmul__ = __mul__
 
@@ -928,7 +933,9 @@ class EncryptedArray:
         return self._like(out, shape, bound=bound)
 
 
-def _broadcast(sa: tuple[int, ...], sb: tuple[int, ...]) -> tuple[list[int], list[int], tuple[int, ...]]:
+def _broadcast(
+    sa: tuple[int, ...], sb: tuple[int, ...]
+) -> tuple[list[int], list[int], tuple[int, ...]]:
     try:
         ia, ib = np.broadcast_arrays(
             np.arange(_size(sa)).reshape(sa), np.arange(_size(sb)).reshape(sb)
@@ -938,12 +945,13 @@ def _broadcast(sa: tuple[int, ...], sb: tuple[int, ...]) -> tuple[list[int], lis
     return ia.ravel().tolist(), ib.ravel().tolist(), ia.shape
 
 
-def _powmod_all(public: PublicKey, values: list[mpz], exps: list[int], n_jobs: int | None) -> list[mpz]:
+def _powmod_all(
+    public: PublicKey, values: list[mpz], exps: list[int], n_jobs: int | None
+) -> list[mpz]:
     width = public.width
     slices = _par.split(len(values), n_jobs, min_chunk=64, per_worker=2)
     tasks = [
-        (public.n, _to_blob(values[s], width), exps if len(exps) == 1 else exps[s])
-        for s in slices
+        (public.n, _to_blob(values[s], width), exps if len(exps) == 1 else exps[s]) for s in slices
     ]
     out: list[mpz] = []
     for blob in _par.run(_w_powmod, tasks, n_jobs):
@@ -972,8 +980,9 @@ def concatenate(arrays: Sequence[EncryptedArray]) -> EncryptedArray:
     shape = (sum(p.shape[0] for p in parts),) + first.shape[1:]
     bounds = [p.bound for p in parts]
     bound = None if any(b is None for b in bounds) else max(b for b in bounds if b is not None)
-    return EncryptedArray(first.public, values, shape, e, bound=bound,
-                          fresh=all(p.fresh for p in parts))
+    return EncryptedArray(
+        first.public, values, shape, e, bound=bound, fresh=all(p.fresh for p in parts)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1151,8 +1160,12 @@ def plain_matmul(
     nsq = mpz(E.public.nsquare)
     slices = _par.split(rows, n_jobs, min_chunk=2048)
     tasks = [
-        (E.public.n, _to_blob(E._c[s.start * cols : s.stop * cols], width), cols,
-         np.ascontiguousarray(xenc[:, s]))
+        (
+            E.public.n,
+            _to_blob(E._c[s.start * cols : s.stop * cols], width),
+            cols,
+            np.ascontiguousarray(xenc[:, s]),
+        )
         for s in slices
     ]
     acc: list[mpz] | None = None
@@ -1199,11 +1212,14 @@ def enc_matmul(
     width = E.public.width
     # a row costs about k*m multiplications: parallelise once there are a few thousand
     per_row = max(1, k * m)
-    slices = _par.split(rows, n_jobs, min_chunk=max(1, 512 // per_row), per_worker=2,
-                        min_items=max(2, 4096 // per_row))
-    tasks = [
-        (E.public.n, _to_blob(E._c[s.start * k : s.stop * k], width), k, wenc) for s in slices
-    ]
+    slices = _par.split(
+        rows,
+        n_jobs,
+        min_chunk=max(1, 512 // per_row),
+        per_worker=2,
+        min_items=max(2, 4096 // per_row),
+    )
+    tasks = [(E.public.n, _to_blob(E._c[s.start * k : s.stop * k], width), k, wenc) for s in slices]
     out: list[mpz] = []
     for blob in _par.run(_w_enc_matmul, tasks, n_jobs):
         out.extend(_from_blob(blob, width))
@@ -1238,7 +1254,9 @@ class Mask:
     bound: int | None
 
     def __repr__(self) -> str:  # never print the offsets
-        return f"Mask(shape={self.shape}, exponent={self.exponent}, bounded={self.bound is not None})"
+        return (
+            f"Mask(shape={self.shape}, exponent={self.exponent}, bounded={self.bound is not None})"
+        )
 
 
 def mask(

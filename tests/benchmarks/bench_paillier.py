@@ -17,7 +17,7 @@ import argparse
 import os
 import platform
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -59,18 +59,27 @@ def main() -> None:
     ap.add_argument("--phe-count", type=int, default=150, help="phe encryptions/decryptions")
     ap.add_argument("--count", type=int, default=3000, help="engine encryptions per measure")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", default=None,
-                    help="CSV whose numeric columns (all but id/y) are X, e.g. FATE's "
-                         "default_credit_hetero_guest.csv (13 features); default: standard "
-                         "normal features")
+    ap.add_argument(
+        "--data",
+        default=None,
+        help="CSV whose numeric columns (all but id/y) are X, e.g. FATE's "
+        "default_credit_hetero_guest.csv (13 features); default: standard "
+        "normal features",
+    )
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
     workers = parallel.effective_n_jobs(args.n_jobs)
     rows: list[tuple[str, str, str, str, str, str]] = []
 
-    def add(name: str, unit: str, phe_v: float | None, one: float, many: float | None,
-            higher_is_better: bool = True) -> None:
+    def add(
+        name: str,
+        unit: str,
+        phe_v: float | None,
+        one: float,
+        many: float | None,
+        higher_is_better: bool = True,
+    ) -> None:
         def fmt(v: float | None) -> str:
             if v is None:
                 return "–"
@@ -96,8 +105,13 @@ def main() -> None:
     t_one, _ = _cpu(lambda: P.encrypt(pub, vals[: args.count], n_jobs=1))
     many_vals = rng.uniform(-1, 1, args.count * workers)
     t_many, enc_many = _best(lambda: P.encrypt(pub, many_vals, n_jobs=args.n_jobs))
-    add("encryption, fresh randomness", "ciphertexts/s", args.phe_count / t_phe,
-        args.count / t_one, many_vals.size / t_many)
+    add(
+        "encryption, fresh randomness",
+        "ciphertexts/s",
+        args.phe_count / t_phe,
+        args.count / t_one,
+        many_vals.size / t_many,
+    )
 
     # -- decryption ------------------------------------------------------------------------
     dcount = max(args.phe_count, 200)
@@ -149,14 +163,26 @@ def main() -> None:
     t_one, g = _cpu(lambda: P.plain_matmul(X.T, d, n_jobs=1))
     t_many, g2 = _best(lambda: P.plain_matmul(X.T, d, n_jobs=args.n_jobs))
     err = float(np.max(np.abs(priv.decrypt(g2) - X.T @ d_plain)))
-    add(f"X^T[[d]], {args.rows:,} x {args.cols}, X at 2^-32", "seconds", t_phe, t_one, t_many,
-        higher_is_better=False)
+    add(
+        f"X^T[[d]], {args.rows:,} x {args.cols}, X at 2^-32",
+        "seconds",
+        t_phe,
+        t_one,
+        t_many,
+        higher_is_better=False,
+    )
     # the precision knob: X rounded to 2^-20 (exponent -5) needs 2 windows instead of 3
     t_one5, _ = _cpu(lambda: P.plain_matmul(X.T, d, exponent=-5, n_jobs=1))
     t_many5, g5 = _best(lambda: P.plain_matmul(X.T, d, exponent=-5, n_jobs=args.n_jobs))
     err5 = float(np.max(np.abs(priv.decrypt(g5) - X.T @ d_plain)))
-    add(f"X^T[[d]], {args.rows:,} x {args.cols}, X at 2^-20 (exponent=-5)", "seconds", t_phe,
-        t_one5, t_many5, higher_is_better=False)
+    add(
+        f"X^T[[d]], {args.rows:,} x {args.cols}, X at 2^-20 (exponent=-5)",
+        "seconds",
+        t_phe,
+        t_one5,
+        t_many5,
+        higher_is_better=False,
+    )
 
     # -- E @ W (split neural network layer) -------------------------------------------------
     n_e, k_e, m_e, phe_e = 200, 16, 8, 10
@@ -179,8 +205,14 @@ def main() -> None:
     t_one, _ = _cpu(lambda: P.enc_matmul(EZ, Wm, n_jobs=1))
     t_many, zw = _best(lambda: P.enc_matmul(EZ, Wm, n_jobs=args.n_jobs))
     err_e = float(np.max(np.abs(priv.decrypt(zw) - Z @ Wm)))
-    add(f"[[Z]] W, {n_e} x {k_e} by {k_e} x {m_e}", "seconds", t_phe_layer * n_e / phe_e, t_one,
-        t_many, higher_is_better=False)
+    add(
+        f"[[Z]] W, {n_e} x {k_e} by {k_e} x {m_e}",
+        "seconds",
+        t_phe_layer * n_e / phe_e,
+        t_one,
+        t_many,
+        higher_is_better=False,
+    )
 
     # -- gradient: mask, pack, one decryption, unmask --------------------------------------
     value_bits = 96
@@ -191,36 +223,54 @@ def main() -> None:
     exact = priv.decrypt(g)
     grad_phe = g.to_phe()
     t_phe, _ = _cpu(lambda: [phe_priv.decrypt(x) for x in grad_phe])
-    add(f"decrypt a {args.cols}-value gradient", "seconds", t_phe, t_dec, None,
-        higher_is_better=False)
+    add(
+        f"decrypt a {args.cols}-value gradient",
+        "seconds",
+        t_phe,
+        t_dec,
+        None,
+        higher_is_better=False,
+    )
     unpacked_bytes = g.size * pub.width
     packed_bytes = len(packed.to_bytes())
 
     load = os.getloadavg()
-    print(f"Paillier {args.bits}-bit keys, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores; whole machine = {workers} workers; key generation "
-          f"{t_key:.2f} s")
+    print(
+        f"Paillier {args.bits}-bit keys, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores; whole machine = {workers} workers; key generation "
+        f"{t_key:.2f} s"
+    )
     print()
-    print(f"| operation | phe, 1 core | engine, 1 core | engine, {workers} cores "
-          f"| speed-up per core | speed-up machine |")
+    print(
+        f"| operation | phe, 1 core | engine, 1 core | engine, {workers} cores "
+        f"| speed-up per core | speed-up machine |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
     print()
     print(f"- X: {data_name}; d: residuals uniform in [-1, 1]")
-    print(f"- X^T[[d]]: phe measured on {args.phe_rows} rows x {args.cols} columns "
-          f"({t_phe_sub:.1f} s) and scaled linearly to {args.rows:,} rows; engine max error "
-          f"{err:.2e} (X at 2^-32), {err5:.2e} (X at 2^-20)")
-    print(f"- [[Z]] W: phe measured on {phe_e} rows and scaled linearly; engine max error "
-          f"{err_e:.2e}")
-    print(f"- gradient: {packed.ciphertexts.size} packed ciphertext(s) of {packed.slots} slots x "
-          f"{packed.slot_bits} bits ({packed_bytes} bytes) instead of {g.size} ciphertexts "
-          f"({unpacked_bytes} bytes); mask {t_mask * 1e3:.0f} ms + pack {t_pack * 1e3:.0f} ms on "
-          f"the passive side; unmasked gradient equals the exact decryption: "
-          f"{bool(np.array_equal(grad, exact))}")
-    print("- phe and engine-1-core columns: CPU time of the benchmark process (n_jobs=1, in-process); "
-          f"engine-{workers}-cores column: best wall-clock time of 3 runs with {workers} worker "
-          "processes, which other jobs on the machine slow down")
+    print(
+        f"- X^T[[d]]: phe measured on {args.phe_rows} rows x {args.cols} columns "
+        f"({t_phe_sub:.1f} s) and scaled linearly to {args.rows:,} rows; engine max error "
+        f"{err:.2e} (X at 2^-32), {err5:.2e} (X at 2^-20)"
+    )
+    print(
+        f"- [[Z]] W: phe measured on {phe_e} rows and scaled linearly; engine max error {err_e:.2e}"
+    )
+    print(
+        f"- gradient: {packed.ciphertexts.size} packed ciphertext(s) of {packed.slots} slots x "
+        f"{packed.slot_bits} bits ({packed_bytes} bytes) instead of {g.size} ciphertexts "
+        f"({unpacked_bytes} bytes); mask {t_mask * 1e3:.0f} ms + pack {t_pack * 1e3:.0f} ms on "
+        f"the passive side; unmasked gradient equals the exact decryption: "
+        f"{bool(np.array_equal(grad, exact))}"
+    )
+    print(
+        "- phe and engine-1-core columns: CPU time of the benchmark process "
+        "(n_jobs=1, in-process); "
+        f"engine-{workers}-cores column: best wall-clock time of 3 runs with {workers} worker "
+        "processes, which other jobs on the machine slow down"
+    )
     print(f"- load average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 

@@ -12,7 +12,7 @@ the middle third is reserved for overflow detection (phe's ``max_int = n // 3 - 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

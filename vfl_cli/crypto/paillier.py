@@ -30,6 +30,7 @@ about the plaintext operands used), so they must go through :func:`mask` (or
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import math
 import os
@@ -133,7 +134,7 @@ def _unb64(d: dict[str, Any], member: str, what: str) -> int:
         return int(base64_to_int(d[member]))
     except KeyError:
         raise InvalidArtifact(f"{what}: member {member!r} is missing") from None
-    except Exception:
+    except (TypeError, ValueError, binascii.Error):
         raise InvalidArtifact(f"{what}: member {member!r} is not base64url") from None
 
 
@@ -466,7 +467,10 @@ def _w_decrypt(p: int, q: int, blob: bytes) -> bytes:
 
 
 def _signed_digits(x: np.ndarray, c: int) -> np.ndarray:
-    """Signed base-``2**c`` digits of an int64 array: ``x = sum_t D[t] * 2**(c t)``, ``|D| <= 2**(c-1)``."""
+    """Signed base-``2**c`` digits of an int64 array.
+
+    ``x = sum_t D[t] * 2**(c t)`` with ``|D| <= 2**(c-1)``.
+    """
     mag = np.abs(x)
     sign = np.where(x < 0, -1, 1)
     top = int(mag.max()) if mag.size else 0
@@ -568,7 +572,7 @@ def _w_enc_matmul(n: int, blob: bytes, k: int, wenc: np.ndarray) -> bytes:
     bits = top.bit_length() + 1
 
     def cost(c: int) -> int:
-        return k * (1 << c) + m * (-(-bits // c)) * (k + c)
+        return int(k * (1 << c) + m * (-(-bits // c)) * (k + c))
 
     c = min(range(1, 9), key=cost)
     digits = np.stack([_signed_digits(wenc[:, col], c) for col in range(m)])  # (m, T, k)
@@ -879,9 +883,18 @@ class EncryptedArray:
         return self + (-np.asarray(other, dtype=np.float64))
 
     def __rsub__(self, other: Any) -> EncryptedArray:
-        return (-self) + other
+        return (-self).__add__(other)
 
-    def __mul__(self, other: Any, n_jobs: int | None = None) -> EncryptedArray:
+    def mul(self, other: Any, *, n_jobs: int | None = None) -> EncryptedArray:
+        """``self * other`` (plain scalar or array, broadcast) with an explicit ``n_jobs``.
+
+        Integers are encoded with exponent 0, floats with :data:`EXPONENT` (the result's
+        exponent is ``self.exponent + EXPONENT``).
+
+        Raises:
+            TypeError: ``other`` is encrypted or not numeric.
+            EncodingOverflow: the result could overflow the plaintext space.
+        """
         if isinstance(other, EncryptedArray):
             raise TypeError("Paillier cannot multiply two ciphertexts; one side must be plain")
         arr = np.asarray(other)
@@ -895,7 +908,7 @@ class EncryptedArray:
             ints = _enc.encode_signed(arr, EXPONENT)
             e = EXPONENT
         else:
-            return NotImplemented
+            raise TypeError(f"cannot multiply ciphertexts by {type(other).__name__}")
         ia, ib, shape = _broadcast(self.shape, arr.shape)
         exps = [ints[j] for j in ib]
         values = _powmod_all(self.public, [self._c[i] for i in ia], exps, n_jobs)
@@ -903,11 +916,11 @@ class EncryptedArray:
         bound = None if self.bound is None else self.bound * biggest
         return self._like(values, shape, exponent=self.exponent + e, bound=self._check_bound(bound))
 
-    __rmul__ = __mul__
+    def __mul__(self, other: Any) -> EncryptedArray:
+        return self.mul(other)
 
-    def mul(self, other: Any, *, n_jobs: int | None = None) -> EncryptedArray:
-        """``self * other`` with an explicit ``n_jobs``."""
-        return self.__mul__(other, n_jobs=n_jobs)
+    def __rmul__(self, other: Any) -> EncryptedArray:
+        return self.mul(other)
 
     def sum(self, axis: int | None = None) -> EncryptedArray:
         """Homomorphic sum over all values (``axis=None``) or along ``axis`` (0 or 1)."""
@@ -915,7 +928,8 @@ class EncryptedArray:
         if axis is None or self.ndim == 1:
             if axis not in (None, 0, -1):
                 raise CryptoError(f"axis {axis} is out of range for a 1-D array")
-            groups, shape, count = [self._c], (), self.size
+            shape: tuple[int, ...] = ()
+            groups, count = [self._c], self.size
         else:
             if axis not in (0, 1, -1, -2):
                 raise CryptoError(f"axis {axis} is out of range for a 2-D array")
@@ -1417,7 +1431,8 @@ class Packed:
             raise InvalidArtifact(f"packed layout: bad or missing member ({exc})") from None
         if slots < 1 or slot_bits < 1 or slot_bits * slots >= public.bits:
             raise InvalidArtifact(
-                f"packed layout: {slots} slots of {slot_bits} bits do not fit a {public.bits}-bit key"
+                f"packed layout: {slots} slots of {slot_bits} bits do not fit a "
+                f"{public.bits}-bit key"
             )
         if not 0 <= 2 * offset < 1 << (slot_bits - GUARD_BITS) or _size(shape) != count:
             raise InvalidArtifact("packed layout: offset or shape inconsistent with the slots")

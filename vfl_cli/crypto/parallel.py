@@ -130,9 +130,9 @@ def use_dask(scheduler: Any = None, **client_kwargs: Any) -> Iterator[Any]:
         raise CryptoError(
             'Dask is not installed; install the optional extra: pip install "vfl_cli[dask]"'
         ) from exc
-    client = Client(scheduler, **client_kwargs)
+    client = Client(scheduler, **client_kwargs)  # type: ignore[no-untyped-call]
     try:
         with joblib.parallel_config(backend="dask", n_jobs=-1):
             yield client
     finally:
-        client.close()
+        client.close()  # type: ignore[no-untyped-call]

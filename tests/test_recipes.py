@@ -84,3 +84,15 @@ def test_recipe_reports_a_partys_failure(tmp_path: Path) -> None:
     bad = small(HANDSHAKE, tmp_path, **{'label_column = "label"': 'label_column = "nope"'})
     message = error_line(run("recipe", "run", str(bad), "--workdir", str(tmp_path / "w"), ok=False))
     assert "no label column 'nope'" in message
+
+
+def test_dask_scheduler_option_runs_the_engine_on_a_cluster(two_parties, tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    from conftest import carry
+
+    bank, bureau = two_parties
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster:
+        run("--dask-scheduler", cluster.scheduler_address, "-w", str(bank), "align", "start", "--job", "al")
+        carry(bank, bureau)
+        run("--dask-scheduler", cluster.scheduler_address, "-w", str(bureau), "align", "respond", "al")
+    assert list((bureau / "outbox").glob("al.*response*"))

@@ -341,12 +341,7 @@ def start_job(
             raise VflError("no trusted peers yet; import their cards with 'vfl keys import FILE'")
         cards = [ws.peer(n) for n in names]
         parties = [_party_entry(ws.card())] + [_party_entry(c) for c in cards]
-        roles = [p["role"] for p in parties]
-        if roles.count("active") != 1:
-            raise VflError(
-                f"a job needs exactly one active party; these parties have roles {dict(zip(names, roles[1:]))}"
-                f" and {ws.name} is {ws.role}"
-            )
+        protocol.check_parties(parties)
         params = protocol.check_params(params, parties)
         job = job or new_job_id(protocol_name)
         if job_dir(ws, job).exists():
@@ -459,6 +454,7 @@ def _check_proposal(ws: Workspace, name: str, art: Artifact) -> dict[str, Any]:
                 f"but the trusted key is {short(card.signing_fingerprint)}; compare cards out of band"
             )
     protocol = get_protocol(str(meta["protocol"]))
+    protocol.check_parties([{"name": p["name"], "role": p["role"]} for p in parties])
     params = dict(meta.get("params", {}))
     if protocol.check_params(params, parties) != params:
         raise InvalidArtifact(f"{name}: the proposal's parameters are not in their checked form")

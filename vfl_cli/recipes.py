@@ -81,7 +81,8 @@ class Recipe:
 
     @property
     def active(self) -> PartySpec:
-        return next(p for p in self.parties if p.role == "active")
+        """The party that proposes every job: the active party, or the server."""
+        return next(p for p in self.parties if p.role in ("active", "server"))
 
     def stages(self) -> list[Stage]:
         """The jobs this recipe runs, in order. A later job names the earlier ones it uses."""
@@ -90,6 +91,10 @@ class Recipe:
             return [Stage("handshake", "handshake", {})]
         if self.protocol == "align":
             return [Stage("align", "psi", align)]
+        if self.protocol == "hfl":  # multi-node training: same columns, no alignment
+            train = {k: v for k, v in self.tables.get("train", {}).items() if k != "key_bits"}
+            train.update(self.tables.get("evaluate", {}))
+            return [Stage("train", "hfl", train)]
         train = {k: v for k, v in self.tables.get("train", {}).items() if k != "key_bits"}
         train.update(self.tables.get("evaluate", {}))
         if "model" in self.tables:
@@ -122,8 +127,11 @@ def load_recipe(path: Path) -> Recipe:
             data = (path.parent / data).resolve()
         parties.append(PartySpec(p["name"], p["role"], data, p["id_column"], p.get("label_column")))
     roles = [p.role for p in parties]
-    if roles.count("active") != 1 or len(parties) < 2:
-        raise VflError(f"{path}: a recipe needs one active party and at least one passive party")
+    if len(parties) < 2 or (roles.count("active") + roles.count("server")) != 1:
+        raise VflError(
+            f"{path}: a recipe needs one active party and at least one passive party "
+            "(or, for multi-node training, one server and workers)"
+        )
     tables = {k: dict(v) for k, v in raw.items() if k != "party"}
     name = str(head.get("name", path.stem)).lower().replace(" ", "-")
     return Recipe(path, name, str(head["protocol"]), parties, tables)

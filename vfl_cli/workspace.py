@@ -38,7 +38,11 @@ if TYPE_CHECKING:
 
 CONFIG = "vfl.json"
 CARD_FORMAT = "vfl-party-card"
-ROLES = ("active", "passive")
+#: Vertical learning: the active party holds labels, passive parties features only.
+#: Multi-node (horizontal) learning: a server (validation rows with labels), workers (training
+#: rows with labels) and predictors (rows to score).
+ROLES = ("active", "passive", "server", "worker", "predictor")
+LABELLED_ROLES = ("active", "server", "worker")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 MIN_KEY_BITS = 1024
 SECURE_KEY_BITS = 2048
@@ -146,8 +150,8 @@ class Workspace:
             raise DataError(
                 "a passive party holds no labels: drop --label-column, or use --role active"
             )
-        if role == "active" and not label_column:
-            raise DataError("the active party holds the labels: give --label-column")
+        if role in LABELLED_ROLES and not label_column:
+            raise DataError(f"the {role} party holds the labels: give --label-column")
         columns = read_header(data)
         for col, what in ((id_column, "id"), (label_column, "label")):
             if col is not None and col not in columns:

@@ -17,6 +17,12 @@ class VflGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            scheduler = ctx.params.get("dask_scheduler")
+            if scheduler:
+                from vfl_cli.crypto.parallel import use_dask
+
+                with use_dask(scheduler):
+                    return super().invoke(ctx)
             return super().invoke(ctx)
         except VflError as exc:
             if ctx.params.get("debug"):
@@ -35,8 +41,11 @@ class VflGroup(click.Group):
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print no status lines or progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for user errors too.")
+@click.option("--dask-scheduler", envvar="VFL_DASK_SCHEDULER", metavar="ADDRESS",
+              help="Run the Paillier engine's work on this Dask cluster (tcp://host:8786); needs "
+              "the vfl_cli[dask] extra on every worker. Use only a cluster this party controls.")
 @click.version_option(__version__, prog_name="vfl")
-def cli(workspace: str | None, quiet: bool, debug: bool) -> None:
+def cli(workspace: str | None, quiet: bool, debug: bool, dask_scheduler: str | None) -> None:
     """vfl: vertical federated learning where everything between parties is a signed file.
 
     Each party keeps a workspace; every command reads files and writes files; artifacts are

@@ -15,8 +15,9 @@ from vfl_cli.workspace import SECURE_KEY_BITS, Workspace
 @click.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--name", help="Party name (default: the folder's name).")
-@click.option("--role", type=click.Choice(["active", "passive"]), required=True,
-              help="active: holds the labels; passive: holds features only.")
+@click.option("--role", type=click.Choice(["active", "passive", "server", "worker", "predictor"]),
+              required=True, help="active: holds the labels; passive: holds features only "
+              "(vertical learning); server, worker, predictor: multi-node training (vfl hfl).")
 @click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The party's CSV file (read, never modified or copied).")
 @click.option("--id-column", required=True, help="Column holding the ids to align on.")

@@ -111,6 +111,21 @@ class Protocol(ABC):
     name: ClassVar[str]
     summary: ClassVar[str] = ""
 
+    #: The roles this protocol's parties take; the proposer is the first role's single party.
+    roles: ClassVar[tuple[str, ...]] = ("active", "passive")
+
+    def check_parties(self, parties: list[dict[str, str]]) -> None:
+        """Refuse a set of parties this protocol cannot run with (default: one active party and
+        one or more passive parties)."""
+        roles = [p["role"] for p in parties]
+        lead, *others = self.roles
+        if roles.count(lead) != 1 or any(r not in self.roles for r in roles) or len(parties) < 2:
+            listing = ", ".join(f"{p['name']} ({p['role']})" for p in parties)
+            raise VflError(
+                f"{self.name} needs exactly one {lead} party and at least one "
+                f"{' or '.join(others)} party; these parties are: {listing}"
+            )
+
     def check_params(self, params: dict[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
         """Validate parameters and fill defaults (run by the proposer and by every acceptor)."""
         return dict(params)

@@ -182,10 +182,11 @@ def _commit(
     plan = {"sent": [], "received": []}
     for name, data, art in out:
         (txn / "out" / name).write_bytes(data)
-        plan["sent"].append({"file": name, **_ledger_fields(art), "artifact_sha256": _sha(data)})
+        plan["sent"].append({"file": name, **_ledger_fields(art), "artifact_sha256": _sha(data), "size": len(data)})
     for name, loaded in consumed:
         plan["received"].append(
-            {"file": name, **_ledger_fields(loaded.artifact), "artifact_sha256": loaded.sha256}
+            {"file": name, **_ledger_fields(loaded.artifact), "artifact_sha256": loaded.sha256,
+             "size": loaded.size}
         )
     (txn / "plan.json").write_bytes(pretty_json(plan))
     for f in txn.rglob("*"):

@@ -163,7 +163,10 @@ class Runner:
             argv += ["-w", str(self.ws(party))]
         argv += list(args)
         self.commands += 1
-        proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        # Let the children cache their bytecode even where the environment forbids it: a
+        # recipe starts hundreds of short vfl processes.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             lines = [l for l in proc.stderr.splitlines() if l.strip()]
             error = next((l for l in lines if l.startswith("Error:")), lines[-1] if lines else "")
@@ -270,6 +273,9 @@ def run_recipe(recipe: Recipe, workdir: Path, *, on_event: Callable[[str], None]
         if stage.protocol == "psi":
             report["alignment"] = alignment_summary(views)
         on_event(f"stage {stage.name} done in {timings[stage.name]:.1f} s")
+    last_job = report["jobs"][recipe.stages()[-1].name]
+    runner.vfl(recipe.active.name, "report", last_job, "--out", str(workdir / "report.html"))
+    report["report_html"] = str(workdir / "report.html")
     timings["total"] = round(time.perf_counter() - t0, 3)
     report["timings_s"] = timings
     report["exchanges"] = runner.exchanges

@@ -44,7 +44,7 @@ def run(recipe_file: Path, workdir: Path, as_json: bool) -> None:
     if as_json:
         emit_json(report)
     _summary(report)
-    say(f"Report: {workdir / 'report.json'}")
+    say(f"Report: {workdir / 'report.json'} and {workdir / 'report.html'}")
 
 
 class _nothing:

@@ -72,7 +72,6 @@ import numpy as np
 from vfl_cli.artifacts.container import Artifact, Member, ndarray_member
 from vfl_cli.crypto import paillier
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
-from vfl_cli.metrics import classification_metrics, regression_metrics
 from vfl_cli.models.features import Split, numeric_matrix, prepare, split_rows
 from vfl_cli.models.optim import EarlyStopping, make_optimizer
 from vfl_cli.models.reference import initial_intercept, minibatches
@@ -109,7 +108,7 @@ DEFAULTS: dict[str, Any] = {
     "decay": 0.01,
     "early_stopping_patience": 0,
     "early_stopping_tol": 1e-4,
-    "loss_sample": 2048,
+    "loss_sample": 256,
     "approximation": "centred",
     "test_fraction": 0.2,
     "seed": 42,
@@ -601,6 +600,9 @@ class HeteroLinear(Protocol):
         metrics: dict[str, dict[str, Any]] = {"train": {"loss": history[-1]["loss"]} if history else {}}
         if len(test):
             metrics["test"] = self.evaluate(data.y[test], z)
+            # A's own view, kept for its report (ROC, KS, residuals): never sent anywhere
+            state.arrays["test_scores"] = z
+            state.arrays["test_labels"] = data.y[test]
         state.arrays["mean"] = data.standardiser.mean
         state.arrays["scale"] = data.standardiser.scale
         state.phase = "done"
@@ -611,6 +613,8 @@ class HeteroLinear(Protocol):
         return []
 
     def evaluate(self, y: np.ndarray, z: np.ndarray) -> dict[str, Any]:
+        from vfl_cli.metrics import regression_metrics  # scikit-learn: imported only when used
+
         return regression_metrics(y, z)
 
     def _model_card(self, ctx: PartyContext, state: JobState, *, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -668,6 +672,8 @@ class HeteroLogistic(HeteroLinear):
         return msq
 
     def evaluate(self, y: np.ndarray, z: np.ndarray) -> dict[str, Any]:
+        from vfl_cli.metrics import classification_metrics  # scikit-learn: imported only when used
+
         return classification_metrics(y, 1.0 / (1.0 + np.exp(-z)))
 
 

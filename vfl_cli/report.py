@@ -1,0 +1,195 @@
+"""One self-contained HTML report per job, built from the party's own job state and ledger.
+
+A report shows only what its party knows: the job's parties and key fingerprints, the agreed
+parameters, every artifact this party sent or received (from its ledger), and its own results:
+for the active party the training curve, ROC and KS curves and the confusion matrix (or a
+residual plot for regression), for the server of a multi-node job the node weights per round;
+for a passive party its own model part. Plots are matplotlib SVG inlined in the page, so the
+file opens offline and can be mailed to a compliance desk as it is.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from vfl_cli import jobs
+from vfl_cli.crypto.signing import short
+from vfl_cli.workspace import Workspace
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2430;padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #dde2ea;padding-bottom:.3rem}
+.sub{color:#5a6474;margin-top:0}table{border-collapse:collapse;font-size:.9rem;margin:.5rem 0}
+th,td{border:1px solid #dde2ea;padding:.3rem .6rem;text-align:left}th{background:#f3f5f9}
+td.num{text-align:right;font-variant-numeric:tabular-nums}.plots{display:flex;flex-wrap:wrap;gap:1rem}
+figure{margin:0;border:1px solid #dde2ea;padding:.5rem}figcaption{font-size:.85rem;color:#5a6474}
+code{font-size:.85rem}.note{color:#5a6474;font-size:.9rem}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] | None = None) -> str:
+    numeric = numeric or set()
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="num">{_e(v)}</td>' if i in numeric else f"<td>{_e(v)}</td>"
+                         for i, v in enumerate(r)) + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _svg(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _figure(fig_id: str, caption: str, svg: str) -> str:
+    return f'<figure id="{fig_id}" class="plot">{svg}<figcaption>{_e(caption)}</figcaption></figure>'
+
+
+def _plots(state: jobs.JobState, protocol: str) -> list[str]:
+    """The plots this party can draw from what it holds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    history = state.results.get("history") or []
+    if history:
+        fig, ax = plt.subplots(figsize=(4.6, 3.2))
+        ax.plot([h["epoch"] + 1 for h in history], [h["loss"] for h in history], marker="o")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss")
+        ax.grid(alpha=0.3)
+        out.append(_figure("training-curve", "Training loss per epoch (computed under encryption)", _svg(fig)))
+    if "test_scores" in state.arrays and "test_labels" in state.arrays:
+        z, y = state.arrays["test_scores"], state.arrays["test_labels"]
+        if protocol == "hetero-lr" or set(np.unique(y)) <= {0.0, 1.0}:
+            out += _classifier_plots(y, 1.0 / (1.0 + np.exp(-z)))
+        else:
+            fig, ax = plt.subplots(figsize=(4.6, 3.2))
+            ax.scatter(z, y - z, s=8, alpha=0.6)
+            ax.axhline(0, color="#888", lw=1)
+            ax.set_xlabel("prediction")
+            ax.set_ylabel("residual (label - prediction)")
+            ax.grid(alpha=0.3)
+            out.append(_figure("residual-plot", "Residuals on the test rows", _svg(fig)))
+    weights = state.results.get("node_weights")
+    if weights:
+        w = np.asarray(weights, dtype=float)
+        fig, ax = plt.subplots(figsize=(4.6, 3.2))
+        for j in range(w.shape[1]):
+            ax.plot(range(1, len(w) + 1), w[:, j], marker=".", label=f"node {j + 1}")
+        ax.set_xlabel("round")
+        ax.set_ylabel("weight")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        out.append(_figure("node-weights", "Weight of each node's update per round", _svg(fig)))
+    return out
+
+
+def _classifier_plots(y: np.ndarray, p: np.ndarray) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    from vfl_cli.metrics import confusion, ks_curve, roc_curve_points
+
+    out = []
+    roc = roc_curve_points(y, p)
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.plot(roc["fpr"], roc["tpr"], lw=2)
+    ax.plot([0, 1], [0, 1], ls="--", color="#999")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.grid(alpha=0.3)
+    out.append(_figure("roc-curve", "ROC curve on the test rows", _svg(fig)))
+    ks = ks_curve(y, p)
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.plot(ks["thresholds"], ks["tpr"], label="true positive rate")
+    ax.plot(ks["thresholds"], ks["fpr"], label="false positive rate")
+    ax.plot(ks["thresholds"], ks["gap"], label=f"KS = {ks['ks']:.3f}")
+    ax.set_xlabel("threshold")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    out.append(_figure("ks-curve", "KS curve on the test rows", _svg(fig)))
+    cm = confusion(y, (p >= 0.5).astype(float))
+    matrix = np.asarray(cm["matrix"])
+    fig, ax = plt.subplots(figsize=(3.4, 3.0))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center")
+    labels = [str(int(l)) for l in cm["labels"]]
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    out.append(_figure("confusion-matrix", "Confusion matrix at threshold 0.5", _svg(fig)))
+    return out
+
+
+def build_report(ws: Workspace, job: str) -> str:
+    """The HTML report of ``job`` as this party sees it."""
+    info = jobs.load_info(ws, job)
+    state, _ = jobs.load_state(ws, job)
+    protocol = info["protocol"]
+    parts = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(job)} — vfl report</title>"
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{_e(protocol)} job <code>{_e(job)}</code></h1>",
+        f'<p class="sub">Report of party <b>{_e(ws.name)}</b> ({_e(ws.role)}), generated '
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}. Status: "
+        f"{'finished' if state.done else 'in progress, phase ' + _e(state.phase)}. It shows only what "
+        f"{_e(ws.name)} knows.</p>",
+        "<h2>Parties</h2>",
+        _table(["party", "role", "signing key", "Paillier key"],
+               [[p["name"] + (" (this party)" if p["name"] == ws.name else ""), p["role"],
+                 short(p["signing_fingerprint"]), short(p["paillier_fingerprint"])] for p in info["parties"]]),
+        f"<p class=note>Proposed by {_e(info['proposer'])} on {_e(info['created'])}.</p>",
+        "<h2>Parameters</h2>",
+        _table(["parameter", "value"], [[k, v] for k, v in sorted(info["params"].items())]),
+    ]
+    metrics = state.results.get("metrics") or {}
+    if metrics:
+        rows = [[split, k, _fmt(v)] for split, vals in metrics.items() for k, v in vals.items()]
+        parts += ["<h2>Results</h2>", _table(["split", "metric", "value"], rows, numeric={2})]
+    elif protocol == "psi" and state.done:
+        r = state.results
+        parts += ["<h2>Results</h2>", _table(["what", "value"], [
+            ["rows all parties hold", r.get("intersection_size")],
+            ["SHA-256 of the aligned ids, in order", r.get("ids_sha256")]])]
+    plots = _plots(state, protocol)
+    if plots:
+        parts += ["<h2>Plots</h2>", '<div class="plots">', *plots, "</div>"]
+    card = state.results.get("model")
+    if isinstance(card, dict) and card.get("weights"):
+        parts += [f"<h2>{_e(ws.name)}'s part of the model</h2>",
+                  _table(["feature", "weight"], [[f, f"{w:+.5f}"] for f, w in card["weights"].items()], numeric={1})]
+    entries = [e for e in ws.ledger.entries() if e.get("job") == job]
+    parts += [
+        "<h2>Timeline of artifacts</h2>",
+        "<p class=note>Every file this party sent or received in this job, from its signed ledger "
+        "(<code>vfl audit verify</code> re-checks it).</p>",
+        _table(["#", "time (UTC)", "event", "kind", "from", "to", "bytes", "file"],
+               [[e["seq"], e["time"], e["event"], e.get("kind", ""), e.get("sender", ""), e.get("recipient", ""),
+                 f"{e['size']:,}" if "size" in e else "", e.get("file", "")] for e in entries], numeric={6}),
+        "</body></html>",
+    ]
+    return "\n".join(parts)

@@ -151,6 +151,7 @@ REGISTRY: dict[str, str] = {
     "hetero-lr": "vfl_cli.protocol.hetero_linear:HeteroLogistic",
     "hetero-linear": "vfl_cli.protocol.hetero_linear:HeteroLinear",
     "predict": "vfl_cli.protocol.predict:Predict",
+    "split-nn": "vfl_cli.protocol.split_nn:SplitNN",
     "hfl": "vfl_cli.protocol.hfl:HFL",
 }
 

@@ -1,0 +1,189 @@
+"""Split neural networks: the encrypted protocol equals a plaintext reference, masking, resume,
+refusals. Jobs run in-process through the job engine with 512-bit keys on small data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import carry, fate, introduce, make_party
+from test_protocol_hetero_linear import align, drive, standardised
+from vfl_cli import jobs
+from vfl_cli.errors import VflError
+from vfl_cli.models import split_spec as ss
+from vfl_cli.models.features import split_rows
+from vfl_cli.protocol.split_nn import check_params
+from vfl_cli.workspace import Workspace
+
+SPEC = {
+    "head": "binary",
+    "active": [{"type": "dense", "units": 3, "init": "he"}, {"type": "relu"}],
+    "passive": [{"type": "dense", "units": 3, "init": "he"}, {"type": "tanh"}, {"type": "dropout", "rate": 0.2}],
+    "interactive": {"units": 3},
+    "top": [{"type": "relu"}, {"type": "dense", "units": 1}],
+}
+PARAMS = {"epochs": 2, "batch_size": 40, "optimizer": "adam", "learning_rate": 0.05, "l2": 0.01,
+          "interactive_lr": 0.1, "interactive_momentum": 0.9, "test_fraction": 0.25, "seed": 3}
+
+
+def small_parties(tmp_path: Path, active_csv: Path, passive_csv: Path, label: str, rows: int,
+                  id_column: str = "id") -> tuple[Path, Path]:
+    a = pd.read_csv(active_csv, dtype={id_column: str}).head(rows)
+    p = pd.read_csv(passive_csv, dtype={id_column: str})
+    p = p[p[id_column].isin(a[id_column])]
+    a.to_csv(tmp_path / "a.csv", index=False)
+    p.to_csv(tmp_path / "p.csv", index=False)
+    bank = make_party(tmp_path, "bank", "active", tmp_path / "a.csv", id_column=id_column, label_column=label)
+    bureau = make_party(tmp_path, "bureau", "passive", tmp_path / "p.csv", id_column=id_column)
+    introduce(tmp_path, "bank", "bureau")
+    align(bank, [bureau])
+    return bank, bureau
+
+
+def joined(active: Path, passives: list[Path]) -> tuple[pd.DataFrame, list[list[str]]]:
+    """The aligned rows side by side, columns prefixed by party (FATE's files share names)."""
+    frames, cols = [], []
+    for ws in [active, *passives]:
+        w = Workspace(ws)
+        state, _ = jobs.load_state(w, "al")
+        df = w.read_data().iloc[state.arrays["aligned_rows"]].reset_index(drop=True)
+        df = df[w.features + ([w.label_column] if w.label_column else [])]
+        df.columns = [f"{ws.name}:{c}" if c in w.features else c for c in df.columns]
+        frames.append(df)
+        cols.append([f"{ws.name}:{c}" for c in w.features])
+    return pd.concat(frames, axis=1), cols
+
+
+def train(bank: Path, bureau: Path, params: dict, job: str = "tr") -> dict:
+    jobs.start_job(Workspace(bank), "split-nn", {"alignment": "al", **params}, job=job)
+    drive([bank, bureau], job)
+    return {ws.name: jobs.load_state(Workspace(ws), job)[0] for ws in (bank, bureau)}
+
+
+def reference(bank: Path, bureau: Path, params: dict, label: str) -> tuple[ss.SplitModel, list[float], np.ndarray]:
+    full = dict(check_params({"alignment": "al", **params}, [{"role": "active"}, {"role": "passive"}]))
+    df, (a_cols, p_cols) = joined(bank, [bureau])
+    split = split_rows(len(df), full["test_fraction"], full["seed"])
+    XA = standardised(df[a_cols].to_numpy(float), split.train)
+    XP = standardised(df[p_cols].to_numpy(float), split.train)
+    y = df[label].to_numpy(float)
+    model, history = ss.central_fit(ss.parse_spec(full["model"]), XA[split.train], XP[split.train],
+                                    y[split.train], full)
+    return model, history, model.predict(XA[split.test], XP[split.test])
+
+
+def test_binary_equals_the_plaintext_reference(tmp_path: Path, sample) -> None:
+    bank, bureau = small_parties(tmp_path, sample("breast_active.csv"), sample("breast_passive.csv"), "label", 120)
+    params = dict(PARAMS, model=SPEC)
+    states = train(bank, bureau, params)
+    model, history, _ = reference(bank, bureau, params, "label")
+    a, p = states["bank"], states["bureau"]
+    # the shares of W_P sum to the reference's W_P; each alone is far from it (noised)
+    np.testing.assert_allclose(a.arrays["share"] + p.arrays["share"], model.W_P, atol=1e-6)
+    assert np.abs(p.arrays["share"] - model.W_P).max() > 1.0
+    np.testing.assert_allclose(a.arrays["W_A"], model.W_A, atol=1e-6)
+    np.testing.assert_allclose(a.arrays["b"], model.b, atol=1e-6)
+    np.testing.assert_allclose(a.arrays["net_top"], model.top.get_flat(), atol=1e-6)
+    np.testing.assert_allclose(a.arrays["net_active"], model.bottom_a.get_flat(), atol=1e-6)
+    np.testing.assert_allclose(p.arrays["net_passive"], model.bottom_p.get_flat(), atol=1e-6)
+    np.testing.assert_allclose([h["loss"] for h in a.results["history"]], history, atol=1e-6)
+    assert 0.5 < a.results["metrics"]["test"]["auc"] <= 1.0
+    n = len(joined(bank, [bureau])[0])
+    assert len(a.results["split"]["test_ids"]) == round(n * 0.25)
+    # model cards: which party computes each layer, plaintext or ciphertext
+    layers = a.results["model"]["layers"]
+    assert [row["mode"] for row in layers].count("ciphertext") == 1
+    assert {row["party"] for row in layers if row["part"] == "bottom"} == {"bank", "bureau"}
+    assert p.results["metrics"] == {}
+
+
+def test_multiclass_equals_the_plaintext_reference(tmp_path: Path) -> None:
+    bank, bureau = small_parties(tmp_path, fate("vehicle_scale_hetero_guest.csv"),
+                                 fate("vehicle_scale_hetero_host.csv"), "y", 100)
+    spec = {"head": "multiclass", "passive": [{"type": "dense", "units": 3}, {"type": "sigmoid"}],
+            "interactive": {"units": 4}, "top": [{"type": "tanh"}, {"type": "dense", "units": 4}]}
+    params = dict(PARAMS, model=spec, epochs=1, optimizer="sgd", momentum=0.5, learning_rate=0.1, l2=0.0)
+    states = train(bank, bureau, params)
+    model, history, proba = reference(bank, bureau, params, "y")
+    a, p = states["bank"], states["bureau"]
+    np.testing.assert_allclose(a.arrays["share"] + p.arrays["share"], model.W_P, atol=1e-6)
+    np.testing.assert_allclose(a.arrays["W_A"], model.W_A, atol=1e-6)  # no active bottom: raw features
+    np.testing.assert_allclose(p.arrays["net_passive"], model.bottom_p.get_flat(), atol=1e-6)
+    metrics = a.results["metrics"]["test"]
+    df, _ = joined(bank, [bureau])
+    split = split_rows(len(df), 0.25, PARAMS["seed"])
+    assert metrics["accuracy"] == pytest.approx(float(np.mean(proba.argmax(1) == df["y"].to_numpy()[split.test])))
+
+
+def test_no_artifact_carries_plaintext_values(tmp_path: Path, sample) -> None:
+    bank, bureau = small_parties(tmp_path, sample("breast_active.csv"), sample("breast_passive.csv"), "label", 60)
+    train(bank, bureau, dict(PARAMS, model=SPEC, epochs=1, batch_size=0))
+    kinds = set()
+    for ws in (bank, bureau):
+        for f in (ws / "archive" / "sent").glob("tr.*.zip"):
+            manifest = json.loads(zipfile.ZipFile(f).read("manifest.json"))
+            kinds.add(manifest["kind"])
+            for name, m in manifest["members"].items():
+                # only ciphertexts and masked integers: no ndarray of per-sample values
+                assert m["type"] in ("paillier", "masked"), (f.name, name, m["type"])
+    assert {"split/forward", "split/activation-request", "split/activation", "split/backward"} <= kinds
+
+
+def test_killed_and_resumed_training_finishes_identically(tmp_path: Path, sample, monkeypatch) -> None:
+    bank, bureau = small_parties(tmp_path, sample("breast_active.csv"), sample("breast_passive.csv"), "label", 80)
+    params = dict(PARAMS, model=SPEC, epochs=1)
+    jobs.start_job(Workspace(bank), "split-nn", {"alignment": "al", **params}, job="tr")
+    calls = {"n": 0}
+    original = jobs._apply
+
+    def flaky(ws, txn):
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:  # every third commit is killed half-way through applying
+            plan = json.loads((txn / "plan.json").read_text())
+            for e in plan["sent"][:1]:
+                shutil.copyfile(txn / "out" / e["file"], ws.path("archive", "sent", e["file"]))
+            raise KeyboardInterrupt
+        original(ws, txn)
+
+    monkeypatch.setattr(jobs, "_apply", flaky)
+    for _ in range(200):
+        try:
+            drive([bank, bureau], "tr", limit=1)
+        except (KeyboardInterrupt, AssertionError):
+            continue
+        break
+    monkeypatch.setattr(jobs, "_apply", original)
+    drive([bank, bureau], "tr")
+    model, _, _ = reference(bank, bureau, params, "label")
+    a = jobs.load_state(Workspace(bank), "tr")[0]
+    p = jobs.load_state(Workspace(bureau), "tr")[0]
+    np.testing.assert_allclose(a.arrays["share"] + p.arrays["share"], model.W_P, atol=1e-6)
+    np.testing.assert_allclose(a.arrays["W_A"], model.W_A, atol=1e-6)
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"passive": [{"type": "conv", "units": 3}]}, "unknown type 'conv'"),
+    ({"top": [{"type": "dense", "units": 2}]}, "the binary head needs 1 output"),
+    ({"top": [{"type": "relu", "mode": "ciphertext"}]}, "top layers are plaintext layers"),
+    ({"interactive": {"units": 4, "mode": "plaintext"}}, "must be a ciphertext layer"),
+    ({"interactive": {"units": 0}}, "units must be a whole number >= 1"),
+    ({"bottom": []}, "unknown key(s) ['bottom']"),
+])
+def test_bad_specs_are_refused_with_one_clear_error(model: dict, message: str) -> None:
+    with pytest.raises(VflError) as err:
+        check_params({"alignment": "al", "model": model}, [{"role": "active"}, {"role": "passive"}])
+    assert message in str(err.value)
+
+
+def test_class_count_mismatch_is_refused(tmp_path: Path) -> None:
+    bank, bureau = small_parties(tmp_path, fate("vehicle_scale_hetero_guest.csv"),
+                                 fate("vehicle_scale_hetero_host.csv"), "y", 40)
+    spec = {"head": "multiclass", "top": [{"type": "dense", "units": 3}]}
+    with pytest.raises(VflError, match="the labels hold 4 classes"):
+        jobs.start_job(Workspace(bank), "split-nn", {"alignment": "al", "model": spec}, job="tr")

@@ -1,0 +1,359 @@
+"""Split neural network specs: which party computes which layer, in plaintext or in ciphertext.
+
+A split network (protocol ``split-nn``) has four parts::
+
+    active party:   X_A -> [bottom_active]  -> h_A ─┐
+                                                    ├─ interactive layer z = h_A W_A + h_P W_P + b
+    passive party:  X_P -> [bottom_passive] -> h_P ─┘        (the ciphertext layer, at both)
+    active party:   z -> [top] -> head (loss)
+
+Bottom and top layers are *plaintext layers*: one party computes them on its own data. The
+interactive layer is the only *ciphertext layer*: the parties' data meet there, so only it pays
+for cryptography (see docs/protocols/split-nn.md).
+
+The spec is a TOML table (in a recipe's ``[model]`` or a file of its own)::
+
+    [model]
+    head = "binary"                 # binary | multiclass | regression
+
+    [[model.active]]                # the active party's bottom layers, in order
+    type = "dense"
+    units = 8
+    [[model.active]]
+    type = "relu"
+
+    [[model.passive]]               # the passive party's bottom layers
+    type = "dense"
+    units = 8
+    mode = "plaintext"              # optional; bottom and top layers are plaintext layers
+    [[model.passive]]
+    type = "relu"
+
+    [model.interactive]             # the ciphertext layer where the parties' outputs meet
+    units = 8
+    init = "xavier"
+    mode = "ciphertext"             # optional; it is always a ciphertext layer
+
+    [[model.top]]                   # the active party's top layers, on z
+    type = "relu"
+    [[model.top]]
+    type = "dense"
+    units = 1                       # 1 for binary and regression, one per class for multiclass
+
+Layer types are those of :mod:`vfl_cli.models.nn` (dense, relu, tanh, sigmoid, dropout). An
+empty bottom passes the party's standardised features straight to the interactive layer; an
+empty top makes ``z`` the network output. :func:`central_fit` trains the same architecture
+centrally in plaintext (the reference the protocol is tested and benchmarked against).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vfl_cli.errors import VflError
+from vfl_cli.models.nn import INITS, Dense, Dropout, Sequential, build_sequential, make_head
+from vfl_cli.models.optim import Optimizer, make_optimizer
+from vfl_cli.models.reference import minibatches
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+__all__ = ["SplitSpec", "SplitModel", "parse_spec", "load_spec_file", "default_spec", "central_fit",
+           "PART_SEEDS", "dropout_seed"]
+
+HEAD_OUTPUTS = {"binary": 1, "regression": 1}
+MODES = ("plaintext", "ciphertext")
+MODEL_KEYS = ("head", "active", "passive", "interactive", "top")
+#: seed offsets of the four parts (weights of part p are drawn from ``seed * 8 + PART_SEEDS[p]``)
+PART_SEEDS = {"active": 0, "passive": 1, "interactive": 2, "top": 3}
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """A validated split network spec (layer dicts in :mod:`vfl_cli.models.nn` format)."""
+
+    head: str = "binary"
+    active: list[dict[str, Any]] = field(default_factory=list)
+    passive: list[dict[str, Any]] = field(default_factory=list)
+    units: int = 8
+    init: str = "xavier"
+    top: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical JSON form (what a job's parameters carry)."""
+        return {"head": self.head, "active": self.active, "passive": self.passive,
+                "interactive": {"units": self.units, "init": self.init}, "top": self.top}
+
+    @property
+    def outputs(self) -> int:
+        """Width of the network output."""
+        return _width(self.top, self.units)
+
+    def layers(self, active: str, passive: str, dim_active: int | None,
+               dim_passive: int | None) -> list[dict[str, Any]]:
+        """Every layer: which party computes it, how (plaintext or ciphertext) and its shape
+        (None where a width is another party's private input width)."""
+        rows: list[dict[str, Any]] = []
+
+        def part(party: str, layers: list[dict[str, Any]], width: int | None, where: str) -> int | None:
+            for layer in layers:
+                out = int(layer["units"]) if layer["type"] == "dense" else width
+                rows.append({"party": party, "part": where, "layer": _describe(layer), "mode": "plaintext",
+                             "shape": [width, out] if layer["type"] == "dense" else [width]})
+                width = out
+            return width
+
+        ka = part(active, self.active, dim_active, "bottom")
+        kp = part(passive, self.passive, dim_passive, "bottom")
+        rows.append({"party": f"{active}+{passive}", "part": "interactive",
+                     "layer": f"dense [h_A {ka if ka is not None else '?'} | h_P {kp if kp is not None else '?'}]"
+                              f" -> {self.units} (W_A at {active}; W_P shared)",
+                     "mode": "ciphertext",
+                     "shape": [None if ka is None or kp is None else ka + kp, self.units]})
+        part(active, self.top, self.units, "top")
+        return rows
+
+
+def _describe(layer: Mapping[str, Any]) -> str:
+    if layer["type"] == "dense":
+        return f"dense {layer['units']} ({layer.get('init', 'xavier')})"
+    if layer["type"] == "dropout":
+        return f"dropout {layer['rate']}"
+    return str(layer["type"])
+
+
+def _width(layers: Sequence[Mapping[str, Any]], width: int) -> int:
+    for layer in layers:
+        if layer["type"] == "dense":
+            width = int(layer["units"])
+    return width
+
+
+def _layers(raw: Any, where: str, *, allowed_mode: str = "plaintext") -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if isinstance(raw, Mapping) or isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
+        raise VflError(f"model spec: [[model.{where}]] must be a list of layers (an array of tables)")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping):
+            raise VflError(f"model spec, {where} layer {i}: must be a table with a 'type'")
+        layer = dict(item)
+        mode = layer.pop("mode", allowed_mode)
+        if mode not in MODES:
+            raise VflError(f"model spec, {where} layer {i}: mode must be plaintext or ciphertext, not {mode!r}")
+        if mode != allowed_mode:
+            raise VflError(
+                f"model spec, {where} layer {i}: {where} layers are {allowed_mode} layers (one party computes "
+                f"them on its own data); only the interactive layer is a ciphertext layer"
+            )
+        out.append(layer)
+    if out:
+        try:  # widths of dense layers do not depend on the input: check with a 1-column input
+            build_sequential(out, 1)
+        except VflError as exc:
+            raise VflError(f"model spec, {where} layers: {str(exc).removeprefix('network spec, ')}") from None
+    return out
+
+
+def parse_spec(raw: Mapping[str, Any] | None) -> SplitSpec:
+    """Validate a ``[model]`` table (None: the defaults of :func:`default_spec`).
+
+    Raises:
+        VflError: one clear message naming the part and layer at fault: unknown keys or layer
+            types, a layer marked ciphertext outside the interactive layer, or an output width
+            that does not fit the head.
+    """
+    if raw is None or raw == {}:
+        return default_spec()
+    if not isinstance(raw, Mapping):
+        raise VflError("model spec must be a table ([model]) or a TOML file name")
+    unknown = set(raw) - set(MODEL_KEYS)
+    if unknown:
+        raise VflError(f"model spec: unknown key(s) {sorted(unknown)}; allowed: {', '.join(MODEL_KEYS)}")
+    head = str(raw.get("head", "binary"))
+    make_head(head)  # refuses unknown heads
+    inter = raw.get("interactive", {})
+    if not isinstance(inter, Mapping):
+        raise VflError("model spec: [model.interactive] must be a table with units")
+    extra = set(inter) - {"units", "init", "mode", "type"}
+    if extra:
+        raise VflError(f"model spec, interactive layer: unknown field(s) {sorted(extra)}; allowed: units, init, mode")
+    if inter.get("mode", "ciphertext") != "ciphertext":
+        raise VflError("model spec, interactive layer: it is where the parties' data meet, so it must be a "
+                       "ciphertext layer (mode = \"ciphertext\")")
+    if inter.get("type", "dense") != "dense":
+        raise VflError(f"model spec, interactive layer: type must be dense, not {inter.get('type')!r}")
+    units = inter.get("units", 8)
+    if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+        raise VflError(f"model spec, interactive layer: units must be a whole number >= 1, got {units!r}")
+    init = str(inter.get("init", "xavier"))
+    if init not in INITS:
+        raise VflError(f"model spec, interactive layer: unknown init {init!r}; allowed: {', '.join(INITS)}")
+    top = _layers(raw.get("top"), "top")
+    if head in HEAD_OUTPUTS and not top and "top" not in raw:
+        top = [{"type": "relu"}, {"type": "dense", "units": HEAD_OUTPUTS[head]}]
+    spec = SplitSpec(head=head, active=_layers(raw.get("active"), "active"),
+                     passive=_layers(raw.get("passive"), "passive"), units=units, init=init, top=top)
+    want = HEAD_OUTPUTS.get(head)
+    if want is not None and spec.outputs != want:
+        raise VflError(f"model spec: the {head} head needs 1 output, but the network ends with width "
+                       f"{spec.outputs} (last dense layer of [[model.top]], or the interactive units)")
+    if head == "multiclass" and spec.outputs < 2:
+        raise VflError(f"model spec: the multiclass head needs one output per class (>= 2), the network "
+                       f"ends with width {spec.outputs}")
+    return spec
+
+
+def default_spec(head: str = "binary", outputs: int | None = None) -> SplitSpec:
+    """The defaults: 8-unit dense+ReLU bottoms, an 8-unit interactive layer, ReLU then dense top."""
+    outputs = outputs or HEAD_OUTPUTS.get(head, 2)
+    bottom = [{"type": "dense", "units": 8, "init": "he"}, {"type": "relu"}]
+    return SplitSpec(head=head, active=list(bottom), passive=list(bottom), units=8, init="xavier",
+                     top=[{"type": "relu"}, {"type": "dense", "units": outputs}])
+
+
+def load_spec_file(path: Path) -> dict[str, Any]:
+    """A model spec from a TOML file: either a ``[model]`` table or the keys at the top level."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise VflError(f"cannot read model spec {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise VflError(f"{path} is not valid TOML: {exc}") from exc
+    return dict(raw["model"]) if isinstance(raw.get("model"), dict) else dict(raw)
+
+
+def dropout_seed(seed: int, epoch: int, batch: int, part: str, index: int) -> np.random.Generator:
+    """The dropout masks of one layer in one mini-batch (the same in the protocol and reference)."""
+    return np.random.default_rng([seed, epoch, batch, PART_SEEDS[part], index])
+
+
+def reseed_dropout(net: Sequential | None, seed: int, epoch: int, batch: int, part: str) -> None:
+    if net is None:
+        return
+    for i, layer in enumerate(net.layers):
+        if isinstance(layer, Dropout):
+            layer.rng = dropout_seed(seed, epoch, batch, part, i)
+
+
+def build_part(spec: SplitSpec, part: str, in_dim: int, seed: int) -> Sequential | None:
+    """One party's bottom (``active``/``passive``) or the ``top`` network; None when empty."""
+    layers = getattr(spec, part)
+    return build_sequential(layers, in_dim, seed=seed * 8 + PART_SEEDS[part]) if layers else None
+
+
+def out_dim(net: Sequential | None, in_dim: int) -> int:
+    return in_dim if net is None else int(net.out_dim or in_dim)
+
+
+def initial_interactive(spec: SplitSpec, ka: int, kp: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Initial ``(W_A, W_P)`` of the interactive layer (one dense layer on ``[h_A, h_P]``)."""
+    dense = Dense(ka + kp, spec.units, init=spec.init,
+                  seed=np.random.default_rng([seed * 8 + PART_SEEDS["interactive"], 0]))
+    return dense.W[:ka].copy(), dense.W[ka:].copy()
+
+
+def forward(net: Sequential | None, x: np.ndarray, train: bool = True) -> np.ndarray:
+    return x if net is None else net.forward(x, train=train)
+
+
+def backward(net: Sequential | None, grad: np.ndarray) -> np.ndarray:
+    return grad if net is None else net.backward(grad)
+
+
+def step_net(net: Sequential | None, opts: list[Optimizer]) -> None:
+    if net is None:
+        return
+    for p, g, opt, m in zip(net.params(), net.grads(), opts, net.penalty_masks()):
+        p[...] = opt.step(p, g, mask=m)
+
+
+@dataclass
+class SplitModel:
+    """The whole network in one place (the plaintext reference, never a protocol's state)."""
+
+    spec: SplitSpec
+    bottom_a: Sequential | None
+    bottom_p: Sequential | None
+    W_A: np.ndarray
+    W_P: np.ndarray
+    b: np.ndarray
+    top: Sequential | None
+
+    @classmethod
+    def build(cls, spec: SplitSpec, dim_a: int, dim_p: int, seed: int) -> SplitModel:
+        bottom_a = build_part(spec, "active", dim_a, seed)
+        bottom_p = build_part(spec, "passive", dim_p, seed)
+        W_A, W_P = initial_interactive(spec, out_dim(bottom_a, dim_a), out_dim(bottom_p, dim_p), seed)
+        return cls(spec, bottom_a, bottom_p, W_A, W_P, np.zeros(spec.units), build_part(spec, "top", spec.units, seed))
+
+    def output(self, XA: np.ndarray, XP: np.ndarray) -> np.ndarray:
+        z = forward(self.bottom_a, XA, False) @ self.W_A + forward(self.bottom_p, XP, False) @ self.W_P + self.b
+        return forward(self.top, z, False)
+
+    def predict(self, XA: np.ndarray, XP: np.ndarray) -> np.ndarray:
+        return make_head(self.spec.head).predict(self.output(XA, XP))
+
+
+def optimizer_factory(params: Mapping[str, Any]) -> Any:
+    kw: dict[str, Any] = {"lr": params["learning_rate"], "l2": params["l2"]}
+    if str(params["optimizer"]).lower() == "sgd":
+        kw["momentum"] = params["momentum"]
+    return lambda: make_optimizer(params["optimizer"], **kw)
+
+
+def interactive_optimizer(params: Mapping[str, Any]) -> Optimizer:
+    """The optimiser of the passive party's interactive weights W_P (linear, so it runs on shares)."""
+    return make_optimizer("sgd", lr=params["interactive_lr"], momentum=params["interactive_momentum"], l2=params["l2"])
+
+
+def central_fit(spec: SplitSpec, XA: np.ndarray, XP: np.ndarray, y: np.ndarray, params: Mapping[str, Any],
+                *, epochs: int | None = None) -> tuple[SplitModel, list[float]]:
+    """Train the same architecture centrally in plaintext, as the protocol does.
+
+    Same initial weights (from ``params["seed"]``), mini-batches, dropout masks and optimisers:
+    the job's optimiser for every layer except W_P, which uses SGD with momentum
+    (``interactive_lr``, ``interactive_momentum``) as in the protocol. Returns the model and the
+    mean training loss of each epoch (mean over its mini-batches, as the protocol reports it).
+    """
+    seed = int(params["seed"])
+    model = SplitModel.build(spec, XA.shape[1], XP.shape[1], seed)
+    head = make_head(spec.head)
+    factory = optimizer_factory(params)
+    opts_a = [factory() for _ in (model.bottom_a.params() if model.bottom_a else [])]
+    opts_p = [factory() for _ in (model.bottom_p.params() if model.bottom_p else [])]
+    opts_t = [factory() for _ in (model.top.params() if model.top else [])]
+    opt_wa, opt_b, opt_wp = factory(), factory(), interactive_optimizer(params)
+    batch = int(params["batch_size"]) or None
+    history: list[float] = []
+    for epoch in range(epochs if epochs is not None else int(params["epochs"])):
+        losses = []
+        for b, rows in enumerate(minibatches(len(y), batch, seed=seed, epoch=epoch)):
+            for net, part in ((model.bottom_a, "active"), (model.bottom_p, "passive"), (model.top, "top")):
+                reseed_dropout(net, seed, epoch, b, part)
+            ha = forward(model.bottom_a, XA[rows])
+            hp = forward(model.bottom_p, XP[rows])
+            z = ha @ model.W_A + hp @ model.W_P + model.b
+            loss, dout = head.loss_grad(forward(model.top, z), y[rows])
+            losses.append(loss)
+            delta = backward(model.top, dout)
+            g_wa, g_wp, g_b = ha.T @ delta, hp.T @ delta, delta.sum(axis=0)
+            g_ha, g_hp = delta @ model.W_A.T, delta @ model.W_P.T
+            backward(model.bottom_a, g_ha)
+            backward(model.bottom_p, g_hp)
+            step_net(model.bottom_a, opts_a)
+            step_net(model.bottom_p, opts_p)
+            step_net(model.top, opts_t)
+            model.W_A = opt_wa.step(model.W_A, g_wa)
+            model.b = opt_b.step(model.b, g_b, mask=False)
+            model.W_P = opt_wp.step(model.W_P, g_wp)
+        history.append(float(np.mean(losses)))
+    return model, history

@@ -1,0 +1,511 @@
+"""Split neural networks with plaintext and ciphertext layers (``split-nn``).
+
+Who holds what: the active party A holds the labels, its features ``X_A``, its bottom network
+``f_A``, its part ``W_A`` and bias ``b`` of the interactive layer and the top network; the
+passive party P holds its features ``X_P`` and its bottom network ``f_P``. The passive part of
+the interactive layer, ``W_P``, is *additively shared*: A holds ``U``, P holds ``V``, and
+``W_P = U + V``; neither party ever knows ``W_P``. Each party has its own Paillier key (KA, KP).
+Bottom and top layers are plaintext layers (one party, its own data); the interactive layer
+``z = h_A W_A + h_P W_P + b`` is the only ciphertext layer. Rows are those of a finished ``psi``
+job, split and batched by the job's seed (nothing is sent for that).
+
+One mini-batch of ``n`` rows (``h = f_P(X_P)``, ``n x k``; ``z`` is ``n x m``), four hand-offs:
+
+1. ``split/forward``  P -> A: ``[[h]]_KP`` and ``[[V]]_KP`` (fresh encryptions).
+2. ``split/activation-request``  A -> P: ``pack([[h U]]_KP + R)``, ``R`` uniform 150-bit
+   integers (at the encoding's resolution) that A keeps; re-randomised with uniform ``r^n``.
+3. ``split/activation``  P -> A: ``hU + R + hV`` (P decrypts and adds ``hV``, exact integers).
+   A removes ``R``: ``z_P = h W_P``. A then runs the interactive layer, the top network and the
+   loss in plaintext, gets ``delta = dL/dz`` and steps its own layers.
+4. ``split/backward``  A -> P: ``pack([[delta^T h]]_KP + eps)`` (the gradient of ``W_P``, noised
+   with ``eps = rho_t - rho_{t-1}``, ``rho`` uniform in ``[-2^20, 2^20]``, fresh per batch, A's
+   secret) and ``pack([[W_P]] delta^T)`` with ``[[W_P]] = [[V]] + U`` (the error of P's bottom
+   output, ``dL/dh = delta W_P^T``). Both re-randomised with uniform ``r^n``. P decrypts, steps
+   its share ``V`` with ``grad + eps`` and back-propagates ``dL/dh`` through its bottom network;
+   A steps its share ``U`` with ``-eps``. The optimiser of ``W_P`` is SGD with momentum (linear,
+   so two shares stepped separately sum to the exact update). P's next forward goes out in the
+   same step.
+
+After the last epoch P sends the test rows' ``[[h]]`` and steps 1-3 give A the test outputs,
+from which A computes the metrics.
+
+What each party learns (semi-honest, no collusion; details in docs/protocols/split-nn.md):
+
+* A: ``z_P = h W_P`` per row (the passive party's contribution to the interactive layer, as in
+  every split network), its own gradients, the loss, the test metrics. Not ``h``, not ``W_P``
+  (only its share ``U``), not the gradient of ``W_P``.
+* P: ``dL/dh`` per row (needed to train its bottom network in plaintext), and the gradient of
+  ``W_P`` plus A's noise ``eps``. Not the labels, ``delta``, ``z``, ``W_P`` (only its share) or
+  any of A's layers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from vfl_cli.artifacts.container import Artifact
+from vfl_cli.crypto import encoding, paillier
+from vfl_cli.errors import DataError, InvalidArtifact, VflError
+from vfl_cli.metrics import classification_metrics, multiclass_metrics, regression_metrics
+from vfl_cli.models import split_spec as ss
+from vfl_cli.models.features import split_rows
+from vfl_cli.models.nn import Sequential, make_head
+from vfl_cli.models.optim import Optimizer, make_optimizer
+from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
+from vfl_cli.protocol.hetero_linear import (
+    PartyData,
+    _json_state,
+    enc_member,
+    ints_member,
+    packed_member,
+    read_enc,
+    read_ints,
+    read_packed,
+    stash,
+    unstash,
+)
+
+FORWARD = "split/forward"
+ACT_REQUEST = "split/activation-request"
+ACTIVATION = "split/activation"
+BACKWARD = "split/backward"
+
+#: Public constants of the protocol (the same for every job, so widths leak nothing).
+NOISE_BITS = 20  # |rho| <= 2**20: the noise on the gradient of W_P
+H_BOUND = 2.0**12  # |h| per value (P's bottom output)
+MASK_PIECE_BITS = 50  # R is three 50-bit pieces: uniform over 2**150 encoded units
+MASK_PIECES = 3
+ACT_VALUE_BITS = MASK_PIECE_BITS * MASK_PIECES + 1  # |h U| + R fits 2**151 (encoded, exponent -16)
+GRAD_VALUE_BITS = 64 + NOISE_BITS + 14  # |grad + eps| <= 2**34 at exponent -16
+ERR_VALUE_BITS = 64 + 16  # |dL/dh| <= 2**16 at exponent -16
+E = paillier.EXPONENT
+
+DEFAULTS: dict[str, Any] = {
+    "epochs": 10,
+    "batch_size": 0,
+    "optimizer": "adam",
+    "learning_rate": 0.01,
+    "momentum": 0.0,
+    "l2": 0.0,
+    "interactive_lr": 0.1,
+    "interactive_momentum": 0.9,
+    "test_fraction": 0.2,
+    "seed": 42,
+}
+
+
+def check_params(params: Mapping[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
+    unknown = set(params) - set(DEFAULTS) - {"alignment", "model"}
+    if unknown:
+        raise VflError(f"unknown split-nn parameter(s) {sorted(unknown)}; allowed: alignment, model, "
+                       f"{', '.join(DEFAULTS)}")
+    if not params.get("alignment"):
+        raise VflError("training needs alignment=<psi job id>: align the parties first (vfl align start)")
+    if sum(p["role"] == "passive" for p in parties) != 1:
+        raise VflError("split-nn trains between the active party and exactly one passive party")
+    out: dict[str, Any] = {"alignment": str(params["alignment"])}
+    for key, default in DEFAULTS.items():
+        value = params.get(key, default)
+        try:
+            out[key] = type(default)(value)
+        except (TypeError, ValueError):
+            raise VflError(f"{key} must be a {type(default).__name__}, not {value!r}") from None
+    if out["epochs"] < 1 or out["batch_size"] < 0:
+        raise VflError("epochs must be >= 1 and batch_size >= 0 (0: full batch)")
+    if not 0.0 < out["test_fraction"] < 1.0:
+        raise VflError(f"test_fraction must be in (0, 1), not {out['test_fraction']}")
+    ss.optimizer_factory(out)()  # refuse unknown optimisers and bad values before anyone starts
+    ss.interactive_optimizer(out)
+    out["model"] = ss.parse_spec(params.get("model")).to_dict()
+    split_rows(10, out["test_fraction"], out["seed"])
+    return out
+
+
+def _random_ints(count: int, bits: int) -> np.ndarray:
+    """``count`` uniform integers below ``2**bits`` (bits <= 63) from the OS's CSPRNG."""
+    raw = np.frombuffer(os.urandom(8 * count), dtype=np.uint64)
+    return (raw >> np.uint64(64 - bits)).astype(np.int64)
+
+
+def _noise(shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform in [-2^NOISE_BITS, 2^NOISE_BITS) on a 2^(NOISE_BITS-52) grid: exact floats."""
+    u = _random_ints(int(np.prod(shape)), 53).astype(np.float64).reshape(shape)
+    return np.ldexp(u, NOISE_BITS - 52) - 2.0**NOISE_BITS
+
+
+def _ints(x: np.ndarray) -> np.ndarray:
+    """Fixed-point integers of ``x`` at the transmitted exponent (as Python ints, exact)."""
+    return np.array(encoding.encode_signed(x, E), dtype=object).reshape(x.shape)
+
+
+def _enc_matmul(enc: paillier.EncryptedArray, W: np.ndarray) -> paillier.EncryptedArray:
+    """``enc @ W`` by :func:`paillier.enc_matmul`, one call per group of columns of ``W`` whose
+    encodings have equal bit lengths (the engine needs the same number of signed digits in
+    every column of one call; a group that still differs is done column by column)."""
+    top = np.abs(np.rint(np.ldexp(W, -4 * E))).max(axis=0)
+    groups: dict[int, list[int]] = {}
+    for j, v in enumerate(top.tolist()):
+        groups.setdefault(int(v).bit_length(), []).append(j)
+    parts, order = [], []
+    for cols in groups.values():
+        try:
+            parts.append(paillier.enc_matmul(enc, W[:, cols]).T)
+        except ValueError:
+            parts.extend(paillier.enc_matmul(enc, W[:, [j]]).T for j in cols)
+        order += cols
+    return paillier.concatenate(parts)[np.argsort(order)].T
+
+
+class SplitNN(Protocol):
+    name = "split-nn"
+    summary = "split neural network: plaintext bottom/top layers, a ciphertext interactive layer"
+
+    def check_params(self, params: dict[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
+        return check_params(params, parties)
+
+    def expects(self, ctx: PartyContext, state: JobState) -> list[Expect]:
+        p, a = ctx.passives[0], ctx.active
+        if ctx.is_active:
+            return {"start": [], "wait-forward": [Expect(p, FORWARD)],
+                    "wait-activation": [Expect(p, ACTIVATION)]}[state.phase]
+        return {"start": [], "wait-request": [Expect(a, ACT_REQUEST)],
+                "wait-backward": [Expect(a, BACKWARD)]}[state.phase]
+
+    def advance(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]) -> list[Outgoing]:
+        data = PartyData(ctx, intercept=False)
+        spec = ss.parse_spec(ctx.params["model"])
+        if ctx.is_active:
+            handler = {"start": self._a_start, "wait-forward": self._a_request,
+                       "wait-activation": self._a_step}[state.phase]
+        else:
+            handler = {"start": self._p_start, "wait-request": self._p_activation,
+                       "wait-backward": self._p_backward}[state.phase]
+        return handler(ctx, state, received, data, spec)
+
+    # ----- shared helpers -----------------------------------------------------------------------
+    @staticmethod
+    def _position(state: JobState) -> tuple[int, int, int]:
+        d = state.data
+        return int(d["t"]), int(d["epoch"]), int(d["batch"])
+
+    @staticmethod
+    def _check_round(art: Artifact, state: JobState) -> None:
+        t = int(state.data["t"])
+        if art.round != t:
+            raise InvalidArtifact(f"{art.kind} from {art.sender} is for round {art.round}, but this party is at "
+                                  f"round {t} (stale or replayed)")
+
+    @staticmethod
+    def _advance(state: JobState, data: PartyData) -> None:
+        d = state.data
+        d["t"] += 1
+        d["batch"] += 1
+        if d["batch"] >= data.batches_per_epoch:
+            d["batch"] = 0
+            d["epoch"] += 1
+
+    @staticmethod
+    def _net(state: JobState, spec: ss.SplitSpec, part: str, in_dim: int, seed: int) -> Sequential | None:
+        net = ss.build_part(spec, part, in_dim, seed)
+        if net is not None and f"net_{part}" in state.arrays:
+            net.set_flat(state.arrays[f"net_{part}"])
+        return net
+
+    @staticmethod
+    def _save_net(state: JobState, part: str, net: Sequential | None) -> None:
+        if net is not None:
+            state.arrays[f"net_{part}"] = net.get_flat()
+
+    @staticmethod
+    def _opts(ctx: PartyContext, state: JobState, key: str, count: int, *, interactive: bool = False) -> list[Optimizer]:
+        make = (lambda: ss.interactive_optimizer(ctx.params)) if interactive else ss.optimizer_factory(ctx.params)
+        opts = [make() for _ in range(count)]
+        for opt, saved in zip(opts, state.data.get("opt", {}).get(key, [])):
+            opt.load_state_dict(saved)
+        return opts
+
+    @staticmethod
+    def _save_opts(state: JobState, key: str, opts: list[Optimizer]) -> None:
+        state.data.setdefault("opt", {})[key] = [_json_state(o.state_dict()) for o in opts]
+
+    def _bottom_output(self, ctx: PartyContext, state: JobState, data: PartyData, spec: ss.SplitSpec,
+                       part: str, rows: np.ndarray, *, train: bool) -> tuple[Sequential | None, np.ndarray]:
+        seed = int(ctx.params["seed"])
+        net = self._net(state, spec, part, data.X.shape[1], seed)
+        _, epoch, batch = self._position(state)
+        ss.reseed_dropout(net, seed, epoch, batch, part)
+        return net, ss.forward(net, data.X[rows], train=train)
+
+    # ----- passive party ------------------------------------------------------------------------
+    def _p_start(self, ctx: PartyContext, state: JobState, received: Any, data: PartyData,
+                 spec: ss.SplitSpec) -> list[Outgoing]:
+        if data.y is not None:
+            raise DataError(f"{ctx.name} is passive but has labels")
+        state.data.update(t=0, epoch=0, batch=0, fingerprint=data.fingerprint, evaluating=False)
+        net = ss.build_part(spec, "passive", data.X.shape[1], int(ctx.params["seed"]))
+        self._save_net(state, "passive", net)
+        k = ss.out_dim(net, data.X.shape[1])
+        state.arrays["share"] = np.zeros((k, spec.units))  # V: P's share of W_P (A holds U = W_P0)
+        return self._p_forward(ctx, state, data, spec)
+
+    def _p_rows(self, state: JobState, ctx: PartyContext, data: PartyData) -> np.ndarray:
+        if state.data["evaluating"]:
+            return data.split.test
+        _, epoch, batch = self._position(state)
+        return data.batch_rows(ctx.params, epoch, batch)
+
+    def _p_forward(self, ctx: PartyContext, state: JobState, data: PartyData, spec: ss.SplitSpec) -> list[Outgoing]:
+        t, epoch, batch = self._position(state)
+        ev = bool(state.data["evaluating"])
+        rows = self._p_rows(state, ctx, data)
+        _, h = self._bottom_output(ctx, state, data, spec, "passive", rows, train=not ev)
+        if not np.all(np.isfinite(h)) or np.abs(h).max(initial=0.0) > H_BOUND:
+            raise VflError("the passive bottom network's outputs exploded (training diverged): lower learning_rate")
+        own = ctx.private_key().public
+        tick = ctx.progress(f"round {t}: encrypting the bottom output", None)
+        members = [enc_member("h", paillier.encrypt(own, h)), enc_member("v", paillier.encrypt(own, state.arrays["share"]))]
+        tick(h.size)
+        meta = {"epoch": epoch, "batch": batch, "rows": len(rows), "eval": ev, "alignment": data.fingerprint}
+        state.phase = "wait-request"
+        return [Outgoing(ctx.active, FORWARD, "forward", members, meta, t)]
+
+    def _p_activation(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
+                      data: PartyData, spec: ss.SplitSpec) -> list[Outgoing]:
+        t, epoch, batch = self._position(state)
+        art = need(received, ctx.active, ACT_REQUEST)
+        self._check_round(art, state)
+        ev = bool(state.data["evaluating"])
+        rows = self._p_rows(state, ctx, data)
+        _, h = self._bottom_output(ctx, state, data, spec, "passive", rows, train=not ev)
+        priv = ctx.private_key()
+        packed = read_packed(art, "act", priv.public)
+        if packed.count != len(rows) * spec.units:
+            raise InvalidArtifact(f"activation request from {ctx.active} holds {packed.count} values, expected "
+                                  f"{len(rows) * spec.units}")
+        raw = np.array(paillier.decrypt_packed(priv, packed), dtype=object).reshape(len(rows), spec.units)
+        # hU + R from A, plus hV computed exactly on the same fixed-point integers A used
+        n = priv.public.n
+        masked = (raw + _ints(h).dot(_ints(state.arrays["share"]))) % n
+        out = [Outgoing(ctx.active, ACTIVATION, "activation", [ints_member("z", masked.ravel().tolist(), n)],
+                        {"epoch": epoch, "batch": batch, "eval": ev}, t)]
+        if ev:
+            self._finish(ctx, state, data, spec, metrics={})
+        else:
+            state.phase = "wait-backward"
+        return out
+
+    def _p_backward(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
+                    data: PartyData, spec: ss.SplitSpec) -> list[Outgoing]:
+        art = need(received, ctx.active, BACKWARD)
+        self._check_round(art, state)
+        rows = self._p_rows(state, ctx, data)
+        priv = ctx.private_key()
+        V = state.arrays["share"]
+        k, m = V.shape
+        grad_p = read_packed(art, "grad", priv.public)
+        err_p = read_packed(art, "err", priv.public)
+        if grad_p.count != k * m or err_p.count != k * len(rows):
+            raise InvalidArtifact(f"backward message from {ctx.active} has the wrong number of values")
+        noisy_grad = paillier.unpack(paillier.decrypt_packed(priv, grad_p), grad_p).reshape(m, k).T
+        err = paillier.unpack(paillier.decrypt_packed(priv, err_p), err_p).reshape(k, len(rows)).T
+        # V steps with (grad + eps); A steps U with -eps: the shares' sum takes the exact step
+        (opt_v,) = self._opts(ctx, state, "share", 1, interactive=True)
+        state.arrays["share"] = opt_v.step(V, noisy_grad)
+        self._save_opts(state, "share", [opt_v])
+        net, _ = self._bottom_output(ctx, state, data, spec, "passive", rows, train=True)
+        if net is not None:
+            opts = self._opts(ctx, state, "passive", len(net.params()))
+            net.backward(err)
+            ss.step_net(net, opts)
+            self._save_net(state, "passive", net)
+            self._save_opts(state, "passive", opts)
+        self._advance(state, data)
+        nxt = art.meta.get("next")
+        if nxt == "evaluate":
+            state.data["evaluating"] = True
+        elif nxt != "batch":
+            raise InvalidArtifact(f"backward message from {ctx.active} says next={nxt!r}")
+        return self._p_forward(ctx, state, data, spec)
+
+    # ----- active party -------------------------------------------------------------------------
+    def _a_start(self, ctx: PartyContext, state: JobState, received: Any, data: PartyData,
+                 spec: ss.SplitSpec) -> list[Outgoing]:
+        if data.y is None:
+            raise DataError(f"{ctx.name} is the active party but has no label column")
+        head = make_head(spec.head)
+        head.check_targets(data.y)
+        if spec.head == "multiclass":
+            classes = int(data.y.max()) + 1
+            if classes != spec.outputs:
+                raise VflError(f"model spec: the labels hold {classes} classes (0..{classes - 1}) but the network "
+                               f"has {spec.outputs} outputs; make the last dense layer of [[model.top]] {classes} units")
+        seed = int(ctx.params["seed"])
+        for part, dim in (("active", data.X.shape[1]), ("top", spec.units)):
+            self._save_net(state, part, ss.build_part(spec, part, dim, seed))
+        state.data.update(t=0, epoch=0, batch=0, fingerprint=data.fingerprint, history=[], losses=[],
+                          evaluating=False)
+        state.phase = "wait-forward"
+        return []
+
+    def _a_request(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
+                   data: PartyData, spec: ss.SplitSpec) -> list[Outgoing]:
+        t, epoch, batch = self._position(state)
+        art = need(received, ctx.passives[0], FORWARD)
+        self._check_round(art, state)
+        if art.meta.get("alignment") != data.fingerprint:
+            raise InvalidArtifact(f"{art.sender} trains on another alignment than {ctx.name} (mismatched rows)")
+        ev = bool(state.data["evaluating"])
+        rows = data.split.test if ev else data.batch_rows(ctx.params, epoch, batch)
+        kp = self._kp(art, len(rows))
+        if "share" not in state.arrays:  # first batch: A's share U starts as the initial W_P
+            ka = ss.out_dim(ss.build_part(spec, "active", data.X.shape[1], 0), data.X.shape[1])
+            W_A, W_P = ss.initial_interactive(spec, ka, kp, int(ctx.params["seed"]))
+            state.arrays.update(W_A=W_A, b=np.zeros(spec.units), share=W_P, rho=np.zeros((kp, spec.units)))
+        U = state.arrays["share"]
+        if U.shape[0] != kp:
+            raise InvalidArtifact(f"{art.sender}'s bottom output has {kp} columns, the interactive layer expects {U.shape[0]}")
+        peer = ctx.public_key(ctx.passives[0])
+        H = read_enc(art, "h", peer)
+        hu = _enc_matmul(H, U)
+        hu.bound = None  # U is A's own; the public value_bits below bound the result
+        pieces = _random_ints(MASK_PIECES * hu.size, MASK_PIECE_BITS).reshape(MASK_PIECES, *hu.shape)
+        for i in range(MASK_PIECES):
+            # piece i is worth 2**(50 i) encoded units: exact floats, so R is exact at hu's exponent
+            hu = hu + np.ldexp(pieces[i].astype(np.float64), MASK_PIECE_BITS * i + 4 * hu.exponent)
+        state.arrays["mask"] = pieces
+        stash(state, "h", H)
+        stash(state, "v", read_enc(art, "v", peer))
+        state.phase = "wait-activation"
+        members = [packed_member("act", paillier.pack(hu, value_bits=ACT_VALUE_BITS))]
+        return [Outgoing(ctx.passives[0], ACT_REQUEST, "activation-request", members,
+                         {"epoch": epoch, "batch": batch, "eval": ev}, t)]
+
+    @staticmethod
+    def _kp(art: Artifact, rows: int) -> int:
+        shape = art.members["h"].info.get("shape", []) if "h" in art.members else []
+        if len(shape) != 2 or int(shape[0]) != rows:
+            raise InvalidArtifact(f"{art.kind} from {art.sender} holds {shape} values, expected {rows} rows (mismatched rows)")
+        return int(shape[1])
+
+    def _a_step(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
+                data: PartyData, spec: ss.SplitSpec) -> list[Outgoing]:
+        t, epoch, batch = self._position(state)
+        art = need(received, ctx.passives[0], ACTIVATION)
+        self._check_round(art, state)
+        ev = bool(state.data["evaluating"])
+        rows = data.split.test if ev else data.batch_rows(ctx.params, epoch, batch)
+        peer = ctx.public_key(ctx.passives[0])
+        n = peer.n
+        m = spec.units
+        pieces = state.arrays.pop("mask")
+        raw = read_ints(art, "z", len(rows) * m)
+        R = [sum(int(pieces[i].flat[j]) << (MASK_PIECE_BITS * i) for i in range(MASK_PIECES)) for j in range(len(raw))]
+        z_p = encoding.decode([encoding.signed((y - r) % n, n) for y, r in zip(raw, R)], 2 * E).reshape(len(rows), m)
+        H = unstash(state, "h", peer)
+        Vc = unstash(state, "v", peer)
+        seed = int(ctx.params["seed"])
+        bottom = self._net(state, spec, "active", data.X.shape[1], seed)
+        top = self._net(state, spec, "top", m, seed)
+        for net, part in ((bottom, "active"), (top, "top")):
+            ss.reseed_dropout(net, seed, epoch, batch, part)
+        head = make_head(spec.head)
+        W_A, b, U = state.arrays["W_A"], state.arrays["b"], state.arrays["share"]
+        h_a = ss.forward(bottom, data.X[rows], train=not ev)
+        out = ss.forward(top, h_a @ W_A + z_p + b, train=not ev)
+        if ev:
+            return self._a_evaluate(ctx, state, data, spec, head.predict(out), rows)
+        loss, dout = head.loss_grad(out, data.y[rows])
+        if not np.isfinite(loss):
+            raise VflError("the loss is not finite (training diverged): lower learning_rate")
+        delta = ss.backward(top, dout)
+        # gradient of W_P under KP, noised with eps = rho_t - rho_{t-1}
+        rho = _noise(U.shape)
+        eps = rho - state.arrays["rho"]
+        grad = paillier.plain_matmul(delta.T, H) + eps.T
+        grad.bound = None
+        # dL/dh = delta W_P^T with [[W_P]] = [[V]] + U, before either share steps
+        err = _enc_matmul(Vc + U, delta.T)
+        err.bound = None
+        members = [packed_member("grad", paillier.pack(grad, value_bits=GRAD_VALUE_BITS)),
+                   packed_member("err", paillier.pack(err, value_bits=ERR_VALUE_BITS))]
+        # A's own layers, exactly as in plaintext
+        if bottom is not None:
+            opts = self._opts(ctx, state, "active", len(bottom.params()))
+            bottom.backward(delta @ W_A.T)
+            ss.step_net(bottom, opts)
+            self._save_net(state, "active", bottom)
+            self._save_opts(state, "active", opts)
+        if top is not None:
+            opts = self._opts(ctx, state, "top", len(top.params()))
+            ss.step_net(top, opts)
+            self._save_net(state, "top", top)
+            self._save_opts(state, "top", opts)
+        opt_wa, opt_b = self._opts(ctx, state, "interactive", 2)
+        state.arrays["W_A"] = opt_wa.step(W_A, h_a.T @ delta)
+        state.arrays["b"] = opt_b.step(b, delta.sum(axis=0), mask=False)
+        self._save_opts(state, "interactive", [opt_wa, opt_b])
+        (opt_u,) = self._opts(ctx, state, "share", 1, interactive=True)
+        state.arrays["share"] = opt_u.step(U, -eps)
+        self._save_opts(state, "share", [opt_u])
+        state.arrays["rho"] = rho
+        state.data["losses"].append(float(loss))
+        if batch == data.batches_per_epoch - 1:
+            state.data["history"].append({"epoch": epoch, "loss": float(np.mean(state.data["losses"]))})
+            state.data["losses"] = []
+        self._advance(state, data)
+        nxt = "batch" if state.data["epoch"] < int(ctx.params["epochs"]) else "evaluate"
+        state.data["evaluating"] = nxt == "evaluate"
+        state.phase = "wait-forward"
+        return [Outgoing(ctx.passives[0], BACKWARD, "backward", members, {"epoch": epoch, "batch": batch, "next": nxt}, t)]
+
+    def _a_evaluate(self, ctx: PartyContext, state: JobState, data: PartyData, spec: ss.SplitSpec,
+                    pred: np.ndarray, rows: np.ndarray) -> list[Outgoing]:
+        y = data.y[rows]
+        if spec.head == "binary":
+            test = classification_metrics(y, pred)
+        elif spec.head == "multiclass":
+            test = multiclass_metrics(y, pred)
+        else:
+            test = regression_metrics(y, pred)
+        history = state.data["history"]
+        metrics = {"train": {"loss": history[-1]["loss"]} if history else {}, "test": test}
+        self._finish(ctx, state, data, spec, metrics=metrics)
+        ids = ctx.job_arrays(ctx.params["alignment"])["aligned_ids"][rows]
+        state.results["split"] = {"test_ids": [str(i) for i in ids]}
+        return []
+
+    def _finish(self, ctx: PartyContext, state: JobState, data: PartyData, spec: ss.SplitSpec,
+                *, metrics: dict[str, Any]) -> None:
+        state.arrays["mean"] = data.standardiser.mean
+        state.arrays["scale"] = data.standardiser.scale
+        state.phase = "done"
+        state.done = True
+        dim = data.X.shape[1]
+        kp = int(state.arrays["share"].shape[0])
+        # each party knows its own input width; the other's only where a dense layer fixes it
+        layers = spec.layers(ctx.active, ctx.passives[0], dim if ctx.is_active else None,
+                             None if ctx.is_active else dim)
+        state.results = {
+            "model": {
+                "protocol": self.name,
+                "job": ctx.job,
+                "party": ctx.name,
+                "alignment": ctx.params["alignment"],
+                "params": dict(ctx.params),
+                "features": list(ctx.features),
+                "head": spec.head,
+                "layers": layers,
+                "interactive_share": {"shape": [kp, spec.units], "holder": ctx.name,
+                                      "note": "one additive share of W_P; the other party holds the other"},
+                "epochs_run": int(state.data["epoch"]),
+            },
+            "metrics": metrics,
+            "history": state.data.get("history", []),
+        }
+
+
+__all__ = ["SplitNN"]

@@ -127,6 +127,7 @@ def _classifier_plots(y: np.ndarray, p: np.ndarray) -> list[str]:
     ax.plot(ks["thresholds"], ks["fpr"], label="false positive rate")
     ax.plot(ks["thresholds"], ks["gap"], label=f"KS = {ks['ks']:.3f}")
     ax.set_xlabel("threshold")
+    ax.set_xlim(0, 1)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     out.append(_figure("ks-curve", "KS curve on the test rows", _svg(fig)))
@@ -135,7 +136,7 @@ def _classifier_plots(y: np.ndarray, p: np.ndarray) -> list[str]:
     fig, ax = plt.subplots(figsize=(3.4, 3.0))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), v in np.ndenumerate(matrix):
-        ax.text(j, i, str(v), ha="center", va="center")
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black")
     labels = [str(int(l)) for l in cm["labels"]]
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)

@@ -301,3 +301,37 @@ def test_killed_and_resumed_training_finishes_identically(two_parties, monkeypat
     np.testing.assert_allclose(resumed[:-1], ref.coef[: len(a_cols)], atol=1e-6)
     for ws in (bank, bureau):
         assert json.loads(run("-w", str(ws), "audit", "verify", "--json").stdout)["ok"]
+
+
+def test_whitened_linear_equals_its_reference_and_predicts(tmp_path: Path) -> None:
+    from vfl_cli.models.features import Whitener
+
+    frames = {n: pd.read_csv(fate(f"motor_hetero_{n}.csv"), dtype={"idx": str}).sample(frac=0.4, random_state=2)
+              for n in ("guest", "host_1")}
+    paths = {}
+    for n, df in frames.items():
+        paths[n] = tmp_path / f"{n}.csv"
+        df.to_csv(paths[n], index=False)
+    a = make_party(tmp_path, "plant", "active", paths["guest"], id_column="idx", label_column="motor_speed")
+    p = make_party(tmp_path, "s1", "passive", paths["host_1"], id_column="idx")
+    introduce(tmp_path, "plant", "s1")
+    align(a, [p])
+    params = {"epochs": 3, "batch_size": 0, "optimizer": "sgd", "learning_rate": 0.5, "momentum": 0.5,
+              "test_fraction": 0.25, "seed": 3, "whiten": True}
+    states = train(a, [p], "hetero-linear", params)
+    df, (ca, cp) = joined(a, [p])
+    split = split_rows(len(df), params["test_fraction"], params["seed"])
+    blocks = [Whitener.fit(df[c].to_numpy(float)[split.train]).transform(df[c].to_numpy(float)) for c in (ca, cp)]
+    X = np.hstack(blocks)
+    y = df["motor_speed"].to_numpy(float)
+    ref = fit_linear(X[split.train], y[split.train], make_optimizer("sgd", lr=0.5, momentum=0.5), 3, None, params["seed"])
+    got = np.concatenate([states["plant"][0].arrays["weights"][:-1], states["s1"][0].arrays["weights"]])
+    np.testing.assert_allclose(got, ref.coef, atol=1e-6)
+    # whitened columns are uncorrelated on the training rows
+    cov = np.cov(blocks[0][split.train].T, bias=True)
+    np.testing.assert_allclose(cov, np.eye(len(ca)), atol=1e-6)
+    # prediction reuses the saved whitening
+    jobs.start_job(Workspace(a), "predict", {"model": "tr", "alignment": "al"}, job="pr")
+    drive([a, p], "pr")
+    scores = jobs.load_state(Workspace(a), "pr")[0].arrays["scores"]
+    np.testing.assert_allclose(scores, X @ ref.coef + ref.intercept, atol=1e-5)

@@ -110,6 +110,7 @@ DEFAULTS: dict[str, Any] = {
     "early_stopping_tol": 1e-4,
     "loss_sample": 256,
     "approximation": "centred",
+    "whiten": False,
     "test_fraction": 0.2,
     "seed": 42,
 }
@@ -163,7 +164,7 @@ class PartyData:
         self.n = len(rows)
         self.split: Split = split_rows(self.n, ctx.params["test_fraction"], ctx.params["seed"])
         raw = numeric_matrix(df, ctx.features, what=ctx.name)
-        self.X, self.standardiser = prepare(raw, self.split)
+        self.X, self.standardiser = prepare(raw, self.split, whiten=bool(ctx.params.get("whiten")))
         if intercept:
             self.X = np.hstack([self.X, np.ones((self.n, 1))])
         self.y: np.ndarray | None = None
@@ -473,8 +474,7 @@ class HeteroLinear(Protocol):
         return collect_scores(ctx, u, received, int(state.data["t"]))
 
     def _finish_passive(self, ctx: PartyContext, state: JobState, data: PartyData) -> None:
-        state.arrays["mean"] = data.standardiser.mean
-        state.arrays["scale"] = data.standardiser.scale
+        state.arrays.update(data.standardiser.to_arrays())
         state.phase = "done"
         state.done = True
         state.results = self._model_card(ctx, state, metrics={})
@@ -603,8 +603,7 @@ class HeteroLinear(Protocol):
             # A's own view, kept for its report (ROC, KS, residuals): never sent anywhere
             state.arrays["test_scores"] = z
             state.arrays["test_labels"] = data.y[test]
-        state.arrays["mean"] = data.standardiser.mean
-        state.arrays["scale"] = data.standardiser.scale
+        state.arrays.update(data.standardiser.to_arrays())
         state.phase = "done"
         state.done = True
         card = self._model_card(ctx, state, metrics=metrics)
@@ -619,6 +618,11 @@ class HeteroLinear(Protocol):
 
     def _model_card(self, ctx: PartyContext, state: JobState, *, metrics: dict[str, Any]) -> dict[str, Any]:
         w = state.arrays["weights"]
+        if "whiten" in state.arrays:  # weights on whitened components -> on the standardised columns
+            from vfl_cli.models.features import transform_from_arrays
+
+            own = transform_from_arrays(state.arrays).to_standardised(w[: len(ctx.features)])
+            w = np.concatenate([own, w[len(ctx.features):]])
         features = list(ctx.features) + (["(intercept)"] if ctx.is_active else [])
         return {
             "model": {

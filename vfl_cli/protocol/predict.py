@@ -22,7 +22,7 @@ import numpy as np
 
 from vfl_cli.artifacts.container import Artifact
 from vfl_cli.errors import DataError, VflError
-from vfl_cli.models.features import Standardiser, numeric_matrix
+from vfl_cli.models.features import numeric_matrix, transform_from_arrays
 from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
 from vfl_cli.protocol.hetero_linear import (
     PEER_SCORES,
@@ -55,7 +55,7 @@ def _partial_scores(ctx: PartyContext) -> np.ndarray:
     features = info["results"]["model"]["features"]
     own = [f for f in features if f != "(intercept)"]
     df = ctx.data(alignment).iloc[ctx.job_arrays(alignment)["aligned_rows"]]
-    X = Standardiser(arrays["mean"], arrays["scale"]).transform(numeric_matrix(df, own, what=ctx.name))
+    X = transform_from_arrays(arrays).transform(numeric_matrix(df, own, what=ctx.name))
     if ctx.is_active:
         X = np.hstack([X, np.ones((len(X), 1))])
     return X @ arrays["weights"]

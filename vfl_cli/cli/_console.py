@@ -43,11 +43,18 @@ def progress_bars() -> Iterator[Callable[[str, int | None], Callable[[int], None
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        # no refresh thread: the PSI workers fork only from a single-threaded process
+        auto_refresh=False,
     )
     with bars:
 
         def factory(description: str, total: int | None = None) -> Callable[[int], None]:
             task = bars.add_task(description, total=total)
-            return lambda n: bars.advance(task, n)
+
+            def advance(n: int) -> None:
+                bars.advance(task, n)
+                bars.refresh()
+
+            return advance
 
         yield factory

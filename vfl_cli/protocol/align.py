@@ -103,9 +103,7 @@ class Align(Protocol):
     # ----- active party ----------------------------------------------------------------------
     def _start(self, ctx: PartyContext, state: JobState, salt: bytes) -> list[Outgoing]:
         ids = _own_ids(ctx)
-        tick = ctx.progress("PSI: blinding own ids", None)
-        secret, message = psi.start(ids, job_id=ctx.job, salt=salt, party=ctx.name)
-        tick(len(ids))
+        secret, message = psi.start(ids, job_id=ctx.job, salt=salt, party=ctx.name, progress=ctx.progress)
         state.data.update(
             scalar=_hex(secret.scalar),
             seed=_hex(secret.seed),
@@ -143,7 +141,7 @@ class Align(Protocol):
                 points=art.points("points"),
                 seed=_unhex(art.meta.get("seed"), f"{p}'s seed"),
             )
-        alignment, messages = psi.finish(secret, _own_ids(ctx), responses)
+        alignment, messages = psi.finish(secret, _own_ids(ctx), responses, progress=ctx.progress)
         _finish_state(state, alignment)
         state.arrays.pop("order", None)
         # The scalar is no longer needed; drop it so the stored state holds no secret.
@@ -175,7 +173,8 @@ class Align(Protocol):
         )
         ids = _own_ids(ctx)
         secret, response = psi.respond(
-            ids, message, job_id=ctx.job, salt=salt, party=ctx.name, active=ctx.active
+            ids, message, job_id=ctx.job, salt=salt, party=ctx.name, active=ctx.active,
+            progress=ctx.progress,
         )
         state.data.update(
             seed=_hex(secret.seed),

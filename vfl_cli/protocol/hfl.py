@@ -59,7 +59,6 @@ from vfl_cli.hfl.updates import (
     update_from_bytes,
 )
 from vfl_cli.hfl.worker import STAT_NAMES, local_train
-from vfl_cli.metrics import classification_metrics
 from vfl_cli.models.features import Split, Standardiser, numeric_matrix, split_rows
 from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
 from vfl_cli.protocol.hetero_linear import (
@@ -573,6 +572,8 @@ class HFL(Protocol):
         if not final:
             state.phase = "wait-deltas"
             return out
+        from vfl_cli.metrics import classification_metrics  # scikit-learn: slow to import
+
         scores = model_predict(spec, master, X[split.test])
         metrics = {"test": classification_metrics(y[split.test], scores)}
         state.phase = "done"
@@ -582,7 +583,7 @@ class HFL(Protocol):
             "node_weights": state.data["node_weights"],
             "policy": state.data["policy"],
             "nodes": state.data["nodes"],
-            "history": state.data["history"],
+            "round_history": state.data["history"],
             "model": model_card(ctx, state),
         }
         return out

@@ -41,6 +41,7 @@ What each party learns (semi-honest, no collusion; details in docs/protocols/spl
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -158,6 +159,39 @@ def _enc_matmul(enc: paillier.EncryptedArray, W: np.ndarray) -> paillier.Encrypt
             parts.extend(paillier.enc_matmul(enc, W[:, [j]]).T for j in cols)
         order += cols
     return paillier.concatenate(parts)[np.argsort(order)].T
+
+
+_LONG_KEYS: dict[int, paillier.PublicKey] = {}
+
+
+def _long_exponent_key(public: paillier.PublicKey) -> paillier.PublicKey:
+    """The same key, encrypting with the DJN paper's exponent length ``ceil(bits / 2)``."""
+    key = _LONG_KEYS.get(public.n)
+    if key is None:
+        key = paillier.PublicKey(public.n, public.h)
+        key.short_exponent_bits = max(public.short_exponent_bits, -(-public.bits // 16) * 8)
+        _LONG_KEYS[public.n] = key
+    return key
+
+
+def _pack_for_key_holder(x: paillier.EncryptedArray, value_bits: int) -> paillier.Packed:
+    """Pack computed ciphertexts and re-randomise every packed ciphertext before it goes to the
+    key holder.
+
+    A computed ciphertext's randomness is a function of its inputs' (which the key holder made)
+    and of our plaintext operands, so it must be re-randomised. The engine's ``pack`` would use a
+    uniform ``r^n`` (a full exponentiation, ~11 ms at 2048 bits); per-row values make that the
+    dominant cost. Instead every packed ciphertext is multiplied by a fresh encryption of 0 with
+    a ``ceil(bits/2)``-bit exponent (``h^a``, the DJN paper's length; 1024 bits at 2048): even the
+    key holder, who can take discrete logarithms in the smooth part (order ``s``) of the group,
+    sees ``a mod s`` statistically uniform for any ``s`` below ``2^(bits/2 - 40)``, so nothing of
+    the operands' contribution to the exponent is left; the rest needs a discrete logarithm in a
+    large prime-order subgroup.
+    """
+    x.fresh = True  # not yet: the packed ciphertexts are re-randomised just below
+    p = paillier.pack(x, value_bits=value_bits)
+    zeros = paillier.encrypt(_long_exponent_key(x.public), np.zeros(p.ciphertexts.size), exponent=p.exponent)
+    return dataclasses.replace(p, ciphertexts=p.ciphertexts + zeros)
 
 
 class SplitNN(Protocol):
@@ -380,7 +414,7 @@ class SplitNN(Protocol):
         stash(state, "h", H)
         stash(state, "v", read_enc(art, "v", peer))
         state.phase = "wait-activation"
-        members = [packed_member("act", paillier.pack(hu, value_bits=ACT_VALUE_BITS))]
+        members = [packed_member("act", _pack_for_key_holder(hu, ACT_VALUE_BITS))]
         return [Outgoing(ctx.passives[0], ACT_REQUEST, "activation-request", members,
                          {"epoch": epoch, "batch": batch, "eval": ev}, t)]
 
@@ -430,8 +464,8 @@ class SplitNN(Protocol):
         # dL/dh = delta W_P^T with [[W_P]] = [[V]] + U, before either share steps
         err = _enc_matmul(Vc + U, delta.T)
         err.bound = None
-        members = [packed_member("grad", paillier.pack(grad, value_bits=GRAD_VALUE_BITS)),
-                   packed_member("err", paillier.pack(err, value_bits=ERR_VALUE_BITS))]
+        members = [packed_member("grad", _pack_for_key_holder(grad, GRAD_VALUE_BITS)),
+                   packed_member("err", _pack_for_key_holder(err, ERR_VALUE_BITS))]
         # A's own layers, exactly as in plaintext
         if bottom is not None:
             opts = self._opts(ctx, state, "active", len(bottom.params()))

@@ -1,0 +1,160 @@
+"""Benchmarks of split neural networks (issue 6).
+
+1. ``--batch``: the cryptographic work of one mini-batch of the interactive layer (both parties'
+   parts, in one process), split by step, for a given bottom width ``k`` and interactive width
+   ``m``; CPU seconds, scaled to ``--epoch-rows`` rows.
+2. ``--recipe FILE``: runs a recipe through the real command (every step its own ``vfl``
+   process, both parties on this machine), and trains the same architecture centrally in
+   plaintext on the joined data with the same split, initial weights, batches and epochs
+   (:func:`vfl_cli.models.split_spec.central_fit`); prints both metrics, wall time per epoch and
+   the machine's load.
+
+    python tests/benchmarks/bench_split_nn.py --batch --bits 2048 --rows 2048 --k 2 --m 2
+    python tests/benchmarks/bench_split_nn.py --recipe recipes/split_default_credit.toml --epochs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load() -> str:
+    return os.getloadavg().__repr__()
+
+
+def batch(bits: int, rows: int, k: int, m: int, epoch_rows: int) -> dict[str, float]:
+    from vfl_cli.crypto import paillier
+    from vfl_cli.protocol import split_nn as sn
+
+    pub, priv = paillier.generate_keypair(bits)
+    rng = np.random.default_rng(0)
+    h = np.abs(rng.normal(size=(rows, k)))
+    U = rng.normal(size=(k, m)) * 2.0**17  # A's share carries A's noise (about 2^17 after a few batches)
+    V = -U + rng.normal(size=(k, m))
+    delta = rng.normal(size=(rows, m)) / rows
+    t: dict[str, float] = {}
+
+    def clock(name: str, f):  # type: ignore[no-untyped-def]
+        t0 = time.process_time()
+        out = f()
+        t[name] = time.process_time() - t0
+        return out
+
+    H = clock("P: encrypt h", lambda: paillier.encrypt(pub, h))
+    Vc = clock("P: encrypt V", lambda: paillier.encrypt(pub, V))
+    hu = clock("A: [[h]] U", lambda: sn._enc_matmul(H, U))
+    hu.bound = None
+    for i in range(sn.MASK_PIECES):
+        hu = hu + np.ldexp(rng.integers(0, 2**50, size=(rows, m)).astype(float), 50 * i - 64)
+    act = clock("A: pack + re-randomise activation", lambda: sn._pack_for_key_holder(hu, sn.ACT_VALUE_BITS))
+    clock("P: decrypt activation", lambda: paillier.decrypt_packed(priv, act))
+    g = clock("A: delta^T [[h]]", lambda: paillier.plain_matmul(delta.T, H))
+    g.bound = None
+    clock("A: pack gradient", lambda: sn._pack_for_key_holder(g, sn.GRAD_VALUE_BITS))
+    err = clock("A: [[W_P]] delta^T", lambda: sn._enc_matmul(Vc + U, delta.T))
+    err.bound = None
+    pe = clock("A: pack + re-randomise error", lambda: sn._pack_for_key_holder(err, sn.ERR_VALUE_BITS))
+    clock("P: decrypt error", lambda: paillier.decrypt_packed(priv, pe))
+    t["total"] = sum(t.values())
+    t[f"total scaled to {epoch_rows} rows"] = t["total"] * epoch_rows / rows
+    return {k: round(v, 2) for k, v in t.items()}
+
+
+def central(recipe_path: Path, epochs: int | None) -> dict[str, float]:
+    """The same architecture trained centrally in plaintext on the joined data (same split)."""
+    from vfl_cli.metrics import classification_metrics, multiclass_metrics
+    from vfl_cli.models import split_spec as ss
+    from vfl_cli.models.features import prepare, split_rows
+    from vfl_cli.protocol.split_nn import check_params
+    from vfl_cli.recipes import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    params = check_params(recipe.stages()[1].params, [{"role": "active"}, {"role": "passive"}])
+    if epochs:
+        params["epochs"] = epochs
+    active = recipe.active
+    passive = next(p for p in recipe.parties if p.role == "passive")
+    a = pd.read_csv(active.data, dtype={active.id_column: str})
+    p = pd.read_csv(passive.data, dtype={passive.id_column: str})
+    a_cols = [c for c in a.columns if c not in (active.id_column, active.label_column)]
+    p_cols = [c for c in p.columns if c != passive.id_column]
+    df = a.merge(p.rename(columns={c: "p:" + c for c in p_cols}), left_on=active.id_column,
+                 right_on=passive.id_column)
+    # the alignment's order is a shuffled one; the split is by position in it, so use the
+    # recipe run's test ids when they are given
+    return {"params": params, "df": df, "a_cols": a_cols, "p_cols": ["p:" + c for c in p_cols],
+            "label": active.label_column, "ss": ss, "prepare": prepare, "split_rows": split_rows,
+            "metrics": (multiclass_metrics if params["model"]["head"] == "multiclass" else classification_metrics)}
+
+
+def central_metrics(c: dict, test_ids: list[str], id_column: str) -> dict[str, float]:
+    df, ss = c["df"], c["ss"]
+    test = df[id_column].astype(str).isin(set(test_ids)).to_numpy()
+    train = ~test
+    order = np.flatnonzero(train)
+    XA_raw, XP_raw = df[c["a_cols"]].to_numpy(float), df[c["p_cols"]].to_numpy(float)
+    mean_a, sd_a = XA_raw[train].mean(0), XA_raw[train].std(0)
+    mean_p, sd_p = XP_raw[train].mean(0), XP_raw[train].std(0)
+    XA = (XA_raw - mean_a) / np.where(sd_a > 0, sd_a, 1)
+    XP = (XP_raw - mean_p) / np.where(sd_p > 0, sd_p, 1)
+    y = df[c["label"]].to_numpy(float)
+    spec = ss.parse_spec(c["params"]["model"])
+    model, _ = ss.central_fit(spec, XA[order], XP[order], y[order], c["params"])
+    pred = model.predict(XA[test], XP[test])
+    return c["metrics"](y[test], pred)
+
+
+def recipe_run(path: Path, epochs: int | None) -> dict[str, object]:
+    text = path.read_text().replace('"../../shared/', f'"{ROOT.parent}/shared/')
+    if epochs:
+        text = "\n".join(f"epochs = {epochs}" if line.startswith("epochs =") else line for line in text.splitlines())
+    work = Path(tempfile.mkdtemp(prefix="bench-split-"))
+    recipe = work / path.name
+    recipe.write_text(text)
+    load_before = load()
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "vfl_cli", "--quiet", "recipe", "run", str(recipe), "--workdir",
+                    str(work / "run")], check=True)
+    wall = time.perf_counter() - t0
+    report = json.loads((work / "run" / "report.json").read_text())
+    c = central(recipe, epochs)
+    ref = central_metrics(c, report["split"]["test_ids"], "id")
+    n_epochs = report["model"]["epochs_run"]
+    return {"recipe": path.name, "epochs": n_epochs, "train_stage_s": report["timings_s"].get("train"),
+            "train_stage_s_per_epoch": round(report["timings_s"].get("train", wall) / n_epochs, 1),
+            "wall_s": round(wall, 1), "exchanges": report["exchanges"], "load_before": load_before,
+            "load_after": load(), "split_nn_test": report["metrics"]["test"], "central_plaintext_test": ref}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", action="store_true")
+    ap.add_argument("--bits", type=int, default=2048)
+    ap.add_argument("--rows", type=int, default=2048)
+    ap.add_argument("--epoch-rows", type=int, default=24000)
+    ap.add_argument("--k", type=int, default=2)
+    ap.add_argument("--m", type=int, default=2)
+    ap.add_argument("--recipe", type=Path)
+    ap.add_argument("--epochs", type=int)
+    args = ap.parse_args()
+    if args.batch:
+        print(json.dumps({"bits": args.bits, "rows": args.rows, "k": args.k, "m": args.m, "load": load(),
+                          "cpu_s": batch(args.bits, args.rows, args.k, args.m, args.epoch_rows)}, indent=2))
+    if args.recipe:
+        print(json.dumps(recipe_run(args.recipe, args.epochs), indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import carry, fate, introduce, make_party
+from conftest import fate, introduce, make_party, run
 from test_protocol_hetero_linear import align, drive, standardised
 from vfl_cli import jobs
 from vfl_cli.errors import VflError
@@ -101,6 +101,11 @@ def test_binary_equals_the_plaintext_reference(tmp_path: Path, sample) -> None:
     assert [row["mode"] for row in layers].count("ciphertext") == 1
     assert {row["party"] for row in layers if row["part"] == "bottom"} == {"bank", "bureau"}
     assert p.results["metrics"] == {}
+    # vfl model show prints that table
+    shown = run("-w", str(bank), "model", "show", "tr")
+    text = shown.stdout + shown.stderr
+    assert "ciphertext" in text and "interactive" in text and "bureau" in text
+    assert json.loads(run("-w", str(bureau), "model", "show", "tr", "--json").stdout)["layers"][0]["party"] == "bank"
 
 
 def test_multiclass_equals_the_plaintext_reference(tmp_path: Path) -> None:

@@ -132,6 +132,10 @@ def load_recipe(path: Path) -> Recipe:
             f"{path}: a recipe needs one active party and at least one passive party "
             "(or, for multi-node training, one server and workers)"
         )
+    if isinstance(raw.get("model"), str):  # model = "file.toml": a spec file next to the recipe
+        from vfl_cli.models.split_spec import load_spec_file
+
+        raw["model"] = load_spec_file(path.parent / raw["model"])
     tables = {k: dict(v) for k, v in raw.items() if k != "party"}
     name = str(head.get("name", path.stem)).lower().replace(" ", "-")
     return Recipe(path, name, str(head["protocol"]), parties, tables)

@@ -207,6 +207,14 @@ def model_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     console.print(f"[bold]{card['protocol']}[/bold] model of job {job_id}, {ws.name}'s part "
                   f"(trained on alignment {card['alignment']}, {card['epochs_run']} epochs)")
     table = Table()
+    if "layers" in card:  # a network: which party computes each layer, in plaintext or ciphertext
+        for col in ("party", "part", "layer", "mode", "shape"):
+            table.add_column(col)
+        for row in card["layers"]:
+            shape = " x ".join("?" if d is None else str(d) for d in row["shape"])
+            table.add_row(row["party"], row["part"], row["layer"], row["mode"], shape)
+        console.print(table)
+        return
     table.add_column("feature")
     table.add_column("weight", justify="right")
     for f, w in card["weights"].items():

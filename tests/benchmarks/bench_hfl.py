@@ -19,18 +19,32 @@ Actor-Critic defaults (tuning used seeds 0..23).
 
 Prints markdown tables for docs/benchmarks.md and the learned weights per round of the first
 seed.
+
+``--recipes WORKDIR`` instead runs the shipped hfl recipes through ``vfl recipe run`` (every
+step a separate ``vfl`` process, files carried between workspaces) on ``sample_data/hfl``:
+FedAvg, Actor-Critic, FedAvg without the poisoned node, and Actor-Critic with secure
+aggregation (2,048-bit keys). It reports wall time, test AUC, the bad node's weight, files and
+bytes exchanged, the sizes of the update files the predictor received, and checks that each
+job's master model equals the pure-core simulation (secure aggregation: within fixed-point
+precision of the plaintext job). Then, because a job equals the simulation, it compares the
+weightings over ``--sample-seeds`` seeds on the same data by simulation.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import tomllib
 from sklearn.metrics import roc_auc_score
 
 from vfl_cli.hfl import (
@@ -141,14 +155,161 @@ def update_check(X: np.ndarray, y: np.ndarray, rounds: int) -> dict[str, Any]:
     }
 
 
+# ----- recipe level: the shipped recipes through the real command ---------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "sample_data" / "hfl"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def write_recipe(source: Path, out: Path, *, drop: str | None = None, **train: Any) -> Path:
+    """A copy of ``source`` with absolute data paths, without party ``drop``, [train] changed."""
+    raw = tomllib.loads(source.read_text())
+    lines = ["[recipe]"] + [f"{k} = {_toml_value(v)}" for k, v in raw["recipe"].items()]
+    for party in raw["party"]:
+        if party["name"] == drop:
+            continue
+        party = dict(party, data=str((source.parent / party["data"]).resolve()))
+        lines += ["", "[[party]]"] + [f"{k} = {_toml_value(v)}" for k, v in party.items()]
+    for table in ("train", "evaluate"):
+        values = dict(raw.get(table, {}), **(train if table == "train" else {}))
+        lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def sample_nodes(params: dict[str, Any], drop_bad: bool = False) -> tuple[Any, ...]:
+    """The sample data as the server standardises it: nodes, validation and test rows."""
+    from vfl_cli.models.features import Standardiser, numeric_matrix
+    from vfl_cli.protocol import hfl
+
+    server = pd.read_csv(SAMPLE / "server.csv", dtype={"id": str})
+    columns = [c for c in server.columns if c not in ("id", "label")]
+    split = hfl.server_split(len(server), params)
+    X = numeric_matrix(server, columns, what="server")
+    std = Standardiser.fit(X[split.train])
+    Z, y = std.transform(X), server["label"].to_numpy(float)
+    nodes = []
+    for i in range(1 if drop_bad else 0, 5):
+        df = pd.read_csv(SAMPLE / f"node{i}.csv", dtype={"id": str})
+        nodes.append((std.transform(numeric_matrix(df, columns, what=f"node{i}")), df["label"].to_numpy(float)))
+    return nodes, (Z[split.train], y[split.train]), (Z[split.test], y[split.test])
+
+
+def simulate_sample(params: dict[str, Any], drop_bad: bool = False) -> tuple[Any, float]:
+    """The pure-core simulation of a job on the sample data: result and test AUC."""
+    from vfl_cli.protocol import hfl
+
+    nodes, (X_val, y_val), (X_test, y_test) = sample_nodes(params, drop_bad)
+    spec = hfl.model_spec(params)
+    result = simulate(
+        spec, nodes, X_val, y_val, rounds=params["rounds"], weighting=params["weighting"],
+        epochs=params["local_epochs"], batch_size=params["batch_size"] or None,
+        lr=params["learning_rate"], seed=params["seed"],
+    )
+    return result, roc_auc_score(y_test, model_predict(spec, result.master, X_test))
+
+
+def _update_sizes(predictor: Path) -> dict[str, Any]:
+    """Sizes of the hfl/update files the predictor received after the first: file and payload."""
+    sizes: dict[str, list[tuple[int, int]]] = {"realtime": [], "full": []}
+    for f in sorted((predictor / "archive" / "received").glob("*.update.*.zip")):
+        manifest = json.loads(zipfile.ZipFile(f).read("manifest.json"))
+        if manifest["meta"]["version"] == 1:
+            continue  # the first update also carries the columns and the standardisation
+        sizes[manifest["meta"]["update"]].append((f.stat().st_size, manifest["members"]["update"]["size"]))
+    return sizes
+
+
+def recipe_runs(workdir: Path, sample_seeds: int) -> None:
+    from vfl_cli.protocol import hfl
+
+    workdir.mkdir(parents=True, exist_ok=False)
+    recipes_dir = ROOT / "recipes"
+    runs = [
+        ("FedAvg", recipes_dir / "hfl_fedavg.toml", {}, None),
+        ("Actor-Critic", recipes_dir / "hfl_actor_critic.toml", {}, None),
+        ("FedAvg without node0", recipes_dir / "hfl_fedavg.toml", {}, "node0"),
+        ("Actor-Critic, secure aggregation", recipes_dir / "hfl_actor_critic.toml",
+         {"secure_aggregation": True}, None),
+    ]
+    print("| run | wall s | processes | files | bytes | test AUC | node0 weight, last round | master vs simulation |")
+    print("|---|---|---|---|---|---|---|---|")
+    masters: dict[str, np.ndarray] = {}
+    sizes: dict[str, Any] = {}
+    for index, (label, source, train, drop) in enumerate(runs):
+        recipe = write_recipe(source, workdir / f"r{index}.toml", drop=drop, **train)
+        out = workdir / f"run{index}"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "vfl_cli", "--quiet", "recipe", "run", str(recipe),
+                        "--workdir", str(out)], check=True, capture_output=True)
+        wall = time.perf_counter() - t0
+        report = json.loads((out / "report.json").read_text())
+        params = report["model"]["params"]
+        job = report["jobs"]["train"]
+        with np.load(out / "hq" / "jobs" / job / "arrays.npz") as z:
+            master = z["master"]
+        masters[label] = master
+        if params["secure_aggregation"]:
+            gap = float(np.max(np.abs(master - masters["Actor-Critic"])))
+            check = f"max abs diff to the plaintext job {gap:.1e}"
+        else:
+            ref, _ = simulate_sample(params, drop_bad=drop is not None)
+            check = "identical" if np.array_equal(master, ref.master) else (
+                f"max abs diff {float(np.max(np.abs(master - ref.master))):.1e}")
+        node0 = "-" if drop else f"{report['node_weights'][-1][0]:.3f}"
+        print(f"| {label} | {wall:.0f} | {report['vfl_processes']} | {report['exchanges']} | "
+              f"{report['bytes_exchanged']:,} | {report['metrics']['test']['auc']:.4f} | {node0} | {check} |",
+              flush=True)
+        if index == 0:
+            sizes = _update_sizes(out / "serving")
+            sizes["n_params"] = master.size
+    rt, full = sizes["realtime"], sizes["full"]
+    print(f"\nUpdates the predictor received in the FedAvg run ({sizes['n_params']} parameters, "
+          f"{len(rt)} real-time at top-k = 10%, {len(full)} full after the first):\n")
+    print("| | real-time (largest) | full | ratio |")
+    print("|---|---|---|---|")
+    for what, pos in (("update payload (VFLU encoding in .npy)", 1), ("whole signed file", 0)):
+        big, whole = max(r[pos] for r in rt), max(f[pos] for f in full)
+        print(f"| {what} | {big:,} B | {whole:,} B | {big / whole:.1%} |")
+    print(f"\nSample data by simulation (= the job), {sample_seeds} seeds, recipe settings:\n")
+    print("| model | rounds | FedAvg | Actor-Critic | without node0 | AC - FedAvg | clean - AC | AC wins | node0 policy weight, last round |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for model in ("mlp", "logistic"):
+        for rounds in (10, 20):
+            rows = []
+            for seed in range(sample_seeds):
+                base = hfl.check_params({"model": model, "rounds": rounds, "seed": seed})
+                _, fed = simulate_sample(base)
+                ac_result, ac = simulate_sample(dict(base, weighting="actor-critic"))
+                _, clean = simulate_sample(base, drop_bad=True)
+                rows.append((fed, ac, clean, ac_result.policy[-1][0]))
+            a = np.array(rows)
+            print(f"| {model} | {rounds} | {a[:, 0].mean():.4f} | {a[:, 1].mean():.4f} | {a[:, 2].mean():.4f} | "
+                  f"{a[:, 1].mean() - a[:, 0].mean():+.4f} | {a[:, 2].mean() - a[:, 1].mean():+.4f} | "
+                  f"{int(np.sum(a[:, 1] > a[:, 0]))}/{sample_seeds} | {a[:, 3].mean():.3f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seeds", type=int, default=16)
     ap.add_argument("--first-seed", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--mlp-seeds", type=int, default=8, help="seeds for the MLP rows (slower)")
+    ap.add_argument("--recipes", type=Path, metavar="WORKDIR",
+                    help="run the hfl recipes through 'vfl recipe run' in WORKDIR (a new folder)")
+    ap.add_argument("--sample-seeds", type=int, default=8, help="seeds of the sample-data comparison")
     args = ap.parse_args()
     started = time.perf_counter()
+    if args.recipes is not None:
+        recipe_runs(args.recipes, args.sample_seeds)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"\nwall time {time.perf_counter() - started:.0f} s, load average {load:.1f}")
+        return
     X, y = load_default_credit()
     models = [
         ("logistic regression", LOGISTIC_SPEC, args.seeds),

@@ -102,7 +102,7 @@ def test_the_reference_equals_one_network_trained_with_nn() -> None:
     net = build_sequential([{"type": "dense", "units": 1}], 5)
     W_A, W_P = ss.initial_interactive(spec, 3, 2, 4)
     net.layers[0].W[...] = np.vstack([W_A, W_P])
-    factory = lambda: make_optimizer("sgd", lr=0.1, momentum=0.9)  # noqa: E731
+    factory = lambda: make_optimizer("sgd", lr=0.1, momentum=0.9)
     fit(net, "binary", np.hstack([XA, XP]), y, factory, 3, 16, 4, optimizers=make_optimizers(net, factory))
     np.testing.assert_allclose(np.vstack([model.W_A, model.W_P]), net.layers[0].W, atol=1e-12)
     np.testing.assert_allclose(model.b, net.layers[0].b, atol=1e-12)

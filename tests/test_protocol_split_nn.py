@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import fate, introduce, make_party, run
 from test_protocol_hetero_linear import align, drive, standardised
+
 from vfl_cli import jobs
 from vfl_cli.errors import VflError
 from vfl_cli.models import split_spec as ss
@@ -115,7 +115,7 @@ def test_multiclass_equals_the_plaintext_reference(tmp_path: Path) -> None:
             "interactive": {"units": 4}, "top": [{"type": "tanh"}, {"type": "dense", "units": 4}]}
     params = dict(PARAMS, model=spec, epochs=1, optimizer="sgd", momentum=0.5, learning_rate=0.1, l2=0.0)
     states = train(bank, bureau, params)
-    model, history, proba = reference(bank, bureau, params, "y")
+    model, _history, proba = reference(bank, bureau, params, "y")
     a, p = states["bank"], states["bureau"]
     np.testing.assert_allclose(a.arrays["share"] + p.arrays["share"], model.W_P, atol=1e-6)
     np.testing.assert_allclose(a.arrays["W_A"], model.W_A, atol=1e-6)  # no active bottom: raw features
@@ -187,7 +187,7 @@ def test_bad_specs_are_refused_with_one_clear_error(model: dict, message: str) -
 
 
 def test_class_count_mismatch_is_refused(tmp_path: Path) -> None:
-    bank, bureau = small_parties(tmp_path, fate("vehicle_scale_hetero_guest.csv"),
+    bank, _bureau = small_parties(tmp_path, fate("vehicle_scale_hetero_guest.csv"),
                                  fate("vehicle_scale_hetero_host.csv"), "y", 40)
     spec = {"head": "multiclass", "top": [{"type": "dense", "units": 3}]}
     with pytest.raises(VflError, match="the labels hold 4 classes"):

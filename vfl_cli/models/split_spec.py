@@ -65,8 +65,16 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["SplitSpec", "SplitModel", "parse_spec", "load_spec_file", "default_spec", "central_fit",
-           "PART_SEEDS", "dropout_seed"]
+__all__ = [
+    "PART_SEEDS",
+    "SplitModel",
+    "SplitSpec",
+    "central_fit",
+    "default_spec",
+    "dropout_seed",
+    "load_spec_file",
+    "parse_spec",
+]
 
 HEAD_OUTPUTS = {"binary": 1, "regression": 1}
 MODES = ("plaintext", "ciphertext")
@@ -139,7 +147,7 @@ def _width(layers: Sequence[Mapping[str, Any]], width: int) -> int:
 def _layers(raw: Any, where: str, *, allowed_mode: str = "plaintext") -> list[dict[str, Any]]:
     if raw is None:
         return []
-    if isinstance(raw, Mapping) or isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
+    if isinstance(raw, (Mapping, str, bytes)) or not isinstance(raw, Sequence):
         raise VflError(f"model spec: [[model.{where}]] must be a list of layers (an array of tables)")
     out = []
     for i, item in enumerate(raw):

@@ -41,7 +41,6 @@ What each party learns (semi-honest, no collusion; details in docs/protocols/spl
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -55,17 +54,15 @@ from vfl_cli.metrics import classification_metrics, multiclass_metrics, regressi
 from vfl_cli.models import split_spec as ss
 from vfl_cli.models.features import split_rows
 from vfl_cli.models.nn import Sequential, make_head
-from vfl_cli.models.optim import Optimizer, make_optimizer
+from vfl_cli.models.optim import Optimizer
 from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
 from vfl_cli.protocol.hetero_linear import (
     PartyData,
     _json_state,
     enc_member,
     ints_member,
-    packed_member,
     read_enc,
     read_ints,
-    read_packed,
     stash,
     unstash,
 )
@@ -80,9 +77,9 @@ NOISE_BITS = 20  # |rho| <= 2**20: the noise on the gradient of W_P
 H_BOUND = 2.0**12  # |h| per value (P's bottom output)
 MASK_PIECE_BITS = 50  # R is three 50-bit pieces: uniform over 2**150 encoded units
 MASK_PIECES = 3
-ACT_VALUE_BITS = MASK_PIECE_BITS * MASK_PIECES + 1  # |h U| + R fits 2**151 (encoded, exponent -16)
-GRAD_VALUE_BITS = 64 + NOISE_BITS + 14  # |grad + eps| <= 2**34 at exponent -16
-ERR_VALUE_BITS = 64 + 16  # |dL/dh| <= 2**16 at exponent -16
+ACT_SLOT_BITS = 155  # a slot of the activation and gradient: |h U + R| < 2**151, signed
+ACT_MAX_SLOTS = 6  # shifts by 2**(155 s) go through float64 plaintexts: its range allows s <= 5
+ERR_SLOT_BITS = 83  # a slot of dL/dh: |dL/dh| <= 2**16, i.e. < 2**80 at exponent -16
 E = paillier.EXPONENT
 
 DEFAULTS: dict[str, Any] = {
@@ -174,24 +171,64 @@ def _long_exponent_key(public: paillier.PublicKey) -> paillier.PublicKey:
     return key
 
 
-def _pack_for_key_holder(x: paillier.EncryptedArray, value_bits: int) -> paillier.Packed:
-    """Pack computed ciphertexts and re-randomise every packed ciphertext before it goes to the
-    key holder.
+def _rerandomise(x: paillier.EncryptedArray) -> paillier.EncryptedArray:
+    """Re-randomise computed ciphertexts before they go to the key holder.
 
     A computed ciphertext's randomness is a function of its inputs' (which the key holder made)
-    and of our plaintext operands, so it must be re-randomised. The engine's ``pack`` would use a
-    uniform ``r^n`` (a full exponentiation, ~11 ms at 2048 bits); per-row values make that the
-    dominant cost. Instead every packed ciphertext is multiplied by a fresh encryption of 0 with
-    a ``ceil(bits/2)``-bit exponent (``h^a``, the DJN paper's length; 1024 bits at 2048): even the
-    key holder, who can take discrete logarithms in the smooth part (order ``s``) of the group,
-    sees ``a mod s`` statistically uniform for any ``s`` below ``2^(bits/2 - 40)``, so nothing of
-    the operands' contribution to the exponent is left; the rest needs a discrete logarithm in a
-    large prime-order subgroup.
+    and of our plaintext operands, so it must be re-randomised. The engine's uniform ``r^n``
+    costs a full exponentiation (~11 ms at 2048 bits), the dominant cost with per-row values.
+    Instead every ciphertext is multiplied by a fresh encryption of 0 with a ``ceil(bits/2)``-bit
+    exponent (``h^a``, the DJN paper's length; 1024 bits at 2048): even the key holder, who can
+    take discrete logarithms in the smooth part (order ``s``) of the group, sees ``a mod s``
+    statistically uniform for any ``s`` below ``2^(bits/2 - 40)``, so nothing of the operands'
+    contribution to the exponent is left; the rest needs a discrete logarithm in a large
+    prime-order subgroup.
     """
-    x.fresh = True  # not yet: the packed ciphertexts are re-randomised just below
-    p = paillier.pack(x, value_bits=value_bits)
-    zeros = paillier.encrypt(_long_exponent_key(x.public), np.zeros(p.ciphertexts.size), exponent=p.exponent)
-    return dataclasses.replace(p, ciphertexts=p.ciphertexts + zeros)
+    zeros = paillier.encrypt(_long_exponent_key(x.public), np.zeros(x.shape), exponent=x.exponent)
+    return x + zeros
+
+
+def slot_count(bits: int, width: int, limit: int | None = None) -> int:
+    """Signed slots of ``width`` bits per plaintext: their sum stays below ``n / 2``."""
+    count = (bits - 2) // width
+    return max(1, min(count, limit) if limit else count)
+
+
+def unslot(residue: int, n: int, width: int, count: int) -> list[int]:
+    """The ``count`` signed integers ``v_s`` of ``sum_s v_s 2^(width s)`` (``|v_s| < 2^(width-1)``).
+
+    Raises:
+        InvalidArtifact: a value overflowed its slot (it would corrupt its neighbours).
+    """
+    v = residue - n if residue > n // 2 else residue
+    top, full = 1 << (width - 1), 1 << width
+    out = []
+    for _ in range(count):
+        r = v & (full - 1)
+        if r >= top:
+            r -= full
+        out.append(r)
+        v = (v - r) >> width
+    if v:
+        raise InvalidArtifact("a packed value overflowed its slot: the computation exceeded its public bound")
+    return out
+
+
+def _shifted(x: np.ndarray, width: int, slots: int) -> np.ndarray:
+    """Row ``i`` of ``x`` (already on the 2^-32 grid) times ``2^(width (i mod slots))``: exact."""
+    shift = (np.arange(len(x)) % slots) * width
+    return np.ldexp(x, shift[:, None])
+
+
+def _pad(x: np.ndarray, slots: int) -> np.ndarray:
+    extra = -len(x) % slots
+    return np.vstack([x, np.zeros((extra, x.shape[1]))]) if extra else x
+
+
+def _member(name: str, x: paillier.EncryptedArray, **info: Any) -> Any:
+    m = enc_member(name, x)
+    m.info.update(info)
+    return m
 
 
 class SplitNN(Protocol):
@@ -301,7 +338,13 @@ class SplitNN(Protocol):
             raise VflError("the passive bottom network's outputs exploded (training diverged): lower learning_rate")
         own = ctx.private_key().public
         tick = ctx.progress(f"round {t}: encrypting the bottom output", None)
-        members = [enc_member("h", paillier.encrypt(own, h)), enc_member("v", paillier.encrypt(own, state.arrays["share"]))]
+        # row i goes to slot i mod S of A's products: encrypt it already shifted by 2^(155 (i mod S))
+        # (on the 2^-32 grid first, so the shifted value is exactly that integer)
+        slots = slot_count(own.bits, ACT_SLOT_BITS, ACT_MAX_SLOTS)
+        grid = np.ldexp(np.rint(np.ldexp(h, -4 * E)), 4 * E)
+        shifted = paillier.encrypt(own, _shifted(_pad(grid, slots), ACT_SLOT_BITS, slots))
+        members = [_member("h", shifted, slots=slots, slot_bits=ACT_SLOT_BITS),
+                   enc_member("v", paillier.encrypt(own, state.arrays["share"]))]
         tick(h.size)
         meta = {"epoch": epoch, "batch": batch, "rows": len(rows), "eval": ev, "alignment": data.fingerprint}
         state.phase = "wait-request"
@@ -316,13 +359,20 @@ class SplitNN(Protocol):
         rows = self._p_rows(state, ctx, data)
         _, h = self._bottom_output(ctx, state, data, spec, "passive", rows, train=not ev)
         priv = ctx.private_key()
-        packed = read_packed(art, "act", priv.public)
-        if packed.count != len(rows) * spec.units:
-            raise InvalidArtifact(f"activation request from {ctx.active} holds {packed.count} values, expected "
-                                  f"{len(rows) * spec.units}")
-        raw = np.array(paillier.decrypt_packed(priv, packed), dtype=object).reshape(len(rows), spec.units)
-        # hU + R from A, plus hV computed exactly on the same fixed-point integers A used
         n = priv.public.n
+        slots = slot_count(priv.public.bits, ACT_SLOT_BITS, ACT_MAX_SLOTS)
+        groups = -(-len(rows) // slots)
+        act = read_enc(art, "act", priv.public)
+        if act.shape != (groups, spec.units):
+            raise InvalidArtifact(f"activation request from {ctx.active} holds {list(act.shape)} ciphertexts, "
+                                  f"expected {[groups, spec.units]}")
+        cts = np.array(priv.decrypt_raw(act), dtype=object).reshape(groups, spec.units)
+        raw = np.empty((groups * slots, spec.units), dtype=object)
+        for g in range(groups):
+            for j in range(spec.units):
+                raw[g * slots:(g + 1) * slots, j] = unslot(int(cts[g, j]), n, ACT_SLOT_BITS, slots)
+        raw = raw[:len(rows)]
+        # hU + R from A, plus hV computed exactly on the same fixed-point integers A used
         masked = (raw + _ints(h).dot(_ints(state.arrays["share"]))) % n
         out = [Outgoing(ctx.active, ACTIVATION, "activation", [ints_member("z", masked.ravel().tolist(), n)],
                         {"epoch": epoch, "batch": batch, "eval": ev}, t)]
@@ -340,12 +390,18 @@ class SplitNN(Protocol):
         priv = ctx.private_key()
         V = state.arrays["share"]
         k, m = V.shape
-        grad_p = read_packed(art, "grad", priv.public)
-        err_p = read_packed(art, "err", priv.public)
-        if grad_p.count != k * m or err_p.count != k * len(rows):
+        n, bits = priv.public.n, priv.public.bits
+        s_act, s_err = slot_count(bits, ACT_SLOT_BITS, ACT_MAX_SLOTS), slot_count(bits, ERR_SLOT_BITS)
+        groups = -(-len(rows) // s_err)
+        grad_c, err_c = read_enc(art, "grad", priv.public), read_enc(art, "err", priv.public)
+        if grad_c.shape != (m, k) or err_c.shape != (k, groups):
             raise InvalidArtifact(f"backward message from {ctx.active} has the wrong number of values")
-        noisy_grad = paillier.unpack(paillier.decrypt_packed(priv, grad_p), grad_p).reshape(m, k).T
-        err = paillier.unpack(paillier.decrypt_packed(priv, err_p), err_p).reshape(k, len(rows)).T
+        # the gradient comes as one partial sum per slot (rows i = s mod S), each noised: add them
+        slot_sums = [sum(unslot(int(v), n, ACT_SLOT_BITS, s_act)) for v in priv.decrypt_raw(grad_c)]
+        noisy_grad = encoding.decode(slot_sums, grad_c.exponent).reshape(m, k).T
+        err_ints = [unslot(int(v), n, ERR_SLOT_BITS, s_err) for v in priv.decrypt_raw(err_c)]
+        err = encoding.decode([x for row in err_ints for x in row], err_c.exponent).reshape(k, groups * s_err)
+        err = err[:, :len(rows)].T
         # V steps with (grad + eps); A steps U with -eps: the shares' sum takes the exact step
         (opt_v,) = self._opts(ctx, state, "share", 1, interactive=True)
         state.arrays["share"] = opt_v.step(V, noisy_grad)
@@ -394,27 +450,33 @@ class SplitNN(Protocol):
             raise InvalidArtifact(f"{art.sender} trains on another alignment than {ctx.name} (mismatched rows)")
         ev = bool(state.data["evaluating"])
         rows = data.split.test if ev else data.batch_rows(ctx.params, epoch, batch)
-        kp = self._kp(art, len(rows))
+        peer = ctx.public_key(ctx.passives[0])
+        slots = slot_count(peer.bits, ACT_SLOT_BITS, ACT_MAX_SLOTS)
+        groups = -(-len(rows) // slots)
+        kp = self._kp(art, groups * slots)
         if "share" not in state.arrays:  # first batch: A's share U starts as the initial W_P
             ka = ss.out_dim(ss.build_part(spec, "active", data.X.shape[1], 0), data.X.shape[1])
             W_A, W_P = ss.initial_interactive(spec, ka, kp, int(ctx.params["seed"]))
-            state.arrays.update(W_A=W_A, b=np.zeros(spec.units), share=W_P, rho=np.zeros((kp, spec.units)))
+            state.arrays.update(W_A=W_A, b=np.zeros(spec.units), share=W_P, rho=np.zeros((slots, kp, spec.units)))
         U = state.arrays["share"]
         if U.shape[0] != kp:
             raise InvalidArtifact(f"{art.sender}'s bottom output has {kp} columns, the interactive layer expects {U.shape[0]}")
-        peer = ctx.public_key(ctx.passives[0])
         H = read_enc(art, "h", peer)
-        hu = _enc_matmul(H, U)
-        hu.bound = None  # U is A's own; the public value_bits below bound the result
-        pieces = _random_ints(MASK_PIECES * hu.size, MASK_PIECE_BITS).reshape(MASK_PIECES, *hu.shape)
-        for i in range(MASK_PIECES):
-            # piece i is worth 2**(50 i) encoded units: exact floats, so R is exact at hu's exponent
-            hu = hu + np.ldexp(pieces[i].astype(np.float64), MASK_PIECE_BITS * i + 4 * hu.exponent)
+        # rows g S .. g S + S - 1 of [[h]] arrive shifted into slots 0 .. S-1: one product of the
+        # S rows with S copies of U puts their S outputs into the slots of one ciphertext
+        hu = _enc_matmul(H.reshape(groups, slots * kp), np.vstack([U] * slots))
+        pieces = _random_ints(MASK_PIECES * groups * slots * spec.units, MASK_PIECE_BITS).reshape(
+            MASK_PIECES, groups * slots, spec.units)
+        for s_ in range(slots):
+            for i in range(MASK_PIECES):
+                # piece i of slot s is worth 2^(50 i + 155 s) encoded units: exact floats, so R is exact
+                shift = MASK_PIECE_BITS * i + ACT_SLOT_BITS * s_ + 4 * hu.exponent
+                hu = hu + np.ldexp(pieces[i, s_::slots].astype(np.float64), shift)
         state.arrays["mask"] = pieces
         stash(state, "h", H)
         stash(state, "v", read_enc(art, "v", peer))
         state.phase = "wait-activation"
-        members = [packed_member("act", _pack_for_key_holder(hu, ACT_VALUE_BITS))]
+        members = [_member("act", _rerandomise(hu), slots=slots, slot_bits=ACT_SLOT_BITS)]
         return [Outgoing(ctx.passives[0], ACT_REQUEST, "activation-request", members,
                          {"epoch": epoch, "batch": batch, "eval": ev}, t)]
 
@@ -437,6 +499,7 @@ class SplitNN(Protocol):
         m = spec.units
         pieces = state.arrays.pop("mask")
         raw = read_ints(art, "z", len(rows) * m)
+        pieces = pieces[:, :len(rows)]
         R = [sum(int(pieces[i].flat[j]) << (MASK_PIECE_BITS * i) for i in range(MASK_PIECES)) for j in range(len(raw))]
         z_p = encoding.decode([encoding.signed((y - r) % n, n) for y, r in zip(raw, R)], 2 * E).reshape(len(rows), m)
         H = unstash(state, "h", peer)
@@ -456,16 +519,24 @@ class SplitNN(Protocol):
         if not np.isfinite(loss):
             raise VflError("the loss is not finite (training diverged): lower learning_rate")
         delta = ss.backward(top, dout)
-        # gradient of W_P under KP, noised with eps = rho_t - rho_{t-1}
-        rho = _noise(U.shape)
+        # gradient of W_P under KP: [[h]] arrives shifted, so delta^T [[h]] holds one partial sum per
+        # slot (rows i = s mod S); each is noised with its own eps_s = rho_s,t - rho_s,t-1
+        s_act = slot_count(peer.bits, ACT_SLOT_BITS, ACT_MAX_SLOTS)
+        rho = _noise((s_act, *U.shape))
         eps = rho - state.arrays["rho"]
-        grad = paillier.plain_matmul(delta.T, H) + eps.T
-        grad.bound = None
-        # dL/dh = delta W_P^T with [[W_P]] = [[V]] + U, before either share steps
-        err = _enc_matmul(Vc + U, delta.T)
-        err.bound = None
-        members = [packed_member("grad", _pack_for_key_holder(grad, GRAD_VALUE_BITS)),
-                   packed_member("err", _pack_for_key_holder(err, ERR_VALUE_BITS))]
+        grad = paillier.plain_matmul(_pad(delta, s_act).T, H)
+        for s_ in range(s_act):
+            grad = grad + np.ldexp(eps[s_].T, ACT_SLOT_BITS * s_)
+        eps = eps.sum(axis=0)
+        # dL/dh = delta W_P^T with [[W_P]] = [[V]] + U, before either share steps; S rows per
+        # ciphertext: [[W_P]] shifted by 2^(83 s) for slot s
+        s_err = slot_count(peer.bits, ERR_SLOT_BITS)
+        W = Vc + U
+        blocks = paillier.concatenate([W.T.mul(1 << (ERR_SLOT_BITS * s_)) for s_ in range(s_err)])
+        d = _pad(delta, s_err)
+        err = _enc_matmul(blocks.T, d.reshape(len(d) // s_err, s_err * m).T)
+        members = [_member("grad", _rerandomise(grad), slots=s_act, slot_bits=ACT_SLOT_BITS),
+                   _member("err", _rerandomise(err), slots=s_err, slot_bits=ERR_SLOT_BITS)]
         # A's own layers, exactly as in plaintext
         if bottom is not None:
             opts = self._opts(ctx, state, "active", len(bottom.params()))

@@ -61,6 +61,7 @@ def test_recipe_runs_and_reports_metrics_and_node_weights(name: str, tmp_path: P
     if "fedavg" in name:  # FedAvg weights are the sample shares: node0 holds 140 of 340 rows
         assert weights[0][0] == pytest.approx(140 / 340)
     assert report["model"]["spec"][0] == {"type": "dense", "units": 16, "init": "he"}
+    assert [layer["shape"] for layer in report["model"]["layers"]] == [[30, 16], [16], [16, 1]]
     job = report["jobs"]["train"]
     # the server's view of the weights, and the predictor's model serving new rows
     shown = json.loads(run("-w", str(work / "hq"), "hfl", "show-weights", job, "--json").stdout)
@@ -76,6 +77,7 @@ def test_recipe_runs_and_reports_metrics_and_node_weights(name: str, tmp_path: P
     assert pd.read_csv(server_scores)["score"].tolist() == scores["score"].tolist()
     status = json.loads(run("-w", str(work / "serving"), "hfl", "status", job, "--json").stdout)
     assert status["done"] and status["update_version"] == 4
+    run("-w", str(work / "node2"), "model", "show", job)  # every party holds the whole model
     assert "only the server" in error_line(run("-w", str(work / "node1"), "hfl", "show-weights", job, ok=False))
 
 

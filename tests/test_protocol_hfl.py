@@ -258,3 +258,19 @@ def test_parties_and_parameters_are_checked(tmp_path: Path) -> None:
             hfl.check_params(params)
     checked = hfl.check_params({"rounds": 3.0})
     assert checked == hfl.check_params(checked) and checked["rounds"] == 3
+
+
+def test_sample_data_script_reproduces_the_committed_files(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_hfl_data", ROOT / "sample_data" / "make_hfl_data.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = module.write_hfl_data(tmp_path)
+    assert {p.name for p in written} == {"server.csv", "predictor.csv", *(f"{n}.csv" for n in NODES)}
+    for path in written:
+        assert path.read_bytes() == (DATA / path.name).read_bytes(), path.name
+    honest = pd.read_csv(DATA / "node1.csv")
+    assert list(honest.columns[:2]) == ["id", "label"] and honest.shape[1] == 32
+    assert "label" not in pd.read_csv(DATA / "predictor.csv").columns

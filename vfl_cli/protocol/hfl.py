@@ -783,25 +783,47 @@ def unpack_sum(raw: Sequence[int], mask: paillier.Mask, layout: Mapping[str, Any
 def model_card(
     ctx: PartyContext, state: JobState, *, master: np.ndarray | None = None
 ) -> dict[str, Any]:
-    """The model card every party keeps: spec, columns, parameters, rounds."""
+    """The model card every party keeps: spec, columns, parameters, rounds.
+
+    A logistic model lists its weights per feature; an MLP lists its layers (every party holds
+    the whole model, in plaintext).
+    """
     flat = state.arrays["master"] if master is None else master
     columns = list(state.data["columns"])
-    weights: dict[str, float] = {}
-    if ctx.params["model"] == "logistic":
-        weights = {c: float(v) for c, v in zip([*columns, "(intercept)"], flat)}
-    return {
+    card: dict[str, Any] = {
         "protocol": "hfl",
         "job": ctx.job,
         "party": ctx.name,
         "role": ctx.role,
-        "alignment": None,
+        "alignment": "none (multi-node training)",
         "params": dict(ctx.params),
         "features": columns,
         "spec": state.data["spec"],
         "n_params": int(flat.size),
-        "epochs_run": int(ctx.params["rounds"]),
-        "weights": weights,
+        "rounds": int(ctx.params["rounds"]),
+        "epochs_run": int(ctx.params["rounds"]) * int(ctx.params["local_epochs"]),
+        "weights": {},
     }
+    if ctx.params["model"] == "logistic":
+        card["weights"] = {c: float(v) for c, v in zip([*columns, "(intercept)"], flat)}
+        return card
+    layers, width = [], len(columns)
+    for layer in state.data["spec"]:
+        if layer["type"] == "dense":
+            shape, width = [width, int(layer["units"])], int(layer["units"])
+        else:
+            shape = [width]
+        layers.append(
+            {
+                "party": "every party",
+                "part": "whole model",
+                "layer": layer["type"],
+                "mode": "plaintext",
+                "shape": shape,
+            }
+        )
+    card["layers"] = layers
+    return card
 
 
 def _current_model(role: str, state: JobState) -> np.ndarray:

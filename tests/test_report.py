@@ -80,3 +80,14 @@ def test_report_renders_in_headless_chromium(reports: dict[str, str]) -> None:
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()],
                    capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 20_000  # a rendered page with plots, not a blank or error page
+
+
+def test_multi_node_plots_from_round_history_and_node_weights() -> None:
+    from vfl_cli.protocol.base import JobState
+    from vfl_cli.report import _plots
+
+    state = JobState(results={"round_history": [{"round": r, "val_loss": 0.7 - 0.05 * r} for r in range(4)],
+                              "node_weights": [[0.5, 0.5], [0.7, 0.3], [0.9, 0.1]]})
+    figures = "".join(_plots(state, "hfl"))
+    assert 'id="round-curve"' in figures and 'id="node-weights"' in figures
+    assert figures.count("<svg") == 2

@@ -93,6 +93,14 @@ def _plots(state: jobs.JobState, protocol: str) -> list[str]:
             ax.set_ylabel("residual (label - prediction)")
             ax.grid(alpha=0.3)
             out.append(_figure("residual-plot", "Residuals on the test rows", _svg(fig)))
+    rounds = state.results.get("round_history") or []
+    if rounds and all("val_loss" in r for r in rounds):
+        fig, ax = plt.subplots(figsize=(4.6, 3.2))
+        ax.plot([r.get("round", i) for i, r in enumerate(rounds)], [r["val_loss"] for r in rounds], marker="o")
+        ax.set_xlabel("round")
+        ax.set_ylabel("validation loss")
+        ax.grid(alpha=0.3)
+        out.append(_figure("round-curve", "Master model's loss on the server's validation rows per round", _svg(fig)))
     weights = state.results.get("node_weights")
     if weights:
         w = np.asarray(weights, dtype=float)

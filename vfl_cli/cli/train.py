@@ -204,8 +204,15 @@ def model_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     if as_json:
         emit_json(dict(card, metrics=state.results.get("metrics", {})))
         return
-    console.print(f"[bold]{card['protocol']}[/bold] model of job {job_id}, {ws.name}'s part "
-                  f"(trained on alignment {card['alignment']}, {card['epochs_run']} epochs)")
+    trained = []
+    if card.get("alignment"):
+        trained.append(f"trained on alignment {card['alignment']}")
+    if card.get("epochs_run") is not None:
+        trained.append(f"{card['epochs_run']} epochs")
+    if card.get("rounds_run") is not None:
+        trained.append(f"{card['rounds_run']} rounds")
+    console.print(f"[bold]{card['protocol']}[/bold] model of job {job_id}, {ws.name}'s part"
+                  + (f" ({', '.join(trained)})" if trained else ""))
     table = Table()
     if "layers" in card:  # a network: which party computes each layer, in plaintext or ciphertext
         for col in ("party", "part", "layer", "mode", "shape"):

@@ -795,13 +795,14 @@ def model_card(
         "job": ctx.job,
         "party": ctx.name,
         "role": ctx.role,
-        "alignment": "none (multi-node training)",
+        "alignment": None,  # multi-node training: same columns everywhere, nothing to align
         "params": dict(ctx.params),
         "features": columns,
         "spec": state.data["spec"],
         "n_params": int(flat.size),
         "rounds": int(ctx.params["rounds"]),
-        "epochs_run": int(ctx.params["rounds"]) * int(ctx.params["local_epochs"]),
+        "rounds_run": int(ctx.params["rounds"]),
+        "local_epochs": int(ctx.params["local_epochs"]),
         "weights": {},
     }
     if ctx.params["model"] == "logistic":

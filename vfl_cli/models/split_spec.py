@@ -63,7 +63,7 @@ from vfl_cli.models.reference import minibatches
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+    import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 __all__ = [
     "PART_SEEDS",
@@ -223,7 +223,7 @@ def parse_spec(raw: Mapping[str, Any] | None) -> SplitSpec:
 def default_spec(head: str = "binary", outputs: int | None = None) -> SplitSpec:
     """The defaults: 8-unit dense+ReLU bottoms, an 8-unit interactive layer, ReLU then dense top."""
     outputs = outputs or HEAD_OUTPUTS.get(head, 2)
-    bottom = [{"type": "dense", "units": 8, "init": "he"}, {"type": "relu"}]
+    bottom: list[dict[str, Any]] = [{"type": "dense", "units": 8, "init": "he"}, {"type": "relu"}]
     return SplitSpec(head=head, active=list(bottom), passive=list(bottom), units=8, init="xavier",
                      top=[{"type": "relu"}, {"type": "dense", "units": outputs}])
 

@@ -11,18 +11,21 @@ job, split and batched by the job's seed (nothing is sent for that).
 
 One mini-batch of ``n`` rows (``h = f_P(X_P)``, ``n x k``; ``z`` is ``n x m``), four hand-offs:
 
-1. ``split/forward``  P -> A: ``[[h]]_KP`` and ``[[V]]_KP`` (fresh encryptions).
-2. ``split/activation-request``  A -> P: ``pack([[h U]]_KP + R)``, ``R`` uniform 150-bit
-   integers (at the encoding's resolution) that A keeps; re-randomised with uniform ``r^n``.
-3. ``split/activation``  P -> A: ``hU + R + hV`` (P decrypts and adds ``hV``, exact integers).
-   A removes ``R``: ``z_P = h W_P``. A then runs the interactive layer, the top network and the
-   loss in plaintext, gets ``delta = dL/dz`` and steps its own layers.
-4. ``split/backward``  A -> P: ``pack([[delta^T h]]_KP + eps)`` (the gradient of ``W_P``, noised
-   with ``eps = rho_t - rho_{t-1}``, ``rho`` uniform in ``[-2^20, 2^20]``, fresh per batch, A's
-   secret) and ``pack([[W_P]] delta^T)`` with ``[[W_P]] = [[V]] + U`` (the error of P's bottom
-   output, ``dL/dh = delta W_P^T``). Both re-randomised with uniform ``r^n``. P decrypts, steps
-   its share ``V`` with ``grad + eps`` and back-propagates ``dL/dh`` through its bottom network;
-   A steps its share ``U`` with ``-eps``. The optimiser of ``W_P`` is SGD with momentum (linear,
+1. ``split/forward``  P -> A: ``[[h]]_KP``, row ``i`` encrypted already shifted by
+   ``2^(155 (i mod S))`` into its slot (``S = 6`` at 2048 bits), and ``[[V]]_KP``.
+2. ``split/activation-request``  A -> P: ``[[h U + R]]_KP``, ``S`` rows per ciphertext (one
+   product of the ``S`` shifted rows with ``S`` stacked copies of ``U``), ``R`` uniform 150-bit
+   integers (at the encoding's resolution) that A keeps; re-randomised (:func:`_rerandomise`).
+3. ``split/activation``  P -> A: ``hU + R + hV`` (P decrypts, splits the slots and adds ``hV``,
+   exact integers). A removes ``R``: ``z_P = h W_P``. A then runs the interactive layer, the
+   top network and the loss in plaintext, gets ``delta = dL/dz`` and steps its own layers.
+4. ``split/backward``  A -> P: ``delta^T [[h]]`` (the gradient of ``W_P`` as one partial sum per
+   slot, each noised with its own ``eps_s = rho_s,t - rho_s,t-1``, ``rho`` uniform in
+   ``[-2^20, 2^20]``, fresh per batch, A's secret) and ``[[W_P]] delta^T`` with
+   ``[[W_P]] = [[V]] + U`` shifted by ``2^(83 s)`` (the error of P's bottom output,
+   ``dL/dh = delta W_P^T``, 24 rows per ciphertext). Both re-randomised. P decrypts, steps its
+   share ``V`` with ``grad + eps`` and back-propagates ``dL/dh`` through its bottom network; A
+   steps its share ``U`` with ``-eps``. The optimiser of ``W_P`` is SGD with momentum (linear,
    so two shares stepped separately sum to the exact update). P's next forward goes out in the
    same step.
 
@@ -47,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from vfl_cli.artifacts.container import Artifact
+from vfl_cli.artifacts.container import Artifact, Member
 from vfl_cli.crypto import encoding, paillier
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.metrics import classification_metrics, multiclass_metrics, regression_metrics
@@ -217,7 +220,8 @@ def unslot(residue: int, n: int, width: int, count: int) -> list[int]:
 def _shifted(x: np.ndarray, width: int, slots: int) -> np.ndarray:
     """Row ``i`` of ``x`` (already on the 2^-32 grid) times ``2^(width (i mod slots))``: exact."""
     shift = (np.arange(len(x)) % slots) * width
-    return np.ldexp(x, shift[:, None])
+    out: np.ndarray = np.ldexp(x, shift[:, None])
+    return out
 
 
 def _pad(x: np.ndarray, slots: int) -> np.ndarray:
@@ -225,10 +229,9 @@ def _pad(x: np.ndarray, slots: int) -> np.ndarray:
     return np.vstack([x, np.zeros((extra, x.shape[1]))]) if extra else x
 
 
-def _member(name: str, x: paillier.EncryptedArray, **info: Any) -> Any:
+def _member(name: str, x: paillier.EncryptedArray, **info: Any) -> Member:
     m = enc_member(name, x)
-    m.info.update(info)
-    return m
+    return Member(m.name, m.type, m.data, {**m.info, **info})
 
 
 class SplitNN(Protocol):
@@ -515,6 +518,8 @@ class SplitNN(Protocol):
         out = ss.forward(top, h_a @ W_A + z_p + b, train=not ev)
         if ev:
             return self._a_evaluate(ctx, state, data, spec, head.predict(out), rows)
+        if data.y is None:
+            raise DataError(f"{ctx.name} is the active party but has no label column")
         loss, dout = head.loss_grad(out, data.y[rows])
         if not np.isfinite(loss):
             raise VflError("the loss is not finite (training diverged): lower learning_rate")
@@ -569,6 +574,8 @@ class SplitNN(Protocol):
 
     def _a_evaluate(self, ctx: PartyContext, state: JobState, data: PartyData, spec: ss.SplitSpec,
                     pred: np.ndarray, rows: np.ndarray) -> list[Outgoing]:
+        if data.y is None:
+            raise DataError(f"{ctx.name} is the active party but has no label column")
         y = data.y[rows]
         if spec.head == "binary":
             test = classification_metrics(y, pred)

@@ -76,8 +76,10 @@ def batch(bits: int, rows: int, k: int, m: int, epoch_rows: int) -> dict[str, fl
     clock("A: re-randomise gradient", lambda: sn._rerandomise(g))
 
     def err_product() -> paillier.EncryptedArray:
-        W = Vc + U
-        blocks = paillier.concatenate([W.T.mul(1 << (sn.ERR_SLOT_BITS * s)) for s in range(Se)])
+        shifted = [(Vc + U).T]
+        for _ in range(Se - 1):
+            shifted.append(shifted[-1].mul(1 << sn.ERR_SLOT_BITS))
+        blocks = paillier.concatenate(shifted)
         d = sn._pad(delta, Se)
         return sn._enc_matmul(blocks.T, d.reshape(len(d) // Se, Se * m).T)
 

@@ -536,8 +536,10 @@ class SplitNN(Protocol):
         # dL/dh = delta W_P^T with [[W_P]] = [[V]] + U, before either share steps; S rows per
         # ciphertext: [[W_P]] shifted by 2^(83 s) for slot s
         s_err = slot_count(peer.bits, ERR_SLOT_BITS)
-        W = Vc + U
-        blocks = paillier.concatenate([W.T.mul(1 << (ERR_SLOT_BITS * s_)) for s_ in range(s_err)])
+        shifted = [(Vc + U).T]
+        for _ in range(s_err - 1):  # each slot's block from the previous: an 83-bit exponent each
+            shifted.append(shifted[-1].mul(1 << ERR_SLOT_BITS))
+        blocks = paillier.concatenate(shifted)
         d = _pad(delta, s_err)
         err = _enc_matmul(blocks.T, d.reshape(len(d) // s_err, s_err * m).T)
         members = [_member("grad", _rerandomise(grad), slots=s_act, slot_bits=ACT_SLOT_BITS),

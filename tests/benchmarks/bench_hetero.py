@@ -58,8 +58,7 @@ def engine_iteration(XA: np.ndarray, XP: np.ndarray, y: np.ndarray, bits: int) -
     a = XA @ wa
     p = 1 / (1 + np.exp(-a))
     slope, offset = p * (1 - p), p - y
-    d1 = enc_u * slope + offset
-    ga = pl.plain_matmul(XA.T, d1)
+    ga = pl.plain_matmul((XA * slope[:, None]).T, enc_u) + XA.T @ offset  # as the protocol folds it
     ma, mask_a = pl.mask(ga, value_bits=36 + 4 * -ga.exponent)
     pa = pl.pack(ma)
     enc_off, enc_slope = pl.encrypt(ka, offset), pl.encrypt(ka, slope)

@@ -25,8 +25,9 @@ One mini-batch, four hand-offs (t is the global batch counter, carried as the ar
 1. ``hetero/partial``  Pj -> A: ``[[u_j]]_K1``. With k > 1 and a public slope ``c``, also
    ``hetero/peer-partial`` Pj -> Pl (every other passive party, directly): ``[[c u_j]]_KA``.
 2. ``hetero/residual``  A -> Pj: ``[[offset]]_KA`` and, for a per-row slope, ``[[slope]]_KA``.
-   To P1 also A's gradient request ``pack(mask([[X_A^T d]]_K1))`` with
-   ``[[d]]_K1 = slope * sum_j [[u_j]]_K1 + offset``; at the end of an epoch a loss request.
+   To P1 also A's gradient request ``pack(mask([[X_A^T d]]_K1))``, computed as
+   ``(X_A * slope)^T [[U]]_K1 + X_A^T offset`` (the slope folds into the plaintext matrix, so
+   the per-row products cost nothing extra); at the end of an epoch a loss request.
    (Per-row slope and k > 1: each Pj now sends every other passive party
    ``[[slope * u_j]]_KA``, one more hand-off.)
 3. ``hetero/gradient``  Pj -> A: ``pack(mask([[X_j^T d]]_KA))`` with ``[[d]]_KA`` assembled by
@@ -509,14 +510,17 @@ class HeteroLinear(Protocol):
             passive_sum = part if passive_sum is None else passive_sum + part
         if passive_sum is None:
             raise VflError("training needs at least one passive party")
-        d = (passive_sum if isinstance(slope, float) and slope == 1.0 else passive_sum * slope) + offset
-        grad = paillier.plain_matmul(data.X[rows].T, d)
+        # X^T (slope * U + offset) = (X * slope)^T U + X^T offset: the slope folds into the
+        # plaintext matrix, so the per-row products cost nothing beyond the multi-exponentiation.
+        Xb = data.X[rows]
+        scaled = Xb * (slope if np.isscalar(slope) else np.asarray(slope)[:, None])
+        grad = paillier.plain_matmul(scaled.T, passive_sum) + Xb.T @ offset
         masked, m = paillier.mask(grad, value_bits=value_bits(GRADIENT_REAL_BITS, grad.exponent), stat_bits=STAT_BITS)
         state.data["grad_mask"] = save_mask(m)
         p1_members = [packed_member("grad_request", paillier.pack(masked))]
         last = batch == data.batches_per_epoch - 1
         if last:
-            p1_members += self._loss_request(ctx, state, d)
+            p1_members += self._loss_request(ctx, state, passive_sum, slope, offset)
         ka = ctx.public_key(ctx.name)
         shared = [enc_member("a", paillier.encrypt(ka, offset))]
         if self.constant_slope(ctx.params) is None:
@@ -529,10 +533,12 @@ class HeteroLinear(Protocol):
         state.phase = "wait-gradients"
         return out
 
-    def _loss_request(self, ctx: PartyContext, state: JobState, d: paillier.EncryptedArray) -> list[Member]:
-        size = min(len(d), int(ctx.params["loss_sample"]))
-        pick = np.sort(ctx.rng.choice(len(d), size=size, replace=False))
-        sample = d[pick]
+    def _loss_request(self, ctx: PartyContext, state: JobState, passive_sum: paillier.EncryptedArray,
+                      slope: Any, offset: np.ndarray) -> list[Member]:
+        size = min(len(passive_sum), int(ctx.params["loss_sample"]))
+        pick = np.sort(ctx.rng.choice(len(passive_sum), size=size, replace=False))
+        row_slope = slope if np.isscalar(slope) else np.asarray(slope)[pick]
+        sample = passive_sum[pick] * row_slope + offset[pick]
         masked, m = paillier.mask(sample, value_bits=value_bits(RESIDUAL_REAL_BITS, sample.exponent), stat_bits=STAT_BITS)
         s = [m.shift + r for r in m.offsets]
         cross = (sample * np.array(s, dtype=object)).sum()

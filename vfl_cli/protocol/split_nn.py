@@ -53,7 +53,6 @@ import numpy as np
 from vfl_cli.artifacts.container import Artifact, Member
 from vfl_cli.crypto import encoding, paillier
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
-from vfl_cli.metrics import classification_metrics, multiclass_metrics, regression_metrics
 from vfl_cli.models import split_spec as ss
 from vfl_cli.models.features import split_rows
 from vfl_cli.models.nn import Sequential, make_head
@@ -578,7 +577,9 @@ class SplitNN(Protocol):
                     pred: np.ndarray, rows: np.ndarray) -> list[Outgoing]:
         if data.y is None:
             raise DataError(f"{ctx.name} is the active party but has no label column")
-        y = data.y[rows]
+        from vfl_cli.metrics import classification_metrics, multiclass_metrics, regression_metrics
+
+        y = data.y[rows]  # scikit-learn (behind the metrics) is imported only here, once per job
         if spec.head == "binary":
             test = classification_metrics(y, pred)
         elif spec.head == "multiclass":

@@ -78,6 +78,31 @@ def carry(src: Path, dst: Path) -> list[str]:
     return moved
 
 
+def drive(parties: list[Path], job: str, *, limit: int = 10_000) -> None:
+    """Carry files and step every party in-process until all are done (like the recipe runner)."""
+    from vfl_cli import jobs
+    from vfl_cli.workspace import Workspace
+
+    for _ in range(limit):
+        for src in parties:
+            for dst in parties:
+                if src != dst:
+                    carry(src, dst)
+        done = 0
+        for ws in parties:
+            w = Workspace(ws)
+            if (ws / "jobs" / job / "job.json").exists():
+                reports = jobs.step(w, job)
+            elif any((ws / "inbox").glob(f"{job}.001.*")):
+                reports = jobs.accept_job(w, job)
+            else:
+                continue
+            done += all(r.done for r in reports)
+        if done == len(parties):
+            return
+    raise AssertionError("job did not finish")
+
+
 @pytest.fixture
 def two_parties(tmp_path: Path, sample: Callable[[str], Path]) -> tuple[Path, Path]:
     bank = make_party(tmp_path, "bank", "active", sample("breast_active.csv"), label_column="label")

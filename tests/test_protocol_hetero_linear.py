@@ -14,38 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import carry, error_line, fate, introduce, make_party, run
+from conftest import drive, carry, error_line, fate, introduce, make_party, run
 from vfl_cli import jobs
 from vfl_cli.errors import InvalidArtifact
 from vfl_cli.models.features import split_rows
 from vfl_cli.models.optim import make_optimizer
 from vfl_cli.models.reference import fit_linear, fit_logistic
 from vfl_cli.workspace import Workspace
-
-
-def drive(parties: list[Path], job: str, *, limit: int = 10_000) -> None:
-    """Carry files and step every party until all are done (like the recipe runner)."""
-    for _ in range(limit):
-        moved = False
-        for src in parties:
-            for dst in parties:
-                if src != dst and carry(src, dst):
-                    moved = True
-        done = 0
-        for ws in parties:
-            w = Workspace(ws)
-            if (ws / "jobs" / job / "job.json").exists():
-                reports = jobs.step(w, job)
-            elif any((ws / "inbox").glob(f"{job}.001.*")):
-                reports = jobs.accept_job(w, job)
-            else:
-                continue
-            done += all(r.done for r in reports)
-        if done == len(parties):
-            return
-        if not moved and done == 0:
-            pass
-    raise AssertionError("job did not finish")
 
 
 def align(active: Path, passives: list[Path], job: str = "al") -> None:

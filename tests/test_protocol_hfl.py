@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, carry, introduce, make_party
+from conftest import drive, ROOT, carry, introduce, make_party
 
 from vfl_cli import jobs
 from vfl_cli.artifacts.container import Artifact, ndarray_member
@@ -30,28 +30,6 @@ from vfl_cli.workspace import Workspace
 DATA = ROOT / "sample_data" / "hfl"
 NODES = [f"node{i}" for i in range(5)]
 SMALL = {"rounds": 3, "batch_size": 32, "learning_rate": 0.1, "seed": 7, "full_every": 2}
-
-
-def drive(parties: list[Path], job: str, *, limit: int = 500) -> None:
-    """Carry files and step every party until all are done (like the recipe runner)."""
-    for _ in range(limit):
-        for src in parties:
-            for dst in parties:
-                if src != dst:
-                    carry(src, dst)
-        done = 0
-        for ws in parties:
-            w = Workspace(ws)
-            if (ws / "jobs" / job / "job.json").exists():
-                reports = jobs.step(w, job)
-            elif any((ws / "inbox").glob(f"{job}.001.*")):
-                reports = jobs.accept_job(w, job)
-            else:
-                continue
-            done += all(r.done for r in reports)
-        if done == len(parties):
-            return
-    raise AssertionError("job did not finish")
 
 
 @pytest.fixture

@@ -164,6 +164,32 @@ def get_protocol(name: str) -> Protocol:
     return getattr(importlib.import_module(module), cls)()
 
 
+def typed_params(
+    params: Mapping[str, Any], defaults: Mapping[str, Any], *, what: str, required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Refuse unknown keys and fill defaults, coercing each value to its default's type.
+
+    ``required`` keys (kept as strings, such as the alignment job) must be given.
+    """
+    allowed = [*required, *defaults]
+    unknown = set(params) - set(allowed)
+    if unknown:
+        raise VflError(f"unknown {what} parameter(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
+    out: dict[str, Any] = {}
+    for key in required:
+        if not params.get(key):
+            hint = ": align the parties first (vfl align start)" if key == "alignment" else ""
+            raise VflError(f"{what} needs {key}=<job id>{hint}")
+        out[key] = str(params[key])
+    for key, default in defaults.items():
+        value = params.get(key, default)
+        try:
+            out[key] = type(default)(value)
+        except (TypeError, ValueError):
+            raise VflError(f"{key} must be a {type(default).__name__}, not {value!r}") from None
+    return out
+
+
 def need(received: Mapping[str, Artifact], sender: str, kind: str) -> Artifact:
     """The artifact from ``sender``; the engine guarantees presence, this checks the kind."""
     art = received[sender]

@@ -76,7 +76,7 @@ from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.models.features import Split, numeric_matrix, prepare, split_rows
 from vfl_cli.models.optim import EarlyStopping, make_optimizer
 from vfl_cli.models.reference import initial_intercept, minibatches
-from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
+from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need, typed_params
 
 PARTIAL = "hetero/partial"
 PEER_PARTIAL = "hetero/peer-partial"
@@ -119,20 +119,7 @@ DEFAULTS: dict[str, Any] = {
 
 # ----- parameters ------------------------------------------------------------------------------
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(params) - set(DEFAULTS) - {"alignment"}
-    if unknown:
-        raise VflError(
-            f"unknown training parameter(s) {sorted(unknown)}; allowed: alignment, {', '.join(DEFAULTS)}"
-        )
-    if not params.get("alignment"):
-        raise VflError("training needs alignment=<psi job id>: align the parties first (vfl align start)")
-    out: dict[str, Any] = {"alignment": str(params["alignment"])}
-    for key, default in DEFAULTS.items():
-        value = params.get(key, default)
-        try:
-            out[key] = type(default)(value)
-        except (TypeError, ValueError):
-            raise VflError(f"{key} must be a {type(default).__name__}, not {value!r}") from None
+    out = typed_params(params, DEFAULTS, what="training", required=("alignment",))
     if out["approximation"] not in ("centred", "taylor"):
         raise VflError(f"approximation must be 'centred' or 'taylor', not {out['approximation']!r}")
     if out["epochs"] < 1 or out["batch_size"] < 0 or out["loss_sample"] < 1:

@@ -57,7 +57,7 @@ from vfl_cli.models import split_spec as ss
 from vfl_cli.models.features import split_rows
 from vfl_cli.models.nn import Sequential, make_head
 from vfl_cli.models.optim import Optimizer
-from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
+from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need, typed_params
 from vfl_cli.protocol.hetero_linear import (
     PartyData,
     _json_state,
@@ -99,21 +99,10 @@ DEFAULTS: dict[str, Any] = {
 
 
 def check_params(params: Mapping[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
-    unknown = set(params) - set(DEFAULTS) - {"alignment", "model"}
-    if unknown:
-        raise VflError(f"unknown split-nn parameter(s) {sorted(unknown)}; allowed: alignment, model, "
-                       f"{', '.join(DEFAULTS)}")
-    if not params.get("alignment"):
-        raise VflError("training needs alignment=<psi job id>: align the parties first (vfl align start)")
     if sum(p["role"] == "passive" for p in parties) != 1:
         raise VflError("split-nn trains between the active party and exactly one passive party")
-    out: dict[str, Any] = {"alignment": str(params["alignment"])}
-    for key, default in DEFAULTS.items():
-        value = params.get(key, default)
-        try:
-            out[key] = type(default)(value)
-        except (TypeError, ValueError):
-            raise VflError(f"{key} must be a {type(default).__name__}, not {value!r}") from None
+    out = typed_params({k: v for k, v in params.items() if k != "model"}, DEFAULTS, what="split-nn",
+                       required=("alignment",))
     if out["epochs"] < 1 or out["batch_size"] < 0:
         raise VflError("epochs must be >= 1 and batch_size >= 0 (0: full batch)")
     if not 0.0 < out["test_fraction"] < 1.0:

@@ -46,7 +46,8 @@ def train() -> None:
 @click.option("--test-fraction", type=float, help="Share of aligned rows held out for evaluation (default 0.2).")
 @click.option("--seed", type=int, help="Seed of the split and mini-batch order (default 42).")
 @click.option("--param", "params", multiple=True, help="Any other parameter key=value (l1, momentum, "
-              "schedule, decay, early_stopping_patience, early_stopping_tol, loss_sample).")
+              "schedule, decay, early_stopping_patience, early_stopping_tol, loss_sample, loss_every, "
+              "approximation=centred|taylor, whiten=true).")
 @click.option("--with", "peers", multiple=True, help="Passive party (repeat; default: all trusted).")
 @click.option("--job", "job_id", help="Job id (default: <protocol>-<date>-<random>).")
 @json_option

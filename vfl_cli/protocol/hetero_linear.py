@@ -37,7 +37,8 @@ One mini-batch, four hand-offs (t is the global batch counter, carried as the ar
    training goes on. Each party removes its own mask and updates its own weights. A passive
    party's next partial goes out in the same step.
 
-Loss (for the history and early stopping), once per epoch on (a sample of) its last batch: A
+Loss (for the history and early stopping), once per epoch (or every ``loss_every`` epochs, and
+after the last) on (a sample of) its last batch: A
 sends P1 ``[[D_i + s_i]]_K1`` (``D`` the encoded residuals, ``s`` bounded random masks) and
 ``[[sum_i s_i D_i + rho]]_K1``; P1 returns ``Q = sum_i (D_i + s_i)^2`` and the masked cross
 term, from which A gets ``sum_i D_i^2`` exactly, hence the loss: ``mean(d^2)`` is the squared
@@ -110,6 +111,7 @@ DEFAULTS: dict[str, Any] = {
     "early_stopping_patience": 0,
     "early_stopping_tol": 1e-4,
     "loss_sample": 256,
+    "loss_every": 1,
     "approximation": "centred",
     "whiten": False,
     "test_fraction": 0.2,
@@ -506,7 +508,8 @@ class HeteroLinear(Protocol):
         state.data["grad_mask"] = save_mask(m)
         p1_members = [packed_member("grad_request", paillier.pack(masked))]
         last = batch == data.batches_per_epoch - 1
-        if last:
+        every = max(1, int(ctx.params["loss_every"]))
+        if last and ((epoch + 1) % every == 0 or epoch + 1 == ctx.params["epochs"]):
             p1_members += self._loss_request(ctx, state, passive_sum, slope, offset)
         ka = ctx.public_key(ctx.name)
         shared = [enc_member("a", paillier.encrypt(ka, offset))]

@@ -508,7 +508,7 @@ class HeteroLinear(Protocol):
         state.data["grad_mask"] = save_mask(m)
         p1_members = [packed_member("grad_request", paillier.pack(masked))]
         last = batch == data.batches_per_epoch - 1
-        every = max(1, int(ctx.params["loss_every"]))
+        every = max(1, int(ctx.params.get("loss_every", 1)))  # jobs proposed before it existed
         if last and ((epoch + 1) % every == 0 or epoch + 1 == ctx.params["epochs"]):
             p1_members += self._loss_request(ctx, state, passive_sum, slope, offset)
         ka = ctx.public_key(ctx.name)

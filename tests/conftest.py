@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -101,6 +102,40 @@ def drive(parties: list[Path], job: str, *, limit: int = 10_000) -> None:
         if done == len(parties):
             return
     raise AssertionError("job did not finish")
+
+
+def drive_with_crashes(parties: list[Path], job: str, monkeypatch: pytest.MonkeyPatch, *, every: int,
+                       tries: int = 400) -> None:
+    """Drive a job while every ``every``-th commit dies half-way through being applied.
+
+    The dying commit has already copied one outgoing file into the archive, then raises
+    KeyboardInterrupt, as a killed process would stop; the next command must finish it.
+    """
+    import json
+
+    from vfl_cli import jobs
+
+    calls = {"n": 0}
+    original = jobs._apply
+
+    def flaky(ws: Any, txn: Path) -> None:
+        calls["n"] += 1
+        if calls["n"] % every == 0:
+            plan = json.loads((txn / "plan.json").read_text())
+            for e in plan["sent"][:1]:
+                shutil.copyfile(txn / "out" / e["file"], ws.path("archive", "sent", e["file"]))
+            raise KeyboardInterrupt
+        original(ws, txn)
+
+    monkeypatch.setattr(jobs, "_apply", flaky)
+    for _ in range(tries):
+        try:
+            drive(parties, job, limit=1)
+        except (KeyboardInterrupt, AssertionError):
+            continue
+        break
+    monkeypatch.setattr(jobs, "_apply", original)
+    drive(parties, job)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from conftest import carry, error_line, fate, introduce, make_party, run
 
@@ -105,7 +104,7 @@ def test_fate_sample_id_files(tmp_path: Path) -> None:
 
 def test_duplicate_ids_are_refused_and_listed(tmp_path: Path) -> None:
     a = make_party(tmp_path, "a", "active", fate("breast_hetero_guest_repeated_id.csv"), label_column="y")
-    p = make_party(tmp_path, "p", "passive", fate("breast_hetero_host.csv"))
+    make_party(tmp_path, "p", "passive", fate("breast_hetero_host.csv"))
     introduce(tmp_path, "a", "p")
     message = error_line(run("-w", str(a), "align", "start", ok=False))
     assert "'133'" in message and "more than once" in message
@@ -116,7 +115,7 @@ def test_duplicate_ids_are_refused_and_listed(tmp_path: Path) -> None:
 def test_empty_ids_are_refused(tmp_path: Path) -> None:
     f = _write(tmp_path / "d.csv", pd.DataFrame({"id": ["a", "", "c"], "x": [1, 2, 3]}))
     a = make_party(tmp_path, "a", "active", f, label_column="x")
-    p = make_party(tmp_path, "p", "passive", f)
+    make_party(tmp_path, "p", "passive", f)
     introduce(tmp_path, "a", "p")
     assert "empty" in error_line(run("-w", str(a), "align", "start", ok=False)).lower()
 

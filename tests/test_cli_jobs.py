@@ -163,7 +163,6 @@ def test_step_killed_after_commit_is_completed_without_duplicates(two_parties, m
     bank, bureau = two_parties
     start_handshake(bank)
     carry(bank, bureau)
-    real_append = jobs.Workspace.ledger  # noqa: F841 (documentation of what we interrupt)
     calls = {"n": 0}
     original = jobs._apply
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import drive, carry, error_line, fate, introduce, make_party, run
+from conftest import drive_with_crashes, drive, carry, error_line, fate, introduce, make_party, run
 from vfl_cli import jobs
 from vfl_cli.errors import InvalidArtifact
 from vfl_cli.models.features import split_rows
@@ -243,29 +243,7 @@ def test_killed_and_resumed_training_finishes_identically(two_parties, monkeypat
     align(bank, [bureau])
     params = dict(PARAMS, epochs=2)
     jobs.start_job(Workspace(bank), "hetero-lr", {"alignment": "al", **params}, job="tr")
-    calls = {"n": 0}
-    original = jobs._apply
-
-    def flaky(ws, txn):
-        calls["n"] += 1
-        if calls["n"] % 5 == 0:  # every fifth commit is killed half-way through applying
-            plan = json.loads((txn / "plan.json").read_text())
-            for e in plan["sent"][:1]:
-                shutil.copyfile(txn / "out" / e["file"], ws.path("archive", "sent", e["file"]))
-            raise KeyboardInterrupt
-        original(ws, txn)
-
-    monkeypatch.setattr(jobs, "_apply", flaky)
-    for _ in range(400):
-        try:
-            drive([bank, bureau], "tr", limit=1)
-        except KeyboardInterrupt:
-            continue
-        except AssertionError:
-            continue
-        break
-    monkeypatch.setattr(jobs, "_apply", original)
-    drive([bank, bureau], "tr")
+    drive_with_crashes([bank, bureau], "tr", monkeypatch, every=5, tries=400)
     resumed = jobs.load_state(Workspace(bank), "tr")[0].arrays["weights"]
     # the same training without interruptions, in fresh workspaces of the same parties
     df, (a_cols, p_cols) = joined(bank, [bureau])

@@ -4,14 +4,13 @@ refusals. Jobs run in-process through the job engine with 512-bit keys on small 
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import fate, introduce, make_party, run
+from conftest import drive_with_crashes, fate, introduce, make_party, run
 from test_protocol_hetero_linear import align, drive, standardised
 
 from vfl_cli import jobs
@@ -144,27 +143,7 @@ def test_killed_and_resumed_training_finishes_identically(tmp_path: Path, sample
     bank, bureau = small_parties(tmp_path, sample("breast_active.csv"), sample("breast_passive.csv"), "label", 80)
     params = dict(PARAMS, model=SPEC, epochs=1)
     jobs.start_job(Workspace(bank), "split-nn", {"alignment": "al", **params}, job="tr")
-    calls = {"n": 0}
-    original = jobs._apply
-
-    def flaky(ws, txn):
-        calls["n"] += 1
-        if calls["n"] % 3 == 0:  # every third commit is killed half-way through applying
-            plan = json.loads((txn / "plan.json").read_text())
-            for e in plan["sent"][:1]:
-                shutil.copyfile(txn / "out" / e["file"], ws.path("archive", "sent", e["file"]))
-            raise KeyboardInterrupt
-        original(ws, txn)
-
-    monkeypatch.setattr(jobs, "_apply", flaky)
-    for _ in range(200):
-        try:
-            drive([bank, bureau], "tr", limit=1)
-        except (KeyboardInterrupt, AssertionError):
-            continue
-        break
-    monkeypatch.setattr(jobs, "_apply", original)
-    drive([bank, bureau], "tr")
+    drive_with_crashes([bank, bureau], "tr", monkeypatch, every=3, tries=200)
     model, _, _ = reference(bank, bureau, params, "label")
     a = jobs.load_state(Workspace(bank), "tr")[0]
     p = jobs.load_state(Workspace(bureau), "tr")[0]

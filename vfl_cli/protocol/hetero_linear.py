@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 
-from vfl_cli.artifacts.container import Artifact, Member, ndarray_member
+from vfl_cli.artifacts.container import Artifact, Member
 from vfl_cli.crypto import paillier
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.models.features import Split, numeric_matrix, prepare, split_rows

@@ -411,7 +411,9 @@ def accept_job(
     ``data`` names another data file of this party for the accepted job (local only).
     """
     with locked(ws):
-        pending = [(n, l) for n, l in _scan_inbox(ws) if l.artifact.kind == PROPOSAL]
+        scanned = _scan_inbox(ws)  # read and verified once for every proposal accepted below
+        inbox = _by_job(scanned)
+        pending = [(n, l) for n, l in scanned if l.artifact.kind == PROPOSAL]
         if job is not None:
             pending = [(n, l) for n, l in pending if l.artifact.job == job]
         if not pending:
@@ -428,7 +430,7 @@ def accept_job(
             state = JobState()
             out = _to_artifacts(ws, art.job, engine, _first_step(get_protocol(info["protocol"]), _context(ws, info, progress), state))
             _commit(ws, art.job, info=info, state=state, engine=engine, out=out, consumed=[(name, loaded)])
-            reports.append(_run(ws, art.job, _inbox_by_job(ws).get(art.job, {}), progress))
+            reports.append(_run(ws, art.job, inbox.get(art.job, {}), progress))
         return reports
 
 
@@ -507,8 +509,13 @@ def _scan_inbox(ws: Workspace) -> list[tuple[str, Loaded]]:
 
 
 def _inbox_by_job(ws: Workspace) -> dict[str, dict[tuple[str, int], tuple[str, Loaded]]]:
+    return _by_job(_scan_inbox(ws))
+
+
+def _by_job(scanned: list[tuple[str, Loaded]]) -> dict[str, dict[tuple[str, int], tuple[str, Loaded]]]:
+    """Scanned inbox files by job, keyed by (sender, seq); proposals left out."""
     by_job: dict[str, dict[tuple[str, int], tuple[str, Loaded]]] = {}
-    for name, loaded in _scan_inbox(ws):
+    for name, loaded in scanned:
         art = loaded.artifact
         if art.kind != PROPOSAL:
             by_job.setdefault(art.job, {})[(art.sender, art.seq)] = (name, loaded)

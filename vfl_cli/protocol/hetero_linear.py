@@ -243,6 +243,33 @@ def exact_unmask(raw: int, m: paillier.Mask, index: int = 0) -> int:
     return v - m.n if v > m.n // 2 else v
 
 
+# ----- training position (shared with split_nn) --------------------------------------------------
+def position(state: JobState) -> tuple[int, int, int]:
+    """The global mini-batch counter t, the epoch and the batch within it."""
+    d = state.data
+    return int(d["t"]), int(d["epoch"]), int(d["batch"])
+
+
+def check_round(art: Artifact, state: JobState) -> None:
+    """Refuse an artifact for another round than the one this party is at."""
+    t = int(state.data["t"])
+    if art.round != t:
+        raise InvalidArtifact(
+            f"{art.kind} from {art.sender} is for round {art.round}, but this party is at round {t} "
+            "(stale or replayed)"
+        )
+
+
+def advance_position(state: JobState, batches_per_epoch: int) -> None:
+    """Move to the next mini-batch, and to the next epoch after the last one."""
+    d = state.data
+    d["t"] += 1
+    d["batch"] += 1
+    if d["batch"] >= batches_per_epoch:
+        d["batch"] = 0
+        d["epoch"] += 1
+
+
 # ----- the protocol ----------------------------------------------------------------------------
 class HeteroLinear(Protocol):
     """Shared state machine; subclasses fix the loss."""
@@ -297,18 +324,8 @@ class HeteroLinear(Protocol):
         return handler(ctx, state, received, data)
 
     # ----- helpers ------------------------------------------------------------------------------
-    @staticmethod
-    def _position(state: JobState) -> tuple[int, int, int]:
-        d = state.data
-        return int(d["t"]), int(d["epoch"]), int(d["batch"])
-
-    def _check_round(self, art: Artifact, state: JobState) -> None:
-        t = int(state.data["t"])
-        if art.round != t:
-            raise InvalidArtifact(
-                f"{art.kind} from {art.sender} is for round {art.round}, but this party is at round {t} "
-                "(stale or replayed)"
-            )
+    _position = staticmethod(position)
+    _check_round = staticmethod(check_round)
 
     def _init_weights(self, state: JobState, ctx: PartyContext, width: int) -> None:
         state.arrays["weights"] = np.zeros(width)
@@ -325,12 +342,7 @@ class HeteroLinear(Protocol):
         state.data["optimizer"] = _json_state(opt.state_dict())
 
     def _advance_position(self, state: JobState, data: PartyData) -> None:
-        d = state.data
-        d["t"] += 1
-        d["batch"] += 1
-        if d["batch"] >= data.batches_per_epoch:
-            d["batch"] = 0
-            d["epoch"] += 1
+        advance_position(state, data.batches_per_epoch)
 
     # ----- passive party ------------------------------------------------------------------------
     def _p_start(self, ctx: PartyContext, state: JobState, received: Any, data: PartyData) -> list[Outgoing]:

@@ -60,6 +60,9 @@ from vfl_cli.models.optim import Optimizer
 from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need, typed_params
 from vfl_cli.protocol.hetero_linear import (
     PartyData,
+    advance_position,
+    check_round,
+    position,
     _json_state,
     enc_member,
     ints_member,
@@ -249,26 +252,12 @@ class SplitNN(Protocol):
         return handler(ctx, state, received, data, spec)
 
     # ----- shared helpers -----------------------------------------------------------------------
-    @staticmethod
-    def _position(state: JobState) -> tuple[int, int, int]:
-        d = state.data
-        return int(d["t"]), int(d["epoch"]), int(d["batch"])
-
-    @staticmethod
-    def _check_round(art: Artifact, state: JobState) -> None:
-        t = int(state.data["t"])
-        if art.round != t:
-            raise InvalidArtifact(f"{art.kind} from {art.sender} is for round {art.round}, but this party is at "
-                                  f"round {t} (stale or replayed)")
+    _position = staticmethod(position)
+    _check_round = staticmethod(check_round)
 
     @staticmethod
     def _advance(state: JobState, data: PartyData) -> None:
-        d = state.data
-        d["t"] += 1
-        d["batch"] += 1
-        if d["batch"] >= data.batches_per_epoch:
-            d["batch"] = 0
-            d["epoch"] += 1
+        advance_position(state, data.batches_per_epoch)
 
     @staticmethod
     def _net(state: JobState, spec: ss.SplitSpec, part: str, in_dim: int, seed: int) -> Sequential | None:

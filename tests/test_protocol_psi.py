@@ -210,6 +210,21 @@ def test_normalise_ids_refusals(values: list[object], message: str) -> None:
         psi.normalise_ids(values)
 
 
+@given(st.lists(st.one_of(st.text(), st.sampled_from([" ", "\u00a0a", "\udcff", "a", " a"])), max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_fast_normalisation_agrees_with_the_cell_by_cell_rules(values: list[str]) -> None:
+    """The one-pass path for clean text returns, or refuses, exactly what the rules say."""
+
+    def outcome(fn: Callable[[], list[str]]) -> object:
+        try:
+            return fn()
+        except DataError as exc:
+            return str(exc)
+
+    expected = outcome(lambda: psi._normalise_cells(values, "id"))
+    assert outcome(lambda: psi.normalise_ids(values)) == expected
+
+
 def test_many_duplicates_are_summarised() -> None:
     with pytest.raises(DataError, match=r"8 id\(s\) appear more than once: .*; and 3 more\."):
         psi.normalise_ids([str(i % 8) for i in range(20)], column="mock")
@@ -431,7 +446,6 @@ def test_progress_is_reported_for_every_long_phase() -> None:
 def test_documented_encodings() -> None:
     # The formulas of docs/protocols/psi.md, written out independently.
     import hashlib
-    import hmac
 
     def lp(text: str) -> bytes:
         data = text.encode("utf-8")
@@ -451,7 +465,10 @@ def test_documented_encodings() -> None:
     assert psi.order_key(seeds, JOB) == key
     ids = ["b", "a", "c", "é"]
     assert psi.final_order(ids, key) == sorted(
-        ids, key=lambda v: hmac.digest(key, v.encode("utf-8"), "sha256")
+        ids,
+        key=lambda v: hashlib.blake2b(
+            v.encode("utf-8"), digest_size=32, key=key, person=b"vfl-psi-order"
+        ).digest(),
     )
     seed = b"\x01" * 32
     assert (

@@ -11,7 +11,7 @@ same order, an order that no single party chose. Three hand-offs, whatever k is:
     A  --finish-->  every Pi       positions, in Pi's own list, of the ids all parties hold;
                                    every party's seed (A's opens its commitment)
 
-Each party then orders the common ids by ``HMAC-SHA256(order key, id)`` where the order key hashes
+Each party then orders the common ids by ``BLAKE2b-256(key=order key, id)`` where the order key hashes
 the job id and every party's seed (:func:`order_key`): A committed to its seed before seeing the
 others, and each Pi chose its seed without seeing A's, so no single party picks the order, and a
 row's position says nothing about where the id sat in anyone's file.
@@ -94,6 +94,7 @@ SEED_BYTES = 32
 # total, returns a function told how many more items are done.
 Progress = Callable[[str, int], Callable[[int], None]]
 _SHOWN = 5  # how many offending ids or rows an error message lists
+_ORDER_PERSON = b"vfl-psi-order"  # BLAKE2b personalisation of the joint order
 
 
 # --------------------------------------------------------------------------- messages and state
@@ -211,6 +212,30 @@ def normalise_ids(values: Iterable[object], *, column: str = "id") -> list[str]:
     Raises:
         DataError: one of the rules is broken.
     """
+    values = values if isinstance(values, list) else list(values)
+    fast = _normalise_text(values)
+    if fast is not None:
+        _refuse_repeats(fast, column)
+        return fast
+    return _normalise_cells(values, column)
+
+
+def _normalise_text(values: list[object]) -> list[str] | None:
+    """The common case in one pass of C loops: every cell non-empty, valid text; else ``None``."""
+    if not values or not all(type(v) is str for v in values):
+        return None
+    ids: list[str] = [v.strip() for v in values]  # type: ignore[union-attr]
+    if not all(ids):
+        return None
+    try:
+        "".join(ids).encode("utf-8")  # a lone surrogate anywhere fails here
+    except UnicodeEncodeError:
+        return None
+    return ids
+
+
+def _normalise_cells(values: list[object], column: str) -> list[str]:
+    """Cell by cell, naming the rows that break a rule (see :func:`normalise_ids`)."""
     ids: list[str] = []
     empty: list[int] = []
     invalid: list[int] = []
@@ -348,7 +373,10 @@ def order_key(seeds: Mapping[str, bytes], job_id: str) -> bytes:
 
 
 def final_order(ids: Iterable[str], key: bytes) -> list[str]:
-    """Order ids by ``HMAC-SHA256(key, UTF-8(id))``: a shuffle fixed by the key, not by any file.
+    """Order ids by keyed BLAKE2b: a shuffle fixed by the key, not by any file.
+
+    The sort key of an id is ``BLAKE2b-256(key=key, person="vfl-psi-order", UTF-8(id))``, compared
+    as bytes. BLAKE2b's keyed mode is a PRF, like HMAC-SHA256, at a third of the cost per id.
 
     Args:
         ids: the ids to order (any order in, the same order out for equal sets).
@@ -359,8 +387,14 @@ def final_order(ids: Iterable[str], key: bytes) -> list[str]:
 
 
 def _order_permutation(values: Sequence[str], key: bytes) -> np.ndarray:
-    digest = hmac.digest
-    macs = b"".join([digest(key, value.encode("utf-8"), "sha256") for value in values])
+    keyed = hashlib.blake2b(digest_size=32, key=key, person=_ORDER_PERSON)
+
+    def mac(value: str) -> bytes:
+        state = keyed.copy()  # cheaper than a keyed constructor per id
+        state.update(value.encode("utf-8"))
+        return state.digest()
+
+    macs = b"".join([mac(value) for value in values])
     # Byte order of 32-byte MACs is the order of their four big-endian 64-bit words.
     words = np.frombuffer(macs, dtype=">u8").reshape(len(values), 4)
     return np.lexsort((words[:, 3], words[:, 2], words[:, 1], words[:, 0])).astype(np.int64)

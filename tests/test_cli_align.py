@@ -125,3 +125,45 @@ def test_export_before_finish_says_what_to_do(two_parties, tmp_path: Path) -> No
     run("-w", str(bank), "align", "start", "--job", "a1")
     message = error_line(run("-w", str(bank), "align", "export", "a1", "--out", str(tmp_path / "x.csv"), ok=False))
     assert "not finished" in message and not (tmp_path / "x.csv").exists()
+
+
+def _parties_on_copies(tmp_path: Path, sample) -> tuple[Path, Path, Path]:
+    """Two parties whose data files are copies this test may edit; returns (bank, bureau, bureau's file)."""
+    a_file = _write(tmp_path / "a.csv", pd.read_csv(sample("breast_active.csv"), dtype=str))
+    p_file = _write(tmp_path / "p.csv", pd.read_csv(sample("breast_passive.csv"), dtype=str))
+    bank = make_party(tmp_path, "bank", "active", a_file, label_column="label")
+    bureau = make_party(tmp_path, "bureau", "passive", p_file)
+    introduce(tmp_path, "bank", "bureau")
+    return bank, bureau, p_file
+
+
+def test_ids_changed_between_steps_are_refused(tmp_path: Path, sample) -> None:
+    bank, bureau, p_file = _parties_on_copies(tmp_path, sample)
+    run("-w", str(bank), "align", "start", "--job", "a1")
+    carry(bank, bureau)
+    run("-w", str(bureau), "align", "respond", "a1")
+    carry(bureau, bank)
+    run("-w", str(bank), "align", "finish", "a1")
+    carry(bank, bureau)
+    df = pd.read_csv(p_file, dtype=str)
+    df.loc[0, "id"] = "someone-else"
+    _write(p_file, df)
+    state = (bureau / "jobs" / "a1" / "state.json").read_bytes()
+    message = error_line(run("-w", str(bureau), "align", "finish", "a1", ok=False))
+    assert "id column changed" in message and "again from the start" in message
+    assert (bureau / "jobs" / "a1" / "state.json").read_bytes() == state
+
+
+def test_other_columns_may_change_between_steps(tmp_path: Path, sample) -> None:
+    bank, bureau, p_file = _parties_on_copies(tmp_path, sample)
+    run("-w", str(bank), "align", "start", "--job", "a1")
+    carry(bank, bureau)
+    run("-w", str(bureau), "align", "respond", "a1")
+    carry(bureau, bank)
+    run("-w", str(bank), "align", "finish", "a1")
+    carry(bank, bureau)
+    df = pd.read_csv(p_file, dtype=str)
+    df[df.columns[1]] = "0"  # a feature column, not the ids
+    _write(p_file, df)
+    run("-w", str(bureau), "align", "finish", "a1")
+    assert show(bureau, "a1")["results"]["ids_sha256"] == show(bank, "a1")["results"]["ids_sha256"]

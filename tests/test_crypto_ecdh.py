@@ -146,6 +146,31 @@ def test_small_order_refused_in_parallel_too() -> None:
         ecdh.blind(points, ecdh.new_scalar(), n_jobs=2)
 
 
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_batches_on_one_pool_equal_the_single_calls(n_jobs: int) -> None:
+    ids = [f"user-{i}" for i in range(2500)]
+    peer = random_points(1500)
+    scalar = ecdh.new_scalar()
+    seen: list[int] = []
+    double, own = ecdh.run(
+        [ecdh.Work(peer, scalar=scalar, progress=seen.append),
+         ecdh.Work(ids, domain=b"d", scalar=scalar)],
+        n_jobs=n_jobs,
+    )
+    assert np.array_equal(double, ecdh.blind(peer, scalar, n_jobs=1))
+    assert np.array_equal(own, ecdh.blind(ecdh.hash_to_points(ids, b"d", n_jobs=1), scalar, n_jobs=1))
+    assert np.array_equal(own, ecdh.hash_and_blind(ids, b"d", scalar, n_jobs=n_jobs))
+    assert sum(seen) == len(peer)
+
+
+def test_small_order_names_its_batch() -> None:
+    good, bad = random_points(3000), random_points(3000)
+    bad[2999] = points_of(1)[0]
+    with pytest.raises(ecdh.SmallOrderPoints, match=r"rows 2999\)") as caught:
+        ecdh.run([ecdh.Work(good, scalar=ecdh.new_scalar()), ecdh.Work(bad, scalar=ecdh.new_scalar())], n_jobs=2)
+    assert caught.value.batch == 1
+
 def test_bad_scalar_and_shapes() -> None:
     with pytest.raises(CryptoError, match="32 bytes, got 31 bytes"):
         ecdh.blind(random_points(2), b"x" * 31)

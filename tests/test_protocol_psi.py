@@ -434,11 +434,9 @@ def test_progress_is_reported_for_every_long_phase() -> None:
     )
     psi.finish(state, active, {"bureau": response}, progress=progress)
     assert bars == [
-        ["hashing ids", 2500, 2500],
-        ["blinding ids", 2500, 2500],
+        ["hashing and blinding ids", 2500, 2500],
         ["blinding again the points of bank (start message)", 2500, 2500],
-        ["hashing ids", 40, 40],
-        ["blinding ids", 40, 40],
+        ["hashing and blinding ids", 40, 40],
         ["blinding again the response from bureau: its own points", 40, 40],
     ]
 

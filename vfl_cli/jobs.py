@@ -254,10 +254,14 @@ def _context(ws: Workspace, info: dict[str, Any], progress: Progress) -> PartyCo
     me = next(p for p in info["parties"] if p["name"] == ws.name)
     cache: dict[str, Any] = {}
 
+    def data_file(job: str | None = None) -> Path:
+        """The data file this job (or the named earlier job) was run on."""
+        return Path(info.get("data") or ws.config["data"]) if job is None else Path(
+            load_info(ws, job).get("data") or ws.config["data"])
+
     def data(job: str | None = None) -> Any:
         """The data file this job (or the named earlier job) was run on, read once."""
-        path = Path(info.get("data") or ws.config["data"]) if job is None else Path(
-            load_info(ws, job).get("data") or ws.config["data"])
+        path = data_file(job)
         if path not in cache:
             cache[path] = ws.read_data(path)
         return cache[path]
@@ -281,6 +285,7 @@ def _context(ws: Workspace, info: dict[str, Any], progress: Progress) -> PartyCo
         parties=[{"name": p["name"], "role": p["role"]} for p in info["parties"]],
         rng=ws.rng(),
         data=data,
+        data_file=data_file,
         id_column=ws.config["id_column"],
         label_column=ws.label_column,
         features=ws.features,

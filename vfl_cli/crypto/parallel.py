@@ -20,8 +20,6 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-import joblib
-
 from vfl_cli.errors import CryptoError
 
 T = TypeVar("T")
@@ -62,6 +60,8 @@ def effective_n_jobs(n_jobs: int | None = None) -> int:
     wanted = _default_n_jobs if n_jobs is None else n_jobs
     if wanted == 1:
         return 1
+    import joblib  # here, not at module level: every short vfl process would pay ~60 ms for it
+
     return max(1, int(joblib.effective_n_jobs(wanted)))
 
 
@@ -98,6 +98,8 @@ def run(func: Callable[..., T], tasks: Sequence[tuple[Any, ...]], n_jobs: int | 
     """Run ``func(*task)`` for every task, in order; in-process when there is only one task."""
     if len(tasks) <= 1 or effective_n_jobs(n_jobs) == 1:
         return [func(*task) for task in tasks]
+    import joblib
+
     wanted = _default_n_jobs if n_jobs is None else n_jobs
     parallel = joblib.Parallel(n_jobs=wanted)
     return list(parallel(joblib.delayed(func)(*task) for task in tasks))
@@ -130,6 +132,8 @@ def use_dask(scheduler: Any = None, **client_kwargs: Any) -> Iterator[Any]:
         raise CryptoError(
             'Dask is not installed; install the optional extra: pip install "vfl_cli[dask]"'
         ) from exc
+    import joblib
+
     client = Client(scheduler, **client_kwargs)  # type: ignore[no-untyped-call]
     try:
         with joblib.parallel_config(backend="dask", n_jobs=-1):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,30 @@ def _unhex(value: Any, what: str) -> bytes:
 def _own_ids(ctx: PartyContext) -> list[str]:
     df = ctx.data()
     return psi.normalise_ids(df[ctx.id_column].tolist(), column=ctx.id_column)
+
+
+def _keep_ids(ctx: PartyContext, state: JobState, ids: list[str]) -> None:
+    """Keep the ids this party blinded, and its data file's digest, for its next step.
+
+    The ids stay in the party's private job state (never sent) until the alignment is done.
+    """
+    state.arrays["own_ids"] = np.frombuffer(psi.encode_ids(ids), dtype=np.uint8)
+    state.data["data_sha256"] = _file_sha256(ctx.data_file())
+
+
+def _kept_ids(ctx: PartyContext, state: JobState) -> list[str]:
+    """The ids kept by :func:`_keep_ids` while the data file is unchanged, else the file's ids
+    read again (the protocol step then refuses them if the id column changed)."""
+    blob = state.arrays.pop("own_ids", None)
+    digest = state.data.pop("data_sha256", None)
+    if blob is not None and digest == _file_sha256(ctx.data_file()):
+        return psi.decode_ids(blob.tobytes())
+    return _own_ids(ctx)
+
+
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _digest(ids: list[str]) -> str:
@@ -103,6 +128,7 @@ class Align(Protocol):
     # ----- active party ----------------------------------------------------------------------
     def _start(self, ctx: PartyContext, state: JobState, salt: bytes) -> list[Outgoing]:
         ids = _own_ids(ctx)
+        _keep_ids(ctx, state, ids)
         secret, message = psi.start(ids, job_id=ctx.job, salt=salt, party=ctx.name, progress=ctx.progress)
         state.data.update(
             scalar=_hex(secret.scalar),
@@ -141,7 +167,7 @@ class Align(Protocol):
                 points=art.points("points"),
                 seed=_unhex(art.meta.get("seed"), f"{p}'s seed"),
             )
-        alignment, messages = psi.finish(secret, _own_ids(ctx), responses, progress=ctx.progress)
+        alignment, messages = psi.finish(secret, _kept_ids(ctx, state), responses, progress=ctx.progress)
         _finish_state(state, alignment)
         state.arrays.pop("order", None)
         # The scalar is no longer needed; drop it so the stored state holds no secret.
@@ -172,6 +198,7 @@ class Align(Protocol):
             seed_commitment=_unhex(art.meta.get("seed_commitment"), "the seed commitment"),
         )
         ids = _own_ids(ctx)
+        _keep_ids(ctx, state, ids)
         secret, response = psi.respond(
             ids, message, job_id=ctx.job, salt=salt, party=ctx.name, active=ctx.active,
             progress=ctx.progress,
@@ -225,7 +252,7 @@ class Align(Protocol):
             positions=art.array("positions"),
             seeds={k: _unhex(v, f"{k}'s seed") for k, v in seeds.items()},
         )
-        alignment = psi.conclude(secret, _own_ids(ctx), message)
+        alignment = psi.conclude(secret, _kept_ids(ctx, state), message)
         _finish_state(state, alignment)
         state.arrays.pop("order", None)
         return []

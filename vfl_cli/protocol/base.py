@@ -15,6 +15,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol as TypingProtocol
 
 import numpy as np
@@ -83,6 +84,7 @@ class PartyContext:
     parties: list[dict[str, str]]
     rng: np.random.Generator
     data: Callable[..., "pd.DataFrame"]  # data() this job's rows; data(job) an earlier job's
+    data_file: Callable[..., Path]  # data_file() the file data() reads; data_file(job) likewise
     id_column: str
     label_column: str | None
     features: list[str]

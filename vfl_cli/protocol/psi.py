@@ -70,9 +70,12 @@ __all__ = [
     "ResponseMessage",
     "StartMessage",
     "blind_ids",
+    "check_peer_points",
     "commit_seed",
     "conclude",
+    "decode_ids",
     "double_blind",
+    "encode_ids",
     "final_order",
     "finish",
     "ids_digest",
@@ -300,6 +303,19 @@ def ids_digest(ids: Sequence[str]) -> bytes:
     return hashlib.sha256(b"vfl/psi/v1/ids\x00" + _encode_list(ids)).digest()
 
 
+def encode_ids(ids: Sequence[str]) -> bytes:
+    """An id list as bytes (a JSON array, ASCII): :func:`decode_ids` gives it back exactly."""
+    return _encode_list(ids)
+
+
+def decode_ids(data: bytes) -> list[str]:
+    """The id list :func:`encode_ids` encoded."""
+    ids = json.loads(data)
+    if not isinstance(ids, list) or not all(type(v) is str for v in ids):
+        raise DataError("the kept id list is damaged; run the alignment again from the start")
+    return ids
+
+
 def _encode_list(values: Sequence[str]) -> bytes:
     # A JSON array with every non-ASCII character escaped: unambiguous, and fast in C.
     return json.dumps(list(values), ensure_ascii=True, separators=(",", ":")).encode("ascii")
@@ -432,14 +448,9 @@ def blind_ids(
         progress: progress reporting (hashing, then blinding).
     """
     order = _shuffle(len(ids), rng)
-    shuffled = [ids[i] for i in order.tolist()]
-    hashed = ecdh.hash_to_points(
-        shuffled, domain, n_jobs=n_jobs, progress=_bar(progress, "hashing ids", len(ids))
-    )
-    points = ecdh.blind(
-        hashed, scalar, n_jobs=n_jobs, progress=_bar(progress, "blinding ids", len(ids))
-    )
-    return BlindedSet(points=points, order=order)
+    advance = _bar(progress, "hashing and blinding ids", len(ids))
+    points = ecdh.hash_and_blind(ids, domain, scalar, n_jobs=n_jobs, progress=advance)
+    return BlindedSet(points=points[order], order=order)
 
 
 def double_blind(
@@ -467,12 +478,41 @@ def double_blind(
     Raises:
         InvalidArtifact: wrong count, non-canonical, small-order or repeated points.
     """
+    checked = check_peer_points(points, expected=expected, what=what)
+    (double,) = _blind_all([(checked, what)], scalar, n_jobs=n_jobs, progress=progress)
+    return double
+
+
+def check_peer_points(points: object, *, expected: int | None = None, what: str) -> np.ndarray:
+    """:func:`vfl_cli.crypto.ecdh.check_points`, refusals as :class:`InvalidArtifact`."""
     try:
-        checked = ecdh.check_points(points, expected=expected, what=what)
-        advance = _bar(progress, f"blinding again {what}", len(checked))
-        return ecdh.blind(checked, scalar, n_jobs=n_jobs, progress=advance)
+        return ecdh.check_points(points, expected=expected, what=what)
     except CryptoError as exc:
         raise InvalidArtifact(f"{what}: {_strip_what(exc, what)}") from exc
+
+
+def _blind_all(
+    peers: Sequence[tuple[np.ndarray, str]],
+    scalar: bytes,
+    *,
+    own: tuple[Sequence[str], bytes] | None = None,
+    n_jobs: int | None = None,
+    progress: Progress | None = None,
+) -> list[np.ndarray]:
+    """Blind checked peer points again (and hash and blind ``own = (ids, domain)``, last), all on
+    one pool of workers so that no core idles between batches. Results in the same order."""
+    work = [
+        ecdh.Work(points, scalar=scalar, progress=_bar(progress, f"blinding again {what}", len(points)))
+        for points, what in peers
+    ]
+    if own is not None:
+        ids, domain = own
+        advance = _bar(progress, "hashing and blinding ids", len(ids))
+        work.append(ecdh.Work(ids, domain=domain, scalar=scalar, progress=advance))
+    try:
+        return ecdh.run(work, n_jobs=n_jobs)
+    except ecdh.SmallOrderPoints as exc:  # only a peer's points can have small order
+        raise InvalidArtifact(f"{peers[exc.batch][1]}: {exc}") from exc
 
 
 def intersect(own_double: np.ndarray, peer_double: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -587,16 +627,17 @@ def respond(
     if len(message.points) == 0:
         raise InvalidArtifact("the start message holds no points (the active party has no ids)")
     beta = ecdh.new_scalar(rng)
-    # Pi's own points first: nothing about them depends on A's message.
-    double = double_blind(
-        message.points,
+    what = f"the points of {active} (start message)"
+    checked = check_peer_points(message.points, what=what)
+    order = _shuffle(len(ids), rng)
+    double, own_points = _blind_all(
+        [(checked, what)],
         beta,
-        what=f"the points of {active} (start message)",
+        own=(ids, make_domain(job_id, salt)),
         n_jobs=n_jobs,
         progress=progress,
     )
-    domain = make_domain(job_id, salt)
-    own = blind_ids(ids, domain, beta, rng=rng, n_jobs=n_jobs, progress=progress)
+    own = BlindedSet(points=own_points[order], order=order)
     seed = new_seed(rng)
     response_digest = points_digest(own.points, job_id)
     state = PassiveState(
@@ -650,7 +691,9 @@ def finish(
     held_by_all = np.ones(n, dtype=bool)
     matches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     digests: dict[str, bytes] = {}
-    for name in sorted(responses):
+    names = sorted(responses)
+    own_doubles, peer_points = [], []
+    for name in names:
         response = responses[name]
         where = f"the response from {name}"
         _same_job(response.job_id, state.job_id, where)
@@ -661,21 +704,19 @@ def finish(
         if len(response.points) == 0:
             raise InvalidArtifact(f"{where} holds no points of its own (the party has no ids)")
         try:
-            own_double = ecdh.check_points(
+            own_doubles.append(ecdh.check_points(
                 response.double_blinded, expected=n, what=f"{where}: the re-blinded start points"
-            )
+            ))
         except CryptoError as exc:
             raise InvalidArtifact(str(exc)) from exc
-        peer_double = double_blind(
-            response.points,
-            state.scalar,
-            what=f"{where}: its own points",
-            n_jobs=n_jobs,
-            progress=progress,
-        )
+        what = f"{where}: its own points"
+        peer_points.append((check_peer_points(response.points, what=what), what))
+    # Every passive party's points on one pool of workers.
+    peer_doubles = _blind_all(peer_points, state.scalar, n_jobs=n_jobs, progress=progress)
+    for name, own_double, peer_double in zip(names, own_doubles, peer_doubles, strict=True):
         own_pos, peer_pos = intersect(own_double, peer_double)
         matches[name] = (own_pos, peer_pos)
-        digests[name] = points_digest(response.points, state.job_id)
+        digests[name] = points_digest(responses[name].points, state.job_id)
         mask = np.zeros(n, dtype=bool)
         mask[own_pos] = True
         held_by_all &= mask

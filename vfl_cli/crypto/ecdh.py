@@ -31,7 +31,7 @@ import os
 import secrets
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
@@ -59,6 +59,7 @@ __all__ = [
     "default_n_jobs",
     "SmallOrderPoints",
     "Work",
+    "Workers",
     "find_duplicates",
     "hash_and_blind",
     "hash_to_points",
@@ -292,43 +293,109 @@ class Work:
     scalar: bytes | None = None
     progress: Advance | None = None
 
-    @property
-    def cost(self) -> float:
-        # Relative cost per item (one X25519 is about 35 us here, hashing an id about 6 us).
-        return len(self.data) * ((1.0 if self.scalar is not None else 0.0) + (0.2 if self.domain else 0.0))
-
 
 def run(work: Sequence[Work], *, n_jobs: int | None = None) -> list[np.ndarray]:
-    """Run every batch, all sharing one set of worker processes; results in the given order.
-
-    One pool for all batches means no core waits at the end of one batch for the next to
-    start (a party answering a peer blinds the peer's points and its own ids together).
+    """Run every batch on one set of worker processes (:class:`Workers`); results in order.
 
     Raises:
         CryptoError: a scalar is not 32 bytes or an id is not valid Unicode.
         SmallOrderPoints: a point has small order (the result would be all zero); the message
             lists the first offending rows.
     """
-    for w in work:
-        if w.scalar is not None and (not isinstance(w.scalar, bytes) or len(w.scalar) != SCALAR_BYTES):
-            raise CryptoError(f"an X25519 scalar is {SCALAR_BYTES} bytes, got {_describe(w.scalar)}")
-    keys = [_hash_key(w.domain) if w.domain is not None else None for w in work]
-    chunks = _chunks(work, _jobs(n_jobs, sum(len(w.data) for w in work)))
-    outs = [np.empty((len(w.data), POINT_BYTES), dtype=np.uint8) for w in work]
-    failed: list[list[int]] = [[] for _ in work]
-    for (index, start, stop), (data, bad) in _execute(work, keys, chunks, n_jobs):
-        outs[index][start:stop] = np.frombuffer(data, np.uint8).reshape(stop - start, POINT_BYTES)
-        failed[index].extend(start + i for i in bad)
-        if work[index].progress is not None:
-            work[index].progress(stop - start)
-    for index, bad in enumerate(failed):
-        if bad:
-            raise SmallOrderPoints(
-                f"{len(bad)} point(s) have small order and cannot be blinded (rows "
-                f"{_first(bad)}); the peer's points are invalid or were tampered with",
-                batch=index,
-            )
-    return outs
+    with Workers(n_jobs) as workers:
+        pending = [workers.submit(w) for w in work]
+        return [result() for result in pending]
+
+
+class Workers:
+    """Worker processes shared by the batches of one step, started at the first large batch.
+
+    :meth:`submit` queues a batch and returns at once, so the caller can do its own work (read a
+    file, check a message) while the workers compute, and queue more batches behind the first
+    without a core waiting in between. Batches below 2,048 items run in this process at submit.
+
+    Example::
+
+        with Workers() as workers:
+            theirs = workers.submit(Work(peer_points, scalar=beta))
+            ids = read_ids()                      # while the peer's points are blinded
+            mine = workers.submit(Work(ids, domain=domain, scalar=beta))
+            double, own = theirs(), mine()
+    """
+
+    def __init__(self, n_jobs: int | None = None) -> None:
+        if n_jobs is not None and n_jobs < 1:
+            raise ValueError(f"n_jobs must be at least 1, got {n_jobs}")
+        self.jobs = default_n_jobs() if n_jobs is None else n_jobs
+        self._executor: ProcessPoolExecutor | None = None
+        self._batches = 0
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._executor is not None:  # on an error, drop the chunks not yet begun
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def submit(self, work: Work) -> Callable[[], np.ndarray]:
+        """Queue one batch; the returned function waits for its ``(n, 32)`` result.
+
+        Raises:
+            CryptoError: the scalar is not 32 bytes (at once); an id is not valid Unicode (when
+                the result is asked for).
+            SmallOrderPoints: (when the result is asked for) see :func:`run`.
+        """
+        if work.scalar is not None and (
+            not isinstance(work.scalar, bytes) or len(work.scalar) != SCALAR_BYTES
+        ):
+            raise CryptoError(f"an X25519 scalar is {SCALAR_BYTES} bytes, got {_describe(work.scalar)}")
+        batch, self._batches = self._batches, self._batches + 1
+        key = _hash_key(work.domain) if work.domain is not None else None
+        n = len(work.data)
+        if self.jobs == 1 or n < _MIN_PARALLEL:
+            done = _work_chunk(work.data, key, work.scalar)
+            pieces: list[tuple[int, int, Callable[[], tuple[bytes, list[int]]]]] = [
+                (0, n, lambda: done)
+            ]
+        else:
+            # A dozen chunks per worker: they balance the load when other programs share the
+            # cores (and move progress bars), while per-chunk costs stay negligible.
+            count = max(1, min(n // 256, self.jobs * 12))
+            edges = np.linspace(0, n, count + 1).astype(int).tolist()
+            pool = self._pool()
+            pieces = [
+                (a, b, pool.submit(_work_task, (work.data[a:b], key, work.scalar)).result)
+                for a, b in pairwise(edges)
+                if b > a
+            ]
+
+        def result() -> np.ndarray:
+            out = np.empty((n, POINT_BYTES), dtype=np.uint8)
+            failed: list[int] = []
+            for a, b, get in pieces:
+                data, bad = get()
+                out[a:b] = np.frombuffer(data, np.uint8).reshape(b - a, POINT_BYTES)
+                failed.extend(a + i for i in bad)
+                if work.progress is not None:
+                    work.progress(b - a)
+            if failed:
+                raise SmallOrderPoints(
+                    f"{len(failed)} point(s) have small order and cannot be blinded (rows "
+                    f"{_first(failed)}); the peer's points are invalid or were tampered with",
+                    batch=batch,
+                )
+            return out
+
+        return result
+
+    def _pool(self) -> ProcessPoolExecutor:
+        # Hashing is Python code holding the GIL: only processes run it in parallel. Each chunk
+        # travels to its worker pickled, so the pool serves every batch, whatever the start method.
+        if self._executor is None:
+            context = get_context(_start_method())
+            self._executor = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context)
+        return self._executor
 
 
 class SmallOrderPoints(CryptoError):
@@ -407,9 +474,6 @@ def check_points(
 
 # --------------------------------------------------------------------------- plumbing
 
-Chunk = tuple[int, int, int]  # (index of the Work, first row, end row)
-
-
 def _work_chunk(data: Sequence[str] | np.ndarray, key: bytes | None, scalar: bytes | None) -> tuple[bytes, list[int]]:
     """Hash and/or blind one chunk: ``32 * len(data)`` bytes, and the rows that failed blinding."""
     if key is not None:
@@ -427,44 +491,6 @@ def _work_task(job: tuple[Sequence[str] | np.ndarray, bytes | None, bytes | None
     return _work_chunk(*job)
 
 
-def _chunks(work: Sequence[Work], jobs: int) -> list[Chunk]:
-    """Cut every batch into chunks of about equal cost, a dozen per worker in all: enough to
-    balance the load when other programs share the cores (and to move progress bars), few
-    enough that per-chunk costs (a pickled chunk each way) stay negligible."""
-    total = sum(w.cost for w in work) or 1.0
-    out: list[Chunk] = []
-    for index, w in enumerate(work):
-        n = len(w.data)
-        pieces = 1 if jobs == 1 else max(1, min(n // 256, round(jobs * 12 * w.cost / total)))
-        edges = np.linspace(0, n, pieces + 1).astype(int).tolist()
-        out.extend((index, a, b) for a, b in pairwise(edges) if b > a)
-    return out
-
-
-def _execute(
-    work: Sequence[Work], keys: list[bytes | None], chunks: list[Chunk], n_jobs: int | None
-) -> Iterator[tuple[Chunk, tuple[bytes, list[int]]]]:
-    """Yield each chunk's result, in the order of ``chunks``: in this process, or in workers."""
-    jobs = _jobs(n_jobs, sum(len(w.data) for w in work))
-    if jobs == 1:
-        for index, start, stop in chunks:
-            w = work[index]
-            yield (index, start, stop), _work_chunk(w.data[start:stop], keys[index], w.scalar)
-        return
-    # Hashing is Python code holding the GIL: only processes run it in parallel. Each chunk
-    # travels to its worker (pickled), so the pool serves every batch, whatever the start method.
-    executor = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context(_start_method()))
-    try:
-        futures = [
-            executor.submit(_work_task, (work[i].data[a:b], keys[i], work[i].scalar))
-            for i, a, b in chunks
-        ]
-        for chunk, future in zip(chunks, futures, strict=True):
-            yield chunk, future.result()
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)  # on an error, drop the chunks not begun
-
-
 def _start_method() -> str:
     """How to start workers: fork when it is safe, else a clean server process."""
     methods = get_all_start_methods()
@@ -474,15 +500,6 @@ def _start_method() -> str:
     if sys.platform.startswith("linux") and "fork" in methods and threading.active_count() == 1:
         return "fork"
     return "forkserver" if "forkserver" in methods else "spawn"
-
-
-def _jobs(n_jobs: int | None, n: int) -> int:
-    if n_jobs is not None and n_jobs < 1:
-        raise ValueError(f"n_jobs must be at least 1, got {n_jobs}")
-    jobs = default_n_jobs() if n_jobs is None else n_jobs
-    if n < _MIN_PARALLEL:
-        return 1
-    return min(jobs, n // (_MIN_PARALLEL // 2))
 
 
 def _check_shape(points: object, *, what: str = "points") -> np.ndarray:

@@ -167,7 +167,9 @@ class Align(Protocol):
                 points=art.points("points"),
                 seed=_unhex(art.meta.get("seed"), f"{p}'s seed"),
             )
-        alignment, messages = psi.finish(secret, _kept_ids(ctx, state), responses, progress=ctx.progress)
+        alignment, messages = psi.finish(
+            secret, lambda: _kept_ids(ctx, state), responses, progress=ctx.progress
+        )
         _finish_state(state, alignment)
         state.arrays.pop("order", None)
         # The scalar is no longer needed; drop it so the stored state holds no secret.
@@ -197,10 +199,13 @@ class Align(Protocol):
             points=art.points("points"),
             seed_commitment=_unhex(art.meta.get("seed_commitment"), "the seed commitment"),
         )
-        ids = _own_ids(ctx)
-        _keep_ids(ctx, state, ids)
+        def load() -> list[str]:  # called while the active party's points are blinded
+            ids = _own_ids(ctx)
+            _keep_ids(ctx, state, ids)
+            return ids
+
         secret, response = psi.respond(
-            ids, message, job_id=ctx.job, salt=salt, party=ctx.name, active=ctx.active,
+            load, message, job_id=ctx.job, salt=salt, party=ctx.name, active=ctx.active,
             progress=ctx.progress,
         )
         state.data.update(
@@ -221,7 +226,7 @@ class Align(Protocol):
                     points_member("points", response.points),
                 ],
                 meta={
-                    "count": len(ids),
+                    "count": len(secret.order),
                     "start_digest": _hex(response.start_digest),
                     "seed": _hex(response.seed),
                 },

@@ -65,6 +65,7 @@ __all__ = [
     "Alignment",
     "BlindedSet",
     "FinishMessage",
+    "Ids",
     "PassiveState",
     "Progress",
     "ResponseMessage",
@@ -96,6 +97,9 @@ SEED_BYTES = 32
 # Progress reporting, shaped like vfl_cli.protocol.base.Progress: called with a description and a
 # total, returns a function told how many more items are done.
 Progress = Callable[[str, int], Callable[[int], None]]
+# A party's ids, or a function returning them, called while the workers blind a peer's points (so
+# that reading a large file costs no wall time).
+Ids = Sequence[str] | Callable[[], Sequence[str]]
 _SHOWN = 5  # how many offending ids or rows an error message lists
 _ORDER_PERSON = b"vfl-psi-order"  # BLAKE2b personalisation of the joint order
 
@@ -411,9 +415,19 @@ def _order_permutation(values: Sequence[str], key: bytes) -> np.ndarray:
         return state.digest()
 
     macs = b"".join([mac(value) for value in values])
-    # Byte order of 32-byte MACs is the order of their four big-endian 64-bit words.
-    words = np.frombuffer(macs, dtype=">u8").reshape(len(values), 4)
-    return np.lexsort((words[:, 3], words[:, 2], words[:, 1], words[:, 0])).astype(np.int64)
+    return _byte_order(np.frombuffer(macs, dtype=">u8").reshape(len(values), 4))
+
+
+def _byte_order(words: np.ndarray) -> np.ndarray:
+    """The sorting permutation of 32-byte strings given as four big-endian 64-bit words each."""
+    # The first word alone decides unless two strings share it (probability about n^2 / 2^65
+    # for MACs); then all four words are compared.
+    first = words[:, 0].astype(np.uint64)
+    order = np.argsort(first, kind="stable")
+    ranked = first[order]
+    if np.any(ranked[1:] == ranked[:-1]):
+        order = np.lexsort((words[:, 3], words[:, 2], words[:, 1], words[:, 0]))
+    return order.astype(np.int64)
 
 
 def points_digest(points: np.ndarray, job_id: str) -> bytes:
@@ -447,10 +461,10 @@ def blind_ids(
         n_jobs: worker count; ``None`` uses every core.
         progress: progress reporting (hashing, then blinding).
     """
-    order = _shuffle(len(ids), rng)
-    advance = _bar(progress, "hashing and blinding ids", len(ids))
-    points = ecdh.hash_and_blind(ids, domain, scalar, n_jobs=n_jobs, progress=advance)
-    return BlindedSet(points=points[order], order=order)
+    with ecdh.Workers(n_jobs) as workers:
+        pending = _submit_own(workers, ids, domain, scalar, progress)
+        order = _shuffle(len(ids), rng)
+        return BlindedSet(points=pending()[order], order=order)
 
 
 def double_blind(
@@ -479,8 +493,8 @@ def double_blind(
         InvalidArtifact: wrong count, non-canonical, small-order or repeated points.
     """
     checked = check_peer_points(points, expected=expected, what=what)
-    (double,) = _blind_all([(checked, what)], scalar, n_jobs=n_jobs, progress=progress)
-    return double
+    with ecdh.Workers(n_jobs) as workers:
+        return _submit_peer(workers, checked, scalar, what, progress)()
 
 
 def check_peer_points(points: object, *, expected: int | None = None, what: str) -> np.ndarray:
@@ -491,28 +505,29 @@ def check_peer_points(points: object, *, expected: int | None = None, what: str)
         raise InvalidArtifact(f"{what}: {_strip_what(exc, what)}") from exc
 
 
-def _blind_all(
-    peers: Sequence[tuple[np.ndarray, str]],
-    scalar: bytes,
-    *,
-    own: tuple[Sequence[str], bytes] | None = None,
-    n_jobs: int | None = None,
-    progress: Progress | None = None,
-) -> list[np.ndarray]:
-    """Blind checked peer points again (and hash and blind ``own = (ids, domain)``, last), all on
-    one pool of workers so that no core idles between batches. Results in the same order."""
-    work = [
+def _submit_peer(
+    workers: ecdh.Workers, points: np.ndarray, scalar: bytes, what: str, progress: Progress | None
+) -> Callable[[], np.ndarray]:
+    """Queue checked peer points to be blinded again; the result refuses small-order points."""
+    pending = workers.submit(
         ecdh.Work(points, scalar=scalar, progress=_bar(progress, f"blinding again {what}", len(points)))
-        for points, what in peers
-    ]
-    if own is not None:
-        ids, domain = own
-        advance = _bar(progress, "hashing and blinding ids", len(ids))
-        work.append(ecdh.Work(ids, domain=domain, scalar=scalar, progress=advance))
-    try:
-        return ecdh.run(work, n_jobs=n_jobs)
-    except ecdh.SmallOrderPoints as exc:  # only a peer's points can have small order
-        raise InvalidArtifact(f"{peers[exc.batch][1]}: {exc}") from exc
+    )
+
+    def result() -> np.ndarray:
+        try:
+            return pending()
+        except ecdh.SmallOrderPoints as exc:
+            raise InvalidArtifact(f"{what}: {exc}") from exc
+
+    return result
+
+
+def _submit_own(
+    workers: ecdh.Workers, ids: Sequence[str], domain: bytes, scalar: bytes, progress: Progress | None
+) -> Callable[[], np.ndarray]:
+    """Queue this party's ids to be hashed and blinded (in file order)."""
+    advance = _bar(progress, "hashing and blinding ids", len(ids))
+    return workers.submit(ecdh.Work(ids, domain=domain, scalar=scalar, progress=advance))
 
 
 def intersect(own_double: np.ndarray, peer_double: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -576,7 +591,12 @@ def start(
     scalar = ecdh.new_scalar(rng)
     seed = new_seed(rng)
     domain = make_domain(job_id, salt)
-    blinded = blind_ids(ids, domain, scalar, rng=rng, n_jobs=n_jobs, progress=progress)
+    with ecdh.Workers(n_jobs) as workers:
+        pending = _submit_own(workers, ids, domain, scalar, progress)
+        # While the workers compute: the shuffle and the digest of the id list.
+        order = _shuffle(len(ids), rng)
+        own_digest = ids_digest(ids)
+        blinded = BlindedSet(points=pending()[order], order=order)
     digest = points_digest(blinded.points, job_id)
     state = ActiveState(
         job_id=job_id,
@@ -585,7 +605,7 @@ def start(
         seed=seed,
         order=blinded.order,
         start_digest=digest,
-        ids_digest=ids_digest(ids),
+        ids_digest=own_digest,
     )
     message = StartMessage(
         job_id=job_id, points=blinded.points, seed_commitment=commit_seed(seed, job_id)
@@ -594,7 +614,7 @@ def start(
 
 
 def respond(
-    ids: Sequence[str],
+    ids: Ids,
     message: StartMessage,
     *,
     job_id: str,
@@ -608,7 +628,8 @@ def respond(
     """Passive party, hand-off 2: blind A's points again, blind and shuffle Pi's own ids.
 
     Args:
-        ids: Pi's normalised ids.
+        ids: Pi's normalised ids, or a function returning them (called while A's points are
+            blinded).
         message: A's start message.
         job_id: the job's id, as Pi knows it.
         salt: the salt agreed in the job.
@@ -629,15 +650,17 @@ def respond(
     beta = ecdh.new_scalar(rng)
     what = f"the points of {active} (start message)"
     checked = check_peer_points(message.points, what=what)
-    order = _shuffle(len(ids), rng)
-    double, own_points = _blind_all(
-        [(checked, what)],
-        beta,
-        own=(ids, make_domain(job_id, salt)),
-        n_jobs=n_jobs,
-        progress=progress,
-    )
-    own = BlindedSet(points=own_points[order], order=order)
+    with ecdh.Workers(n_jobs) as workers:
+        pending_double = _submit_peer(workers, checked, beta, what, progress)
+        # While A's points are blinded: Pi's own ids (read now if they are to be read), queued
+        # behind them on the same workers, then the digests.
+        ids = _resolve(ids)
+        order = _shuffle(len(ids), rng)
+        pending_own = _submit_own(workers, ids, make_domain(job_id, salt), beta, progress)
+        own_digest = ids_digest(ids)
+        start_digest = points_digest(message.points, job_id)
+        double = pending_double()
+        own = BlindedSet(points=pending_own()[order], order=order)
     seed = new_seed(rng)
     response_digest = points_digest(own.points, job_id)
     state = PassiveState(
@@ -648,11 +671,11 @@ def respond(
         seed_commitment=message.seed_commitment,
         order=own.order,
         response_digest=response_digest,
-        ids_digest=ids_digest(ids),
+        ids_digest=own_digest,
     )
     response = ResponseMessage(
         job_id=job_id,
-        start_digest=points_digest(message.points, job_id),
+        start_digest=start_digest,
         double_blinded=double,
         points=own.points,
         seed=seed,
@@ -662,7 +685,7 @@ def respond(
 
 def finish(
     state: ActiveState,
-    ids: Sequence[str],
+    ids: Ids,
     responses: Mapping[str, ResponseMessage],
     *,
     n_jobs: int | None = None,
@@ -672,7 +695,8 @@ def finish(
 
     Args:
         state: from :func:`start`.
-        ids: A's normalised ids, the same list as at start.
+        ids: A's normalised ids, the same list as at start, or a function returning them (called
+            while the passive parties' points are blinded).
         responses: passive party name to its response (one per passive party of the job).
         n_jobs: worker count; ``None`` uses every core.
         progress: progress reporting for the long phases (blinding each party's points).
@@ -684,15 +708,11 @@ def finish(
         DataError: ``ids`` is not the list A started with.
         InvalidArtifact: a response is for another job or start, or holds invalid points.
     """
-    _same_ids(ids, state.ids_digest)
     if not responses:
         raise InvalidArtifact("no responses: alignment needs at least one passive party")
     n = len(state.order)
-    held_by_all = np.ones(n, dtype=bool)
-    matches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    digests: dict[str, bytes] = {}
     names = sorted(responses)
-    own_doubles, peer_points = [], []
+    peer_points = []
     for name in names:
         response = responses[name]
         where = f"the response from {name}"
@@ -703,20 +723,31 @@ def finish(
             raise InvalidArtifact(f"{where}: the seed is not {SEED_BYTES} bytes")
         if len(response.points) == 0:
             raise InvalidArtifact(f"{where} holds no points of its own (the party has no ids)")
-        try:
-            own_doubles.append(ecdh.check_points(
-                response.double_blinded, expected=n, what=f"{where}: the re-blinded start points"
-            ))
-        except CryptoError as exc:
-            raise InvalidArtifact(str(exc)) from exc
         what = f"{where}: its own points"
         peer_points.append((check_peer_points(response.points, what=what), what))
-    # Every passive party's points on one pool of workers.
-    peer_doubles = _blind_all(peer_points, state.scalar, n_jobs=n_jobs, progress=progress)
+    with ecdh.Workers(n_jobs) as workers:
+        # Every passive party's points on one pool; meanwhile the checks that need no result.
+        pending = [_submit_peer(workers, p, state.scalar, w, progress) for p, w in peer_points]
+        ids = _resolve(ids)
+        _same_ids(ids, state.ids_digest)
+        own_doubles = []
+        for name in names:
+            where = f"the response from {name}"
+            try:
+                own_doubles.append(ecdh.check_points(
+                    responses[name].double_blinded,
+                    expected=n,
+                    what=f"{where}: the re-blinded start points",
+                ))
+            except CryptoError as exc:
+                raise InvalidArtifact(str(exc)) from exc
+        digests = {name: points_digest(responses[name].points, state.job_id) for name in names}
+        peer_doubles = [result() for result in pending]
+    held_by_all = np.ones(n, dtype=bool)
+    matches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, own_double, peer_double in zip(names, own_doubles, peer_doubles, strict=True):
         own_pos, peer_pos = intersect(own_double, peer_double)
         matches[name] = (own_pos, peer_pos)
-        digests[name] = points_digest(responses[name].points, state.job_id)
         mask = np.zeros(n, dtype=bool)
         mask[own_pos] = True
         held_by_all &= mask
@@ -787,6 +818,10 @@ def _alignment(ids: Sequence[str], rows: np.ndarray, key: bytes, job_id: str) ->
         b"vfl/psi/v1/alignment\x00" + _encode_list([job_id, *ordered])
     ).digest()
     return Alignment(ids=ordered, rows=rows[permutation].astype(np.int64), fingerprint=fingerprint)
+
+
+def _resolve(ids: Ids) -> Sequence[str]:
+    return ids() if callable(ids) else ids
 
 
 def _bar(progress: Progress | None, description: str, total: int) -> Callable[[int], None] | None:

@@ -217,7 +217,7 @@ class Runner:
         return receivers
 
     def run_stage(self, stage: Stage) -> dict[str, dict[str, Any]]:
-        """Run one job to completion; return each party's final job view."""
+        """Run one job to completion; return each party's job id and results."""
         job = f"{self.recipe.name}-{stage.name}"
         active = self.recipe.active.name
         args = ["job", "start", "--protocol", stage.protocol, "--job", job, "--json"]
@@ -225,7 +225,10 @@ class Runner:
             args += ["--param", f"{k}={json.dumps(v)}"]
         started = self.vfl(active, *args)
         accepted = {active}
-        done: set[str] = {active} if any(r["done"] for r in started) else set()
+        # each party's report of the step that finished the job: its results, without one more
+        # 'vfl job show' process per party
+        finals: dict[str, dict[str, Any]] = {active: r for r in started if r["done"] and r["job"] == job}
+        done: set[str] = set(finals)
         while len(done) < len(self.recipe.parties):
             # only a party that received something has anything to do: no idle processes
             receivers = self.deliver()
@@ -240,13 +243,14 @@ class Runner:
                     reports = self.vfl(p.name, "step", "--job", job, "--json")
                 for r in reports:
                     progressed = progressed or bool(r["sent"] or r["received"])
-                    if r["done"]:
+                    if r["done"] and r["job"] == job:
                         done.add(p.name)
+                        finals[p.name] = r
                     for s in r["sent"]:
                         self.on_event(f"{p.name} -> {s['recipient']}: {s['file']}")
             if not progressed and not receivers:
                 raise VflError(f"job {job} is stuck: no party can make progress (parties done: {sorted(done)})")
-        return {p.name: self.vfl(p.name, "job", "show", job, "--json") for p in self.recipe.parties}
+        return {p.name: {"job": job, "results": finals[p.name]["results"]} for p in self.recipe.parties}
 
 
 def run_recipe(recipe: Recipe, workdir: Path, *, on_event: Callable[[str], None] = lambda m: None) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from vfl_cli.artifacts.container import (
     parse_artifact,
     read_artifact,
 )
-from vfl_cli.artifacts.io import pretty_json, replace_atomic, write_new
+from vfl_cli.artifacts.io import pretty_json, write_new
 from vfl_cli.crypto.signing import short
 from vfl_cli.errors import InvalidArtifact, VflError, WorkspaceError
 from vfl_cli.protocol.base import (
@@ -215,8 +215,9 @@ def _apply(ws: Workspace, txn: Path) -> None:
     for entry in plan["sent"]:
         name = entry["file"]
         archived = ws.path("archive", "sent", name)
-        if not archived.exists():
-            write_new(archived, (txn / "out" / name).read_bytes())
+        if not archived.exists():  # a hard link: the sealed copy is already on disk
+            archived.parent.mkdir(parents=True, exist_ok=True)
+            os.link(txn / "out" / name, archived)
         target = ws.outbox / name
         if not target.exists() and not ws.ledger.has(entry["artifact_sha256"], "sent"):
             try:
@@ -226,8 +227,8 @@ def _apply(ws: Workspace, txn: Path) -> None:
         if not ws.ledger.has(entry["artifact_sha256"], "sent"):
             ws.ledger.append(ws.signer, "sent", **entry)
     for name in ("job.json", "state.json", "arrays.npz"):
-        if (txn / name).exists():
-            replace_atomic(d / name, (txn / name).read_bytes())
+        if (txn / name).exists():  # moved into place: atomic, and already fsynced
+            os.replace(txn / name, d / name)
     shutil.rmtree(txn)
 
 

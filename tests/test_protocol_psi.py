@@ -367,8 +367,10 @@ def test_invalid_finish_messages_are_refused(run_two: dict) -> None:
         conclude(seeds={"bank": message.seeds["bank"]})
     with pytest.raises(InvalidArtifact, match=r"positions must lie in 0\.\.24"):
         conclude(positions=np.array([0, 25]))
-    with pytest.raises(InvalidArtifact, match="positions repeat"):
+    with pytest.raises(InvalidArtifact, match="ascending and never repeat"):
         conclude(positions=np.array([1, 1]))
+    with pytest.raises(InvalidArtifact, match="ascending and never repeat"):
+        conclude(positions=np.array([3, 1]))  # out of order: the order could carry information
     with pytest.raises(InvalidArtifact, match="list of integers"):
         conclude(positions=np.array([0.5]))
 

@@ -315,7 +315,7 @@ def encode_ids(ids: Sequence[str]) -> bytes:
 def decode_ids(data: bytes) -> list[str]:
     """The id list :func:`encode_ids` encoded."""
     ids = json.loads(data)
-    if not isinstance(ids, list) or not all(type(v) is str for v in ids):
+    if not isinstance(ids, list):
         raise DataError("the kept id list is damaged; run the alignment again from the start")
     return ids
 
@@ -801,8 +801,8 @@ def conclude(state: PassiveState, ids: Sequence[str], message: FinishMessage) ->
     positions = positions.astype(np.int64)
     if positions.size and (positions.min() < 0 or positions.max() >= n):
         raise InvalidArtifact(f"{where}: positions must lie in 0..{n - 1}")
-    if np.unique(positions).size != positions.size:
-        raise InvalidArtifact(f"{where}: positions repeat")
+    if positions.size > 1 and not bool(np.all(positions[1:] > positions[:-1])):
+        raise InvalidArtifact(f"{where}: positions must be ascending and never repeat")
     rows = state.order[positions]
     return _alignment(ids, rows, order_key(seeds, state.job_id), state.job_id)
 
@@ -811,13 +811,20 @@ def conclude(state: PassiveState, ids: Sequence[str], message: FinishMessage) ->
 
 
 def _alignment(ids: Sequence[str], rows: np.ndarray, key: bytes, job_id: str) -> Alignment:
-    chosen = [ids[r] for r in rows.tolist()]
+    chosen = _take(ids, rows)
     permutation = _order_permutation(chosen, key)
-    ordered = [chosen[i] for i in permutation.tolist()]
+    ordered = _take(chosen, permutation)
     fingerprint = hashlib.sha256(
         b"vfl/psi/v1/alignment\x00" + _encode_list([job_id, *ordered])
     ).digest()
     return Alignment(ids=ordered, rows=rows[permutation].astype(np.int64), fingerprint=fingerprint)
+
+
+def _take(values: Sequence[str], rows: np.ndarray) -> list[str]:
+    """``[values[r] for r in rows]``, through a numpy array of the same objects (faster)."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array[rows].tolist()  # type: ignore[no-any-return]
 
 
 def _resolve(ids: Ids) -> Sequence[str]:

@@ -88,7 +88,7 @@ def _finish_state(state: JobState, alignment: psi.Alignment) -> None:
     state.results = {
         "intersection_size": len(ids),
         "ids_sha256": _digest(ids),
-        "sorted_ids_sha256": _digest(sorted(ids)),
+        "sorted_ids_sha256": alignment.sorted_ids_sha256,
         "fingerprint": alignment.fingerprint.hex(),
     }
     state.phase = "done"

@@ -87,6 +87,7 @@ __all__ = [
     "order_key",
     "points_digest",
     "respond",
+    "sorted_digest",
     "start",
     "verify_seed",
 ]
@@ -188,11 +189,13 @@ class Alignment:
             for each of ``ids``; take the party's data rows in this order.
         fingerprint: SHA-256 over the job id and the ordered ids; equal for all parties, so it
             can be compared (or carried in later artifacts) to prove everyone uses one alignment.
+        sorted_ids_sha256: :func:`sorted_digest` of the ids (hex), also equal for all parties.
     """
 
     ids: list[str]
     rows: np.ndarray
     fingerprint: bytes
+    sorted_ids_sha256: str = ""  # :func:`sorted_digest` of ids
 
 
 # --------------------------------------------------------------------------- inputs
@@ -407,6 +410,12 @@ def final_order(ids: Iterable[str], key: bytes) -> list[str]:
 
 
 def _order_permutation(values: Sequence[str], key: bytes) -> np.ndarray:
+    macs = _order_macs(values, key)
+    return _byte_order(np.frombuffer(macs, dtype=">u8").reshape(len(values), 4))
+
+
+def _order_macs(values: Sequence[str], key: bytes) -> bytes:
+    """The 32-byte sort keys of :func:`final_order`, concatenated."""
     keyed = hashlib.blake2b(digest_size=32, key=key, person=_ORDER_PERSON)
 
     def mac(value: str) -> bytes:
@@ -414,8 +423,13 @@ def _order_permutation(values: Sequence[str], key: bytes) -> np.ndarray:
         state.update(value.encode("utf-8"))
         return state.digest()
 
-    macs = b"".join([mac(value) for value in values])
-    return _byte_order(np.frombuffer(macs, dtype=">u8").reshape(len(values), 4))
+    return b"".join([mac(value) for value in values])
+
+
+def sorted_digest(ids: Iterable[str]) -> str:
+    """SHA-256 (hex) of the ids sorted and joined by newlines: the same for every party, and a
+    script can compute it from any copy of the intersection."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()
 
 
 def _byte_order(words: np.ndarray) -> np.ndarray:
@@ -812,12 +826,18 @@ def conclude(state: PassiveState, ids: Sequence[str], message: FinishMessage) ->
 
 def _alignment(ids: Sequence[str], rows: np.ndarray, key: bytes, job_id: str) -> Alignment:
     chosen = _take(ids, rows)
-    permutation = _order_permutation(chosen, key)
+    digest_sorted, macs = sorted_digest(chosen), _order_macs(chosen, key)
+    permutation = _byte_order(np.frombuffer(macs, dtype=">u8").reshape(len(chosen), 4))
     ordered = _take(chosen, permutation)
     fingerprint = hashlib.sha256(
         b"vfl/psi/v1/alignment\x00" + _encode_list([job_id, *ordered])
     ).digest()
-    return Alignment(ids=ordered, rows=rows[permutation].astype(np.int64), fingerprint=fingerprint)
+    return Alignment(
+        ids=ordered,
+        rows=rows[permutation].astype(np.int64),
+        fingerprint=fingerprint,
+        sorted_ids_sha256=digest_sorted,
+    )
 
 
 def _take(values: Sequence[str], rows: np.ndarray) -> list[str]:

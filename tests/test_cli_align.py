@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -45,6 +46,9 @@ def test_two_parties_by_hand(two_parties, sample, tmp_path: Path) -> None:
     ra, rb = show(bank, "a1")["results"], show(bureau, "a1")["results"]
     assert ra["intersection_size"] == rb["intersection_size"] == len(expected)
     assert ra["ids_sha256"] == rb["ids_sha256"]
+    expected_sorted = hashlib.sha256("\n".join(sorted(expected)).encode()).hexdigest()
+    assert ra["sorted_ids_sha256"] == rb["sorted_ids_sha256"] == expected_sorted
+    assert ra["ids_sha256"] == hashlib.sha256("\n".join(got_a).encode()).hexdigest()
 
 
 def test_export_holds_only_own_columns(two_parties, tmp_path: Path) -> None:

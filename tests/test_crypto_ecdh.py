@@ -254,3 +254,28 @@ def test_find_duplicates_with_colliding_prefixes() -> None:
     assert ecdh.find_duplicates(points).size == 0
     points[4] = points[0]
     assert ecdh.find_duplicates(points).tolist() == [4]
+
+
+def _affinity(_: int) -> list[int]:
+    import os
+    import time
+
+    time.sleep(0.2)  # keep this worker busy so that the other takes the next task
+    return sorted(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="Linux only")
+def test_workers_are_pinned_one_core_each() -> None:
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two cores")
+    context = get_context("fork")
+    pool = ProcessPoolExecutor(2, mp_context=context, initializer=ecdh._pin_worker,
+                               initargs=(context.Value("i", 0), cpus[:2]))
+    with pool:
+        seen = {tuple(a) for a in pool.map(_affinity, range(4))}
+    assert seen == {(cpus[0],), (cpus[1],)}

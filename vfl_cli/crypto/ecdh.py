@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 from multiprocessing import get_all_start_methods, get_context
 from random import Random
 
@@ -394,8 +395,24 @@ class Workers:
         # travels to its worker pickled, so the pool serves every batch, whatever the start method.
         if self._executor is None:
             context = get_context(_start_method())
-            self._executor = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context)
+            cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+            pin: dict[str, Any] = {}
+            if 1 < self.jobs <= len(cpus):
+                # One core per worker: the scheduler then never moves a worker (and its cache)
+                # between cores, worth a few per cent on a shared virtual machine.
+                pin = {"initializer": _pin_worker, "initargs": (context.Value("i", 0), cpus)}
+            self._executor = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context, **pin)
         return self._executor
+
+
+def _pin_worker(counter: Any, cpus: list[int]) -> None:
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    try:
+        os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+    except OSError:  # pragma: no cover - a sandbox may forbid it; the work is the same
+        pass
 
 
 class SmallOrderPoints(CryptoError):

@@ -279,3 +279,12 @@ def test_workers_are_pinned_one_core_each() -> None:
     with pool:
         seen = {tuple(a) for a in pool.map(_affinity, range(4))}
     assert seen == {(cpus[0],), (cpus[1],)}
+
+
+@given(st.integers(min_value=1, max_value=3_000_000), st.integers(min_value=1, max_value=64))
+def test_guided_chunks_cover_every_item_once(n: int, jobs: int) -> None:
+    edges = ecdh._guided_edges(n, jobs)
+    sizes = [b - a for a, b in zip(edges, edges[1:])]
+    assert edges[0] == 0 and edges[-1] == n and all(s > 0 for s in sizes)
+    assert sizes == sorted(sizes, reverse=True) or sizes[:-1] == sorted(sizes[:-1], reverse=True)
+    assert sizes[-1] <= 512  # the last chunk is small: no core waits long for the other

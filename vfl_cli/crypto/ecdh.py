@@ -360,10 +360,7 @@ class Workers:
                 (0, n, lambda: done)
             ]
         else:
-            # A dozen chunks per worker: they balance the load when other programs share the
-            # cores (and move progress bars), while per-chunk costs stay negligible.
-            count = max(1, min(n // 256, self.jobs * 12))
-            edges = np.linspace(0, n, count + 1).astype(int).tolist()
+            edges = _guided_edges(n, self.jobs)
             pool = self._pool()
             pieces = [
                 (a, b, pool.submit(_work_task, (work.data[a:b], key, work.scalar)).result)
@@ -403,6 +400,17 @@ class Workers:
                 pin = {"initializer": _pin_worker, "initargs": (context.Value("i", 0), cpus)}
             self._executor = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context, **pin)
         return self._executor
+
+
+def _guided_edges(n: int, jobs: int, smallest: int = 512) -> list[int]:
+    """Chunk boundaries for ``n`` items: each chunk an eighth of what is left per worker, down to
+    ``smallest``. Large chunks first keep per-chunk costs negligible; small ones last mean no core
+    waits long for the other to finish its final chunk (and progress bars keep moving)."""
+    edges = [0]
+    while edges[-1] < n:
+        size = max(smallest, (n - edges[-1]) // (jobs * 8))
+        edges.append(min(n, edges[-1] + size))
+    return edges
 
 
 def _pin_worker(counter: Any, cpus: list[int]) -> None:

@@ -195,6 +195,9 @@ def test_intersect_positions() -> None:
     twins = own.copy()
     twins[2, :8] = twins[0, :8]  # two prefixes alike within one list: the exact path
     assert [x.tolist() for x in psi.intersect(twins, peer)] == [[1, 3], [3, 1]]
+    decoy = peer.copy()
+    decoy[2, :8] = peer[1, :8]  # two peer points share a prefix; only one is the own point
+    assert [x.tolist() for x in psi.intersect(own, decoy)] == [[1, 3], [3, 1]]
 
 
 # --------------------------------------------------------------------------- input rules

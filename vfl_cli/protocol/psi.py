@@ -555,24 +555,42 @@ def intersect(own_double: np.ndarray, peer_double: np.ndarray) -> tuple[np.ndarr
         ``(own_positions, peer_positions)``: int64 arrays, ``own_double[own_positions[i]] ==
         peer_double[peer_positions[i]]``, ascending in ``own_positions``.
     """
-    own = np.ascontiguousarray(own_double, dtype=np.uint8)
-    peer = np.ascontiguousarray(peer_double, dtype=np.uint8)
-    if not len(own) or not len(peer):
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    own_key, peer_key = _prefix(own), _prefix(peer)
-    if _unique(own_key) and _unique(peer_key):
-        # The 64-bit prefixes are unique within each list (they collide with probability about
-        # n^2 / 2^65, and then the exact path below runs), so a prefix appears at most once on
-        # each side and confirming the whole 32 bytes of each pair found is exact.
-        _, ia, ib = np.intersect1d(own_key, peer_key, assume_unique=True, return_indices=True)
-        same = np.all(own[ia] == peer[ib], axis=1)
-        ia, ib = ia[same], ib[same]
-    else:
-        rows_own = own.view(f"V{ecdh.POINT_BYTES}").ravel()
-        rows_peer = peer.view(f"V{ecdh.POINT_BYTES}").ravel()
-        _, ia, ib = np.intersect1d(rows_own, rows_peer, assume_unique=True, return_indices=True)
-    by_own = np.argsort(ia, kind="stable")
-    return ia[by_own].astype(np.int64), ib[by_own].astype(np.int64)
+    return _PointIndex(own_double).match(peer_double)
+
+
+class _PointIndex:
+    """One list of points sorted by their first 8 bytes, to look another list up in it (the
+    sorting can run while the other list is still being computed)."""
+
+    def __init__(self, points: np.ndarray) -> None:
+        self.points = np.ascontiguousarray(points, dtype=np.uint8)
+        keys = _prefix(self.points)
+        self.order = np.argsort(keys, kind="stable")
+        self.ranked = keys[self.order]
+        # The 64-bit prefixes are unique (they collide with probability about n^2 / 2^65; then
+        # the exact path runs), so each lookup finds the only candidate, confirmed on 32 bytes.
+        self.unique = not bool(np.any(self.ranked[1:] == self.ranked[:-1]))
+
+    def match(self, peer_double: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        own = self.points
+        peer = np.ascontiguousarray(peer_double, dtype=np.uint8)
+        if not len(own) or not len(peer):
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        if self.unique:
+            keys = _prefix(peer)
+            at = np.searchsorted(self.ranked, keys)
+            at[at == len(self.ranked)] = 0
+            found = self.ranked[at] == keys
+            ib = np.flatnonzero(found)
+            ia = self.order[at[found]]
+            same = np.all(own[ia] == peer[ib], axis=1)
+            ia, ib = ia[same], ib[same]
+        else:
+            rows_own = own.view(f"V{ecdh.POINT_BYTES}").ravel()
+            rows_peer = peer.view(f"V{ecdh.POINT_BYTES}").ravel()
+            _, ia, ib = np.intersect1d(rows_own, rows_peer, assume_unique=True, return_indices=True)
+        by_own = np.argsort(ia, kind="stable")
+        return ia[by_own].astype(np.int64), ib[by_own].astype(np.int64)
 
 
 # --------------------------------------------------------------------------- the steps
@@ -748,11 +766,11 @@ def finish(
         for name in names:
             where = f"the response from {name}"
             try:
-                own_doubles.append(ecdh.check_points(
+                own_doubles.append(_PointIndex(ecdh.check_points(
                     responses[name].double_blinded,
                     expected=n,
                     what=f"{where}: the re-blinded start points",
-                ))
+                )))
             except CryptoError as exc:
                 raise InvalidArtifact(str(exc)) from exc
         digests = {name: points_digest(responses[name].points, state.job_id) for name in names}
@@ -760,7 +778,7 @@ def finish(
     held_by_all = np.ones(n, dtype=bool)
     matches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, own_double, peer_double in zip(names, own_doubles, peer_doubles, strict=True):
-        own_pos, peer_pos = intersect(own_double, peer_double)
+        own_pos, peer_pos = own_double.match(peer_double)
         matches[name] = (own_pos, peer_pos)
         mask = np.zeros(n, dtype=bool)
         mask[own_pos] = True
@@ -866,11 +884,6 @@ def _shuffle(n: int, rng: Random | None) -> np.ndarray:
 
 def _prefix(points: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(points[:, :8]).view("<u8").ravel()
-
-
-def _unique(keys: np.ndarray) -> bool:
-    ranked = np.sort(keys)
-    return not bool(np.any(ranked[1:] == ranked[:-1]))
 
 
 def _same_job(got: str, expected: str, where: str) -> None:

@@ -171,3 +171,23 @@ def test_other_columns_may_change_between_steps(tmp_path: Path, sample) -> None:
     _write(p_file, df)
     run("-w", str(bureau), "align", "finish", "a1")
     assert show(bureau, "a1")["results"]["ids_sha256"] == show(bank, "a1")["results"]["ids_sha256"]
+
+
+def test_a_file_edited_after_alignment_is_refused_by_later_stages(tmp_path: Path, sample) -> None:
+    bank, bureau, p_file = _parties_on_copies(tmp_path, sample)
+    align_by_hand(bank, [bureau])
+    df = pd.read_csv(p_file, dtype=str)
+    _write(p_file, df.iloc[::-1])  # re-sorted: every row now holds another person
+    out = tmp_path / "out.csv"
+    message = error_line(run("-w", str(bureau), "align", "export", "a1", "--out", str(out), ok=False))
+    assert "changed since alignment job a1" in message and "run the alignment again" in message
+    assert not out.exists()
+    run("-w", str(bank), "train", "start", "--protocol", "hetero-lr", "--alignment", "a1", "--epochs", "1",
+        "--job", "t1")
+    carry(bank, bureau)
+    message = error_line(run("-w", str(bureau), "job", "accept", "t1", ok=False))
+    assert "changed since alignment job a1" in message
+    assert not list((bureau / "outbox").glob("t1.*"))
+    _write(p_file, df)  # put back as aligned: the same commands work
+    run("-w", str(bureau), "align", "export", "a1", "--out", str(out))
+    assert len(pd.read_csv(out)) == show(bureau, "a1")["results"]["intersection_size"]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from vfl_cli import jobs
 from vfl_cli.errors import VflError
+from vfl_cli.models.features import aligned_rows
 from vfl_cli.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -22,4 +23,4 @@ def aligned_frame(ws: Workspace, job: str) -> "pd.DataFrame":
     if not state.done:
         raise VflError(f"alignment job {job} is not finished yet (phase {state.phase}); run 'vfl step'")
     data = ws.read_data(Path(info["data"])) if info.get("data") else ws.read_data()
-    return data.iloc[state.arrays["aligned_rows"]].reset_index(drop=True)
+    return aligned_rows(data, state.arrays, ws.config["id_column"], job).reset_index(drop=True)

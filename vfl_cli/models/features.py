@@ -21,6 +21,32 @@ import pandas as pd
 from vfl_cli.errors import DataError
 
 
+def aligned_rows(df: pd.DataFrame, arrays: dict[str, np.ndarray], id_column: str, job: str) -> pd.DataFrame:
+    """This party's rows in the order alignment job ``job`` agreed (its state ``arrays``).
+
+    Refuses a data file whose ids at those rows are no longer the aligned ids (the file was
+    edited, re-sorted or replaced after the alignment): rows would otherwise be silently
+    matched with another party's rows of other people.
+
+    Raises:
+        DataError: the file changed since the alignment; align again.
+    """
+    rows = arrays["aligned_rows"]
+    again = f"the data file changed since alignment job {job}; run the alignment again"
+    if len(rows) and int(rows.max()) >= len(df):
+        raise DataError(f"{again} (it has {len(df)} rows, the alignment used row {int(rows.max()) + 1})")
+    picked = df.iloc[rows]
+    expected = arrays.get("aligned_ids")
+    if expected is not None:
+        now = picked[id_column].astype(str).str.strip().to_numpy(dtype=str)
+        differ = np.flatnonzero(now != expected)
+        if differ.size:
+            row = int(rows[differ[0]]) + 1
+            raise DataError(f"{again} (data row {row} now holds id {now[differ[0]]!r}, "
+                            f"aligned as {str(expected[differ[0]])!r})")
+    return picked
+
+
 @dataclass(frozen=True)
 class Split:
     """Row positions (into the aligned order) of the training and test sets."""

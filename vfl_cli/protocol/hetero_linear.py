@@ -74,7 +74,7 @@ import numpy as np
 from vfl_cli.artifacts.container import Artifact, Member
 from vfl_cli.crypto import paillier
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
-from vfl_cli.models.features import Split, numeric_matrix, prepare, split_rows
+from vfl_cli.models.features import Split, aligned_rows, numeric_matrix, prepare, split_rows
 from vfl_cli.models.optim import EarlyStopping, make_optimizer
 from vfl_cli.models.reference import initial_intercept, minibatches
 from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need, typed_params
@@ -149,8 +149,9 @@ class PartyData:
         if info["protocol"] != "psi" or not info["done"]:
             raise VflError(f"job {alignment} is not a finished alignment (psi) job on {ctx.name}")
         self.fingerprint = str(info["results"]["fingerprint"])
-        rows = ctx.job_arrays(alignment)["aligned_rows"]
-        df = ctx.data(alignment).iloc[rows]
+        arrays = ctx.job_arrays(alignment)
+        rows = arrays["aligned_rows"]
+        df = aligned_rows(ctx.data(alignment), arrays, ctx.id_column, alignment)
         self.n = len(rows)
         self.split: Split = split_rows(self.n, ctx.params["test_fraction"], ctx.params["seed"])
         raw = numeric_matrix(df, ctx.features, what=ctx.name)

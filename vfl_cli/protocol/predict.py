@@ -22,7 +22,7 @@ import numpy as np
 
 from vfl_cli.artifacts.container import Artifact
 from vfl_cli.errors import DataError, VflError
-from vfl_cli.models.features import numeric_matrix, transform_from_arrays
+from vfl_cli.models.features import aligned_rows, numeric_matrix, transform_from_arrays
 from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
 from vfl_cli.protocol.hetero_linear import (
     PEER_SCORES,
@@ -54,7 +54,7 @@ def _partial_scores(ctx: PartyContext) -> np.ndarray:
         raise VflError(f"job {alignment} is not a finished alignment (psi) job on {ctx.name}")
     features = info["results"]["model"]["features"]
     own = [f for f in features if f != "(intercept)"]
-    df = ctx.data(alignment).iloc[ctx.job_arrays(alignment)["aligned_rows"]]
+    df = aligned_rows(ctx.data(alignment), ctx.job_arrays(alignment), ctx.id_column, alignment)
     X = transform_from_arrays(arrays).transform(numeric_matrix(df, own, what=ctx.name))
     if ctx.is_active:
         X = np.hstack([X, np.ones((len(X), 1))])
@@ -103,10 +103,11 @@ class Predict(Protocol):
         state.arrays["scores"] = scores
         results: dict[str, Any] = {"rows": len(scores), "model": ctx.params["model"], "task": model.task}
         label = ctx.label_column
-        df = ctx.data(ctx.params["alignment"])
+        alignment = ctx.params["alignment"]
+        df = ctx.data(alignment)
         if label and label in df.columns:
-            rows = ctx.job_arrays(ctx.params["alignment"])["aligned_rows"]
-            y = numeric_matrix(df.iloc[rows], [label], what=ctx.name)[:, 0]
+            picked = aligned_rows(df, ctx.job_arrays(alignment), ctx.id_column, alignment)
+            y = numeric_matrix(picked, [label], what=ctx.name)[:, 0]
             if np.isnan(y).any():
                 raise DataError(f"{ctx.name}: labels are missing for some scored rows")
             results["metrics"] = {"test": model.evaluate(y, z)}

@@ -141,7 +141,8 @@ def _parties_on_copies(tmp_path: Path, sample) -> tuple[Path, Path, Path]:
     return bank, bureau, p_file
 
 
-def test_ids_changed_between_steps_are_refused(tmp_path: Path, sample) -> None:
+def _until_passive_concludes(tmp_path: Path, sample) -> tuple[Path, Path, Path]:
+    """Two parties on editable copies, run until only the passive party's last step is left."""
     bank, bureau, p_file = _parties_on_copies(tmp_path, sample)
     run("-w", str(bank), "align", "start", "--job", "a1")
     carry(bank, bureau)
@@ -149,6 +150,11 @@ def test_ids_changed_between_steps_are_refused(tmp_path: Path, sample) -> None:
     carry(bureau, bank)
     run("-w", str(bank), "align", "finish", "a1")
     carry(bank, bureau)
+    return bank, bureau, p_file
+
+
+def test_ids_changed_between_steps_are_refused(tmp_path: Path, sample) -> None:
+    bank, bureau, p_file = _until_passive_concludes(tmp_path, sample)
     df = pd.read_csv(p_file, dtype=str)
     df.loc[0, "id"] = "someone-else"
     _write(p_file, df)
@@ -159,13 +165,7 @@ def test_ids_changed_between_steps_are_refused(tmp_path: Path, sample) -> None:
 
 
 def test_other_columns_may_change_between_steps(tmp_path: Path, sample) -> None:
-    bank, bureau, p_file = _parties_on_copies(tmp_path, sample)
-    run("-w", str(bank), "align", "start", "--job", "a1")
-    carry(bank, bureau)
-    run("-w", str(bureau), "align", "respond", "a1")
-    carry(bureau, bank)
-    run("-w", str(bank), "align", "finish", "a1")
-    carry(bank, bureau)
+    bank, bureau, p_file = _until_passive_concludes(tmp_path, sample)
     df = pd.read_csv(p_file, dtype=str)
     df[df.columns[1]] = "0"  # a feature column, not the ids
     _write(p_file, df)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from conftest import carry, error_line, fate, introduce, make_party, run
 
 
@@ -154,7 +153,7 @@ def _until_passive_concludes(tmp_path: Path, sample) -> tuple[Path, Path, Path]:
 
 
 def test_ids_changed_between_steps_are_refused(tmp_path: Path, sample) -> None:
-    bank, bureau, p_file = _until_passive_concludes(tmp_path, sample)
+    _, bureau, p_file = _until_passive_concludes(tmp_path, sample)
     df = pd.read_csv(p_file, dtype=str)
     df.loc[0, "id"] = "someone-else"
     _write(p_file, df)

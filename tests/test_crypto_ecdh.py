@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 
 import numpy as np
@@ -284,7 +285,7 @@ def test_workers_are_pinned_one_core_each() -> None:
 @given(st.integers(min_value=1, max_value=3_000_000), st.integers(min_value=1, max_value=64))
 def test_guided_chunks_cover_every_item_once(n: int, jobs: int) -> None:
     edges = ecdh._guided_edges(n, jobs)
-    sizes = [b - a for a, b in zip(edges, edges[1:])]
+    sizes = [b - a for a, b in itertools.pairwise(edges)]
     assert edges[0] == 0 and edges[-1] == n and all(s > 0 for s in sizes)
     assert sizes == sorted(sizes, reverse=True) or sizes[:-1] == sorted(sizes[:-1], reverse=True)
     assert sizes[-1] <= 512  # the last chunk is small: no core waits long for the other

@@ -227,7 +227,10 @@ class Runner:
         accepted = {active}
         # each party's report of the step that finished the job: its results, without one more
         # 'vfl job show' process per party
-        finals: dict[str, dict[str, Any]] = {active: r for r in started if r["done"] and r["job"] == job}
+        finals: dict[str, dict[str, Any]] = {}
+        for r in started:
+            if r["done"] and r["job"] == job:
+                finals[active] = r
         done: set[str] = set(finals)
         while len(done) < len(self.recipe.parties):
             # only a party that received something has anything to do: no idle processes

@@ -35,9 +35,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
 from multiprocessing import get_all_start_methods, get_context
 from random import Random
+from typing import Any
 
 import numpy as np
 from gmpy2 import from_binary, jacobi, mpz  # type: ignore[import-untyped]
@@ -55,12 +55,12 @@ from nacl.bindings import crypto_scalarmult as _nacl_scalarmult
 __all__ = [
     "POINT_BYTES",
     "SCALAR_BYTES",
-    "blind",
-    "check_points",
-    "default_n_jobs",
     "SmallOrderPoints",
     "Work",
     "Workers",
+    "blind",
+    "check_points",
+    "default_n_jobs",
     "find_duplicates",
     "hash_and_blind",
     "hash_to_points",
@@ -331,7 +331,7 @@ class Workers:
         self._executor: ProcessPoolExecutor | None = None
         self._batches = 0
 
-    def __enter__(self) -> "Workers":
+    def __enter__(self) -> Workers:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -34,7 +34,7 @@ def aligned_rows(df: pd.DataFrame, arrays: dict[str, np.ndarray], id_column: str
     rows = arrays["aligned_rows"]
     again = f"the data file changed since alignment job {job}; run the alignment again"
     if len(rows) and int(rows.max()) >= len(df):
-        raise DataError(f"{again} (it has {len(df)} rows, the alignment used row {int(rows.max()) + 1})")
+        raise DataError(f"{again} (it has {len(df)} rows, the alignment used row {rows.max() + 1})")
     picked = df.iloc[rows]
     expected = arrays.get("aligned_ids")
     if expected is not None:

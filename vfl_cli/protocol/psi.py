@@ -234,7 +234,7 @@ def _normalise_text(values: list[object]) -> list[str] | None:
     """The common case in one pass of C loops: every cell non-empty, valid text; else ``None``."""
     if not values or not all(type(v) is str for v in values):
         return None
-    ids: list[str] = [v.strip() for v in values]  # type: ignore[union-attr]
+    ids: list[str] = [v.strip() for v in values]  # type: ignore[attr-defined]
     if not all(ids):
         return None
     try:

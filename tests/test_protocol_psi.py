@@ -218,6 +218,7 @@ def test_normalise_ids_trims_and_keeps_order() -> None:
         ([b"ok", b"\xff\xfe", "x"], r"1 id\(s\) are not valid UTF-8 text \(rows 2\)"),
         (["ok", "bad\udcff"], r"rows 2\)"),
         (["a", 7], "row 2 holds a int, not text"),
+        (["a", "b\x00", "\x00c"], r"2 id\(s\) contain a NUL character \(rows 2, 3\)"),
         (
             ["a", "b", "a ", "c", " b", "a"],
             r"2 id\(s\) appear more than once: 'a' \(rows 1, 3, 6\); 'b' \(rows 2, 5\)\. Ids must",
@@ -229,7 +230,7 @@ def test_normalise_ids_refusals(values: list[object], message: str) -> None:
         psi.normalise_ids(values)
 
 
-@given(st.lists(st.one_of(st.text(), st.sampled_from([" ", "\u00a0a", "\udcff", "a", " a"])), max_size=12))
+@given(st.lists(st.one_of(st.text(), st.sampled_from([" ", "\u00a0a", "\udcff", "a", " a", "a\x00"])), max_size=12))
 @settings(max_examples=300, deadline=None)
 def test_fast_normalisation_agrees_with_the_cell_by_cell_rules(values: list[str]) -> None:
     """The one-pass path for clean text returns, or refuses, exactly what the rules say."""

@@ -209,8 +209,8 @@ def normalise_ids(values: Iterable[object], *, column: str = "id") -> list[str]:
     else is changed: ids are case-sensitive, inner whitespace is kept, and no Unicode normalisation
     is applied (a composed and a decomposed "é" are different ids). ``bytes`` cells must be UTF-8.
     Refused, with the first few offenders listed: a column with no rows, empty ids (including
-    missing cells), text that is not valid Unicode, non-text cells (read the column as strings so
-    that "007" stays "007"), and repeated ids (after trimming).
+    missing cells), text that is not valid Unicode, ids containing a NUL character, non-text cells
+    (read the column as strings so that "007" stays "007"), and repeated ids (after trimming).
 
     Args:
         values: the cells of the id column, in file order.
@@ -237,8 +237,11 @@ def _normalise_text(values: list[object]) -> list[str] | None:
     ids: list[str] = [v.strip() for v in values]  # type: ignore[attr-defined]
     if not all(ids):
         return None
+    joined = "".join(ids)
+    if "\x00" in joined:
+        return None
     try:
-        "".join(ids).encode("utf-8")  # a lone surrogate anywhere fails here
+        joined.encode("utf-8")  # a lone surrogate anywhere fails here
     except UnicodeEncodeError:
         return None
     return ids
@@ -249,6 +252,7 @@ def _normalise_cells(values: list[object], column: str) -> list[str]:
     ids: list[str] = []
     empty: list[int] = []
     invalid: list[int] = []
+    nul: list[int] = []
     for row, value in enumerate(values, start=1):
         if isinstance(value, bytes):
             try:
@@ -272,6 +276,9 @@ def _normalise_cells(values: list[object], column: str) -> list[str]:
         except UnicodeEncodeError:
             invalid.append(row)
             continue
+        if "\x00" in text:
+            nul.append(row)
+            continue
         ids.append(text)
     if invalid:
         raise DataError(
@@ -282,6 +289,11 @@ def _normalise_cells(values: list[object], column: str) -> list[str]:
         raise DataError(
             f"id column {column!r}: {len(empty)} row(s) have an empty id (rows "
             f"{_listed(empty)}); every row needs an id"
+        )
+    if nul:
+        raise DataError(
+            f"id column {column!r}: {len(nul)} id(s) contain a NUL character (rows "
+            f"{_listed(nul)}); the file is damaged or not a text CSV"
         )
     if not ids:
         raise DataError(f"id column {column!r} has no rows: there is nothing to align")

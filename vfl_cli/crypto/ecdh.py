@@ -62,7 +62,6 @@ __all__ = [
     "check_points",
     "default_n_jobs",
     "find_duplicates",
-    "hash_and_blind",
     "hash_to_points",
     "new_scalar",
     "run",
@@ -209,24 +208,6 @@ def hash_to_points(
         CryptoError: an id cannot be encoded as UTF-8 (a lone surrogate).
     """
     (points,) = run([Work(ids, domain=domain, progress=progress)], n_jobs=n_jobs)
-    return points
-
-
-def hash_and_blind(
-    ids: Sequence[str],
-    domain: bytes,
-    scalar: bytes,
-    *,
-    n_jobs: int | None = None,
-    progress: Advance | None = None,
-) -> np.ndarray:
-    """``blind(hash_to_points(ids, domain), scalar)`` in one pass: each worker hashes a chunk of
-    ids and blinds it at once, so the points never travel between processes unblinded.
-
-    Returns:
-        ``(len(ids), 32)`` uint8 array, in the order of ``ids``.
-    """
-    (points,) = run([Work(ids, domain=domain, scalar=scalar, progress=progress)], n_jobs=n_jobs)
     return points
 
 

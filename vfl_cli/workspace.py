@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vfl_cli.artifacts.io import canonical_json, pretty_json, replace_atomic, write_new
+from vfl_cli.names import NAME_RE, check_name  # noqa: F401  (re-exported)
 from vfl_cli.crypto import paillier
 from vfl_cli.crypto.signing import Signer, Verifier, short
 from vfl_cli.errors import DataError, VflError, WorkspaceError
@@ -43,17 +43,8 @@ CARD_FORMAT = "vfl-party-card"
 #: rows with labels) and predictors (rows to score).
 ROLES = ("active", "passive", "server", "worker", "predictor")
 LABELLED_ROLES = ("active", "server", "worker")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 MIN_KEY_BITS = 1024
 SECURE_KEY_BITS = 2048
-
-
-def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise VflError(
-            f"party name {name!r} is not allowed: use 1-32 lowercase letters, digits, '-' or '_'"
-        )
-    return name
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vfl_cli.artifacts.io import canonical_json, pretty_json, replace_atomic, write_new
-from vfl_cli.names import NAME_RE, check_name  # noqa: F401  (re-exported)
 from vfl_cli.crypto import paillier
 from vfl_cli.crypto.signing import Signer, Verifier, short
 from vfl_cli.errors import DataError, VflError, WorkspaceError
 from vfl_cli.ledger import Ledger
+from vfl_cli.names import NAME_RE, check_name  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     import pandas as pd

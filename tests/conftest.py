@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from vfl_cli.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-FATE = ROOT.parent / "shared" / "data" / "fate"
+FATE = ROOT / "sample_data" / "fate"
 TEST_KEY_BITS = 512
 
 # Unit tests run the engine in-process: no worker pools to start per test.
@@ -22,10 +22,10 @@ os.environ.setdefault("VFL_N_JOBS", "1")
 
 
 def fate(name: str) -> Path:
-    """A FATE example data file (read in place; never copied into the package)."""
+    """A FATE example data file from sample_data/fate/ (see its SOURCES.md)."""
     path = FATE / name
     if not path.exists():
-        pytest.skip(f"shared FATE data not available at {path}")
+        raise FileNotFoundError(f"{path}: not in sample_data/fate/ (see its SOURCES.md)")
     return path
 
 

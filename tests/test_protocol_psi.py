@@ -17,7 +17,7 @@ from vfl_cli.crypto import ecdh
 from vfl_cli.errors import DataError, InvalidArtifact
 from vfl_cli.protocol import psi
 
-FATE = Path(__file__).resolve().parents[2] / "shared" / "data" / "fate"
+FATE = Path(__file__).resolve().parents[1] / "sample_data" / "fate"
 JOB = "job-7"
 SALT = b"agreed-salt"
 

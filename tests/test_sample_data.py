@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from types import ModuleType
 
@@ -77,3 +78,59 @@ def test_values_are_the_raw_source_values(frames: tuple[pd.DataFrame, pd.DataFra
     row = passive.iloc[0]
     source = int(row["id"][1:])
     assert row["worst_fractal_dimension"] == pytest.approx(data.data[source, 29], rel=1e-9)
+
+
+# ----------------------------------------------------------------- recipes from a fresh clone
+ROOT = SAMPLE_DIR.parent
+
+
+def test_every_recipe_reads_only_files_inside_the_repository() -> None:
+    from vfl_cli.recipes import load_recipe
+
+    for recipe_file in sorted((ROOT / "recipes").glob("*.toml")):
+        for party in load_recipe(recipe_file).parties:
+            assert party.data.is_file(), f"{recipe_file.name}: {party.data}"
+            assert party.data.resolve().is_relative_to(ROOT), f"{recipe_file.name}: {party.data}"
+
+
+def test_fate_copies_are_listed_with_their_checksums_in_sources() -> None:
+    import hashlib
+
+    fate = SAMPLE_DIR / "fate"
+    sources = (fate / "SOURCES.md").read_text()
+    files = sorted(fate.glob("*.csv"))
+    assert files
+    for f in files:
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        assert f"{digest}  {f.name}" in sources, f.name
+    assert "Apache" in (fate / "LICENSE-FATE-Apache-2.0.txt").read_text()
+
+
+def test_nothing_reads_data_from_beside_the_repository() -> None:
+    needles = ("shared/data", '"shared" / "data"')
+    for folder in ("recipes", "tests", "docs"):
+        for f in (ROOT / folder).rglob("*"):
+            if f.suffix in {".py", ".toml", ".md"} and f.name != "test_sample_data.py":
+                text = f.read_text(encoding="utf-8")
+                assert not any(n in text for n in needles), f
+
+
+def test_a_failed_recipe_run_is_rerun_in_the_same_workdir(tmp_path: Path) -> None:
+    from conftest import error_line, run
+
+    recipe = (ROOT / "recipes" / "handshake.toml").read_text().replace(
+        '"../sample_data/', f'"{SAMPLE_DIR}/').replace("key_bits = 1024", "key_bits = 512")
+    good = tmp_path / "handshake.toml"
+    good.write_text(recipe)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(recipe.replace('label_column = "label"', 'label_column = "nope"'))
+    work = tmp_path / "w"
+    assert "no label column 'nope'" in error_line(run("recipe", "run", str(bad), "--workdir", str(work), ok=False))
+    assert any(work.iterdir())
+    report = json.loads(run("recipe", "run", str(good), "--workdir", str(work), "--json").stdout)
+    assert report["recipe"] == "handshake"
+    assert len(list((work / "bank" / "jobs").iterdir())) == 1
+    # a folder with the user's own files in it is never cleared
+    (work / "notes.txt").write_text("mine")
+    assert "notes.txt" in error_line(run("recipe", "run", str(good), "--workdir", str(work), ok=False))
+    assert (work / "notes.txt").read_text() == "mine"

@@ -47,6 +47,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 STAGE_TABLES = ("align", "train", "evaluate", "model")
 DEFAULT_KEY_BITS = 2048
+#: Written into a recipe's work folder, so that a rerun knows what it may clear.
+RUN_MARKER = ".vfl-recipe.json"
 
 
 @dataclass(frozen=True)
@@ -179,8 +181,10 @@ class Runner:
         return json.loads(out) if out else None
 
     def setup(self) -> None:
-        if self.workdir.exists() and any(self.workdir.iterdir()):
-            raise VflError(f"{self.workdir} is not empty; choose a new --workdir")
+        self.clear_earlier_run()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / RUN_MARKER).write_text(json.dumps(
+            {"recipe": self.recipe.name, "parties": [p.name for p in self.recipe.parties]}) + "\n")
         cards = self.workdir / "cards"
         cards.mkdir(parents=True, exist_ok=True)
         bits = self.recipe.key_bits
@@ -200,6 +204,36 @@ class Runner:
             for q in self.recipe.parties:
                 if p.name != q.name:
                     self.vfl(p.name, "keys", "import", str(cards / f"{q.name}.card"))
+
+    def clear_earlier_run(self) -> None:
+        """Empty a work folder that an earlier run of this recipe left (a failed run is rerun in place).
+
+        Only what a run creates is removed: its marker file, cards/, the reports and the
+        workspaces of the recipe's parties. Anything else in the folder (or a folder that no
+        recipe run made) is refused, so a mistyped --workdir never deletes a user's files.
+        """
+        if not self.workdir.exists() or not any(self.workdir.iterdir()):
+            return
+        marker = self.workdir / RUN_MARKER
+        if not marker.is_file():
+            raise VflError(f"{self.workdir} is not empty and no recipe run made it; choose a new --workdir")
+        ours = {RUN_MARKER, "cards", "report.json", "report.html", *(p.name for p in self.recipe.parties)}
+        others = sorted(f.name for f in self.workdir.iterdir() if f.name not in ours)
+        if others:
+            raise VflError(f"{self.workdir} holds files a recipe run did not make ({', '.join(others[:5])}); "
+                           "move them or choose a new --workdir")
+        for p in self.recipe.parties:
+            ws = self.ws(p.name)
+            if ws.exists() and not (ws / "vfl.json").is_file():
+                raise VflError(f"{ws} is not a workspace of an earlier run; move it or choose a new --workdir")
+        for name in sorted(ours - {RUN_MARKER}):
+            target = self.workdir / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        marker.unlink()
+        self.on_event(f"cleared the earlier run in {self.workdir}")
 
     def deliver(self) -> set[str]:
         """Move every outbox file to its recipient's inbox; return who received something."""

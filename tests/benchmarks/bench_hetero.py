@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[2]
-FATE = ROOT.parent / "shared" / "data" / "fate"
+FATE = ROOT / "sample_data" / "fate"
 
 
 def load_default_credit() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

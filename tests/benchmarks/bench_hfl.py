@@ -6,7 +6,7 @@ Usage:
 
 Data: FATE's default_credit (active party's ``default_credit_hetero_guest.csv`` joined on ``id``
 with the passive party's ``default_credit_hetero_host.csv``: 23 features, 30,000 rows), read from
-``../shared/data/fate/``. Each seed draws its own split: 6,000 test rows, 1,000 validation rows
+``sample_data/fate/``. Each seed draws its own split: 6,000 test rows, 1,000 validation rows
 for the server, and 5 nodes holding 1,000 training rows in all. Node 0 has 40% of its labels
 flipped. In the *large bad node* setting it is the largest node (400 rows, the other four 150
 each), in the *equal nodes* setting every node has 200 rows. Features are standardised with
@@ -60,7 +60,7 @@ from vfl_cli.hfl import (
     simulate,
 )
 
-FATE = Path(__file__).resolve().parents[3] / "shared" / "data" / "fate"
+FATE = Path(__file__).resolve().parents[2] / "sample_data" / "fate"
 Split = tuple[
     list[tuple[np.ndarray, np.ndarray]],
     tuple[np.ndarray, np.ndarray],

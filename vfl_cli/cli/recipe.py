@@ -25,7 +25,8 @@ def recipe() -> None:
 @recipe.command()
 @click.argument("recipe_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--workdir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="New folder for the parties' workspaces and report.json.")
+              help="Folder for the parties' workspaces and report.json: new, or one an earlier run of "
+              "this recipe left (cleared first).")
 @json_option
 def run(recipe_file: Path, workdir: Path, as_json: bool) -> None:
     """Run RECIPE_FILE: one workspace per party, every step a separate vfl process.

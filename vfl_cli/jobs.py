@@ -52,6 +52,7 @@ from vfl_cli.protocol.base import (
     Progress,
     get_protocol,
     no_progress,
+    party_list,
 )
 from vfl_cli.workspace import Workspace
 
@@ -446,7 +447,7 @@ def _check_proposal(ws: Workspace, name: str, art: Artifact) -> dict[str, Any]:
         raise InvalidArtifact(f"{name}: job {art.job} was already accepted here (replayed proposal)")
     if art.seq != 1:
         raise InvalidArtifact(f"{name}: a proposal must be the first file of its job")
-    parties = list(meta.get("parties", []))
+    parties = party_list(meta.get("parties"), what=name)  # structure first: a crafted list is data
     mine = [p for p in parties if p.get("name") == ws.name]
     if not mine:
         raise InvalidArtifact(f"{name}: the proposal does not name {ws.name} as a party")
@@ -462,9 +463,9 @@ def _check_proposal(ws: Workspace, name: str, art: Artifact) -> dict[str, Any]:
                 f"{name}: the proposal names {p['name']} with key {short(p['signing_fingerprint'])}, "
                 f"but the trusted key is {short(card.signing_fingerprint)}; compare cards out of band"
             )
-    protocol = get_protocol(str(meta["protocol"]))
+    protocol = get_protocol(meta.get("protocol"))
     protocol.check_parties([{"name": p["name"], "role": p["role"]} for p in parties])
-    params = dict(meta.get("params", {}))
+    params = meta.get("params", {})
     if protocol.check_params(params, parties) != params:
         raise InvalidArtifact(f"{name}: the proposal's parameters are not in their checked form")
     return {

@@ -30,7 +30,7 @@ import numpy as np
 from vfl_cli.artifacts.container import Artifact, ndarray_member, points_member
 from vfl_cli.errors import InvalidArtifact, VflError
 from vfl_cli.protocol import psi
-from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
+from vfl_cli.protocol.base import Expect, Hex, JobState, Outgoing, PartyContext, Protocol, need, typed_params
 
 START = "psi/start"
 RESPONSE = "psi/response"
@@ -98,15 +98,14 @@ def _finish_state(state: JobState, alignment: psi.Alignment) -> None:
 class Align(Protocol):
     name = "psi"
     summary = "ECDH-PSI over X25519: common ids of all parties, in a jointly shuffled order"
+    params_spec = {"salt": Hex(16, 64, note="default: 16 fresh random bytes")}
 
     def check_params(self, params: dict[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
-        unknown = set(params) - {"salt"}
-        if unknown:
-            raise VflError(f"unknown psi parameter(s) {sorted(unknown)}; psi takes: salt")
-        salt = params.get("salt") or secrets.token_hex(16)
-        if len(_unhex(salt, "salt")) < 16:
-            raise VflError("the psi salt must be at least 16 bytes (32 hex digits)")
-        return {"salt": str(salt)}
+        # No default in the spec: a fresh salt is drawn from the proposer's CSPRNG.
+        given = params.get("salt") if isinstance(params, Mapping) else None
+        salt = secrets.token_hex(16) if given is None or given == "" else given
+        return typed_params({**params, "salt": salt} if isinstance(params, Mapping) else params,
+                            self.params_spec, what="psi")
 
     def expects(self, ctx: PartyContext, state: JobState) -> list[Expect]:
         if ctx.is_active:

@@ -12,6 +12,9 @@ Add a protocol by subclassing :class:`Protocol` and registering it in :data:`REG
 from __future__ import annotations
 
 import importlib
+import json
+import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +24,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol as TypingProtocol
 import numpy as np
 
 from vfl_cli.artifacts.container import Artifact, Member
-from vfl_cli.errors import VflError
+from vfl_cli.errors import InvalidArtifact, VflError
+from vfl_cli.names import is_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -119,6 +123,7 @@ class Protocol(ABC):
     def check_parties(self, parties: list[dict[str, str]]) -> None:
         """Refuse a set of parties this protocol cannot run with (default: one active party and
         one or more passive parties)."""
+        unique_parties(parties)
         roles = [p["role"] for p in parties]
         lead, *others = self.roles
         if roles.count(lead) != 1 or any(r not in self.roles for r in roles) or len(parties) < 2:
@@ -128,9 +133,13 @@ class Protocol(ABC):
                 f"{' or '.join(others)} party; these parties are: {listing}"
             )
 
+    #: Every parameter with its type and range (see :class:`Param`); a protocol with more
+    #: rules than ranges overrides :meth:`check_params` and starts from :func:`typed_params`.
+    params_spec: ClassVar[Mapping[str, "Param"]] = {}
+
     def check_params(self, params: dict[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
         """Validate parameters and fill defaults (run by the proposer and by every acceptor)."""
-        return dict(params)
+        return typed_params(params, self.params_spec, what=self.name)
 
     @abstractmethod
     def expects(self, ctx: PartyContext, state: JobState) -> list[Expect]:
@@ -159,37 +168,250 @@ REGISTRY: dict[str, str] = {
 
 
 def get_protocol(name: str) -> Protocol:
-    target = REGISTRY.get(name)
+    target = REGISTRY.get(name) if isinstance(name, str) else None
     if target is None:
-        raise VflError(f"unknown protocol {name!r}; known protocols: {', '.join(sorted(REGISTRY))}")
+        raise VflError(f"unknown protocol {_shown(name)}; known protocols: {', '.join(sorted(REGISTRY))}")
     module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)()
 
 
-def typed_params(
-    params: Mapping[str, Any], defaults: Mapping[str, Any], *, what: str, required: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Refuse unknown keys and fill defaults, coercing each value to its default's type.
+#: The most parties one job may name, and the longest list parameter: bounds on the work a
+#: received proposal can ask for before anyone looks at data.
+MAX_PARTIES = 64
+MAX_LIST = 64
+#: Seeds are public job parameters (split and mini-batch order), never a secret: 0..2**63-1.
+SEED_MAX = 2**63 - 1
+_HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})*")
 
-    ``required`` keys (kept as strings, such as the alignment job) must be given.
+
+@dataclass(frozen=True)
+class Param:
+    """One protocol parameter: its type, default and allowed range, checked by every party.
+
+    ``kind`` is ``int``, ``float``, ``bool``, ``choice``, ``int-list``, ``hex`` or ``job`` (the
+    id of an earlier job; required, no default). Build one with :func:`Int`, :func:`Seed`,
+    :func:`Float`, :func:`Bool`, :func:`Choice`, :func:`IntList`, :func:`Hex` or :func:`JobRef`.
     """
-    allowed = [*required, *defaults]
-    unknown = set(params) - set(allowed)
+
+    kind: str
+    default: Any = None
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    choices: tuple[Any, ...] = ()
+    max_len: int = MAX_LIST
+    note: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.kind == "job"
+
+    def span(self) -> str:
+        """The allowed values in words, as the docs and error messages state them."""
+        if self.kind == "int":
+            return f"a whole number in {_int_text(self.low)}..{_int_text(self.high)}"
+        if self.kind == "float":
+            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+            return f"a finite number in {left}{self.low:g}, {self.high:g}{right}"
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "choice":
+            return "one of " + ", ".join(map(str, self.choices))
+        if self.kind == "int-list":
+            return (f"a list of 1..{self.max_len} whole numbers in "
+                    f"{_int_text(self.low)}..{_int_text(self.high)}")
+        if self.kind == "hex":
+            return f"{_int_text(self.low)}..{_int_text(self.high)} bytes as hex digits"
+        return "a job id (1-32 lowercase letters, digits, '-' or '_')"
+
+    def check(self, key: str, value: Any, *, what: str) -> Any:
+        """``value`` in its checked form, or :class:`VflError` naming key, value and range."""
+        checked = _CHECKS[self.kind](self, value)
+        if checked is _BAD:
+            raise VflError(f"{what} parameter {key} must be {self.span()}, not {_shown(value)}")
+        return checked
+
+
+_BAD = object()
+
+
+def _int_text(bound: float | None) -> str:
+    return "2**63-1" if bound == SEED_MAX else str(int(bound or 0))
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)  # repr escapes control characters: safe to print
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _as_int(p: Param, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)):
+        return _BAD  # a bool is not a number, and text is not parsed here
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return _BAD
+    number = int(value)
+    ok = (p.low is None or number >= p.low) and (p.high is None or number <= p.high)
+    return number if ok else _BAD
+
+
+def _as_float(p: Param, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return _BAD
+    number = float(value)
+    if not math.isfinite(number) or p.low is None or p.high is None:
+        return _BAD
+    low_ok = number > p.low if p.open_low else number >= p.low
+    high_ok = number < p.high if p.open_high else number <= p.high
+    return number if low_ok and high_ok else _BAD
+
+
+def _as_bool(p: Param, value: Any) -> Any:
+    return value if isinstance(value, bool) else _BAD
+
+
+def _as_choice(p: Param, value: Any) -> Any:
+    return value if isinstance(value, str) and value in p.choices else _BAD
+
+
+def _as_int_list(p: Param, value: Any) -> Any:
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= p.max_len:
+        return _BAD
+    items = [_as_int(p, v) for v in value]
+    return _BAD if any(v is _BAD for v in items) else items
+
+
+def _as_job(p: Param, value: Any) -> Any:
+    return value if is_name(value) else _BAD  # job ids are names: data, never paths
+
+
+def _as_hex(p: Param, value: Any) -> Any:
+    if not isinstance(value, str) or not _HEX_RE.fullmatch(value):
+        return _BAD
+    return value.lower() if (p.low or 0) <= len(value) // 2 <= (p.high or 0) else _BAD
+
+
+_CHECKS: dict[str, Callable[[Param, Any], Any]] = {
+    "int": _as_int, "float": _as_float, "bool": _as_bool, "choice": _as_choice,
+    "int-list": _as_int_list, "job": _as_job, "hex": _as_hex,
+}
+
+
+def Int(default: int, low: int, high: int, note: str = "") -> Param:
+    """A whole number in ``low..high`` (a bool or text is refused; 3.0 is taken as 3)."""
+    return Param("int", default, low, high, note=note)
+
+
+def Seed(default: int = 42) -> Param:
+    """A public seed (split and mini-batch order) in ``0..2**63-1``; never used for secrets."""
+    return Param("int", default, 0, SEED_MAX, note="public; orders rows, never a secret")
+
+
+def Float(default: float, low: float, high: float, *, open_low: bool = False,
+          open_high: bool = False, note: str = "") -> Param:
+    """A finite number between ``low`` and ``high`` (NaN and infinities are refused)."""
+    return Param("float", default, low, high, open_low=open_low, open_high=open_high, note=note)
+
+
+def Bool(default: bool, note: str = "") -> Param:
+    """``true`` or ``false`` only (1 and "yes" are refused)."""
+    return Param("bool", default, note=note)
+
+
+def Choice(default: str, *choices: str, note: str = "") -> Param:
+    """One of the given strings, exactly."""
+    return Param("choice", default, choices=choices, note=note)
+
+
+def IntList(default: list[int], low: int, high: int, max_len: int = MAX_LIST,
+            note: str = "") -> Param:
+    """A list of 1..max_len whole numbers, each in ``low..high``."""
+    return Param("int-list", list(default), low, high, max_len=max_len, note=note)
+
+
+def Hex(low: int, high: int, note: str = "") -> Param:
+    """Between ``low`` and ``high`` bytes written as hex digits (no default)."""
+    return Param("hex", None, low, high, note=note)
+
+
+def JobRef(note: str = "") -> Param:
+    """The id of an earlier job of the same parties (required): data, never a path."""
+    return Param("job", note=note)
+
+
+def typed_params(params: Any, spec: Mapping[str, Param], *, what: str) -> dict[str, Any]:
+    """Check ``params`` against ``spec``: refuse unknown keys and values outside their range,
+    fill defaults. The result is its own checked form (checking it again changes nothing).
+
+    Raises:
+        VflError: one message naming the parameter, the value and the allowed range.
+    """
+    if not isinstance(params, Mapping):
+        raise VflError(f"{what} parameters must be a table of key = value, not {_shown(params)}")
+    unknown = [k for k in params if k not in spec]
     if unknown:
-        raise VflError(f"unknown {what} parameter(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
+        shown = ", ".join(_shown(k) for k in unknown[:5])
+        allowed = f"allowed: {', '.join(spec)}" if spec else f"{what} takes no parameters"
+        raise VflError(f"unknown {what} parameter(s) {shown}; {allowed}")
     out: dict[str, Any] = {}
-    for key in required:
-        if not params.get(key):
+    for key, p in spec.items():
+        if key not in params and p.required:
             hint = ": align the parties first (vfl align start)" if key == "alignment" else ""
             raise VflError(f"{what} needs {key}=<job id>{hint}")
-        out[key] = str(params[key])
-    for key, default in defaults.items():
-        value = params.get(key, default)
-        try:
-            out[key] = type(default)(value)
-        except (TypeError, ValueError):
-            raise VflError(f"{key} must be a {type(default).__name__}, not {value!r}") from None
+        value = params[key] if key in params else p.default
+        out[key] = p.check(key, value, what=what)
     return out
+
+
+def defaults(spec: Mapping[str, Param]) -> dict[str, Any]:
+    """The default value of every optional parameter of ``spec``."""
+    return {k: p.default for k, p in spec.items() if not p.required}
+
+
+def spec_table(spec: Mapping[str, Param]) -> str:
+    """A Markdown table of ``spec`` (parameter, default, allowed values), for the protocol docs."""
+    rows = ["| parameter | default | allowed |", "|---|---|---|"]
+    for key, p in spec.items():
+        default = "required" if p.required else json.dumps(p.default)
+        allowed = p.span() + (f"; {p.note}" if p.note else "")
+        rows.append(f"| `{key}` | `{default}` | {allowed} |")
+    return "\n".join(rows)
+
+
+def unique_parties(parties: list[dict[str, str]]) -> None:
+    """Refuse a party named twice (``--with bureau --with bureau``, or a crafted proposal)."""
+    names = [p["name"] for p in parties]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise VflError(f"party {', '.join(dup)} is named more than once; each party takes one role")
+    if len(names) > MAX_PARTIES:
+        raise VflError(f"a job takes at most {MAX_PARTIES} parties, not {len(names)}")
+
+
+def party_list(raw: Any, *, what: str = "the proposal") -> list[dict[str, str]]:
+    """The parties of a received proposal, structurally checked before anything reads them.
+
+    Each entry is a table of strings with a valid party name and a role; names are unique and
+    there are 2..MAX_PARTIES of them.
+
+    Raises:
+        InvalidArtifact: naming what is wrong.
+    """
+    if not isinstance(raw, list) or not 2 <= len(raw) <= MAX_PARTIES:
+        raise InvalidArtifact(f"{what}: the parties must be a list of 2..{MAX_PARTIES} parties, "
+                              f"not {_shown(raw)}")
+    keys = {"name", "role", "signing_fingerprint", "paillier_fingerprint"}
+    for entry in raw:
+        if (not isinstance(entry, dict) or set(entry) != keys
+                or not all(isinstance(v, str) and len(v) <= 128 for v in entry.values())
+                or not is_name(entry["name"])):
+            raise InvalidArtifact(f"{what}: a malformed party {_shown(entry)}; each party "
+                                  f"is a table of {', '.join(sorted(keys))}, a valid name and role")
+    try:
+        unique_parties(raw)
+    except VflError as exc:
+        raise InvalidArtifact(f"{what}: {exc}") from None
+    return [dict(p) for p in raw]
 
 
 def need(received: Mapping[str, Artifact], sender: str, kind: str) -> Artifact:

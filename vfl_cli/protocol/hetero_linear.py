@@ -75,9 +75,12 @@ from vfl_cli.artifacts.container import Artifact, Member
 from vfl_cli.crypto import paillier
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.models.features import Split, aligned_rows, numeric_matrix, prepare, split_rows
-from vfl_cli.models.optim import EarlyStopping, make_optimizer
+from vfl_cli.models.optim import SCHEDULES, EarlyStopping, make_optimizer
 from vfl_cli.models.reference import initial_intercept, minibatches
-from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need, typed_params
+from vfl_cli.protocol.base import (
+    Bool, Choice, Expect, Float, Int, JobRef, JobState, Outgoing, Param, PartyContext, Protocol,
+    Seed, defaults, need, typed_params,
+)
 
 PARTIAL = "hetero/partial"
 PEER_PARTIAL = "hetero/peer-partial"
@@ -98,34 +101,33 @@ def value_bits(real_bits: int, exponent: int) -> int:
     """Public mask width for values ``|v| <= 2**real_bits`` encoded with ``exponent`` (base 16)."""
     return real_bits + 4 * (-exponent)
 
-DEFAULTS: dict[str, Any] = {
-    "epochs": 10,
-    "batch_size": 0,
-    "optimizer": "adam",
-    "learning_rate": 0.05,
-    "momentum": 0.0,
-    "l1": 0.0,
-    "l2": 0.0,
-    "schedule": "constant",
-    "decay": 0.01,
-    "early_stopping_patience": 0,
-    "early_stopping_tol": 1e-4,
-    "loss_sample": 256,
-    "loss_every": 1,
-    "approximation": "centred",
-    "whiten": False,
-    "test_fraction": 0.2,
-    "seed": 42,
+#: Every training parameter, its default and allowed range (checked by proposer and acceptors).
+PARAMS: dict[str, Param] = {
+    "alignment": JobRef(note="the finished psi job whose rows to train on"),
+    "epochs": Int(10, 1, 10_000),
+    "batch_size": Int(0, 0, 100_000_000, note="0: full batch"),
+    "optimizer": Choice("adam", "adam", "sgd"),
+    "learning_rate": Float(0.05, 0.0, 10.0, open_low=True),
+    "momentum": Float(0.0, 0.0, 1.0, open_high=True, note="sgd only"),
+    "l1": Float(0.0, 0.0, 100.0),
+    "l2": Float(0.0, 0.0, 100.0),
+    "schedule": Choice("constant", *SCHEDULES),
+    "decay": Float(0.01, 0.0, 100.0, note="inverse_time schedule"),
+    "early_stopping_patience": Int(0, 0, 10_000, note="0: off; full batch only"),
+    "early_stopping_tol": Float(1e-4, 0.0, 1.0),
+    "loss_sample": Int(256, 1, 1_000_000, note="rows in the encrypted loss"),
+    "loss_every": Int(1, 1, 10_000),
+    "approximation": Choice("centred", "centred", "taylor"),
+    "whiten": Bool(False),
+    "test_fraction": Float(0.2, 0.0, 1.0, open_high=True),
+    "seed": Seed(),
 }
+DEFAULTS: dict[str, Any] = defaults(PARAMS)
 
 
 # ----- parameters ------------------------------------------------------------------------------
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
-    out = typed_params(params, DEFAULTS, what="training", required=("alignment",))
-    if out["approximation"] not in ("centred", "taylor"):
-        raise VflError(f"approximation must be 'centred' or 'taylor', not {out['approximation']!r}")
-    if out["epochs"] < 1 or out["batch_size"] < 0 or out["loss_sample"] < 1:
-        raise VflError("epochs and loss_sample must be >= 1 and batch_size >= 0 (0: full batch)")
+    out = typed_params(params, PARAMS, what="training")
     _optimizer(out)  # refuse unknown optimisers and bad values before anyone starts
     split_rows(10, out["test_fraction"], out["seed"])
     return out

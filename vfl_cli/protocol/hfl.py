@@ -60,7 +60,10 @@ from vfl_cli.hfl.updates import (
 )
 from vfl_cli.hfl.worker import STAT_NAMES, local_train
 from vfl_cli.models.features import Split, Standardiser, numeric_matrix, split_rows
-from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
+from vfl_cli.protocol.base import (
+    Bool, Choice, Expect, Float, Int, IntList, JobState, Outgoing, Param, PartyContext, Protocol,
+    Seed, defaults, need, typed_params, unique_parties,
+)
 from vfl_cli.protocol.hetero_linear import (
     enc_member,
     ints_member,
@@ -92,87 +95,34 @@ UPDATE = "hfl/update"
 DELTA_BITS = 20
 _FRACTION_BITS = -4 * paillier.EXPONENT  # 32: bits below the point of an encoded value
 
-DEFAULTS: dict[str, Any] = {
-    "rounds": 10,
-    "weighting": "fedavg",
-    "model": "logistic",
-    "hidden": [16],
-    "local_epochs": 1,
-    "batch_size": 32,
-    "learning_rate": 0.1,
-    "server_learning_rate": 1.0,
-    "test_fraction": 0.5,
-    "seed": 42,
-    "realtime_k": 0.1,
-    "full_every": 5,
-    "secure_aggregation": False,
+PARAMS: dict[str, Param] = {
+    "rounds": Int(10, 1, 10_000),
+    "weighting": Choice("fedavg", *WEIGHTINGS),
+    "model": Choice("logistic", "logistic", "mlp"),
+    "hidden": IntList([16], 1, 4096, max_len=16, note="MLP hidden layer sizes"),
+    "local_epochs": Int(1, 1, 10_000),
+    "batch_size": Int(32, 0, 100_000_000, note="0: full batch"),
+    "learning_rate": Float(0.1, 0.0, 10.0, open_low=True),
+    "server_learning_rate": Float(1.0, 0.0, 10.0, open_low=True),
+    "test_fraction": Float(0.5, 0.0, 0.9, open_low=True),
+    "seed": Seed(),
+    "realtime_k": Float(0.1, 0.0, 1.0, open_low=True),
+    "full_every": Int(5, 1, 10_000),
+    "secure_aggregation": Bool(False),
 }
-MODELS = ("logistic", "mlp")
+DEFAULTS: dict[str, Any] = defaults(PARAMS)
+MODELS = PARAMS["model"].choices
 
 
 # ----- parameters --------------------------------------------------------------------------------
-def _whole(key: str, value: Any, low: int) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or value != int(value)
-        or value < low
-    ):
-        raise VflError(f"{key} must be a whole number >= {low}, not {value!r}")
-    return int(value)
-
-
-def _number(
-    key: str, value: Any, *, low: float, high: float | None = None, open_low: bool = True
-) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if open_low else value >= low) and (high is None or value <= high)
-    if not ok:
-        span = f"{'(' if open_low else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
-        raise VflError(f"{key} must be a number in {span}, not {value!r}")
-    return float(value)
-
-
 def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate hfl parameters and fill defaults; the result is its own checked form.
+    """Validate hfl parameters against :data:`PARAMS` and fill defaults; the result is its own
+    checked form.
 
     Raises:
-        VflError: An unknown parameter or an invalid value, naming both.
+        VflError: An unknown parameter or an invalid value, naming both and the allowed range.
     """
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise VflError(
-            f"unknown hfl parameter(s) {sorted(unknown)}; allowed: {', '.join(DEFAULTS)}"
-        )
-    p = {**DEFAULTS, **params}
-    out: dict[str, Any] = {
-        "rounds": _whole("rounds", p["rounds"], 1),
-        "local_epochs": _whole("local_epochs", p["local_epochs"], 1),
-        "batch_size": _whole("batch_size", p["batch_size"], 0),
-        "seed": _whole("seed", p["seed"], 0),
-        "full_every": _whole("full_every", p["full_every"], 1),
-        "learning_rate": _number("learning_rate", p["learning_rate"], low=0.0),
-        "server_learning_rate": _number("server_learning_rate", p["server_learning_rate"], low=0.0),
-        "test_fraction": _number("test_fraction", p["test_fraction"], low=0.0, high=0.9),
-        "realtime_k": _number("realtime_k", p["realtime_k"], low=0.0, high=1.0),
-    }
-    if p["weighting"] not in WEIGHTINGS:
-        raise VflError(f"weighting must be one of {', '.join(WEIGHTINGS)}, not {p['weighting']!r}")
-    if p["model"] not in MODELS:
-        raise VflError(f"model must be one of {', '.join(MODELS)}, not {p['model']!r}")
-    hidden = p["hidden"]
-    if not isinstance(hidden, (list, tuple)) or not hidden:
-        raise VflError(f"hidden must be a non-empty list of layer sizes, e.g. [16], not {hidden!r}")
-    if not isinstance(p["secure_aggregation"], bool):
-        raise VflError(f"secure_aggregation must be true or false, not {p['secure_aggregation']!r}")
-    out.update(
-        weighting=p["weighting"],
-        model=p["model"],
-        hidden=[_whole("hidden", h, 1) for h in hidden],
-        secure_aggregation=p["secure_aggregation"],
-    )
-    return {k: out[k] for k in DEFAULTS}
+    return typed_params(params, PARAMS, what="hfl")
 
 
 def model_spec(params: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -281,6 +231,7 @@ class HFL(Protocol):
 
     def check_parties(self, parties: list[dict[str, str]]) -> None:
         """Exactly one server, at least one worker, any number of predictors."""
+        unique_parties(parties)
         roles = [p["role"] for p in parties]
         if (
             roles.count("server") != 1

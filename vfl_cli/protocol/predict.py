@@ -23,7 +23,7 @@ import numpy as np
 from vfl_cli.artifacts.container import Artifact
 from vfl_cli.errors import DataError, VflError
 from vfl_cli.models.features import aligned_rows, numeric_matrix, transform_from_arrays
-from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
+from vfl_cli.protocol.base import Expect, JobRef, JobState, Outgoing, PartyContext, Protocol, need
 from vfl_cli.protocol.hetero_linear import (
     PEER_SCORES,
     SCORES,
@@ -65,11 +65,8 @@ class Predict(Protocol):
     name = "predict"
     summary = "joint scoring of aligned rows with a trained model; only the active party sees scores"
 
-    def check_params(self, params: dict[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
-        unknown = set(params) - {"model", "alignment"}
-        if unknown or not params.get("model") or not params.get("alignment"):
-            raise VflError("predict takes model=<training job> and alignment=<psi job over the rows to score>")
-        return {"model": str(params["model"]), "alignment": str(params["alignment"])}
+    params_spec = {"model": JobRef(note="the finished training job"),
+                   "alignment": JobRef(note="the psi job over the rows to score")}
 
     def expects(self, ctx: PartyContext, state: JobState) -> list[Expect]:
         if state.phase == "start":

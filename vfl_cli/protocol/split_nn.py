@@ -57,7 +57,10 @@ from vfl_cli.models import split_spec as ss
 from vfl_cli.models.features import split_rows
 from vfl_cli.models.nn import Sequential, make_head
 from vfl_cli.models.optim import Optimizer
-from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need, typed_params
+from vfl_cli.protocol.base import (
+    Choice, Expect, Float, Int, JobRef, JobState, Outgoing, Param, PartyContext, Protocol, Seed,
+    defaults, need, typed_params,
+)
 from vfl_cli.protocol.hetero_linear import (
     PartyData,
     advance_position,
@@ -87,29 +90,28 @@ ACT_MAX_SLOTS = 6  # shifts by 2**(155 s) go through float64 plaintexts: its ran
 ERR_SLOT_BITS = 83  # a slot of dL/dh: |dL/dh| <= 2**16, i.e. < 2**80 at exponent -16
 E = paillier.EXPONENT
 
-DEFAULTS: dict[str, Any] = {
-    "epochs": 10,
-    "batch_size": 0,
-    "optimizer": "adam",
-    "learning_rate": 0.01,
-    "momentum": 0.0,
-    "l2": 0.0,
-    "interactive_lr": 0.1,
-    "interactive_momentum": 0.9,
-    "test_fraction": 0.2,
-    "seed": 42,
+#: Every split-nn parameter but ``model`` (checked by ``split_spec.parse_spec``): default and range.
+PARAMS: dict[str, Param] = {
+    "alignment": JobRef(note="the finished psi job whose rows to train on"),
+    "epochs": Int(10, 1, 10_000),
+    "batch_size": Int(0, 0, 100_000_000, note="0: full batch"),
+    "optimizer": Choice("adam", "adam", "sgd"),
+    "learning_rate": Float(0.01, 0.0, 10.0, open_low=True),
+    "momentum": Float(0.0, 0.0, 1.0, open_high=True, note="sgd only"),
+    "l2": Float(0.0, 0.0, 100.0),
+    "interactive_lr": Float(0.1, 0.0, 10.0, open_low=True),
+    "interactive_momentum": Float(0.9, 0.0, 1.0, open_high=True),
+    "test_fraction": Float(0.2, 0.0, 1.0, open_low=True, open_high=True),
+    "seed": Seed(),
 }
+DEFAULTS: dict[str, Any] = defaults(PARAMS)
 
 
 def check_params(params: Mapping[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
     if sum(p["role"] == "passive" for p in parties) != 1:
         raise VflError("split-nn trains between the active party and exactly one passive party")
-    out = typed_params({k: v for k, v in params.items() if k != "model"}, DEFAULTS, what="split-nn",
-                       required=("alignment",))
-    if out["epochs"] < 1 or out["batch_size"] < 0:
-        raise VflError("epochs must be >= 1 and batch_size >= 0 (0: full batch)")
-    if not 0.0 < out["test_fraction"] < 1.0:
-        raise VflError(f"test_fraction must be in (0, 1), not {out['test_fraction']}")
+    rest = {k: v for k, v in params.items() if k != "model"} if isinstance(params, Mapping) else params
+    out = typed_params(rest, PARAMS, what="split-nn")
     ss.optimizer_factory(out)()  # refuse unknown optimisers and bad values before anyone starts
     ss.interactive_optimizer(out)
     out["model"] = ss.parse_spec(params.get("model")).to_dict()

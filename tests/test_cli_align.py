@@ -10,6 +10,10 @@ import numpy as np
 import pandas as pd
 from conftest import carry, error_line, fate, introduce, make_party, run
 
+from vfl_cli import jobs as engine
+from vfl_cli.protocol import psi
+from vfl_cli.workspace import Workspace
+
 
 def show(ws: Path, job: str) -> dict:
     return json.loads(run("-w", str(ws), "job", "show", job, "--json").stdout)
@@ -44,10 +48,13 @@ def test_two_parties_by_hand(two_parties, sample, tmp_path: Path) -> None:
     assert got_a != sorted(got_a)  # a shuffle, not a sorted or file order
     ra, rb = show(bank, "a1")["results"], show(bureau, "a1")["results"]
     assert ra["intersection_size"] == rb["intersection_size"] == len(expected)
-    assert ra["ids_sha256"] == rb["ids_sha256"]
-    expected_sorted = hashlib.sha256("\n".join(sorted(expected)).encode()).hexdigest()
-    assert ra["sorted_ids_sha256"] == rb["sorted_ids_sha256"] == expected_sorted
-    assert ra["ids_sha256"] == hashlib.sha256("\n".join(got_a).encode()).hexdigest()
+    assert ra["fingerprint"] == rb["fingerprint"]
+    # The documented keyed MAC of the ordered ids, never a plain hash a reader could test.
+    key = bytes.fromhex(engine.load_state(Workspace(bank), "a1")[0].data["digest_key"])
+    assert ra["fingerprint"] == psi.alignment_fingerprint(got_a, key, "a1").hex()
+    assert set(ra) == {"intersection_size", "fingerprint"}
+    for plain in (sorted(expected), got_a):
+        assert hashlib.sha256("\n".join(plain).encode()).hexdigest() != ra["fingerprint"]
 
 
 def test_export_holds_only_own_columns(two_parties, tmp_path: Path) -> None:
@@ -169,7 +176,7 @@ def test_other_columns_may_change_between_steps(tmp_path: Path, sample) -> None:
     df[df.columns[1]] = "0"  # a feature column, not the ids
     _write(p_file, df)
     run("-w", str(bureau), "align", "finish", "a1")
-    assert show(bureau, "a1")["results"]["ids_sha256"] == show(bank, "a1")["results"]["ids_sha256"]
+    assert show(bureau, "a1")["results"]["fingerprint"] == show(bank, "a1")["results"]["fingerprint"]
 
 
 def test_a_file_edited_after_alignment_is_refused_by_later_stages(tmp_path: Path, sample) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vfl_cli.crypto import ecdh
+from vfl_cli.crypto import channel, ecdh
 from vfl_cli.errors import DataError, InvalidArtifact
 from vfl_cli.protocol import psi
 
@@ -126,6 +127,7 @@ def test_order_is_the_documented_joint_shuffle() -> None:
     )
     mine, messages = psi.finish(state, active, {"bureau": response})
     seeds = {"bank": state.seed, "bureau": response.seed}
+    assert psi.open_seeds(pstate.channel_key, messages["bureau"].sealed_seeds, what="x") == seeds
     key = psi.order_key(seeds, JOB)
     assert mine.ids == psi.final_order(active, key)
     assert mine.ids != sorted(mine.ids) and mine.ids != active
@@ -330,6 +332,10 @@ def test_invalid_responses_are_refused(run_two: dict) -> None:
         finish_with(run_two, points=np.concatenate([response.points, response.points[5:6]]))
     with pytest.raises(InvalidArtifact, match="the seed is not 32 bytes"):
         finish_with(run_two, seed=b"short")
+    with pytest.raises(InvalidArtifact, match="key-exchange public key is not 32 bytes"):
+        finish_with(run_two, exchange_public=b"short")
+    with pytest.raises(InvalidArtifact, match="key-exchange public key is of small order"):
+        finish_with(run_two, exchange_public=bytes(32))
     with pytest.raises(InvalidArtifact, match="holds no points of its own"):
         finish_with(run_two, points=response.points[:0])
 
@@ -355,20 +361,35 @@ def test_points_from_another_job_never_match(run_two: dict) -> None:
 
 def test_invalid_finish_messages_are_refused(run_two: dict) -> None:
     pstate, message, passive = run_two["pstate"], run_two["finish"], run_two["passive"]
+    sealed = psi.open_seeds(pstate.channel_key, message.sealed_seeds, what="x")
 
-    def conclude(**changes: object) -> None:
+    def conclude(seeds: dict[str, bytes] | None = None, **changes: object) -> None:
+        if seeds is not None:
+            changes["sealed_seeds"] = psi.seal_seeds(pstate.channel_key, seeds)
         psi.conclude(pstate, passive, dataclasses.replace(message, **changes))
+
 
     with pytest.raises(InvalidArtifact, match="belongs to job 'x'"):
         conclude(job_id="x")
     with pytest.raises(InvalidArtifact, match="answers another response"):
         conclude(response_digest=bytes(32))
     with pytest.raises(InvalidArtifact, match="does not match the commitment"):
-        conclude(seeds=dict(message.seeds, bank=bytes(32)))
+        conclude(seeds=dict(sealed, bank=bytes(32)))
     with pytest.raises(InvalidArtifact, match="another seed for bureau"):
-        conclude(seeds=dict(message.seeds, bureau=bytes(32)))
+        conclude(seeds=dict(sealed, bureau=bytes(32)))
     with pytest.raises(InvalidArtifact, match="lacks the seed"):
-        conclude(seeds={"bank": message.seeds["bank"]})
+        conclude(seeds={"bank": sealed["bank"]})
+    # Sealed under another key (another job's channel), or changed in transit.
+    with pytest.raises(InvalidArtifact, match="does not open with this party's channel key"):
+        conclude(sealed_seeds=psi.seal_seeds(bytes(32), sealed))
+    flipped = bytearray(message.sealed_seeds)
+    flipped[-1] ^= 1
+    with pytest.raises(InvalidArtifact, match="does not open"):
+        conclude(sealed_seeds=bytes(flipped))
+    with pytest.raises(InvalidArtifact, match="not a sealed box"):
+        conclude(sealed_seeds=b"short")
+    with pytest.raises(InvalidArtifact, match="not a map of hex seeds"):
+        conclude(sealed_seeds=channel.seal(pstate.channel_key, b'{"bank": 5}'))
     with pytest.raises(InvalidArtifact, match=r"positions must lie in 0\.\.24"):
         conclude(positions=np.array([0, 25]))
     with pytest.raises(InvalidArtifact, match="ascending and never repeat"):
@@ -390,6 +411,25 @@ def test_passive_state_holds_no_scalar(run_two: dict) -> None:
     fields = {f.name for f in dataclasses.fields(psi.PassiveState)}
     assert "scalar" not in fields
     assert run_two["response"].seed not in run_two["start"].points.tobytes()
+
+
+def test_the_active_seed_never_travels_in_the_clear(run_two: dict) -> None:
+    # Without A's seed nobody carrying the files can rebuild the order key, hence neither the
+    # joint order nor the digest key of the fingerprint.
+    seed = run_two["state"].seed
+    sent = [run_two["start"], run_two["response"], run_two["finish"]]
+    for message in sent:
+        for f in dataclasses.fields(message):
+            value = getattr(message, f.name)
+            raw = value.tobytes() if isinstance(value, np.ndarray) else value
+            assert not (isinstance(raw, bytes) and seed in raw), f.name
+    assert run_two["finish"].sealed_seeds and len(run_two["finish"].sealed_seeds) > 32
+
+
+def test_start_with_a_bad_exchange_key_is_refused(run_two: dict) -> None:
+    start = dataclasses.replace(run_two["start"], exchange_public=bytes(31))
+    with pytest.raises(InvalidArtifact, match="the start message: the key-exchange public key"):
+        respond_to(start, run_two["passive"])
 
 
 # --------------------------------------------------------------------------- FATE example files
@@ -465,8 +505,6 @@ def test_progress_is_reported_for_every_long_phase() -> None:
 
 def test_documented_encodings() -> None:
     # The formulas of docs/protocols/psi.md, written out independently.
-    import hashlib
-
     def lp(text: str) -> bytes:
         data = text.encode("utf-8")
         return len(data).to_bytes(4, "big") + data
@@ -498,3 +536,19 @@ def test_documented_encodings() -> None:
     assert psi.make_domain(JOB, SALT) == (
         b"vfl/psi/v1/domain" + lp(JOB) + len(SALT).to_bytes(4, "big") + SALT
     )
+    digest_key = hashlib.blake2b(b"", digest_size=32, key=key, person=b"vfl-psi-digest").digest()
+    assert psi.digest_key(key) == digest_key
+    ordered = psi.final_order(ids, key)
+    listed = '["job-7","' + '","'.join(ordered).replace("é", "\\u00e9") + '"]'
+    assert psi.alignment_fingerprint(ordered, digest_key, JOB) == hashlib.blake2b(
+        listed.encode("ascii"), digest_size=32, key=digest_key, person=b"vfl-psi-fp"
+    ).digest()
+
+
+def test_result_fingerprint_is_the_keyed_mac_of_the_joint_order(run_two: dict) -> None:
+    mine, theirs = align(run_two["active"], {"bureau": run_two["passive"]}, seed=11)
+    assert mine.digest_key == theirs["bureau"].digest_key
+    assert mine.fingerprint == psi.alignment_fingerprint(mine.ids, mine.digest_key, JOB)
+    # A plain hash of the same ids is not it.
+    plain = hashlib.sha256(psi.encode_ids([JOB, *mine.ids])).digest()
+    assert mine.fingerprint != plain

@@ -25,7 +25,6 @@ inbox, exactly as an operator would carry them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -331,19 +330,18 @@ def run_recipe(recipe: Recipe, workdir: Path, *, on_event: Callable[[str], None]
 
 
 def alignment_summary(views: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Intersection size and order fingerprints, from each party's own alignment result."""
+    """Intersection size and each party's keyed fingerprint, from its own alignment result.
+
+    The fingerprint is a MAC under a key only the aligned parties hold (never a plain hash of the
+    ids, which a reader of the report could test a guessed intersection against).
+    """
     per_party = {name: v["results"] for name, v in views.items()}
     sizes = {r.get("intersection_size") for r in per_party.values()}
     first = next(iter(per_party.values()))
     return {
         "intersection_size": first.get("intersection_size") if len(sizes) == 1 else sorted(sizes),
-        "ids_sha256": {name: r.get("ids_sha256") for name, r in per_party.items()},
-        "sorted_ids_sha256": first.get("sorted_ids_sha256"),
+        "fingerprint": {name: r.get("fingerprint") for name, r in per_party.items()},
     }
-
-
-def ids_digest(ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
 def script(recipe: Recipe) -> str:

@@ -183,7 +183,7 @@ def build_report(ws: Workspace, job: str) -> str:
         r = state.results
         parts += ["<h2>Results</h2>", _table(["what", "value"], [
             ["rows all parties hold", r.get("intersection_size")],
-            ["SHA-256 of the aligned ids, in order", r.get("ids_sha256")]])]
+            ["fingerprint (a MAC only the aligned parties can compute)", r.get("fingerprint")]])]
     plots = _plots(state, protocol)
     if plots:
         parts += ["<h2>Plots</h2>", '<div class="plots">', *plots, "</div>"]

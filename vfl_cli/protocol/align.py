@@ -7,14 +7,19 @@ them onto artifacts and resumable job state:
 =====================  ===========================  =========================================
 hand-off               artifact kind                payload
 =====================  ===========================  =========================================
-1  active -> passive   ``psi/start``                A's blinded, shuffled points; seed commitment
-2  passive -> active   ``psi/response``             A's points re-blinded; Pi's blinded points; seed
-3  active -> passive   ``psi/finish``               positions of the common ids in Pi's list; seeds
+1  active -> passive   ``psi/start``                A's blinded, shuffled points; seed commitment;
+                                                    A's ephemeral key-exchange public key
+2  passive -> active   ``psi/response``             A's points re-blinded; Pi's blinded points; seed;
+                                                    Pi's ephemeral key-exchange public key
+3  active -> passive   ``psi/finish``               positions of the common ids in Pi's list; every
+                                                    seed, sealed to Pi
 =====================  ===========================  =========================================
 
 Afterwards every party holds, in its own job state, the common ids in the jointly shuffled
 order (``aligned_ids``) and the row of its own file for each (``aligned_rows``). The party's
-secret scalar is kept in its private job state between hand-offs and never sent.
+secret scalar is kept in its private job state between hand-offs and never sent. The results
+carry the size and the keyed fingerprint only (:func:`vfl_cli.protocol.psi.alignment_fingerprint`):
+no plain hash of ids, which anyone holding it could test a guessed intersection against.
 """
 
 from __future__ import annotations
@@ -77,18 +82,15 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _digest(ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
-
-
 def _finish_state(state: JobState, alignment: psi.Alignment) -> None:
     ids = alignment.ids
     state.arrays["aligned_ids"] = np.array(ids, dtype=str)
     state.arrays["aligned_rows"] = np.asarray(alignment.rows, dtype=np.int64)
+    # Kept private (never sent, never in results): lets this party check a copy of the aligned
+    # ids against the fingerprint later.
+    state.data["digest_key"] = alignment.digest_key.hex()
     state.results = {
         "intersection_size": len(ids),
-        "ids_sha256": _digest(ids),
-        "sorted_ids_sha256": alignment.sorted_ids_sha256,
         "fingerprint": alignment.fingerprint.hex(),
     }
     state.phase = "done"
@@ -132,12 +134,17 @@ class Align(Protocol):
         state.data.update(
             scalar=_hex(secret.scalar),
             seed=_hex(secret.seed),
+            exchange_secret=_hex(secret.exchange_secret),
             start_digest=_hex(secret.start_digest),
             ids_digest=_hex(secret.ids_digest),
         )
         state.arrays["order"] = secret.order
         state.phase = "wait-responses"
-        meta = {"count": len(ids), "seed_commitment": _hex(message.seed_commitment)}
+        meta = {
+            "count": len(ids),
+            "seed_commitment": _hex(message.seed_commitment),
+            "exchange_public": _hex(message.exchange_public),
+        }
         return [
             Outgoing(p, START, "start", members=[points_member("points", message.points)], meta=meta)
             for p in ctx.passives
@@ -152,6 +159,7 @@ class Align(Protocol):
             party=ctx.name,
             scalar=bytes.fromhex(d["scalar"]),
             seed=bytes.fromhex(d["seed"]),
+            exchange_secret=bytes.fromhex(d["exchange_secret"]),
             order=state.arrays["order"],
             start_digest=bytes.fromhex(d["start_digest"]),
             ids_digest=bytes.fromhex(d["ids_digest"]),
@@ -165,6 +173,7 @@ class Align(Protocol):
                 double_blinded=art.points("double_blinded"),
                 points=art.points("points"),
                 seed=_unhex(art.meta.get("seed"), f"{p}'s seed"),
+                exchange_public=_unhex(art.meta.get("exchange_public"), f"{p}'s exchange key"),
             )
         alignment, messages = psi.finish(
             secret, lambda: _kept_ids(ctx, state), responses, progress=ctx.progress
@@ -172,7 +181,7 @@ class Align(Protocol):
         _finish_state(state, alignment)
         state.arrays.pop("order", None)
         # The scalar is no longer needed; drop it so the stored state holds no secret.
-        for key in ("scalar", "seed"):
+        for key in ("scalar", "seed", "exchange_secret"):
             state.data.pop(key, None)
         return [
             Outgoing(
@@ -182,7 +191,7 @@ class Align(Protocol):
                 members=[ndarray_member("positions", m.positions.astype(np.int64))],
                 meta={
                     "response_digest": _hex(m.response_digest),
-                    "seeds": {k: _hex(v) for k, v in m.seeds.items()},
+                    "sealed_seeds": _hex(m.sealed_seeds),
                 },
             )
             for p, m in messages.items()
@@ -197,6 +206,7 @@ class Align(Protocol):
             job_id=art.job,
             points=art.points("points"),
             seed_commitment=_unhex(art.meta.get("seed_commitment"), "the seed commitment"),
+            exchange_public=_unhex(art.meta.get("exchange_public"), "the exchange key"),
         )
         def load() -> list[str]:  # called while the active party's points are blinded
             ids = _own_ids(ctx)
@@ -212,6 +222,7 @@ class Align(Protocol):
             seed_commitment=_hex(secret.seed_commitment),
             response_digest=_hex(secret.response_digest),
             ids_digest=_hex(secret.ids_digest),
+            channel_key=_hex(secret.channel_key),
         )
         state.arrays["order"] = secret.order
         state.phase = "wait-finish"
@@ -228,6 +239,7 @@ class Align(Protocol):
                     "count": len(secret.order),
                     "start_digest": _hex(response.start_digest),
                     "seed": _hex(response.seed),
+                    "exchange_public": _hex(response.exchange_public),
                 },
             )
         ]
@@ -246,17 +258,17 @@ class Align(Protocol):
             order=state.arrays["order"],
             response_digest=bytes.fromhex(d["response_digest"]),
             ids_digest=bytes.fromhex(d["ids_digest"]),
+            channel_key=bytes.fromhex(d["channel_key"]),
         )
-        seeds = art.meta.get("seeds")
-        if not isinstance(seeds, dict):
-            raise InvalidArtifact("the finish message carries no seeds")
         message = psi.FinishMessage(
             job_id=art.job,
             response_digest=_unhex(art.meta.get("response_digest"), "the response digest"),
             positions=art.array("positions"),
-            seeds={k: _unhex(v, f"{k}'s seed") for k, v in seeds.items()},
+            sealed_seeds=_unhex(art.meta.get("sealed_seeds"), "the sealed seeds"),
         )
         alignment = psi.conclude(secret, _kept_ids(ctx, state), message)
         _finish_state(state, alignment)
         state.arrays.pop("order", None)
+        for key in ("seed", "channel_key"):  # secrets no later step needs
+            state.data.pop(key, None)
         return []

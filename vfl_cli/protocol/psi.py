@@ -9,12 +9,20 @@ same order, an order that no single party chose. Three hand-offs, whatever k is:
     Pi --response--> A             A's points blinded again with beta_i (A's order kept);
                                    Pi's ids blinded with beta_i, shuffled; Pi's seed
     A  --finish-->  every Pi       positions, in Pi's own list, of the ids all parties hold;
-                                   every party's seed (A's opens its commitment)
+                                   every party's seed (A's opens its commitment), sealed to Pi
 
 Each party then orders the common ids by ``BLAKE2b-256(key=order key, id)`` where the order key hashes
 the job id and every party's seed (:func:`order_key`): A committed to its seed before seeing the
 others, and each Pi chose its seed without seeing A's, so no single party picks the order, and a
 row's position says nothing about where the id sat in anyone's file.
+
+A's seed never travels in the clear: the start and response messages carry ephemeral X25519
+public keys, and the finish message seals the seeds to each Pi under the key they agree
+(:mod:`vfl_cli.crypto.channel`). So the order key, and the digest key derived from it
+(:func:`digest_key`), are known to the aligned parties only. The alignment's fingerprint is a
+MAC under that key (:func:`alignment_fingerprint`), never a plain hash of ids: someone who holds
+the artifacts and the fingerprint (a courier, a reader of a report) cannot confirm a guessed
+intersection with it.
 
 Threat model: semi-honest parties (they follow the steps, then try to learn more from what they
 saw), no collusion, no trusted third party. Artifacts are signed and bound to the job by the
@@ -36,7 +44,8 @@ What each message reveals (beyond what is listed, the points are pseudorandom un
 * response (Pi to A): the number of Pi's ids. From it A computes, and so learns, the ids it shares
   with Pi (the pairwise intersection, which can be larger than the final one when k > 1).
 * finish (A to Pi): the ids all parties hold and their number. Pi learns nothing about A's other
-  ids, nor which of its ids A holds but another passive party does not.
+  ids, nor which of its ids A holds but another passive party does not. Someone carrying it
+  learns the number only (the seeds are sealed to Pi).
 * Nobody learns any id outside what is listed; nobody learns anyone's original row order.
 
 See docs/protocols/psi.md for the full description.
@@ -55,7 +64,7 @@ from random import Random
 
 import numpy as np
 
-from vfl_cli.crypto import ecdh
+from vfl_cli.crypto import channel, ecdh
 from vfl_cli.errors import CryptoError, DataError, InvalidArtifact
 
 __all__ = [
@@ -70,11 +79,13 @@ __all__ = [
     "Progress",
     "ResponseMessage",
     "StartMessage",
+    "alignment_fingerprint",
     "blind_ids",
     "check_peer_points",
     "commit_seed",
     "conclude",
     "decode_ids",
+    "digest_key",
     "double_blind",
     "encode_ids",
     "final_order",
@@ -86,8 +97,9 @@ __all__ = [
     "normalise_ids",
     "order_key",
     "points_digest",
+    "open_seeds",
     "respond",
-    "sorted_digest",
+    "seal_seeds",
     "start",
     "verify_seed",
 ]
@@ -103,6 +115,8 @@ Progress = Callable[[str, int], Callable[[int], None]]
 Ids = Sequence[str] | Callable[[], Sequence[str]]
 _SHOWN = 5  # how many offending ids or rows an error message lists
 _ORDER_PERSON = b"vfl-psi-order"  # BLAKE2b personalisation of the joint order
+_DIGEST_PERSON = b"vfl-psi-digest"  # of the digest key, derived from the order key
+_FINGERPRINT_PERSON = b"vfl-psi-fp"  # of the alignment fingerprint (a MAC of the ordered ids)
 
 
 # --------------------------------------------------------------------------- messages and state
@@ -129,6 +143,7 @@ class StartMessage:
     job_id: str
     points: np.ndarray  # A's ids blinded with alpha, shuffled
     seed_commitment: bytes  # commit_seed(A's seed, job_id)
+    exchange_public: bytes  # A's ephemeral X25519 public key (vfl_cli.crypto.channel)
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,7 @@ class ResponseMessage:
     double_blinded: np.ndarray  # A's points blinded again with beta_i, in A's order
     points: np.ndarray  # Pi's ids blinded with beta_i, shuffled
     seed: bytes  # Pi's seed, in the clear (A is already committed to its own)
+    exchange_public: bytes  # Pi's ephemeral X25519 public key
 
 
 @dataclass(frozen=True)
@@ -149,7 +165,7 @@ class FinishMessage:
     job_id: str
     response_digest: bytes  # points_digest of Pi's points this answers
     positions: np.ndarray  # int64, ascending: rows of Pi's sent points that all parties hold
-    seeds: Mapping[str, bytes]  # every party's seed, by party name, A's included
+    sealed_seeds: bytes  # seal_seeds(channel key, every party's seed by name, A's included)
 
 
 @dataclass(frozen=True)
@@ -160,6 +176,7 @@ class ActiveState:
     party: str
     scalar: bytes  # alpha
     seed: bytes
+    exchange_secret: bytes  # A's ephemeral X25519 secret, for the channel to each Pi
     order: np.ndarray  # the private shuffle of A's sent points
     start_digest: bytes
     ids_digest: bytes  # refuses finishing with another id list
@@ -177,6 +194,7 @@ class PassiveState:
     order: np.ndarray  # the private shuffle of Pi's sent points
     response_digest: bytes
     ids_digest: bytes
+    channel_key: bytes  # agreed with A in respond; opens the finish message's seeds
 
 
 @dataclass(frozen=True)
@@ -187,15 +205,16 @@ class Alignment:
         ids: the ids all parties hold, in the joint shuffled order.
         rows: ``(m,)`` int64, this party's row (in its normalised id list, i.e. its file order)
             for each of ``ids``; take the party's data rows in this order.
-        fingerprint: SHA-256 over the job id and the ordered ids; equal for all parties, so it
-            can be compared (or carried in later artifacts) to prove everyone uses one alignment.
-        sorted_ids_sha256: :func:`sorted_digest` of the ids (hex), also equal for all parties.
+        fingerprint: :func:`alignment_fingerprint` of the ordered ids, a MAC under the digest
+            key: equal for all parties, so it can be compared (or carried in later artifacts) to
+            prove everyone uses one alignment, and useless to anyone without the key.
+        digest_key: :func:`digest_key` of the order key. Secret to the aligned parties.
     """
 
     ids: list[str]
     rows: np.ndarray
     fingerprint: bytes
-    sorted_ids_sha256: str = ""  # :func:`sorted_digest` of ids
+    digest_key: bytes
 
 
 # --------------------------------------------------------------------------- inputs
@@ -438,10 +457,54 @@ def _order_macs(values: Sequence[str], key: bytes) -> bytes:
     return b"".join([mac(value) for value in values])
 
 
-def sorted_digest(ids: Iterable[str]) -> str:
-    """SHA-256 (hex) of the ids sorted and joined by newlines: the same for every party, and a
-    script can compute it from any copy of the intersection."""
-    return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()
+def digest_key(order: bytes) -> bytes:
+    """The key of the alignment's digests: ``BLAKE2b-256(key=order key, person="vfl-psi-digest")``
+    of the empty string. Only the aligned parties hold the order key (A's seed travels sealed)."""
+    return hashlib.blake2b(b"", digest_size=32, key=order, person=_DIGEST_PERSON).digest()
+
+
+def alignment_fingerprint(ordered: Sequence[str], key: bytes, job_id: str) -> bytes:
+    """The alignment's fingerprint: a MAC of the job id and the ordered ids.
+
+    ``BLAKE2b-256(key=digest key, person="vfl-psi-fp", JSON([job id, *ids]))``, the JSON array
+    ASCII-only with no spaces. Never a plain hash: with a plain hash, anyone holding it could
+    confirm a guessed intersection.
+
+    Args:
+        ordered: the ids in the joint order.
+        key: the digest key (:func:`digest_key` of the order key).
+        job_id: the alignment job's id.
+    """
+    return hashlib.blake2b(
+        _encode_list([job_id, *ordered]), digest_size=32, key=key, person=_FINGERPRINT_PERSON
+    ).digest()
+
+
+def seal_seeds(key: bytes, seeds: Mapping[str, bytes], rng: Random | None = None) -> bytes:
+    """Every party's seed, sealed under the channel key A and one Pi agreed."""
+    plain = json.dumps({k: v.hex() for k, v in seeds.items()}, sort_keys=True).encode("ascii")
+    return channel.seal(key, plain, rng)
+
+
+def open_seeds(key: bytes, sealed: bytes, *, what: str) -> dict[str, bytes]:
+    """The seeds :func:`seal_seeds` sealed, checked to be names mapped to 32-byte seeds.
+
+    Raises:
+        InvalidArtifact: the box does not open under ``key`` or holds anything else.
+    """
+    plain = channel.open_sealed(key, sealed, what=f"{what}: the sealed seeds")
+    try:
+        raw = json.loads(plain)
+        seeds = {str(k): bytes.fromhex(v) for k, v in raw.items() if isinstance(v, str)}
+    except (ValueError, AttributeError, UnicodeDecodeError) as exc:
+        raise InvalidArtifact(f"{what}: the sealed seeds are not a map of hex seeds") from exc
+    if len(seeds) != len(raw):
+        raise InvalidArtifact(f"{what}: the sealed seeds are not a map of hex seeds")
+    return seeds
+
+
+def _channel_context(job_id: str, active: str, passive: str) -> bytes:
+    return b"vfl/psi/v1/channel\x00" + _encode_list([job_id, active, passive])
 
 
 def _byte_order(words: np.ndarray) -> np.ndarray:
@@ -634,6 +697,7 @@ def start(
     """
     scalar = ecdh.new_scalar(rng)
     seed = new_seed(rng)
+    exchange_secret, exchange_public = channel.new_exchange(rng)
     domain = make_domain(job_id, salt)
     with ecdh.Workers(n_jobs) as workers:
         pending = _submit_own(workers, ids, domain, scalar, progress)
@@ -647,12 +711,16 @@ def start(
         party=party,
         scalar=scalar,
         seed=seed,
+        exchange_secret=exchange_secret,
         order=blinded.order,
         start_digest=digest,
         ids_digest=own_digest,
     )
     message = StartMessage(
-        job_id=job_id, points=blinded.points, seed_commitment=commit_seed(seed, job_id)
+        job_id=job_id,
+        points=blinded.points,
+        seed_commitment=commit_seed(seed, job_id),
+        exchange_public=exchange_public,
     )
     return state, message
 
@@ -692,6 +760,11 @@ def respond(
     if len(message.points) == 0:
         raise InvalidArtifact("the start message holds no points (the active party has no ids)")
     beta = ecdh.new_scalar(rng)
+    exchange_secret, exchange_public = channel.new_exchange(rng)
+    key = channel.channel_key(
+        exchange_secret, message.exchange_public, _channel_context(job_id, active, party),
+        what="the start message",
+    )
     what = f"the points of {active} (start message)"
     checked = check_peer_points(message.points, what=what)
     with ecdh.Workers(n_jobs) as workers:
@@ -716,6 +789,7 @@ def respond(
         order=own.order,
         response_digest=response_digest,
         ids_digest=own_digest,
+        channel_key=key,
     )
     response = ResponseMessage(
         job_id=job_id,
@@ -723,6 +797,7 @@ def respond(
         double_blinded=double,
         points=own.points,
         seed=seed,
+        exchange_public=exchange_public,
     )
     return state, response
 
@@ -756,19 +831,7 @@ def finish(
         raise InvalidArtifact("no responses: alignment needs at least one passive party")
     n = len(state.order)
     names = sorted(responses)
-    peer_points = []
-    for name in names:
-        response = responses[name]
-        where = f"the response from {name}"
-        _same_job(response.job_id, state.job_id, where)
-        if not hmac.compare_digest(response.start_digest, state.start_digest):
-            raise InvalidArtifact(f"{where} answers another start message (stale or replayed)")
-        if not isinstance(response.seed, bytes) or len(response.seed) != SEED_BYTES:
-            raise InvalidArtifact(f"{where}: the seed is not {SEED_BYTES} bytes")
-        if len(response.points) == 0:
-            raise InvalidArtifact(f"{where} holds no points of its own (the party has no ids)")
-        what = f"{where}: its own points"
-        peer_points.append((check_peer_points(response.points, what=what), what))
+    peer_points, channels = _check_responses(state, responses)
     with ecdh.Workers(n_jobs) as workers:
         # Every passive party's points on one pool; meanwhile the checks that need no result.
         pending = [_submit_peer(workers, p, state.scalar, w, progress) for p, w in peer_points]
@@ -808,10 +871,41 @@ def finish(
             job_id=state.job_id,
             response_digest=digests[name],
             positions=positions,
-            seeds=dict(seeds),
+            # Sealed to Pi: A's seed in the clear would give anyone carrying the files the order
+            # key, and with it the order and fingerprint of any guessed intersection.
+            sealed_seeds=seal_seeds(channels[name], seeds),
         )
     rows = state.order[common]
     return _alignment(ids, rows, key, state.job_id), messages
+
+
+def _check_responses(
+    state: ActiveState, responses: Mapping[str, ResponseMessage]
+) -> tuple[list[tuple[np.ndarray, str]], dict[str, bytes]]:
+    """Check each response's job, echo, seed and points; agree a channel key with each party.
+
+    Returns:
+        The checked points with their description, by sorted party name, and the channel keys.
+    """
+    peer_points = []
+    channels: dict[str, bytes] = {}
+    for name in sorted(responses):
+        response = responses[name]
+        where = f"the response from {name}"
+        _same_job(response.job_id, state.job_id, where)
+        if not hmac.compare_digest(response.start_digest, state.start_digest):
+            raise InvalidArtifact(f"{where} answers another start message (stale or replayed)")
+        if not isinstance(response.seed, bytes) or len(response.seed) != SEED_BYTES:
+            raise InvalidArtifact(f"{where}: the seed is not {SEED_BYTES} bytes")
+        if len(response.points) == 0:
+            raise InvalidArtifact(f"{where} holds no points of its own (the party has no ids)")
+        channels[name] = channel.channel_key(
+            state.exchange_secret, response.exchange_public,
+            _channel_context(state.job_id, state.party, name), what=where,
+        )
+        what = f"{where}: its own points"
+        peer_points.append((check_peer_points(response.points, what=what), what))
+    return peer_points, channels
 
 
 def conclude(state: PassiveState, ids: Sequence[str], message: FinishMessage) -> Alignment:
@@ -832,7 +926,7 @@ def conclude(state: PassiveState, ids: Sequence[str], message: FinishMessage) ->
     _same_job(message.job_id, state.job_id, where)
     if not hmac.compare_digest(message.response_digest, state.response_digest):
         raise InvalidArtifact(f"{where} answers another response (stale or replayed)")
-    seeds = dict(message.seeds)
+    seeds = open_seeds(state.channel_key, message.sealed_seeds, what=where)
     if state.active not in seeds or state.party not in seeds:
         raise InvalidArtifact(f"{where} lacks the seed of {state.active} or of {state.party}")
     verify_seed(seeds[state.active], state.seed_commitment, state.job_id)
@@ -856,17 +950,14 @@ def conclude(state: PassiveState, ids: Sequence[str], message: FinishMessage) ->
 
 def _alignment(ids: Sequence[str], rows: np.ndarray, key: bytes, job_id: str) -> Alignment:
     chosen = _take(ids, rows)
-    digest_sorted, macs = sorted_digest(chosen), _order_macs(chosen, key)
+    macs = _order_macs(chosen, key)
     permutation = _byte_order(np.frombuffer(macs, dtype=">u8").reshape(len(chosen), 4))
     ordered = _take(chosen, permutation)
-    fingerprint = hashlib.sha256(
-        b"vfl/psi/v1/alignment\x00" + _encode_list([job_id, *ordered])
-    ).digest()
     return Alignment(
         ids=ordered,
         rows=rows[permutation].astype(np.int64),
-        fingerprint=fingerprint,
-        sorted_ids_sha256=digest_sorted,
+        fingerprint=alignment_fingerprint(ordered, digest_key(key), job_id),
+        digest_key=digest_key(key),
     )
 
 

@@ -372,9 +372,9 @@ def spec_table(spec: Mapping[str, Param]) -> str:
     """A Markdown table of ``spec`` (parameter, default, allowed values), for the protocol docs."""
     rows = ["| parameter | default | allowed |", "|---|---|---|"]
     for key, p in spec.items():
-        default = "required" if p.required else json.dumps(p.default)
+        default = "required" if p.required else "—" if p.default is None else f"`{json.dumps(p.default)}`"
         allowed = p.span() + (f"; {p.note}" if p.note else "")
-        rows.append(f"| `{key}` | `{default}` | {allowed} |")
+        rows.append(f"| `{key}` | {default} | {allowed} |")
     return "\n".join(rows)
 
 

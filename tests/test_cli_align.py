@@ -113,21 +113,25 @@ def test_fate_sample_id_files(tmp_path: Path) -> None:
 
 
 def test_duplicate_ids_are_refused_and_listed(tmp_path: Path) -> None:
-    a = make_party(tmp_path, "a", "active", fate("breast_hetero_guest_repeated_id.csv"), label_column="y")
+    # vfl init refuses such a file already (test_data_mistakes.py); another file of a party is
+    # checked when a job uses it
+    a = make_party(tmp_path, "a", "active", fate("breast_hetero_guest.csv"), label_column="y")
     make_party(tmp_path, "p", "passive", fate("breast_hetero_host.csv"))
     introduce(tmp_path, "a", "p")
-    message = error_line(run("-w", str(a), "align", "start", ok=False))
+    message = error_line(run("-w", str(a), "align", "start", "--data",
+                             str(fate("breast_hetero_guest_repeated_id.csv")), ok=False))
     assert "'133'" in message and "more than once" in message
     assert not list((a / "outbox").glob("*.zip"))
     assert not list((a / "jobs").iterdir())
 
 
 def test_empty_ids_are_refused(tmp_path: Path) -> None:
+    good = _write(tmp_path / "good.csv", pd.DataFrame({"id": ["a", "b", "c"], "x": [1, 2, 3]}))
     f = _write(tmp_path / "d.csv", pd.DataFrame({"id": ["a", "", "c"], "x": [1, 2, 3]}))
-    a = make_party(tmp_path, "a", "active", f, label_column="x")
-    make_party(tmp_path, "p", "passive", f)
+    a = make_party(tmp_path, "a", "active", good, label_column="x")
+    make_party(tmp_path, "p", "passive", good)
     introduce(tmp_path, "a", "p")
-    assert "empty" in error_line(run("-w", str(a), "align", "start", ok=False)).lower()
+    assert "empty" in error_line(run("-w", str(a), "align", "start", "--data", str(f), ok=False)).lower()
 
 
 def test_export_before_finish_says_what_to_do(two_parties, tmp_path: Path) -> None:

@@ -18,6 +18,17 @@ def snapshot(ws: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != ".lock"}
 
 
+def quarantined(before: dict[str, bytes], after: dict[str, bytes], name: str) -> str:
+    """Check that the only change is ``inbox/name`` moved to inbox/rejected/; return the reason."""
+    moved = dict(before)
+    data = moved.pop(f"inbox/{name}")
+    reason = after[f"inbox/rejected/{name}.reason.txt"].decode()
+    moved[f"inbox/rejected/{name}"] = data
+    moved[f"inbox/rejected/{name}.reason.txt"] = after[f"inbox/rejected/{name}.reason.txt"]
+    assert after == moved
+    return reason
+
+
 def start_handshake(bank: Path, job: str = "hs1") -> None:
     run("-w", str(bank), "job", "start", "--protocol", "handshake", "--job", job)
 
@@ -68,9 +79,14 @@ def test_tampered_artifact_is_refused_and_nothing_changes(two_parties) -> None:
     data = bytearray(hello.read_bytes())
     data[len(data) // 2] ^= 0x01
     hello.write_bytes(bytes(data))
+    # the proposal is accepted; the damaged file is quarantined with its reason, nothing else
+    result = run("-w", str(bureau), "job", "accept", "hs1")
+    assert f"Rejected {hello.name}" in result.stderr
+    assert hello.name in (bureau / "inbox" / "rejected" / f"{hello.name}.reason.txt").read_text()
+    assert jobs.rejected_files(Workspace(bureau))[0]["file"] == hello.name
     before = snapshot(bureau)
-    assert hello.name in error_line(run("-w", str(bureau), "job", "accept", "hs1", ok=False))
-    assert snapshot(bureau) == before
+    out = json.loads(run("-w", str(bureau), "step", "--json").stdout)
+    assert out[0]["waiting_for"] == ["handshake/hello from bank"] and snapshot(bureau) == before
 
 
 def test_wrong_party_is_refused(two_parties, tmp_path: Path, sample) -> None:
@@ -82,8 +98,12 @@ def test_wrong_party_is_refused(two_parties, tmp_path: Path, sample) -> None:
         shutil.copy(f, insurer / "inbox" / f.name)
     before = snapshot(insurer)
     message = error_line(run("-w", str(insurer), "job", "accept", ok=False))
-    assert "addressed to bureau" in message and "wrong party" in message
-    assert snapshot(insurer) == before
+    assert "addressed to bureau" in message and "wrong party" in message and "1 more file" in message
+    after = snapshot(insurer)
+    assert {k for k in after if k.startswith("inbox/rejected/") and not k.endswith(".txt")} == {
+        f"inbox/rejected/{k[6:]}" for k in before if k.startswith("inbox/")}
+    assert {k: v for k, v in after.items() if not k.startswith("inbox/")} == {
+        k: v for k, v in before.items() if not k.startswith("inbox/")}
 
 
 def test_replayed_artifact_is_refused(two_parties) -> None:
@@ -95,12 +115,15 @@ def test_replayed_artifact_is_refused(two_parties) -> None:
     hello = next(n for n in saved if "hello" in n)
     (bureau / "inbox" / hello).write_bytes(saved[hello])
     before = snapshot(bureau)
-    assert "replayed" in error_line(run("-w", str(bureau), "step", ok=False))
-    assert snapshot(bureau) == before
+    out = json.loads(run("-w", str(bureau), "step", "--json").stdout)
+    assert "replayed" in out[0]["rejected"][0]["reason"]
+    assert "replayed" in quarantined(before, snapshot(bureau), hello)
     proposal = next(n for n in saved if "proposal" in n)
-    (bureau / "inbox" / hello).unlink()
     (bureau / "inbox" / proposal).write_bytes(saved[proposal])
-    assert "already accepted" in error_line(run("-w", str(bureau), "job", "accept", ok=False))
+    before = snapshot(bureau)
+    message = error_line(run("-w", str(bureau), "job", "accept", ok=False))
+    assert "already accepted" in message and f"inbox/rejected/{proposal}" in message
+    quarantined(before, snapshot(bureau), proposal)
 
 
 def test_file_for_an_unaccepted_job_is_refused(two_parties) -> None:
@@ -108,10 +131,12 @@ def test_file_for_an_unaccepted_job_is_refused(two_parties) -> None:
     start_handshake(bank)
     hello = next((bank / "outbox").glob("*hello*"))
     shutil.move(str(hello), bureau / "inbox" / hello.name)
-    assert "has not accepted" in error_line(run("-w", str(bureau), "step", ok=False))
+    result = run("-w", str(bureau), "step")
+    assert f"Rejected {hello.name}" in result.stderr and "has not accepted" in result.stderr
+    assert "has not accepted" in jobs.rejected_files(Workspace(bureau))[0]["reason"]
 
 
-def test_out_of_order_file_is_refused(two_parties) -> None:
+def test_early_file_waits_for_the_one_before_it(two_parties) -> None:
     from vfl_cli.artifacts.container import encode, new_artifact
 
     bank, bureau = two_parties
@@ -121,12 +146,14 @@ def test_out_of_order_file_is_refused(two_parties) -> None:
     hello.unlink()  # step 2 never arrives; a genuine, signed step 3 does
     later = new_artifact(kind="handshake/hello", job="hs1", seq=3, step="hello", sender="bank",
                          recipient="bureau", meta={"challenge": "x"})
-    (bureau / "inbox" / later.default_name()).write_bytes(encode(later, Workspace(bank).signer))
+    (bureau / "inbox" / later.default_name()).write_bytes(encode(later, Workspace(bank).signer,
+                                                                          to=Workspace(bureau).signer.verifier))
+    saved = hello.read_bytes() if hello.exists() else None
     run("-w", str(bureau), "job", "accept", "hs1")
     before = snapshot(bureau)
-    message = error_line(run("-w", str(bureau), "step", ok=False))
-    assert "out of order" in message and "handshake/hello from bank" in message
-    assert snapshot(bureau) == before
+    out = json.loads(run("-w", str(bureau), "step", "--json").stdout)
+    assert out[0]["waiting_for"] == ["handshake/hello from bank"] and not out[0]["rejected"]
+    assert snapshot(bureau) == before  # it waits in the inbox, untouched
 
 
 def test_unknown_protocol_and_peer(two_parties) -> None:

@@ -14,13 +14,15 @@ from conftest import TEST_KEY_BITS, error_line, make_party, run
 
 def test_init_creates_the_layout(tmp_path: Path, sample) -> None:
     ws = tmp_path / "bank"
-    run("init", str(ws), "--role", "active", "--data", str(sample("breast_active.csv")),
-        "--id-column", "id", "--label-column", "label")
+    out = json.loads(run("init", str(ws), "--role", "active", "--data", str(sample("breast_active.csv")),
+                         "--id-column", "id", "--label-column", "label", "--json").stdout)
     for sub in ("keys", "peers", "inbox", "outbox", "jobs", "archive/sent", "archive/received"):
         assert (ws / sub).is_dir()
     config = json.loads((ws / "vfl.json").read_text())
     assert config["name"] == "bank" and config["role"] == "active"
-    assert "label" not in config["features"] and "id" not in config["features"]
+    # init records the file and its id/label columns; the features are read from the file by each job
+    assert "features" not in config and config["label_column"] == "label"
+    assert len(out["features"]) == 10 and "label" not in out["features"] and "id" not in out["features"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -290,7 +290,8 @@ def _context(ws: Workspace, info: dict[str, Any], progress: Progress) -> PartyCo
         data_file=data_file,
         id_column=ws.config["id_column"],
         label_column=ws.label_column,
-        features=ws.features,
+        # the columns the job started with (job.json), so a later column choice never changes it
+        features=info["features"] if "features" in info else ws.features,
         job_arrays=job_arrays,
         job_info=job_info,
         private_key=lambda: ws.private_key,
@@ -334,6 +335,7 @@ def start_job(
     peers: list[str] | None = None,
     job: str | None = None,
     data: Path | None = None,
+    features: list[str] | None = None,
     progress: Progress = no_progress,
 ) -> StepReport:
     """Propose a job to ``peers`` (default: every trusted peer) and take the first step.
@@ -362,6 +364,7 @@ def start_job(
             "proposer": ws.name,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "data": _data_file(ws, data),
+            "features": ws.features if features is None else features,  # local, never in the proposal
         }
         engine: dict[str, Any] = {"next_seq": {}, "expected_seq": {}}
         proposals = [
@@ -390,7 +393,7 @@ def _data_file(ws: Workspace, data: Path | None) -> str:
         return str(ws.config["data"])
     from vfl_cli.workspace import read_header
 
-    columns = read_header(data)
+    columns = read_header(data, **(ws.config.get("csv") or {}))
     missing = [c for c in [ws.config["id_column"], *ws.features] if c not in columns]
     if missing:
         raise VflError(f"{data} lacks column(s) {', '.join(missing[:5])} that {ws.name}'s data has")
@@ -433,6 +436,7 @@ def accept_job(
             art = loaded.artifact
             info = _check_proposal(ws, name, art)
             info["data"] = _data_file(ws, data)
+            info["features"] = ws.features  # local, like the data file: the columns this job uses
             engine = {"next_seq": {}, "expected_seq": {art.sender: art.seq + 1}}
             state = JobState()
             out = _to_artifacts(ws, art.job, engine, _first_step(get_protocol(info["protocol"]), _context(ws, info, progress), state))

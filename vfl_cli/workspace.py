@@ -130,8 +130,13 @@ class Workspace:
         data: Path,
         id_column: str,
         label_column: str | None = None,
+        **choice: Any,
     ) -> Workspace:
-        """Create a party folder after checking the data file and columns."""
+        """Create a party folder after checking the data file and columns.
+
+        ``choice`` takes :func:`vfl_cli.columns.check_data`'s options: ``csv`` (sep, decimal,
+        encoding), ``exclude``, ``features`` and ``positive_label``.
+        """
         check_name(name)
         if role not in ROLES:
             raise VflError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
@@ -143,24 +148,15 @@ class Workspace:
             )
         if role in LABELLED_ROLES and not label_column:
             raise DataError(f"the {role} party holds the labels: give --label-column")
-        columns = read_header(data)
-        for col, what in ((id_column, "id"), (label_column, "label")):
-            if col is not None and col not in columns:
-                raise DataError(
-                    f"{data} has no {what} column {col!r}; its columns are: {', '.join(columns[:12])}"
-                )
-        features = [c for c in columns if c not in (id_column, label_column)]
-        if not features and role == "passive":
-            raise DataError(f"{data} has no feature columns besides the id column")
+        from vfl_cli.columns import check_data
+
+        data_config = check_data(data, role=role, id_column=id_column, label_column=label_column, **choice)
         for sub in ("keys", "peers", "inbox", "outbox", "archive/sent", "archive/received", "jobs"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         config = {
             "name": name,
             "role": role,
-            "data": str(data.resolve()),
-            "id_column": id_column,
-            "label_column": label_column,
-            "features": features,
+            **data_config,  # data file, id/label columns, format and column choice; never the features
             "created": now(),
         }
         write_new(root / CONFIG, pretty_json(config))
@@ -197,7 +193,10 @@ class Workspace:
 
     @property
     def features(self) -> list[str]:
-        return list(self.config.get("features", []))
+        """The feature columns a new job uses: read from the data file now, after the party's choice."""
+        from vfl_cli.columns import feature_columns
+
+        return feature_columns(self.config)
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
@@ -317,7 +316,9 @@ class Workspace:
 
         Data files are read, never modified, never copied into artifacts.
         """
-        return read_table(path or Path(self.config["data"]), self.config["id_column"])
+        from vfl_cli.columns import read_party_table
+
+        return read_party_table(self.config, path)
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(int.from_bytes(os.urandom(16), "big"))
@@ -327,33 +328,15 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def read_header(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
-    try:
-        with path.open(encoding="utf-8") as fh:
-            header = fh.readline()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from exc
-    if not header.strip():
-        raise DataError(f"{path} is empty; it needs a header row and data rows")
-    return [c.strip() for c in header.rstrip("\r\n").split(",")]
+def read_header(path: Path, **options: Any) -> list[str]:
+    """The column names of a CSV file (format detected or given: see :mod:`vfl_cli.tables`)."""
+    from vfl_cli import tables
+
+    return tables.read_header(path, **options)
 
 
-def read_table(path: Path, id_column: str) -> "pd.DataFrame":
-    """Read a CSV with the id column as text (ids are strings, never numbers)."""
-    import pandas as pd
+def read_table(path: Path, id_column: str, **options: Any) -> "pd.DataFrame":
+    """Read a CSV with the id column as text (ids are strings, never numbers); see :mod:`vfl_cli.tables`."""
+    from vfl_cli import tables
 
-    read_header(path)
-    try:
-        df = pd.read_csv(path, dtype={id_column: str}, keep_default_na=False, na_values=[""],
-                         encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text; save it as UTF-8 CSV") from exc
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path} is not a readable CSV: {exc}") from exc
-    df.columns = [str(c).strip() for c in df.columns]
-    if id_column not in df.columns:
-        raise DataError(f"{path} has no id column {id_column!r}")
-    df[id_column] = df[id_column].fillna("").astype(str)
-    return df
+    return tables.read_table(path, id_column, **options)

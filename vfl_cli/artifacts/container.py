@@ -1,25 +1,33 @@
 """The one container for everything that crosses between parties.
 
-An artifact is a plain zip file (stored, not compressed: ciphertexts do not compress) that any
-auditor can open with standard tools::
+An artifact is a plain zip file of stored (never compressed) entries that any auditor can list
+with standard tools::
 
-    manifest.json       signed, human-readable: kind, job, step, sender, recipient, members
-    manifest.sig        hex Ed25519 signature of manifest.json's exact bytes by the sender
-    payload/<name>.npy  plaintext arrays (numpy .npy)
-    payload/<name>.bin  fixed-width binary: Paillier ciphertexts or blinded curve points
+    manifest.json              signed, human-readable: kind, job, step, sender, recipient, members
+    manifest.sig               hex Ed25519 signature of manifest.json's exact bytes by the sender
+    payload/<name>.npy.sealed  a numpy .npy array, encrypted to the recipient and the sender
+    payload/<name>.bin.sealed  fixed-width binary (Paillier ciphertexts, curve points), encrypted
 
-The manifest lists every payload member with its SHA-256, size and whether it is encrypted, so
-checking the signature of ``manifest.json`` covers the whole file. A reader refuses a file whose
-signature, hashes, format version or addressing is wrong, naming the file and the reason.
+The manifest lists every payload member with the SHA-256 and size of its encrypted bytes, so
+the signature of ``manifest.json`` covers the whole file; the members' content key is sealed to
+the recipient and to the sender (:mod:`vfl_cli.crypto.sealing`), so a courier or a drop folder
+learns kinds, counts and sizes, and no values.
+
+A received file is untrusted: reading it is bounded before anything is trusted (regular files
+only, a size cap, the canonical zip layout of :mod:`vfl_cli.artifacts._zip`, a bounded manifest
+whose every field is checked by :mod:`vfl_cli.artifacts.manifest`); then the signature is checked
+against the sender's trusted key (:meth:`Loaded.verify`); then the payload is opened with this
+party's own key (:meth:`Loaded.open`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
-import json
+import math
+import re
 import secrets
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,27 +36,33 @@ from typing import Any
 
 import numpy as np
 
-from vfl_cli.artifacts.io import canonical_json, write_new
+from vfl_cli.artifacts import _zip
+from vfl_cli.artifacts import manifest as mf
+from vfl_cli.artifacts.io import canonical_json, read_regular, shown_path, write_new
+from vfl_cli.artifacts.manifest import FORMAT, MEMBER_TYPES, VERSION, member_file
+from vfl_cli.crypto import sealing
 from vfl_cli.crypto.signing import Signer, Verifier
-from vfl_cli.errors import InvalidArtifact, KeyMismatch
+from vfl_cli.errors import InvalidArtifact, KeyMismatch, VflError
 
-FORMAT = "vfl-artifact"
-VERSION = 1
+__all__ = [
+    "FORMAT", "MAX_BYTES", "MEMBER_TYPES", "VERSION", "Artifact", "Loaded", "Member", "encode",
+    "ndarray_member", "new_artifact", "parse_artifact", "points_member", "read_artifact",
+    "write_artifact",
+]
+
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
-
-#: Member types and whether their content is encrypted or blinded (never plaintext data).
-MEMBER_TYPES: dict[str, str] = {
-    "ndarray": "plaintext array",
-    "paillier": "Paillier ciphertexts",
-    "points": "blinded X25519 points",
-    "masked": "masked integers",
-}
+#: Default cap on an artifact file's size: room for a 10M-id alignment step (two 32-byte points
+#: per id, sealed) with margin. A workspace may set its own (``read_artifact(max_bytes=...)``).
+MAX_BYTES = 2 << 30
+_SIGNATURE_RE = re.compile(rb"[0-9a-f]{128}\n")
+#: .npy dtypes a member may hold: numbers, booleans, fixed-width strings; never objects.
+_NPY_KINDS = frozenset("biufcSU")
 
 
 @dataclass(frozen=True)
 class Member:
-    """One payload member: its bytes and the description that goes into the manifest."""
+    """One payload member: its bytes (plaintext, or sealed in a parsed, unopened artifact)."""
 
     name: str
     type: str
@@ -57,17 +71,7 @@ class Member:
 
     @property
     def file(self) -> str:
-        return f"payload/{self.name}.{'npy' if self.type == 'ndarray' else 'bin'}"
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "type": self.type,
-            "encrypted": self.type != "ndarray",
-            "sha256": hashlib.sha256(self.data).hexdigest(),
-            "size": len(self.data),
-            **dict(self.info),
-        }
+        return member_file(self.name, self.type)
 
 
 def ndarray_member(name: str, array: np.ndarray) -> Member:
@@ -87,7 +91,11 @@ def points_member(name: str, points: np.ndarray) -> Member:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A decoded artifact: manifest fields plus payload members."""
+    """A decoded artifact: manifest fields plus payload members.
+
+    ``sealed`` is true for an artifact parsed from a file and not yet opened: its members then
+    hold encrypted bytes, and reading them raises an error.
+    """
 
     kind: str
     job: str
@@ -101,23 +109,15 @@ class Artifact:
     sender_key: str = ""
     created: str = ""
     nonce: str = ""
+    sealed: bool = False
 
-    def manifest(self) -> dict[str, Any]:
+    def header(self) -> dict[str, Any]:
+        """The manifest fields that describe the artifact (all but members and sealing)."""
         return {
-            "format": FORMAT,
-            "version": VERSION,
-            "kind": self.kind,
-            "job": self.job,
-            "seq": self.seq,
-            "step": self.step,
-            "round": self.round,
-            "sender": self.sender,
-            "sender_key": self.sender_key,
-            "recipient": self.recipient,
-            "created": self.created,
-            "nonce": self.nonce,
-            "meta": dict(self.meta),
-            "members": {m.name: m.describe() for m in self.members.values()},
+            "format": FORMAT, "version": VERSION, "kind": self.kind, "job": self.job,
+            "seq": self.seq, "step": self.step, "round": self.round, "sender": self.sender,
+            "sender_key": self.sender_key, "recipient": self.recipient, "created": self.created,
+            "nonce": self.nonce, "meta": dict(self.meta),
         }
 
     def default_name(self) -> str:
@@ -126,30 +126,56 @@ class Artifact:
         return f"{self.job}.{self.seq:03d}.{short_kind}.{self.sender}-to-{self.recipient}.zip"
 
     def array(self, name: str) -> np.ndarray:
-        """A plaintext ``ndarray`` member."""
+        """A plaintext ``ndarray`` member, checked against the shape and dtype in the manifest."""
         m = self._member(name, "ndarray")
-        try:
-            return np.load(io.BytesIO(m.data), allow_pickle=False)
-        except ValueError as exc:
-            raise InvalidArtifact(f"member {name!r} is not a valid .npy array: {exc}") from exc
+        return _load_npy(m, what=f"member {name!r}")
 
     def points(self, name: str) -> np.ndarray:
         """A ``points`` member as an ``(n, 32)`` uint8 array."""
         m = self._member(name, "points")
-        count = int(m.info.get("count", -1))
-        if len(m.data) != count * 32:
+        count = m.info.get("count", -1)
+        if type(count) is not int or len(m.data) != count * 32:
             raise InvalidArtifact(
-                f"member {name!r} holds {len(m.data)} bytes, expected {count} points of 32 bytes"
+                f"member {name!r} holds {len(m.data)} bytes, expected {count!r} points of 32 bytes"
             )
         return np.frombuffer(m.data, dtype=np.uint8).reshape(count, 32)
 
     def _member(self, name: str, type_: str) -> Member:
+        if self.sealed:
+            raise VflError(f"{self.kind} artifact is still sealed; open it with this party's key first")
         m = self.members.get(name)
         if m is None:
             raise InvalidArtifact(f"{self.kind} artifact has no member {name!r}")
         if m.type != type_:
             raise InvalidArtifact(f"member {name!r} is {m.type}, expected {type_}")
         return m
+
+
+def _load_npy(m: Member, *, what: str) -> np.ndarray:
+    """Parse a .npy member without trusting its header: the header's shape and dtype must match
+    the manifest and account for every byte, before any array is allocated."""
+    buf = io.BytesIO(m.data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, TypeError, SyntaxError, EOFError) as exc:
+        raise InvalidArtifact(f"{what} is not a valid .npy array: {exc}") from None
+    if dtype.hasobject or dtype.kind not in _NPY_KINDS or dtype.itemsize == 0:
+        raise InvalidArtifact(f"{what} holds dtype {dtype}, which is not a plain numeric array")
+    if list(shape) != m.info.get("shape") or str(dtype) != m.info.get("dtype"):
+        raise InvalidArtifact(f"{what} holds {dtype}{list(shape)}, but its manifest says "
+                              f"{m.info.get('dtype')!r}{m.info.get('shape')!r}")
+    count = math.prod(shape)
+    if count * dtype.itemsize != len(m.data) - buf.tell():
+        raise InvalidArtifact(f"{what} holds {len(m.data) - buf.tell()} data bytes, its header "
+                              f"says {count} values of {dtype.itemsize} bytes")
+    flat = np.frombuffer(m.data, dtype=dtype, count=count, offset=buf.tell())
+    return flat.reshape(shape, order="F" if fortran else "C").copy()
 
 
 def new_artifact(
@@ -180,50 +206,77 @@ def new_artifact(
     )
 
 
-def encode(artifact: Artifact, signer: Signer) -> bytes:
-    """Sign the manifest and pack the artifact into zip bytes."""
-    manifest = dict(artifact.manifest(), sender_key=signer.verifier.fingerprint)
-    manifest_bytes = canonical_json(manifest)
-    signature = (signer.sign(manifest_bytes) + "\n").encode("ascii")
-    members = sorted(artifact.members.values(), key=lambda m: m.name)
-    return _pack(manifest_bytes, signature, [(m.file, m.data) for m in members])
+def encode(artifact: Artifact, signer: Signer, *, to: Verifier) -> bytes:
+    """Seal the payload to ``to`` (the recipient's key) and the sender, sign, pack into zip bytes.
 
-
-_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-
-def _pack(manifest_bytes: bytes, signature: bytes, members: list[tuple[str, bytes]]) -> bytes:
-    """The one canonical zip encoding: fixed order, times and attributes, no compression.
-
-    Because the encoding is canonical, a reader re-packs what it parsed and compares: a change
-    to any byte of the file, even in zip headers the signature does not cover, is refused.
+    Raises:
+        VflError: if a field would make a file that readers refuse (a bad name, a manifest
+            over its size limit), so no such file is ever written.
     """
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, data in [(MANIFEST, manifest_bytes), (SIGNATURE, signature), *members]:
-            info = zipfile.ZipInfo(name, date_time=_EPOCH)
-            info.external_attr = 0o644 << 16
-            info.create_system = 3
-            zf.writestr(info, data)
-    return buf.getvalue()
+    if artifact.sealed:
+        raise VflError("an artifact read from a file cannot be sent again; make a new one")
+    key = sealing.new_content_key()
+    members = sorted(artifact.members.values(), key=lambda m: m.name)
+    sealed = [sealing.encrypt(key, m.data) for m in members]
+    manifest = dict(
+        artifact.header(),
+        sender_key=signer.verifier.fingerprint,
+        members={m.name: _describe(m, data) for m, data in zip(members, sealed, strict=True)},
+        sealed={
+            "cipher": sealing.CIPHER,
+            "key_commitment": sealing.commitment(key),
+            "to_recipient": sealing.seal_key(key, to.box_key()),
+            "to_sender": sealing.seal_key(key, signer.verifier.box_key()),
+        },
+    )
+    manifest_bytes = canonical_json(manifest)
+    mf.load(manifest_bytes, lambda reason: VflError(f"cannot write {artifact.kind} artifact: {reason}"))
+    signature = (signer.sign(manifest_bytes) + "\n").encode("ascii")
+    entries = [(MANIFEST, manifest_bytes), (SIGNATURE, signature)]
+    return _zip.pack(entries + [(m.file, data) for m, data in zip(members, sealed, strict=True)])
 
 
-def write_artifact(path: Path, artifact: Artifact, signer: Signer) -> bytes:
-    """Write a signed artifact atomically, never overwriting; return the file's bytes."""
-    data = encode(artifact, signer)
+def _describe(m: Member, sealed: bytes) -> dict[str, Any]:
+    """A member's manifest entry: what it is and the hash and size of its *encrypted* bytes.
+
+    No hash of the plaintext is published: it would let anyone confirm a guess of the values.
+    """
+    return {
+        "file": m.file,
+        "type": m.type,
+        "encrypted": m.type != "ndarray",
+        "sha256": hashlib.sha256(sealed).hexdigest(),
+        "size": len(sealed),
+        **dict(m.info),
+    }
+
+
+def write_artifact(path: Path, artifact: Artifact, signer: Signer, *, to: Verifier) -> bytes:
+    """Write a sealed, signed artifact atomically, never overwriting; return the file's bytes."""
+    data = encode(artifact, signer, to=to)
     write_new(path, data)
     return data
 
 
 @dataclass(frozen=True)
 class Loaded:
-    """An artifact as read from disk, before its signature is checked against a trusted key."""
+    """An artifact as read from a file: structurally checked, not yet trusted.
+
+    :meth:`verify` checks the signature against the sender's trusted key; :meth:`open` then
+    decrypts the members with this party's own key.
+    """
 
     artifact: Artifact
+    manifest: Mapping[str, Any]
     manifest_bytes: bytes
     signature: str
     sha256: str
     size: int
+    source: str = ""
+
+    @property
+    def opened(self) -> bool:
+        return not self.artifact.sealed
 
     def verify(self, verifier: Verifier, *, what: str) -> None:
         if verifier.fingerprint != self.artifact.sender_key:
@@ -234,74 +287,97 @@ class Loaded:
             )
         verifier.verify(self.manifest_bytes, self.signature, what=what)
 
+    def open(self, signer: Signer, party: str) -> Loaded:
+        """Decrypt the members with ``party``'s own key; call :meth:`verify` first.
 
-def read_artifact(path: Path) -> Loaded:
-    """Read and structurally check an artifact (format, fields, member hashes).
+        Raises:
+            InvalidArtifact: if ``party`` is neither recipient nor sender, or a member does not
+                decrypt under the key the manifest commits to.
+        """
+        if not self.artifact.sealed:
+            return self
+        art, what = self.artifact, self.source or "artifact"
+        slot = "to_recipient" if party == art.recipient else "to_sender" if party == art.sender else ""
+        if not slot:
+            raise InvalidArtifact(f"{what} is sealed to {art.recipient} and {art.sender}, not to {party}")
+        sealed = self.manifest["sealed"]
+        key = sealing.open_key(sealed[slot], sealed["key_commitment"], signer.box_key(), what=what)
+        members = {
+            name: dataclasses.replace(m, data=sealing.decrypt(key, m.data, what=f"{what}: member {name!r}"))
+            for name, m in art.members.items()
+        }
+        return dataclasses.replace(self, artifact=dataclasses.replace(art, members=members, sealed=False))
 
-    The signature is checked by :meth:`Loaded.verify` against the sender's trusted key.
+
+def read_artifact(path: Path, *, max_bytes: int = MAX_BYTES) -> Loaded:
+    """Read and structurally check an artifact file, bounded before anything is trusted.
+
+    Only a regular file (no symlink, FIFO, device or folder) of at most ``max_bytes`` is read.
+    The signature is then checked by :meth:`Loaded.verify` against the sender's trusted key.
 
     Raises:
         InvalidArtifact: naming the file and what is wrong.
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidArtifact(f"{path}: cannot read: {exc.strerror}") from exc
-    return parse_artifact(data, name=str(path))
+    data = read_regular(path, max_bytes=max_bytes)
+    return parse_artifact(data, name=shown_path(path), max_bytes=max_bytes)
 
 
-def parse_artifact(data: bytes, *, name: str) -> Loaded:
-    def bad(reason: str) -> InvalidArtifact:
+def parse_artifact(data: bytes | bytearray, *, name: str, max_bytes: int = MAX_BYTES) -> Loaded:
+    """Check artifact bytes in a fixed order, each check bounded by the ones before it.
+
+    1. size at most ``max_bytes``; 2. the canonical zip layout, at most 2 + MAX_MEMBERS
+    entries, stored only; 3. manifest.json first, at most 1 MiB, bounded depth, canonical
+    JSON, every field of the right form; 4. manifest.sig a hex signature; 5. the other entries
+    exactly the manifest's members, in order, of the declared sizes; 6. their SHA-256.
+
+    Raises:
+        InvalidArtifact: naming ``name`` and the first check that failed.
+    """
+
+    def fail(reason: str) -> InvalidArtifact:
         return InvalidArtifact(f"{name}: {reason}")
 
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        names = set(zf.namelist())
-        if MANIFEST not in names or SIGNATURE not in names:
-            raise bad("not a vfl artifact (no manifest.json / manifest.sig)")
-        manifest_bytes = zf.read(MANIFEST)
-        signature_bytes = zf.read(SIGNATURE)
-        signature = signature_bytes.decode("ascii").strip()
-        manifest = json.loads(manifest_bytes)
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise bad("not a vfl artifact (wrong format field)")
-        if manifest.get("version") != VERSION:
-            raise bad(
-                f"format version {manifest.get('version')!r} is not supported (this vfl reads "
-                f"version {VERSION}); upgrade vfl on both sides"
-            )
-        members: dict[str, Member] = {}
-        for mname, desc in dict(manifest.get("members", {})).items():
-            content = zf.read(desc["file"])
-            if hashlib.sha256(content).hexdigest() != desc["sha256"]:
-                raise bad(f"member {mname!r} does not match its SHA-256 in the manifest (tampered)")
-            info = {k: v for k, v in desc.items() if k not in ("file", "type", "encrypted", "sha256", "size")}
-            if desc["type"] not in MEMBER_TYPES:
-                raise bad(f"member {mname!r} has unknown type {desc['type']!r}")
-            members[mname] = Member(mname, desc["type"], content, info)
-        extra = names - {MANIFEST, SIGNATURE} - {m.file for m in members.values()}
-        if extra:
-            raise bad(f"holds files the manifest does not list: {sorted(extra)[:3]}")
-        artifact = Artifact(
-            kind=str(manifest["kind"]),
-            job=str(manifest["job"]),
-            seq=int(manifest["seq"]),
-            step=str(manifest["step"]),
-            round=int(manifest["round"]),
-            sender=str(manifest["sender"]),
-            recipient=str(manifest["recipient"]),
-            meta=dict(manifest.get("meta", {})),
-            members=members,
-            sender_key=str(manifest["sender_key"]),
-            created=str(manifest.get("created", "")),
-            nonce=str(manifest.get("nonce", "")),
-        )
-        ordered = sorted(members.values(), key=lambda m: m.name)
-        repacked = _pack(manifest_bytes, signature_bytes, [(m.file, m.data) for m in ordered])
-        if repacked != data:
-            raise bad("the zip container was altered outside its signed content (not canonical)")
-    except InvalidArtifact:
-        raise
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise bad(f"damaged or not a vfl artifact ({type(exc).__name__}: {exc})") from exc
-    return Loaded(artifact, manifest_bytes, signature, hashlib.sha256(data).hexdigest(), len(data))
+    if len(data) > max_bytes:
+        raise fail(f"{len(data):,} bytes exceeds the {max_bytes:,}-byte limit for an artifact")
+    entries = _zip.unpack(data, max_entries=2 + mf.MAX_MEMBERS, fail=fail)
+    if [e.name for e in entries[:2]] != [MANIFEST, SIGNATURE]:
+        raise fail("not a vfl artifact (manifest.json and manifest.sig must come first)")
+    if entries[0].size > mf.MAX_MANIFEST_BYTES:
+        raise fail(f"manifest of {entries[0].size:,} bytes exceeds the {mf.MAX_MANIFEST_BYTES:,}-byte limit")
+    manifest_bytes = bytes(entries[0].content)
+    manifest = mf.load(manifest_bytes, fail)
+    signature = bytes(entries[1].content)
+    if not _SIGNATURE_RE.fullmatch(signature):
+        raise fail("manifest.sig is not a hex Ed25519 signature")
+    members = _members(manifest, entries[2:], fail)
+    artifact = Artifact(
+        kind=manifest["kind"], job=manifest["job"], seq=manifest["seq"], step=manifest["step"],
+        round=manifest["round"], sender=manifest["sender"], recipient=manifest["recipient"],
+        meta=manifest["meta"], members=members, sender_key=manifest["sender_key"],
+        created=manifest["created"], nonce=manifest["nonce"], sealed=True,
+    )
+    digest = hashlib.sha256(data).hexdigest()
+    return Loaded(artifact, manifest, manifest_bytes, signature.decode("ascii").strip(), digest,
+                  len(data), name)
+
+
+def _members(manifest: Mapping[str, Any], entries: list[_zip.Entry], fail: mf.Fail) -> dict[str, Member]:
+    """Match zip entries to the manifest's members: names and sizes first, then hashes."""
+    listed = sorted(manifest["members"].items())
+    expected = [desc["file"] for _, desc in listed]
+    found = [e.name for e in entries]
+    if found != expected:
+        extra = [n for n in found if n not in expected] or [n for n in found if found.count(n) > 1]
+        missing = [n for n in expected if n not in found]
+        raise fail(f"its zip entries are not the members its manifest lists (unlisted or repeated: "
+                   f"{extra[:3]!r}, missing: {missing[:3]!r})")
+    for (mname, desc), entry in zip(listed, entries, strict=True):
+        if entry.size != desc["size"]:
+            raise fail(f"member {mname!r} holds {entry.size} bytes, its manifest says {desc['size']}")
+    members = {}
+    for (mname, desc), entry in zip(listed, entries, strict=True):
+        if hashlib.sha256(entry.content).hexdigest() != desc["sha256"]:
+            raise fail(f"member {mname!r} does not match its SHA-256 in the manifest (tampered)")
+        info = {k: v for k, v in desc.items() if k not in mf.MEMBER_FIELDS}
+        members[mname] = Member(mname, desc["type"], bytes(entry.content), info)
+    return members

@@ -1,14 +1,76 @@
-"""Atomic, never-overwriting file writes."""
+"""Atomic, never-overwriting file writes, and bounded reads of untrusted files."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from vfl_cli.errors import OutputExists
+from vfl_cli.errors import InvalidArtifact, OutputExists
+
+_KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISCHR, "character device"),
+          (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def shown_path(path: Path | str) -> str:
+    """``path`` for a message: as is when printable, else escaped by ``repr`` (a received file's
+    name may hold newlines or escape codes meant for the terminal)."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def read_regular(path: Path, *, max_bytes: int) -> bytearray:
+    """Read an untrusted file: a regular file only, at most ``max_bytes``, without blocking.
+
+    The file is opened without following a final symlink and without waiting for a FIFO's
+    writer; what it is and its size are checked on the open descriptor (``fstat``) before a
+    byte is read, and no more than its size plus one byte is ever read.
+
+    Raises:
+        InvalidArtifact: naming the file: a symlink, FIFO, device, folder, too large, unreadable.
+    """
+    shown = shown_path(path)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidArtifact(f"{shown}: is a symbolic link; only regular files are read "
+                                  "(copy the file itself)") from None
+        raise InvalidArtifact(f"{shown}: cannot read: {exc.strerror}") from None
+    try:
+        return _read_fd(fd, shown, max_bytes)
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int, shown: str, max_bytes: int) -> bytearray:
+    st = os.fstat(fd)
+    for test, kind in _KINDS:
+        if test(st.st_mode):
+            raise InvalidArtifact(f"{shown}: is a {kind}, not a regular file; it is not read")
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidArtifact(f"{shown}: is not a regular file; it is not read")
+    if st.st_size > max_bytes:
+        raise InvalidArtifact(f"{shown}: {st.st_size:,} bytes exceeds the {max_bytes:,}-byte limit "
+                              "for an artifact")
+    buf = bytearray(st.st_size)
+    view, done = memoryview(buf), 0
+    try:
+        while done < st.st_size:
+            n = os.readv(fd, [view[done:]])
+            if n == 0:
+                raise InvalidArtifact(f"{shown}: shrank while it was read; try again when it is complete")
+            done += n
+        if os.read(fd, 1):
+            raise InvalidArtifact(f"{shown}: grew while it was read; try again when it is complete")
+    except OSError as exc:
+        raise InvalidArtifact(f"{shown}: cannot read: {exc.strerror}") from None
+    return buf
 
 
 def ensure_writable(path: Path, *, force: bool = False) -> None:

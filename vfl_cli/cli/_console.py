@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,10 +11,39 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape as _escape_markup
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True, highlight=False)
 _state = {"quiet": False}
+
+
+#: Characters a terminal acts on instead of showing: C0 and C1 controls (ESC starts every ANSI
+#: sequence, CSI is U+009B), DEL, line and paragraph separators, zero-width and bidi overrides.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(value: object) -> str:
+    """An untrusted value as one inert line: every control character (newline, ESC of an ANSI
+    sequence, bidi override...) shown as a visible escape such as ``\\n`` or ``\\x1b``.
+
+    For text printed without rich markup (``markup=False``, ``click.echo``, HTML after
+    ``html.escape``).
+    """
+    return _UNSAFE.sub(_visible, str(value))
+
+
+def _visible(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def safe(value: object) -> str:
+    """An untrusted value for rich output with markup on: :func:`printable`, then rich markup
+    escaped, so ``[bold]`` or ``[/]`` in a received field prints as itself and never fails."""
+    return _escape_markup(printable(value))
 
 
 def set_quiet(quiet: bool) -> None:

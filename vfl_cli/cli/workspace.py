@@ -1,4 +1,4 @@
-"""``vfl init`` and ``vfl keygen``."""
+"""``vfl init``, ``vfl keygen`` and ``vfl columns``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
-from vfl_cli.cli._console import emit_json, say
+from vfl_cli.cli._console import emit_json, print_result, say
 from vfl_cli.cli._options import json_option, workspace
+from vfl_cli.columns import data_notes, describe, save_choice
 from vfl_cli.crypto.signing import short
+from vfl_cli.errors import VflError
 from vfl_cli.workspace import SECURE_KEY_BITS, Workspace
 
 
@@ -22,22 +24,93 @@ from vfl_cli.workspace import SECURE_KEY_BITS, Workspace
               help="The party's CSV file (read, never modified or copied).")
 @click.option("--id-column", required=True, help="Column holding the ids to align on.")
 @click.option("--label-column", help="Column holding the labels (active party only).")
+@click.option("--positive-label", help="For a label written as text (yes/no): the value that means 1.")
+@click.option("--exclude", "exclude", multiple=True, metavar="COLUMN",
+              help="Leave this column out of every job (repeat). Change later with 'vfl columns'.")
+@click.option("--features", "features", metavar="A,B,...",
+              help="Use only these feature columns (comma-separated); default: every other column.")
+@click.option("--sep", help="Column separator: ',', ';', '\\t' or '|' (default: detected).")
+@click.option("--decimal", help="Decimal mark of numbers: '.' or ',' (default: detected).")
+@click.option("--encoding", help="Text encoding, e.g. cp1252 (default: UTF-8, with or without BOM).")
 @json_option
-def init(directory: Path, name: str | None, role: str, data: Path, id_column: str,
-         label_column: str | None, as_json: bool) -> None:
+def init(directory: Path, name: str | None, role: str, data: Path, id_column: str, label_column: str | None,
+         positive_label: str | None, exclude: tuple[str, ...], features: str | None, sep: str | None,
+         decimal: str | None, encoding: str | None, as_json: bool) -> None:
     """Create a party workspace in DIRECTORY.
+
+    The data file is checked now (ids, labels, text columns) and read again by each job: what
+    is kept is its path, its id and label columns and the column choice, so a column removed
+    from the file is simply not used. Excel's CSV files (UTF-8 BOM, ';' with decimal commas,
+    quoted names, CRLF) are read as they are.
 
     Example:
 
     \b
         vfl init bank --role active --data bank.csv --id-column id --label-column default
+        vfl init bureau --role passive --data bureau.csv --id-column id --exclude region
     """
+    choice = {"csv": {"sep": sep, "decimal": decimal, "encoding": encoding}, "exclude": list(exclude),
+              "features": _names(features), "positive_label": positive_label}
     ws = Workspace.init(directory, name=name or directory.resolve().name.lower(), role=role,
-                        data=data, id_column=id_column, label_column=label_column)
+                        data=data, id_column=id_column, label_column=label_column, **choice)
+    features_now = ws.features
     if as_json:
-        emit_json({"workspace": str(ws.root), "name": ws.name, "role": ws.role})
+        emit_json({"workspace": str(ws.root), "name": ws.name, "role": ws.role, "features": features_now})
     say(f"Created {ws.role} party '{ws.name}' in {ws.root}")
+    say(f"Features ({len(features_now)}): {', '.join(features_now[:10])}{', ...' if len(features_now) > 10 else ''}")
+    for note in data_notes(ws.config):
+        say(f"Note: {note}")
     say(f"Next: cd {directory} && vfl keygen")
+
+
+def _names(text: str | None) -> list[str] | None:
+    """A comma-separated list of column names (None when not given)."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise VflError("--features needs at least one column name (comma-separated)")
+    return names
+
+
+@click.command()
+@click.option("--exclude", multiple=True, metavar="COLUMN", help="Leave this column out of later jobs (repeat).")
+@click.option("--include", multiple=True, metavar="COLUMN", help="Use an excluded column again (repeat).")
+@click.option("--features", metavar="A,B,...", help="Use only these feature columns (comma-separated).")
+@click.option("--all", "every", is_flag=True, help="Use every column but the id and label again.")
+@json_option
+@click.pass_context
+def columns(ctx: click.Context, exclude: tuple[str, ...], include: tuple[str, ...], features: str | None,
+            every: bool, as_json: bool) -> None:
+    """Show the columns of this party's data file, or choose which ones later jobs use.
+
+    Each column is listed with its use (id, label, feature, excluded), its type and its empty
+    cells. A job keeps the columns it started with; a change applies to the next job.
+
+    Example:
+
+    \b
+        vfl columns
+        vfl columns --exclude region        # after "column 'region' is text"
+        vfl columns --all
+    """
+    ws = workspace(ctx)
+    if exclude or include or features is not None or every:
+        chosen = save_choice(ws, exclude=list(exclude), include=list(include), features=_names(features),
+                             every=every)
+        say(f"{ws.name} now uses {len(chosen)} feature column(s) in its next jobs")
+    rows = describe(ws.config)
+    if as_json:
+        emit_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{ws.name}: {ws.config['data']}")
+    for col in ("column", "use", "type", "empty cells"):
+        table.add_column(col, justify="right" if col == "empty cells" else "left")
+    for r in rows:
+        table.add_row(r["column"], r["use"], r["type"], str(r["empty_cells"]))
+    print_result(table)
 
 
 @click.command()
@@ -70,4 +143,4 @@ def keygen(ctx: click.Context, key_bits: int, insecure_test_keys: bool, as_json:
     say(f"Next: vfl keys export --out {ws.name}.card, and send the card to your peers")
 
 
-COMMANDS = [init, keygen]
+COMMANDS = [init, keygen, columns]

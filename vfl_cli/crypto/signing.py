@@ -2,7 +2,9 @@
 
 Every artifact manifest and every ledger entry is signed with the party's Ed25519 key. The
 private seed never leaves ``keys/`` in the party's workspace; the verify key travels in the
-party card.
+party card. The same key pair, converted to X25519 (libsodium's birational map), is the party's
+box key: artifact payloads are sealed to it (see :mod:`vfl_cli.crypto.sealing`), so the card
+format does not change.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from nacl.exceptions import BadSignatureError
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
 from vfl_cli.errors import KeyMismatch, VflError
@@ -54,6 +57,10 @@ class Signer:
         """Return the hex Ed25519 signature of ``message``."""
         return self.key.sign(message).signature.hex()
 
+    def box_key(self) -> PrivateKey:
+        """This party's X25519 private key, derived from its Ed25519 signing key."""
+        return self.key.to_curve25519_private_key()
+
 
 @dataclass(frozen=True)
 class Verifier:
@@ -74,6 +81,20 @@ class Verifier:
     @property
     def fingerprint(self) -> str:
         return fingerprint_bytes(bytes(self.key))
+
+    def box_key(self) -> PublicKey:
+        """The party's X25519 public key, derived from its Ed25519 verify key.
+
+        Raises:
+            VflError: if the verify key is not a valid curve point (a damaged or crafted card).
+        """
+        try:
+            return self.key.to_curve25519_public_key()
+        except CryptoError as exc:  # libsodium refuses small-order and non-canonical points
+            raise VflError(
+                f"signing key {short(self.fingerprint)} is not a usable curve point, so nothing "
+                "can be sealed to it; ask its owner for a new party card"
+            ) from exc
 
     def verify(self, message: bytes, signature_hex: str, *, what: str) -> None:
         """Check a signature; raise :class:`KeyMismatch` naming ``what`` if it is not valid."""

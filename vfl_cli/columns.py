@@ -1,0 +1,282 @@
+"""Which columns of a party's data file a job uses, and the checks made before any alignment.
+
+What ``vfl init`` records is the data file, its id and label columns, how the file is written
+(``csv``: separator, decimal mark, encoding, when given) and the party's column choice
+(``exclude``, or an explicit ``features`` list), never a frozen copy of the header: the feature
+columns are read from the file when a job starts, so a column dropped from the file, or left
+out with ``vfl columns --exclude``, is simply not used by the next job. A job keeps the list it
+started with (in its own job.json), so changing the choice never disturbs a running job.
+
+Labels written as text (``yes``/``no``) are turned into 1 for ``positive_label`` and 0 for the
+other value when the file is read; a label column with more than two text values is refused.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vfl_cli.errors import DataError
+from vfl_cli.tables import check_options, read_header, read_table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from vfl_cli.workspace import Workspace
+
+MAX_LISTED = 5
+
+
+def _near(name: str, columns: list[str]) -> str:
+    """' (did you mean 'x'?)' for a misspelt, mis-cased or padded column name, else ''."""
+    folded = {c.strip().lower(): c for c in columns}
+    match = folded.get(name.strip().lower()) or next(iter(difflib.get_close_matches(name, columns, n=1)), None)
+    return f" (did you mean {match!r}?)" if match else ""
+
+
+def choose_features(columns: list[str], *, id_column: str, label_column: str | None, exclude: list[str],
+                    features: list[str] | None, what: str) -> list[str]:
+    """The feature columns of a file with header ``columns``, after the party's choice.
+
+    ``features`` (an explicit list) must name columns of the file; ``exclude`` may name columns
+    the file no longer has (dropping a column from the file and excluding it agree).
+
+    Raises:
+        DataError: an explicit feature is not in the file, or is the id or label column.
+    """
+    reserved = {id_column, label_column}
+    if features is not None:
+        for name in features:
+            if name in reserved:
+                raise DataError(f"{name!r} is the {'id' if name == id_column else 'label'} column of {what}, "
+                                "not a feature; leave it out of --features")
+            if name not in columns:
+                raise DataError(f"{what} has no column {name!r}{_near(name, columns)}; its columns are: "
+                                f"{', '.join(columns[:12])}. Choose again with 'vfl columns --features ...' "
+                                "or 'vfl columns --all'")
+        chosen = list(dict.fromkeys(features))
+    else:
+        chosen = [c for c in columns if c not in reserved]
+    return [c for c in chosen if c not in set(exclude)]
+
+
+def check_exclusions(columns: list[str], exclude: list[str], *, id_column: str, label_column: str | None,
+                     what: str) -> None:
+    """Refuse excluding a column the file does not have (a typo) or the id/label column."""
+    for name in exclude:
+        if name in (id_column, label_column):
+            raise DataError(f"{name!r} is the {'id' if name == id_column else 'label'} column of {what}; "
+                            "it cannot be excluded")
+        if name not in columns:
+            raise DataError(f"{what} has no column {name!r} to exclude{_near(name, columns)}; its columns are: "
+                            f"{', '.join(columns[:12])}")
+
+
+def text_columns(df: "pd.DataFrame", columns: list[str]) -> dict[str, str]:
+    """The columns among ``columns`` holding cells that are not numbers, each with an example cell."""
+    import pandas as pd
+
+    out = {}
+    for col in columns:
+        values = df[col]
+        if pd.api.types.is_numeric_dtype(values):
+            continue
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = numbers.isna() & values.notna() & (values.astype(str).str.strip() != "")
+        if bad.any():
+            out[col] = str(values[bad].iloc[0])
+    return out
+
+
+def refuse_text_columns(df: "pd.DataFrame", columns: list[str], *, what: str, fix: str) -> None:
+    """One error naming every text column and the command that leaves them out."""
+    text = text_columns(df, columns)
+    if not text:
+        return
+    listed = ", ".join(f"{c!r} (e.g. {v!r})" for c, v in list(text.items())[:MAX_LISTED])
+    excludes = " ".join(f"--exclude {c}" for c in text)
+    raise DataError(f"{what}: column{'s' if len(text) > 1 else ''} {listed} "
+                    f"{'are' if len(text) > 1 else 'is'} text, not numbers; leave "
+                    f"{'them' if len(text) > 1 else 'it'} out with '{fix} {excludes}', "
+                    "or encode it as numbers in the file")
+
+
+def label_values(df: "pd.DataFrame", label: str, positive: str | None, *, what: str) -> "pd.Series":
+    """The label column as numbers: as written, or 1 for ``positive`` and 0 for the other value.
+
+    Raises:
+        DataError: missing labels, text labels without ``positive``, or ``positive`` not a label.
+    """
+    import pandas as pd
+
+    raw = df[label]
+    text = raw.astype("string").str.strip()
+    missing = text.isna() | (text == "")
+    if missing.any():
+        rows = ", ".join(str(i + 2) for i in missing.to_numpy().nonzero()[0][:MAX_LISTED])
+        raise DataError(f"{what}: the label column {label!r} is empty in {int(missing.sum())} row(s) "
+                        f"(lines {rows}{', ...' if missing.sum() > MAX_LISTED else ''}); fill in or delete those rows")
+    values = sorted(set(text))
+    if positive is not None:
+        if positive not in values:
+            raise DataError(f"{what}: --positive-label {positive!r} is not a value of the label column {label!r} "
+                            f"(its values: {', '.join(map(repr, values[:MAX_LISTED]))})")
+        if len(values) > 2:
+            raise DataError(f"{what}: the label column {label!r} holds {len(values)} different values "
+                            f"({', '.join(map(repr, values[:MAX_LISTED]))}); a yes/no label has two")
+        return (text == positive).astype("float64")
+    numbers = pd.to_numeric(raw, errors="coerce")
+    if numbers.isna().any():
+        if len(values) == 2:
+            raise DataError(f"{what}: the label column {label!r} holds text ({values[0]!r}, {values[1]!r}); "
+                            f"say which value is the positive class with --positive-label, e.g. "
+                            f"--positive-label {values[1]!r}")
+        example = str(raw[numbers.isna()].iloc[0])
+        raise DataError(f"{what}: the label column {label!r} holds {len(values)} different text values "
+                        f"(e.g. {example!r}); a classifier needs two classes, a regression numbers")
+    return numbers.astype("float64")
+
+
+def missing_cells(df: "pd.DataFrame", columns: list[str]) -> dict[str, int]:
+    """How many cells of each of ``columns`` are empty (only columns with any)."""
+    counts = df[columns].isna().sum()
+    return {str(c): int(n) for c, n in counts.items() if n}
+
+
+# ----- a party's configuration -------------------------------------------------------------------
+def _csv(config: dict[str, Any]) -> dict[str, str]:
+    return dict(config.get("csv") or {})
+
+
+def read_party_table(config: dict[str, Any], path: Path | None = None) -> "pd.DataFrame":
+    """A party's data file (or another file of it) read as vfl.json says, labels as numbers."""
+    path = path or Path(config["data"])
+    df = read_table(path, config["id_column"], **_csv(config))
+    label = config.get("label_column")
+    if label and label in df.columns:
+        df[label] = label_values(df, label, config.get("positive_label"), what=str(path)).to_numpy()
+    return df
+
+
+def feature_columns(config: dict[str, Any], path: Path | None = None) -> list[str]:
+    """The feature columns a job of this party uses now: the file's header after the party's choice."""
+    path = path or Path(config["data"])
+    return choose_features(read_header(path, **_csv(config)), id_column=config["id_column"],
+                           label_column=config.get("label_column"), exclude=list(config.get("exclude", [])),
+                           features=config.get("features"), what=str(path))
+
+
+def check_data(data: Path, *, role: str, id_column: str, label_column: str | None,
+               csv: dict[str, str | None] | None = None, exclude: list[str] | None = None,
+               features: list[str] | None = None, positive_label: str | None = None) -> dict[str, Any]:
+    """Check a party's data file before it is used, and return what vfl.json keeps about it.
+
+    Checked: the file's format; the id column (present, no empty or repeated ids); the label
+    column (present, no empty cells, numbers or two values with ``positive_label``); the chosen
+    feature columns (present, numbers only: text columns are named with the option that leaves
+    them out).
+
+    Raises:
+        DataError: naming the column and the fix.
+    """
+    from vfl_cli.protocol.psi import normalise_ids
+
+    options = check_options(**(csv or {}))
+    config: dict[str, Any] = {"data": str(data.resolve()), "id_column": id_column, "label_column": label_column}
+    if options:
+        config["csv"] = options
+    if positive_label is not None:
+        if not label_column:
+            raise DataError("--positive-label names a value of the label column: give --label-column too")
+        config["positive_label"] = positive_label
+    df = read_table(data, id_column, **options)
+    columns = [str(c) for c in df.columns]
+    if label_column is not None and label_column not in columns:
+        raise DataError(f"{data} has no label column {label_column!r}{_near(label_column, columns)}; "
+                        f"its columns are: {', '.join(columns[:12])}")
+    normalise_ids(df[id_column].tolist(), column=id_column)
+    check_exclusions(columns, exclude or [], id_column=id_column, label_column=label_column, what=str(data))
+    chosen = choose_features(columns, id_column=id_column, label_column=label_column, exclude=exclude or [],
+                             features=features, what=str(data))
+    if not chosen and role == "passive":
+        raise DataError(f"{data} has no feature columns besides the id column")
+    refuse_text_columns(df, chosen, what=str(data), fix="vfl init ...")
+    if label_column is not None:
+        label_values(df, label_column, positive_label, what=str(data))
+    if exclude:
+        config["exclude"] = list(dict.fromkeys(exclude))
+    if features is not None:
+        config["features"] = chosen
+    return config
+
+
+def data_notes(config: dict[str, Any]) -> list[str]:
+    """What a party should know about its data before a job: missing cells that will be imputed."""
+    df = read_party_table(config)
+    missing = missing_cells(df, feature_columns(config))
+    if not missing:
+        return []
+    listed = ", ".join(f"{c}: {n}" for c, n in list(missing.items())[:MAX_LISTED])
+    return [f"{sum(missing.values())} empty cell(s) in {len(missing)} feature column(s) ({listed}"
+            f"{', ...' if len(missing) > MAX_LISTED else ''}) will be filled with the column's mean over "
+            "the training rows"]
+
+
+def change_choice(config: dict[str, Any], *, exclude: list[str] = (), include: list[str] = (),  # type: ignore[assignment]
+                  features: list[str] | None = None, every: bool = False) -> dict[str, Any]:
+    """The party's column choice after ``vfl columns`` options, checked against the file now.
+
+    Returns the new ``exclude``/``features`` entries of vfl.json (a key mapped to ``None`` is removed).
+    """
+    path = Path(config["data"])
+    header = read_header(path, **_csv(config))
+    id_column, label = config["id_column"], config.get("label_column")
+    new_exclude = [] if every else [c for c in config.get("exclude", []) if c not in include]
+    new_features = None if every else config.get("features")
+    if features is not None:
+        choose_features(header, id_column=id_column, label_column=label, exclude=[], features=features, what=str(path))
+        new_features = list(dict.fromkeys(features))
+    elif include and new_features is not None:
+        new_features = list(dict.fromkeys([*new_features, *include]))
+    check_exclusions(header, list(exclude), id_column=id_column, label_column=label, what=str(path))
+    check_exclusions(header, list(include), id_column=id_column, label_column=label, what=str(path))
+    new_exclude = list(dict.fromkeys([*new_exclude, *exclude]))
+    chosen = choose_features(header, id_column=id_column, label_column=label, exclude=new_exclude,
+                             features=new_features, what=str(path))
+    if not chosen and config.get("role") == "passive":
+        raise DataError(f"that leaves {path} with no feature column; a passive party needs at least one")
+    return {"exclude": new_exclude or None, "features": new_features}
+
+
+def describe(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every column of the party's file: its use (id, label, feature, excluded), type and empty cells."""
+    df = read_party_table(config)
+    chosen = set(feature_columns(config))
+    text = text_columns(df, [str(c) for c in df.columns])
+    rows = []
+    for col in df.columns:
+        name = str(col)
+        use = ("id" if name == config["id_column"] else "label" if name == config.get("label_column")
+               else "feature" if name in chosen else "excluded")
+        rows.append({"column": name, "use": use, "type": "text" if name in text else "number",
+                     "empty_cells": int(df[col].isna().sum())})
+    return rows
+
+
+def save_choice(ws: "Workspace", **options: Any) -> list[str]:
+    """Apply :func:`change_choice` to a workspace's vfl.json (under its lock); return its features now."""
+    from vfl_cli.artifacts.io import pretty_json, replace_atomic
+    from vfl_cli.jobs import locked
+    from vfl_cli.workspace import CONFIG
+
+    with locked(ws):
+        config = dict(ws.config)
+        for key, value in change_choice(config, **options).items():
+            if value is None:
+                config.pop(key, None)
+            else:
+                config[key] = value
+        replace_atomic(ws.path(CONFIG), pretty_json(config))
+        ws.config = config
+    return ws.features

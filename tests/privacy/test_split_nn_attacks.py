@@ -1,0 +1,183 @@
+"""Issue #14, findings 1-4 (split-nn): the published attacks, run against real small jobs.
+
+Each attack uses only what one party holds: its job state (as it was at that step), the files in
+its own ``archive/``, decrypted with its own key, and the public job parameters (spec, seed). The
+test then checks the attack's output against the truth, which only a test can see.
+
+1. The passive party P recomputes the interactive weights and the top network from the job seed,
+   solves ``delta`` from the first decrypted ``dL/dh = delta W_P^T`` and reads each label from
+   the sign of ``delta`` against the top weights. Before the fix: every label, exactly.
+2. P reads the low bits of the decrypted, noised gradient of ``W_P``. Before the fix the noise
+   lay on a 2^-32 grid while the value is at 2^-64: the low 32 bits were the gradient's own.
+3. The active party A takes its first share ``U0`` for ``W_P`` and solves ``h = z_P U0^-1``.
+   Before the fix ``U0 = W_P0``: P's bottom output, exactly.
+4. Gradient-based label inference (Li et al., ICLR 2022) on what P receives, ``dL/dh``: norm,
+   direction (cosine to one known positive) and principal-direction scores. Inherent to split
+   learning; the label protection keeps them near chance (the bound is measured, not exact).
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_protocol_split_nn import PARAMS, SPEC, joined, small_parties, train
+
+from vfl_cli import jobs, privacy
+from vfl_cli.artifacts.container import read_artifact
+from vfl_cli.crypto import encoding, paillier
+from vfl_cli.models import split_spec as ss
+from vfl_cli.models.features import split_rows
+from vfl_cli.protocol import split_nn
+from vfl_cli.protocol.hetero_linear import read_enc
+from vfl_cli.workspace import Workspace
+
+JOB = "tr"
+
+
+def archived(ws: Path, kind: str) -> list[Any]:
+    """This party's received artifacts of one kind, in the order they came."""
+    files = sorted(glob.glob(str(ws / "archive" / "received" / f"{JOB}.*.{kind}.*.zip")))
+    w = Workspace(ws)
+    return [read_artifact(Path(f)).open(w.signer, w.name).artifact for f in files]  # sealed to us
+
+
+def slots_of(art: Any, name: str, priv: paillier.PrivateKey) -> list[list[int]]:
+    """Decrypt a member with the party's own key and split every plaintext into its slots."""
+    m = art.members[name]
+    x = read_enc(art, name, priv.public)
+    return [split_nn.unslot(int(v), priv.public.n, int(m.info["slot_bits"]), int(m.info["slots"]))
+            for v in priv.decrypt_raw(x)]
+
+
+def decrypted_error(art: Any, priv: paillier.PrivateKey, rows: int, k: int) -> np.ndarray:
+    """``dL/dh`` as P decrypts it from one ``split/backward`` (``rows x k``)."""
+    ints = slots_of(art, "err", priv)
+    flat = encoding.decode([v for slot in ints for v in slot], read_enc(art, "err", priv.public).exponent)
+    return np.asarray(flat).reshape(k, -1)[:, :rows].T
+
+
+def truth(bank: Path, bureau: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows (full batch: in row order) and their labels: only the test sees both."""
+    df, _ = joined(bank, [bureau])
+    rows = split_rows(len(df), PARAMS["test_fraction"], PARAMS["seed"]).train
+    return rows, df["label"].to_numpy(float)[rows]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """One full-batch job on 120 breast rows, with what each party held at its steps recorded."""
+    root = Path(request.config.rootpath)
+    tmp = tmp_path_factory.mktemp("split-attacks")
+    mp = pytest.MonkeyPatch()
+    seen: dict[str, Any] = {"a_states": [], "h": [], "exact_grad": []}
+    a_step, bottom, plain_matmul = split_nn.SplitNN._a_step, split_nn.SplitNN._bottom_output, paillier.plain_matmul
+
+    def spy_a_step(self: Any, ctx: Any, state: Any, *args: Any) -> Any:
+        # A's job state as A holds it at this step (its share U, its masks R): A's own knowledge
+        seen["a_states"].append({k: np.array(v, copy=True) for k, v in state.arrays.items()})
+        return a_step(self, ctx, state, *args)
+
+    def spy_bottom(self: Any, ctx: Any, state: Any, data: Any, spec: Any, part: str, rows: Any, *, train: bool) -> Any:
+        net, h = bottom(self, ctx, state, data, spec, part, rows, train=train)
+        if part == "passive" and train:
+            seen["h"].append(h.copy())  # the truth: P's bottom output
+        return net, h
+
+    def spy_matmul(x: Any, enc: Any, *args: Any, **kw: Any) -> Any:
+        out = plain_matmul(x, enc, *args, **kw)
+        seen["exact_grad"].append(out)  # the truth: the gradient's slots before A's noise
+        return out
+
+    mp.setattr(split_nn.SplitNN, "_a_step", spy_a_step)
+    mp.setattr(split_nn.SplitNN, "_bottom_output", spy_bottom)
+    mp.setattr(paillier, "plain_matmul", spy_matmul)
+    try:
+        sample = root / "sample_data"
+        bank, bureau = small_parties(tmp, sample / "breast_active.csv", sample / "breast_passive.csv", "label", 120)
+        train(bank, bureau, dict(PARAMS, model=SPEC, batch_size=0, epochs=3), job=JOB)
+    finally:
+        mp.undo()
+    return {"bank": bank, "bureau": bureau, **seen}
+
+
+def label_attack(bureau: Path, rows: int) -> np.ndarray:
+    """Finding 1, as P: labels from the seed's weights and the first decrypted ``dL/dh``."""
+    ws = Workspace(bureau)
+    params = jobs.load_info(ws, JOB)["params"]
+    spec, seed = ss.parse_spec(params["model"]), int(params["seed"])
+    state, _ = jobs.load_state(ws, JOB)
+    kp = state.arrays["share"].shape[0]
+    ka = int(next(layer["units"] for layer in reversed(spec.active) if layer["type"] == "dense"))
+    _, W_P0 = ss.initial_interactive(spec, ka, kp, seed)  # what the public seed gives
+    top = ss.build_part(spec, "top", spec.units, seed)
+    assert top is not None
+    dl_dh = decrypted_error(archived(bureau, "backward")[0], ws.private_key, rows, kp)
+    delta = dl_dh @ np.linalg.pinv(W_P0.T)  # dL/dh = delta W_P0^T
+    w_top = top.layers[-1].W[:, 0]  # relu then dense: delta_i = dout_i * w_top * relu'(z_i)
+    return (delta @ w_top < 0).astype(float)  # dout = p - y < 0 exactly when y = 1
+
+
+def test_passive_party_cannot_read_labels_from_the_seed(job: dict[str, Any]) -> None:
+    rows, y = truth(job["bank"], job["bureau"])
+    guess = label_attack(job["bureau"], len(rows))
+    accuracy = float(np.mean(guess == y))
+    # before the fix: 90/90 labels; now the seed's weights are not the job's weights
+    assert max(accuracy, 1 - accuracy) < 0.8, accuracy
+
+
+def test_active_party_cannot_solve_the_passive_bottom_output(job: dict[str, Any]) -> None:
+    """Finding 3, as A: ``h = z_P U0^-1`` from its first share and its unmasked ``z_P``."""
+    bank = job["bank"]
+    first = job["a_states"][0]
+    art = archived(bank, "activation")[0]
+    modulus = Workspace(bank).peer("bureau").paillier.n
+    U0, pieces = first["share"], first["mask"]
+    m = U0.shape[1]
+    rows = len(job["h"][0])
+    raw = split_nn.read_ints(art, "z", rows * m)
+    R = [sum(int(pieces[i, :rows].flat[j]) << (split_nn.MASK_PIECE_BITS * i) for i in range(split_nn.MASK_PIECES))
+         for j in range(len(raw))]
+    z_p = encoding.decode([encoding.signed((v - r) % modulus, modulus) for v, r in zip(raw, R)], 2 * split_nn.E)
+    z_p = np.asarray(z_p).reshape(rows, m)
+    h_hat = z_p @ np.linalg.pinv(U0)
+    h = job["h"][0]
+    error = np.abs(h_hat - h).max() / np.abs(h).max()
+    # before the fix: bit-identical (U0 = W_P0); now U0 is one of two independent shares
+    assert error > 0.1, error
+
+
+def test_decrypted_gradient_is_masked_in_its_low_bits(job: dict[str, Any]) -> None:
+    """Finding 2, as P: the decrypted slot minus the exact value is uniform in its low 32 bits."""
+    bureau = job["bureau"]
+    priv = Workspace(bureau).private_key
+    diffs = []
+    for art, exact in zip(archived(bureau, "backward"), job["exact_grad"]):
+        noisy = slots_of(art, "grad", priv)
+        clean = [split_nn.unslot(int(v), priv.public.n, split_nn.ACT_SLOT_BITS, len(noisy[0]))
+                 for v in priv.decrypt_raw(exact)]
+        diffs += [a - b for x, y in zip(noisy, clean) for a, b in zip(x, y)]
+    low = np.array([d & 0xFFFFFFFF for d in diffs], dtype=np.uint64)
+    bits = (low[:, None] >> np.arange(32, dtype=np.uint64)) & np.uint64(1)
+    # before the fix every difference was 0 mod 2^32 (the low bits were the gradient's own)
+    assert np.count_nonzero(low == 0) == 0
+    assert len(diffs) >= 50
+    assert abs(bits.mean() - 0.5) < 0.03  # every low bit is a fair coin
+    assert np.abs(bits.mean(axis=0) - 0.5).max() < 0.25
+
+
+def test_gradient_label_inference_stays_near_chance(job: dict[str, Any]) -> None:
+    """Finding 4, as P: norm, direction and principal-direction attacks on every decrypted
+    ``dL/dh`` (one per epoch here, full batch), against the labels."""
+    rows, y = truth(job["bank"], job["bureau"])
+    ws = Workspace(job["bureau"])
+    k = jobs.load_state(ws, JOB)[0].arrays["share"].shape[0]
+    for epoch, art in enumerate(archived(job["bureau"], "backward")):
+        if art.meta.get("next") == "evaluate" and epoch >= PARAMS["epochs"] + 1:
+            break
+        grads = decrypted_error(art, ws.private_key, len(rows), k)
+        leak = privacy.leak_aucs(y, grads)
+        assert max(leak.values()) <= 0.75, (epoch, leak)

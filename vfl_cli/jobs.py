@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from vfl_cli.artifacts.container import (
+    MAX_BYTES,
     Artifact,
     Loaded,
     encode,
@@ -41,7 +42,7 @@ from vfl_cli.artifacts.container import (
     parse_artifact,
     read_artifact,
 )
-from vfl_cli.artifacts.io import pretty_json, write_new
+from vfl_cli.artifacts.io import pretty_json, read_regular, write_new
 from vfl_cli.crypto.signing import short
 from vfl_cli.errors import InvalidArtifact, VflError, WorkspaceError
 from vfl_cli.protocol.base import (
@@ -318,7 +319,7 @@ def _to_artifacts(
             meta=msg.meta,
             members=msg.members,
         )
-        out.append((art.default_name(), encode(art, ws.signer), art))
+        out.append((art.default_name(), encode(art, ws.signer, to=ws.verifier_for(msg.recipient)), art))
     return out
 
 
@@ -497,6 +498,7 @@ def _scan_inbox(ws: Workspace) -> list[tuple[str, Loaded]]:
         if art.sender == ws.name:
             raise InvalidArtifact(f"{f.name} was sent by {ws.name} itself; remove it from the inbox")
         loaded.verify(ws.verifier_for(art.sender), what=f.name)
+        loaded = loaded.open(ws.signer, ws.name)  # the payload is sealed to us: decrypt once verified
         out.append((f.name, loaded))
     proposed = {l.artifact.job for _, l in out if l.artifact.kind == PROPOSAL}
     for name, loaded in out:
@@ -615,7 +617,8 @@ def receive_files(ws: Workspace, files: list[Path]) -> list[str]:
     """Copy artifacts into the inbox after checking they parse and are addressed to us."""
     names = []
     for f in files:
-        loaded = parse_artifact(f.read_bytes(), name=str(f))
+        data = read_regular(f, max_bytes=MAX_BYTES)  # a plain file, bounded, read once
+        loaded = parse_artifact(data, name=str(f))
         if loaded.artifact.recipient != ws.name:
             raise InvalidArtifact(
                 f"{f} is addressed to {loaded.artifact.recipient}, but this workspace is {ws.name}"
@@ -623,6 +626,6 @@ def receive_files(ws: Workspace, files: list[Path]) -> list[str]:
         loaded.verify(ws.verifier_for(loaded.artifact.sender), what=str(f))
         target = ws.inbox / f.name
         if not target.exists():
-            write_new(target, f.read_bytes())
+            write_new(target, bytes(data))
         names.append(f.name)
     return names

@@ -143,17 +143,22 @@ def test_early_file_waits_for_the_one_before_it(two_parties) -> None:
     start_handshake(bank)
     carry(bank, bureau)
     hello = next((bureau / "inbox").glob("*hello*"))
-    hello.unlink()  # step 2 never arrives; a genuine, signed step 3 does
+    saved = hello.read_bytes()
+    hello.unlink()  # step 2 has not arrived yet; a genuine, signed step 3 has
     later = new_artifact(kind="handshake/hello", job="hs1", seq=3, step="hello", sender="bank",
                          recipient="bureau", meta={"challenge": "x"})
     (bureau / "inbox" / later.default_name()).write_bytes(encode(later, Workspace(bank).signer,
                                                                           to=Workspace(bureau).signer.verifier))
-    saved = hello.read_bytes() if hello.exists() else None
     run("-w", str(bureau), "job", "accept", "hs1")
     before = snapshot(bureau)
     out = json.loads(run("-w", str(bureau), "step", "--json").stdout)
     assert out[0]["waiting_for"] == ["handshake/hello from bank"] and not out[0]["rejected"]
     assert snapshot(bureau) == before  # it waits in the inbox, untouched
+    hello.write_bytes(saved)  # step 2 arrives: the job goes on; the handshake needs no step 3
+    out = json.loads(run("-w", str(bureau), "step", "--json").stdout)
+    assert out[0]["done"] and out[0]["received"] == [hello.name]
+    assert "finished" in out[0]["rejected"][0]["reason"]
+    assert not list((bureau / "inbox").glob("*.zip"))
 
 
 def test_unknown_protocol_and_peer(two_parties) -> None:

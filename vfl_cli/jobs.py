@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,9 +43,10 @@ from vfl_cli.artifacts.container import (
     parse_artifact,
     read_artifact,
 )
-from vfl_cli.artifacts.io import pretty_json, read_regular, write_new
+from vfl_cli.artifacts.io import pretty_json, read_regular, replace_atomic, write_new
 from vfl_cli.crypto.signing import short
-from vfl_cli.errors import InvalidArtifact, VflError, WorkspaceError
+from vfl_cli.errors import InvalidArtifact, KeyMismatch, VflError, WorkspaceError
+from vfl_cli.names import check_kind, check_name
 from vfl_cli.protocol.base import (
     Expect,
     JobState,
@@ -55,9 +57,15 @@ from vfl_cli.protocol.base import (
     no_progress,
     party_list,
 )
-from vfl_cli.workspace import Workspace
+from vfl_cli.workspace import Workspace, secure_folders
 
 PROPOSAL = "vfl/job-proposal"
+#: Quarantine: ``inbox/rejected/<file>`` with ``<file>.reason.txt`` beside it.
+REJECTED = "rejected"
+REASON_SUFFIX = ".reason.txt"
+#: How far past the next expected step a file may be and still wait in the inbox for the
+#: missing ones; a file further ahead cannot be meant for this job and is rejected.
+MAX_AHEAD = 10_000
 
 
 @dataclass
@@ -72,6 +80,8 @@ class StepReport:
     received: list[str] = field(default_factory=list)
     waiting_for: list[str] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
+    #: inbox files of this job moved to inbox/rejected/ by this command: ``{"file", "reason"}``
+    rejected: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -88,6 +98,8 @@ def locked(ws: Workspace) -> Iterator[None]:
             raise WorkspaceError(
                 f"another vfl command is working in {ws.root}; wait for it to finish"
             ) from None
+        secure_folders(ws.root)
+        ws.ledger.repair()  # a torn last line (power loss) goes to ledger.torn, never blocks
         recover(ws)
         yield
 
@@ -105,7 +117,8 @@ def recover(ws: Workspace) -> None:
 
 # ----- state on disk -----------------------------------------------------------------------------
 def job_dir(ws: Workspace, job: str) -> Path:
-    return ws.path("jobs", job)
+    """``jobs/<job>``, for a job id that is a name: a received id is data, never a path."""
+    return ws.path("jobs", check_name(job, "job id"))
 
 
 def load_info(ws: Workspace, job: str) -> dict[str, Any]:
@@ -175,15 +188,18 @@ def _commit(
     txn = d / "txn"
     if txn.exists():
         shutil.rmtree(txn)
-    (txn / "out").mkdir(parents=True)
+    for folder in (d, txn, txn / "out"):  # job state holds secrets: owner only
+        folder.mkdir(mode=0o700, exist_ok=True)
+    # The ledger count once this step is logged: a ledger found shorter later was cut.
+    engine["ledger_count"] = ws.ledger.head()["count"] + len(out) + len(consumed)
     files = _state_files(state, engine)
     if info is not None:
         files["job.json"] = pretty_json(info)
     for name, data in files.items():
-        (txn / name).write_bytes(data)
+        _write_private(txn / name, data)
     plan = {"sent": [], "received": []}
     for name, data, art in out:
-        (txn / "out" / name).write_bytes(data)
+        _write_private(txn / "out" / name, data)
         plan["sent"].append({"file": name, **_ledger_fields(art), "artifact_sha256": _sha(data), "size": len(data)})
     for name, loaded in consumed:
         plan["received"].append(
@@ -199,6 +215,12 @@ def _commit(
     _apply(ws, txn)
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
 def _apply(ws: Workspace, txn: Path) -> None:
     """Apply a sealed transaction. Every part may already be done: each is idempotent."""
     d = txn.parent
@@ -212,6 +234,7 @@ def _apply(ws: Workspace, txn: Path) -> None:
                 src.unlink()
             else:
                 os.replace(src, dst)
+                os.chmod(dst, 0o600)  # kept as the courier left it otherwise
         if not ws.ledger.has(entry["artifact_sha256"], "received"):
             ws.ledger.append(ws.signer, "received", **entry)
     for entry in plan["sent"]:
@@ -243,6 +266,8 @@ def _ledger_fields(art: Artifact) -> dict[str, Any]:
         "round": art.round,
         "sender": art.sender,
         "recipient": art.recipient,
+        # the sender's signed ledger head when it sent this file (for reconcile and verify)
+        "sender_ledger": art.meta.get("ledger_head"),
     }
 
 
@@ -305,6 +330,9 @@ def _to_artifacts(
     ws: Workspace, job: str, engine: dict[str, Any], outgoing: list[Outgoing]
 ) -> list[tuple[str, bytes, Artifact]]:
     out = []
+    # Each artifact carries the sender's ledger head inside its signed manifest, so the
+    # recipient can later prove what the sender had logged (vfl audit reconcile).
+    head = ws.ledger.head()
     for msg in outgoing:
         seq = engine["next_seq"].get(msg.recipient, 1)
         engine["next_seq"][msg.recipient] = seq + 1
@@ -316,7 +344,7 @@ def _to_artifacts(
             round=msg.round,
             sender=ws.name,
             recipient=msg.recipient,
-            meta=msg.meta,
+            meta=dict(msg.meta, ledger_head=head),
             members=msg.members,
         )
         out.append((art.default_name(), encode(art, ws.signer, to=ws.verifier_for(msg.recipient)), art))
@@ -411,39 +439,74 @@ def _party_entry(card: Any) -> dict[str, str]:
 
 
 def pending_proposals(ws: Workspace) -> list[tuple[str, Loaded]]:
-    return [(n, l) for n, l in _scan_inbox(ws) if l.artifact.kind == PROPOSAL]
+    """Proposals in the inbox that pass every check (the scan quarantines the others)."""
+    with locked(ws):
+        return [(n, l) for n, l in _scan_inbox(ws) if l.artifact.kind == PROPOSAL]
 
 
 def accept_job(
-    ws: Workspace, job: str | None = None, *, data: Path | None = None, progress: Progress = no_progress
+    ws: Workspace, job: str | None = None, *, data: Path | None = None, progress: Progress = no_progress,
+    rejected: Rejections | None = None,
 ) -> list[StepReport]:
     """Accept proposals waiting in the inbox (all, or the one for ``job``) and take first steps.
 
-    ``data`` names another data file of this party for the accepted job (local only).
+    ``data`` names another data file of this party for the accepted job (local only). A
+    proposal that fails a check is quarantined like any inbox file; if none is left to
+    accept, the first reason is the error.
     """
+    rejected = [] if rejected is None else rejected
+    if job is not None:
+        check_name(job, "job id")
     with locked(ws):
-        scanned = _scan_inbox(ws)  # read and verified once for every proposal accepted below
+        scanned = _scan_inbox(ws, rejected)  # read and verified once for every proposal accepted below
         inbox = _by_job(scanned)
         pending = [(n, l) for n, l in scanned if l.artifact.kind == PROPOSAL]
         if job is not None:
             pending = [(n, l) for n, l in pending if l.artifact.job == job]
-        if not pending:
-            raise VflError(
-                f"no job proposal{' for ' + job if job else ''} in {ws.inbox}; copy the proposer's "
-                "*.job-proposal.* file there first"
-            )
         reports = []
         for name, loaded in pending:
-            art = loaded.artifact
-            info = _check_proposal(ws, name, art)
-            info["data"] = _data_file(ws, data)
-            info["features"] = ws.features  # local, like the data file: the columns this job uses
-            engine = {"next_seq": {}, "expected_seq": {art.sender: art.seq + 1}}
-            state = JobState()
-            out = _to_artifacts(ws, art.job, engine, _first_step(get_protocol(info["protocol"]), _context(ws, info, progress), state))
-            _commit(ws, art.job, info=info, state=state, engine=engine, out=out, consumed=[(name, loaded)])
-            reports.append(_run(ws, art.job, inbox.get(art.job, {}), progress))
+            report = _accept_one(ws, name, loaded, data, inbox, progress, rejected)
+            if report is not None:
+                reports.append(report)
+        if not reports:
+            _no_proposal(ws, job, rejected)
+        _attach(reports, rejected)
         return reports
+
+
+def _accept_one(ws: Workspace, name: str, loaded: Loaded, data: Path | None,
+                inbox: dict[str, dict[tuple[str, int], tuple[str, Loaded]]], progress: Progress,
+                rejected: Rejections) -> StepReport | None:
+    art = loaded.artifact
+    try:
+        info = _check_proposal(ws, name, art)
+    except WorkspaceError:
+        raise
+    except VflError as exc:  # a crafted or mistaken proposal: quarantined, others proceed
+        reason = str(exc) if name in str(exc) else f"{name}: {exc}"
+        rejected.append(quarantine(ws, name, reason, job=art.job))
+        return None
+    info["data"] = _data_file(ws, data)
+    info["features"] = ws.features  # local, like the data file: the columns this job uses
+    engine = {"next_seq": {}, "expected_seq": {art.sender: art.seq + 1}}
+    state = JobState()
+    out = _to_artifacts(ws, art.job, engine, _first_step(get_protocol(info["protocol"]), _context(ws, info, progress), state))
+    _commit(ws, art.job, info=info, state=state, engine=engine, out=out, consumed=[(name, loaded)])
+    return _run(ws, art.job, inbox.get(art.job, {}), progress, rejected)
+
+
+def _no_proposal(ws: Workspace, job: str | None, rejected: Rejections) -> None:
+    """Nothing was accepted: say why, with the reason a proposal (or any file) was refused."""
+    mine = [r for r in rejected if job is None or r["job"] == job] or rejected
+    if mine:
+        raise InvalidArtifact(
+            f"{mine[0]['reason']} (moved to inbox/{REJECTED}/{mine[0]['file']}"
+            + (f"; {len(mine) - 1} more file(s) refused)" if len(mine) > 1 else ")")
+        )
+    raise VflError(
+        f"no job proposal{' for ' + job if job else ''} in {ws.inbox}; copy the proposer's "
+        "*.job-proposal.* file there first"
+    )
 
 
 def _check_proposal(ws: Workspace, name: str, art: Artifact) -> dict[str, Any]:
@@ -484,41 +547,152 @@ def _check_proposal(ws: Workspace, name: str, art: Artifact) -> dict[str, Any]:
 
 
 # ----- stepping ------------------------------------------------------------------------------------
-def _scan_inbox(ws: Workspace) -> list[tuple[str, Loaded]]:
-    """Read and verify every artifact in the inbox; refuse anything that is not for us."""
+#: Files moved to inbox/rejected/ by one command: ``{"file", "reason", "job"}`` each.
+Rejections = list[dict[str, str]]
+
+
+def quarantine(ws: Workspace, name: str, reason: str, *, job: str = "") -> dict[str, str]:
+    """Move ``inbox/<name>`` into ``inbox/rejected/`` with ``<name>.reason.txt`` beside it.
+
+    Nothing is deleted: a person can read the reason and move the file back. Returns the entry
+    for the command's report.
+    """
+    folder = ws.inbox / REJECTED
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise WorkspaceError(f"{folder} is not a folder; remove it so refused files can be moved there")
+    folder.mkdir(mode=0o700, exist_ok=True)
+    target, n = name, 1
+    while os.path.lexists(folder / target) or os.path.lexists(folder / (target + REASON_SUFFIX)):
+        target, n = f"{name}.{n}", n + 1
+    os.replace(ws.inbox / name, folder / target)
+    replace_atomic(folder / (target + REASON_SUFFIX), (reason + "\n").encode(), mode=0o600)
+    return {"file": target, "reason": reason, "job": job}
+
+
+def rejected_files(ws: Workspace) -> list[dict[str, str]]:
+    """Files in ``inbox/rejected/`` with the reason each was refused: ``{"file", "reason"}``."""
+    folder = ws.inbox / REJECTED
+    if folder.is_symlink() or not folder.is_dir():
+        return []
     out = []
-    for f in sorted(ws.inbox.glob("*.zip")):
-        loaded = read_artifact(f)
-        art = loaded.artifact
-        if art.recipient != ws.name:
-            raise InvalidArtifact(
-                f"{f.name} is addressed to {art.recipient}, but this workspace is {ws.name}; "
-                "it was handed to the wrong party"
-            )
-        if art.sender == ws.name:
-            raise InvalidArtifact(f"{f.name} was sent by {ws.name} itself; remove it from the inbox")
-        loaded.verify(ws.verifier_for(art.sender), what=f.name)
-        loaded = loaded.open(ws.signer, ws.name)  # the payload is sealed to us: decrypt once verified
-        out.append((f.name, loaded))
-    proposed = {l.artifact.job for _, l in out if l.artifact.kind == PROPOSAL}
-    for name, loaded in out:
-        art = loaded.artifact
-        if art.kind == PROPOSAL:
+    for f in sorted(folder.iterdir()):
+        if f.name.endswith(REASON_SUFFIX) or f.name.startswith("."):
             continue
-        if not (job_dir(ws, art.job) / "state.json").exists():
-            if art.job not in proposed:
-                raise InvalidArtifact(
-                    f"{name} belongs to job {art.job}, which {ws.name} has not accepted; "
-                    "accept its proposal first (vfl job accept)"
-                )
-            continue
-        _, engine = load_state(ws, art.job)
-        if art.seq < engine["expected_seq"].get(art.sender, 1):
-            raise InvalidArtifact(
-                f"{name} is step {art.seq} from {art.sender} in job {art.job}, which was "
-                "already accepted (replayed); remove it from the inbox"
-            )
+        out.append({"file": f.name, "reason": _read_reason(folder / (f.name + REASON_SUFFIX))})
     return out
+
+
+def _read_reason(path: Path) -> str:
+    """At most 4 KB of a reason file, never following a link or blocking on a pipe."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return "(no reason recorded)"
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "(no reason recorded)"
+        return fh.read(4096).decode("utf-8", errors="replace").strip()
+
+
+def _inbox_files(ws: Workspace) -> list[Path]:
+    """``inbox/*.zip`` by name, leaving out hidden files (copies still being written)."""
+    return [f for f in sorted(ws.inbox.iterdir()) if f.name.endswith(".zip") and not f.name.startswith(".")]
+
+
+def _check_file(ws: Workspace, f: Path) -> Loaded:
+    """A plain file, a well-formed artifact with valid names, for us, signed by a trusted peer."""
+    if not stat.S_ISREG(os.lstat(f).st_mode):
+        raise InvalidArtifact(f"{f.name} is not a plain file (a link, pipe, folder or device)")
+    loaded = read_artifact(f)
+    _check_loaded(ws, f.name, loaded)
+    return loaded.open(ws.signer, ws.name)  # the payload is sealed to us: decrypt once verified
+
+
+def _check_loaded(ws: Workspace, what: str, loaded: Loaded) -> None:
+    """Valid names, addressed to us, signed by a trusted peer (looked up by exact name)."""
+    art = loaded.artifact
+    try:
+        for value, field_ in ((art.sender, "sender"), (art.recipient, "recipient"), (art.job, "job id")):
+            check_name(value, f"{what}: {field_}")
+        check_kind(art.kind, f"{what}: kind")
+    except VflError as exc:
+        raise InvalidArtifact(str(exc)) from None
+    if art.recipient != ws.name:
+        raise InvalidArtifact(f"{what} is addressed to {art.recipient}, but this workspace is "
+                              f"{ws.name}; it was handed to the wrong party")
+    if art.sender == ws.name:
+        raise InvalidArtifact(f"{what} was sent by {ws.name} itself")
+    card = ws.peers().get(art.sender)  # an exact name among trusted cards, never a path
+    if card is None:
+        raise InvalidArtifact(f"{what} comes from {art.sender}, who is not a trusted peer; import "
+                              "its card (vfl keys import), then hand the file over again")
+    loaded.verify(card.verifier, what=what)
+
+
+def _check_place(ws: Workspace, name: str, art: Artifact, proposed: set[str],
+                 seen: dict[tuple[str, str, int], str]) -> None:
+    """Whether the file can ever be used: for a known job, a party of it, not yet consumed."""
+    key = (art.job, art.sender, art.seq)
+    if key in seen:
+        raise InvalidArtifact(f"{name} is step {art.seq} of {art.sender} in job {art.job}, like "
+                              f"{seen[key]}, which is used instead")
+    seen[key] = name
+    if art.kind == PROPOSAL:
+        if (job_dir(ws, art.job) / "job.json").exists():
+            raise InvalidArtifact(f"{name}: job {art.job} was already accepted here (replayed proposal)")
+        if art.seq != 1:
+            raise InvalidArtifact(f"{name}: a proposal must be the first file of its job")
+        return
+    if not (job_dir(ws, art.job) / "state.json").exists():
+        if art.job not in proposed:
+            raise InvalidArtifact(f"{name} belongs to job {art.job}, which {ws.name} has not "
+                                  "accepted; accept its proposal first, then move it back")
+        return
+    info = load_info(ws, art.job)
+    state, engine = load_state(ws, art.job)
+    expected = engine["expected_seq"].get(art.sender, 1)
+    if art.sender not in [p["name"] for p in info["parties"]]:
+        raise InvalidArtifact(f"{name} comes from {art.sender}, who is not a party of job {art.job}")
+    if art.seq < expected:
+        raise InvalidArtifact(f"{name} is step {art.seq} from {art.sender} in job {art.job}, which "
+                              "was already accepted (replayed)")
+    if state.done:
+        raise InvalidArtifact(f"{name}: job {art.job} is finished here; it waits for no more files")
+    if art.seq > expected + MAX_AHEAD:
+        raise InvalidArtifact(f"{name} is step {art.seq} from {art.sender} in job {art.job}, more "
+                              f"than {MAX_AHEAD} past the next one ({expected})")
+
+
+def _scan_inbox(ws: Workspace, rejected: Rejections | None = None) -> list[tuple[str, Loaded]]:
+    """Read and verify every artifact in the inbox.
+
+    A file that fails any check is moved to ``inbox/rejected/`` with its reason (added to
+    ``rejected``) and never stops the others. A file ahead of its turn in a known job waits.
+    """
+    rejected = [] if rejected is None else rejected
+    checked = []
+    for f in _inbox_files(ws):
+        try:
+            checked.append((f.name, _check_file(ws, f)))
+        except (InvalidArtifact, KeyMismatch) as exc:
+            rejected.append(quarantine(ws, f.name, str(exc)))
+    proposed = {l.artifact.job for _, l in checked if l.artifact.kind == PROPOSAL}
+    seen: dict[tuple[str, str, int], str] = {}
+    out = []
+    for name, loaded in checked:
+        try:
+            _check_place(ws, name, loaded.artifact, proposed, seen)
+        except InvalidArtifact as exc:
+            rejected.append(quarantine(ws, name, str(exc), job=loaded.artifact.job))
+            continue
+        out.append((name, loaded))
+    return out
+
+
+def _attach(reports: list[StepReport], rejected: Rejections) -> None:
+    """Give each job's report the files of that job this command rejected."""
+    for r in reports:
+        r.rejected = [{"file": x["file"], "reason": x["reason"]} for x in rejected if x["job"] == r.job]
 
 
 def _inbox_by_job(ws: Workspace) -> dict[str, dict[tuple[str, int], tuple[str, Loaded]]]:
@@ -535,29 +709,22 @@ def _by_job(scanned: list[tuple[str, Loaded]]) -> dict[str, dict[tuple[str, int]
     return by_job
 
 
-def step(ws: Workspace, job: str | None = None, *, progress: Progress = no_progress) -> list[StepReport]:
-    """Advance every job (or ``job``) as far as the inbox allows."""
+def step(ws: Workspace, job: str | None = None, *, progress: Progress = no_progress,
+         rejected: Rejections | None = None) -> list[StepReport]:
+    """Advance every job (or ``job``) as far as the inbox allows.
+
+    Files that fail a check are quarantined (listed in each job's report and appended to
+    ``rejected``); files that arrived early wait for the ones before them.
+    """
+    rejected = [] if rejected is None else rejected
     with locked(ws):
-        inbox = _inbox_by_job(ws)
-        jobs = [job] if job else [j["job"] for j in list_jobs(ws) if not j["done"] or j["job"] in inbox]
         if job:
             load_info(ws, job)
-        reports = [_run(ws, j, inbox.get(j, {}), progress) for j in jobs]
-        stuck = [r for r in reports if not r.sent and not r.received and not r.done]
-        for r in stuck:
-            _, engine = load_state(ws, r.job)
-            early = sorted(
-                (hit for hit in inbox.get(r.job, {}).values()
-                 if hit[1].artifact.seq > engine["expected_seq"].get(hit[1].artifact.sender, 1)),
-                key=lambda x: x[1].artifact.seq,
-            )
-            if early:
-                name, loaded = early[0]
-                raise InvalidArtifact(
-                    f"{name} came out of order: job {r.job} waits for "
-                    f"{'; '.join(r.waiting_for)} first (step {loaded.artifact.seq} of "
-                    f"{loaded.artifact.sender} cannot be used yet)"
-                )
+        inbox = _by_job(_scan_inbox(ws, rejected))
+        touched = set(inbox) | {r["job"] for r in rejected}  # a done job reports what it refused
+        jobs = [job] if job else [j["job"] for j in list_jobs(ws) if not j["done"] or j["job"] in touched]
+        reports = [_run(ws, j, inbox.get(j, {}), progress, rejected) for j in jobs]
+        _attach(reports, rejected)
         return reports
 
 
@@ -566,7 +733,9 @@ def _run(
     job: str,
     available: dict[tuple[str, int], tuple[str, Loaded]],
     progress: Progress,
+    rejected: Rejections | None = None,
 ) -> StepReport:
+    rejected = [] if rejected is None else rejected
     info = load_info(ws, job)
     protocol = get_protocol(info["protocol"])
     ctx = _context(ws, info, progress)
@@ -575,6 +744,10 @@ def _run(
         state, engine = load_state(ws, job)
         report.phase, report.done, report.results = state.phase, state.done, state.results
         if state.done:
+            for name, _ in available.values():  # can never be used now: out of the way
+                reason = f"{name}: job {job} is finished here; it waits for no more files"
+                rejected.append(quarantine(ws, name, reason, job=job))
+            available.clear()
             return report
         expects = protocol.expects(ctx, state)
         received: dict[str, Artifact] = {}
@@ -588,15 +761,25 @@ def _run(
                 continue
             name, loaded = hit
             if loaded.artifact.kind != exp.kind:
-                raise InvalidArtifact(
-                    f"{name} is {loaded.artifact.kind}, but job {job} waits for {exp.describe()}"
-                )
+                available.pop((exp.sender, seq))
+                reason = f"{name} is {loaded.artifact.kind}, but job {job} waits for {exp.describe()}"
+                rejected.append(quarantine(ws, name, reason, job=job))
+                missing.append(exp)
+                continue
             received[exp.sender] = loaded.artifact
             consumed.append((name, loaded))
         if missing:
             report.waiting_for = [m.describe() for m in missing]
             return report
-        outgoing = protocol.advance(ctx, state, received)
+        try:
+            outgoing = protocol.advance(ctx, state, received)
+        except InvalidArtifact as exc:  # the content is refused: quarantined, nothing changes
+            for name, loaded in consumed:
+                available.pop((loaded.artifact.sender, loaded.artifact.seq), None)
+                reason = str(exc) if name in str(exc) else f"{name}: {exc}"
+                rejected.append(quarantine(ws, name, reason, job=job))
+            report.waiting_for = [e.describe() for e in expects]
+            return report
         for sender in received:
             engine["expected_seq"][sender] = engine["expected_seq"].get(sender, 1) + 1
         for name, loaded in consumed:
@@ -619,13 +802,9 @@ def receive_files(ws: Workspace, files: list[Path]) -> list[str]:
     for f in files:
         data = read_regular(f, max_bytes=MAX_BYTES)  # a plain file, bounded, read once
         loaded = parse_artifact(data, name=str(f))
-        if loaded.artifact.recipient != ws.name:
-            raise InvalidArtifact(
-                f"{f} is addressed to {loaded.artifact.recipient}, but this workspace is {ws.name}"
-            )
-        loaded.verify(ws.verifier_for(loaded.artifact.sender), what=str(f))
-        target = ws.inbox / f.name
-        if not target.exists():
-            write_new(target, bytes(data))
-        names.append(f.name)
+        _check_loaded(ws, str(f), loaded)
+        name = loaded.artifact.default_name()  # made of checked names, never a name it brought
+        if not (ws.inbox / name).exists():
+            write_new(ws.inbox / name, bytes(data))
+        names.append(name)
     return names

@@ -31,7 +31,7 @@ from vfl_cli.crypto import paillier
 from vfl_cli.crypto.signing import Signer, Verifier, short
 from vfl_cli.errors import DataError, VflError, WorkspaceError
 from vfl_cli.ledger import Ledger
-from vfl_cli.names import NAME_RE, check_name  # noqa: F401  (re-exported)
+from vfl_cli.names import NAME_RE, check_name, is_name  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -89,7 +89,7 @@ class PartyCard:
             if d.get("format") != CARD_FORMAT:
                 raise VflError(f"{what} is not a vfl party card (made by 'vfl keys export')")
             card = cls(
-                name=check_name(str(d["name"])),
+                name=check_name(d["name"]),
                 role=str(d["role"]),
                 paillier=paillier.PublicKey.from_jwk(d["paillier"]),
                 verifier=Verifier.from_hex(d["signing_key"]),
@@ -118,6 +118,7 @@ class Workspace:
             self.config: dict[str, Any] = json.loads((self.root / CONFIG).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise WorkspaceError(f"{self.root / CONFIG} cannot be read: {exc}") from exc
+        self._peers: dict[str, PartyCard] | None = None
 
     # ----- creation and discovery -------------------------------------------------------------
     @classmethod
@@ -151,8 +152,9 @@ class Workspace:
         from vfl_cli.columns import check_data
 
         data_config = check_data(data, role=role, id_column=id_column, label_column=label_column, **choice)
-        for sub in ("keys", "peers", "inbox", "outbox", "archive/sent", "archive/received", "jobs"):
+        for sub in ("peers", "inbox", "outbox", *PRIVATE_DIRS):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        secure_folders(root)
         config = {
             "name": name,
             "role": role,
@@ -230,7 +232,7 @@ class Workspace:
         signer = Signer.generate()
         keys = self.path("keys")
         replace_atomic(keys / "paillier.jwk", pretty_json(private.to_jwk()), mode=0o600)
-        replace_atomic(keys / "paillier.pub.jwk", pretty_json(public.to_jwk()))
+        replace_atomic(keys / "paillier.pub.jwk", pretty_json(public.to_jwk()), mode=0o600)
         replace_atomic(keys / "signing.key", (signer.seed_hex() + "\n").encode(), mode=0o600)
         self.config["keys_created"] = now()
         replace_atomic(self.path(CONFIG), pretty_json(self.config))
@@ -276,8 +278,8 @@ class Workspace:
         card = PartyCard.from_bytes(data, what=what)
         if card.name == self.name:
             raise VflError(f"{what} is this party's own card ({self.name}); import the peer's card")
-        target = self.path("peers", f"{card.name}.json")
-        if target.exists():
+        target = self.path("peers", f"{card.name}.json")  # a checked name (PartyCard.from_bytes)
+        if card.name in self.peers():
             known = self.peer(card.name)
             if (known.signing_fingerprint, known.paillier_fingerprint) == (
                 card.signing_fingerprint,
@@ -290,22 +292,34 @@ class Workspace:
                 f"remove {target} first if the peer really changed keys"
             )
         replace_atomic(target, data)
+        self._peers = None
         return card, True
 
     def peers(self) -> dict[str, PartyCard]:
-        out = {}
-        for f in sorted(self.path("peers").glob("*.json")):
-            out[f.stem] = PartyCard.from_bytes(f.read_bytes(), what=str(f))
-        return out
+        """The trusted peers' cards by exact name (read once per workspace object).
+
+        A received name is only ever a key into this dict, never part of a path: a sender
+        ``../inbox/evil`` is simply not a trusted peer.
+        """
+        if self._peers is None:
+            out: dict[str, PartyCard] = {}
+            for f in sorted(self.path("peers").glob("*.json")):
+                card = PartyCard.from_bytes(f.read_bytes(), what=str(f))
+                if card.name != f.stem:
+                    raise WorkspaceError(f"{f} holds the card of {card.name}; re-import it")
+                out[card.name] = card
+            self._peers = out
+        return dict(self._peers)
 
     def peer(self, name: str) -> PartyCard:
-        f = self.path("peers", f"{name}.json")
-        if not f.exists():
+        card = self.peers().get(name) if is_name(name) else None
+        if card is None:
+            shown = repr(name)[:40] if isinstance(name, str) else type(name).__name__
             raise VflError(
-                f"{name} is not a trusted peer of {self.name}; import its card with "
-                f"'vfl keys import {name}.card'"
+                f"{shown} is not a trusted peer of {self.name}; import its card with "
+                f"'vfl keys import FILE'"
             )
-        return PartyCard.from_bytes(f.read_bytes(), what=str(f))
+        return card
 
     def verifier_for(self, name: str) -> Verifier:
         return self.signer.verifier if name == self.name else self.peer(name).verifier
@@ -322,6 +336,23 @@ class Workspace:
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(int.from_bytes(os.urandom(16), "big"))
+
+
+#: Folders holding secrets (keys; job state with PSI scalars, masks, shares and the party's own
+#: ids; archived payloads): 0700, and every file the tool writes in them 0600.
+PRIVATE_DIRS = ("keys", "jobs", "archive", "archive/sent", "archive/received")
+
+
+def secure_folders(root: Path) -> None:
+    """Make the private folders (and each job's folder) readable by their owner only.
+
+    Files written there are created 0600 (``tempfile.mkstemp``, or an explicit mode); closing
+    the folders also covers files an older version left 0644.
+    """
+    for sub in PRIVATE_DIRS:
+        folder = root / sub
+        if folder.is_dir() and (folder.stat().st_mode & 0o777) != 0o700:
+            folder.chmod(0o700)
 
 
 def now() -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from vfl_cli import jobs as engine
+from vfl_cli.artifacts.io import shown_path
 from vfl_cli.cli._console import console, emit_json, progress_bars, say
 from vfl_cli.cli._options import json_option, workspace
 from vfl_cli.errors import VflError
@@ -28,10 +29,14 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     return params
 
 
-def report(reports: list[engine.StepReport], as_json: bool, ws_name: str) -> None:
+def report(reports: list[engine.StepReport], as_json: bool, ws_name: str,
+           rejected: list[dict[str, str]] | None = None) -> None:
     """Tell the user what happened and exactly which file goes to whom."""
     if as_json:
         emit_json([r.to_dict() for r in reports])
+    for x in rejected or []:  # every file this command quarantined, of any job or none
+        say(f"Rejected {shown_path(x['file'])}: moved to inbox/{engine.REJECTED}/, because "
+            f"{shown_path(x['reason'])}")
     if not reports:
         say("Nothing to do: no job waits on this party.")
     for r in reports:
@@ -96,9 +101,10 @@ def accept(ctx: click.Context, job_id: str | None, as_json: bool) -> None:
         vfl job accept handshake-20261122-3f2a9c
     """
     ws = workspace(ctx)
+    rejected: list[dict[str, str]] = []
     with progress_bars() as progress:
-        reports = engine.accept_job(ws, job_id, progress=progress)
-    report(reports, as_json, ws.name)
+        reports = engine.accept_job(ws, job_id, progress=progress, rejected=rejected)
+    report(reports, as_json, ws.name, rejected)
 
 
 @job.command(name="list")
@@ -158,7 +164,10 @@ def step(ctx: click.Context, files: tuple[Path, ...], job_id: str | None, as_jso
     """Advance whatever job waits on this party, using the files in the inbox.
 
     FILES, if given, are checked and copied into the inbox first. Prints which file to carry
-    to whom next.
+    to whom next. An inbox file that fails a check (damaged, not signed by a trusted peer,
+    for another party, replayed, for an unknown job) is moved to inbox/rejected/ with a
+    .reason.txt beside it, and listed; the other files and jobs go on. A file that came
+    before its turn waits.
 
     Example:
 
@@ -168,10 +177,11 @@ def step(ctx: click.Context, files: tuple[Path, ...], job_id: str | None, as_jso
     ws = workspace(ctx)
     if files:
         engine.receive_files(ws, list(files))
+    rejected: list[dict[str, str]] = []
     with progress_bars() as progress:
-        reports = engine.step(ws, job_id, progress=progress)
+        reports = engine.step(ws, job_id, progress=progress, rejected=rejected)
     pending = engine.pending_proposals(ws)
-    report(reports, as_json, ws.name)
+    report(reports, as_json, ws.name, rejected)
     for name, loaded in pending:
         say(f"Proposal {name} from {loaded.artifact.sender} waits: check it with "
             f"'vfl inspect inbox/{name}', then run 'vfl job accept {loaded.artifact.job}'")

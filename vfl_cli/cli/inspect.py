@@ -82,14 +82,17 @@ def _show(file: Path, loaded: Loaded, signature: str, plaintext: dict[str, dict[
     from rich.table import Table
 
     a = loaded.artifact
-    console.print(f"[bold]{safe(file.name)}[/bold]  ({loaded.size:,} bytes, sha256 {loaded.sha256[:16]}…)")
-    console.print(f"kind {safe(a.kind)}  job {safe(a.job)}  step {a.seq} ({safe(a.step)})  round {a.round}")
-    console.print(f"from {safe(a.sender)} to {safe(a.recipient)}, created {safe(a.created)}")
-    console.print(f"signature: {printable(signature)}", markup=False)
+    # One screen line each, cut with "…" rather than wrapped: a long received value can never
+    # start a line of its own (a wrapped "signature: valid" would read as the real one).
+    line: dict[str, Any] = {"no_wrap": True, "overflow": "ellipsis"}
+    console.print(f"[bold]{safe(file.name)}[/bold]  ({loaded.size:,} bytes, sha256 {loaded.sha256[:16]}…)", **line)
+    console.print(f"kind {safe(a.kind)}  job {safe(a.job)}  step {a.seq} ({safe(a.step)})  round {a.round}", **line)
+    console.print(f"from {safe(a.sender)} to {safe(a.recipient)}, created {safe(a.created)}", **line)
+    console.print(f"signature: {printable(signature)}", markup=False, soft_wrap=True)
     if a.meta:
         console.print("meta:", markup=False)
-        for line in json.dumps(dict(a.meta), indent=2, sort_keys=True, ensure_ascii=False).splitlines():
-            console.print(printable(line), markup=False, highlight=False)
+        for text in json.dumps(dict(a.meta), indent=2, sort_keys=True, ensure_ascii=False).splitlines():
+            console.print(printable(text), markup=False, **line)
     table = Table(title=f"payload members ({'opened' if plaintext else 'sealed: manifest only'})")
     for col in ("member", "content", "shape / count", "key", "bytes", "values"):
         table.add_column(col)

@@ -1,4 +1,4 @@
-"""Rich output on stderr; stdout carries only machine-readable results (``--json``)."""
+"""Status on stderr (rich); results (tables, ``--json``) on stdout, full width when piped."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from rich.markup import escape as _escape_markup
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True, highlight=False)
+#: Width of results written to a file or pipe: rich never truncates a table that fits.
+RESULT_WIDTH = 100_000
 _state = {"quiet": False}
 
 
@@ -54,6 +56,21 @@ def say(message: str) -> None:
     """A status line on stderr (suppressed by --quiet)."""
     if not _state["quiet"]:
         console.print(message, markup=False, soft_wrap=True)
+
+
+def result_console() -> Console:
+    """A console for results on stdout: full width when piped, so tables are never cut."""
+    if sys.stdout.isatty():
+        return Console(file=sys.stdout, highlight=False)
+    # Not a terminal: no colour codes, and wide enough that no column is ever cut to "…".
+    return Console(file=sys.stdout, highlight=False, width=RESULT_WIDTH, color_system=None)
+
+
+def print_result(*renderables: Any) -> None:
+    """Print a result (a table, a heading) on stdout; results are never silenced by --quiet."""
+    out = result_console()
+    for r in renderables:
+        out.print(r, soft_wrap=isinstance(r, str))
 
 
 def emit_json(obj: Any) -> None:

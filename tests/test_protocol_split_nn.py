@@ -17,6 +17,7 @@ from vfl_cli import jobs
 from vfl_cli.errors import VflError
 from vfl_cli.models import split_spec as ss
 from vfl_cli.models.features import split_rows
+from vfl_cli.protocol import split_nn
 from vfl_cli.protocol.split_nn import check_params
 from vfl_cli.workspace import Workspace
 
@@ -27,6 +28,15 @@ SPEC = {
     "interactive": {"units": 3},
     "top": [{"type": "relu"}, {"type": "dense", "units": 1}],
 }
+#: The parties' private seeds, injected through the test-only hook so the reference can match.
+SEEDS = (1111, 2222)
+
+
+@pytest.fixture(autouse=True)
+def known_private_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(split_nn, "private_seed", lambda role: SEEDS[role == "passive"])
+
+
 PARAMS = {"epochs": 2, "batch_size": 40, "optimizer": "adam", "learning_rate": 0.05, "l2": 0.01,
           "interactive_lr": 0.1, "interactive_momentum": 0.9, "test_fraction": 0.25, "seed": 3}
 
@@ -73,7 +83,7 @@ def reference(bank: Path, bureau: Path, params: dict, label: str) -> tuple[ss.Sp
     XP = standardised(df[p_cols].to_numpy(float), split.train)
     y = df[label].to_numpy(float)
     model, history = ss.central_fit(ss.parse_spec(full["model"]), XA[split.train], XP[split.train],
-                                    y[split.train], full)
+                                    y[split.train], full, seeds=SEEDS)
     return model, history, model.predict(XA[split.test], XP[split.test])
 
 

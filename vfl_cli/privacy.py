@@ -108,16 +108,19 @@ def leak_aucs(labels: np.ndarray, grads: np.ndarray) -> dict[str, float]:
     """The three attacks' leaks (``max(AUC, 1 - AUC)``) on per-row gradients ``grads`` (``n x d``).
 
     Labels with more than two values (multi-class) are metered one class against the rest and
-    the worst class is reported.
+    the worst class is reported. A class with fewer than two rows, or all rows, is not metered;
+    with none left the result is empty.
 
     Raises:
-        VflError: mismatched lengths, or labels of one class only.
+        VflError: mismatched lengths.
     """
     y = np.asarray(labels).ravel()
+    _rows(grads, y)
     classes = np.unique(y)
-    if len(classes) < 2:
-        raise VflError("privacy meter: the labels hold one class only; an AUC needs both")
     targets = [y == classes[-1]] if len(classes) == 2 else [y == c for c in classes]
+    targets = [t for t in targets if 2 <= t.sum() < len(t)]
+    if not targets:
+        return {}
     out = dict.fromkeys(ATTACKS, 0.0)
     for t in targets:
         yt = t.astype(np.int64)

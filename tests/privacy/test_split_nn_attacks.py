@@ -92,6 +92,8 @@ def job(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
         seen["exact_grad"].append(out)  # the truth: the gradient's slots before A's noise
         return out
 
+    # known private seeds (the test-only hook) keep the run deterministic; they are not the job's seed
+    mp.setattr(split_nn, "private_seed", lambda role: (1111, 2222)[role == "passive"])
     mp.setattr(split_nn.SplitNN, "_a_step", spy_a_step)
     mp.setattr(split_nn.SplitNN, "_bottom_output", spy_bottom)
     mp.setattr(paillier, "plain_matmul", spy_matmul)
@@ -165,7 +167,7 @@ def test_decrypted_gradient_is_masked_in_its_low_bits(job: dict[str, Any]) -> No
     # before the fix every difference was 0 mod 2^32 (the low bits were the gradient's own)
     assert np.count_nonzero(low == 0) == 0
     assert len(diffs) >= 50
-    assert abs(bits.mean() - 0.5) < 0.03  # every low bit is a fair coin
+    assert abs(bits.mean() - 0.5) < 0.04  # every low bit is a fair coin (4 sd)
     assert np.abs(bits.mean(axis=0) - 0.5).max() < 0.25
 
 
@@ -175,9 +177,11 @@ def test_gradient_label_inference_stays_near_chance(job: dict[str, Any]) -> None
     rows, y = truth(job["bank"], job["bureau"])
     ws = Workspace(job["bureau"])
     k = jobs.load_state(ws, JOB)[0].arrays["share"].shape[0]
-    for epoch, art in enumerate(archived(job["bureau"], "backward")):
-        if art.meta.get("next") == "evaluate" and epoch >= PARAMS["epochs"] + 1:
-            break
+    backward = archived(job["bureau"], "backward")
+    assert len(backward) == 3  # full batch: one per epoch
+    for epoch, art in enumerate(backward):
         grads = decrypted_error(art, ws.private_key, len(rows), k)
         leak = privacy.leak_aucs(y, grads)
+        # measured 0.52-0.61 with the default label_protection (0.82 without, before the fix);
+        # 74 rows make an AUC uncertain by about 0.07, hence the margin
         assert max(leak.values()) <= 0.75, (epoch, leak)

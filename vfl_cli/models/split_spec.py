@@ -67,6 +67,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 __all__ = [
     "PART_SEEDS",
+    "Seeds",
     "SplitModel",
     "SplitSpec",
     "central_fit",
@@ -74,6 +75,8 @@ __all__ = [
     "dropout_seed",
     "load_spec_file",
     "parse_spec",
+    "protect",
+    "seed_pair",
 ]
 
 HEAD_OUTPUTS = {"binary": 1, "regression": 1}
@@ -262,11 +265,51 @@ def out_dim(net: Sequential | None, in_dim: int) -> int:
     return in_dim if net is None else int(net.out_dim or in_dim)
 
 
-def initial_interactive(spec: SplitSpec, ka: int, kp: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Initial ``(W_A, W_P)`` of the interactive layer (one dense layer on ``[h_A, h_P]``)."""
-    dense = Dense(ka + kp, spec.units, init=spec.init,
-                  seed=np.random.default_rng([seed * 8 + PART_SEEDS["interactive"], 0]))
-    return dense.W[:ka].copy(), dense.W[ka:].copy()
+Seeds = tuple[int, int]
+
+
+def seed_pair(seeds: int | Seeds) -> Seeds:
+    """``(active, passive)`` private seeds; a single int (a reference run) gives ``(s, s + 1)``."""
+    if isinstance(seeds, tuple):
+        return int(seeds[0]), int(seeds[1])
+    return int(seeds), int(seeds) + 1
+
+
+def _interactive_rng(seed: int, which: int) -> np.random.Generator:
+    return np.random.default_rng([seed * 8 + PART_SEEDS["interactive"], which])
+
+
+def initial_active_weights(spec: SplitSpec, ka: int, seed: int) -> np.ndarray:
+    """``W_A`` (``ka x m``), drawn by the active party from its private seed."""
+    return Dense(ka, spec.units, init=spec.init, seed=_interactive_rng(seed, 0)).W.copy()
+
+
+def initial_share(spec: SplitSpec, kp: int, seed: int) -> np.ndarray:
+    """One party's initial share of ``W_P`` (``kp x m``), drawn from that party's private seed.
+
+    Each share is the interactive init scaled by ``1/sqrt(2)``, so ``W_P0 = U0 + V0`` has the
+    init's variance while neither share alone is ``W_P0`` and the two are independent.
+    """
+    return Dense(kp, spec.units, init=spec.init, seed=_interactive_rng(seed, 1)).W / np.sqrt(2.0)
+
+
+def initial_interactive(spec: SplitSpec, ka: int, kp: int, seeds: int | Seeds) -> tuple[np.ndarray, np.ndarray]:
+    """Initial ``(W_A, W_P)`` of the interactive layer: ``W_P = U0 + V0``, A's and P's shares."""
+    sa, sp = seed_pair(seeds)
+    return initial_active_weights(spec, ka, sa), initial_share(spec, kp, sa) + initial_share(spec, kp, sp)
+
+
+def protection_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
+    """The active party's label-protection noise of one mini-batch (from its private seed)."""
+    return np.random.default_rng([seed, epoch, batch, 0x1AB])
+
+
+def protect(delta: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """``delta`` as the passive party's bottom will see it: max-norm noise of ``strength``
+    (:func:`vfl_cli.privacy.max_norm_noise`); 0 sends it unchanged."""
+    from vfl_cli.privacy import max_norm_noise
+
+    return max_norm_noise(delta, strength, rng) if strength > 0 else delta
 
 
 def forward(net: Sequential | None, x: np.ndarray, train: bool = True) -> np.ndarray:
@@ -297,11 +340,12 @@ class SplitModel:
     top: Sequential | None
 
     @classmethod
-    def build(cls, spec: SplitSpec, dim_a: int, dim_p: int, seed: int) -> SplitModel:
-        bottom_a = build_part(spec, "active", dim_a, seed)
-        bottom_p = build_part(spec, "passive", dim_p, seed)
-        W_A, W_P = initial_interactive(spec, out_dim(bottom_a, dim_a), out_dim(bottom_p, dim_p), seed)
-        return cls(spec, bottom_a, bottom_p, W_A, W_P, np.zeros(spec.units), build_part(spec, "top", spec.units, seed))
+    def build(cls, spec: SplitSpec, dim_a: int, dim_p: int, seeds: int | Seeds) -> SplitModel:
+        sa, sp = seed_pair(seeds)
+        bottom_a = build_part(spec, "active", dim_a, sa)
+        bottom_p = build_part(spec, "passive", dim_p, sp)
+        W_A, W_P = initial_interactive(spec, out_dim(bottom_a, dim_a), out_dim(bottom_p, dim_p), (sa, sp))
+        return cls(spec, bottom_a, bottom_p, W_A, W_P, np.zeros(spec.units), build_part(spec, "top", spec.units, sa))
 
     def output(self, XA: np.ndarray, XP: np.ndarray) -> np.ndarray:
         z = forward(self.bottom_a, XA, False) @ self.W_A + forward(self.bottom_p, XP, False) @ self.W_P + self.b
@@ -324,44 +368,49 @@ def interactive_optimizer(params: Mapping[str, Any]) -> Optimizer:
 
 
 def central_fit(spec: SplitSpec, XA: np.ndarray, XP: np.ndarray, y: np.ndarray, params: Mapping[str, Any],
-                *, epochs: int | None = None) -> tuple[SplitModel, list[float]]:
+                *, epochs: int | None = None, seeds: int | Seeds | None = None) -> tuple[SplitModel, list[float]]:
     """Train the same architecture centrally in plaintext, as the protocol does.
 
-    Same initial weights (from ``params["seed"]``), mini-batches, dropout masks and optimisers:
-    the job's optimiser for every layer except W_P, which uses SGD with momentum
-    (``interactive_lr``, ``interactive_momentum``) as in the protocol. Returns the model and the
-    mean training loss of each epoch (mean over its mini-batches, as the protocol reports it).
+    Same initial weights (from the parties' private ``seeds``, ``(active, passive)``; None: from
+    ``params["seed"]``, for a reference run), mini-batches, dropout masks, label protection
+    (``label_protection``, drawn from the active seed) and optimisers: the job's optimiser for
+    every layer except W_P, which uses SGD with momentum (``interactive_lr``,
+    ``interactive_momentum``) as in the protocol. Returns the model and the mean training loss of
+    each epoch (mean over its mini-batches, as the protocol reports it).
     """
-    seed = int(params["seed"])
-    model = SplitModel.build(spec, XA.shape[1], XP.shape[1], seed)
-    head = make_head(spec.head)
+    sa, sp = seed_pair(int(params["seed"]) if seeds is None else seeds)
+    model = SplitModel.build(spec, XA.shape[1], XP.shape[1], (sa, sp))
     factory = optimizer_factory(params)
-    opts_a = [factory() for _ in (model.bottom_a.params() if model.bottom_a else [])]
-    opts_p = [factory() for _ in (model.bottom_p.params() if model.bottom_p else [])]
-    opts_t = [factory() for _ in (model.top.params() if model.top else [])]
-    opt_wa, opt_b, opt_wp = factory(), factory(), interactive_optimizer(params)
-    batch = int(params["batch_size"]) or None
+    opts = {part: [factory() for _ in (net.params() if net else [])]
+            for part, net in (("active", model.bottom_a), ("passive", model.bottom_p), ("top", model.top))}
+    opts["interactive"] = [factory(), factory(), interactive_optimizer(params)]
+    seed, batch = int(params["seed"]), int(params["batch_size"]) or None
     history: list[float] = []
     for epoch in range(epochs if epochs is not None else int(params["epochs"])):
-        losses = []
-        for b, rows in enumerate(minibatches(len(y), batch, seed=seed, epoch=epoch)):
-            for net, part in ((model.bottom_a, "active"), (model.bottom_p, "passive"), (model.top, "top")):
-                reseed_dropout(net, seed, epoch, b, part)
-            ha = forward(model.bottom_a, XA[rows])
-            hp = forward(model.bottom_p, XP[rows])
-            z = ha @ model.W_A + hp @ model.W_P + model.b
-            loss, dout = head.loss_grad(forward(model.top, z), y[rows])
-            losses.append(loss)
-            delta = backward(model.top, dout)
-            g_wa, g_wp, g_b = ha.T @ delta, hp.T @ delta, delta.sum(axis=0)
-            g_ha, g_hp = delta @ model.W_A.T, delta @ model.W_P.T
-            backward(model.bottom_a, g_ha)
-            backward(model.bottom_p, g_hp)
-            step_net(model.bottom_a, opts_a)
-            step_net(model.bottom_p, opts_p)
-            step_net(model.top, opts_t)
-            model.W_A = opt_wa.step(model.W_A, g_wa)
-            model.b = opt_b.step(model.b, g_b, mask=False)
-            model.W_P = opt_wp.step(model.W_P, g_wp)
+        losses = [_central_batch(model, XA[rows], XP[rows], y[rows], params, opts, (sa, sp), epoch, b)
+                  for b, rows in enumerate(minibatches(len(y), batch, seed=seed, epoch=epoch))]
         history.append(float(np.mean(losses)))
     return model, history
+
+
+def _central_batch(model: SplitModel, xa: np.ndarray, xp: np.ndarray, y: np.ndarray, params: Mapping[str, Any],
+                   opts: dict[str, list[Optimizer]], seeds: Seeds, epoch: int, b: int) -> float:
+    sa, sp = seeds
+    for net, part, s in ((model.bottom_a, "active", sa), (model.bottom_p, "passive", sp), (model.top, "top", sa)):
+        reseed_dropout(net, s, epoch, b, part)
+    ha, hp = forward(model.bottom_a, xa), forward(model.bottom_p, xp)
+    z = ha @ model.W_A + hp @ model.W_P + model.b
+    loss, dout = make_head(model.spec.head).loss_grad(forward(model.top, z), y)
+    delta = backward(model.top, dout)
+    sent = protect(delta, float(params.get("label_protection", 0.0)), protection_rng(sa, epoch, b))
+    g_wa, g_wp, g_b = ha.T @ delta, hp.T @ delta, delta.sum(axis=0)
+    backward(model.bottom_a, delta @ model.W_A.T)
+    backward(model.bottom_p, sent @ model.W_P.T)
+    step_net(model.bottom_a, opts["active"])
+    step_net(model.bottom_p, opts["passive"])
+    step_net(model.top, opts["top"])
+    opt_wa, opt_b, opt_wp = opts["interactive"]
+    model.W_A = opt_wa.step(model.W_A, g_wa)
+    model.b = opt_b.step(model.b, g_b, mask=False)
+    model.W_P = opt_wp.step(model.W_P, g_wp)
+    return float(loss)

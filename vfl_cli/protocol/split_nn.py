@@ -45,6 +45,7 @@ What each party learns (semi-honest, no collusion; details in docs/protocols/spl
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,6 +83,7 @@ BACKWARD = "split/backward"
 
 #: Public constants of the protocol (the same for every job, so widths leak nothing).
 NOISE_BITS = 20  # |rho| <= 2**20: the noise on the gradient of W_P
+NOISE_PIECE_BITS = 42  # rho is drawn at the gradient's own resolution 2^-64: two pieces of <= 43 bits
 H_BOUND = 2.0**12  # |h| per value (P's bottom output)
 MASK_PIECE_BITS = 50  # R is three 50-bit pieces: uniform over 2**150 encoded units
 MASK_PIECES = 3
@@ -103,6 +105,8 @@ PARAMS: dict[str, Param] = {
     "interactive_momentum": Float(0.9, 0.0, 1.0, open_high=True),
     "test_fraction": Float(0.2, 0.0, 1.0, open_low=True, open_high=True),
     "seed": Seed(),
+    "label_protection": Float(1.0, 0.0, 100.0, note="max-norm noise on dL/dh; 0: off"),
+    "max_leak_auc": Float(1.0, 0.5, 1.0, note="refuse to send when a label attack's AUC exceeds it; 1: never"),
 }
 DEFAULTS: dict[str, Any] = defaults(PARAMS)
 
@@ -119,6 +123,21 @@ def check_params(params: Mapping[str, Any], parties: list[dict[str, str]]) -> di
     return out
 
 
+def private_seed(role: str) -> int:
+    """A party's private seed: its own layers, its share of ``W_P``, its dropout masks and A's
+    label-protection noise all derive from it, never from the job's public ``seed``.
+
+    Drawn from the OS's CSPRNG and kept in the party's job state. Tests of the plaintext
+    reference replace this function to know the seeds; production never does.
+    """
+    del role  # the same source for both roles; tests tell them apart
+    return secrets.randbits(128)
+
+
+def _own_seed(state: JobState) -> int:
+    return int(state.data["private_seed"], 16)
+
+
 def _random_ints(count: int, bits: int) -> np.ndarray:
     """``count`` uniform integers below ``2**bits`` (bits <= 63) from the OS's CSPRNG."""
     raw = np.frombuffer(os.urandom(8 * count), dtype=np.uint64)
@@ -126,9 +145,30 @@ def _random_ints(count: int, bits: int) -> np.ndarray:
 
 
 def _noise(shape: tuple[int, ...]) -> np.ndarray:
-    """Uniform in [-2^NOISE_BITS, 2^NOISE_BITS) on a 2^(NOISE_BITS-52) grid: exact floats."""
-    u = _random_ints(int(np.prod(shape)), 53).astype(np.float64).reshape(shape)
-    return np.ldexp(u, NOISE_BITS - 52) - 2.0**NOISE_BITS
+    """``rho``: uniform in [-2^NOISE_BITS, 2^NOISE_BITS) at the gradient's own resolution 2^-64,
+    as two int64 pieces (``hi 2^42 + lo - 2^(NOISE_BITS+64)`` encoded units), shape (2, *shape)."""
+    count = int(np.prod(shape))
+    hi = _random_ints(count, NOISE_BITS + 64 + 1 - NOISE_PIECE_BITS).reshape(shape)
+    return np.stack([hi, _random_ints(count, NOISE_PIECE_BITS).reshape(shape)])
+
+
+def _zero_noise(shape: tuple[int, ...]) -> np.ndarray:
+    """The pieces of :func:`_noise` that stand for 0 (the noise before the first batch)."""
+    return np.stack([np.full(shape, 1 << (NOISE_BITS + 64 - NOISE_PIECE_BITS), dtype=np.int64),
+                     np.zeros(shape, dtype=np.int64)])
+
+
+def _noise_units(pieces: np.ndarray) -> np.ndarray:
+    """The integers (encoded units at 2^-64) of :func:`_noise`'s pieces (object array)."""
+    hi, lo = pieces.astype(object)
+    return hi * (1 << NOISE_PIECE_BITS) + lo - (1 << (NOISE_BITS + 64))
+
+
+def _split_units(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Signed integers as ``hi 2^42 + lo`` with two exact float64 arrays (``0 <= lo < 2^42``)."""
+    lo = np.array([int(v) & ((1 << NOISE_PIECE_BITS) - 1) for v in x.flat], dtype=np.float64).reshape(x.shape)
+    hi = np.array([int(v) >> NOISE_PIECE_BITS for v in x.flat], dtype=np.float64).reshape(x.shape)
+    return hi, lo
 
 
 def _ints(x: np.ndarray) -> np.ndarray:
@@ -287,7 +327,7 @@ class SplitNN(Protocol):
 
     def _bottom_output(self, ctx: PartyContext, state: JobState, data: PartyData, spec: ss.SplitSpec,
                        part: str, rows: np.ndarray, *, train: bool) -> tuple[Sequential | None, np.ndarray]:
-        seed = int(ctx.params["seed"])
+        seed = _own_seed(state)
         net = self._net(state, spec, part, data.X.shape[1], seed)
         _, epoch, batch = self._position(state)
         ss.reseed_dropout(net, seed, epoch, batch, part)
@@ -299,10 +339,13 @@ class SplitNN(Protocol):
         if data.y is not None:
             raise DataError(f"{ctx.name} is passive but has labels")
         state.data.update(t=0, epoch=0, batch=0, fingerprint=data.fingerprint, evaluating=False)
-        net = ss.build_part(spec, "passive", data.X.shape[1], int(ctx.params["seed"]))
+        seed = private_seed("passive")
+        state.data["private_seed"] = f"{seed:x}"
+        net = ss.build_part(spec, "passive", data.X.shape[1], seed)
         self._save_net(state, "passive", net)
         k = ss.out_dim(net, data.X.shape[1])
-        state.arrays["share"] = np.zeros((k, spec.units))  # V: P's share of W_P (A holds U = W_P0)
+        # V: P's share of W_P, drawn by P alone; A draws its share U the same way: W_P = U + V
+        state.arrays["share"] = ss.initial_share(spec, k, seed)
         return self._p_forward(ctx, state, data, spec)
 
     def _p_rows(self, state: JobState, ctx: PartyContext, data: PartyData) -> np.ndarray:
@@ -415,7 +458,8 @@ class SplitNN(Protocol):
             if classes != spec.outputs:
                 raise VflError(f"model spec: the labels hold {classes} classes (0..{classes - 1}) but the network "
                                f"has {spec.outputs} outputs; make the last dense layer of [[model.top]] {classes} units")
-        seed = int(ctx.params["seed"])
+        seed = private_seed("active")
+        state.data["private_seed"] = f"{seed:x}"
         for part, dim in (("active", data.X.shape[1]), ("top", spec.units)):
             self._save_net(state, part, ss.build_part(spec, part, dim, seed))
         state.data.update(t=0, epoch=0, batch=0, fingerprint=data.fingerprint, history=[], losses=[],
@@ -436,10 +480,12 @@ class SplitNN(Protocol):
         slots = slot_count(peer.bits, ACT_SLOT_BITS, ACT_MAX_SLOTS)
         groups = -(-len(rows) // slots)
         kp = self._kp(art, groups * slots)
-        if "share" not in state.arrays:  # first batch: A's share U starts as the initial W_P
+        if "share" not in state.arrays:  # first batch: W_A and A's share U of W_P, from A's own seed
             ka = ss.out_dim(ss.build_part(spec, "active", data.X.shape[1], 0), data.X.shape[1])
-            W_A, W_P = ss.initial_interactive(spec, ka, kp, int(ctx.params["seed"]))
-            state.arrays.update(W_A=W_A, b=np.zeros(spec.units), share=W_P, rho=np.zeros((slots, kp, spec.units)))
+            seed = _own_seed(state)
+            state.arrays.update(W_A=ss.initial_active_weights(spec, ka, seed), b=np.zeros(spec.units),
+                                share=ss.initial_share(spec, kp, seed),
+                                rho=_zero_noise((slots, kp, spec.units)))
         U = state.arrays["share"]
         if U.shape[0] != kp:
             raise InvalidArtifact(f"{art.sender}'s bottom output has {kp} columns, the interactive layer expects {U.shape[0]}")
@@ -486,7 +532,7 @@ class SplitNN(Protocol):
         z_p = encoding.decode([encoding.signed((y - r) % n, n) for y, r in zip(raw, R)], 2 * E).reshape(len(rows), m)
         H = unstash(state, "h", peer)
         Vc = unstash(state, "v", peer)
-        seed = int(ctx.params["seed"])
+        seed = _own_seed(state)
         bottom = self._net(state, spec, "active", data.X.shape[1], seed)
         top = self._net(state, spec, "top", m, seed)
         for net, part in ((bottom, "active"), (top, "top")):
@@ -503,38 +549,20 @@ class SplitNN(Protocol):
         if not np.isfinite(loss):
             raise VflError("the loss is not finite (training diverged): lower learning_rate")
         delta = ss.backward(top, dout)
-        # gradient of W_P under KP: [[h]] arrives shifted, so delta^T [[h]] holds one partial sum per
-        # slot (rows i = s mod S); each is noised with its own eps_s = rho_s,t - rho_s,t-1
-        s_act = slot_count(peer.bits, ACT_SLOT_BITS, ACT_MAX_SLOTS)
-        rho = _noise((s_act, *U.shape))
-        eps = rho - state.arrays["rho"]
-        grad = paillier.plain_matmul(_pad(delta, s_act).T, H)
-        for s_ in range(s_act):
-            grad = grad + np.ldexp(eps[s_].T, ACT_SLOT_BITS * s_)
-        eps = eps.sum(axis=0)
-        # dL/dh = delta W_P^T with [[W_P]] = [[V]] + U, before either share steps; S rows per
-        # ciphertext: [[W_P]] shifted by 2^(83 s) for slot s
-        s_err = slot_count(peer.bits, ERR_SLOT_BITS)
-        shifted = [(Vc + U).T]
-        for _ in range(s_err - 1):  # each slot's block from the previous: an 83-bit exponent each
-            shifted.append(shifted[-1].mul(1 << ERR_SLOT_BITS))
-        blocks = paillier.concatenate(shifted)
-        d = _pad(delta, s_err)
-        err = _enc_matmul(blocks.T, d.reshape(len(d) // s_err, s_err * m).T)
-        members = [_member("grad", _rerandomise(grad), slots=s_act, slot_bits=ACT_SLOT_BITS),
-                   _member("err", _rerandomise(err), slots=s_err, slot_bits=ERR_SLOT_BITS)]
+        # label protection: the passive bottom learns from (and P decrypts) dL/dh = sent W_P^T;
+        # every other gradient, W_P's included, uses the exact delta
+        sent = ss.protect(delta, float(ctx.params["label_protection"]), ss.protection_rng(seed, epoch, batch))
+        self._meter(ctx, state, spec, sent, data.y[rows], end=batch == data.batches_per_epoch - 1)
+        members, eps, rho = self._backward_members(peer, H, Vc, U, delta, sent, state.arrays["rho"])
         # A's own layers, exactly as in plaintext
-        if bottom is not None:
-            opts = self._opts(ctx, state, "active", len(bottom.params()))
-            bottom.backward(delta @ W_A.T)
-            ss.step_net(bottom, opts)
-            self._save_net(state, "active", bottom)
-            self._save_opts(state, "active", opts)
-        if top is not None:
-            opts = self._opts(ctx, state, "top", len(top.params()))
-            ss.step_net(top, opts)
-            self._save_net(state, "top", top)
-            self._save_opts(state, "top", opts)
+        for net, part, grad_out in ((bottom, "active", delta @ W_A.T), (top, "top", None)):
+            if net is not None:
+                opts = self._opts(ctx, state, part, len(net.params()))
+                if grad_out is not None:
+                    net.backward(grad_out)
+                ss.step_net(net, opts)
+                self._save_net(state, part, net)
+                self._save_opts(state, part, opts)
         opt_wa, opt_b = self._opts(ctx, state, "interactive", 2)
         state.arrays["W_A"] = opt_wa.step(W_A, h_a.T @ delta)
         state.arrays["b"] = opt_b.step(b, delta.sum(axis=0), mask=False)
@@ -545,13 +573,77 @@ class SplitNN(Protocol):
         state.arrays["rho"] = rho
         state.data["losses"].append(float(loss))
         if batch == data.batches_per_epoch - 1:
-            state.data["history"].append({"epoch": epoch, "loss": float(np.mean(state.data["losses"]))})
+            state.data["history"].append({"epoch": epoch, "loss": float(np.mean(state.data["losses"])),
+                                          **state.data.pop("leak", {})})
             state.data["losses"] = []
         self._advance(state, data)
         nxt = "batch" if state.data["epoch"] < int(ctx.params["epochs"]) else "evaluate"
         state.data["evaluating"] = nxt == "evaluate"
         state.phase = "wait-forward"
         return [Outgoing(ctx.passives[0], BACKWARD, "backward", members, {"epoch": epoch, "batch": batch, "next": nxt}, t)]
+
+    @staticmethod
+    def _backward_members(peer: paillier.PublicKey, H: paillier.EncryptedArray, Vc: paillier.EncryptedArray,
+                          U: np.ndarray, delta: np.ndarray, sent: np.ndarray,
+                          rho_before: np.ndarray) -> tuple[list[Member], np.ndarray, np.ndarray]:
+        """The ``split/backward`` members, A's noise ``eps`` on the gradient of ``W_P`` (as floats,
+        for A's share) and the new ``rho``."""
+        m = delta.shape[1]
+        # gradient of W_P under KP: [[h]] arrives shifted, so delta^T [[h]] holds one partial sum per
+        # slot (rows i = s mod S); each is noised with its own eps_s = rho_s,t - rho_s,t-1, drawn at
+        # the sum's own resolution (2^-64) so that no low bit of it is left unmasked
+        s_act = slot_count(peer.bits, ACT_SLOT_BITS, ACT_MAX_SLOTS)
+        rho = _noise((s_act, *U.shape))
+        eps = _noise_units(rho) - _noise_units(rho_before)
+        grad = paillier.plain_matmul(_pad(delta, s_act).T, H)
+        hi, lo = _split_units(eps)
+        for s_ in range(s_act):  # two exact float plaintexts per slot: the noise's every bit
+            at = ACT_SLOT_BITS * s_ + 4 * grad.exponent
+            grad = grad + np.ldexp(lo[s_].T, at) + np.ldexp(hi[s_].T, at + NOISE_PIECE_BITS)
+        eps_f = np.ldexp(hi.sum(axis=0), NOISE_PIECE_BITS + 4 * grad.exponent) + np.ldexp(lo.sum(axis=0), 4 * grad.exponent)
+        # dL/dh = sent W_P^T with [[W_P]] = [[V]] + U, before either share steps; S rows per
+        # ciphertext: [[W_P]] shifted by 2^(83 s) for slot s
+        s_err = slot_count(peer.bits, ERR_SLOT_BITS)
+        shifted = [(Vc + U).T]
+        for _ in range(s_err - 1):  # each slot's block from the previous: an 83-bit exponent each
+            shifted.append(shifted[-1].mul(1 << ERR_SLOT_BITS))
+        blocks = paillier.concatenate(shifted)
+        d = _pad(sent, s_err)
+        err = _enc_matmul(blocks.T, d.reshape(len(d) // s_err, s_err * m).T)
+        members = [_member("grad", _rerandomise(grad), slots=s_act, slot_bits=ACT_SLOT_BITS),
+                   _member("err", _rerandomise(err), slots=s_err, slot_bits=ERR_SLOT_BITS)]
+        return members, eps_f, rho
+
+    @staticmethod
+    def _meter(ctx: PartyContext, state: JobState, spec: ss.SplitSpec, sent: np.ndarray, y: np.ndarray,
+               *, end: bool) -> None:
+        """The privacy meter: the label attacks on this epoch's outgoing gradients so far.
+
+        Run at the end of every epoch (recorded in its history entry) and, when
+        ``max_leak_auc`` < 1, before every batch is sent: a leak above the bound refuses to send.
+        """
+        if spec.head == "regression":
+            return
+        bound = float(ctx.params["max_leak_auc"])
+        g = np.vstack([state.arrays["meter_g"], sent]) if "meter_g" in state.arrays else sent
+        labels = np.concatenate([state.arrays["meter_y"], y]) if "meter_y" in state.arrays else y
+        state.arrays["meter_g"], state.arrays["meter_y"] = g, labels
+        if end:  # the next epoch is metered on its own
+            del state.arrays["meter_g"], state.arrays["meter_y"]
+        if not end and bound >= 1.0:
+            return
+        from vfl_cli.privacy import leak_aucs
+
+        leaks = leak_aucs(labels, g)
+        if not leaks:  # too few rows of a class yet to attack
+            return
+        worst = max(leaks, key=lambda k: leaks[k])
+        if leaks[worst] > bound:
+            raise VflError(f"privacy meter: the {worst} label attack on the gradients about to be sent reaches "
+                           f"AUC {leaks[worst]:.3f}, above max_leak_auc {bound}; nothing was sent. Raise "
+                           f"label_protection (now {ctx.params['label_protection']}) or max_leak_auc")
+        if end:
+            state.data["leak"] = {"label_leak_auc": leaks}
 
     def _a_evaluate(self, ctx: PartyContext, state: JobState, data: PartyData, spec: ss.SplitSpec,
                     pred: np.ndarray, rows: np.ndarray) -> list[Outgoing]:
@@ -601,6 +693,14 @@ class SplitNN(Protocol):
             "metrics": metrics,
             "history": state.data.get("history", []),
         }
+        if ctx.is_active and spec.head != "regression":
+            leaks = [h["label_leak_auc"] for h in state.results["history"] if h.get("label_leak_auc")]
+            state.results["privacy"] = {
+                "meter": "label attacks on the gradients A sent, max(AUC, 1 - AUC) per epoch",
+                "label_protection": float(ctx.params["label_protection"]),
+                "max_leak_auc": float(ctx.params["max_leak_auc"]),
+                "worst_label_leak_auc": {k: max(x[k] for x in leaks) for k in leaks[0]} if leaks else {},
+            }
 
 
 __all__ = ["SplitNN"]

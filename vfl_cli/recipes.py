@@ -311,7 +311,7 @@ def run_recipe(recipe: Recipe, workdir: Path, *, on_event: Callable[[str], None]
         report.setdefault("jobs", {})[stage.name] = active_view["job"]
         if "metrics" in results:
             report["metrics"] = results["metrics"]
-        for key in ("split", "history", "model", "node_weights"):
+        for key in ("split", "history", "model", "node_weights", "privacy"):
             if key in results:
                 report[key] = results[key]
         if stage.protocol == "psi":

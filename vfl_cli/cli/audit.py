@@ -9,7 +9,7 @@ import click
 from vfl_cli.artifacts.io import ensure_writable, replace_atomic, write_new
 from vfl_cli.audit import export_ledger, verify_workspace
 from vfl_cli.audit import reconcile as reconcile_export
-from vfl_cli.cli._console import console, emit_json, say
+from vfl_cli.cli._console import emit_json, print_result, safe, say
 from vfl_cli.cli._options import force_option, json_option, out_option, workspace
 from vfl_cli.errors import VflError
 
@@ -47,9 +47,9 @@ def show(ctx: click.Context, as_json: bool) -> None:
     for col in ("#", "time", "event", "job", "kind", "from", "to", "file"):
         table.add_column(col)
     for e in entries:
-        table.add_row(str(e["seq"]), e["time"], e["event"], e.get("job", ""), e.get("kind", ""),
-                      e.get("sender", ""), e.get("recipient", ""), e.get("file", ""))
-    console.print(table)
+        table.add_row(*(safe(v) for v in (e["seq"], e["time"], e["event"], e.get("job", ""), e.get("kind", ""),
+                                          e.get("sender", ""), e.get("recipient", ""), e.get("file", ""))))
+    print_result(table)
 
 
 @audit.command()

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from vfl_cli.cli._console import emit_json, print_result
+from vfl_cli.cli._console import emit_json, print_result, printable
 from vfl_cli.cli._options import json_option, workspace
 from vfl_cli.status import workspace_status
 
@@ -64,7 +64,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     from rich.text import Text
 
     # names come from files peers sent: printed as plain text, never as markup
-    print_result(*(Text(line) for line in _lines(s)))
+    print_result(*(Text(printable(line)) for line in _lines(s)))
 
 
 COMMANDS = [status]

@@ -9,7 +9,7 @@ import click
 
 from vfl_cli import jobs as engine
 from vfl_cli.artifacts.io import ensure_writable, pretty_json, replace_atomic, write_new
-from vfl_cli.cli._console import console, emit_json, progress_bars, say
+from vfl_cli.cli._console import emit_json, print_result, progress_bars, say
 from vfl_cli.cli._options import force_option, json_option, out_option, workspace
 from vfl_cli.cli.jobs import parse_params, report
 from vfl_cli.errors import VflError
@@ -111,7 +111,7 @@ def evaluate(ctx: click.Context, job_id: str, as_json: bool) -> None:
     for split, values in metrics.items():
         for k, v in values.items():
             table.add_row(split, k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    console.print(table)
+    print_result(table)
 
 
 @click.group()
@@ -211,7 +211,7 @@ def model_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
         trained.append(f"{card['epochs_run']} epochs")
     if card.get("rounds_run") is not None:
         trained.append(f"{card['rounds_run']} rounds")
-    console.print(f"[bold]{card['protocol']}[/bold] model of job {job_id}, {ws.name}'s part"
+    print_result(f"[bold]{card['protocol']}[/bold] model of job {job_id}, {ws.name}'s part"
                   + (f" ({', '.join(trained)})" if trained else ""))
     table = Table()
     if "layers" in card:  # a network: which party computes each layer, in plaintext or ciphertext
@@ -220,13 +220,13 @@ def model_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
         for row in card["layers"]:
             shape = " x ".join("?" if d is None else str(d) for d in row["shape"])
             table.add_row(row["party"], row["part"], row["layer"], row["mode"], shape)
-        console.print(table)
+        print_result(table)
         return
     table.add_column("feature")
     table.add_column("weight", justify="right")
     for f, w in card["weights"].items():
         table.add_row(f, f"{w:+.5f}")
-    console.print(table)
+    print_result(table)
 
 
 @model.command(name="export")

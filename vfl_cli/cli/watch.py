@@ -11,7 +11,7 @@ from types import FrameType
 import click
 
 from vfl_cli import drops
-from vfl_cli.cli._console import emit_json, say
+from vfl_cli.cli._console import emit_json, printable, say
 from vfl_cli.cli._options import json_option, workspace
 from vfl_cli.watch import Watcher, load_policy
 
@@ -82,15 +82,16 @@ def deliver(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json({"picked_up": [m.to_dict() for m in picked], "delivered": [m.to_dict() for m in sent]})
     for m in picked:
-        say(f"picked up {m.file} from {m.folder}")
+        say(printable(f"picked up {m.file} from {m.folder}"))
     for m in sent:
-        say(f"delivered {m.file} to {m.peer} ({m.folder})")
+        say(printable(f"delivered {m.file} to {m.peer} ({m.folder})"))
 
 
 def _logger(ws_name: str):  # type: ignore[no-untyped-def]
     def log(line: str) -> None:
         # one line per event on stderr, even with --quiet: the log is what watch is for
-        click.echo(f"{datetime.now():%H:%M:%S} {ws_name}: {line}", err=True)
+        # names and reasons come from files peers sent: control characters made visible
+        click.echo(f"{datetime.now():%H:%M:%S} {ws_name}: {printable(line)}", err=True)
         sys.stderr.flush()
 
     return log

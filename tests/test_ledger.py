@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from vfl_cli.crypto.signing import Signer
 from vfl_cli.ledger import Ledger, VerifyReport, verify_chain
 
@@ -53,3 +56,38 @@ def test_other_key_is_refused(tmp_path: Path) -> None:
     report = VerifyReport()
     verify_chain(_ledger(tmp_path).entries(), Signer.generate().verifier, report)
     assert len(report.problems) == 3
+
+
+def test_every_append_is_fsynced(tmp_path: Path, monkeypatch) -> None:
+    import os
+    import stat
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    ledger = _ledger(tmp_path, 2)
+    ledger_file = str(ledger.path)
+    assert synced.count(ledger_file) == 2  # each entry, before the command goes on
+    assert synced[synced.index(ledger_file) + 1] == "dir"  # the folder, when the file was created
+
+
+@settings(max_examples=40, deadline=None)
+@given(cut=st.integers(min_value=0, max_value=10_000))
+def test_a_torn_tail_is_never_an_entry(tmp_path_factory, cut: int) -> None:
+    folder = tmp_path_factory.mktemp("torn")
+    ledger = _ledger(folder, 2)
+    whole = ledger.path.read_bytes()
+    extra = Ledger(folder / "other.jsonl")
+    extra.append(SIGNER, "sent", file="x.zip", artifact_sha256="9" * 64)
+    line = extra.path.read_bytes()
+    torn = line[: cut % len(line)]
+    ledger.path.write_bytes(whole + torn)
+    assert len(Ledger(ledger.path).entries()) == 2
+    assert Ledger(ledger.path).repair() == len(torn)
+    assert ledger.path.read_bytes() == whole
+    assert _verify(Ledger(ledger.path)).ok

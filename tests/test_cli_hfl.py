@@ -82,12 +82,16 @@ def test_recipe_runs_and_reports_metrics_and_node_weights(name: str, tmp_path: P
 
 
 def test_secure_aggregation_recipe(tmp_path: Path, in_process: None) -> None:
-    recipe = small("hfl_actor_critic.toml", tmp_path,
-                   **{"rounds = 10": "rounds = 2", "secure_aggregation = false": "secure_aggregation = true"})
+    # Secure aggregation is the recipes' setting and the default.
+    recipe = small("hfl_actor_critic.toml", tmp_path, **{"rounds = 10": "rounds = 2"})
     work = tmp_path / "work"
     run("recipe", "run", str(recipe), "--workdir", str(work))
     report = json.loads((work / "report.json").read_text())
     assert len(report["node_weights"]) == 2 and report["metrics"]["test"]["auc"] > 0.5
+    job = report["jobs"]["train"]
+    results = json.loads(run("-w", str(work / "hq"), "job", "show", job, "--json").stdout)["results"]
+    assert results["privacy"]["secure_aggregation"] is True
+    assert results["privacy"]["server_sees"] == "each round's weighted sum"
     status = json.loads(run("-w", str(work / "hq"), "hfl", "status", report["jobs"]["train"], "--json").stdout)
     assert status["round"] == 2 and status["done"]
 
@@ -104,7 +108,10 @@ def test_start_refuses_bad_options_and_predict_without_a_model(tmp_path: Path) -
     assert "realtime_k must be a number in (0.0, 1.0]" in message
     message = error_line(run("-w", str(hq), "hfl", "start", "--with", "serving", ok=False))
     assert "at least one worker" in message
-    run("-w", str(hq), "hfl", "start", "--job", "j", "--rounds", "2", "--model", "mlp", "--hidden", "4")
+    message = error_line(run("-w", str(hq), "hfl", "start", "--job", "j", ok=False))
+    assert "at least min_nodes = 3 workers per aggregate, this job has 1 (node1)" in message
+    run("-w", str(hq), "hfl", "start", "--job", "j", "--rounds", "2", "--model", "mlp", "--hidden", "4",
+        "--param", "min_nodes=1")
     assert json.loads((hq / "jobs" / "j" / "job.json").read_text())["params"]["hidden"] == [4]
     run("-w", str(pred), "job", "list")  # the predictor has not accepted yet
     message = error_line(run("-w", str(pred), "hfl", "predict", "j", "--out", str(tmp_path / "s.csv"), ok=False))

@@ -376,3 +376,58 @@ def test_update_from_bytes_refuses_damaged_data() -> None:
     full = full_update(np.ones(3), 1).to_bytes()
     with pytest.raises(InvalidArtifact, match="announces 3 parameters"):
         update_from_bytes(full + b"\0")
+
+
+# ----- DP-FedAvg (vfl_cli.hfl.privacy) --------------------------------------------------------------
+def _exact_gaussian_delta(eps: float, z: float) -> float:
+    """Exact delta(eps) of the Gaussian mechanism with sensitivity 1 and noise z (Balle & Wang,
+    2018, Theorem 8): Phi(1/(2z) - eps z) - e^eps Phi(-1/(2z) - eps z)."""
+    from scipy.stats import norm
+
+    return float(norm.cdf(0.5 / z - eps * z) - np.exp(eps) * norm.cdf(-0.5 / z - eps * z))
+
+
+@settings(max_examples=25, deadline=None)
+@given(z=st.floats(0.5, 5.0), rounds=st.integers(1, 50), delta=st.sampled_from([1e-5, 1e-6, 1e-3]))
+def test_rdp_epsilon_is_a_valid_and_tight_bound(z: float, rounds: int, delta: float) -> None:
+    from vfl_cli.hfl import privacy
+
+    eps, _ = privacy.epsilon(rounds * privacy.gaussian_rdp(z), delta)
+    # T rounds of noise z are exactly one Gaussian mechanism of noise z / sqrt(T).
+    single = z / np.sqrt(rounds)
+    assert eps == pytest.approx(privacy.epsilon(privacy.gaussian_rdp(single), delta)[0])
+    # An upper bound: the exact mechanism's delta at this epsilon is at most the target ...
+    assert _exact_gaussian_delta(eps, single) <= delta * (1 + 1e-9)
+    # ... and not a loose one: at 0.75 * eps the exact delta already exceeds the target.
+    assert _exact_gaussian_delta(0.75 * eps, single) > delta or eps < 0.5
+
+
+def test_private_delta_clips_and_adds_the_node_share_of_noise() -> None:
+    from vfl_cli.hfl import privacy
+
+    big = np.full(400, 1.0)  # norm 20
+    assert np.linalg.norm(privacy.clip_delta(big, 2.0)) == pytest.approx(2.0)
+    small = np.full(400, 0.01)
+    np.testing.assert_array_equal(privacy.clip_delta(small, 2.0), small)
+    rng = np.random.default_rng(5)
+    noised = privacy.private_delta(big, 2.0, 1.5, n_nodes=9, rng=rng)
+    noise = noised - privacy.clip_delta(big, 2.0)
+    assert np.std(noise) == pytest.approx(1.5 * 2.0 / 3.0, rel=0.15)  # z * clip / sqrt(N)
+    # Without an injected generator the noise comes from the OS CSPRNG: two calls differ.
+    assert not np.array_equal(privacy.private_delta(big, 2.0, 1.0, 4), privacy.private_delta(big, 2.0, 1.0, 4))
+    with pytest.raises(VflError, match="clip > 0"):
+        privacy.private_delta(big, 0.0, 1.0, 4)
+
+
+def test_effective_multiplier_is_z_for_equal_weights_and_lower_otherwise() -> None:
+    from vfl_cli.hfl import privacy
+
+    assert privacy.effective_multiplier([0.25] * 4, 2.0) == pytest.approx(2.0)
+    w = [140 / 340] + [50 / 340] * 4
+    assert privacy.effective_multiplier(w, 1.0) == pytest.approx(
+        np.sqrt(np.sum(np.square(w)) / 5) / max(w)
+    )
+    assert privacy.effective_multiplier(w, 1.0) < 1.0
+    assert np.isinf(privacy.gaussian_rdp(0.0)).all()
+    with pytest.raises(VflError, match="delta must lie"):
+        privacy.epsilon(privacy.gaussian_rdp(1.0), 0.0)

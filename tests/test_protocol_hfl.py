@@ -29,7 +29,10 @@ from vfl_cli.workspace import Workspace
 
 DATA = ROOT / "sample_data" / "hfl"
 NODES = [f"node{i}" for i in range(5)]
-SMALL = {"rounds": 3, "batch_size": 32, "learning_rate": 0.1, "seed": 7, "full_every": 2}
+# Plaintext aggregation, so that a job equals the simulation bit for bit (secure aggregation is
+# the default and differs by its fixed-point rounding only; tested below).
+SMALL = {"rounds": 3, "batch_size": 32, "learning_rate": 0.1, "seed": 7, "full_every": 2,
+         "secure_aggregation": False}
 
 
 @pytest.fixture
@@ -219,7 +222,7 @@ def test_a_worker_with_other_columns_is_refused(tmp_path: Path) -> None:
     df.to_csv(odd, index=False)
     w1 = make_party(tmp_path, "node1", "worker", odd, label_column="label")
     introduce(tmp_path, "server", "node1")
-    jobs.start_job(Workspace(server), "hfl", SMALL, job="cols")
+    jobs.start_job(Workspace(server), "hfl", dict(SMALL, min_nodes=1), job="cols")
     carry(server, w1)
     with pytest.raises(DataError, match="same feature columns.*lacks mean_radius"):
         jobs.accept_job(Workspace(w1), "cols")
@@ -252,3 +255,19 @@ def test_sample_data_script_reproduces_the_committed_files(tmp_path: Path) -> No
     honest = pd.read_csv(DATA / "node1.csv")
     assert list(honest.columns[:2]) == ["id", "label"] and honest.shape[1] == 32
     assert "label" not in pd.read_csv(DATA / "predictor.csv").columns
+
+
+def test_privacy_defaults_and_refusals() -> None:
+    checked = hfl.check_params({})
+    assert checked["secure_aggregation"] is True and checked["min_nodes"] == 3
+    assert checked["dp_clip"] == 0.0  # DP-FedAvg is opt-in (it costs accuracy)
+    with pytest.raises(Exception, match="dp_clip .* needs weighting = fedavg"):
+        hfl.check_params({"dp_clip": 1.0, "weighting": "actor-critic"})
+    with pytest.raises(Exception, match="min_nodes"):
+        hfl.check_params({"min_nodes": 0})
+    protocol = get_protocol("hfl")
+    parties = [{"name": "s", "role": "server"}, {"name": "a", "role": "worker"},
+               {"name": "b", "role": "worker"}, {"name": "p", "role": "predictor"}]
+    with pytest.raises(Exception, match=r"at least min_nodes = 3 workers per aggregate, this job has 2 \(a, b\)"):
+        protocol.check_params({}, parties)
+    assert protocol.check_params({"min_nodes": 2}, parties)["min_nodes"] == 2

@@ -14,10 +14,12 @@ One round ``t`` (``round`` in every artifact; see ``docs/protocols/hfl.md``):
    deviations of the server's validation rows); a worker refuses other columns than its own.
 2. ``hfl/delta`` worker -> server: ``d_i = trained - m_t``, the sample count ``n_i`` and, for
    Actor-Critic weighting only, the statistics ``loss_before``, ``loss_after``, ``delta_norm``.
-   Round 0 also carries the worker's column names (the server checks them too). Plaintext by
-   default; with ``secure_aggregation`` the delta is encrypted under the key of the first
-   worker, the *aggregation key holder* H.
-3. With secure aggregation only: ``hfl/sum-request`` server -> H: the weighted sum
+   Round 0 also carries the worker's column names (the server checks them too). By default
+   (``secure_aggregation``) the delta is encrypted under the key of the first worker, the
+   *aggregation key holder* H; in plaintext only when the job turns secure aggregation off.
+   With DP-FedAvg (``dp_clip > 0``) the worker first clips its delta to that L2 norm and adds its
+   share of Gaussian noise from its own CSPRNG (:mod:`vfl_cli.hfl.privacy`).
+3. With secure aggregation (the default): ``hfl/sum-request`` server -> H: the weighted sum
    ``sum_i w_i [[d_i]]``, packed, masked with uniform randomness modulo ``n`` and re-randomised;
    ``hfl/sum-reply`` H -> server: the decrypted, still masked, integers. The server removes its
    mask and gets the weighted sum, nothing else.
@@ -29,12 +31,15 @@ One round ``t`` (``round`` in every artifact; see ``docs/protocols/hfl.md``):
 5. After the last round the server sends the workers a final ``hfl/model`` and computes the
    test metrics.
 
-What each party learns (semi-honest parties; details and the limits of secure aggregation in
-the protocol doc): workers learn the master model of every round (and so the weighted sum of
-the deltas of each round), the server's feature names and column means and deviations;
-predictors the master model; the server each node's sample count, its statistics when
-Actor-Critic needs them, and each delta in the clear unless secure aggregation is on, in which
-case only the weighted sum. H learns uniformly random integers.
+What each party learns (semi-honest parties; details, measured attacks and the limits of
+secure aggregation in the protocol doc): workers learn the master model of every round (and so
+the weighted sum of the deltas of each round), the server's feature names and column means and
+deviations; predictors the master model; the server each node's sample count, its statistics
+when Actor-Critic needs them, and each round's weighted sum only (each delta in the clear only if
+the job turns secure aggregation off). H learns uniformly random integers. A job needs at least
+``min_nodes`` workers (default 3), so no aggregate is one or two nodes' deltas. The server's
+results carry a ``privacy`` block: the aggregation mode and, with DP-FedAvg, the epsilon of an
+RDP accountant.
 """
 
 from __future__ import annotations
@@ -50,6 +55,13 @@ from vfl_cli.crypto import encoding, paillier
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.hfl.aggregation import ActorCritic, apply_sum, fedavg_weights, weighted_sum
 from vfl_cli.hfl.model import LOGISTIC_SPEC, init_model, model_loss, model_predict
+from vfl_cli.hfl.privacy import (
+    RDP_ORDERS,
+    effective_multiplier,
+    epsilon,
+    gaussian_rdp,
+    private_delta,
+)
 from vfl_cli.hfl.simulation import WEIGHTINGS
 from vfl_cli.hfl.updates import (
     FullUpdate,
@@ -108,7 +120,11 @@ PARAMS: dict[str, Param] = {
     "seed": Seed(),
     "realtime_k": Float(0.1, 0.0, 1.0, open_low=True),
     "full_every": Int(5, 1, 10_000),
-    "secure_aggregation": Bool(False),
+    "secure_aggregation": Bool(True, note="the server sees only each round's weighted sum"),
+    "min_nodes": Int(3, 1, 10_000, note="fewer workers are refused: no aggregate of fewer nodes"),
+    "dp_clip": Float(0.0, 0.0, 1e6, note="DP-FedAvg: L2 bound of each node's delta; 0: off"),
+    "dp_noise_multiplier": Float(1.0, 0.0, 100.0, note="DP-FedAvg: noise std / clip, whole sum"),
+    "dp_delta": Float(1e-5, 0.0, 0.1, open_low=True, note="DP-FedAvg: delta of the epsilon"),
 }
 DEFAULTS: dict[str, Any] = defaults(PARAMS)
 MODELS = PARAMS["model"].choices
@@ -120,9 +136,17 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     checked form.
 
     Raises:
-        VflError: An unknown parameter or an invalid value, naming both and the allowed range.
+        VflError: An unknown parameter or an invalid value, naming both and the allowed range,
+            or DP-FedAvg with Actor-Critic weighting (its per-node statistics are outside the
+            DP guarantee).
     """
-    return typed_params(params, PARAMS, what="hfl")
+    checked = typed_params(params, PARAMS, what="hfl")
+    if checked["dp_clip"] > 0 and checked["weighting"] == "actor-critic":
+        raise VflError(
+            "dp_clip (DP-FedAvg) needs weighting = fedavg: Actor-Critic sends per-node loss "
+            "statistics that the DP guarantee does not cover"
+        )
+    return checked
 
 
 def model_spec(params: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -245,7 +269,17 @@ class HFL(Protocol):
             )
 
     def check_params(self, params: dict[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
-        return check_params(params)
+        checked = check_params(params)
+        workers = [p.get("name") for p in parties if p.get("role") == "worker"]
+        if workers and len(workers) < checked["min_nodes"]:
+            # Each round's weighted sum reaches the server and every party; with one node it is
+            # that node's delta, with two each node learns the other's.
+            raise VflError(
+                f"hfl needs at least min_nodes = {checked['min_nodes']} workers per aggregate, "
+                f"this job has {len(workers)} ({', '.join(map(str, workers))}); add workers, or "
+                "agree to a lower min_nodes knowing that a sum of few deltas reveals each of them"
+            )
+        return checked
 
     # ----- roles -----------------------------------------------------------------------------
     @staticmethod
@@ -494,6 +528,8 @@ class HFL(Protocol):
         val_loss = model_loss(spec, master, X[split.train], y[split.train])
         weights = state.data.pop("pending_weights")
         state.data["node_weights"].append(weights)
+        if params["dp_clip"] > 0:
+            _account(state, params, weights)
         ac = self._actor_critic(state)
         record: dict[str, Any] = {"round": t + 1, "val_loss": val_loss}
         if ac is not None:
@@ -535,6 +571,7 @@ class HFL(Protocol):
             "policy": state.data["policy"],
             "nodes": state.data["nodes"],
             "round_history": state.data["history"],
+            "privacy": privacy_summary(params, state),
             "model": model_card(ctx, state),
         }
         return out
@@ -584,20 +621,25 @@ class HFL(Protocol):
             params["learning_rate"],
             node_seed(params["seed"], t, node),
         )
+        values = delta.values
+        if params["dp_clip"] > 0:
+            values = private_delta(
+                values, params["dp_clip"], params["dp_noise_multiplier"], len(self.workers(ctx))
+            )
         meta: dict[str, Any] = {"n_samples": delta.n_samples}
         if params["weighting"] == "actor-critic":
             meta["stats"] = {k: delta.stats[k] for k in STAT_NAMES}
         if t == 0:
             meta["columns"] = state.data["columns"]
         if params["secure_aggregation"]:
-            if np.abs(delta.values).max(initial=0.0) > 2.0**DELTA_BITS:
+            if np.abs(values).max(initial=0.0) > 2.0**DELTA_BITS:
                 raise VflError(
                     f"the delta exceeds 2**{DELTA_BITS} (training diverged): lower learning_rate"
                 )
             holder = ctx.public_key(self.workers(ctx)[0])
-            member = enc_member("delta", paillier.encrypt(holder, delta.values))
+            member = enc_member("delta", paillier.encrypt(holder, values))
         else:
-            member = ndarray_member("delta", delta.values)
+            member = ndarray_member("delta", values)
         state.data["t"] = t + 1
         is_holder = params["secure_aggregation"] and node == 0
         state.phase = "wait-request" if is_holder else "wait-model"
@@ -688,6 +730,56 @@ class HFL(Protocol):
                 "update_version": replica.version,
             }
         return []
+
+
+# ----- privacy accounting --------------------------------------------------------------------------
+def _account(state: JobState, params: Mapping[str, Any], weights: Sequence[float]) -> None:
+    """Add one round's Renyi DP to the server's running totals (see :mod:`vfl_cli.hfl.privacy`).
+
+    ``dp_rdp``: what the round's weighted sum (the master model, seen by everyone) costs the
+    node it depends on most. ``dp_rdp_each``: what one node's own noised delta costs it, for a
+    server that sees deltas one by one (secure aggregation off): its noise share alone, ``z /
+    sqrt(N)``.
+    """
+    z = float(params["dp_noise_multiplier"])
+    n = len(weights)
+    rounds = [
+        ("dp_rdp", effective_multiplier(weights, z)),
+        ("dp_rdp_each", z / math.sqrt(n)),
+    ]
+    for key, multiplier in rounds:
+        previous = np.asarray(state.data.get(key, [0.0] * len(RDP_ORDERS)), dtype=np.float64)
+        state.data[key] = (previous + gaussian_rdp(multiplier)).tolist()
+    state.data.setdefault("dp_multipliers", []).append(effective_multiplier(weights, z))
+
+
+def privacy_summary(params: Mapping[str, Any], state: JobState) -> dict[str, Any]:
+    """What the job's results say about its privacy: aggregation mode and DP-FedAvg's epsilon."""
+    secure = bool(params["secure_aggregation"])
+    out: dict[str, Any] = {
+        "secure_aggregation": secure,
+        "min_nodes": int(params["min_nodes"]),
+        "server_sees": "each round's weighted sum" if secure else "every node's delta",
+        "dp": None,
+    }
+    if params["dp_clip"] <= 0 or "dp_rdp" not in state.data:
+        return out
+    delta = float(params["dp_delta"])
+    eps, order = epsilon(state.data["dp_rdp"], delta)
+    dp: dict[str, Any] = {
+        "clip": float(params["dp_clip"]),
+        "noise_multiplier": float(params["dp_noise_multiplier"]),
+        "round_multipliers": state.data.get("dp_multipliers", []),
+        "delta": delta,
+        "epsilon": eps,
+        "rdp_order": order,
+        "accountant": "RDP of the Gaussian mechanism, node level, no sampling (Mironov 2017; "
+        "Balle et al. 2020 conversion)",
+    }
+    if not secure:
+        dp["epsilon_each_delta"] = epsilon(state.data["dp_rdp_each"], delta)[0]
+    out["dp"] = dp
+    return out
 
 
 # ----- secure aggregation helpers -----------------------------------------------------------------

@@ -32,7 +32,7 @@ def test_align_train_evaluate_predict_by_hand(two_parties, sample, tmp_path: Pat
     run("-w", str(bank), "align", "start", "--job", "al")
     step_until_done([bank, bureau], "al")
     run("-w", str(bank), "train", "start", "--protocol", "hetero-lr", "--alignment", "al", "--epochs", "3",
-        "--batch-size", "64", "--learning-rate", "0.1", "--job", "tr")
+        "--batch-size", "96", "--learning-rate", "0.1", "--job", "tr")
     step_until_done([bank, bureau], "tr")
 
     metrics = json.loads(run("-w", str(bank), "evaluate", "tr", "--json").stdout)
@@ -40,7 +40,9 @@ def test_align_train_evaluate_predict_by_hand(two_parties, sample, tmp_path: Pat
     assert "only the active party" in error_line(run("-w", str(bureau), "evaluate", "tr", ok=False))
 
     card = json.loads(run("-w", str(bureau), "model", "show", "tr", "--json").stdout)
-    assert set(card["weights"]) == set(json.loads((bureau / "vfl.json").read_text())["features"])
+    # the columns a job uses are read from the file at its start and kept in its job.json
+    assert set(card["weights"]) == set(json.loads((bureau / "jobs" / "tr" / "job.json").read_text())["features"])
+    assert len(card["weights"]) == 20
     run("-w", str(bank), "model", "export", "tr", "--out", str(tmp_path / "bank-model.json"))
     exported = json.loads((tmp_path / "bank-model.json").read_text())
     assert "(intercept)" in exported["weights"] and "standardiser" in exported

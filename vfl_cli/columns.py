@@ -31,7 +31,7 @@ MAX_LISTED = 5
 def _near(name: str, columns: list[str]) -> str:
     """' (did you mean 'x'?)' for a misspelt, mis-cased or padded column name, else ''."""
     folded = {c.strip().lower(): c for c in columns}
-    match = folded.get(name.strip().lower()) or next(iter(difflib.get_close_matches(name, columns, n=1)), None)
+    match = folded.get(name.strip().lower()) or next(iter(difflib.get_close_matches(name, columns, n=1, cutoff=0.5)), None)
     return f" (did you mean {match!r}?)" if match else ""
 
 

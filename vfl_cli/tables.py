@@ -100,7 +100,8 @@ def _sample(path: Path, encoding: str | None) -> tuple[str, str, bool]:
 
 def _rows(text: str, sep: str) -> list[list[str]]:
     try:
-        return [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=sep) if r and any(c.strip() for c in r)]
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, skipinitialspace=True)
+        return [r for r in reader if r and any(c.strip() for c in r)]
     except csv.Error:
         return []
 
@@ -185,7 +186,7 @@ def read_table(path: Path, id_column: str, **options: Any) -> "pd.DataFrame":
             warnings.simplefilter("error", pd.errors.ParserWarning)
             df = pd.read_csv(path, sep=fmt.sep, decimal=fmt.decimal, encoding=fmt.encoding, header=0,
                              names=names, index_col=False, dtype={id_column: str}, keep_default_na=False,
-                             na_values=[""], engine="c")
+                             na_values=[""], skipinitialspace=True, engine="c")
     except pd.errors.ParserWarning as exc:
         raise DataError(f"{path} has rows with more cells than its header has names ({len(names)}, "
                         f"{fmt.describe()}); name every column, or give the right --sep") from exc

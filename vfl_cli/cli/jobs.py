@@ -46,8 +46,19 @@ def report(reports: list[engine.StepReport], as_json: bool, ws_name: str,
             say(f"[{r.job}] wrote outbox/{s['file']}  -> carry it to {s['recipient']}'s inbox")
         if r.done:
             say(f"[{r.job}] done ({r.protocol})")
+            if r.protocol == "psi" and (r.received or r.sent):  # finished by this command
+                _alignment_warning(r.job)
         elif r.waiting_for:
             say(f"[{r.job}] waiting for {'; '.join(r.waiting_for)}; then run 'vfl step' again")
+
+
+def _alignment_warning(job: str) -> None:
+    """An empty or suspiciously small intersection is said, with hints on the id format."""
+    from vfl_cli.id_report import job_warning
+
+    warning = job_warning(workspace(click.get_current_context()), job)
+    if warning:
+        say(f"Warning: [{job}] {warning}")
 
 
 @click.group()

@@ -151,25 +151,38 @@ def predict_start(ctx: click.Context, model: str, alignment: str, job_id: str | 
 @predict.command(name="export")
 @click.argument("job_id")
 @out_option("CSV file for the ids and their scores.")
+@click.option("--unscored", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the ids of the rows that were not scored (not held by every party) to this CSV.")
 @force_option
 @click.pass_context
-def predict_export(ctx: click.Context, job_id: str, out: Path, force: bool) -> None:
+def predict_export(ctx: click.Context, job_id: str, out: Path, unscored: Path | None, force: bool) -> None:
     """Active party: write the scores of a finished predict job as CSV (id, score).
+
+    Only rows every party holds (the alignment's intersection) are scored; the command says how
+    many of this party's rows that is, and --unscored lists the others.
 
     Example:
 
     \b
-        vfl predict export predict-20261122-77aa01 --out scores.csv
+        vfl predict export predict-20261122-77aa01 --out scores.csv --unscored unscored.csv
     """
-    import pandas as pd
+    from vfl_cli.id_report import scored_and_unscored
 
     ensure_writable(out, force=force)
+    if unscored is not None:
+        ensure_writable(unscored, force=force)
     ws, info, state = _finished(ctx, job_id)
     if "scores" not in state.arrays:
         raise VflError(f"{ws.name} holds no scores for job {job_id}: only the active party receives them")
-    ids = engine.load_state(ws, info["params"]["alignment"])[0].arrays["aligned_ids"]
-    pd.DataFrame({"id": ids, "score": state.arrays["scores"]}).to_csv(out, index=False)
-    say(f"Wrote {len(ids)} scores to {out}")
+    scores, missing, total = scored_and_unscored(ws, info["params"]["alignment"], state.arrays["scores"])
+    scores.to_csv(out, index=False)
+    say(f"Wrote {len(scores)} scores to {out}: {len(scores)} of this party's {total} rows were scored")
+    if unscored is not None:
+        missing.to_csv(unscored, index=False)
+        say(f"Wrote the {len(missing)} unscored ids to {unscored}")
+    elif len(missing):
+        say(f"{len(missing)} rows were not scored (their ids are not held by every party); "
+            "list them with --unscored FILE")
 
 
 @click.group()

@@ -67,14 +67,21 @@ def split_rows(n: int, test_fraction: float, seed: int) -> Split:
 
 
 def numeric_matrix(df: pd.DataFrame, columns: list[str], *, what: str) -> np.ndarray:
-    """The given columns as float64, NaN for missing cells; refuses text columns."""
+    """The given columns as float64, NaN for missing cells; refuses text columns and absent ones."""
     out = np.empty((len(df), len(columns)), dtype=np.float64)
+    absent = [c for c in columns if c not in df.columns]
+    if absent:
+        raise DataError(f"{what}: the data file has no column {absent[0]!r} any more; this job (or model) "
+                        "was started with it. Start a new job (its columns are read from the file), or "
+                        "put the column back")
     for j, col in enumerate(columns):
         values = pd.to_numeric(df[col], errors="coerce")
         bad = values.isna() & df[col].notna() & (df[col].astype(str).str.strip() != "")
         if bad.any():
             example = df[col][bad].iloc[0]
-            raise DataError(f"{what}: column {col!r} is not numeric (e.g. {example!r}); drop or encode it")
+            raise DataError(f"{what}: column {col!r} is text, not numbers (e.g. {example!r}); leave it out "
+                            f"with 'vfl columns --exclude {col}' and run this command again (or encode it as "
+                            "numbers in the file)")
         out[:, j] = values.to_numpy(dtype=np.float64)
     return out
 

@@ -60,6 +60,8 @@ from vfl_cli.protocol.base import (
 from vfl_cli.workspace import Workspace, secure_folders
 
 PROPOSAL = "vfl/job-proposal"
+#: A signed notice that the sender cancelled the job (or rejected its proposal); see cancel_job.
+CANCEL = "vfl/job-cancel"
 #: Quarantine: ``inbox/rejected/<file>`` with ``<file>.reason.txt`` beside it.
 REJECTED = "rejected"
 REASON_SUFFIX = ".reason.txt"
@@ -492,7 +494,9 @@ def _accept_one(ws: Workspace, name: str, loaded: Loaded, data: Path | None,
     state = JobState()
     out = _to_artifacts(ws, art.job, engine, _first_step(get_protocol(info["protocol"]), _context(ws, info, progress), state))
     _commit(ws, art.job, info=info, state=state, engine=engine, out=out, consumed=[(name, loaded)])
-    return _run(ws, art.job, inbox.get(art.job, {}), progress, rejected)
+    report = _run(ws, art.job, inbox.get(art.job, {}), progress, rejected)
+    report.sent = [{"file": n, "recipient": a.recipient} for n, _, a in out] + report.sent
+    return report
 
 
 def _no_proposal(ws: Workspace, job: str | None, rejected: Rejections) -> None:
@@ -749,6 +753,8 @@ def _run(
                 rejected.append(quarantine(ws, name, reason, job=job))
             available.clear()
             return report
+        if _take_cancel(ws, job, info, state, engine, available, report):
+            continue
         expects = protocol.expects(ctx, state)
         received: dict[str, Artifact] = {}
         consumed: list[tuple[str, Loaded]] = []
@@ -808,3 +814,80 @@ def receive_files(ws: Workspace, files: list[Path]) -> list[str]:
             write_new(ws.inbox / name, bytes(data))
         names.append(name)
     return names
+
+
+# ----- cancelling and rejecting --------------------------------------------------------------------
+def _mark_cancelled(state: JobState, by: str, reason: str) -> None:
+    """A cancelled job is over: 'done' (so no step lists it again), phase ``cancelled``."""
+    state.phase, state.done = "cancelled", True
+    state.results = {"cancelled": {"by": by, "reason": reason}}
+
+
+def _notices(others: list[str], reason: str, step: str) -> list[Outgoing]:
+    return [Outgoing(n, CANCEL, step, meta={"reason": reason}) for n in others]
+
+
+def _take_cancel(ws: Workspace, job: str, info: dict[str, Any], state: JobState, engine: dict[str, Any],
+                 available: dict[tuple[str, int], tuple[str, Loaded]], report: StepReport) -> bool:
+    """Apply a peer's cancel notice if one waits (at any position: it ends the job)."""
+    hit = next((v for v in available.values() if v[1].artifact.kind == CANCEL), None)
+    if hit is None:
+        return False
+    name, loaded = hit
+    art = loaded.artifact
+    available.pop((art.sender, art.seq))
+    engine["expected_seq"][art.sender] = art.seq + 1
+    _mark_cancelled(state, art.sender, str(art.meta.get("reason", ""))[:500])
+    # The proposer passes the notice on, so that every party stops (a reject reaches only it).
+    others = [p["name"] for p in info["parties"] if p["name"] not in (ws.name, art.sender)]
+    outgoing = _notices(others, f"{art.sender} cancelled", "cancel") if info["proposer"] == ws.name else []
+    out = _to_artifacts(ws, job, engine, outgoing)
+    _commit(ws, job, info=None, state=state, engine=engine, out=out, consumed=[(name, loaded)])
+    report.received.append(name)
+    report.sent += [{"file": n, "recipient": a.recipient} for n, _, a in out]
+    return True
+
+
+def cancel_job(ws: Workspace, job: str, *, reason: str = "") -> StepReport:
+    """Cancel ``job`` here and write a signed notice for every other party; each stops on it."""
+    check_name(job, "job id")
+    with locked(ws):
+        info = load_info(ws, job)
+        state, engine = load_state(ws, job)
+        if state.done:
+            what = "cancelled" if state.phase == "cancelled" else "finished"
+            raise VflError(f"job {job} is already {what} here; there is nothing to cancel")
+        _mark_cancelled(state, ws.name, reason)
+        others = [p["name"] for p in info["parties"] if p["name"] != ws.name]
+        out = _to_artifacts(ws, job, engine, _notices(others, reason, "cancel"))
+        _commit(ws, job, info=None, state=state, engine=engine, out=out, consumed=[])
+        return StepReport(job, info["protocol"], state.phase, True,
+                          sent=[{"file": n, "recipient": a.recipient} for n, _, a in out],
+                          results=state.results)
+
+
+def reject_job(ws: Workspace, job: str, *, reason: str = "") -> StepReport:
+    """Refuse the proposal for ``job`` waiting in the inbox; its proposer gets a signed notice."""
+    check_name(job, "job id")
+    with locked(ws):
+        pending = [(n, l) for n, l in _scan_inbox(ws) if l.artifact.kind == PROPOSAL and l.artifact.job == job]
+        if not pending:
+            raise VflError(f"no proposal for job {job} waits in {ws.inbox}; 'vfl status' lists what arrived")
+        name, loaded = pending[0]
+        art = loaded.artifact
+        try:
+            info = _check_proposal(ws, name, art)
+        except WorkspaceError:
+            raise
+        except VflError as exc:  # not a valid proposal at all: out of the way, nothing to answer
+            quarantine(ws, name, str(exc), job=job)
+            raise InvalidArtifact(f"{exc} (moved to inbox/{REJECTED}/{name}; no notice sent)") from None
+        info["rejected"] = True
+        engine: dict[str, Any] = {"next_seq": {}, "expected_seq": {art.sender: art.seq + 1}}
+        state = JobState()
+        _mark_cancelled(state, ws.name, reason or "proposal rejected")
+        out = _to_artifacts(ws, job, engine, _notices([art.sender], reason or "proposal rejected", "reject"))
+        _commit(ws, job, info=info, state=state, engine=engine, out=out, consumed=[(name, loaded)])
+        return StepReport(job, info["protocol"], state.phase, True,
+                          sent=[{"file": n, "recipient": a.recipient} for n, _, a in out],
+                          received=[name], results=state.results)

@@ -44,7 +44,10 @@ def report(reports: list[engine.StepReport], as_json: bool, ws_name: str,
             say(f"[{r.job}] accepted {name}")
         for s in r.sent:
             say(f"[{r.job}] wrote outbox/{s['file']}  -> carry it to {s['recipient']}'s inbox")
-        if r.done:
+        if r.phase == "cancelled":
+            c = r.results.get("cancelled", {})
+            say(f"[{r.job}] cancelled by {c.get('by', '?')}" + (f": {c['reason']}" if c.get("reason") else ""))
+        elif r.done:
             say(f"[{r.job}] done ({r.protocol})")
             if r.protocol == "psi" and (r.received or r.sent):  # finished by this command
                 _alignment_warning(r.job)
@@ -164,6 +167,45 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
         emit_json(out)
         return
     console.print_json(json.dumps(out, default=str))
+
+
+reason_option = click.option("--reason", default="", help="Why, in a few words (sent in the signed notice).")
+
+
+@job.command()
+@click.argument("job_id")
+@reason_option
+@json_option
+@click.pass_context
+def cancel(ctx: click.Context, job_id: str, reason: str, as_json: bool) -> None:
+    """Cancel a job: it stops here, and every other party gets a signed notice and stops too.
+
+    Carry the notice files it writes like any other. 'vfl step' no longer lists the job.
+
+    Example:
+
+    \b
+        vfl job cancel hetero-lr-20261122-3f2a9c --reason "wrong alignment"
+    """
+    ws = workspace(ctx)
+    report([engine.cancel_job(ws, job_id, reason=reason)], as_json, ws.name)
+
+
+@job.command()
+@click.argument("job_id")
+@reason_option
+@json_option
+@click.pass_context
+def reject(ctx: click.Context, job_id: str, reason: str, as_json: bool) -> None:
+    """Refuse the proposal for JOB_ID waiting in the inbox; the proposer gets a signed notice.
+
+    Example:
+
+    \b
+        vfl job reject hetero-lr-20261122-3f2a9c --reason "epochs too high"
+    """
+    ws = workspace(ctx)
+    report([engine.reject_job(ws, job_id, reason=reason)], as_json, ws.name)
 
 
 @click.command()

@@ -235,7 +235,7 @@ def test_declared_sizes_are_checked_before_hashing() -> None:
     def grow(m: dict[str, Any]) -> None:
         m["members"]["p"]["size"] += 1
 
-    with pytest.raises(InvalidArtifact, match="holds 104 bytes, its manifest says 105"):
+    with pytest.raises(InvalidArtifact, match="holds 80 bytes, its manifest says 81"):
         _full_read(_forge(grow))
 
 

@@ -217,7 +217,7 @@ def encode(artifact: Artifact, signer: Signer, *, to: Verifier) -> bytes:
         raise VflError("an artifact read from a file cannot be sent again; make a new one")
     key = sealing.new_content_key()
     members = sorted(artifact.members.values(), key=lambda m: m.name)
-    sealed = [sealing.encrypt(key, m.data) for m in members]
+    sealed = [sealing.encrypt(key, i, m.data) for i, m in enumerate(members)]
     manifest = dict(
         artifact.header(),
         sender_key=signer.verifier.fingerprint,
@@ -303,8 +303,8 @@ class Loaded:
         sealed = self.manifest["sealed"]
         key = sealing.open_key(sealed[slot], sealed["key_commitment"], signer.box_key(), what=what)
         members = {
-            name: dataclasses.replace(m, data=sealing.decrypt(key, m.data, what=f"{what}: member {name!r}"))
-            for name, m in art.members.items()
+            name: dataclasses.replace(m, data=sealing.decrypt(key, i, m.data, what=f"{what}: member {name!r}"))
+            for i, (name, m) in enumerate(sorted(art.members.items()))
         }
         return dataclasses.replace(self, artifact=dataclasses.replace(art, members=members, sealed=False))
 

@@ -2,7 +2,9 @@
 
 Each artifact gets a fresh 256-bit content key from the sender's CSPRNG (libsodium's
 ``randombytes``). Every payload member is encrypted under it with XSalsa20-Poly1305
-(``nacl.secret.SecretBox``, a fresh random 24-byte nonce per member). The content key is sealed
+(libsodium's ``crypto_secretbox_easy``); the nonce of the i-th member (in name order) is the
+number i, which is unique because a content key encrypts one artifact only, and which binds each
+member to its place (members swapped between names do not decrypt). The content key is sealed
 (``nacl.public.SealedBox``: ephemeral X25519 + XSalsa20-Poly1305) twice, to the recipient and to
 the sender, whose X25519 keys are derived from the Ed25519 keys on their party cards.
 
@@ -21,14 +23,15 @@ import hashlib
 import nacl.utils
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
+from nacl.bindings import crypto_secretbox_easy, crypto_secretbox_open_easy
 from nacl.secret import SecretBox
 
 from vfl_cli.errors import InvalidArtifact
 
 CIPHER = "xsalsa20-poly1305"
 KEY_BYTES = SecretBox.KEY_SIZE
-#: Bytes a member grows by when encrypted: its nonce and its Poly1305 tag.
-OVERHEAD = SecretBox.NONCE_SIZE + SecretBox.MACBYTES
+#: Bytes a member grows by when encrypted: its Poly1305 tag.
+OVERHEAD = SecretBox.MACBYTES
 #: Length of a sealed content key: ephemeral public key, tag, key.
 SEALED_KEY_BYTES = 32 + SecretBox.MACBYTES + KEY_BYTES
 _COMMIT_DOMAIN = b"vfl-artifact content-key commitment v2\x00"
@@ -66,14 +69,18 @@ def open_key(sealed_hex: str, expected_commitment: str, box_key: PrivateKey, *, 
     return key
 
 
-def encrypt(key: bytes, plaintext: bytes) -> bytes:
-    """``nonce || ciphertext || tag`` of ``plaintext`` under ``key`` (a fresh random nonce)."""
-    return SecretBox(key).encrypt(plaintext)  # an EncryptedMessage, a bytes subclass: no copy
+def _nonce(index: int) -> bytes:
+    return index.to_bytes(SecretBox.NONCE_SIZE, "big")
 
 
-def decrypt(key: bytes, sealed: bytes, *, what: str) -> bytes:
-    """Decrypt one member; raise :class:`InvalidArtifact` naming ``what`` if it fails to verify."""
+def encrypt(key: bytes, index: int, plaintext: bytes) -> bytes:
+    """``ciphertext || tag`` of the ``index``-th member under ``key`` (a single-use key)."""
+    return crypto_secretbox_easy(plaintext, _nonce(index), key)
+
+
+def decrypt(key: bytes, index: int, sealed: bytes, *, what: str) -> bytes:
+    """Decrypt the ``index``-th member; raise :class:`InvalidArtifact` naming ``what`` if it fails."""
     try:
-        return SecretBox(key).decrypt(sealed)
-    except CryptoError as exc:
+        return crypto_secretbox_open_easy(sealed, _nonce(index), key)
+    except (CryptoError, TypeError) as exc:
         raise InvalidArtifact(f"{what} does not decrypt under the artifact's content key") from exc

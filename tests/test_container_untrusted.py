@@ -293,6 +293,22 @@ def test_rich_markup_in_a_field_prints_as_itself(tmp_path: Path) -> None:
     assert result.stderr.startswith("evil[bold]x[red]y[link=z].zip  (")
 
 
+def test_error_line_stays_one_line_whatever_a_file_said() -> None:
+    from click.testing import CliRunner
+
+    from vfl_cli.cli import VflGroup
+
+    group = VflGroup(name="t")
+
+    @group.command()
+    def boom() -> None:
+        raise VflError(f"f.zip: step from bank{SPOOF}")
+
+    result = CliRunner().invoke(group, ["boom"])
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("Error: f.zip: step from bank\\nsignature: valid") and "\x1b" not in result.stderr
+
+
 def test_inspect_json_is_valid_and_escaped(tmp_path: Path) -> None:
     result = run("inspect", "--json", str(_unsigned_spoof(tmp_path)))
     out = json.loads(result.stdout)

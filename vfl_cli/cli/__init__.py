@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from vfl_cli import __version__
-from vfl_cli.cli._console import set_quiet
+from vfl_cli.cli._console import printable, set_quiet
 from vfl_cli.errors import VflError
 
 
@@ -27,7 +27,7 @@ class VflGroup(click.Group):
         except VflError as exc:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {printable(exc)}", err=True)  # one line, whatever a file said
             sys.exit(1)
 
 

@@ -136,20 +136,21 @@ def deliver(ws: Workspace) -> list[Moved]:
         folder = Path(folders[peer])
         if not folder.is_dir():
             raise VflError(f"the drop folder for {peer}, {folder}, is gone; mount it or set another")
-        if not copy_atomic(f, folder):
-            raise VflError(
-                f"{folder / f.name} already exists with other content; it was not overwritten. "
-                f"Check who wrote it before removing it"
-            )
-        f.unlink()
+        try:
+            if not copy_atomic(f, folder):
+                raise VflError(
+                    f"{folder / f.name} already exists with other content; it was not overwritten. "
+                    f"Check who wrote it before removing it"
+                )
+            f.unlink()
+        except FileNotFoundError:
+            continue  # delivered meanwhile by another run (a second watch, a cron pass)
         moved.append(Moved(f.name, peer, str(folder)))
     return moved
 
 
 def pick_up(ws: Workspace, *, now: float | None = None) -> list[Moved]:
     """Move files addressed to this party from the pickup folder into the inbox."""
-    from vfl_cli.artifacts.container import parse_artifact
-
     folder = pickup_folder(ws)
     if folder is None:
         return []
@@ -160,15 +161,27 @@ def pick_up(ws: Workspace, *, now: float | None = None) -> list[Moved]:
     for f in sorted(folder.glob(f"*-to-{ws.name}.zip")):
         if f.name.startswith("."):
             continue
-        if not (ws.path("archive", "received", f.name).exists() or (ws.inbox / f.name).exists()):
-            try:
-                parse_artifact(f.read_bytes(), name=f.name)
-            except VflError:
-                if now - f.stat().st_mtime < SETTLE_S:
-                    continue  # perhaps still being written by a sync tool
-            if not copy_atomic(f, ws.inbox):
-                continue  # another file of that name waits in the inbox: leave this one
-        f.unlink()
-        sender = f.name[: -len(f"-to-{ws.name}.zip")].rsplit(".", 1)[-1]
-        moved.append(Moved(f.name, sender, str(folder)))
+        try:
+            picked = _pick_one(ws, f, now)
+        except FileNotFoundError:
+            continue  # taken meanwhile by another run
+        if picked:
+            sender = f.name[: -len(f"-to-{ws.name}.zip")].rsplit(".", 1)[-1]
+            moved.append(Moved(f.name, sender, str(folder)))
     return moved
+
+
+def _pick_one(ws: Workspace, f: Path, now: float) -> bool:
+    """Move one file into the inbox; False if it is left where it is for now."""
+    from vfl_cli.artifacts.container import parse_artifact
+
+    if not (ws.path("archive", "received", f.name).exists() or (ws.inbox / f.name).exists()):
+        try:
+            parse_artifact(f.read_bytes(), name=f.name)
+        except VflError:
+            if now - f.stat().st_mtime < SETTLE_S:
+                return False  # perhaps still being written by a sync tool
+        if not copy_atomic(f, ws.inbox):
+            return False  # another file of that name waits in the inbox: leave this one
+    f.unlink()
+    return True

@@ -25,6 +25,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ from vfl_cli.workspace import Workspace, secure_folders
 PROPOSAL = "vfl/job-proposal"
 #: A signed notice that the sender cancelled the job (or rejected its proposal); see cancel_job.
 CANCEL = "vfl/job-cancel"
+#: How long a command waits for another one (say, a step of 'vfl watch') to release the lock.
+LOCK_WAIT_S = 15.0
 #: Quarantine: ``inbox/rejected/<file>`` with ``<file>.reason.txt`` beside it.
 REJECTED = "rejected"
 REASON_SUFFIX = ".reason.txt"
@@ -94,12 +97,19 @@ class StepReport:
 def locked(ws: Workspace) -> Iterator[None]:
     """Hold the workspace lock; finish any committed transaction first."""
     with open(ws.path(".lock"), "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WorkspaceError(
-                f"another vfl command is working in {ws.root}; wait for it to finish"
-            ) from None
+        # 'vfl watch' holds the lock only while it steps: a command typed beside it waits a
+        # little for the step to end instead of failing at once.
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WorkspaceError(
+                        f"another vfl command is working in {ws.root}; wait for it to finish"
+                    ) from None
+                time.sleep(0.1)
         secure_folders(ws.root)
         ws.ledger.repair()  # a torn last line (power loss) goes to ledger.torn, never blocks
         recover(ws)

@@ -161,9 +161,11 @@ class Watcher:
         self._guard("pickup", self._pick_up)
         if self._stop:
             return
-        self._guard("proposals", self._accept)
+        # Proposals and steps take the workspace lock: only when the inbox changed (or now and
+        # then), so that commands typed beside the loop rarely wait for it.
         inbox = _inbox_listing(self.ws)
         if inbox != self._inbox_seen or time.monotonic() - self._last_full > FULL_PASS_S:
+            self._guard("proposals", self._accept)
             self._step_all()
             # the listing from before the step: a file that arrived during it gets its own pass
             self._inbox_seen = inbox
@@ -224,7 +226,8 @@ class Watcher:
             if r.sent or r.received or accepted:
                 p = job_progress(self.ws, r.job)
                 extra = "".join(f", {k} {p[k]}" for k in ("epoch", "loss") if p.get(k) is not None)
-                self.log(f"[{r.job}] {'done' if r.done else 'phase ' + r.phase}{extra}")
+                state = "cancelled" if r.phase == "cancelled" else "done" if r.done else "phase " + r.phase
+                self.log(f"[{r.job}] {state}{extra}")
 
     def run(self, *, interval: float = 2.0, once: bool = False, until: list[str] | None = None,
             timeout: float | None = None) -> None:

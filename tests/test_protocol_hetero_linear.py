@@ -16,7 +16,6 @@ import pytest
 
 from conftest import drive_with_crashes, drive, carry, error_line, fate, introduce, make_party, run
 from vfl_cli import jobs
-from vfl_cli.errors import InvalidArtifact
 from vfl_cli.models.features import split_rows
 from vfl_cli.models.optim import make_optimizer
 from vfl_cli.models.reference import fit_linear, fit_logistic
@@ -193,10 +192,10 @@ def test_stale_round_and_wrong_job_are_refused(two_parties) -> None:
     jobs.step(Workspace(bank), "tr")  # reply round 0
     carry(bank, bureau)
     jobs.step(Workspace(bureau), "tr")  # update, partial round 1
-    # an old residual delivered again is a replay
+    # an old residual delivered again is a replay: quarantined, never used
     (bureau / "inbox" / residual.name).write_bytes(saved)
-    with pytest.raises(InvalidArtifact, match="replayed"):
-        jobs.step(Workspace(bureau), "tr")
+    reports = jobs.step(Workspace(bureau), "tr")
+    assert "replayed" in reports[0].rejected[0]["reason"] and not reports[0].received
 
 
 def test_mismatched_alignment_is_refused(two_parties, tmp_path: Path) -> None:
@@ -216,8 +215,8 @@ def test_mismatched_alignment_is_refused(two_parties, tmp_path: Path) -> None:
     carry(bank, bureau)
     jobs.accept_job(Workspace(bureau), "tr")
     carry(bureau, bank)
-    with pytest.raises(InvalidArtifact, match="another alignment"):
-        jobs.step(Workspace(bank), "tr")
+    reports = jobs.step(Workspace(bank), "tr")  # the partial is refused and quarantined
+    assert "another alignment" in reports[0].rejected[0]["reason"] and not reports[0].sent
 
 
 def test_bad_training_parameters_are_refused(two_parties) -> None:

@@ -309,6 +309,14 @@ def test_error_line_stays_one_line_whatever_a_file_said() -> None:
     assert result.stderr.startswith("Error: f.zip: step from bank\\nsignature: valid") and "\x1b" not in result.stderr
 
 
+def test_status_lines_stay_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from vfl_cli.cli._console import say
+
+    say(f"[j1] cancelled by bank: {SPOOF}")  # a reason from a peer's signed notice, say
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "\\nsignature: valid" in err
+
+
 def test_inspect_json_is_valid_and_escaped(tmp_path: Path) -> None:
     result = run("inspect", "--json", str(_unsigned_spoof(tmp_path)))
     out = json.loads(result.stdout)

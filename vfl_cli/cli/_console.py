@@ -53,9 +53,9 @@ def set_quiet(quiet: bool) -> None:
 
 
 def say(message: str) -> None:
-    """A status line on stderr (suppressed by --quiet)."""
+    """A status line on stderr (suppressed by --quiet): one line, whatever values it holds."""
     if not _state["quiet"]:
-        console.print(message, markup=False, soft_wrap=True)
+        console.print(printable(message), markup=False, soft_wrap=True)
 
 
 def result_console() -> Console:

@@ -116,6 +116,24 @@ def test_a_column_dropped_from_the_file_after_a_failed_job(tmp_path: Path) -> No
     assert weights(b) == {"a1", "a2", "(intercept)"}
 
 
+def test_train_start_chooses_columns_per_job_and_counts_imputed_cells(tmp_path: Path) -> None:
+    bank, bureau = tables()
+    bank_file = save(bank, tmp_path / "bank.csv")
+    b, p = pair(tmp_path, bank_file, save(bureau, tmp_path / "bureau.csv"))
+    align(b, p)
+    bank.loc[[3, 5, 8], "a2"] = np.nan
+    save(bank.assign(region="north"), bank_file)
+    assert "no column 'regio' to exclude (did you mean 'region'?)" in error_line(
+        run("-w", str(b), "train", "start", *TRAIN, "--exclude", "regio", ok=False))
+    started = run("-w", str(b), "train", "start", *TRAIN, "--exclude", "region")
+    assert "Note: 3 empty cell(s) of the 100 aligned rows (a2: 3) will be filled" in started.stderr
+    assert json.loads((b / "jobs" / "tr" / "job.json").read_text())["features"] == ["a1", "a2"]
+    run("-w", str(b), "train", "start", *TRAIN[:-1], "tr2", "--features", "a1")
+    assert json.loads((b / "jobs" / "tr2" / "job.json").read_text())["features"] == ["a1"]
+    # the workspace's own choice is unchanged: the next job without options sees 'region' again
+    assert "'region' is text" in error_line(run("-w", str(b), "train", "start", *TRAIN[:-1], "tr3", ok=False))
+
+
 # ----------------------------------------------------------------------------- Excel's files
 def test_excel_files_bom_crlf_quoted_and_semicolons_with_decimal_commas(tmp_path: Path) -> None:
     bank, bureau = tables()

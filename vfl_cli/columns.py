@@ -280,3 +280,32 @@ def save_choice(ws: "Workspace", **options: Any) -> list[str]:
         replace_atomic(ws.path(CONFIG), pretty_json(config))
         ws.config = config
     return ws.features
+
+
+def job_features(config: dict[str, Any], *, exclude: list[str], features: list[str] | None) -> list[str]:
+    """The feature columns of one job: the party's choice, or ``features``, less ``exclude``.
+
+    Raises:
+        DataError: a named column is not in the file, or nothing would be left for a passive party.
+    """
+    path = Path(config["data"])
+    header = read_header(path, **_csv(config))
+    id_column, label = config["id_column"], config.get("label_column")
+    check_exclusions(header, exclude, id_column=id_column, label_column=label, what=str(path))
+    base = feature_columns(config) if features is None else choose_features(
+        header, id_column=id_column, label_column=label, exclude=[], features=features, what=str(path))
+    chosen = [c for c in base if c not in set(exclude)]
+    if not chosen and config.get("role") == "passive":
+        raise DataError(f"that leaves {path} with no feature column; a passive party needs at least one")
+    return chosen
+
+
+def imputed_note(frame: "pd.DataFrame", features: list[str]) -> str | None:
+    """How many cells of the rows a job uses will be imputed, per column (None when none)."""
+    missing = missing_cells(frame, [c for c in features if c in frame.columns])
+    if not missing:
+        return None
+    listed = ", ".join(f"{c}: {n}" for c, n in list(missing.items())[:MAX_LISTED])
+    return (f"{sum(missing.values())} empty cell(s) of the {len(frame)} aligned rows ({listed}"
+            f"{', ...' if len(missing) > MAX_LISTED else ''}) will be filled with the column's mean over the "
+            "training rows")

@@ -49,23 +49,45 @@ def train() -> None:
               "approximation=centred|taylor, whiten=true).")
 @click.option("--with", "peers", multiple=True, help="Passive party (repeat; default: all trusted).")
 @click.option("--job", "job_id", help="Job id (default: <protocol>-<date>-<random>).")
+@click.option("--exclude", "exclude", multiple=True, metavar="COLUMN",
+              help="Leave this column of your own file out of this job (repeat).")
+@click.option("--features", "features", metavar="A,B,...",
+              help="Use only these columns of your own file in this job (comma-separated).")
 @json_option
 @click.pass_context
 def start(ctx: click.Context, protocol: str, alignment: str, params: tuple[str, ...], peers: tuple[str, ...],
-          job_id: str | None, as_json: bool, **options: Any) -> None:
+          job_id: str | None, exclude: tuple[str, ...], features: str | None, as_json: bool,
+          **options: Any) -> None:
     """Active party: propose a training job on the rows of a finished alignment.
+
+    The job uses the columns of your data file as they are now (see 'vfl columns'), less
+    --exclude, or only --features; each passive party chooses its own columns the same way.
+    The column names stay with you: they are not part of the proposal.
 
     Example:
 
     \b
         vfl train start --protocol hetero-lr --alignment align-2026-11 --epochs 10 --batch-size 0
+        vfl train start --protocol hetero-lr --alignment align-2026-11 --exclude region
     """
+    from vfl_cli.cli.workspace import _names
+    from vfl_cli.columns import imputed_note, job_features
+    from vfl_cli.models.alignment import aligned_frame
+
     ws = workspace(ctx)
     values = {k: v for k, v in options.items() if v is not None}
     values.update(parse_params(params))
     values["alignment"] = alignment
+    chosen = job_features(ws.config, exclude=list(exclude), features=_names(features))
+    try:
+        note = imputed_note(aligned_frame(ws, alignment), chosen)
+    except VflError:  # not a finished alignment: start_job says so, in its words
+        note = None
+    if note:
+        say(f"Note: {note}")
     with progress_bars() as progress:
-        r = engine.start_job(ws, protocol, values, peers=list(peers) or None, job=job_id, progress=progress)
+        r = engine.start_job(ws, protocol, values, peers=list(peers) or None, job=job_id, features=chosen,
+                             progress=progress)
     report([r], as_json, ws.name)
 
 

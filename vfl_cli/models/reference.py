@@ -40,6 +40,7 @@ __all__ = [
     "ReferenceFit",
     "fit_linear",
     "fit_logistic",
+    "fixed_minibatches",
     "minibatches",
     "sigmoid",
     "taylor_logistic_loss",
@@ -150,6 +151,41 @@ class ReferenceFit:
         return sigmoid(self.decision_function(X))
 
 
+def fixed_minibatches(n_samples: int, batch_size: int | None, *, seed: int, epoch: int) -> list[np.ndarray]:
+    """Mini-batches whose rows are drawn once per job; only the order of the batches changes.
+
+    The rows are split into ``n_samples // batch_size`` batches of ``batch_size`` rows, the
+    remainder joining the last one, so no batch is smaller than ``batch_size``. Each row stays in
+    the same batch in every epoch: a party that sees one equation system per batch (hetero-lr)
+    sees the same system again each epoch instead of a new one over other rows, which would
+    let it stack epochs until every row's value is solvable.
+
+    Args:
+        n_samples: Number of (aligned) samples.
+        batch_size: Rows per batch (at least), or None for one full batch.
+        seed: Seed agreed for the job (draws the membership).
+        epoch: Epoch number, from 0 (draws the order of the batches).
+
+    Returns:
+        A list of integer index arrays that together cover every row once.
+
+    Raises:
+        VflError: If ``n_samples`` or ``batch_size`` is not positive.
+    """
+    if n_samples < 1:
+        raise VflError(f"need at least one sample to make batches, got {n_samples}")
+    if batch_size is not None and batch_size < 1:
+        raise VflError(f"batch_size must be >= 1 (or None for full batch), got {batch_size}")
+    if batch_size is None or batch_size * 2 > n_samples:
+        return [np.arange(n_samples)]
+    order = np.random.default_rng([seed]).permutation(n_samples)
+    count = n_samples // batch_size
+    batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(count - 1)]
+    batches.append(order[(count - 1) * batch_size :])
+    turn = np.random.default_rng([seed, epoch]).permutation(count)
+    return [batches[int(i)] for i in turn]
+
+
 def _check_xy(X: Any, y: Any, *, binary: bool) -> tuple[np.ndarray, np.ndarray]:
     features = np.asarray(X, dtype=np.float64)
     target = np.asarray(y, dtype=np.float64)
@@ -191,6 +227,7 @@ def _fit(
     binary: bool,
     residual: Callable[[np.ndarray, np.ndarray], np.ndarray],
     loss: Callable[[np.ndarray, np.ndarray], float],
+    fixed: bool = False,
 ) -> ReferenceFit:
     features, target = _check_xy(X, y, binary=binary)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -205,7 +242,8 @@ def _fit(
         weights[-1] = initial_intercept(target, binary=binary)
     history: list[float] = []
     for epoch in range(epochs):
-        for rows in minibatches(n, batch_size, seed=seed, epoch=epoch):
+        batching = fixed_minibatches if fixed else minibatches
+        for rows in batching(n, batch_size, seed=seed, epoch=epoch):
             batch = features[rows]
             grad = batch.T @ residual(batch @ weights, target[rows]) / len(rows)
             weights = optimizer.step(weights, grad, mask=mask)
@@ -223,6 +261,7 @@ def fit_logistic(
     seed: int,
     *,
     fit_intercept: bool = True,
+    fixed_batches: bool = False,
 ) -> ReferenceFit:
     """Train logistic regression on the Taylor-approximated log-loss, as the protocol does.
 
@@ -237,6 +276,7 @@ def fit_logistic(
         batch_size: Rows per mini-batch, or None for full batch.
         seed: Seed of the mini-batch order (see :func:`minibatches`).
         fit_intercept: Whether to learn an intercept.
+        fixed_batches: Use :func:`fixed_minibatches` (as hetero-lr and hetero-linear do).
 
     Returns:
         The fit; ``loss_history`` holds the Taylor loss after each epoch.
@@ -253,6 +293,7 @@ def fit_logistic(
         batch_size,
         seed,
         fit_intercept=fit_intercept,
+        fixed=fixed_batches,
         binary=True,
         residual=taylor_logistic_residual,
         loss=taylor_logistic_loss,
@@ -268,6 +309,7 @@ def fit_linear(
     seed: int,
     *,
     fit_intercept: bool = True,
+    fixed_batches: bool = False,
 ) -> ReferenceFit:
     """Train linear regression on the squared loss ``mean((z - y)^2) / 2``.
 
@@ -281,6 +323,7 @@ def fit_linear(
         batch_size: Rows per mini-batch, or None for full batch.
         seed: Seed of the mini-batch order (see :func:`minibatches`).
         fit_intercept: Whether to learn an intercept.
+        fixed_batches: Use :func:`fixed_minibatches` (as hetero-lr and hetero-linear do).
 
     Returns:
         The fit; ``loss_history`` holds ``mean((z - y)^2) / 2`` after each epoch.
@@ -297,6 +340,7 @@ def fit_linear(
         batch_size,
         seed,
         fit_intercept=fit_intercept,
+        fixed=fixed_batches,
         binary=False,
         residual=_squared_residual,
         loss=_squared_loss,

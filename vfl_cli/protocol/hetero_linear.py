@@ -65,6 +65,7 @@ What each party learns (semi-honest parties, no collusion):
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -76,7 +77,7 @@ from vfl_cli.crypto import paillier
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.models.features import Split, aligned_rows, numeric_matrix, prepare, split_rows
 from vfl_cli.models.optim import SCHEDULES, EarlyStopping, make_optimizer
-from vfl_cli.models.reference import initial_intercept, minibatches
+from vfl_cli.models.reference import fixed_minibatches, initial_intercept, minibatches
 from vfl_cli.protocol.base import (
     Bool, Choice, Expect, Float, Int, JobRef, JobState, Outgoing, Param, PartyContext, Protocol,
     Seed, defaults, need, typed_params,
@@ -96,6 +97,15 @@ GRADIENT_REAL_BITS = 36  # |X^T d| <= 2**36
 RESIDUAL_REAL_BITS = 28  # |d| <= 2**28
 STAT_BITS = 40
 
+#: Every mini-batch (the full batch too) holds at least ``max(MIN_BATCH_ROWS, ROWS_PER_COLUMN * p)``
+#: rows, ``p`` the column count of the widest party (the active party's intercept counts). A
+#: party's gradient is ``p`` equations in the batch's ``m`` per-row unknowns: with ``m <= p`` it
+#: solves every row (issue #14, finding 5); the margin keeps three quarters of each batch's
+#: per-row vector unconstrained, and batches keep their rows across epochs
+#: (:func:`fixed_minibatches`), so epochs never add equations over new rows.
+MIN_BATCH_ROWS = 64
+ROWS_PER_COLUMN = 4
+
 
 def value_bits(real_bits: int, exponent: int) -> int:
     """Public mask width for values ``|v| <= 2**real_bits`` encoded with ``exponent`` (base 16)."""
@@ -105,7 +115,7 @@ def value_bits(real_bits: int, exponent: int) -> int:
 PARAMS: dict[str, Param] = {
     "alignment": JobRef(note="the finished psi job whose rows to train on"),
     "epochs": Int(10, 1, 10_000),
-    "batch_size": Int(0, 0, 100_000_000, note="0: full batch"),
+    "batch_size": Int(0, 0, 100_000_000, note="0: full batch; else at least MIN_BATCH_ROWS"),
     "optimizer": Choice("adam", "adam", "sgd"),
     "learning_rate": Float(0.05, 0.0, 10.0, open_low=True),
     "momentum": Float(0.0, 0.0, 1.0, open_high=True, note="sgd only"),
@@ -121,6 +131,9 @@ PARAMS: dict[str, Param] = {
     "whiten": Bool(False),
     "test_fraction": Float(0.2, 0.0, 1.0, open_high=True),
     "seed": Seed(),
+    "label_epsilon": Float(0.0, 0.0, 1000.0, note="0: off; label DP of the residuals passive parties see"),
+    "label_delta": Float(1e-5, 0.0, 0.1, open_low=True, note="delta of label_epsilon"),
+    "label_clip": Float(1.0, 0.0, 1e9, open_low=True, note="hetero-linear: residual offsets clipped to +-this"),
 }
 DEFAULTS: dict[str, Any] = defaults(PARAMS)
 
@@ -128,6 +141,12 @@ DEFAULTS: dict[str, Any] = defaults(PARAMS)
 # ----- parameters ------------------------------------------------------------------------------
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
     out = typed_params(params, PARAMS, what="training")
+    if 0 < out["batch_size"] < MIN_BATCH_ROWS:
+        raise VflError(
+            f"batch_size {out['batch_size']} is too small: a party could solve each row's residual or "
+            f"score from its gradient; use 0 (full batch) or at least {MIN_BATCH_ROWS} (and "
+            f"{ROWS_PER_COLUMN} rows per column of the widest party)"
+        )
     _optimizer(out)  # refuse unknown optimisers and bad values before anyone starts
     split_rows(10, out["test_fraction"], out["seed"])
     return out
@@ -166,13 +185,124 @@ class PartyData:
             if np.isnan(y).any():
                 raise DataError(f"{ctx.name}: the label column {ctx.label_column!r} has missing values")
             self.y = y
-        batch = ctx.params["batch_size"] or None
-        self.batches_per_epoch = len(minibatches(len(self.split.train), batch, seed=0, epoch=0))
+        batches = self._batches(ctx.params, 0)
+        self.batches_per_epoch = len(batches)
+        self.smallest_batch = min(len(b) for b in batches)
+
+    def _batches(self, params: Mapping[str, Any], epoch: int) -> list[np.ndarray]:
+        return minibatches(len(self.split.train), params["batch_size"] or None, seed=params["seed"], epoch=epoch)
 
     def batch_rows(self, params: Mapping[str, Any], epoch: int, batch: int) -> np.ndarray:
-        idx = minibatches(len(self.split.train), params["batch_size"] or None,
-                          seed=params["seed"], epoch=epoch)[batch]
-        return self.split.train[idx]
+        return self.split.train[self._batches(params, epoch)[batch]]
+
+
+class LinearData(PartyData):
+    """Hetero-lr / hetero-linear: batches keep their rows across epochs and are never too small.
+
+    Refuses (before this party sends anything) batches that its own column count could solve.
+    """
+
+    def __init__(self, ctx: PartyContext, *, intercept: bool) -> None:
+        super().__init__(ctx, intercept=intercept)
+        self.columns = int(self.X.shape[1])
+        check_batch_rows(self.smallest_batch, self.columns, ctx.name)
+
+    def _batches(self, params: Mapping[str, Any], epoch: int) -> list[np.ndarray]:
+        return fixed_minibatches(len(self.split.train), params["batch_size"] or None,
+                                 seed=params["seed"], epoch=epoch)
+
+
+def check_batch_rows(smallest: int, columns: int, party: str) -> None:
+    """Refuse batches in which a party's ``columns`` gradient equations pin the rows down."""
+    need = max(MIN_BATCH_ROWS, ROWS_PER_COLUMN * columns)
+    if smallest < need:
+        raise VflError(
+            f"the smallest mini-batch holds {smallest} training rows, but {party} has {columns} "
+            f"columns: every batch needs at least {need} (max({MIN_BATCH_ROWS}, {ROWS_PER_COLUMN} per "
+            "column)) so that no party can solve per-row residuals or scores from its gradient; "
+            "raise batch_size (0: full batch) or align more rows"
+        )
+
+
+def _zcdp_rho(epsilon: float, delta: float) -> float:
+    """The zCDP budget ``rho`` whose (epsilon, delta) conversion ``rho + 2 sqrt(rho ln(1/delta))`` is epsilon."""
+    log = math.log(1.0 / delta)
+    return (math.sqrt(log + epsilon) - math.sqrt(log)) ** 2
+
+
+def label_sensitivity(params: Mapping[str, Any], binary: bool) -> float:
+    """How far one row's residual offset moves when its label changes (after clipping)."""
+    return 1.0 if binary else 2.0 * float(params["label_clip"])
+
+
+def label_noise_sigma(params: Mapping[str, Any], binary: bool) -> float:
+    """Standard deviation of the Gaussian noise on each residual offset the passive parties see.
+
+    Each training row's offset is sent once per epoch; ``epochs`` Gaussian releases of
+    sensitivity ``S`` with deviation ``sigma`` cost ``rho = epochs S^2 / (2 sigma^2)`` in zCDP,
+    which is (label_epsilon, label_delta)-label-DP. 0 when ``label_epsilon`` is 0 (off).
+    """
+    eps = float(params.get("label_epsilon", 0.0))
+    if eps <= 0:
+        return 0.0
+    rho = _zcdp_rho(eps, float(params["label_delta"]))
+    return label_sensitivity(params, binary) * math.sqrt(int(params["epochs"]) / (2.0 * rho))
+
+
+def label_epsilon_spent(params: Mapping[str, Any], binary: bool, releases: int) -> float:
+    """The (epsilon, label_delta) actually spent after ``releases`` epochs (early stopping spends less)."""
+    sigma = label_noise_sigma(params, binary)
+    if sigma <= 0 or releases <= 0:
+        return 0.0
+    rho = releases * label_sensitivity(params, binary) ** 2 / (2.0 * sigma**2)
+    return rho + 2.0 * math.sqrt(rho * math.log(1.0 / float(params["label_delta"])))
+
+
+def peer_columns(state: JobState, art: Artifact, smallest_batch: int) -> int:
+    """The column count ``art``'s sender declared, checked against the batch bound and kept.
+
+    Every later gradient request from that party must hold exactly this many values.
+    """
+    cols = art.meta.get("columns")
+    if isinstance(cols, bool) or not isinstance(cols, int) or cols < 1:
+        raise InvalidArtifact(f"{art.kind} from {art.sender} does not declare its column count")
+    known = state.data.setdefault("columns", {})
+    if known.setdefault(art.sender, cols) != cols:
+        raise InvalidArtifact(
+            f"{art.sender} declared {cols} columns, but {known[art.sender]} before; refused"
+        )
+    check_batch_rows(smallest_batch, cols, art.sender)
+    return cols
+
+
+def _digests(blob: bytes, width: int) -> np.ndarray:
+    """The first 8 bytes of each ciphertext's SHA-256, to recognise a ciphertext sent back."""
+    return np.array([int.from_bytes(hashlib.sha256(blob[i:i + width]).digest()[:8], "big")
+                     for i in range(0, len(blob), width)], dtype=np.uint64)
+
+
+def remember_sent(state: JobState, blobs: list[bytes], width: int) -> None:
+    """Keep digests of the ciphertexts under this party's key it sends this round."""
+    state.arrays["sent_digests"] = np.concatenate([_digests(b, width) for b in blobs])
+
+
+def refuse_echo(state: JobState, blob: bytes, width: int, what: str, sender: str) -> None:
+    """Refuse to decrypt ciphertexts this party itself sent (a decryption oracle)."""
+    sent = state.arrays.get("sent_digests")
+    if sent is not None and bool(np.isin(_digests(blob, width), sent).any()):
+        raise InvalidArtifact(
+            f"{what} from {sender} holds ciphertexts that this party sent it this round; "
+            "refused without decrypting (a key holder decrypts only what the step expects)"
+        )
+
+
+def expect_count(count: int, cols: int, what: str, sender: str) -> None:
+    if count != cols:
+        raise InvalidArtifact(
+            f"{what} from {sender} holds {count} values, but {sender} has {cols} columns; "
+            "refused without decrypting"
+        )
+
 
 
 # ----- artifact members ------------------------------------------------------------------------
@@ -317,7 +447,7 @@ class HeteroLinear(Protocol):
         }[phase]
 
     def advance(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]) -> list[Outgoing]:
-        data = PartyData(ctx, intercept=ctx.is_active)
+        data = LinearData(ctx, intercept=ctx.is_active)
         if ctx.is_active:
             handler = {"start": self._a_start, "wait-partials": self._a_residual,
                        "wait-gradients": self._a_update, "wait-scores": self._a_evaluate}[state.phase]
@@ -344,27 +474,31 @@ class HeteroLinear(Protocol):
         state.arrays["weights"] = opt.step(w, grad, mask=penalised)
         state.data["optimizer"] = _json_state(opt.state_dict())
 
-    def _advance_position(self, state: JobState, data: PartyData) -> None:
+    def _advance_position(self, state: JobState, data: LinearData) -> None:
         advance_position(state, data.batches_per_epoch)
 
     # ----- passive party ------------------------------------------------------------------------
-    def _p_start(self, ctx: PartyContext, state: JobState, received: Any, data: PartyData) -> list[Outgoing]:
+    def _p_start(self, ctx: PartyContext, state: JobState, received: Any, data: LinearData) -> list[Outgoing]:
         if data.y is not None:
             raise DataError(f"{ctx.name} is passive but has labels")
         self._init_weights(state, ctx, data.X.shape[1])
         state.data["fingerprint"] = data.fingerprint
         return self._p_partials(ctx, state, data)
 
-    def _p_partials(self, ctx: PartyContext, state: JobState, data: PartyData) -> list[Outgoing]:
+    def _p_partials(self, ctx: PartyContext, state: JobState, data: LinearData) -> list[Outgoing]:
         t, epoch, batch = self._position(state)
         rows = data.batch_rows(ctx.params, epoch, batch)
         u = data.X[rows] @ state.arrays["weights"]
         if np.abs(u).max(initial=0.0) > PARTIAL_BOUND:
             raise VflError("partial scores exploded (training diverged): lower learning_rate")
-        meta = {"epoch": epoch, "batch": batch, "alignment": data.fingerprint, "rows": len(rows)}
+        meta = {"epoch": epoch, "batch": batch, "alignment": data.fingerprint, "rows": len(rows),
+                "columns": data.columns}
         tick = ctx.progress(f"round {t}: encrypting partial scores", None)
         k1 = ctx.public_key(ctx.passives[0])
-        out = [Outgoing(ctx.active, PARTIAL, "partial", [enc_member("u", paillier.encrypt(k1, u))], meta, t)]
+        enc_u = paillier.encrypt(k1, u)
+        if ctx.name == ctx.passives[0]:  # under P1's own key: P1 will refuse to decrypt them
+            remember_sent(state, [enc_u.to_bytes()], k1.width)
+        out = [Outgoing(ctx.active, PARTIAL, "partial", [enc_member("u", enc_u)], meta, t)]
         others = [p for p in ctx.passives if p != ctx.name]
         c = self.constant_slope(ctx.params)
         if others and c is not None:
@@ -375,16 +509,17 @@ class HeteroLinear(Protocol):
         return out
 
     def _p_gradient(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                    data: PartyData) -> list[Outgoing]:
+                    data: LinearData) -> list[Outgoing]:
         t, epoch, batch = self._position(state)
         res = need(received, ctx.active, RESIDUAL)
         self._check_round(res, state)
         rows = data.batch_rows(ctx.params, epoch, batch)
+        peer_columns(state, res, data.smallest_batch)
         ka = ctx.public_key(ctx.active)
         u = data.X[rows] @ state.arrays["weights"]
         d = read_enc(res, "a", ka, rows=len(rows))
         meta: dict[str, Any] = {"epoch": epoch, "batch": batch}
-        p1_members = self._p1_decrypt_for_active(ctx, res, meta) if ctx.name == ctx.passives[0] else []
+        p1_members = self._p1_decrypt_for_active(ctx, state, res, meta, len(rows)) if ctx.name == ctx.passives[0] else []
         c = self.constant_slope(ctx.params)
         if c is None:
             # A's slope differs per row: d = [[offset]] + [[slope]] * u_j + (the other passives' parts)
@@ -407,7 +542,7 @@ class HeteroLinear(Protocol):
         return self._p_send_gradient(ctx, state, data, d, p1_members, meta)
 
     def _p_after_peers(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                       data: PartyData) -> list[Outgoing]:
+                       data: LinearData) -> list[Outgoing]:
         t, epoch, batch = self._position(state)
         rows = data.batch_rows(ctx.params, epoch, batch)
         ka = ctx.public_key(ctx.active)
@@ -418,7 +553,7 @@ class HeteroLinear(Protocol):
         members, meta = unstash_members(state)
         return self._p_send_gradient(ctx, state, data, d, members, meta)
 
-    def _p_send_gradient(self, ctx: PartyContext, state: JobState, data: PartyData, d: paillier.EncryptedArray,
+    def _p_send_gradient(self, ctx: PartyContext, state: JobState, data: LinearData, d: paillier.EncryptedArray,
                          p1_members: list[Member], meta: dict[str, Any]) -> list[Outgoing]:
         t, epoch, batch = self._position(state)
         rows = data.batch_rows(ctx.params, epoch, batch)
@@ -429,15 +564,26 @@ class HeteroLinear(Protocol):
         state.phase = "wait-reply"
         return [Outgoing(ctx.active, GRADIENT, "gradient", members, meta, t)]
 
-    def _p1_decrypt_for_active(self, ctx: PartyContext, res: Artifact, meta: dict[str, Any]) -> list[Member]:
-        """P1 decrypts A's masked requests under its own key; the results stay masked."""
+    def _p1_decrypt_for_active(self, ctx: PartyContext, state: JobState, res: Artifact, meta: dict[str, Any],
+                               rows: int) -> list[Member]:
+        """P1 decrypts A's masked requests under its own key; the results stay masked.
+
+        Before decrypting, P1 checks that the request holds one value per column A declared and
+        none of the partial-score ciphertexts P1 itself sent (A must not use P1 as an oracle).
+        """
         priv = ctx.private_key()
         own = priv.public
         request = read_packed(res, "grad_request", own)
+        expect_count(request.count, state.data["columns"][ctx.active], "the gradient request", ctx.active)
+        refuse_echo(state, request.to_bytes(), own.width, "the gradient request", ctx.active)
         members = [ints_member("grad_reply", paillier.decrypt_packed(priv, request), own.n)]
         meta["grad_count"] = request.count
         if "loss_values" in res.members:
             values = read_enc(res, "loss_values", own)
+            if values.size > min(rows, int(ctx.params["loss_sample"])) or read_enc(res, "loss_cross", own).size != 1:
+                raise InvalidArtifact(f"the loss request from {ctx.active} has the wrong size; refused")
+            for name in ("loss_values", "loss_cross"):
+                refuse_echo(state, res.members[name].data, own.width, "the loss request", ctx.active)
             raw = priv.decrypt_raw(values)
             q = sum(int(v) * int(v) for v in raw)
             if q >= own.n:
@@ -447,7 +593,7 @@ class HeteroLinear(Protocol):
         return members
 
     def _p_update(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                  data: PartyData) -> list[Outgoing]:
+                  data: LinearData) -> list[Outgoing]:
         reply = need(received, ctx.active, REPLY)
         self._check_round(reply, state)
         t, epoch, batch = self._position(state)
@@ -463,7 +609,7 @@ class HeteroLinear(Protocol):
             raise InvalidArtifact(f"reply from {ctx.active} says next={nxt!r}")
         return self._p_scores(ctx, state, data)
 
-    def _p_scores(self, ctx: PartyContext, state: JobState, data: PartyData) -> list[Outgoing]:
+    def _p_scores(self, ctx: PartyContext, state: JobState, data: LinearData) -> list[Outgoing]:
         u = data.X[data.split.test] @ state.arrays["weights"]
         out = send_scores(ctx, u, int(state.data["t"]))
         if out is None:
@@ -473,19 +619,19 @@ class HeteroLinear(Protocol):
         return out
 
     def _p_collect(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                   data: PartyData) -> list[Outgoing]:
+                   data: LinearData) -> list[Outgoing]:
         u = data.X[data.split.test] @ state.arrays["weights"]
         self._finish_passive(ctx, state, data)
         return collect_scores(ctx, u, received, int(state.data["t"]))
 
-    def _finish_passive(self, ctx: PartyContext, state: JobState, data: PartyData) -> None:
+    def _finish_passive(self, ctx: PartyContext, state: JobState, data: LinearData) -> None:
         state.arrays.update(data.standardiser.to_arrays())
         state.phase = "done"
         state.done = True
         state.results = self._model_card(ctx, state, metrics={})
 
     # ----- active party -------------------------------------------------------------------------
-    def _a_start(self, ctx: PartyContext, state: JobState, received: Any, data: PartyData) -> list[Outgoing]:
+    def _a_start(self, ctx: PartyContext, state: JobState, received: Any, data: LinearData) -> list[Outgoing]:
         if data.y is None:
             raise DataError(f"{ctx.name} is the active party but has no label column")
         if self.task == "binary" and not np.isin(data.y, (0.0, 1.0)).all():
@@ -497,7 +643,7 @@ class HeteroLinear(Protocol):
         return []
 
     def _a_residual(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                    data: PartyData) -> list[Outgoing]:
+                    data: LinearData) -> list[Outgoing]:
         t, epoch, batch = self._position(state)
         rows = data.batch_rows(ctx.params, epoch, batch)
         k1 = ctx.public_key(ctx.passives[0])
@@ -508,6 +654,7 @@ class HeteroLinear(Protocol):
             self._check_round(art, state)
             if art.meta.get("alignment") != data.fingerprint:
                 raise InvalidArtifact(f"{p} trains on another alignment than {ctx.name} (mismatched rows)")
+            peer_columns(state, art, data.smallest_batch)
             # no declared bound: the masks' fixed widths are public, and an overflow is caught
             # exactly when the masked slots are decrypted and unmasked
             part = read_enc(art, "u", k1, rows=len(rows))
@@ -527,16 +674,29 @@ class HeteroLinear(Protocol):
         if last and ((epoch + 1) % every == 0 or epoch + 1 == ctx.params["epochs"]):
             p1_members += self._loss_request(ctx, state, passive_sum, slope, offset)
         ka = ctx.public_key(ctx.name)
-        shared = [enc_member("a", paillier.encrypt(ka, offset))]
+        shared = [enc_member("a", paillier.encrypt(ka, self._released_offset(ctx, offset)))]
         if self.constant_slope(ctx.params) is None:
             shared.append(enc_member("slope", paillier.encrypt(ka, slope)))
-        meta = {"epoch": epoch, "batch": batch}
+        # what A sends under its own key must never come back to it for decryption
+        remember_sent(state, [m.data for m in shared], ka.width)
+        meta = {"epoch": epoch, "batch": batch, "columns": data.columns}
         out = []
         for p in ctx.passives:
             members = shared + (p1_members if p == ctx.passives[0] else [])
             out.append(Outgoing(p, RESIDUAL, "residual", members, meta, t))
         state.phase = "wait-gradients"
         return out
+
+    def _released_offset(self, ctx: PartyContext, offset: np.ndarray) -> np.ndarray:
+        """The offsets the passive parties compute with: with label_epsilon, clipped (regression)
+        and with Gaussian noise from A's own CSPRNG; A's own gradient keeps the exact ones."""
+        sigma = label_noise_sigma(ctx.params, self.task == "binary")
+        if sigma <= 0:
+            return offset
+        if self.task != "binary":
+            clip = float(ctx.params["label_clip"])
+            offset = np.clip(offset, -clip, clip)
+        return np.asarray(offset + ctx.rng.normal(0.0, sigma, size=offset.shape))
 
     def _loss_request(self, ctx: PartyContext, state: JobState, passive_sum: paillier.EncryptedArray,
                       slope: Any, offset: np.ndarray) -> list[Member]:
@@ -553,7 +713,7 @@ class HeteroLinear(Protocol):
         return [enc_member("loss_values", masked), enc_member("loss_cross", cross_masked)]
 
     def _a_update(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                  data: PartyData) -> list[Outgoing]:
+                  data: LinearData) -> list[Outgoing]:
         t, epoch, batch = self._position(state)
         rows = data.batch_rows(ctx.params, epoch, batch)
         priv = ctx.private_key()
@@ -561,7 +721,12 @@ class HeteroLinear(Protocol):
         for p in ctx.passives:
             art = need(received, p, GRADIENT)
             self._check_round(art, state)
-            replies[p] = paillier.decrypt_packed(priv, read_packed(art, "grad_request", priv.public))
+            request = read_packed(art, "grad_request", priv.public)
+            # decrypt only what this step expects: one value per column p declared, none of
+            # the residual ciphertexts A sent (else p could read A's residuals, hence labels)
+            expect_count(request.count, state.data["columns"][p], "the gradient", p)
+            refuse_echo(state, request.to_bytes(), priv.public.width, "the gradient", p)
+            replies[p] = paillier.decrypt_packed(priv, request)
         first = received[ctx.passives[0]]
         m = load_mask(state.data.pop("grad_mask"))
         grad = paillier.unmask(read_ints(first, "grad_reply", len(m.offsets)), m) / len(rows)
@@ -602,7 +767,7 @@ class HeteroLinear(Protocol):
         return True
 
     def _a_evaluate(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                    data: PartyData) -> list[Outgoing]:
+                    data: LinearData) -> list[Outgoing]:
         test = data.split.test
         art = need(received, ctx.passives[0], SCORES)
         passive_sum = ctx.private_key().decrypt(read_enc(art, "u", ctx.private_key().public, rows=len(test)))
@@ -649,7 +814,19 @@ class HeteroLinear(Protocol):
             },
             "metrics": metrics,
             "history": state.data.get("history", []),
+            "privacy": self._privacy(ctx, state),
         }
+
+    def _privacy(self, ctx: PartyContext, state: JobState) -> dict[str, Any]:
+        """What this job spent on label privacy (public: every party can compute it)."""
+        binary = self.task == "binary"
+        sigma = label_noise_sigma(ctx.params, binary)
+        releases = int(state.data.get("epoch", 0)) if sigma > 0 else 0
+        return {"label_noise_sigma": sigma, "releases_per_row": releases,
+                "label_epsilon": label_epsilon_spent(ctx.params, binary, releases),
+                "label_delta": float(ctx.params["label_delta"]) if sigma > 0 else 0.0,
+                "widest_columns": max([len(ctx.features) + int(ctx.is_active)]
+                                      + [int(v) for v in state.data.get("columns", {}).values()])}
 
 
 class HeteroLogistic(HeteroLinear):

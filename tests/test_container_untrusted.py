@@ -255,6 +255,14 @@ def test_every_name_field_follows_the_one_pattern(field: str, value: str) -> Non
         parse_artifact(_forge(lambda m: m.update({field: value})), name="f.zip")
 
 
+@pytest.mark.parametrize("field,value", [("shape", [[3]]), ("shape", "3"), ("count", -1), ("count", 2**40),
+                                         ("key_id", "../k"), ("exponent", [1]), ("dtype", "O\n")])
+def test_member_fields_protocols_read_have_one_form(field: str, value: Any) -> None:
+    member = "p" if field == "count" else "x"
+    with pytest.raises(InvalidArtifact, match=f"field '{field}' is not in its form"):
+        parse_artifact(_forge(lambda m: m["members"][member].update({field: value})), name="f.zip")
+
+
 def test_member_name_that_is_a_path_is_refused() -> None:
     def rename(m: dict[str, Any]) -> None:
         m["members"]["../../x"] = m["members"].pop("x")

@@ -150,9 +150,34 @@ def _check_members(members: Any, fail: Fail) -> None:
         size = desc["size"]
         if type(size) is not int or not sealing.OVERHEAD <= size <= MAX_TOTAL_BYTES:
             raise fail(f"member {name!r} declares an impossible size")
-        extra = [k for k in desc if k not in MEMBER_FIELDS and not is_name(k)]
-        if extra:
-            raise fail(f"member {name!r} has a field name that is not allowed: {_short(extra[0])}")
+        _check_info(name, {k: v for k, v in desc.items() if k not in MEMBER_FIELDS}, fail)
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= _MAX_INT
+
+
+#: The member fields protocols read, each with its one form; other fields must have name keys.
+_INFO_FORMS: dict[str, Callable[[Any], bool]] = {
+    "shape": lambda v: isinstance(v, list) and len(v) <= 8 and all(_count(x) for x in v),
+    "count": _count,
+    "width": _count,
+    "slots": _count,
+    "slot_bits": _count,
+    "exponent": lambda v: type(v) is int and abs(v) <= _MAX_INT,
+    "key_id": lambda v: isinstance(v, str) and _HEX64.fullmatch(v) is not None,
+    "dtype": lambda v: isinstance(v, str) and len(v) <= 32 and v.isascii() and v.isprintable(),
+    "packed": lambda v: isinstance(v, dict),
+}
+
+
+def _check_info(name: str, info: dict[str, Any], fail: Fail) -> None:
+    for key, value in info.items():
+        if not is_name(key):
+            raise fail(f"member {name!r} has a field name that is not allowed: {_short(key)}")
+        form = _INFO_FORMS.get(key)
+        if form is not None and not form(value):
+            raise fail(f"member {name!r}: field {key!r} is not in its form ({_short(value)})")
 
 
 def _check_sealed(sealed: Any, fail: Fail) -> None:

@@ -45,9 +45,10 @@ from vfl_cli.artifacts.container import (
     read_artifact,
 )
 from vfl_cli.artifacts.io import pretty_json, read_regular, replace_atomic, write_new
+from vfl_cli.columns import encode_frame, job_columns
 from vfl_cli.crypto.signing import short
 from vfl_cli.errors import InvalidArtifact, KeyMismatch, VflError, WorkspaceError
-from vfl_cli.names import check_kind, check_name
+from vfl_cli.names import check_kind, check_name, is_name
 from vfl_cli.protocol.base import (
     Expect,
     JobState,
@@ -169,7 +170,9 @@ def _state_files(state: JobState, engine: dict[str, Any]) -> dict[str, bytes]:
 def list_jobs(ws: Workspace) -> list[dict[str, Any]]:
     out = []
     for d in sorted(ws.path("jobs").iterdir()):
-        if (d / "job.json").exists() and (d / "state.json").exists():
+        # a folder whose name is not a job id was not made by vfl (or by one before names were
+        # checked): it is never opened
+        if is_name(d.name) and (d / "job.json").exists() and (d / "state.json").exists():
             info = load_info(ws, d.name)
             state, _ = load_state(ws, d.name)
             out.append(
@@ -248,7 +251,7 @@ def _apply(ws: Workspace, txn: Path) -> None:
                 os.replace(src, dst)
                 os.chmod(dst, 0o600)  # kept as the courier left it otherwise
         if not ws.ledger.has(entry["artifact_sha256"], "received"):
-            ws.ledger.append(ws.signer, "received", **entry)
+            ws.ledger.append(ws.signer, "received", checkpoint=False, **entry)
     for entry in plan["sent"]:
         name = entry["file"]
         archived = ws.path("archive", "sent", name)
@@ -262,7 +265,9 @@ def _apply(ws: Workspace, txn: Path) -> None:
             except OSError:
                 shutil.copyfile(archived, target)
         if not ws.ledger.has(entry["artifact_sha256"], "sent"):
-            ws.ledger.append(ws.signer, "sent", **entry)
+            ws.ledger.append(ws.signer, "sent", checkpoint=False, **entry)
+    if plan["sent"] or plan["received"]:  # one signed checkpoint per step, after its entries
+        ws.ledger.write_checkpoint(ws.signer, ws.ledger.head())
     for name in ("job.json", "state.json", "arrays.npz"):
         if (txn / name).exists():  # moved into place: atomic, and already fsynced
             os.replace(txn / name, d / name)
@@ -303,7 +308,7 @@ def _context(ws: Workspace, info: dict[str, Any], progress: Progress) -> PartyCo
         """The data file this job (or the named earlier job) was run on, read once."""
         path = data_file(job)
         if path not in cache:
-            cache[path] = ws.read_data(path)
+            cache[path] = encode_frame(ws.read_data(path), info.get("encoders"))  # this job's encoders
         return cache[path]
 
     def job_arrays(job: str) -> dict[str, np.ndarray]:
@@ -377,6 +382,7 @@ def start_job(
     job: str | None = None,
     data: Path | None = None,
     features: list[str] | None = None,
+    encode: dict[str, str] | None = None,
     progress: Progress = no_progress,
 ) -> StepReport:
     """Propose a job to ``peers`` (default: every trusted peer) and take the first step.
@@ -405,7 +411,8 @@ def start_job(
             "proposer": ws.name,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "data": _data_file(ws, data),
-            "features": ws.features if features is None else features,  # local, never in the proposal
+            # local, never in the proposal: this party's columns and encoders for the job
+            **job_columns(ws, protocol_name, params, features=features, encode=encode),
         }
         engine: dict[str, Any] = {"next_seq": {}, "expected_seq": {}}
         proposals = [
@@ -499,7 +506,7 @@ def _accept_one(ws: Workspace, name: str, loaded: Loaded, data: Path | None,
         rejected.append(quarantine(ws, name, reason, job=art.job))
         return None
     info["data"] = _data_file(ws, data)
-    info["features"] = ws.features  # local, like the data file: the columns this job uses
+    info.update(job_columns(ws, info["protocol"], info["params"]))  # local, like the data file
     engine = {"next_seq": {}, "expected_seq": {art.sender: art.seq + 1}}
     state = JobState()
     out = _to_artifacts(ws, art.job, engine, _first_step(get_protocol(info["protocol"]), _context(ws, info, progress), state))

@@ -141,8 +141,10 @@ class Ledger:
         self._cache = None
         return len(tail)
 
-    def append(self, signer: Signer, event: str, **fields: Any) -> dict[str, Any]:
-        """Append one signed entry chained to the last one, fsynced, then sign the checkpoint."""
+    def append(self, signer: Signer, event: str, *, checkpoint: bool = True, **fields: Any) -> dict[str, Any]:
+        """Append one signed entry chained to the last one, fsynced; then sign the checkpoint
+        (a caller appending several entries at once passes ``checkpoint=False`` and signs it
+        once after the last, with :meth:`write_checkpoint`)."""
         self.repair()
         entries = self.entries()
         entry: dict[str, Any] = {
@@ -160,11 +162,14 @@ class Ledger:
             os.fsync(fh.fileno())
         if created:
             _fsync_dir(self.path.parent)
-        self._cache = None
-        self.write_checkpoint(signer, {"count": len(entries) + 1, "sha256": entry_hash(entry)})
+        st = os.stat(self.path)
+        self._cache = ((st.st_ino, st.st_size, st.st_mtime_ns), [*entries, entry])
+        if checkpoint:
+            self.write_checkpoint(signer, self.head())
         return entry
 
     def write_checkpoint(self, signer: Signer, head: dict[str, Any]) -> None:
+        """Sign ``head`` (``{"count", "sha256"}``) into ``ledger.head``, atomically."""
         body = {"count": head["count"], "sha256": head["sha256"]}
         replace_atomic(self.checkpoint_path, pretty_json(dict(body, sig=signer.sign(canonical_json(body)))),
                        mode=0o600)

@@ -188,3 +188,16 @@ def test_parties_and_options_are_checked_where_they_enter(two_parties) -> None:
     assert "not a trusted peer" in error_line(run("-w", str(bank), "job", "start", "--protocol", "handshake",
                                                   "--with", "../bureau", ok=False))
     assert "job id" in error_line(run("-w", str(bank), "job", "accept", "../x", ok=False))
+
+
+@pytest.mark.parametrize("name", ["../evil", "/tmp/evil", "evil\n", "Evil"])
+def test_a_card_whose_name_is_a_path_is_not_imported(two_parties, tmp_path: Path, name: str) -> None:
+    bank, bureau = two_parties
+    signer = Signer.generate()
+    card = PartyCard(name=name, role="active", paillier=Workspace(bank).public_key,
+                     verifier=signer.verifier, created="")
+    (tmp_path / "evil.card").write_bytes(card.to_bytes(signer))
+    before = tree(bureau)
+    assert "not allowed" in error_line(run("-w", str(bureau), "keys", "import", str(tmp_path / "evil.card"),
+                                           ok=False))
+    assert tree(bureau) == before

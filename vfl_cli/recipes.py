@@ -344,37 +344,91 @@ def alignment_summary(views: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def script(recipe: Recipe) -> str:
-    """Each party's commands as a shell script an operator could follow by hand."""
+#: Protocols whose finished job has metrics for the proposer ('vfl evaluate').
+EVALUATED = ("hetero-lr", "hetero-linear", "split-nn", "hfl")
+
+
+def _script_head(recipe: Recipe, p: PartySpec) -> list[str]:
+    """Set up the party's workspace, swap cards through the exchange folder, name the folders."""
     q = shlex.quote
+    others = [o.name for o in recipe.parties if o.name != p.name]
+    bits = recipe.key_bits
+    init = (f'$VFL init "$WORK/{p.name}" --name {q(p.name)} --role {p.role} --data {q(str(p.data))} '
+            f"--id-column {q(p.id_column)}")
+    if p.label_column:
+        init += f" --label-column {q(p.label_column)}"
     lines = [
         "#!/bin/sh",
-        f"# Recipe {recipe.name} ({recipe.protocol}), by hand: each block runs on that party's machine.",
-        "# Carry every file a command writes to outbox/ into the named party's inbox/.",
-        "set -e",
+        f"# Recipe {recipe.name} ({recipe.protocol}): the commands of {p.name} ({p.role}), on its machine.",
+        "# Usage: sh " + f"{p.name}.sh EXCHANGE [WORK]",
+        "#   EXCHANGE holds one drop folder per party (to-<party>/): a mounted SFTP, SMB or synced",
+        "#   folder shared with the others. WORK is where the workspace goes (default: here).",
+        "# Each party runs its own script; each waits for the files it needs, in any start order.",
+        "set -eu",
+        'VFL=${VFL:-vfl}',
+        'mkdir -p "$1"',
+        'EXCHANGE=$(cd "$1" && pwd)',
+        'WORK=$(cd "${2:-.}" && pwd)',
+        "mkdir -p " + " ".join(f'"$EXCHANGE/to-{o.name}"' for o in recipe.parties),
+        "",
+        "# ----- once: workspace, keys, cards -----",
+        init,
+        f'cd "$WORK/{p.name}"',
+        f"$VFL keygen --key-bits {bits}" + (" --insecure-test-keys" if bits < 1024 else ""),
     ]
-    bits = recipe.key_bits
-    for p in recipe.parties:
-        lines += ["", f"# ===== {p.name} ({p.role}): once ====="]
-        init = f"vfl init {q(p.name)} --role {p.role} --data {q(str(p.data))} --id-column {q(p.id_column)}"
-        if p.label_column:
-            init += f" --label-column {q(p.label_column)}"
-        lines += [init, f"cd {q(p.name)}", f"vfl keygen --key-bits {bits}",
-                  f"vfl keys export --out {q(p.name)}.card   # send to every other party"]
-        for o in recipe.parties:
-            if o.name != p.name:
-                lines.append(f"vfl keys import {q(o.name)}.card          # compare its fingerprint by phone")
-    active = recipe.active
-    for stage in recipe.stages():
+    for o in others:
+        lines.append(f'$VFL keys export --out "$EXCHANGE/to-{o}/{p.name}.card" --force')
+    for o in others:
+        card = f'"$EXCHANGE/to-{p.name}/{o}.card"'
+        lines += [f"while [ ! -f {card} ]; do sleep 1; done   # wait for {o}'s card",
+                  f"$VFL keys import {card}   # compare its fingerprint with {o} by phone",
+                  f'$VFL peers set-drop {q(o)} "$EXCHANGE/to-{o}"']
+    lines.append(f'$VFL peers set-pickup "$EXCHANGE/to-{p.name}"')
+    return lines
+
+
+def _proposer_jobs(recipe: Recipe) -> list[str]:
+    """The proposer starts each job, then watches until it is done; evaluates and reports."""
+    q = shlex.quote
+    lines: list[str] = []
+    stages = recipe.stages()
+    for stage in stages:
         job = f"{recipe.name}-{stage.name}"
         params = " ".join(f"--param {q(f'{k}={json.dumps(v)}')}" for k, v in stage.params.items())
-        lines += ["", f"# ===== job {job} ({stage.protocol}) =====",
-                  f"# {active.name}:",
-                  f"vfl job start --protocol {stage.protocol} --job {job} {params}".rstrip()]
-        for p in recipe.parties:
-            if p.name != active.name:
-                lines += [f"# {p.name}: after receiving the proposal", f"vfl job accept {job}"]
-        lines += ["# every party, each time new files arrive in its inbox, until the job is done:",
-                  f"vfl step --job {job}",
-                  f"vfl job show {job} --json   # \"done\": true when finished"]
-    return "\n".join(lines) + "\n"
+        lines += ["", f"# ----- job {job} ({stage.protocol}) -----",
+                  f"$VFL job start --protocol {stage.protocol} --job {job} {params}".rstrip(),
+                  f"$VFL watch --until {job} --interval 1"]
+        if stage.protocol in EVALUATED:
+            lines.append(f"$VFL evaluate {job}")
+    last = f"{recipe.name}-{stages[-1].name}"
+    lines += ["", "# ----- the report -----", f"$VFL report {last} --out report.html",
+              f'echo "{recipe.active.name}: done; report in $WORK/{recipe.active.name}/report.html"']
+    return lines
+
+
+def _responder_jobs(recipe: Recipe) -> list[str]:
+    """Any other party accepts exactly this recipe's proposals (a policy) and watches until done."""
+    jobs = [f"{recipe.name}-{s.name}" for s in recipe.stages()]
+    protocols = sorted({s.protocol for s in recipe.stages()})
+    policy = [f'peers = ["{recipe.active.name}"]', "protocols = [" + ", ".join(f'"{x}"' for x in protocols) + "]"]
+    lines = ["", "# ----- the jobs: accepted by this policy, run by vfl watch -----",
+             "cat > policy.toml <<'EOF'", *policy, "EOF",
+             "$VFL watch --policy policy.toml --interval 1 " + " ".join(f"--until {j}" for j in jobs)]
+    return lines
+
+
+def scripts(recipe: Recipe) -> dict[str, str]:
+    """One runnable shell script per party (``<party>.sh``), each waiting for its own files.
+
+    Cards and artifacts travel through one drop folder per party under a shared exchange folder;
+    the proposer starts each job and waits for it with ``vfl watch --until``; every other party
+    accepts the recipe's proposals by a policy. The scripts may start in any order.
+    """
+    out = {}
+    for p in recipe.parties:
+        body = _script_head(recipe, p)
+        body += _proposer_jobs(recipe) if p.name == recipe.active.name else _responder_jobs(recipe)
+        if p.name != recipe.active.name:
+            body.append(f'echo "{p.name}: done"')
+        out[f"{p.name}.sh"] = "\n".join(body) + "\n"
+    return out

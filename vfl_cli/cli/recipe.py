@@ -1,4 +1,4 @@
-"""``vfl recipe``: run a whole multi-party job on one machine, or print it as a script."""
+"""``vfl recipe``: run a whole multi-party job on one machine, or write one script per party."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from vfl_cli import recipes
+from vfl_cli.artifacts.io import ensure_writable, replace_atomic, write_new
 from vfl_cli.cli._console import console, emit_json, say
-from vfl_cli.cli._options import json_option
+from vfl_cli.cli._options import force_option, json_option
 
 
 @click.group()
@@ -76,15 +77,30 @@ def _summary(report: dict) -> None:
 
 @recipe.command(name="script")
 @click.argument("recipe_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def script_(recipe_file: Path) -> None:
-    """Print each party's commands for RECIPE_FILE as a shell script to follow by hand.
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the scripts, one <party>.sh per party.")
+@force_option
+def script_(recipe_file: Path, out_dir: Path, force: bool) -> None:
+    """Write one runnable shell script per party of RECIPE_FILE, each run on its party's machine.
+
+    The parties share one exchange folder (a mounted SFTP, SMB or synced folder) holding a drop
+    folder per party; each script waits for the files it needs, so they may start in any order.
+    The proposer's script starts each job, waits for it with 'vfl watch --until', evaluates and
+    writes the report; the others accept the recipe's proposals by a policy file.
 
     Example:
 
     \b
-        vfl recipe script recipes/breast.toml > breast.sh
+        vfl recipe script recipes/demo.toml --out-dir scripts
+        hospital$ sh scripts/hospital.sh /mnt/exchange      lab$ sh scripts/lab.sh /mnt/exchange
     """
-    click.echo(recipes.script(recipes.load_recipe(recipe_file)), nl=False)
+    files = recipes.scripts(recipes.load_recipe(recipe_file))
+    for name in files:
+        ensure_writable(out_dir / name, force=force)
+    for name, text in files.items():
+        (replace_atomic if force else write_new)(out_dir / name, text.encode())
+        (out_dir / name).chmod(0o755)
+        say(f"Wrote {out_dir / name}")
 
 
 COMMANDS = [recipe]

@@ -382,7 +382,7 @@ def start_job(
     job: str | None = None,
     data: Path | None = None,
     features: list[str] | None = None,
-    encode: dict[str, str] | None = None,
+    encodings: dict[str, str] | None = None,
     progress: Progress = no_progress,
 ) -> StepReport:
     """Propose a job to ``peers`` (default: every trusted peer) and take the first step.
@@ -412,7 +412,7 @@ def start_job(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "data": _data_file(ws, data),
             # local, never in the proposal: this party's columns and encoders for the job
-            **job_columns(ws, protocol_name, params, features=features, encode=encode),
+            **job_columns(ws, protocol_name, params, features=features, encode=encodings),
         }
         engine: dict[str, Any] = {"next_seq": {}, "expected_seq": {}}
         proposals = [
@@ -536,6 +536,8 @@ def _check_proposal(ws: Workspace, name: str, art: Artifact) -> dict[str, Any]:
         raise InvalidArtifact(f"{name}: job {art.job} was already accepted here (replayed proposal)")
     if art.seq != 1:
         raise InvalidArtifact(f"{name}: a proposal must be the first file of its job")
+    if meta.get("proposer") != art.sender:
+        raise InvalidArtifact(f"{name}: the proposal names another proposer than its signer {art.sender}")
     parties = party_list(meta.get("parties"), what=name)  # structure first: a crafted list is data
     mine = [p for p in parties if p.get("name") == ws.name]
     if not mine:
@@ -670,14 +672,15 @@ def _check_place(ws: Workspace, name: str, art: Artifact, proposed: set[str],
                                   "accepted; accept its proposal first, then move it back")
         return
     info = load_info(ws, art.job)
-    state, engine = load_state(ws, art.job)
+    raw = json.loads((job_dir(ws, art.job) / "state.json").read_text())  # no arrays: they may be large
+    done, engine = raw["done"], raw["engine"]
     expected = engine["expected_seq"].get(art.sender, 1)
     if art.sender not in [p["name"] for p in info["parties"]]:
         raise InvalidArtifact(f"{name} comes from {art.sender}, who is not a party of job {art.job}")
     if art.seq < expected:
         raise InvalidArtifact(f"{name} is step {art.seq} from {art.sender} in job {art.job}, which "
                               "was already accepted (replayed)")
-    if state.done:
+    if done:
         raise InvalidArtifact(f"{name}: job {art.job} is finished here; it waits for no more files")
     if art.seq > expected + MAX_AHEAD:
         raise InvalidArtifact(f"{name} is step {art.seq} from {art.sender} in job {art.job}, more "

@@ -82,6 +82,42 @@ def test_text_column_at_the_active_party_is_named_at_init_and_excluded(tmp_path:
     assert weights(b) == {"a1", "a2", "(intercept)"}
 
 
+def test_text_column_encoded_per_party_fitted_on_its_training_rows_and_used_to_score(tmp_path: Path) -> None:
+    from vfl_cli import jobs
+    from vfl_cli.models.features import split_rows
+    from vfl_cli.workspace import Workspace
+
+    bank, bureau = tables()
+    bank["region"] = np.array(["north", "south", "west"])[np.arange(N) % 3]
+    bank_file, bureau_file = save(bank, tmp_path / "bank.csv"), save(bureau, tmp_path / "bureau.csv")
+    b, p = pair(tmp_path, bank_file, bureau_file, bank_opts=("--encode", "region=onehot"))
+    save(bureau.assign(segment=np.where(np.arange(N) % 3, "retail", "sme")), bureau_file)  # a new export
+    align(b, p)
+    # 'east' only on the rows the job will hold out: an encoder fitted on the training rows never sees it
+    rows = jobs.load_state(Workspace(b), "al")[0].arrays["aligned_rows"]
+    bank.loc[rows[split_rows(len(rows), 0.2, 42).test], "region"] = "east"
+    save(bank, bank_file)
+    run("-w", str(b), "train", "start", *TRAIN)
+    carry(b, p)
+    assert "--encode segment=onehot" in error_line(run("-w", str(p), "job", "accept", "tr", ok=False))
+    run("-w", str(p), "columns", "--encode", "segment=frequency")
+    drive([b, p], "tr")
+    assert weights(b) == {"a1", "a2", "region=north", "region=south", "region=west", "(intercept)"}
+    assert weights(p) == {"p1", "p2", "p3", "segment"}
+    shares = json.loads((p / "jobs" / "tr" / "job.json").read_text())["encoders"]["segment"]
+    assert shares["categories"] == ["retail", "sme"] and sum(shares["frequencies"]) == pytest.approx(1.0)
+    # scoring new rows reuses the training job's encoders, an unseen category included
+    save(bank.head(30).assign(region="antarctica"), tmp_path / "nb.csv")
+    run("-w", str(b), "align", "start", "--job", "new", "--data", str(tmp_path / "nb.csv"))
+    carry(b, p)
+    run("-w", str(p), "align", "respond", "new")
+    drive([b, p], "new")
+    run("-w", str(b), "predict", "start", "--model", "tr", "--alignment", "new", "--job", "pr")
+    drive([b, p], "pr")
+    run("-w", str(b), "predict", "export", "pr", "--out", str(tmp_path / "s.csv"))
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 30
+
+
 def test_text_column_at_the_passive_party_after_a_failed_accept(tmp_path: Path) -> None:
     """The passive party's file gains a text column after init: its accept fails with the fix,
     'vfl columns --exclude' applies it, and the same proposal is accepted."""

@@ -17,7 +17,7 @@ import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vfl_cli.errors import DataError
+from vfl_cli.errors import DataError, VflError
 from vfl_cli.tables import check_options, read_header, read_table
 
 if TYPE_CHECKING:
@@ -96,10 +96,12 @@ def refuse_text_columns(df: "pd.DataFrame", columns: list[str], *, what: str, fi
         return
     listed = ", ".join(f"{c!r} (e.g. {v!r})" for c, v in list(text.items())[:MAX_LISTED])
     excludes = " ".join(f"--exclude {c}" for c in text)
+    encodes = " ".join(f"--encode {c}=onehot" for c in text)
     raise DataError(f"{what}: column{'s' if len(text) > 1 else ''} {listed} "
                     f"{'are' if len(text) > 1 else 'is'} text, not numbers; leave "
                     f"{'them' if len(text) > 1 else 'it'} out with '{fix} {excludes}', "
-                    "or encode it as numbers in the file")
+                    f"or encode {'them' if len(text) > 1 else 'it'} with '{fix} {encodes}' "
+                    "(or ordinal, frequency)")
 
 
 def label_values(df: "pd.DataFrame", label: str, positive: str | None, *, what: str) -> "pd.Series":
@@ -169,13 +171,14 @@ def feature_columns(config: dict[str, Any], path: Path | None = None) -> list[st
 
 def check_data(data: Path, *, role: str, id_column: str, label_column: str | None,
                csv: dict[str, str | None] | None = None, exclude: list[str] | None = None,
-               features: list[str] | None = None, positive_label: str | None = None) -> dict[str, Any]:
+               features: list[str] | None = None, positive_label: str | None = None,
+               encode: dict[str, str] | None = None) -> dict[str, Any]:
     """Check a party's data file before it is used, and return what vfl.json keeps about it.
 
     Checked: the file's format; the id column (present, no empty or repeated ids); the label
     column (present, no empty cells, numbers or two values with ``positive_label``); the chosen
-    feature columns (present, numbers only: text columns are named with the option that leaves
-    them out).
+    feature columns (present, numbers only unless encoded: text columns are named with the
+    options that leave them out or encode them).
 
     Raises:
         DataError: naming the column and the fix.
@@ -201,20 +204,25 @@ def check_data(data: Path, *, role: str, id_column: str, label_column: str | Non
                              features=features, what=str(data))
     if not chosen and role == "passive":
         raise DataError(f"{data} has no feature columns besides the id column")
-    refuse_text_columns(df, chosen, what=str(data), fix="vfl init ...")
+    encode = {c: k for c, k in (encode or {}).items() if k != "none"}
+    check_encodings(columns, encode, id_column=id_column, label_column=label_column, what=str(data))
+    refuse_text_columns(df, [c for c in chosen if c not in encode], what=str(data), fix="vfl init ...")
     if label_column is not None:
         label_values(df, label_column, positive_label, what=str(data))
     if exclude:
         config["exclude"] = list(dict.fromkeys(exclude))
     if features is not None:
         config["features"] = chosen
+    if encode:
+        config["encode"] = encode
     return config
 
 
 def data_notes(config: dict[str, Any]) -> list[str]:
     """What a party should know about its data before a job: missing cells that will be imputed."""
     df = read_party_table(config)
-    missing = missing_cells(df, feature_columns(config))
+    encoded = set(config.get("encode") or {})  # an empty cell of an encoded column is a category
+    missing = missing_cells(df, [c for c in feature_columns(config) if c not in encoded])
     if not missing:
         return []
     listed = ", ".join(f"{c}: {n}" for c, n in list(missing.items())[:MAX_LISTED])
@@ -224,10 +232,12 @@ def data_notes(config: dict[str, Any]) -> list[str]:
 
 
 def change_choice(config: dict[str, Any], *, exclude: list[str] = (), include: list[str] = (),  # type: ignore[assignment]
-                  features: list[str] | None = None, every: bool = False) -> dict[str, Any]:
+                  features: list[str] | None = None, every: bool = False,
+                  encode: dict[str, str] | None = None) -> dict[str, Any]:
     """The party's column choice after ``vfl columns`` options, checked against the file now.
 
-    Returns the new ``exclude``/``features`` entries of vfl.json (a key mapped to ``None`` is removed).
+    Returns the new ``exclude``/``features``/``encode`` entries of vfl.json (a key mapped to
+    ``None`` is removed). ``every`` resets the column choice, not the encodings.
     """
     path = Path(config["data"])
     header = read_header(path, **_csv(config))
@@ -246,7 +256,14 @@ def change_choice(config: dict[str, Any], *, exclude: list[str] = (), include: l
                              features=new_features, what=str(path))
     if not chosen and config.get("role") == "passive":
         raise DataError(f"that leaves {path} with no feature column; a passive party needs at least one")
-    return {"exclude": new_exclude or None, "features": new_features}
+    new_encode = dict(config.get("encode") or {})
+    check_encodings(header, dict(encode or {}), id_column=id_column, label_column=label, what=str(path))
+    for col, kind in (encode or {}).items():
+        if kind == "none":
+            new_encode.pop(col, None)
+        else:
+            new_encode[col] = kind
+    return {"exclude": new_exclude or None, "features": new_features, "encode": new_encode or None}
 
 
 def describe(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -260,6 +277,7 @@ def describe(config: dict[str, Any]) -> list[dict[str, Any]]:
         use = ("id" if name == config["id_column"] else "label" if name == config.get("label_column")
                else "feature" if name in chosen else "excluded")
         rows.append({"column": name, "use": use, "type": "text" if name in text else "number",
+                     "encoding": (config.get("encode") or {}).get(name),
                      "empty_cells": int(df[col].isna().sum())})
     return rows
 
@@ -309,3 +327,69 @@ def imputed_note(frame: "pd.DataFrame", features: list[str]) -> str | None:
     return (f"{sum(missing.values())} empty cell(s) of the {len(frame)} aligned rows ({listed}"
             f"{', ...' if len(missing) > MAX_LISTED else ''}) will be filled with the column's mean over the "
             "training rows")
+
+
+# ----- encoding text columns per job -------------------------------------------------------------
+def parse_encodings(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``COLUMN=KIND`` options as a mapping; KIND ``none`` removes an encoding."""
+    from vfl_cli.models.features import ENCODINGS
+
+    out = {}
+    for item in items:
+        column, sep, kind = item.rpartition("=")
+        if not sep or not column.strip() or kind not in (*ENCODINGS, "none"):
+            raise DataError(f"--encode takes COLUMN=KIND with KIND one of {', '.join(ENCODINGS)} or none, "
+                            f"not {item!r}")
+        out[column.strip()] = kind
+    return out
+
+
+def check_encodings(columns: list[str], encode: dict[str, str], *, id_column: str, label_column: str | None,
+                    what: str) -> None:
+    """Refuse encoding a column the file does not have, or the id or label column."""
+    check_exclusions(columns, list(encode), id_column=id_column, label_column=label_column, what=what)
+
+
+def job_columns(ws: "Workspace", protocol: str, params: dict[str, Any], *, features: list[str] | None = None,
+                encode: dict[str, str] | None = None) -> dict[str, Any]:
+    """What a job keeps in its job.json about this party's columns: ``features`` and ``encoders``.
+
+    A training job on an alignment fits the party's encoders of its text columns on its own
+    training rows (the job's split of the aligned rows); a predict job reuses its model's. The
+    column names and categories stay with the party: none of this is in the proposal.
+    """
+    from vfl_cli import jobs
+    from vfl_cli.models.features import Encoders, aligned_rows, split_rows
+
+    if protocol == "predict" and isinstance(params.get("model"), str):
+        try:
+            model = jobs.load_info(ws, params["model"])
+        except VflError:
+            return {"features": ws.features}
+        return {k: model[k] for k in ("features", "encoders") if k in model}
+    base = ws.features if features is None else features
+    choice = dict(ws.config.get("encode") or {}) if encode is None else encode
+    kinds = {c: k for c, k in choice.items() if c in base and k != "none"}
+    if not kinds or not isinstance(params.get("alignment"), str):
+        return {"features": base}
+    try:
+        info = jobs.load_info(ws, params["alignment"])
+        state, _ = jobs.load_state(ws, params["alignment"])
+    except VflError:
+        return {"features": base}
+    if info.get("protocol") != "psi" or not state.done:
+        return {"features": base}  # the protocol refuses it, in its own words
+    df = ws.read_data(Path(info["data"])) if info.get("data") else ws.read_data()
+    picked = aligned_rows(df, state.arrays, ws.config["id_column"], params["alignment"])
+    split = split_rows(len(picked), float(params.get("test_fraction", 0.2)), int(params.get("seed", 42)))
+    encoders = Encoders.fit(picked.iloc[split.train], kinds)
+    return {"features": encoders.expand(base), "encoders": encoders.to_json()}
+
+
+def encode_frame(df: "pd.DataFrame", encoders: dict[str, Any] | None) -> "pd.DataFrame":
+    """A party's table with a job's encoders applied (unchanged without encoders)."""
+    if not encoders:
+        return df
+    from vfl_cli.models.features import Encoders
+
+    return Encoders.from_json(encoders).transform(df)

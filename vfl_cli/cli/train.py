@@ -53,25 +53,31 @@ def train() -> None:
               help="Leave this column of your own file out of this job (repeat).")
 @click.option("--features", "features", metavar="A,B,...",
               help="Use only these columns of your own file in this job (comma-separated).")
+@click.option("--encode", "encode", multiple=True, metavar="COLUMN=KIND",
+              help="Encode a text column of your own file in this job: onehot, ordinal or frequency, "
+              "fitted on your training rows (repeat).")
 @json_option
 @click.pass_context
 def start(ctx: click.Context, protocol: str, alignment: str, params: tuple[str, ...], peers: tuple[str, ...],
-          job_id: str | None, exclude: tuple[str, ...], features: str | None, as_json: bool,
-          **options: Any) -> None:
+          job_id: str | None, exclude: tuple[str, ...], features: str | None, encode: tuple[str, ...],
+          as_json: bool, **options: Any) -> None:
     """Active party: propose a training job on the rows of a finished alignment.
 
     The job uses the columns of your data file as they are now (see 'vfl columns'), less
     --exclude, or only --features; each passive party chooses its own columns the same way.
-    The column names stay with you: they are not part of the proposal.
+    A text column is left out, or encoded with --encode (or 'vfl columns --encode'); the
+    encoders are fitted on your own training rows and kept with the job, for prediction. The
+    column names and categories stay with you: they are not part of the proposal.
 
     Example:
 
     \b
         vfl train start --protocol hetero-lr --alignment align-2026-11 --epochs 10 --batch-size 0
         vfl train start --protocol hetero-lr --alignment align-2026-11 --exclude region
+        vfl train start --protocol hetero-lr --alignment align-2026-11 --encode region=onehot
     """
     from vfl_cli.cli.workspace import _names
-    from vfl_cli.columns import imputed_note, job_features
+    from vfl_cli.columns import imputed_note, job_features, parse_encodings
     from vfl_cli.models.alignment import aligned_frame
 
     ws = workspace(ctx)
@@ -79,15 +85,16 @@ def start(ctx: click.Context, protocol: str, alignment: str, params: tuple[str, 
     values.update(parse_params(params))
     values["alignment"] = alignment
     chosen = job_features(ws.config, exclude=list(exclude), features=_names(features))
+    encodings = {**(ws.config.get("encode") or {}), **parse_encodings(encode)}
     try:
-        note = imputed_note(aligned_frame(ws, alignment), chosen)
+        note = imputed_note(aligned_frame(ws, alignment), [c for c in chosen if c not in encodings])
     except VflError:  # not a finished alignment: start_job says so, in its words
         note = None
     if note:
         say(f"Note: {note}")
     with progress_bars() as progress:
         r = engine.start_job(ws, protocol, values, peers=list(peers) or None, job=job_id, features=chosen,
-                             progress=progress)
+                             encodings=encodings, progress=progress)
     report([r], as_json, ws.name)
 
 

@@ -8,7 +8,7 @@ import click
 
 from vfl_cli.cli._console import emit_json, print_result, say
 from vfl_cli.cli._options import json_option, workspace
-from vfl_cli.columns import data_notes, describe, save_choice
+from vfl_cli.columns import data_notes, describe, parse_encodings, save_choice
 from vfl_cli.crypto.signing import short
 from vfl_cli.errors import VflError
 from vfl_cli.workspace import SECURE_KEY_BITS, Workspace
@@ -29,13 +29,16 @@ from vfl_cli.workspace import SECURE_KEY_BITS, Workspace
               help="Leave this column out of every job (repeat). Change later with 'vfl columns'.")
 @click.option("--features", "features", metavar="A,B,...",
               help="Use only these feature columns (comma-separated); default: every other column.")
+@click.option("--encode", "encode", multiple=True, metavar="COLUMN=KIND",
+              help="Encode a text column in each job: onehot, ordinal or frequency, fitted on the "
+              "party's own training rows (repeat).")
 @click.option("--sep", help="Column separator: ',', ';', '\\t' or '|' (default: detected).")
 @click.option("--decimal", help="Decimal mark of numbers: '.' or ',' (default: detected).")
 @click.option("--encoding", help="Text encoding, e.g. cp1252 (default: UTF-8, with or without BOM).")
 @json_option
 def init(directory: Path, name: str | None, role: str, data: Path, id_column: str, label_column: str | None,
-         positive_label: str | None, exclude: tuple[str, ...], features: str | None, sep: str | None,
-         decimal: str | None, encoding: str | None, as_json: bool) -> None:
+         positive_label: str | None, exclude: tuple[str, ...], features: str | None, encode: tuple[str, ...],
+         sep: str | None, decimal: str | None, encoding: str | None, as_json: bool) -> None:
     """Create a party workspace in DIRECTORY.
 
     The data file is checked now (ids, labels, text columns) and read again by each job: what
@@ -50,7 +53,7 @@ def init(directory: Path, name: str | None, role: str, data: Path, id_column: st
         vfl init bureau --role passive --data bureau.csv --id-column id --exclude region
     """
     choice = {"csv": {"sep": sep, "decimal": decimal, "encoding": encoding}, "exclude": list(exclude),
-              "features": _names(features), "positive_label": positive_label}
+              "features": _names(features), "positive_label": positive_label, "encode": parse_encodings(encode)}
     ws = Workspace.init(directory, name=name or directory.resolve().name.lower(), role=role,
                         data=data, id_column=id_column, label_column=label_column, **choice)
     features_now = ws.features
@@ -78,26 +81,29 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--include", multiple=True, metavar="COLUMN", help="Use an excluded column again (repeat).")
 @click.option("--features", metavar="A,B,...", help="Use only these feature columns (comma-separated).")
 @click.option("--all", "every", is_flag=True, help="Use every column but the id and label again.")
+@click.option("--encode", multiple=True, metavar="COLUMN=KIND",
+              help="Encode a text column in later jobs: onehot, ordinal, frequency, or none (repeat).")
 @json_option
 @click.pass_context
 def columns(ctx: click.Context, exclude: tuple[str, ...], include: tuple[str, ...], features: str | None,
-            every: bool, as_json: bool) -> None:
+            every: bool, encode: tuple[str, ...], as_json: bool) -> None:
     """Show the columns of this party's data file, or choose which ones later jobs use.
 
-    Each column is listed with its use (id, label, feature, excluded), its type and its empty
-    cells. A job keeps the columns it started with; a change applies to the next job.
+    Each column is listed with its use (id, label, feature, excluded), its type, its encoding
+    and its empty cells. A job keeps the columns it started with; a change applies to the next job.
 
     Example:
 
     \b
         vfl columns
         vfl columns --exclude region        # after "column 'region' is text"
+        vfl columns --encode region=onehot  # or: use it, one 0/1 column per category
         vfl columns --all
     """
     ws = workspace(ctx)
-    if exclude or include or features is not None or every:
+    if exclude or include or features is not None or every or encode:
         chosen = save_choice(ws, exclude=list(exclude), include=list(include), features=_names(features),
-                             every=every)
+                             every=every, encode=parse_encodings(encode))
         say(f"{ws.name} now uses {len(chosen)} feature column(s) in its next jobs")
     rows = describe(ws.config)
     if as_json:
@@ -106,10 +112,10 @@ def columns(ctx: click.Context, exclude: tuple[str, ...], include: tuple[str, ..
     from rich.table import Table
 
     table = Table(title=f"{ws.name}: {ws.config['data']}")
-    for col in ("column", "use", "type", "empty cells"):
+    for col in ("column", "use", "type", "encoding", "empty cells"):
         table.add_column(col, justify="right" if col == "empty cells" else "left")
     for r in rows:
-        table.add_row(r["column"], r["use"], r["type"], str(r["empty_cells"]))
+        table.add_row(r["column"], r["use"], r["type"], r["encoding"] or "", str(r["empty_cells"]))
     print_result(table)
 
 

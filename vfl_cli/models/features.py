@@ -80,8 +80,8 @@ def numeric_matrix(df: pd.DataFrame, columns: list[str], *, what: str) -> np.nda
         if bad.any():
             example = df[col][bad].iloc[0]
             raise DataError(f"{what}: column {col!r} is text, not numbers (e.g. {example!r}); leave it out "
-                            f"with 'vfl columns --exclude {col}' and run this command again (or encode it as "
-                            "numbers in the file)")
+                            f"with 'vfl columns --exclude {col}' or encode it with 'vfl columns --encode "
+                            f"{col}=onehot' (or ordinal, frequency), and run this command again")
         out[:, j] = values.to_numpy(dtype=np.float64)
     return out
 
@@ -156,3 +156,101 @@ def prepare(X_raw: np.ndarray, split: Split, *, whiten: bool = False) -> tuple[n
     """Fit the standardiser (or whitener) on the training rows and transform all rows."""
     t: Standardiser | Whitener = (Whitener if whiten else Standardiser).fit(X_raw[split.train])
     return t.transform(X_raw), t
+
+
+# ----- encoding text columns -------------------------------------------------------------------
+#: How a text (categorical) column can be turned into numbers, per party and per job.
+ENCODINGS = ("onehot", "ordinal", "frequency")
+#: Empty cells of an encoded column are a category of their own.
+MISSING = "(missing)"
+#: More categories than this make one-hot columns that few rows fill: use frequency or ordinal.
+MAX_ONEHOT = 50
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    text = values.astype("string").str.strip()
+    return text.where(text.notna() & (text != ""), MISSING).astype(object)
+
+
+@dataclass(frozen=True)
+class Encoders:
+    """A party's encoders of its text columns, fitted on its own training rows of one job.
+
+    ``specs`` maps a column to its kind and the categories seen in the training rows (in sorted
+    order), plus each category's share of the training rows for ``frequency``. One-hot and
+    ordinal encoding are scikit-learn's ``OneHotEncoder`` / ``OrdinalEncoder`` in a
+    ``ColumnTransformer`` rebuilt from these categories; frequency encoding (which scikit-learn
+    lacks) maps a category to its share. A category the training rows never had becomes all
+    zeros (one-hot), a missing value imputed like any other (ordinal) or 0 (frequency).
+    """
+
+    specs: dict[str, dict[str, Any]]
+
+    @classmethod
+    def fit(cls, train: pd.DataFrame, kinds: dict[str, str]) -> Encoders:
+        specs: dict[str, dict[str, Any]] = {}
+        for col, kind in kinds.items():
+            if kind not in ENCODINGS:
+                raise DataError(f"column {col!r}: unknown encoding {kind!r}; use one of {', '.join(ENCODINGS)}")
+            counts = _as_text(train[col]).value_counts()
+            categories = sorted(str(c) for c in counts.index)
+            if kind == "onehot" and len(categories) > MAX_ONEHOT:
+                raise DataError(f"column {col!r} has {len(categories)} categories in the training rows, too many "
+                                f"for one-hot (at most {MAX_ONEHOT}); encode it with {col}=frequency or {col}=ordinal")
+            spec: dict[str, Any] = {"kind": kind, "categories": categories}
+            if kind == "frequency":
+                spec["frequencies"] = [float(counts[c]) / max(len(train), 1) for c in categories]
+            specs[col] = spec
+        return cls(specs)
+
+    def names(self, column: str) -> list[str]:
+        """The numeric columns that replace ``column``."""
+        spec = self.specs[column]
+        return [f"{column}={c}" for c in spec["categories"]] if spec["kind"] == "onehot" else [column]
+
+    def expand(self, features: list[str]) -> list[str]:
+        """A feature list with each encoded column replaced by the columns it becomes."""
+        return [name for col in features for name in (self.names(col) if col in self.specs else [col])]
+
+    def _transformer(self) -> Any:
+        from sklearn.compose import ColumnTransformer
+        from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+
+        parts = []
+        for col, spec in self.specs.items():
+            cats = [spec["categories"]]
+            if spec["kind"] == "onehot":
+                parts.append((col, OneHotEncoder(categories=cats, handle_unknown="ignore", sparse_output=False,
+                                                 dtype=np.float64), [col]))
+            elif spec["kind"] == "ordinal":
+                parts.append((col, OrdinalEncoder(categories=cats, handle_unknown="use_encoded_value",
+                                                  unknown_value=np.nan, dtype=np.float64), [col]))
+        if not parts:
+            return None
+        # categories are given, so fitting on the categories themselves only builds the encoders
+        longest = max(len(s["categories"]) for s in self.specs.values())
+        frame = pd.DataFrame({c: [s["categories"][i % len(s["categories"])] for i in range(longest)]
+                              for c, s in self.specs.items()})
+        return ColumnTransformer(parts, remainder="drop", verbose_feature_names_out=False).fit(frame)
+
+    def transform(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` with every encoded column replaced by its numeric columns (other columns kept)."""
+        text = pd.DataFrame({c: _as_text(df[c]) for c in self.specs}, index=df.index)
+        out = df.drop(columns=list(self.specs))
+        transformer = self._transformer()
+        if transformer is not None:
+            block = transformer.transform(text)
+            names = [n for c, s in self.specs.items() if s["kind"] != "frequency" for n in self.names(c)]
+            out = pd.concat([out, pd.DataFrame(block, columns=names, index=df.index)], axis=1)
+        for col, spec in self.specs.items():
+            if spec["kind"] == "frequency":
+                share = dict(zip(spec["categories"], spec["frequencies"]))
+                out[col] = text[col].map(lambda v, s=share: s.get(v, 0.0)).astype(np.float64)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {c: dict(s) for c, s in self.specs.items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Encoders:
+        return cls({str(c): dict(s) for c, s in data.items()})

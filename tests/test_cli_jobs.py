@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import carry, error_line, introduce, make_party, run
+
 from vfl_cli import jobs
 from vfl_cli.workspace import Workspace
 
@@ -48,7 +48,7 @@ def test_handshake_by_hand(two_parties) -> None:
 
 
 def test_step_says_what_to_carry(two_parties) -> None:
-    bank, bureau = two_parties
+    bank, _ = two_parties
     result = run("-w", str(bank), "job", "start", "--protocol", "handshake", "--job", "hs1")
     assert "carry it to bureau's inbox" in result.stderr
     result = run("-w", str(bank), "step")
@@ -90,7 +90,7 @@ def test_tampered_artifact_is_refused_and_nothing_changes(two_parties) -> None:
 
 
 def test_wrong_party_is_refused(two_parties, tmp_path: Path, sample) -> None:
-    bank, bureau = two_parties
+    bank, _ = two_parties
     insurer = make_party(tmp_path, "insurer", "passive", sample("breast_passive.csv"))
     introduce(tmp_path, "bank", "insurer")
     start_handshake(bank)
@@ -169,7 +169,7 @@ def test_unknown_protocol_and_peer(two_parties) -> None:
 
 
 def test_edited_ledger_fails_audit(two_parties) -> None:
-    bank, bureau = two_parties
+    bank, _ = two_parties
     start_handshake(bank)
     ledger = bank / "ledger.jsonl"
     lines = ledger.read_text().splitlines()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from conftest import carry, error_line, run
+
 from vfl_cli import jobs
 from vfl_cli.ledger import Ledger
 from vfl_cli.workspace import Workspace

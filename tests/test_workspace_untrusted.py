@@ -11,8 +11,8 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from conftest import carry, error_line, run
+
 from vfl_cli import jobs
 from vfl_cli.artifacts import _zip
 from vfl_cli.artifacts.io import canonical_json
@@ -135,9 +135,9 @@ def test_one_bad_file_never_blocks_the_others(two_parties, tmp_path: Path) -> No
     rejected = {r["file"]: r["reason"] for r in jobs.rejected_files(Workspace(bureau))}
     assert set(rejected) == {"garbage.zip", "pipe.zip", "zero.zip"}
     assert "regular file" in rejected["pipe.zip"] or "plain file" in rejected["pipe.zip"]
-    for name in rejected:
+    for name, reason in rejected.items():
         assert f"Rejected {name}" in result.stderr
-        assert (inbox / "rejected" / f"{name}.reason.txt").read_text().strip() == rejected[name]
+        assert (inbox / "rejected" / f"{name}.reason.txt").read_text().strip() == reason
     # the same name refused again is kept beside the first, not over it
     (inbox / "garbage.zip").write_bytes(b"again")
     out = json.loads(run("-w", str(bureau), "step", "--json").stdout)

@@ -210,7 +210,8 @@ def read_export(ws: Workspace, path: Path) -> tuple[str, list[dict[str, Any]]]:
     if not isinstance(raw, dict) or raw.get("format") != EXPORT_FORMAT or raw.get("version") != 1:
         raise VflError(f"{path} is not a ledger export (made by 'vfl audit export')")
     party, entries = raw.get("party"), raw.get("entries")
-    if not is_name(party) or not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+    if (not isinstance(party, str) or not is_name(party) or not isinstance(entries, list)
+            or not all(isinstance(e, dict) for e in entries)):
         raise VflError(f"{path} is a malformed ledger export (party or entries)")
     if party == ws.name:
         raise VflError(f"{path} is {ws.name}'s own export; reconcile with a peer's export")

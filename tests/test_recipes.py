@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, error_line, run
 
 HANDSHAKE = ROOT / "recipes" / "handshake.toml"

@@ -44,7 +44,7 @@ def test_status_lists_jobs_files_to_carry_arrived_and_rejected(two_parties) -> N
 
 
 def test_audit_show_writes_the_whole_table_to_a_file(two_parties, tmp_path: Path) -> None:
-    bank, bureau = two_parties
+    bank, _ = two_parties
     long_job = "handshake-with-a-long-job-name-1"
     run("-w", str(bank), "job", "start", "--protocol", "handshake", "--job", long_job)
     text = vfl_to_file(bank, tmp_path / "audit.txt", "audit", "show")

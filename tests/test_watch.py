@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import error_line, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import error_line, run
 from vfl_cli import drops
 from vfl_cli import jobs as engine
 from vfl_cli.errors import VflError
@@ -108,8 +108,8 @@ def test_without_a_matching_policy_a_proposal_waits_for_a_person(wired, tmp_path
     w.run(once=True)
     assert engine.list_jobs(Workspace(bureau)) == []
     waits = [l for l in lines if "waits for a person" in l]
-    assert waits == ["[hs] proposal from bank waits for a person: the policy does not allow protocol "
-                     "handshake; run 'vfl job accept hs' or 'vfl job reject hs'"]  # said once
+    assert waits == [("[hs] proposal from bank waits for a person: the policy does not allow protocol "
+                      "handshake; run 'vfl job accept hs' or 'vfl job reject hs'")]  # said once
 
 
 def test_a_bad_file_is_logged_and_the_loop_goes_on(wired) -> None:

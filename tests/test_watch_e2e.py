@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, TEST_KEY_BITS
 
 POLICY = """\
@@ -41,7 +40,7 @@ class Party:
         self.typed += 1
         out = stdout.open("w") if stdout else subprocess.PIPE
         proc = subprocess.run([sys.executable, "-m", "vfl_cli", *args], cwd=cwd or self.root / self.name,
-                              stdout=out, stderr=subprocess.PIPE, text=True, timeout=120)
+                              stdout=out, stderr=subprocess.PIPE, text=True, timeout=120, check=False)
         if stdout:
             out.close()
         assert proc.returncode == 0, f"{self.name}$ vfl {' '.join(args)}\n{proc.stderr}"

@@ -31,9 +31,11 @@ default is then used, and proposals are always in checked form).
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ from vfl_cli.workspace import Workspace
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+    import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 RULE_KEYS = {"min", "max", "one_of"}
 #: Every this many seconds a pass steps every job even if the inbox did not change.
@@ -80,7 +82,7 @@ def _rule_refusal(key: str, rule: Any, value: Any) -> str | None:
         return None if value == rule else f"{key} is {value!r}; the policy allows only {rule!r}"
     if "one_of" in rule and value not in rule["one_of"]:
         return f"{key} is {value!r}; the policy allows {rule['one_of']!r}"
-    for bound, ok in (("min", lambda v, b: v >= b), ("max", lambda v, b: v <= b)):
+    for bound, ok in (("min", operator.ge), ("max", operator.le)):
         if bound in rule:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"{key} is {value!r}, not a number; the policy sets a {bound}imum"
@@ -151,7 +153,7 @@ class Watcher:
             self._said.pop(topic, None)
         except VflError as exc:
             self._once(topic, f"error: {exc}")
-        except Exception as exc:  # a bug, perhaps hit by a crafted file: one job must not stop all
+        except Exception as exc:  # noqa: BLE001  a bug, perhaps hit by a crafted file: one job must not stop all
             self._once(topic, f"internal error (a bug, please report it): {type(exc).__name__}: {exc}")
 
     def run_pass(self) -> None:
@@ -200,8 +202,7 @@ class Watcher:
                 self._once(f"proposal:{name}", f"[{art.job}] proposal from {art.sender} waits for a "
                            f"person: {reason}; run 'vfl job accept {art.job}' or 'vfl job reject {art.job}'")
                 continue
-            self._guard(f"job:{art.job}", lambda: self._log_reports(
-                engine.accept_job(self.ws, art.job, progress=self.progress), accepted=True))
+            self._guard(f"job:{art.job}", partial(self._accept_one, art.job))
 
     def _step_all(self) -> None:
         for j in engine.list_jobs(self.ws):
@@ -210,8 +211,13 @@ class Watcher:
             if j["done"] or j["phase"] == "cancelled":
                 continue
             job = j["job"]
-            self._guard(f"job:{job}", lambda: self._log_reports(
-                engine.step(self.ws, job, progress=self.progress)))
+            self._guard(f"job:{job}", partial(self._step_one, job))
+
+    def _accept_one(self, job: str) -> None:
+        self._log_reports(engine.accept_job(self.ws, job, progress=self.progress), accepted=True)
+
+    def _step_one(self, job: str) -> None:
+        self._log_reports(engine.step(self.ws, job, progress=self.progress))
 
     def _log_reports(self, reports: Iterable[engine.StepReport], *, accepted: bool = False) -> None:
         from vfl_cli.status import job_progress

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -87,7 +88,7 @@ def deliver(ctx: click.Context, as_json: bool) -> None:
         say(printable(f"delivered {m.file} to {m.peer} ({m.folder})"))
 
 
-def _logger(ws_name: str):  # type: ignore[no-untyped-def]
+def _logger(ws_name: str) -> Callable[[str], None]:
     def log(line: str) -> None:
         # one line per event on stderr, even with --quiet: the log is what watch is for
         # names and reasons come from files peers sent: control characters made visible

@@ -304,12 +304,15 @@ def protection_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, batch, 0x1AB])
 
 
-def protect(delta: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """``delta`` as the passive party's bottom will see it: max-norm noise of ``strength``
-    (:func:`vfl_cli.privacy.max_norm_noise`); 0 sends it unchanged."""
-    from vfl_cli.privacy import max_norm_noise
+def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.random.Generator,
+            *, head: str = "binary") -> np.ndarray:
+    """``delta`` as the passive party's bottom will see it: label protection of ``strength``
+    (:func:`vfl_cli.privacy.protect_labels`); 0 sends it unchanged."""
+    from vfl_cli.privacy import protect_labels
 
-    return max_norm_noise(delta, strength, rng) if strength > 0 else delta
+    if strength <= 0:
+        return delta
+    return protect_labels(delta, labels, strength, rng, categorical=head != "regression")
 
 
 def forward(net: Sequential | None, x: np.ndarray, train: bool = True) -> np.ndarray:
@@ -402,7 +405,8 @@ def _central_batch(model: SplitModel, xa: np.ndarray, xp: np.ndarray, y: np.ndar
     z = ha @ model.W_A + hp @ model.W_P + model.b
     loss, dout = make_head(model.spec.head).loss_grad(forward(model.top, z), y)
     delta = backward(model.top, dout)
-    sent = protect(delta, float(params.get("label_protection", 0.0)), protection_rng(sa, epoch, b))
+    sent = protect(delta, y, float(params.get("label_protection", 0.0)), protection_rng(sa, epoch, b),
+                   head=model.spec.head)
     g_wa, g_wp, g_b = ha.T @ delta, hp.T @ delta, delta.sum(axis=0)
     backward(model.bottom_a, delta @ model.W_A.T)
     backward(model.bottom_p, sent @ model.W_P.T)

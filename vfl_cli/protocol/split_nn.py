@@ -105,7 +105,7 @@ PARAMS: dict[str, Param] = {
     "interactive_momentum": Float(0.9, 0.0, 1.0, open_high=True),
     "test_fraction": Float(0.2, 0.0, 1.0, open_low=True, open_high=True),
     "seed": Seed(),
-    "label_protection": Float(1.0, 0.0, 100.0, note="max-norm noise on dL/dh; 0: off"),
+    "label_protection": Float(2.0, 0.0, 100.0, note="noise on dL/dh against label inference; 0: off"),
     "max_leak_auc": Float(1.0, 0.5, 1.0, note="refuse to send when a label attack's AUC exceeds it; 1: never"),
 }
 DEFAULTS: dict[str, Any] = defaults(PARAMS)
@@ -551,7 +551,8 @@ class SplitNN(Protocol):
         delta = ss.backward(top, dout)
         # label protection: the passive bottom learns from (and P decrypts) dL/dh = sent W_P^T;
         # every other gradient, W_P's included, uses the exact delta
-        sent = ss.protect(delta, float(ctx.params["label_protection"]), ss.protection_rng(seed, epoch, batch))
+        sent = ss.protect(delta, data.y[rows], float(ctx.params["label_protection"]),
+                          ss.protection_rng(seed, epoch, batch), head=spec.head)
         self._meter(ctx, state, spec, sent, data.y[rows], end=batch == data.batches_per_epoch - 1)
         members, eps, rho = self._backward_members(peer, H, Vc, U, delta, sent, state.arrays["rho"])
         # A's own layers, exactly as in plaintext

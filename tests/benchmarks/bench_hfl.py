@@ -231,9 +231,11 @@ def recipe_runs(workdir: Path, sample_seeds: int) -> None:
     workdir.mkdir(parents=True, exist_ok=False)
     recipes_dir = ROOT / "recipes"
     runs = [
-        ("FedAvg", recipes_dir / "hfl_fedavg.toml", {}, None),
-        ("Actor-Critic", recipes_dir / "hfl_actor_critic.toml", {}, None),
-        ("FedAvg without node0", recipes_dir / "hfl_fedavg.toml", {}, "node0"),
+        # Plaintext aggregation, so that the master equals the simulation bit for bit; the
+        # recipes' own setting (secure aggregation, the default) is the last run.
+        ("FedAvg", recipes_dir / "hfl_fedavg.toml", {"secure_aggregation": False}, None),
+        ("Actor-Critic", recipes_dir / "hfl_actor_critic.toml", {"secure_aggregation": False}, None),
+        ("FedAvg without node0", recipes_dir / "hfl_fedavg.toml", {"secure_aggregation": False}, "node0"),
         ("Actor-Critic, secure aggregation", recipes_dir / "hfl_actor_critic.toml",
          {"secure_aggregation": True}, None),
     ]

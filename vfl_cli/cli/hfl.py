@@ -47,8 +47,10 @@ def hfl() -> None:
 @click.option("--realtime-k", type=float, help="Share of weights in a real-time update (default 0.1).")
 @click.option("--full-every", type=int, help="Rounds between full updates to predictors (default 5).")
 @click.option("--secure-aggregation/--no-secure-aggregation", default=None,
-              help="Workers encrypt deltas under the first worker's key; the server learns only their weighted sum.")
-@click.option("--param", "params", multiple=True, help="Any other parameter key=value (server_learning_rate).")
+              help="Workers encrypt deltas under the first worker's key; the server learns only their weighted sum "
+                   "(default: on).")
+@click.option("--param", "params", multiple=True,
+              help="Any other parameter key=value (server_learning_rate, min_nodes, dp_clip, dp_noise_multiplier, dp_delta).")
 @click.option("--with", "peers", multiple=True, help="Worker or predictor (repeat; default: all trusted peers).")
 @click.option("--job", "job_id", help="Job id (default: hfl-<date>-<random>).")
 @json_option
@@ -62,7 +64,8 @@ def start(ctx: click.Context, hidden: tuple[int, ...], params: tuple[str, ...], 
     Example:
 
     \b
-        vfl hfl start --rounds 20 --weighting actor-critic --model mlp --hidden 16 --secure-aggregation
+        vfl hfl start --rounds 20 --weighting actor-critic --model mlp --hidden 16
+        vfl hfl start --param dp_clip=0.5 --param dp_noise_multiplier=1.0
     """
     ws = workspace(ctx)
     values = {k: v for k, v in options.items() if v is not None}

@@ -201,3 +201,22 @@ def test_a_card_whose_name_is_a_path_is_not_imported(two_parties, tmp_path: Path
     assert "not allowed" in error_line(run("-w", str(bureau), "keys", "import", str(tmp_path / "evil.card"),
                                            ok=False))
     assert tree(bureau) == before
+
+
+def test_a_proposal_whose_signer_is_not_a_party_is_refused(two_parties, tmp_path: Path, sample) -> None:
+    from conftest import introduce, make_party
+
+    bank, bureau = two_parties
+    make_party(tmp_path, "insurer", "active", sample("breast_active.csv"), label_column="label")
+    introduce(tmp_path, "bank", "bureau", "insurer")
+    run("-w", str(bank), "job", "start", "--protocol", "handshake", "--job", "hs1", "--with", "bureau")
+    proposal = next((bank / "outbox").glob("*job-proposal*"))
+    manifest = json.loads(bytes(_zip.unpack(proposal.read_bytes(), max_entries=100, fail=ValueError)[0].content))
+    insurer = Workspace(tmp_path / "insurer").card()
+    parties = [p for p in manifest["meta"]["parties"] if p["name"] != "bank"] + [
+        {"name": "insurer", "role": "active", "signing_fingerprint": insurer.signing_fingerprint,
+         "paillier_fingerprint": insurer.paillier_fingerprint}]
+    meta = dict(manifest["meta"], parties=parties)
+    (bureau / "inbox" / proposal.name).write_bytes(forge(proposal.read_bytes(), Workspace(bank).signer, meta=meta))
+    assert "not one of the job's parties" in error_line(run("-w", str(bureau), "job", "accept", ok=False))
+    assert not (bureau / "jobs" / "hs1").exists()

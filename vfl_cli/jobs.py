@@ -212,7 +212,7 @@ def _commit(
         files["job.json"] = pretty_json(info)
     for name, data in files.items():
         _write_private(txn / name, data)
-    plan = {"sent": [], "received": []}
+    plan: dict[str, list[dict[str, Any]]] = {"sent": [], "received": []}
     for name, data, art in out:
         _write_private(txn / "out" / name, data)
         plan["sent"].append({"file": name, **_ledger_fields(art), "artifact_sha256": _sha(data), "size": len(data)})
@@ -544,6 +544,8 @@ def _check_proposal(ws: Workspace, name: str, art: Artifact) -> dict[str, Any]:
         raise InvalidArtifact(f"{name}: the proposal does not name {ws.name} as a party")
     if mine[0]["role"] != ws.role:
         raise InvalidArtifact(f"{name}: the proposal makes {ws.name} {mine[0]['role']}, but it is {ws.role}")
+    if art.sender not in {p["name"] for p in parties}:
+        raise InvalidArtifact(f"{name}: its proposer {art.sender} is not one of the job's parties")
     for p in parties:
         card = ws.card() if p["name"] == ws.name else ws.peer(p["name"])
         if (card.signing_fingerprint, card.paillier_fingerprint) != (

@@ -52,3 +52,7 @@ def test_audit_show_writes_the_whole_table_to_a_file(two_parties, tmp_path: Path
     for f in (bank / "archive" / "sent").iterdir():
         assert f.name in text
     assert max(len(line) for line in text.splitlines()) > 120
+    jobs = vfl_to_file(bank, tmp_path / "jobs.txt", "job", "list")
+    assert long_job in jobs and "…" not in jobs
+    shown = vfl_to_file(bank, tmp_path / "job.txt", "job", "show", long_job)
+    assert json.loads(shown)["job"] == long_job  # plain JSON on stdout, no colour codes

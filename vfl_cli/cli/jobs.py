@@ -10,7 +10,7 @@ import click
 
 from vfl_cli import jobs as engine
 from vfl_cli.artifacts.io import shown_path
-from vfl_cli.cli._console import console, emit_json, progress_bars, say
+from vfl_cli.cli._console import emit_json, print_result, progress_bars, say
 from vfl_cli.cli._options import json_option, workspace
 from vfl_cli.errors import VflError
 
@@ -144,7 +144,7 @@ def list_(ctx: click.Context, as_json: bool) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["job"], r["protocol"], r["proposer"], r["phase"], "yes" if r["done"] else "no")
-    console.print(table)
+    print_result(table)
 
 
 @job.command()
@@ -166,7 +166,9 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     if as_json:
         emit_json(out)
         return
-    console.print_json(json.dumps(out, default=str))
+    from rich.json import JSON
+
+    print_result(JSON(json.dumps(out, default=str)))
 
 
 reason_option = click.option("--reason", default="", help="Why, in a few words (sent in the signed notice).")

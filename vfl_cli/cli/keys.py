@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from vfl_cli.artifacts.io import ensure_writable, replace_atomic, write_new
-from vfl_cli.cli._console import console, emit_json, say
+from vfl_cli.cli._console import emit_json, print_result, say
 from vfl_cli.cli._options import force_option, json_option, out_option, workspace
 from vfl_cli.crypto.signing import short
 
@@ -97,7 +97,7 @@ def show(ctx: click.Context, as_json: bool) -> None:
         table.add_row(r["name"] + (" (this party)" if r["self"] else ""), r["role"],
                       f"{r['paillier_bits']} bits", short(r["paillier_fingerprint"]),
                       short(r["signing_fingerprint"]))
-    console.print(table)
+    print_result(table)
 
 
 COMMANDS = [keys]

@@ -303,3 +303,27 @@ def test_predict_export_counts_and_lists_the_unscored_rows(tmp_path: Path) -> No
     assert unscored == [str(i) for i in range(1, 16)]
     scored = pd.read_csv(tmp_path / "s.csv", dtype={"id": str})
     assert sorted(scored["id"], key=int) == [str(i) for i in range(16, 41)] and scored["score"].between(0, 1).all()
+
+
+# ----------------------------------------------------------------------------- recipes
+def test_recipe_parties_take_the_data_options(tmp_path: Path) -> None:
+    from vfl_cli.recipes import load_recipe
+
+    bank, bureau = tables(n=40)
+    save(bank.assign(y=np.where(bank["y"] == 1, "yes", "no"), region="north"), tmp_path / "bank.csv")
+    save(bureau, tmp_path / "bureau.csv", sep=";", decimal=",")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[recipe]\nname = "r"\nprotocol = "align"\nkey_bits = 512\n'
+                      '[[party]]\nname = "bank"\nrole = "active"\ndata = "bank.csv"\nid_column = "id"\n'
+                      'label_column = "y"\npositive_label = "yes"\nencode = {region = "onehot"}\n'
+                      '[[party]]\nname = "bureau"\nrole = "passive"\ndata = "bureau.csv"\nid_column = "id"\n'
+                      'sep = ";"\nexclude = ["p3"]\n')
+    assert load_recipe(recipe).parties[0].init_options == ("--positive-label", "yes", "--encode", "region=onehot")
+    report = json.loads(run("recipe", "run", str(recipe), "--workdir", str(tmp_path / "w"), "--json").stdout)
+    assert report["alignment"]["intersection_size"] == 40
+    config = json.loads((tmp_path / "w" / "bureau" / "vfl.json").read_text())
+    assert config["csv"] == {"sep": ";"} and config["exclude"] == ["p3"]
+    bad = recipe.read_text().replace('exclude = ["p3"]', 'exclude = "p3"')
+    recipe.write_text(bad)
+    assert "exclude must be a list of column names" in error_line(
+        run("recipe", "run", str(recipe), "--workdir", str(tmp_path / "w2"), ok=False))

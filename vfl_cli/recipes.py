@@ -13,6 +13,8 @@ A recipe is a TOML file::
     data = "../sample_data/breast_active.csv"   # relative to the recipe file
     id_column = "id"
     label_column = "label"
+    # optional, as 'vfl init' takes them: exclude = ["region"], features = ["a", "b"],
+    # encode = {region = "onehot"}, positive_label = "yes", sep = ";", decimal = ",", encoding
 
     [align]      # options of each stage, passed to its job as parameters
     [train]
@@ -57,6 +59,8 @@ class PartySpec:
     data: Path
     id_column: str
     label_column: str | None = None
+    #: the party's other 'vfl init' options (--exclude, --encode, --sep, ...), as arguments
+    init_options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,8 @@ def load_recipe(path: Path) -> Recipe:
         data = Path(p["data"])
         if not data.is_absolute():
             data = (path.parent / data).resolve()
-        parties.append(PartySpec(p["name"], p["role"], data, p["id_column"], p.get("label_column")))
+        parties.append(PartySpec(p["name"], p["role"], data, p["id_column"], p.get("label_column"),
+                                 _init_options(p, f"{path}: [[party]] {p['name']}")))
     roles = [p.role for p in parties]
     if len(parties) < 2 or (roles.count("active") + roles.count("server")) != 1:
         raise VflError(
@@ -140,6 +145,27 @@ def load_recipe(path: Path) -> Recipe:
     tables = {k: dict(v) for k, v in raw.items() if k != "party"}
     name = str(head.get("name", path.stem)).lower().replace(" ", "-")
     return Recipe(path, name, str(head["protocol"]), parties, tables)
+
+
+def _init_options(party: dict[str, Any], what: str) -> tuple[str, ...]:
+    """A recipe party's data options as 'vfl init' arguments (checked by 'vfl init' itself)."""
+    args: list[str] = []
+    for key in ("positive_label", "sep", "decimal", "encoding"):
+        if key in party:
+            args += [f"--{key.replace('_', '-')}", str(party[key])]
+    for key in ("exclude", "features"):
+        value = party.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise VflError(f"{what}: {key} must be a list of column names")
+        if key == "exclude":
+            args += [a for v in value for a in ("--exclude", v)]
+        elif value:
+            args += ["--features", ",".join(value)]
+    encode = party.get("encode", {})
+    if not isinstance(encode, dict):
+        raise VflError(f"{what}: encode must be a table of column = kind (onehot, ordinal, frequency)")
+    args += [a for col, kind in encode.items() for a in ("--encode", f"{col}={kind}")]
+    return tuple(args)
 
 
 def vfl_command() -> list[str]:
@@ -192,7 +218,7 @@ class Runner:
                     "--data", str(p.data), "--id-column", p.id_column]
             if p.label_column:
                 init += ["--label-column", p.label_column]
-            self.vfl(None, *init)
+            self.vfl(None, *init, *p.init_options)
             keygen = ["keygen", "--key-bits", str(bits)]
             if bits < 1024:
                 keygen.append("--insecure-test-keys")
@@ -357,6 +383,7 @@ def _script_head(recipe: Recipe, p: PartySpec) -> list[str]:
             f"--id-column {q(p.id_column)}")
     if p.label_column:
         init += f" --label-column {q(p.label_column)}"
+    init += "".join(f" {q(a)}" for a in p.init_options)
     lines = [
         "#!/bin/sh",
         f"# Recipe {recipe.name} ({recipe.protocol}): the commands of {p.name} ({p.role}), on its machine.",

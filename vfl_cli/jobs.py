@@ -589,7 +589,10 @@ def quarantine(ws: Workspace, name: str, reason: str, *, job: str = "") -> dict[
     target, n = name, 1
     while os.path.lexists(folder / target) or os.path.lexists(folder / (target + REASON_SUFFIX)):
         target, n = f"{name}.{n}", n + 1
-    os.replace(ws.inbox / name, folder / target)
+    try:
+        os.replace(ws.inbox / name, folder / target)
+    except FileNotFoundError:  # taken away meanwhile (by a courier, say): nothing left to refuse
+        return {"file": name, "reason": f"{reason} (gone from the inbox before it was moved)", "job": job}
     replace_atomic(folder / (target + REASON_SUFFIX), (reason + "\n").encode(), mode=0o600)
     return {"file": target, "reason": reason, "job": job}
 

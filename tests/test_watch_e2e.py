@@ -17,6 +17,9 @@ import pandas as pd
 import pytest
 from conftest import ROOT, TEST_KEY_BITS
 
+from vfl_cli.status import workspace_status
+from vfl_cli.workspace import Workspace
+
 POLICY = """\
 peers = ["hospital"]
 protocols = ["psi", "hetero-lr", "predict"]
@@ -129,3 +132,6 @@ def test_getting_started_with_two_watches(tmp_path: Path) -> None:
     assert hospital.typed <= 15 and lab.typed <= 15, (hospital.typed, lab.typed)
     assert not list((tmp_path / "to-lab").glob("*.zip")) and not list((tmp_path / "to-hospital").glob("*.zip"))
     assert hospital.watch is not None and hospital.watch.returncode == 0
+    progress = {j["job"]: j for j in workspace_status(Workspace(tmp_path / "hospital"))["jobs"]}
+    assert (progress["al"]["sent"], progress["al"]["received"]) == (3, 1)  # proposal, start, finish
+    assert progress["tr"]["done"] and progress["tr"]["loss"] is not None and progress["tr"]["received"] >= 5

@@ -804,7 +804,7 @@ def _run(
             return report
         try:
             outgoing = protocol.advance(ctx, state, received)
-        except InvalidArtifact as exc:  # the content is refused: quarantined, nothing changes
+        except (InvalidArtifact, KeyMismatch) as exc:  # the content is refused: quarantined, nothing changes
             for name, loaded in consumed:
                 available.pop((loaded.artifact.sender, loaded.artifact.seq), None)
                 reason = str(exc) if name in str(exc) else f"{name}: {exc}"

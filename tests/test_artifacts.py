@@ -219,3 +219,17 @@ def test_a_name_that_would_be_refused_is_never_written() -> None:
     art = new_artifact(kind="k", job="../j", seq=1, step="s", sender="bank", recipient="bureau")
     with pytest.raises(VflError, match="job id '../j' is not allowed"):
         _encode(art)
+
+
+def test_sealed_bytes_do_not_depend_on_the_pynacl_api() -> None:
+    """The classic secretbox (older PyNaCl) and the easy one give the same bytes, so files agree."""
+    from nacl.bindings import crypto_secretbox, crypto_secretbox_open
+
+    from vfl_cli.crypto import sealing
+
+    key = sealing.new_content_key()
+    sealed = sealing.encrypt(key, 3, b"member bytes")
+    assert crypto_secretbox(b"member bytes", (3).to_bytes(24, "big"), key) == sealed
+    assert crypto_secretbox_open(sealed, (3).to_bytes(24, "big"), key) == b"member bytes"
+    with pytest.raises(InvalidArtifact, match="does not decrypt"):
+        sealing.decrypt(key, 2, sealed, what="member")  # another place, another nonce

@@ -23,8 +23,14 @@ import hashlib
 import nacl.utils
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
-from nacl.bindings import crypto_secretbox_easy, crypto_secretbox_open_easy
 from nacl.secret import SecretBox
+
+try:
+    from nacl.bindings import crypto_secretbox_easy as _seal
+    from nacl.bindings import crypto_secretbox_open_easy as _open
+except ImportError:  # older PyNaCl: the classic API gives the same bytes, with one more copy
+    from nacl.bindings import crypto_secretbox as _seal
+    from nacl.bindings import crypto_secretbox_open as _open
 
 from vfl_cli.errors import InvalidArtifact
 
@@ -75,12 +81,12 @@ def _nonce(index: int) -> bytes:
 
 def encrypt(key: bytes, index: int, plaintext: bytes) -> bytes:
     """``ciphertext || tag`` of the ``index``-th member under ``key`` (a single-use key)."""
-    return crypto_secretbox_easy(plaintext, _nonce(index), key)
+    return _seal(plaintext, _nonce(index), key)
 
 
 def decrypt(key: bytes, index: int, sealed: bytes, *, what: str) -> bytes:
     """Decrypt the ``index``-th member; raise :class:`InvalidArtifact` naming ``what`` if it fails."""
     try:
-        return crypto_secretbox_open_easy(sealed, _nonce(index), key)
+        return _open(sealed, _nonce(index), key)
     except (CryptoError, TypeError) as exc:
         raise InvalidArtifact(f"{what} does not decrypt under the artifact's content key") from exc

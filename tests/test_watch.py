@@ -192,3 +192,22 @@ def test_watch_stops_cleanly_on_sigterm(wired) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_stop_during_a_step_ends_the_loop_after_that_step(wired) -> None:
+    bank, bureau, _, to_bank = wired
+    for job in ("hs1", "hs2"):
+        run("-w", str(bank), "job", "start", "--protocol", "handshake", "--job", job)
+    Watcher(Workspace(bank)).run(once=True)
+    lines: list[str] = []
+    w = Watcher(Workspace(bureau), Policy(frozenset({"bank"}), frozenset({"handshake"})), lines.append)
+
+    def log(line: str) -> None:  # the signal arrives while the first job is being accepted
+        lines.append(line)
+        if line.startswith("[hs1] accepted"):
+            w.stop()
+
+    w.log = log
+    w.run(interval=0.1)  # returns: no second pass, no second job
+    assert [j["job"] for j in engine.list_jobs(Workspace(bureau))] == ["hs1"]
+    assert sorted(p.name for p in to_bank.glob("*.zip")) == ["hs1.001.reply.bureau-to-bank.zip"]  # still delivered

@@ -287,3 +287,49 @@ def test_whitened_linear_equals_its_reference_and_predicts(tmp_path: Path) -> No
     drive([a, p], "pr")
     scores = jobs.load_state(Workspace(a), "pr")[0].arrays["scores"]
     np.testing.assert_allclose(scores, X @ ref.coef + ref.intercept, atol=1e-5)
+
+
+# ----- label noise (issue #14: calibrated noise on what the passive parties see) -----------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from vfl_cli.protocol import hetero_linear as hl  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(eps=st.floats(0.05, 50.0), delta=st.floats(1e-9, 1e-2), epochs=st.integers(1, 500),
+       clip=st.floats(0.1, 100.0))
+def test_label_noise_is_calibrated_to_its_epsilon(eps: float, delta: float, epochs: int, clip: float) -> None:
+    params = {"label_epsilon": eps, "label_delta": delta, "epochs": epochs, "label_clip": clip}
+    sigma = hl.label_noise_sigma(params, True)
+    # the noise planned for `epochs` releases per row spends exactly label_epsilon ...
+    assert hl.label_epsilon_spent(params, True, epochs) == pytest.approx(eps, rel=1e-9)
+    # ... and less when training stops early; more noise for more epochs
+    assert hl.label_epsilon_spent(params, True, max(1, epochs // 2)) <= eps * (1 + 1e-12)
+    assert hl.label_noise_sigma(dict(params, epochs=epochs + 1), True) > sigma
+    # regression offsets are clipped to +-clip, so a label moves one by up to 2 clip
+    assert hl.label_noise_sigma(params, False) == pytest.approx(2 * clip * sigma)
+    assert hl.label_noise_sigma(dict(params, label_epsilon=0.0), True) == 0.0
+
+
+def test_label_noise_known_answer() -> None:
+    # one release, epsilon 1, delta 1e-5: zCDP rho = (sqrt(ln 1e5 + 1) - sqrt(ln 1e5))^2 = 0.020820,
+    # sigma = sqrt(1 / (2 rho)) = 4.9006 (the classic Gaussian mechanism's bound would be 4.845)
+    params = {"label_epsilon": 1.0, "label_delta": 1e-5, "epochs": 1, "label_clip": 1.0}
+    assert hl.label_noise_sigma(params, True) == pytest.approx(4.9006, abs=1e-3)
+
+
+def test_label_noise_reaches_the_passive_party_only(two_parties) -> None:
+    bank, bureau = two_parties
+    align(bank, [bureau])
+    params = dict(PARAMS, batch_size=0, epochs=2, approximation="centred", l2=0.0)
+    exact = train(bank, [bureau], "hetero-lr", params, job="t0")
+    noisy = train(bank, [bureau], "hetero-lr", dict(params, label_epsilon=4.0), job="t1")
+    privacy = noisy["bank"][0].results["privacy"]
+    assert privacy["releases_per_row"] == 2 and privacy["label_epsilon"] == pytest.approx(4.0)
+    assert privacy["label_noise_sigma"] == pytest.approx(hl.label_noise_sigma(noisy["bank"][0].results["model"]["params"], True))
+    assert exact["bank"][0].results["privacy"]["label_epsilon"] == 0.0
+    # the passive party trained on noisy residuals; the noise came from A's own CSPRNG
+    w0, w1 = exact["bureau"][0].arrays["weights"], noisy["bureau"][0].arrays["weights"]
+    assert np.abs(w0 - w1).max() > 1e-3
+    # the cost on test AUC is small at this epsilon
+    assert noisy["bank"][0].results["metrics"]["test"]["auc"] > 0.9

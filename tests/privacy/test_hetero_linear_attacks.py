@@ -326,3 +326,42 @@ def test_active_party_is_no_decryption_oracle(tmp_path: Path, sample: Any, monke
     after = jobs.load_state(Workspace(bank), "tr")[0]
     assert after.phase == before.phase == "wait-gradients"
     assert not list((bank / "outbox").glob("tr.*reply*"))
+
+
+#: Finding 6, inherent leaks (docs/protocols/hetero-linear.md, "What each party learns"): on
+#: breast the passive party's own columns already rank the labels without any message (first
+#: principal component, AUC 0.96 on these rows); its first full-batch gradient ranks them at about
+#: 0.98 and its own final weights at about 0.98. They must stay under these bounds, and the
+#: gradient must add little to what the party's columns give it unsupervised.
+FIRST_GRADIENT_AUC_BOUND = 0.99
+OWN_WEIGHTS_AUC_BOUND = 0.995
+GRADIENT_OVER_OWN_COLUMNS = 0.05
+
+
+def first_gradient_and_own_weights(bank: Path, bureau: Path, views: Views, job: str = "tr") -> dict[str, float]:
+    """The passive party's label scores, none using a known label: rows against its first
+    (full-batch) gradient, its own final model, and (the baseline) its columns' first principal
+    component. Returns their AUCs on the training rows (the principal one as max(AUC, 1 - AUC)).
+    """
+    ctx = _context(bureau, job)
+    data = hl.LinearData(ctx, intercept=False)
+    train_rows = data.split.train
+    g0 = exact_gradient(_received(bureau, job, hl.REPLY)[0], views.masks["bureau"][0], len(train_rows))
+    y = true_labels(bank, job)[train_rows]
+    X = data.X[train_rows]
+    principal = roc_auc(y, X @ np.linalg.svd(X, full_matrices=False)[2][0])
+    return {
+        # g0 = X^T (p0 - y) / m: rows with label 1 point against it
+        "direction": roc_auc(y, -(X @ g0)),
+        "own_weights": roc_auc(y, X @ jobs.load_state(Workspace(bureau), job)[0].arrays["weights"]),
+        "own_columns": max(principal, 1 - principal),
+    }
+
+
+def test_first_gradient_and_own_weights_leak_is_bounded(tmp_path: Path, sample: Any) -> None:
+    bank, bureau = _parties(tmp_path, sample, None)
+    views = run_job([bank, bureau], {"epochs": 3, "batch_size": 0, "test_fraction": 0.2, "seed": 42})
+    auc = first_gradient_and_own_weights(bank, bureau, views)
+    assert auc["direction"] < FIRST_GRADIENT_AUC_BOUND, auc
+    assert auc["own_weights"] < OWN_WEIGHTS_AUC_BOUND, auc
+    assert auc["direction"] - auc["own_columns"] < GRADIENT_OVER_OWN_COLUMNS, auc

@@ -220,3 +220,18 @@ def test_a_proposal_whose_signer_is_not_a_party_is_refused(two_parties, tmp_path
     (bureau / "inbox" / proposal.name).write_bytes(forge(proposal.read_bytes(), Workspace(bank).signer, meta=meta))
     assert "not one of the job's parties" in error_line(run("-w", str(bureau), "job", "accept", ok=False))
     assert not (bureau / "jobs" / "hs1").exists()
+
+
+def test_a_file_of_another_kind_at_the_expected_step_is_quarantined(two_parties) -> None:
+    bank, bureau = two_parties
+    run("-w", str(bank), "job", "start", "--protocol", "handshake", "--job", "hs1")
+    carry(bank, bureau)
+    run("-w", str(bureau), "job", "accept", "hs1")
+    reply = next((bureau / "outbox").glob("*reply*"))
+    (bank / "inbox" / reply.name).write_bytes(forge(reply.read_bytes(), Workspace(bureau).signer,
+                                                    kind="handshake/hello"))
+    out = json.loads(run("-w", str(bank), "step", "--json").stdout)
+    assert "waits for handshake/reply from bureau" in out[0]["rejected"][0]["reason"]
+    assert not out[0]["done"] and out[0]["waiting_for"] == ["handshake/reply from bureau"]
+    carry(bureau, bank)  # the genuine reply still finishes the job
+    assert json.loads(run("-w", str(bank), "step", "--json").stdout)[0]["done"]

@@ -781,24 +781,7 @@ def _run(
         if _take_cancel(ws, job, info, state, engine, available, report):
             continue
         expects = protocol.expects(ctx, state)
-        received: dict[str, Artifact] = {}
-        consumed: list[tuple[str, Loaded]] = []
-        missing: list[Expect] = []
-        for exp in expects:
-            seq = engine["expected_seq"].get(exp.sender, 1)
-            hit = available.get((exp.sender, seq))
-            if hit is None:
-                missing.append(exp)
-                continue
-            name, loaded = hit
-            if loaded.artifact.kind != exp.kind:
-                available.pop((exp.sender, seq))
-                reason = f"{name} is {loaded.artifact.kind}, but job {job} waits for {exp.describe()}"
-                rejected.append(quarantine(ws, name, reason, job=job))
-                missing.append(exp)
-                continue
-            received[exp.sender] = loaded.artifact
-            consumed.append((name, loaded))
+        received, consumed, missing = _gather(ws, job, expects, engine, available, rejected)
         if missing:
             report.waiting_for = [m.describe() for m in missing]
             return report
@@ -820,6 +803,33 @@ def _run(
         report.sent += [{"file": n, "recipient": a.recipient} for n, _, a in out]
         report.received += [n for n, _ in consumed]
         report.waiting_for = []
+
+
+def _gather(
+    ws: Workspace, job: str, expects: list[Expect], engine: dict[str, Any],
+    available: dict[tuple[str, int], tuple[str, Loaded]], rejected: Rejections,
+) -> tuple[dict[str, Artifact], list[tuple[str, Loaded]], list[Expect]]:
+    """The next file from each expected sender: (received, consumed, still missing).
+
+    A file at the expected place of another kind than the step waits for is quarantined.
+    """
+    received: dict[str, Artifact] = {}
+    consumed: list[tuple[str, Loaded]] = []
+    missing: list[Expect] = []
+    for exp in expects:
+        seq = engine["expected_seq"].get(exp.sender, 1)
+        hit = available.get((exp.sender, seq))
+        if hit is not None and hit[1].artifact.kind != exp.kind:
+            available.pop((exp.sender, seq))
+            reason = f"{hit[0]} is {hit[1].artifact.kind}, but job {job} waits for {exp.describe()}"
+            rejected.append(quarantine(ws, hit[0], reason, job=job))
+            hit = None
+        if hit is None:
+            missing.append(exp)
+            continue
+        received[exp.sender] = hit[1].artifact
+        consumed.append(hit)
+    return received, consumed, missing
 
 
 def load_external(path: Path) -> Loaded:

@@ -162,8 +162,11 @@ def test_train_start_chooses_columns_per_job_and_counts_imputed_cells(tmp_path: 
     assert "no column 'regio' to exclude (did you mean 'region'?)" in error_line(
         run("-w", str(b), "train", "start", *TRAIN, "--exclude", "regio", ok=False))
     started = run("-w", str(b), "train", "start", *TRAIN, "--exclude", "region")
-    assert "Note: 3 empty cell(s) of the 100 aligned rows (a2: 3) will be filled" in started.stderr
-    assert json.loads((b / "jobs" / "tr" / "job.json").read_text())["features"] == ["a1", "a2"]
+    assert "Note: 3 empty cell(s) of this party's rows in job tr (a2: 3) will be filled" in started.stderr
+    job = json.loads((b / "jobs" / "tr" / "job.json").read_text())
+    assert job["features"] == ["a1", "a2"] and job["imputed_cells"] == {"a2": 3}
+    carry(b, p)  # the bureau's rows have no empty cell: nothing to say
+    assert "empty cell" not in run("-w", str(p), "job", "accept", "tr").stderr
     run("-w", str(b), "train", "start", *TRAIN[:-1], "tr2", "--features", "a1")
     assert json.loads((b / "jobs" / "tr2" / "job.json").read_text())["features"] == ["a1"]
     # the workspace's own choice is unchanged: the next job without options sees 'region' again

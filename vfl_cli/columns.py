@@ -318,17 +318,6 @@ def job_features(config: dict[str, Any], *, exclude: list[str], features: list[s
     return chosen
 
 
-def imputed_note(frame: "pd.DataFrame", features: list[str]) -> str | None:
-    """How many cells of the rows a job uses will be imputed, per column (None when none)."""
-    missing = missing_cells(frame, [c for c in features if c in frame.columns])
-    if not missing:
-        return None
-    listed = ", ".join(f"{c}: {n}" for c, n in list(missing.items())[:MAX_LISTED])
-    return (f"{sum(missing.values())} empty cell(s) of the {len(frame)} aligned rows ({listed}"
-            f"{', ...' if len(missing) > MAX_LISTED else ''}) will be filled with the column's mean over the "
-            "training rows")
-
-
 # ----- encoding text columns per job -------------------------------------------------------------
 def parse_encodings(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     """``COLUMN=KIND`` options as a mapping; KIND ``none`` removes an encoding."""
@@ -350,40 +339,70 @@ def check_encodings(columns: list[str], encode: dict[str, str], *, id_column: st
     check_exclusions(columns, list(encode), id_column=id_column, label_column=label_column, what=what)
 
 
+def _aligned(ws: "Workspace", alignment: Any) -> "pd.DataFrame | None":
+    """This party's rows of a finished alignment job, or None (the protocol then says why)."""
+    from vfl_cli import jobs
+    from vfl_cli.models.features import aligned_rows
+
+    if not isinstance(alignment, str):
+        return None
+    try:
+        info = jobs.load_info(ws, alignment)
+        state, _ = jobs.load_state(ws, alignment)
+        if info.get("protocol") != "psi" or not state.done:
+            return None
+        df = ws.read_data(Path(info["data"])) if info.get("data") else ws.read_data()
+        return aligned_rows(df, state.arrays, ws.config["id_column"], alignment)
+    except VflError:
+        return None
+
+
 def job_columns(ws: "Workspace", protocol: str, params: dict[str, Any], *, features: list[str] | None = None,
                 encode: dict[str, str] | None = None) -> dict[str, Any]:
-    """What a job keeps in its job.json about this party's columns: ``features`` and ``encoders``.
+    """What a job keeps in its job.json about this party's columns: ``features``, ``encoders``
+    and ``imputed_cells`` (the empty cells per column of the rows it uses, filled by the job).
 
     A training job on an alignment fits the party's encoders of its text columns on its own
     training rows (the job's split of the aligned rows); a predict job reuses its model's. The
     column names and categories stay with the party: none of this is in the proposal.
     """
     from vfl_cli import jobs
-    from vfl_cli.models.features import Encoders, aligned_rows, split_rows
+    from vfl_cli.models.features import Encoders, split_rows
 
+    out: dict[str, Any]
     if protocol == "predict" and isinstance(params.get("model"), str):
         try:
             model = jobs.load_info(ws, params["model"])
         except VflError:
             return {"features": ws.features}
-        return {k: model[k] for k in ("features", "encoders") if k in model}
-    base = ws.features if features is None else features
+        out = {k: model[k] for k in ("features", "encoders") if k in model}
+    else:
+        out = {"features": ws.features if features is None else features}
+    picked = _aligned(ws, params.get("alignment"))
+    if picked is None:
+        return out
     choice = dict(ws.config.get("encode") or {}) if encode is None else encode
-    kinds = {c: k for c, k in choice.items() if c in base and k != "none"}
-    if not kinds or not isinstance(params.get("alignment"), str):
-        return {"features": base}
-    try:
-        info = jobs.load_info(ws, params["alignment"])
-        state, _ = jobs.load_state(ws, params["alignment"])
-    except VflError:
-        return {"features": base}
-    if info.get("protocol") != "psi" or not state.done:
-        return {"features": base}  # the protocol refuses it, in its own words
-    df = ws.read_data(Path(info["data"])) if info.get("data") else ws.read_data()
-    picked = aligned_rows(df, state.arrays, ws.config["id_column"], params["alignment"])
-    split = split_rows(len(picked), float(params.get("test_fraction", 0.2)), int(params.get("seed", 42)))
-    encoders = Encoders.fit(picked.iloc[split.train], kinds)
-    return {"features": encoders.expand(base), "encoders": encoders.to_json()}
+    kinds = {c: k for c, k in choice.items() if c in out["features"] and k != "none"}
+    if kinds and "encoders" not in out:
+        split = split_rows(len(picked), float(params.get("test_fraction", 0.2)), int(params.get("seed", 42)))
+        encoders = Encoders.fit(picked.iloc[split.train], kinds)
+        out = {"features": encoders.expand(out["features"]), "encoders": encoders.to_json()}
+    frame = encode_frame(picked, out.get("encoders"))
+    missing = missing_cells(frame, [c for c in out.get("features", []) if c in frame.columns])
+    if missing:
+        out["imputed_cells"] = missing
+    return out
+
+
+def imputed_line(info: dict[str, Any]) -> str | None:
+    """A job's empty cells, as told to its party when the job starts (None when there are none)."""
+    missing = info.get("imputed_cells") or {}
+    if not missing:
+        return None
+    listed = ", ".join(f"{c}: {n}" for c, n in list(missing.items())[:MAX_LISTED])
+    return (f"{sum(missing.values())} empty cell(s) of this party's rows in job {info.get('job')} ({listed}"
+            f"{', ...' if len(missing) > MAX_LISTED else ''}) will be filled with the column's mean over the "
+            "training rows")
 
 
 def encode_frame(df: "pd.DataFrame", encoders: dict[str, Any] | None) -> "pd.DataFrame":

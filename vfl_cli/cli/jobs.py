@@ -64,6 +64,16 @@ def _alignment_warning(job: str) -> None:
         say(f"Warning: [{job}] {warning}")
 
 
+def _imputed_notes(ws: Any, reports: list[engine.StepReport]) -> None:
+    """How many empty cells of this party's rows each accepted job fills (its job.json says)."""
+    from vfl_cli.columns import imputed_line
+
+    for r in reports:
+        note = imputed_line(engine.load_info(ws, r.job))
+        if note:
+            say(f"Note: {note}")
+
+
 @click.group()
 def job() -> None:
     """Propose, accept, list and show jobs.
@@ -118,6 +128,7 @@ def accept(ctx: click.Context, job_id: str | None, as_json: bool) -> None:
     rejected: list[dict[str, str]] = []
     with progress_bars() as progress:
         reports = engine.accept_job(ws, job_id, progress=progress, rejected=rejected)
+    _imputed_notes(ws, reports)
     report(reports, as_json, ws.name, rejected)
 
 

@@ -77,8 +77,7 @@ def start(ctx: click.Context, protocol: str, alignment: str, params: tuple[str, 
         vfl train start --protocol hetero-lr --alignment align-2026-11 --encode region=onehot
     """
     from vfl_cli.cli.workspace import _names
-    from vfl_cli.columns import imputed_note, job_features, parse_encodings
-    from vfl_cli.models.alignment import aligned_frame
+    from vfl_cli.columns import imputed_line, job_features, parse_encodings
 
     ws = workspace(ctx)
     values = {k: v for k, v in options.items() if v is not None}
@@ -86,15 +85,12 @@ def start(ctx: click.Context, protocol: str, alignment: str, params: tuple[str, 
     values["alignment"] = alignment
     chosen = job_features(ws.config, exclude=list(exclude), features=_names(features))
     encodings = {**(ws.config.get("encode") or {}), **parse_encodings(encode)}
-    try:
-        note = imputed_note(aligned_frame(ws, alignment), [c for c in chosen if c not in encodings])
-    except VflError:  # not a finished alignment: start_job says so, in its words
-        note = None
-    if note:
-        say(f"Note: {note}")
     with progress_bars() as progress:
         r = engine.start_job(ws, protocol, values, peers=list(peers) or None, job=job_id, features=chosen,
                              encodings=encodings, progress=progress)
+    note = imputed_line(engine.load_info(ws, r.job))
+    if note:
+        say(f"Note: {note}")
     report([r], as_json, ws.name)
 
 

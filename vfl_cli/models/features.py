@@ -235,6 +235,10 @@ class Encoders:
 
     def transform(self, df: pd.DataFrame) -> pd.DataFrame:
         """``df`` with every encoded column replaced by its numeric columns (other columns kept)."""
+        absent = [c for c in self.specs if c not in df.columns]
+        if absent:
+            raise DataError(f"the data file has no column {absent[0]!r} any more; this job (or model) encodes "
+                            "it. Start a new job (its columns are read from the file), or put the column back")
         text = pd.DataFrame({c: _as_text(df[c]) for c in self.specs}, index=df.index)
         out = df.drop(columns=list(self.specs))
         transformer = self._transformer()

@@ -154,6 +154,23 @@ def _classifier_plots(y: np.ndarray, p: np.ndarray) -> list[str]:
     return out
 
 
+def _privacy_section(state: jobs.JobState) -> list[str]:
+    """The privacy meter: label attacks this party ran on the gradients it sent, per epoch."""
+    meter = state.results.get("privacy")
+    if not isinstance(meter, dict):
+        return []
+    leaks = [(h["epoch"] + 1, h["label_leak_auc"]) for h in state.results.get("history") or []
+             if h.get("label_leak_auc")]
+    settings = ", ".join(f"{k} = {_e(meter[k])}" for k in ("label_protection", "max_leak_auc") if k in meter)
+    out = ["<h2>Privacy meter</h2>",
+           f"<p class=note>{_e(meter.get('meter', ''))}: 0.5 is chance, 1.0 reads every label. {settings}.</p>"]
+    if leaks:
+        names = list(leaks[0][1])
+        rows = [[epoch, *(_fmt(leak[n]) for n in names)] for epoch, leak in leaks]
+        out.append(_table(["epoch", *(f"{n} attack" for n in names)], rows, numeric=set(range(1, len(names) + 1))))
+    return out
+
+
 def build_report(ws: Workspace, job: str) -> str:
     """The HTML report of ``job`` as this party sees it."""
     info = jobs.load_info(ws, job)
@@ -184,6 +201,7 @@ def build_report(ws: Workspace, job: str) -> str:
         parts += ["<h2>Results</h2>", _table(["what", "value"], [
             ["rows all parties hold", r.get("intersection_size")],
             ["fingerprint (a MAC only the aligned parties can compute)", r.get("fingerprint")]])]
+    parts += _privacy_section(state)
     plots = _plots(state, protocol)
     if plots:
         parts += ["<h2>Plots</h2>", '<div class="plots">', *plots, "</div>"]

@@ -365,3 +365,39 @@ def test_first_gradient_and_own_weights_leak_is_bounded(tmp_path: Path, sample: 
     assert auc["direction"] < FIRST_GRADIENT_AUC_BOUND, auc
     assert auc["own_weights"] < OWN_WEIGHTS_AUC_BOUND, auc
     assert auc["direction"] - auc["own_columns"] < GRADIENT_OVER_OWN_COLUMNS, auc
+
+
+def test_passive_key_holder_is_no_decryption_oracle(tmp_path: Path, sample: Any, monkeypatch: Any) -> None:
+    """The reverse: A puts P1's own partial-score ciphertexts in its gradient request to P1."""
+    original = hl.HeteroLinear._a_residual
+
+    def bounce(self: Any, ctx: Any, state: Any, received: Any, data: Any) -> Any:
+        out = original(self, ctx, state, received, data)
+        u = received[ctx.passives[0]].members["u"].data
+        k1 = ctx.public_key(ctx.passives[0])
+        fixed = []
+        for o in out:
+            members = []
+            for m in o.members:
+                if m.name == "grad_request":
+                    m = hl.Member(m.name, m.type, u[: int(m.info["packed"]["ciphertexts"]) * k1.width], m.info)
+                members.append(m)
+            fixed.append(dataclasses.replace(o, members=members))
+        return fixed
+
+    bank, bureau = _parties(tmp_path, sample, None)
+    jobs.start_job(Workspace(bank), "psi", {}, job="al")
+    _drive([bank, bureau], "al", None)
+    jobs.start_job(Workspace(bank), "hetero-lr", {"alignment": "al", "epochs": 1}, job="tr")
+    monkeypatch.setattr(hl.HeteroLinear, "_a_residual", bounce)
+    carry(bank, bureau)
+    jobs.accept_job(Workspace(bureau), "tr")
+    carry(bureau, bank)
+    jobs.step(Workspace(bank), "tr")
+    carry(bank, bureau)
+    reports = jobs.step(Workspace(bureau), "tr")
+    assert reports[0].rejected[0]["reason"].endswith(
+        "the gradient request from bank holds ciphertexts that this party sent it this round; "
+        "refused without decrypting (a key holder decrypts only what the step expects)")
+    assert jobs.load_state(Workspace(bureau), "tr")[0].phase == "wait-residual"
+    assert not list((bureau / "outbox").glob("tr.*gradient*"))

@@ -211,3 +211,15 @@ def test_a_stop_during_a_step_ends_the_loop_after_that_step(wired) -> None:
     w.run(interval=0.1)  # returns: no second pass, no second job
     assert [j["job"] for j in engine.list_jobs(Workspace(bureau))] == ["hs1"]
     assert sorted(p.name for p in to_bank.glob("*.zip")) == ["hs1.001.reply.bureau-to-bank.zip"]  # still delivered
+
+
+def test_until_waits_for_named_jobs_and_times_out(wired) -> None:
+    bank = wired[0]
+    run("-w", str(bank), "job", "start", "--protocol", "handshake", "--job", "hs")
+    err = error_line(run("-w", str(bank), "watch", "--until", "hs", "--timeout", "1", "--interval", "0.2", ok=False))
+    assert err == "Error: jobs hs not done after 1 s; run 'vfl status' to see what each waits for"
+    err = error_line(run("-w", str(bank), "watch", "--timeout", "1", ok=False))
+    assert err == "Error: a timeout needs the jobs to wait for: give --until JOB as well"
+    run("-w", str(bank), "job", "cancel", "hs")
+    err = error_line(run("-w", str(bank), "watch", "--until", "hs", ok=False))
+    assert err == "Error: job hs was cancelled; 'vfl job show hs' says by whom"

@@ -137,10 +137,6 @@ class Watcher:
         """Finish the current step, then end the loop (safe from a signal handler)."""
         self._stop = True
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop
-
     def _once(self, topic: str, line: str) -> None:
         """Log ``line`` unless the same line was the last one said about ``topic``."""
         if self._said.get(topic) != line:
@@ -238,6 +234,8 @@ class Watcher:
     def run(self, *, interval: float = 2.0, once: bool = False, until: list[str] | None = None,
             timeout: float | None = None) -> None:
         """Pass after pass until stopped (or once, or until the ``until`` jobs are done here)."""
+        if timeout is not None and not until:
+            raise VflError("a timeout needs the jobs to wait for: give --until JOB as well")
         started = time.monotonic()
         while not self._stop:
             self.run_pass()

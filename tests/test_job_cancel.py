@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from conftest import carry, error_line, run
+from conftest import carry, error_line, introduce, make_party, run
 
 
 def test_accept_lists_the_file_it_wrote(two_parties) -> None:
@@ -65,3 +66,20 @@ def test_cancel_and_reject_mistakes(two_parties) -> None:
     err = error_line(run("-w", str(bank), "job", "cancel", "hs", ok=False))
     assert err == "Error: job hs is already cancelled here; there is nothing to cancel"
     assert error_line(run("-w", str(bank), "job", "cancel", "nope", ok=False)).startswith("Error: bank has no job 'nope'")
+
+
+def test_a_rejection_reaches_every_party_through_the_proposer(two_parties, sample, tmp_path: Path) -> None:
+    bank, bureau = two_parties
+    third = make_party(tmp_path, "third", "passive", sample("breast_passive.csv"))
+    introduce(tmp_path, "bank", "bureau", "third")
+    run("-w", str(bank), "align", "start", "--job", "al")
+    carry(bank, bureau)
+    carry(bank, third)
+    run("-w", str(bureau), "align", "respond", "al")  # bureau takes part and waits
+    run("-w", str(third), "job", "reject", "al", "--reason", "not with us")
+    carry(third, bank)
+    out = json.loads(run("-w", str(bank), "step", "--json").stdout)
+    assert out[0]["phase"] == "cancelled"
+    assert [s["recipient"] for s in out[0]["sent"]] == ["bureau"]  # passed on to the other party
+    carry(bank, bureau)
+    assert "[al] cancelled by bank: third cancelled: not with us" in run("-w", str(bureau), "step").stderr

@@ -179,16 +179,18 @@ def test_watch_command_once_and_a_bad_policy(wired, tmp_path: Path) -> None:
     assert err == f'Error: {bad}: peers must be a list of names, e.g. peers = ["..."]'
 
 
-def test_watch_stops_cleanly_on_sigterm(wired) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_watch_stops_cleanly_on_a_signal(wired, signum: int) -> None:
     bank = wired[0]
     proc = subprocess.Popen([sys.executable, "-m", "vfl_cli", "-w", str(bank), "watch", "--interval", "0.2"],
                             stderr=subprocess.PIPE, text=True)
     try:
         assert "watching" in proc.stderr.readline()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         assert proc.wait(timeout=20) == 0
         rest = proc.stderr.read()
-        assert "SIGTERM: stopping after the current step" in rest and rest.rstrip().endswith("stopped")
+        assert f"{signal.Signals(signum).name}: stopping after the current step" in rest
+        assert rest.rstrip().endswith("stopped")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -223,3 +225,16 @@ def test_until_waits_for_named_jobs_and_times_out(wired) -> None:
     run("-w", str(bank), "job", "cancel", "hs")
     err = error_line(run("-w", str(bank), "watch", "--until", "hs", ok=False))
     assert err == "Error: job hs was cancelled; 'vfl job show hs' says by whom"
+
+
+names = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,31}", fullmatch=True)
+
+
+@settings(max_examples=80, deadline=None)
+@given(job=names, sender=names, recipient=names, others=st.lists(names, max_size=4), seq=st.integers(1, 999))
+def test_the_recipient_is_read_back_from_any_artifact_name(job: str, sender: str, recipient: str,
+                                                            others: list[str], seq: int) -> None:
+    name = f"{job}.{seq:03d}.hello.{sender}-to-{recipient}.zip"
+    peers = [recipient, *[o for o in others if not recipient.endswith(f"-to-{o}") and o != recipient]]
+    assert drops.recipient_of(name, peers) == recipient
+    assert drops.recipient_of(name, [o for o in others if o != recipient and not name.endswith(f"-to-{o}.zip")]) is None

@@ -872,10 +872,12 @@ def _take_cancel(ws: Workspace, job: str, info: dict[str, Any], state: JobState,
     art = loaded.artifact
     available.pop((art.sender, art.seq))
     engine["expected_seq"][art.sender] = art.seq + 1
-    _mark_cancelled(state, art.sender, str(art.meta.get("reason", ""))[:500])
+    reason = str(art.meta.get("reason", ""))[:500]
+    _mark_cancelled(state, art.sender, reason)
     # The proposer passes the notice on, so that every party stops (a reject reaches only it).
     others = [p["name"] for p in info["parties"] if p["name"] not in (ws.name, art.sender)]
-    outgoing = _notices(others, f"{art.sender} cancelled", "cancel") if info["proposer"] == ws.name else []
+    passed = f"{art.sender} cancelled" + (f": {reason}" if reason else "")
+    outgoing = _notices(others, passed, "cancel") if info["proposer"] == ws.name else []
     out = _to_artifacts(ws, job, engine, outgoing)
     _commit(ws, job, info=None, state=state, engine=engine, out=out, consumed=[(name, loaded)])
     report.received.append(name)

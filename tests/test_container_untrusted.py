@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import make_party, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_party, run
 from vfl_cli.artifacts import _zip
 from vfl_cli.artifacts.container import (
     encode,

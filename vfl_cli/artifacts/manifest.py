@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NoReturn
 
 from vfl_cli.artifacts.io import canonical_json
@@ -102,7 +103,7 @@ def check(m: Any, fail: Fail) -> None:
     _field(fail, "kind", check_kind, m["kind"])
     for key, what in (("job", "job id"), ("step", "step name"), ("sender", "sender name"),
                       ("recipient", "recipient name")):
-        _field(fail, key, lambda v, w=what: check_name(v, w), m[key])
+        _field(fail, key, partial(check_name, what=what), m[key])
     for key in ("seq", "round"):
         if type(m[key]) is not int or not 0 <= m[key] <= _MAX_INT:
             raise fail(f"manifest field {key!r} must be an integer from 0 to {_MAX_INT}")

@@ -185,8 +185,10 @@ def test_secrets_are_readable_by_their_owner_only(two_parties) -> None:
 
 def test_parties_and_options_are_checked_where_they_enter(two_parties) -> None:
     bank, _ = two_parties
+    assert "not allowed" in error_line(run("-w", str(bank), "job", "start", "--protocol", "handshake",
+                                           "--with", "../bureau", ok=False))
     assert "not a trusted peer" in error_line(run("-w", str(bank), "job", "start", "--protocol", "handshake",
-                                                  "--with", "../bureau", ok=False))
+                                                  "--with", "ghost", ok=False))
     assert "job id" in error_line(run("-w", str(bank), "job", "accept", "../x", ok=False))
 
 

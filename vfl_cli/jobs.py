@@ -393,7 +393,7 @@ def start_job(
     protocol = get_protocol(protocol_name)
     with locked(ws):
         trusted = ws.peers()
-        names = peers if peers else sorted(trusted)
+        names = [check_name(n, "party name (--with)") for n in peers] if peers else sorted(trusted)
         if not names:
             raise VflError("no trusted peers yet; import their cards with 'vfl keys import FILE'")
         cards = [ws.peer(n) for n in names]

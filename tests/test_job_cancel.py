@@ -31,6 +31,8 @@ def test_reject_sends_a_notice_and_the_proposer_stops(two_parties) -> None:
     shown = json.loads(run("-w", str(bank), "job", "show", "hs", "--json").stdout)
     assert (shown["phase"], shown["results"]) == ("cancelled", {"cancelled": {"by": "bureau", "reason": "not today"}})
     assert "Nothing to do" in run("-w", str(bank), "step").stderr  # no longer listed
+    for ws in (bank, bureau):  # the notices are in each ledger and archive like any file
+        run("-w", str(ws), "audit", "verify")
     # the hello the bank sent before the rejection can never be used: refused, not left waiting
     run("-w", str(bureau), "step")
     assert [f.name for f in (bureau / "inbox" / "rejected").glob("*.zip")] == ["hs.002.hello.bank-to-bureau.zip"]

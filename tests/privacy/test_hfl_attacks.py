@@ -40,10 +40,12 @@ DATA = ROOT / "sample_data" / "hfl"
 NODES = [f"node{i}" for i in range(5)]
 PARAMS = {"rounds": 2, "model": "logistic", "batch_size": 32, "learning_rate": 0.1, "seed": 7,
           "test_fraction": 0.5}
-DP = {"dp_clip": 0.5, "dp_noise_multiplier": 1.0}
+DP = {"dp_clip": 0.5, "dp_noise_multiplier": 2.0}
 # Documented in docs/protocols/hfl.md ("What each party learns"), with the measured figures.
-# Measured 2026-12-01: plaintext 0.587 (node0, the one with flipped labels, 0.70 and 0.71), label
-# rates ranked exactly (Spearman 1.0); DP-noised deltas 0.507.
+# Measured 2026-12-01 (tests/benchmarks/bench_hfl_privacy.py): plaintext 0.587 (node0, the one
+# with flipped labels, 0.70 and 0.71), label rates ranked exactly (Spearman 1.0); DP-noised deltas
+# at z = 2: 0.495-0.522 over 5 runs (sd about 0.01; the noise is fresh each run, so the bound
+# keeps a margin of several standard deviations).
 PLAIN_MEMBERSHIP_AUC_AT_LEAST = 0.55  # mean over nodes and rounds, plaintext deltas
 DP_MEMBERSHIP_AUC_AT_MOST = 0.56  # mean over nodes and rounds, DP-noised deltas (noise is random)
 

@@ -14,8 +14,10 @@ fails half-way stays where it was and is tried again on the next pass.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,25 +102,24 @@ def outbox_files(ws: Workspace) -> list[tuple[Path, str | None]]:
 def copy_atomic(src: Path, folder: Path) -> bool:
     """Copy ``src`` into ``folder`` under its own name, never showing a partial file.
 
-    Returns False if a file of that name is already there (with other bytes: it is left alone).
+    Returns False if a file of that name is already there with other bytes (it is left alone).
     """
     target = folder / src.name
-    data = src.read_bytes()
     if target.exists():
-        return target.read_bytes() == data
+        return filecmp.cmp(src, target, shallow=False)
     tmp = folder / f".{src.name}.{os.getpid()}.partial"
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)  # streamed: artifacts can be large
+            fout.flush()
+            os.fsync(fout.fileno())
         try:
             os.link(tmp, target)
         except FileExistsError:
-            return target.read_bytes() == data
+            return filecmp.cmp(src, target, shallow=False)
         except OSError:  # a share without hard links: rename, after checking nothing is there
             if target.exists():
-                return target.read_bytes() == data
+                return filecmp.cmp(src, target, shallow=False)
             os.replace(tmp, target)
         return True
     finally:

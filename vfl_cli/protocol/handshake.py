@@ -48,7 +48,18 @@ class Handshake(Protocol):
             state.results = {"confirmed": ctx.passives}
             return []
         hello = need(received, ctx.active, HELLO)
+        challenge = hello.meta.get("challenge")
+        if not (isinstance(challenge, str) and len(challenge) == 32 and _is_hex(challenge)):
+            raise InvalidArtifact(f"the hello from {ctx.active} carries no 16-byte hex challenge")
         state.done = True
         state.phase = "done"
         state.results = {"confirmed": [ctx.active]}
-        return [Outgoing(ctx.active, REPLY, "reply", meta={"challenge": hello.meta.get("challenge")})]
+        return [Outgoing(ctx.active, REPLY, "reply", meta={"challenge": challenge})]
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return text.isalnum()

@@ -335,7 +335,7 @@ def packed_member(name: str, p: paillier.Packed) -> Member:
 
 def read_packed(art: Artifact, name: str, public: paillier.PublicKey) -> paillier.Packed:
     m = art.members.get(name)
-    if m is None or "packed" not in m.info:
+    if m is None or m.type != "paillier" or "packed" not in m.info:
         raise InvalidArtifact(f"{art.kind} from {art.sender} lacks packed ciphertexts {name!r}")
     if m.info.get("key_id") != public.fingerprint:
         raise InvalidArtifact(f"{name!r} from {art.sender} is not under key {public.fingerprint[:16]}")

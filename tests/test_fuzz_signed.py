@@ -1,0 +1,79 @@
+"""No traceback on signed malformed input (issue 12): a trusted peer's real key signs messages
+that are structurally wrong for the step (a member dropped, re-typed, re-shaped, cut; meta fields
+of the wrong type or absurd size; another kind; a negative or huge round or seq), and the
+recipient's real step must end in ``VflError`` (one ``Error:`` line through the CLI) or leave the
+file unused, never in another exception."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import ROOT, error_line, introduce, make_party, run
+from fuzz_signed import MUST_REFUSE, OPS, Case, feed, mutate, record_job, recording, restore, signed_bytes
+from vfl_cli import jobs
+from vfl_cli.errors import VflError
+from vfl_cli.workspace import Workspace
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
+    """Every message of a handshake, an alignment and one epoch of hetero-lr, with the
+    recipient's workspace before it took each (one pair of 512-bit workspaces)."""
+    root = tmp_path_factory.mktemp("fuzz")
+    bank = make_party(root, "bank", "active", ROOT / "sample_data" / "breast_active.csv", label_column="label")
+    bureau = make_party(root, "bureau", "passive", ROOT / "sample_data" / "breast_passive.csv")
+    introduce(root, "bank", "bureau")
+    store = root / "snapshots"
+    store.mkdir()
+    out: list[Case] = []
+    with pytest.MonkeyPatch.context() as mp, recording(mp) as raw:
+        for job, protocol, params in [("hs", "handshake", {}), ("al", "psi", {}),
+                                      ("tr", "hetero-lr", {"alignment": "al", "epochs": 1, "test_fraction": 0.5})]:
+            jobs.start_job(Workspace(bank), protocol, params, job=job)
+            out += record_job([bank, bureau], job, raw, store)
+    return out
+
+
+def test_every_step_of_the_recorded_jobs_is_a_case(cases: list[Case]) -> None:
+    kinds = {c.message.kind for c in cases}
+    assert {"vfl/job-proposal", "handshake/hello", "handshake/reply", "psi/start", "psi/response",
+            "psi/finish"} <= kinds
+    assert any(k.startswith("hetero/") for k in kinds)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_signed_malformed_messages_end_in_vfl_error_or_stay_unused(
+        cases: list[Case], tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    case = data.draw(st.sampled_from(cases), label="case")
+    op = data.draw(st.sampled_from(OPS), label="op")
+    msg, override, op = mutate(case.message, op, data.draw(st.integers(0, 7)), data.draw(st.integers(0, 50)))
+    try:
+        name, payload = signed_bytes(case, msg, override)
+    except VflError:
+        return  # the container refuses to write it (a negative seq, say): it cannot be sent
+    work = restore(case, tmp_path_factory.getbasetemp() / "fuzz-work")
+    outcome = feed(case, work, name, payload)  # any other exception fails the test
+    if op in MUST_REFUSE:
+        assert outcome.refused, f"{op} on {case.message.kind} was accepted"
+    if outcome.error:
+        assert "\n" not in outcome.error and "Traceback" not in outcome.error
+
+
+@pytest.mark.parametrize("op", ["drop-member", "member-dtype", "member-truncate", "kind"])
+def test_the_command_prints_one_error_line(cases: list[Case], tmp_path: Path, op: str) -> None:
+    case = next(c for c in cases if c.message.kind == "psi/response")
+    msg, override, _ = mutate(case.message, op, 0, 1)
+    name, payload = signed_bytes(case, msg, override)
+    work = restore(case, tmp_path / "ws")
+    (work / "inbox" / case.file).unlink()
+    (work / "inbox" / name).write_bytes(payload)
+    result = run("-w", str(work), "step", ok=False)
+    assert "Traceback" not in result.output
+    if result.exit_code != 0:
+        error_line(result)
+    else:  # quarantined instead of refused: it must say so and not have advanced the job
+        assert not (work / "inbox" / name).exists() and "rejected" in result.output

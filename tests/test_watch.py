@@ -238,3 +238,13 @@ def test_the_recipient_is_read_back_from_any_artifact_name(job: str, sender: str
     peers = [recipient, *[o for o in others if not recipient.endswith(f"-to-{o}") and o != recipient]]
     assert drops.recipient_of(name, peers) == recipient
     assert drops.recipient_of(name, [o for o in others if o != recipient and not name.endswith(f"-to-{o}.zip")]) is None
+
+
+def test_a_link_in_the_pickup_folder_is_never_followed(wired, tmp_path: Path) -> None:
+    _, bureau, to_bureau, _ = wired
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the inbox")
+    (to_bureau / "x.001.hello.bank-to-bureau.zip").symlink_to(secret)
+    assert drops.pick_up(Workspace(bureau), now=time.time() + 3600) == []
+    assert not list((bureau / "inbox").glob("*.zip"))
+    assert (to_bureau / "x.001.hello.bank-to-bureau.zip").is_symlink()  # left where it is

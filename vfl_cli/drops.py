@@ -18,6 +18,7 @@ import filecmp
 import json
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,11 +175,13 @@ def pick_up(ws: Workspace, *, now: float | None = None) -> list[Moved]:
 
 def _pick_one(ws: Workspace, f: Path, now: float) -> bool:
     """Move one file into the inbox; False if it is left where it is for now."""
-    from vfl_cli.artifacts.container import parse_artifact
+    from vfl_cli.artifacts.container import read_artifact
 
+    if not stat.S_ISREG(os.lstat(f).st_mode):
+        return False  # a link, pipe or device is never followed or read: left where it is
     if not (ws.path("archive", "received", f.name).exists() or (ws.inbox / f.name).exists()):
         try:
-            parse_artifact(f.read_bytes(), name=f.name)
+            read_artifact(f)  # bounded in size, and checked for form only: the inbox checks the rest
         except VflError:
             if now - f.stat().st_mtime < SETTLE_S:
                 return False  # perhaps still being written by a sync tool

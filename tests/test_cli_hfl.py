@@ -105,7 +105,7 @@ def test_start_refuses_bad_options_and_predict_without_a_model(tmp_path: Path) -
     pred = make_party(tmp_path, "serving", "predictor", data / "predictor.csv")
     introduce(tmp_path, "hq", "node1", "serving")
     message = error_line(run("-w", str(hq), "hfl", "start", "--realtime-k", "0", ok=False))
-    assert "realtime_k must be a number in (0.0, 1.0]" in message
+    assert "realtime_k must be a finite number in (0, 1]" in message
     message = error_line(run("-w", str(hq), "hfl", "start", "--with", "serving", ok=False))
     assert "at least one worker" in message
     message = error_line(run("-w", str(hq), "hfl", "start", "--job", "j", ok=False))

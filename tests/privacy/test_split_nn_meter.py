@@ -96,7 +96,7 @@ def test_meter_is_recorded_and_shown(tmp_path: Path, sample) -> None:
     a = states["bank"]
     assert [sorted(h["label_leak_auc"]) for h in a.results["history"]] == [sorted(privacy.ATTACKS)] * 2
     meter = a.results["privacy"]
-    assert meter["label_protection"] == 2.0 and meter["max_leak_auc"] == 1.0
+    assert meter["label_protection"] == 3.0 and meter["max_leak_auc"] == 1.0
     worst = meter["worst_label_leak_auc"]
     assert all(0.5 <= worst[k] <= 1.0 for k in privacy.ATTACKS)
     assert "privacy" not in states["bureau"].results  # only the labelled party can meter

@@ -43,7 +43,8 @@ The spec is a TOML table (in a recipe's ``[model]`` or a file of its own)::
 Layer types are those of :mod:`vfl_cli.models.nn` (dense, relu, tanh, sigmoid, dropout). An
 empty bottom passes the party's standardised features straight to the interactive layer; an
 empty top makes ``z`` the network output. :func:`central_fit` trains the same architecture
-centrally in plaintext (the reference the protocol is tested and benchmarked against).
+centrally in plaintext (the reference the protocol is tested and benchmarked against), from the
+parties' private seeds when given (the protocol never derives a secret from the job's seed).
 """
 
 from __future__ import annotations

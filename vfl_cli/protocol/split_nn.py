@@ -7,7 +7,9 @@ the interactive layer, ``W_P``, is *additively shared*: A holds ``U``, P holds `
 ``W_P = U + V``; neither party ever knows ``W_P``. Each party has its own Paillier key (KA, KP).
 Bottom and top layers are plaintext layers (one party, its own data); the interactive layer
 ``z = h_A W_A + h_P W_P + b`` is the only ciphertext layer. Rows are those of a finished ``psi``
-job, split and batched by the job's seed (nothing is sent for that).
+job, split and batched by the job's public seed (nothing is sent for that). Everything secret a
+party initialises (its layers, its share of ``W_P``, its dropout masks, A's label-protection
+noise) comes from its own private seed (:func:`private_seed`), never from the job's seed.
 
 One mini-batch of ``n`` rows (``h = f_P(X_P)``, ``n x k``; ``z`` is ``n x m``), four hand-offs:
 
@@ -21,9 +23,10 @@ One mini-batch of ``n`` rows (``h = f_P(X_P)``, ``n x k``; ``z`` is ``n x m``), 
    top network and the loss in plaintext, gets ``delta = dL/dz`` and steps its own layers.
 4. ``split/backward``  A -> P: ``delta^T [[h]]`` (the gradient of ``W_P`` as one partial sum per
    slot, each noised with its own ``eps_s = rho_s,t - rho_s,t-1``, ``rho`` uniform in
-   ``[-2^20, 2^20]``, fresh per batch, A's secret) and ``[[W_P]] delta^T`` with
-   ``[[W_P]] = [[V]] + U`` shifted by ``2^(83 s)`` (the error of P's bottom output,
-   ``dL/dh = delta W_P^T``, 24 rows per ciphertext). Both re-randomised. P decrypts, steps its
+   ``[-2^20, 2^20]`` at the sum's own resolution 2^-64, fresh per batch, A's secret) and
+   ``[[W_P]] delta'^T`` with ``[[W_P]] = [[V]] + U`` shifted by ``2^(83 s)`` (the error of P's
+   bottom output, ``dL/dh = delta' W_P^T``, 24 rows per ciphertext; ``delta'`` is ``delta`` with
+   the label protection of :func:`vfl_cli.privacy.protect_labels`, metered every epoch). Both re-randomised. P decrypts, steps its
    share ``V`` with ``grad + eps`` and back-propagates ``dL/dh`` through its bottom network; A
    steps its share ``U`` with ``-eps``. The optimiser of ``W_P`` is SGD with momentum (linear,
    so two shares stepped separately sum to the exact update). P's next forward goes out in the
@@ -36,10 +39,11 @@ What each party learns (semi-honest, no collusion; details in docs/protocols/spl
 
 * A: ``z_P = h W_P`` per row (the passive party's contribution to the interactive layer, as in
   every split network), its own gradients, the loss, the test metrics. Not ``h``, not ``W_P``
-  (only its share ``U``), not the gradient of ``W_P``.
-* P: ``dL/dh`` per row (needed to train its bottom network in plaintext), and the gradient of
-  ``W_P`` plus A's noise ``eps``. Not the labels, ``delta``, ``z``, ``W_P`` (only its share) or
-  any of A's layers.
+  (only its share ``U``; ``V0`` is P's own draw), not the gradient of ``W_P``.
+* P: the protected ``dL/dh`` per row (needed to train its bottom network in plaintext; the label
+  attacks on it are measured in the doc), and the gradient of ``W_P`` plus A's noise ``eps``
+  (a 20-bit statistical margin, not 40: see the doc). Not ``delta``, ``z``, ``W_P`` (only its
+  share) or any of A's layers.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import phe
 import pytest
-
 from conftest import TEST_KEY_BITS, error_line, make_party, run
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import TEST_KEY_BITS, carry, drive, error_line, introduce, run
 
 N = 100

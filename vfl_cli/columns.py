@@ -73,7 +73,7 @@ def check_exclusions(columns: list[str], exclude: list[str], *, id_column: str, 
                             f"{', '.join(columns[:12])}")
 
 
-def text_columns(df: "pd.DataFrame", columns: list[str]) -> dict[str, str]:
+def text_columns(df: pd.DataFrame, columns: list[str]) -> dict[str, str]:
     """The columns among ``columns`` holding cells that are not numbers, each with an example cell."""
     import pandas as pd
 
@@ -89,7 +89,7 @@ def text_columns(df: "pd.DataFrame", columns: list[str]) -> dict[str, str]:
     return out
 
 
-def refuse_text_columns(df: "pd.DataFrame", columns: list[str], *, what: str, fix: str) -> None:
+def refuse_text_columns(df: pd.DataFrame, columns: list[str], *, what: str, fix: str) -> None:
     """One error naming every text column and the command that leaves them out."""
     text = text_columns(df, columns)
     if not text:
@@ -104,7 +104,7 @@ def refuse_text_columns(df: "pd.DataFrame", columns: list[str], *, what: str, fi
                     "(or ordinal, frequency)")
 
 
-def label_values(df: "pd.DataFrame", label: str, positive: str | None, *, what: str) -> "pd.Series":
+def label_values(df: pd.DataFrame, label: str, positive: str | None, *, what: str) -> pd.Series:
     """The label column as numbers: as written, or 1 for ``positive`` and 0 for the other value.
 
     Raises:
@@ -140,7 +140,7 @@ def label_values(df: "pd.DataFrame", label: str, positive: str | None, *, what: 
     return numbers.astype("float64")
 
 
-def missing_cells(df: "pd.DataFrame", columns: list[str]) -> dict[str, int]:
+def missing_cells(df: pd.DataFrame, columns: list[str]) -> dict[str, int]:
     """How many cells of each of ``columns`` are empty (only columns with any)."""
     counts = df[columns].isna().sum()
     return {str(c): int(n) for c, n in counts.items() if n}
@@ -151,7 +151,7 @@ def _csv(config: dict[str, Any]) -> dict[str, str]:
     return dict(config.get("csv") or {})
 
 
-def read_party_table(config: dict[str, Any], path: Path | None = None) -> "pd.DataFrame":
+def read_party_table(config: dict[str, Any], path: Path | None = None) -> pd.DataFrame:
     """A party's data file (or another file of it) read as vfl.json says, labels as numbers."""
     path = path or Path(config["data"])
     df = read_table(path, config["id_column"], **_csv(config))
@@ -226,9 +226,9 @@ def data_notes(config: dict[str, Any]) -> list[str]:
     if not missing:
         return []
     listed = ", ".join(f"{c}: {n}" for c, n in list(missing.items())[:MAX_LISTED])
-    return [f"{sum(missing.values())} empty cell(s) in {len(missing)} feature column(s) ({listed}"
-            f"{', ...' if len(missing) > MAX_LISTED else ''}) will be filled with the column's mean over "
-            "the training rows"]
+    return [(f"{sum(missing.values())} empty cell(s) in {len(missing)} feature column(s) ({listed}"
+             f"{', ...' if len(missing) > MAX_LISTED else ''}) will be filled with the column's mean over "
+             "the training rows")]
 
 
 def change_choice(config: dict[str, Any], *, exclude: list[str] = (), include: list[str] = (),  # type: ignore[assignment]
@@ -282,7 +282,7 @@ def describe(config: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def save_choice(ws: "Workspace", **options: Any) -> list[str]:
+def save_choice(ws: Workspace, **options: Any) -> list[str]:
     """Apply :func:`change_choice` to a workspace's vfl.json (under its lock); return its features now."""
     from vfl_cli.artifacts.io import pretty_json, replace_atomic
     from vfl_cli.jobs import locked
@@ -339,7 +339,7 @@ def check_encodings(columns: list[str], encode: dict[str, str], *, id_column: st
     check_exclusions(columns, list(encode), id_column=id_column, label_column=label_column, what=what)
 
 
-def _aligned(ws: "Workspace", alignment: Any) -> "pd.DataFrame | None":
+def _aligned(ws: Workspace, alignment: Any) -> pd.DataFrame | None:
     """This party's rows of a finished alignment job, or None (the protocol then says why)."""
     from vfl_cli import jobs
     from vfl_cli.models.features import aligned_rows
@@ -357,7 +357,7 @@ def _aligned(ws: "Workspace", alignment: Any) -> "pd.DataFrame | None":
         return None
 
 
-def job_columns(ws: "Workspace", protocol: str, params: dict[str, Any], *, features: list[str] | None = None,
+def job_columns(ws: Workspace, protocol: str, params: dict[str, Any], *, features: list[str] | None = None,
                 encode: dict[str, str] | None = None) -> dict[str, Any]:
     """What a job keeps in its job.json about this party's columns: ``features``, ``encoders``
     and ``imputed_cells`` (the empty cells per column of the rows it uses, filled by the job).
@@ -405,7 +405,7 @@ def imputed_line(info: dict[str, Any]) -> str | None:
             "training rows")
 
 
-def encode_frame(df: "pd.DataFrame", encoders: dict[str, Any] | None) -> "pd.DataFrame":
+def encode_frame(df: pd.DataFrame, encoders: dict[str, Any] | None) -> pd.DataFrame:
     """A party's table with a job's encoders applied (unchanged without encoders)."""
     if not encoders:
         return df

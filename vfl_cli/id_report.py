@@ -64,7 +64,7 @@ def alignment_warning(intersection: int, own_ids: Sequence[str]) -> str | None:
     return f"{what} common to every party ({n} ids here). {advice[0].upper()}{advice[1:]}"
 
 
-def job_warning(ws: "Workspace", job: str) -> str | None:
+def job_warning(ws: Workspace, job: str) -> str | None:
     """:func:`alignment_warning` for a finished alignment (psi) job of this workspace."""
     from vfl_cli.jobs import load_info, load_state
 
@@ -76,8 +76,8 @@ def job_warning(ws: "Workspace", job: str) -> str | None:
     return alignment_warning(int(state.results.get("intersection_size", 0)), df[ws.config["id_column"]].tolist())
 
 
-def scored_and_unscored(ws: "Workspace", alignment: str,
-                        scores: "np.ndarray") -> tuple["pd.DataFrame", "pd.DataFrame", int]:
+def scored_and_unscored(ws: Workspace, alignment: str,
+                        scores: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """The scored ids with their scores, the ids of this party's rows left unscored, and its row count.
 
     Rows are scored only when every party holds their id (the alignment's intersection); the

@@ -165,7 +165,7 @@ def read_header(path: Path, **options: Any) -> list[str]:
     return names
 
 
-def read_table(path: Path, id_column: str, **options: Any) -> "pd.DataFrame":
+def read_table(path: Path, id_column: str, **options: Any) -> pd.DataFrame:
     """Read a CSV with the id column as text (ids are strings, never numbers).
 
     Empty cells (and only empty cells) are missing values; numbers are parsed with the file's

@@ -13,12 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import carry, drive, drive_with_crashes, error_line, fate, introduce, make_party, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from conftest import drive_with_crashes, drive, carry, error_line, fate, introduce, make_party, run
 from vfl_cli import jobs
 from vfl_cli.models.features import split_rows
 from vfl_cli.models.optim import make_optimizer
 from vfl_cli.models.reference import fit_linear, fit_logistic
+from vfl_cli.protocol import hetero_linear as hl
 from vfl_cli.workspace import Workspace
 
 
@@ -112,9 +115,7 @@ def test_three_party_linear_equals_the_reference(tmp_path: Path) -> None:
 def centred_reference(XA: np.ndarray, XP: np.ndarray, y: np.ndarray, epochs: int, batch: int, seed: int,
                       lr: float, l2: float) -> tuple[np.ndarray, np.ndarray]:
     """Plain numpy: the centred sigmoid linearisation with Adam, as the protocol runs it."""
-    from vfl_cli.models.reference import fixed_minibatches
-
-    from vfl_cli.models.reference import initial_intercept
+    from vfl_cli.models.reference import fixed_minibatches, initial_intercept
 
     A = np.hstack([XA, np.ones((len(XA), 1))])
     wa, wp = np.zeros(A.shape[1]), np.zeros(XP.shape[1])
@@ -290,9 +291,6 @@ def test_whitened_linear_equals_its_reference_and_predicts(tmp_path: Path) -> No
 
 
 # ----- label noise (issue #14: calibrated noise on what the passive parties see) -----------------
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
-from vfl_cli.protocol import hetero_linear as hl  # noqa: E402
 
 
 @settings(max_examples=60, deadline=None)
@@ -333,3 +331,16 @@ def test_label_noise_reaches_the_passive_party_only(two_parties) -> None:
     assert np.abs(w0 - w1).max() > 1e-3
     # the cost on test AUC is small at this epsilon
     assert noisy["bank"][0].results["metrics"]["test"]["auc"] > 0.9
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 3000), batch=st.integers(1, 3000), seed=st.integers(0, 2**31), epoch=st.integers(0, 50))
+def test_fixed_minibatches_keep_their_rows_and_are_never_small(n: int, batch: int, seed: int, epoch: int) -> None:
+    from vfl_cli.models.reference import fixed_minibatches
+
+    batches = fixed_minibatches(n, batch, seed=seed, epoch=epoch)
+    assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(n))  # every row once
+    assert min(len(b) for b in batches) >= min(batch, n)  # the remainder joins a batch
+    # the same rows make up the same batches in every epoch; only their order changes
+    other = fixed_minibatches(n, batch, seed=seed, epoch=epoch + 1)
+    assert sorted(map(tuple, map(np.sort, batches))) == sorted(map(tuple, map(np.sort, other)))

@@ -298,8 +298,8 @@ def _bouncing_passive(monkeypatch: Any, *, extra: int = 0) -> None:
 
 
 @pytest.mark.parametrize(("extra", "reason"), [
-    (0, "the gradient from bureau holds ciphertexts that this party sent it this round; "
-        "refused without decrypting (a key holder decrypts only what the step expects)"),
+    (0, ("the gradient from bureau holds ciphertexts that this party sent it this round; "
+         "refused without decrypting (a key holder decrypts only what the step expects)")),
     (5, "the gradient from bureau holds 25 values, but bureau has 20 columns; refused without decrypting"),
 ])
 def test_active_party_is_no_decryption_oracle(tmp_path: Path, sample: Any, monkeypatch: Any, extra: int,

@@ -49,18 +49,25 @@ Evaluation at the end, on the test rows only: the passive parties send ``[[u_j]]
 k > 1 to P1, which sums them and sends one vector to A); A decrypts the sum of the passive
 parties' partial scores, adds its own, and computes the metrics.
 
-What each party learns (semi-honest parties, no collusion):
+What each party learns (semi-honest parties, no collusion; "learns" = can compute from its job
+state, its archive opened with its own key and the public parameters; figures and commands in
+docs/protocols/hetero-linear.md, tests in tests/privacy/test_hetero_linear_attacks.py):
 
-* A: its own gradients, the loss once per epoch, and at the end the model's scores on the test
-  rows. With one passive party these scores let A compute that party's partial scores on the
-  test rows (as any prediction would); with several, only their sum.
-* P1: values masked with 40-bit statistical masks (A's gradient, the loss sample), and sums of
-  them: nothing about A's data or the labels.
-* Every passive party: its own gradients. Ciphertexts under a key it does not hold otherwise
-  (including A's per-row slope, which depends on A's own score).
-* Nobody sees another party's features, labels, partial scores, residuals or gradients.
-  Everyone knows the row counts, batch sizes and the number of features of each party (sizes
-  of the messages).
+* A: its own exact gradient ``X_A^T (slope U + offset) / m`` per batch (``p_A + 1`` equations in
+  the batch's ``m`` passive scores ``U``), the loss once per epoch, and at the end the model's
+  scores on the test rows (with one passive party, that party's test-row partial scores).
+* Every passive party: its own exact gradient ``X_j^T d / m`` (``p_j`` equations in the batch's
+  residuals, which carry the labels): the projection of each batch's residuals on its columns.
+  Its first full-batch gradient and its own weights rank the labels (inherent; measured).
+* P1: values masked with 40-bit statistical masks (A's gradient, the loss sample), and sums.
+* So that no per-row value is solvable, every batch holds at least ``max(MIN_BATCH_ROWS,
+  ROWS_PER_COLUMN * p)`` rows for the widest party's ``p`` and keeps its rows across epochs;
+  each party checks this at acceptance (``check_params``), on its own data before it sends
+  anything, and on each peer's declared column count. Key holders decrypt only requests with
+  one value per declared column and none of the ciphertexts they sent this round.
+* Optional label noise (``label_epsilon``): Gaussian noise from A's CSPRNG on the residual
+  offsets the passive parties see, zCDP-accounted over epochs and reported in the results.
+* Everyone knows the row counts, batch sizes and each party's column count.
 """
 
 from __future__ import annotations
@@ -79,8 +86,21 @@ from vfl_cli.models.features import Split, aligned_rows, numeric_matrix, prepare
 from vfl_cli.models.optim import SCHEDULES, EarlyStopping, make_optimizer
 from vfl_cli.models.reference import fixed_minibatches, initial_intercept, minibatches
 from vfl_cli.protocol.base import (
-    Bool, Choice, Expect, Float, Int, JobRef, JobState, Outgoing, Param, PartyContext, Protocol,
-    Seed, defaults, need, typed_params,
+    Bool,
+    Choice,
+    Expect,
+    Float,
+    Int,
+    JobRef,
+    JobState,
+    Outgoing,
+    Param,
+    PartyContext,
+    Protocol,
+    Seed,
+    defaults,
+    need,
+    typed_params,
 )
 
 PARTIAL = "hetero/partial"
@@ -115,7 +135,8 @@ def value_bits(real_bits: int, exponent: int) -> int:
 PARAMS: dict[str, Param] = {
     "alignment": JobRef(note="the finished psi job whose rows to train on"),
     "epochs": Int(10, 1, 10_000),
-    "batch_size": Int(0, 0, 100_000_000, note="0: full batch; else at least MIN_BATCH_ROWS"),
+    "batch_size": Int(0, 0, 100_000_000,
+                      note="0: full batch; every batch >= 64 rows and >= 4 per column of the widest party"),
     "optimizer": Choice("adam", "adam", "sgd"),
     "learning_rate": Float(0.05, 0.0, 10.0, open_low=True),
     "momentum": Float(0.0, 0.0, 1.0, open_high=True, note="sgd only"),

@@ -257,6 +257,13 @@ def test_many_duplicates_are_summarised() -> None:
 
 @pytest.fixture
 def run_two() -> dict[str, object]:
+    return _run_two()
+
+
+_RUN_TWO_CACHE: dict[str, dict] = {}
+
+
+def _run_two() -> dict[str, object]:
     active = [f"id{i}" for i in range(30)]
     passive = [f"id{i}" for i in range(15, 40)]
     state, start = psi.start(active, job_id=JOB, salt=SALT, party="bank", n_jobs=1)
@@ -424,6 +431,17 @@ def test_the_active_seed_never_travels_in_the_clear(run_two: dict) -> None:
             raw = value.tobytes() if isinstance(value, np.ndarray) else value
             assert not (isinstance(raw, bytes) and seed in raw), f.name
     assert run_two["finish"].sealed_seeds and len(run_two["finish"].sealed_seeds) > 32
+
+
+@settings(max_examples=40, deadline=None)
+@given(junk=st.binary(max_size=200))
+def test_any_other_sealed_seeds_are_refused(junk: bytes) -> None:
+    # Whatever a courier or a faulty peer puts in place of the sealed seeds, the passive party
+    # refuses it with an InvalidArtifact (never a traceback, never a result).
+    run = _RUN_TWO_CACHE.setdefault("run", _run_two())
+    message = dataclasses.replace(run["finish"], sealed_seeds=junk)
+    with pytest.raises(InvalidArtifact):
+        psi.conclude(run["pstate"], run["passive"], message)
 
 
 def test_start_with_a_bad_exchange_key_is_refused(run_two: dict) -> None:

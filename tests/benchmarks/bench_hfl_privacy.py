@@ -21,11 +21,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "privacy")]
 
-import test_hfl_attacks as attack  # noqa: E402
-from conftest import drive, introduce, make_party  # noqa: E402
+import test_hfl_attacks as attack
+from conftest import drive, introduce, make_party
 
-from vfl_cli import jobs  # noqa: E402
-from vfl_cli.workspace import Workspace  # noqa: E402
+from vfl_cli import jobs
+from vfl_cli.workspace import Workspace
 
 
 def parties(root: Path) -> dict[str, Path]:

@@ -50,7 +50,7 @@ def _carry(src: Path, dst: Path, seen: Path) -> None:
 def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A real two-party alignment; what a courier kept, the report block, the true answer."""
     root = tmp_path_factory.mktemp("psi-attack")
-    bank_ids = [f"c{i:03d}" for i in range(0, 60)]
+    bank_ids = [f"c{i:03d}" for i in range(60)]
     bureau_ids = [f"c{i:03d}" for i in range(30, 90)]
     bank = make_party(root, "bank", "active", _write(root / "a.csv", bank_ids, "x"), label_column="x")
     bureau = make_party(root, "bureau", "passive", _write(root / "b.csv", bureau_ids, "y"))

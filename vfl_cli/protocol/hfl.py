@@ -73,8 +73,22 @@ from vfl_cli.hfl.updates import (
 from vfl_cli.hfl.worker import STAT_NAMES, local_train
 from vfl_cli.models.features import Split, Standardiser, numeric_matrix, split_rows
 from vfl_cli.protocol.base import (
-    Bool, Choice, Expect, Float, Int, IntList, JobState, Outgoing, Param, PartyContext, Protocol,
-    Seed, defaults, need, typed_params, unique_parties,
+    Bool,
+    Choice,
+    Expect,
+    Float,
+    Int,
+    IntList,
+    JobState,
+    Outgoing,
+    Param,
+    PartyContext,
+    Protocol,
+    Seed,
+    defaults,
+    need,
+    typed_params,
+    unique_parties,
 )
 from vfl_cli.protocol.hetero_linear import (
     enc_member,
@@ -621,29 +635,34 @@ class HFL(Protocol):
             params["learning_rate"],
             node_seed(params["seed"], t, node),
         )
-        values = delta.values
-        if params["dp_clip"] > 0:
-            values = private_delta(
-                values, params["dp_clip"], params["dp_noise_multiplier"], len(self.workers(ctx))
-            )
         meta: dict[str, Any] = {"n_samples": delta.n_samples}
         if params["weighting"] == "actor-critic":
             meta["stats"] = {k: delta.stats[k] for k in STAT_NAMES}
         if t == 0:
             meta["columns"] = state.data["columns"]
-        if params["secure_aggregation"]:
-            if np.abs(values).max(initial=0.0) > 2.0**DELTA_BITS:
-                raise VflError(
-                    f"the delta exceeds 2**{DELTA_BITS} (training diverged): lower learning_rate"
-                )
-            holder = ctx.public_key(self.workers(ctx)[0])
-            member = enc_member("delta", paillier.encrypt(holder, values))
-        else:
-            member = ndarray_member("delta", values)
+        member = self._delta_member(ctx, delta.values)
         state.data["t"] = t + 1
         is_holder = params["secure_aggregation"] and node == 0
         state.phase = "wait-request" if is_holder else "wait-model"
         return [Outgoing(server, DELTA, "delta", [member], meta, t)]
+
+    def _delta_member(self, ctx: PartyContext, values: np.ndarray) -> Member:
+        """What leaves the worker: its delta, DP-noised if the job says so, then encrypted under
+        the key holder's key (secure aggregation, the default) or, if the job turned that off,
+        as a plain array."""
+        params = ctx.params
+        if params["dp_clip"] > 0:
+            values = private_delta(
+                values, params["dp_clip"], params["dp_noise_multiplier"], len(self.workers(ctx))
+            )
+        if not params["secure_aggregation"]:
+            return ndarray_member("delta", values)
+        if np.abs(values).max(initial=0.0) > 2.0**DELTA_BITS:
+            raise VflError(
+                f"the delta exceeds 2**{DELTA_BITS} (training diverged): lower learning_rate"
+            )
+        holder = ctx.public_key(self.workers(ctx)[0])
+        return enc_member("delta", paillier.encrypt(holder, values))
 
     def _w_decrypt(
         self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]

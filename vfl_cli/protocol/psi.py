@@ -95,9 +95,9 @@ __all__ = [
     "make_domain",
     "new_seed",
     "normalise_ids",
+    "open_seeds",
     "order_key",
     "points_digest",
-    "open_seeds",
     "respond",
     "seal_seeds",
     "start",
@@ -932,8 +932,14 @@ def conclude(state: PassiveState, ids: Sequence[str], message: FinishMessage) ->
     verify_seed(seeds[state.active], state.seed_commitment, state.job_id)
     if not hmac.compare_digest(seeds[state.party], state.seed):
         raise InvalidArtifact(f"{where} carries another seed for {state.party} than it sent")
-    positions = np.asarray(message.positions)
-    n = len(state.order)
+    positions = _checked_positions(message.positions, len(state.order), where)
+    rows = state.order[positions]
+    return _alignment(ids, rows, order_key(seeds, state.job_id), state.job_id)
+
+
+def _checked_positions(received: object, n: int, where: str) -> np.ndarray:
+    """Positions in a list of ``n`` points: integers in range, ascending, never repeated."""
+    positions = np.asarray(received)
     if positions.ndim != 1 or (positions.size and positions.dtype.kind not in "iu"):
         raise InvalidArtifact(f"{where}: positions must be a list of integers")
     positions = positions.astype(np.int64)
@@ -941,15 +947,18 @@ def conclude(state: PassiveState, ids: Sequence[str], message: FinishMessage) ->
         raise InvalidArtifact(f"{where}: positions must lie in 0..{n - 1}")
     if positions.size > 1 and not bool(np.all(positions[1:] > positions[:-1])):
         raise InvalidArtifact(f"{where}: positions must be ascending and never repeat")
-    rows = state.order[positions]
-    return _alignment(ids, rows, order_key(seeds, state.job_id), state.job_id)
+    return positions
 
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _alignment(ids: Sequence[str], rows: np.ndarray, key: bytes, job_id: str) -> Alignment:
-    chosen = _take(ids, rows)
+    return _ordered_alignment(_take(ids, rows), rows, key, job_id)
+
+
+def _ordered_alignment(chosen: list[str], rows: np.ndarray, key: bytes, job_id: str) -> Alignment:
+    """The alignment of the common ids ``chosen`` (this party's ``rows``) in the joint order."""
     macs = _order_macs(chosen, key)
     permutation = _byte_order(np.frombuffer(macs, dtype=">u8").reshape(len(chosen), 4))
     ordered = _take(chosen, permutation)

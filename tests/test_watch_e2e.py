@@ -135,3 +135,4 @@ def test_getting_started_with_two_watches(tmp_path: Path) -> None:
     progress = {j["job"]: j for j in workspace_status(Workspace(tmp_path / "hospital"))["jobs"]}
     assert (progress["al"]["sent"], progress["al"]["received"]) == (3, 1)  # proposal, start, finish
     assert progress["tr"]["done"] and progress["tr"]["loss"] is not None and progress["tr"]["received"] >= 5
+    assert (progress["tr"]["epochs_done"], progress["tr"]["epochs"]) == (5, 5)

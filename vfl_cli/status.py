@@ -24,7 +24,7 @@ def _handoffs(ws: Workspace) -> dict[tuple[str, str], int]:
 
 
 def job_progress(ws: Workspace, job: str, handoffs: dict[tuple[str, str], int] | None = None) -> dict[str, Any]:
-    """Phase, epoch (or round), last loss and hand-offs of one job, from its state and ledger."""
+    """Phase, epochs done (or round), last loss and hand-offs of one job, from its state and ledger."""
     info = engine.load_info(ws, job)
     state, _ = engine.load_state(ws, job)
     counts = _handoffs(ws) if handoffs is None else handoffs
@@ -32,7 +32,6 @@ def job_progress(ws: Workspace, job: str, handoffs: dict[tuple[str, str], int] |
     history = d.get("history") or []
     last = history[-1] if history and isinstance(history[-1], dict) else {}
     loss = last.get("loss", last.get("val_loss"))
-    epoch = d.get("epoch", d.get("round"))
     out: dict[str, Any] = {
         "job": job,
         "protocol": info["protocol"],
@@ -40,8 +39,11 @@ def job_progress(ws: Workspace, job: str, handoffs: dict[tuple[str, str], int] |
         "phase": state.phase,
         "done": state.done,
         "cancelled": state.phase == "cancelled",
-        "epoch": epoch if isinstance(epoch, int) else None,
-        "epochs": info["params"].get("epochs", info["params"].get("rounds")),
+        # 'epoch' in a training state counts the epochs finished; 'round' is the round under way
+        "epochs_done": d["epoch"] if isinstance(d.get("epoch"), int) else None,
+        "epochs": info["params"].get("epochs"),
+        "round": d["round"] if isinstance(d.get("round"), int) else None,
+        "rounds": info["params"].get("rounds"),
         "loss": round(float(loss), 6) if isinstance(loss, (int, float)) else None,
         "sent": counts.get((job, "sent"), 0),
         "received": counts.get((job, "received"), 0),

@@ -227,7 +227,9 @@ class Watcher:
                 self.log(f"[{r.job}] wrote {s['file']} for {s['recipient']}")
             if r.sent or r.received or accepted:
                 p = job_progress(self.ws, r.job)
-                extra = "".join(f", {k} {p[k]}" for k in ("epoch", "loss") if p.get(k) is not None)
+                extra = "".join(f", {label} {p[k]}" for k, label in
+                                (("epochs_done", "epochs done"), ("round", "round"), ("loss", "loss"))
+                                if p.get(k) is not None)
                 state = "cancelled" if r.phase == "cancelled" else "done" if r.done else "phase " + r.phase
                 self.log(f"[{r.job}] {state}{extra}")
 

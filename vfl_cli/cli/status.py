@@ -11,11 +11,21 @@ from vfl_cli.cli._options import json_option, workspace
 from vfl_cli.status import workspace_status
 
 
+def _position(j: dict[str, Any]) -> list[str]:
+    """How far a training job is: epochs finished, or the round under way."""
+    if j["done"]:
+        return []
+    if j["epochs_done"] is not None:
+        return [f"{j['epochs_done']}" + (f"/{j['epochs']}" if j["epochs"] else "") + " epochs done"]
+    if j["round"] is not None:
+        return [f"round {j['round']}" + (f"/{j['rounds']}" if j["rounds"] else "")]
+    return []
+
+
 def _job_line(j: dict[str, Any]) -> str:
     state = "cancelled" if j["cancelled"] else "done" if j["done"] else j["phase"]
     parts = [f"  {j['job']}  {j['protocol']}  {state}"]
-    if j["epoch"] is not None and not j["done"]:
-        parts.append(f"epoch {j['epoch']}" + (f"/{j['epochs']}" if j["epochs"] else ""))
+    parts += _position(j)
     if j["loss"] is not None:
         parts.append(f"loss {j['loss']:.4f}")
     parts.append(f"{j['sent']} sent, {j['received']} received")

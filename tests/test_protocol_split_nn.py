@@ -181,3 +181,40 @@ def test_class_count_mismatch_is_refused(tmp_path: Path) -> None:
     spec = {"head": "multiclass", "top": [{"type": "dense", "units": 3}]}
     with pytest.raises(VflError, match="the labels hold 4 classes"):
         jobs.start_job(Workspace(bank), "split-nn", {"alignment": "al", "model": spec}, job="tr")
+
+
+def test_each_party_draws_its_secrets_from_its_own_private_seed(tmp_path: Path, sample,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the test hook: each party's seed is its own 128-bit draw, kept in its job state;
+    the job equals the reference built from those two seeds, and not the one from the job's seed."""
+    monkeypatch.undo()  # production's private_seed
+    bank, bureau = small_parties(tmp_path, sample("breast_active.csv"), sample("breast_passive.csv"), "label", 60)
+    params = dict(PARAMS, model=SPEC, epochs=1)
+    states = train(bank, bureau, params)
+    sa, sp = (int(states[n].data["private_seed"], 16) for n in ("bank", "bureau"))
+    assert sa != sp and max(sa, sp) > 2**64
+    full = dict(check_params({"alignment": "al", **params}, [{"role": "active"}, {"role": "passive"}]))
+    df, (a_cols, p_cols) = joined(bank, [bureau])
+    split = split_rows(len(df), full["test_fraction"], full["seed"])
+    XA = standardised(df[a_cols].to_numpy(float), split.train)[split.train]
+    XP = standardised(df[p_cols].to_numpy(float), split.train)[split.train]
+    y = df["label"].to_numpy(float)[split.train]
+    spec = ss.parse_spec(full["model"])
+    own, _ = ss.central_fit(spec, XA, XP, y, full, seeds=(sa, sp))
+    public, _ = ss.central_fit(spec, XA, XP, y, full)
+    a, p = states["bank"], states["bureau"]
+    np.testing.assert_allclose(a.arrays["share"] + p.arrays["share"], own.W_P, atol=1e-6)
+    np.testing.assert_allclose(a.arrays["net_top"], own.top.get_flat(), atol=1e-6)
+    assert np.abs(a.arrays["net_top"] - public.top.get_flat()).max() > 1e-3
+    assert "private_seed" not in json.dumps(a.results) + json.dumps(p.results)
+
+
+def test_the_two_initial_shares_are_independent_and_neither_is_the_weights() -> None:
+    spec = ss.parse_spec(SPEC)
+    U0, V0 = ss.initial_share(spec, 3, 11), ss.initial_share(spec, 3, 12)
+    _, W_P0 = ss.initial_interactive(spec, 3, 3, (11, 12))
+    np.testing.assert_array_equal(U0 + V0, W_P0)
+    assert np.abs(U0 - W_P0).min() > 0 and np.abs(V0 - W_P0).min() > 0
+    # A's share does not depend on P's draw: another passive seed changes W_P0 by V0's change only
+    _, other = ss.initial_interactive(spec, 3, 3, (11, 13))
+    np.testing.assert_allclose(other - W_P0, ss.initial_share(spec, 3, 13) - V0, atol=1e-15)

@@ -59,3 +59,34 @@ def test_huge_values_decode_without_float_overflow():
     assert enc.decode([big], -300)[0] == pytest.approx(2.0 ** (1100 - 1200))
     with pytest.raises(EncodingOverflow):
         enc.decode([big], 0)
+
+
+# -- base-16 exponent arithmetic --------------------------------------------------------------
+
+
+def test_fraction_bits_and_rescale_factor():
+    assert enc.fraction_bits(enc.EXPONENT) == 32
+    assert enc.fraction_bits(-16) == 64 and enc.fraction_bits(2) == -8
+    assert enc.rescale_factor(-8, -8) == 1
+    assert enc.rescale_factor(-8, -16) == 16**8 == 2 ** enc.fraction_bits(-8)
+    with pytest.raises(EncodingOverflow, match="can only be lowered"):
+        enc.rescale_factor(-16, -8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values, st.integers(-20, 4))
+def test_scaled_and_real_values_agree_with_phe_and_encode(x, exponent):
+    ints = enc.scaled([x], exponent)
+    assert ints.dtype == np.float64 and float(ints[0]).is_integer()
+    assert int(ints[0]) == enc.encode_signed([x], exponent)[0]
+    back = enc.real_values(ints, exponent)
+    assert back[0] == enc.decode([int(ints[0])], exponent)[0]
+    assert enc.round_to_grid([x], exponent)[0] == back[0]
+    assert abs(back[0] - x) <= 0.5 * 16.0**exponent * (1 + 1e-12) + abs(x) * 2**-52
+
+
+def test_real_values_places_ints_in_slots():
+    ints = np.array([[1.0, -3.0], [5.0, 0.0]])
+    out = enc.real_values(ints, enc.EXPONENT, shift_bits=10)
+    np.testing.assert_array_equal(out, ints * 2.0**10 * 16.0**enc.EXPONENT)
+    assert enc.encode_signed(out, enc.EXPONENT) == [v << 10 for v in [1, -3, 5, 0]]

@@ -220,7 +220,8 @@ def test_yes_no_labels_take_positive_label(tmp_path: Path) -> None:
 @pytest.mark.parametrize("change, opts, message", [
     (lambda d: d.assign(id=["1"] + d["id"].tolist()[:-1]), (), "id(s) appear more than once: '1'"),
     (lambda d: d.assign(y=[None] * 3 + d["y"].tolist()[3:]), (), "'y' is empty in 3 row(s) (lines 2, 3, 4)"),
-    (lambda d: d.assign(y=np.arange(N) % 3), ("--positive-label", "7"), "--positive-label '7' is not a value"),
+    (lambda d: d, ("--positive-label", "7"), "--positive-label '7' is not a value of the label column 'y'"),
+    (lambda d: d.assign(y=np.arange(N) % 3), ("--positive-label", "1"), "holds 3 different values ('0', '1', '2')"),
     (lambda d: d.assign(y=np.where(np.arange(N) % 3, "a", "b")).assign(
         y=lambda e: np.where(np.arange(N) % 5 == 0, "c", e["y"])), (), "3 different text values"),
     (lambda d: d, ("--exclude", "a3"), "no column 'a3' to exclude (did you mean 'a2'?)"),
@@ -288,13 +289,18 @@ def test_predict_export_counts_and_lists_the_unscored_rows(tmp_path: Path) -> No
     b, p = pair(tmp_path, save(bank, tmp_path / "bank.csv"), save(bureau, tmp_path / "bureau.csv"))
     align(b, p)
     train(b, p)
-    new_bank, new_bureau = save(bank.head(40), tmp_path / "nb.csv"), save(bureau.iloc[15:60], tmp_path / "np.csv")
+    # new rows: the bank's outcomes are not known yet for ids 30-34 (empty label cells)
+    labels = [None if 30 <= i <= 34 else v for i, v in enumerate(bank["y"].head(40).tolist(), 1)]
+    new_bank = save(bank.head(40).assign(y=labels), tmp_path / "nb.csv")
+    new_bureau = save(bureau.iloc[15:60], tmp_path / "np.csv")
     run("-w", str(b), "align", "start", "--job", "new", "--data", str(new_bank))
     carry(b, p)
     run("-w", str(p), "align", "respond", "new", "--data", str(new_bureau))
     drive([b, p], "new")
     run("-w", str(b), "predict", "start", "--model", "tr", "--alignment", "new", "--job", "pr")
     drive([b, p], "pr")
+    shown = json.loads(run("-w", str(b), "job", "show", "pr", "--json").stdout)["results"]
+    assert shown["rows"] == 25 and shown["labelled_rows"] == 20 and "metrics" not in shown
     plain = run("-w", str(b), "predict", "export", "pr", "--out", str(tmp_path / "s.csv"))
     assert "Wrote 25 scores" in plain.stderr and "25 of this party's 40 rows were scored" in plain.stderr
     assert "15 rows were not scored" in plain.stderr and "--unscored FILE" in plain.stderr

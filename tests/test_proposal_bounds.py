@@ -25,7 +25,7 @@ VERTICAL = [{"name": "bank", "role": "active"}, {"name": "bureau", "role": "pass
 HFL_PARTIES = [{"name": "srv", "role": "server"}, {"name": "w1", "role": "worker"}]
 #: The smallest valid parameters of each protocol (job references are ids of earlier jobs).
 MINIMAL: dict[str, dict[str, Any]] = {
-    "handshake": {}, "psi": {}, "psi-cache": {}, "hetero-lr": {"alignment": "al"}, "hetero-linear": {"alignment": "al"},
+    "handshake": {}, "psi": {}, "hetero-lr": {"alignment": "al"}, "hetero-linear": {"alignment": "al"},
     "predict": {"model": "tr", "alignment": "al"}, "split-nn": {"alignment": "al"}, "hfl": {},
 }
 

@@ -104,37 +104,43 @@ def refuse_text_columns(df: pd.DataFrame, columns: list[str], *, what: str, fix:
                     "(or ordinal, frequency)")
 
 
-def label_values(df: pd.DataFrame, label: str, positive: str | None, *, what: str) -> pd.Series:
+def label_values(df: pd.DataFrame, label: str, positive: str | None, *, what: str,
+                 allow_missing: bool = False) -> pd.Series:
     """The label column as numbers: as written, or 1 for ``positive`` and 0 for the other value.
+
+    ``allow_missing`` (another file of the party, e.g. new rows to score, whose labels may be
+    unknown yet): empty cells stay missing, and ``positive`` need not occur.
 
     Raises:
         DataError: missing labels, text labels without ``positive``, or ``positive`` not a label.
     """
+    import numpy as np
     import pandas as pd
 
-    raw = df[label]
-    text = raw.astype("string").str.strip()
-    missing = text.isna() | (text == "")
-    if missing.any():
-        rows = ", ".join(str(i + 2) for i in missing.to_numpy().nonzero()[0][:MAX_LISTED])
+    text = df[label].astype("string").str.strip()
+    missing = (text.isna() | (text == "")).to_numpy(dtype=bool)
+    if missing.any() and not allow_missing:
+        rows = ", ".join(str(i + 2) for i in missing.nonzero()[0][:MAX_LISTED])
         raise DataError(f"{what}: the label column {label!r} is empty in {int(missing.sum())} row(s) "
                         f"(lines {rows}{', ...' if missing.sum() > MAX_LISTED else ''}); fill in or delete those rows")
-    values = sorted(set(text))
+    values = sorted(set(text[~missing]))
     if positive is not None:
-        if positive not in values:
-            raise DataError(f"{what}: --positive-label {positive!r} is not a value of the label column {label!r} "
-                            f"(its values: {', '.join(map(repr, values[:MAX_LISTED]))})")
         if len(values) > 2:
             raise DataError(f"{what}: the label column {label!r} holds {len(values)} different values "
                             f"({', '.join(map(repr, values[:MAX_LISTED]))}); a yes/no label has two")
-        return (text == positive).astype("float64")
-    numbers = pd.to_numeric(raw, errors="coerce")
-    if numbers.isna().any():
+        if positive not in values and (len(values) == 2 or not allow_missing):
+            raise DataError(f"{what}: --positive-label {positive!r} is not a value of the label column {label!r} "
+                            f"(its values: {', '.join(map(repr, values[:MAX_LISTED]))})")
+        hit = (text == positive).to_numpy(dtype=bool, na_value=False)
+        return pd.Series(np.where(missing, np.nan, hit.astype("float64")), index=df.index)
+    numbers = pd.to_numeric(text.where(~missing, None), errors="coerce")
+    not_numbers = numbers.isna().to_numpy(dtype=bool) & ~missing
+    if not_numbers.any():
         if len(values) == 2:
             raise DataError(f"{what}: the label column {label!r} holds text ({values[0]!r}, {values[1]!r}); "
                             f"say which value is the positive class with --positive-label, e.g. "
                             f"--positive-label {values[1]!r}")
-        example = str(raw[numbers.isna()].iloc[0])
+        example = str(text[not_numbers].iloc[0])
         raise DataError(f"{what}: the label column {label!r} holds {len(values)} different text values "
                         f"(e.g. {example!r}); a classifier needs two classes, a regression numbers")
     return numbers.astype("float64")
@@ -157,7 +163,9 @@ def read_party_table(config: dict[str, Any], path: Path | None = None) -> pd.Dat
     df = read_table(path, config["id_column"], **_csv(config))
     label = config.get("label_column")
     if label and label in df.columns:
-        df[label] = label_values(df, label, config.get("positive_label"), what=str(path)).to_numpy()
+        other_file = path.resolve() != Path(config["data"]).resolve()  # new rows may lack their labels
+        df[label] = label_values(df, label, config.get("positive_label"), what=str(path),
+                                 allow_missing=other_file).to_numpy()
     return df
 
 

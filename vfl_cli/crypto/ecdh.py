@@ -63,7 +63,6 @@ __all__ = [
     "default_n_jobs",
     "find_duplicates",
     "hash_to_points",
-    "new_invertible_scalar",
     "new_scalar",
     "run",
 ]
@@ -72,7 +71,6 @@ POINT_BYTES = 32
 SCALAR_BYTES = 32
 
 _P = 2**255 - 19
-_ORDER = 2**252 + 27742317777372353535851937790883648493  # the prime-order subgroup's order
 _A = 486662  # Curve25519: v^2 = u^3 + A u^2 + u over GF(2^255 - 19)
 _P_MPZ = mpz(_P)
 _MPZ_POSITIVE = b"\x01\x01"  # gmpy2.from_binary header: an mpz, non-negative, then LE bytes
@@ -105,44 +103,6 @@ def new_scalar(rng: Random | None = None) -> bytes:
     raw[31] &= 127
     raw[31] |= 64
     return bytes(raw)
-
-
-def new_invertible_scalar(rng: Random | None = None) -> tuple[bytes, bytes]:
-    """A fresh secret scalar and a scalar that undoes it, both valid X25519 scalars.
-
-    X25519 clamps every scalar to ``2^254 + 8k`` (``0 <= k < 2^251``), so the inverse of a scalar
-    modulo the group order is not always usable as one. For a point ``Q`` of the prime-order
-    subgroup (any X25519 output of a clamped scalar is one), ``blind(blind(Q, s), t) == Q``. A
-    u-coordinate stands for ``Q`` and ``-Q`` alike, so ``t`` may be any clamped value congruent
-    to ``+-s^-1`` modulo the order. A scalar without one would be drawn again; none was in
-    20,000 draws (tests/test_crypto_ecdh.py), so ``s`` is, as far as measured, a uniformly random
-    clamped scalar like :func:`new_scalar`'s, and at worst uniform on the accepted set.
-
-    Args:
-        rng: source of randomness for tests; the default is the OS CSPRNG.
-
-    Returns:
-        ``(s, t)``, 32 bytes each; keep both secret.
-    """
-    while True:
-        scalar = new_scalar(rng)
-        inverse = pow(int.from_bytes(scalar, "little"), -1, _ORDER)
-        for value in (inverse, _ORDER - inverse):
-            clamped = _clamped_representative(value)
-            if clamped is not None:
-                return scalar, clamped.to_bytes(SCALAR_BYTES, "little")
-
-
-def _clamped_representative(value: int) -> int | None:
-    """A number ``v = value (mod order)`` of the form ``2^254 + 8k``, ``0 <= k < 2^251``, if any."""
-    low, high = 2**254, 2**255
-    m = -(-(low - value) // _ORDER)  # the first multiple putting value + m * order above low
-    while value + m * _ORDER < high:
-        candidate = value + m * _ORDER
-        if candidate % 8 == 0:
-            return candidate
-        m += 1
-    return None
 
 
 # --------------------------------------------------------------------------- hashing

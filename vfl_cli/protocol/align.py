@@ -35,13 +35,11 @@ from typing import Any
 import numpy as np
 
 from vfl_cli.artifacts.container import Artifact, ndarray_member, points_member
-from vfl_cli.errors import DataError, InvalidArtifact, VflError
-from vfl_cli.names import is_name
-from vfl_cli.protocol import psi, psi_cache
+from vfl_cli.errors import InvalidArtifact
+from vfl_cli.protocol import psi
 from vfl_cli.protocol.base import (
     Expect,
     Hex,
-    Int,
     JobState,
     Outgoing,
     PartyContext,

@@ -159,7 +159,6 @@ class Protocol(ABC):
 REGISTRY: dict[str, str] = {
     "handshake": "vfl_cli.protocol.handshake:Handshake",
     "psi": "vfl_cli.protocol.align:Align",
-    "psi-cache": "vfl_cli.protocol.align:AlignCache",
     "hetero-lr": "vfl_cli.protocol.hetero_linear:HeteroLogistic",
     "hetero-linear": "vfl_cli.protocol.hetero_linear:HeteroLinear",
     "predict": "vfl_cli.protocol.predict:Predict",

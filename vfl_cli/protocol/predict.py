@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vfl_cli.artifacts.container import Artifact
-from vfl_cli.errors import DataError, VflError
+from vfl_cli.errors import VflError
 from vfl_cli.models.features import aligned_rows, numeric_matrix, transform_from_arrays
 from vfl_cli.protocol.base import Expect, JobRef, JobState, Outgoing, PartyContext, Protocol, need
 from vfl_cli.protocol.hetero_linear import (
@@ -105,9 +105,11 @@ class Predict(Protocol):
         if label and label in df.columns:
             picked = aligned_rows(df, ctx.job_arrays(alignment), ctx.id_column, alignment)
             y = numeric_matrix(picked, [label], what=ctx.name)[:, 0]
-            if np.isnan(y).any():
-                raise DataError(f"{ctx.name}: labels are missing for some scored rows")
-            results["metrics"] = {"test": model.evaluate(y, z)}
+            results["labelled_rows"] = int((~np.isnan(y)).sum())
+            # rows to score often have no label yet (an empty cell): then no metrics, and the
+            # scores are still delivered
+            if results["labelled_rows"] == len(y):
+                results["metrics"] = {"test": model.evaluate(y, z)}
         self._done(state, results)
         return []
 

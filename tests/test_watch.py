@@ -248,3 +248,30 @@ def test_a_link_in_the_pickup_folder_is_never_followed(wired, tmp_path: Path) ->
     assert drops.pick_up(Workspace(bureau), now=time.time() + 3600) == []
     assert not list((bureau / "inbox").glob("*.zip"))
     assert (to_bureau / "x.001.hello.bank-to-bureau.zip").is_symlink()  # left where it is
+
+
+def test_a_command_waits_a_little_for_the_lock_of_a_step_in_progress(two_parties, monkeypatch) -> None:
+    import threading
+
+    from vfl_cli.errors import WorkspaceError
+
+    ws = Workspace(two_parties[0])
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with engine.locked(Workspace(ws.root)):
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    monkeypatch.setattr(engine, "LOCK_WAIT_S", 0.2)
+    with pytest.raises(WorkspaceError, match="another vfl command is working"):
+        engine.step(ws)
+    monkeypatch.setattr(engine, "LOCK_WAIT_S", 10.0)
+    threading.Timer(0.5, release.set).start()
+    started = time.monotonic()
+    assert engine.step(ws) == []  # waited for the lock, then ran
+    assert time.monotonic() - started >= 0.4
+    holder.join()

@@ -7,9 +7,11 @@ mounted SFTP, SMB or synced folder is just a folder. Both are stored in the work
 ``vfl.json`` under ``drops`` and ``pickup``.
 
 Nothing partial is ever visible under a final name: a file is written under a hidden temporary
-name (``.<name>.partial``) in the destination folder, fsynced, and then hard-linked into place,
-which never replaces an existing file. Only then is the source removed. A file that vanishes or
-fails half-way stays where it was and is tried again on the next pass.
+name (``.<name>.<pid>.partial``) in the destination folder, fsynced, and then hard-linked into
+place, which never replaces an existing file. Only then is the source removed. A file that fails
+half-way stays where it was and is tried again on the next pass; one taken meanwhile by another
+run (a second watch, a cron pass) is skipped. In the pickup folder, which others write to, a
+link, pipe or device is never followed or read.
 """
 
 from __future__ import annotations

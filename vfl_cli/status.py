@@ -6,6 +6,7 @@ Read-only and cheap: it verifies nothing and takes no lock, so it can run beside
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -26,9 +27,10 @@ def _handoffs(ws: Workspace) -> dict[tuple[str, str], int]:
 def job_progress(ws: Workspace, job: str, handoffs: dict[tuple[str, str], int] | None = None) -> dict[str, Any]:
     """Phase, epochs done (or round), last loss and hand-offs of one job, from its state and ledger."""
     info = engine.load_info(ws, job)
-    state, _ = engine.load_state(ws, job)
+    # state.json only: the job's arrays (ids, shares) may be large and are not needed here
+    state = json.loads((engine.job_dir(ws, job) / "state.json").read_text())
     counts = _handoffs(ws) if handoffs is None else handoffs
-    d = state.data
+    d = state["data"]
     history = d.get("history") or []
     last = history[-1] if history and isinstance(history[-1], dict) else {}
     loss = last.get("loss", last.get("val_loss"))
@@ -36,9 +38,9 @@ def job_progress(ws: Workspace, job: str, handoffs: dict[tuple[str, str], int] |
         "job": job,
         "protocol": info["protocol"],
         "proposer": info["proposer"],
-        "phase": state.phase,
-        "done": state.done,
-        "cancelled": state.phase == "cancelled",
+        "phase": state["phase"],
+        "done": state["done"],
+        "cancelled": state["phase"] == "cancelled",
         # 'epoch' in a training state counts the epochs finished; 'round' is the round under way
         "epochs_done": d["epoch"] if isinstance(d.get("epoch"), int) else None,
         "epochs": info["params"].get("epochs"),
@@ -48,8 +50,8 @@ def job_progress(ws: Workspace, job: str, handoffs: dict[tuple[str, str], int] |
         "sent": counts.get((job, "sent"), 0),
         "received": counts.get((job, "received"), 0),
     }
-    if state.phase == "cancelled":
-        out["cancelled_by"] = state.results.get("cancelled", {}).get("by")
+    if state["phase"] == "cancelled":
+        out["cancelled_by"] = state["results"].get("cancelled", {}).get("by")
     return out
 
 

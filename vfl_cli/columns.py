@@ -284,7 +284,7 @@ def describe(config: dict[str, Any]) -> list[dict[str, Any]]:
         name = str(col)
         use = ("id" if name == config["id_column"] else "label" if name == config.get("label_column")
                else "feature" if name in chosen else "excluded")
-        rows.append({"column": name, "use": use, "type": "text" if name in text else "number",
+        rows.append({"column": name, "use": use, "type": "text" if name in text or use == "id" else "number",
                      "encoding": (config.get("encode") or {}).get(name),
                      "empty_cells": int(df[col].isna().sum())})
     return rows

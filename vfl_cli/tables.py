@@ -43,7 +43,8 @@ class CsvFormat:
     encoding: str = "utf-8"
 
     def describe(self) -> str:
-        return f"separator {_SEP_NAMES.get(self.sep, repr(self.sep))}, decimal mark {self.decimal!r}, {self.encoding}"
+        encoding = "UTF-8" if self.encoding in ("utf-8", "utf-8-sig") else self.encoding
+        return f"separator {_SEP_NAMES.get(self.sep, repr(self.sep))}, decimal mark {self.decimal!r}, {encoding}"
 
 
 def check_options(sep: str | None, decimal: str | None, encoding: str | None) -> dict[str, str]:

@@ -11,6 +11,7 @@ from vfl_cli.cli._options import json_option, workspace
 from vfl_cli.columns import data_notes, describe, parse_encodings, save_choice
 from vfl_cli.crypto.signing import short
 from vfl_cli.errors import VflError
+from vfl_cli.tables import detect_format
 from vfl_cli.workspace import SECURE_KEY_BITS, Workspace
 
 
@@ -60,6 +61,9 @@ def init(directory: Path, name: str | None, role: str, data: Path, id_column: st
     if as_json:
         emit_json({"workspace": str(ws.root), "name": ws.name, "role": ws.role, "features": features_now})
     say(f"Created {ws.role} party '{ws.name}' in {ws.root}")
+    given = ws.config.get("csv") or {}
+    say(f"Read {data.name} with {detect_format(data, **given).describe()} "
+        f"({' '.join('--' + k for k in given) + ' given, the rest detected' if given else 'detected; --sep, --decimal, --encoding override'})")
     say(f"Features ({len(features_now)}): {', '.join(features_now[:10])}{', ...' if len(features_now) > 10 else ''}")
     for note in data_notes(ws.config):
         say(f"Note: {note}")

@@ -3,7 +3,9 @@
 Runs the jobs of tests/privacy/test_hfl_attacks.py (sample_data/hfl, a server and 5 nodes,
 logistic regression, mini-batch SGD, 512-bit test keys) several times and prints, per setting,
 the server's membership-attack AUC on per-node deltas (mean over nodes and rounds), the
-label-rate rank correlation, the test AUC and DP-FedAvg's epsilon:
+label-rate rank correlation, the test AUC and DP-FedAvg's epsilon; then, for an Actor-Critic job
+under secure aggregation, what the per-node statistics the server sees in the clear say about
+the nodes' label rates:
 
     python tests/benchmarks/bench_hfl_privacy.py --repeats 5 --rounds 2
 """
@@ -17,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "privacy")]
@@ -50,6 +53,26 @@ def measure(ws: dict[str, Path], job: str, params: dict) -> dict[str, float | No
     }
 
 
+def _rank(a: list[float], b: list[float]) -> float:
+    return float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1])
+
+
+def actor_critic_statistics(ws: dict[str, Path], rounds: int) -> None:
+    """The statistics an Actor-Critic server reads per node, against the nodes' label rates."""
+    jobs.start_job(Workspace(ws["server"]), "hfl",
+                   dict(attack.PARAMS, rounds=rounds, weighting="actor-critic"), job="ac")
+    drive(list(ws.values()), "ac")
+    arts = attack._archived(ws["server"], "ac", "received", attack.DELTA)
+    rates = [float(pd.read_csv(attack.DATA / f"{n}.csv")["label"].mean()) for n in attack.NODES]
+    for t in range(rounds):
+        stats = {a.sender: a.meta["stats"] for a in arts if a.round == t}
+        for key in ("loss_before", "loss_after", "delta_norm"):
+            values = [float(stats[n][key]) for n in attack.NODES]
+            print(json.dumps({"actor_critic_round": t, "statistic": key,
+                              "values": [round(v, 3) for v in values],
+                              "spearman_vs_label_rate": round(_rank(values, rates), 2)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -70,6 +93,7 @@ def main() -> None:
                     for r in range(1 if name == "plaintext" else args.repeats)]
             summary = {k: [r[k] for r in runs] for k in runs[0]}
             print(json.dumps({"setting": name, **summary}))
+        actor_critic_statistics(ws, args.rounds)
 
 
 if __name__ == "__main__":

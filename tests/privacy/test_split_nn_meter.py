@@ -118,3 +118,18 @@ def test_a_leak_above_the_bound_is_refused_before_sending(tmp_path: Path, sample
     assert line.startswith("Error: privacy meter:") and "Raise label_protection" in line
     state, _ = jobs.load_state(Workspace(bank), "tr")
     assert state.phase == "wait-activation"  # the refused step changed nothing
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(3, 40), st.integers(1, 5), st.integers(0, 3))
+def test_meter_and_protection_refuse_mismatched_rows(n: int, d: int, extra: int) -> None:
+    rng = np.random.default_rng(n * 7 + d)
+    g = rng.normal(size=(n, d))
+    y = np.arange(n + extra + 1) % 2  # never n rows
+    with pytest.raises(VflError, match="labels but"):
+        privacy.leak_aucs(y, g)
+    with pytest.raises(VflError, match="labels but"):
+        privacy.protect_labels(g, y, 1.0, rng)
+    same = np.arange(n) % 2
+    assert privacy.protect_labels(g, same, 1.0, rng).shape == g.shape
+    assert privacy.leak_aucs(np.zeros(n), g) == {}  # one class: nothing to attack

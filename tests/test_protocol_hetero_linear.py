@@ -152,7 +152,7 @@ def test_centred_logistic_equals_its_plaintext_reference(tmp_path: Path, sample,
     df, cols = joined(bank, parties)
     split = split_rows(len(df), params["test_fraction"], params["seed"])
     XA = standardised(df[cols[0]].to_numpy(float), split.train)[split.train]
-    XP = standardised(df[sum(cols[1:], [])].to_numpy(float), split.train)[split.train]
+    XP = standardised(df[[c for part in cols[1:] for c in part]].to_numpy(float), split.train)[split.train]
     wa, wp = centred_reference(XA, XP, df["label"].to_numpy(float)[split.train], 2, 90, params["seed"], 0.05, 0.01)
     np.testing.assert_allclose(states["bank"][0].arrays["weights"], wa, atol=1e-6)
     got_p = np.concatenate([states[n][0].arrays["weights"] for n in names])
@@ -205,7 +205,6 @@ def test_mismatched_alignment_is_refused(two_parties, tmp_path: Path) -> None:
     # bureau aligns again on its own copy of the job with another salt: a different row order
     jobs.start_job(Workspace(bank), "psi", {}, job="al2")
     drive([bank, bureau], "al2")
-    state, engine = jobs.load_state(Workspace(bureau), "al")
     state2, _ = jobs.load_state(Workspace(bureau), "al2")
     # swap bureau's alignment for the other job's result (same ids, other order and fingerprint)
     shutil.copy(bureau / "jobs" / "al2" / "arrays.npz", bureau / "jobs" / "al" / "arrays.npz")
@@ -231,7 +230,7 @@ def test_bad_training_parameters_are_refused(two_parties) -> None:
 
 
 def test_training_before_alignment_finishes_is_refused(two_parties) -> None:
-    bank, bureau = two_parties
+    bank, _ = two_parties
     jobs.start_job(Workspace(bank), "psi", {}, job="al")
     message = error_line(run("-w", str(bank), "job", "start", "--protocol", "hetero-lr", "--param", "alignment=al", ok=False))
     assert "not a finished alignment" in message

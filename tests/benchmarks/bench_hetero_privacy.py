@@ -22,13 +22,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "privacy")]
 
-import conftest  # noqa: E402  (sets VFL_N_JOBS=1 and gives the party helpers)
-from test_hetero_linear_attacks import Views, _context, _drive, _received, exact_gradient  # noqa: E402
+import conftest
+from test_hetero_linear_attacks import Views, _context, _drive, _received, exact_gradient
 
-from vfl_cli import jobs  # noqa: E402
-from vfl_cli.privacy import roc_auc  # noqa: E402
-from vfl_cli.protocol import hetero_linear as hl  # noqa: E402
-from vfl_cli.workspace import Workspace  # noqa: E402
+from vfl_cli import jobs
+from vfl_cli.privacy import roc_auc
+from vfl_cli.protocol import hetero_linear as hl
+from vfl_cli.workspace import Workspace
 
 FATE = HERE.parents[1] / "sample_data" / "fate"
 

@@ -401,3 +401,12 @@ def test_passive_key_holder_is_no_decryption_oracle(tmp_path: Path, sample: Any,
         "refused without decrypting (a key holder decrypts only what the step expects)")
     assert jobs.load_state(Workspace(bureau), "tr")[0].phase == "wait-residual"
     assert not list((bureau / "outbox").glob("tr.*gradient*"))
+
+
+def test_a_training_set_below_the_bound_is_refused_even_at_full_batch(tmp_path: Path, sample: Any) -> None:
+    bank, bureau = _parties(tmp_path, sample, ROWS)
+    jobs.start_job(Workspace(bank), "psi", {}, job="al")
+    _drive([bank, bureau], "al", None)
+    with pytest.raises(VflError, match=r"the smallest mini-batch holds \d+ training rows, but bank has 11 columns"):
+        jobs.start_job(Workspace(bank), "hetero-lr", {"alignment": "al", "batch_size": 0}, job="tr")
+    assert not (bank / "jobs" / "tr").exists()

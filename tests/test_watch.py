@@ -275,3 +275,20 @@ def test_a_command_waits_a_little_for_the_lock_of_a_step_in_progress(two_parties
     assert engine.step(ws) == []  # waited for the lock, then ran
     assert time.monotonic() - started >= 0.4
     holder.join()
+
+
+def test_a_proposal_arriving_with_the_file_that_finishes_its_alignment_is_accepted(wired) -> None:
+    bank, bureau, _, _ = wired
+    policy = Policy(frozenset({"bank"}), frozenset({"psi", "hetero-lr"}))
+    w_bank, _ = watcher(bank)
+    w_bureau, log_bureau = watcher(bureau, policy)
+    run("-w", str(bank), "align", "start", "--job", "al")
+    w_bank.run(once=True)
+    w_bureau.run(once=True)  # accepts and responds
+    w_bank.run(once=True)  # finishes: al.003 for the bureau waits in its pickup folder
+    run("-w", str(bank), "train", "start", "--protocol", "hetero-lr", "--alignment", "al", "--epochs", "1",
+        "--job", "tr")
+    w_bank.run(once=True)  # the training proposal joins it there
+    w_bureau.run(once=True)  # one pass sees both: the alignment must be finished before the proposal
+    assert "[tr] accepted the hetero-lr proposal (the policy allows it)" in log_bureau, log_bureau
+    assert not list((bureau / "inbox" / "rejected").glob("*.zip"))

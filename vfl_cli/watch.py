@@ -3,9 +3,9 @@
 Each pass, in this order:
 
 1. pick up files addressed to this party from its pickup folder into the inbox;
-2. accept the proposals waiting in the inbox that the party's policy file allows (the others
-   wait for a person: ``vfl job accept`` or ``vfl job reject``);
-3. step every unfinished job as far as the inbox allows;
+2. step every unfinished job as far as the inbox allows;
+3. accept the proposals waiting in the inbox that the party's policy file allows (the others
+   wait for a person: ``vfl job accept`` or ``vfl job reject``), each taking its first steps;
 4. deliver every outbox file to its recipient's drop folder.
 
 Every event is one line given to ``log``. A user error (a bad file, a refused step) is logged and
@@ -153,7 +153,7 @@ class Watcher:
             self._once(topic, f"internal error (a bug, please report it): {type(exc).__name__}: {exc}")
 
     def run_pass(self) -> None:
-        """One pass: pick up, accept, step, deliver."""
+        """One pass: pick up, step, accept, deliver."""
         if self._rejected_seen is None:  # files refused before this watch started are old news
             self._rejected_seen = {r["file"] for r in engine.rejected_files(self.ws)}
         self._guard("pickup", self._pick_up)
@@ -163,8 +163,10 @@ class Watcher:
         # then), so that commands typed beside the loop rarely wait for it.
         inbox = _inbox_listing(self.ws)
         if inbox != self._inbox_seen or time.monotonic() - self._last_full > FULL_PASS_S:
-            self._guard("proposals", self._accept)
+            # Jobs first: a proposal may build on a job whose last file came with it (training
+            # on an alignment this pass finishes); accepting it first would refuse it.
             self._step_all()
+            self._guard("proposals", self._accept)
             # the listing from before the step: a file that arrived during it gets its own pass
             self._inbox_seen = inbox
             self._last_full = time.monotonic()

@@ -111,10 +111,10 @@ def _logger(ws_name: str) -> Callable[[str], None]:
 @click.pass_context
 def watch(ctx: click.Context, policy: Path | None, interval: float, once: bool, until: tuple[str, ...],
           timeout: float | None) -> None:
-    """Run every job as files arrive: pick up, accept by policy, step, deliver; log each event.
+    """Run every job as files arrive: pick up, step, accept by policy, deliver; log each event.
 
-    Each pass moves files for this party from the pickup folder into the inbox, accepts the
-    proposals the policy allows, steps every unfinished job, and delivers outbox files to each
+    Each pass moves files for this party from the pickup folder into the inbox, steps every
+    unfinished job, accepts the proposals the policy allows, and delivers outbox files to each
     peer's drop folder. A bad file or a failed step is logged and the loop goes on. Ctrl-C or
     SIGTERM stops it after the current step. Policy format: see docs/getting-started.md.
 

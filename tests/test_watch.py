@@ -292,3 +292,26 @@ def test_a_proposal_arriving_with_the_file_that_finishes_its_alignment_is_accept
     w_bureau.run(once=True)  # one pass sees both: the alignment must be finished before the proposal
     assert "[tr] accepted the hetero-lr proposal (the policy allows it)" in log_bureau, log_bureau
     assert not list((bureau / "inbox" / "rejected").glob("*.zip"))
+
+
+def test_a_proposal_arriving_before_its_alignment_is_finished_here_waits_for_it(wired) -> None:
+    bank, bureau, to_bureau, _ = wired
+    policy = Policy(frozenset({"bank"}), frozenset({"psi", "hetero-lr"}))
+    w_bank, _ = watcher(bank)
+    w_bureau, log_bureau = watcher(bureau, policy)
+    run("-w", str(bank), "align", "start", "--job", "al")
+    w_bank.run(once=True)
+    w_bureau.run(once=True)
+    w_bank.run(once=True)
+    run("-w", str(bank), "train", "start", "--protocol", "hetero-lr", "--alignment", "al", "--epochs", "1",
+        "--job", "tr")
+    w_bank.run(once=True)
+    late = to_bureau / "al.003.finish.bank-to-bureau.zip"  # the courier brings it later
+    held = late.read_bytes()
+    late.unlink()
+    w_bureau.run(once=True)
+    assert "[tr] proposal waits for job al to finish here" in log_bureau
+    late.write_bytes(held)
+    w_bureau.run(once=True)
+    assert "[tr] accepted the hetero-lr proposal (the policy allows it)" in log_bureau
+    assert not list((bureau / "inbox" / "rejected").glob("*.zip"))

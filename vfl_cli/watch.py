@@ -5,7 +5,8 @@ Each pass, in this order:
 1. pick up files addressed to this party from its pickup folder into the inbox;
 2. step every unfinished job as far as the inbox allows;
 3. accept the proposals waiting in the inbox that the party's policy file allows (the others
-   wait for a person: ``vfl job accept`` or ``vfl job reject``), each taking its first steps;
+   wait for a person: ``vfl job accept`` or ``vfl job reject``), each taking its first steps; one
+   naming a job still running here (its alignment or model) waits until that job is done;
 4. deliver every outbox file to its recipient's drop folder.
 
 Every event is one line given to ``log``. A user error (a bad file, a refused step) is logged and
@@ -200,6 +201,10 @@ class Watcher:
                 self._once(f"proposal:{name}", f"[{art.job}] proposal from {art.sender} waits for a "
                            f"person: {reason}; run 'vfl job accept {art.job}' or 'vfl job reject {art.job}'")
                 continue
+            unfinished = _unfinished_dependency(self.ws, dict(art.meta.get("params") or {}))
+            if unfinished:  # its files may arrive after the proposal: accept once it is done here
+                self._once(f"proposal:{name}", f"[{art.job}] proposal waits for job {unfinished} to finish here")
+                continue
             self._guard(f"job:{art.job}", partial(self._accept_one, art.job))
 
     def _step_all(self) -> None:
@@ -259,6 +264,16 @@ class Watcher:
             if j is not None and j["phase"] == "cancelled":
                 raise VflError(f"job {job} was cancelled; 'vfl job show {job}' says by whom")
         return all(job in states and states[job]["done"] for job in until)
+
+
+def _unfinished_dependency(ws: Workspace, params: dict[str, Any]) -> str | None:
+    """A job named by a proposal (its alignment, its model) that is still running here."""
+    running = {j["job"] for j in engine.list_jobs(ws) if not j["done"]}
+    for key in ("alignment", "model"):
+        value = params.get(key)
+        if isinstance(value, str) and value in running:
+            return value
+    return None
 
 
 def _inbox_listing(ws: Workspace) -> tuple[tuple[str, int], ...]:

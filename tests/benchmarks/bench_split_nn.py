@@ -5,9 +5,10 @@
    width ``k`` and interactive width ``m``; wall seconds, and scaled to ``--epoch-rows`` rows.
 2. ``--recipe FILE``: runs a recipe through the real command (every step its own ``vfl``
    process, both parties on this machine), and trains the same architecture centrally in
-   plaintext on the joined data with the same split, initial weights, batches and epochs
-   (:func:`vfl_cli.models.split_spec.central_fit`); prints both metrics, wall time per epoch and
-   the machine's load.
+   plaintext on the joined data with the same split, batches and epochs
+   (:func:`vfl_cli.models.split_spec.central_fit`; since issue #14 each party draws its initial
+   weights from a private seed, so the baseline's initial weights are its own draw); prints both
+   metrics, wall time per epoch and the machine's load.
 
     python tests/benchmarks/bench_split_nn.py --batch --bits 2048 --rows 2048 --k 2 --m 2
     python tests/benchmarks/bench_split_nn.py --recipe recipes/split_default_credit.toml --epochs 1

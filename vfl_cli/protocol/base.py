@@ -6,12 +6,18 @@ the party's state and the artifacts that arrived, asks the protocol what it wait
 returns the messages to send. The engine does all file I/O, signing, verification, ledger and
 crash-safe commits; protocols never touch files.
 
-Add a protocol by subclassing :class:`Protocol` and registering it in :data:`REGISTRY`.
+Add a protocol on the kit (:mod:`vfl_cli.protocol.kit`) and describe it with one line in
+:data:`vfl_cli.protocol.registry.REGISTRY`; see ``docs/protocols/README.md``.
+
+The mutation contract of :meth:`Protocol.advance`: it may change ``state`` in place, and the
+engine writes the state back (with the outgoing artifacts, in one commit) only when ``advance``
+returns. When it raises, the engine drops the in-memory state and reloads the committed one from
+disk, so a refused artifact changes nothing. Kit protocols go further: their steps are pure and
+return a new typed state, which the kit copies into ``state`` only after the step succeeded.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import re
@@ -115,7 +121,6 @@ class Protocol(ABC):
     """A protocol: parameter checking plus the state machine of one party."""
 
     name: ClassVar[str]
-    summary: ClassVar[str] = ""
 
     #: The roles this protocol's parties take; the proposer is the first role's single party.
     roles: ClassVar[tuple[str, ...]] = ("active", "passive")
@@ -153,26 +158,6 @@ class Protocol(ABC):
 
         ``received`` maps each expected sender to its artifact (already verified by the engine).
         """
-
-
-#: protocol name -> "module:Class", imported on first use so that start-up stays fast.
-REGISTRY: dict[str, str] = {
-    "handshake": "vfl_cli.protocol.handshake:Handshake",
-    "psi": "vfl_cli.protocol.align:Align",
-    "hetero-lr": "vfl_cli.protocol.hetero_linear:HeteroLogistic",
-    "hetero-linear": "vfl_cli.protocol.hetero_linear:HeteroLinear",
-    "predict": "vfl_cli.protocol.predict:Predict",
-    "split-nn": "vfl_cli.protocol.split_nn:SplitNN",
-    "hfl": "vfl_cli.protocol.hfl:HFL",
-}
-
-
-def get_protocol(name: str) -> Protocol:
-    target = REGISTRY.get(name) if isinstance(name, str) else None
-    if target is None:
-        raise VflError(f"unknown protocol {_shown(name)}; known protocols: {', '.join(sorted(REGISTRY))}")
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)()
 
 
 #: The most parties one job may name, and the longest list parameter: bounds on the work a
@@ -414,9 +399,60 @@ def party_list(raw: Any, *, what: str = "the proposal") -> list[dict[str, str]]:
     return [dict(p) for p in raw]
 
 
+# ----- decoding received messages: each field checked where it enters ----------------------------
+def meta_list(art: Artifact, key: str, *, item: type = str, max_len: int = 1_000_000) -> list[Any]:
+    """A list field of a received message's meta, every item of type ``item`` (a bool is not an
+    int), at most ``max_len`` long; absent is empty.
+
+    Raises:
+        InvalidArtifact: naming the message, the field and what it should be.
+    """
+    value = art.meta.get(key, [])
+    if (not isinstance(value, list) or len(value) > max_len
+            or not all(isinstance(v, item) and not isinstance(v, bool) for v in value)):
+        raise InvalidArtifact(f"{art.kind} from {art.sender}: {key} must be a list of at most "
+                              f"{max_len} {item.__name__} values, not {_shown(value)}")
+    return value
+
+
+def meta_int(art: Artifact, key: str, *, low: int = 0, high: int = SEED_MAX) -> int:
+    """A whole-number field of a received message's meta, in ``low..high``."""
+    value = art.meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArtifact(f"{art.kind} from {art.sender}: {key} must be a whole number in "
+                              f"{low}..{_int_text(high)}, not {_shown(value)}")
+    return value
+
+
+def array_member(art: Artifact, name: str, *, kinds: str = "f", shape: tuple[int | None, ...] | None = None
+                 ) -> np.ndarray:
+    """A plaintext array member with a dtype of one of ``kinds`` (numpy kind letters: ``f``
+    float, ``i`` signed, ``u`` unsigned, ``b`` bool) and, if given, ``shape`` (None: any size
+    on that axis). Floats must be finite.
+
+    Raises:
+        InvalidArtifact: naming the message, the member, what it holds and what was expected.
+    """
+    a = art.array(name)
+    if a.dtype.kind not in kinds or (shape is not None and (
+            a.ndim != len(shape) or any(want is not None and got != want for got, want in zip(a.shape, shape)))):
+        want = "x".join("n" if w is None else str(w) for w in shape) if shape is not None else "any shape"
+        raise InvalidArtifact(f"{art.kind} from {art.sender}: member {name!r} holds {a.dtype} {list(a.shape)}, "
+                              f"expected dtype kind {kinds!r} and shape {want}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise InvalidArtifact(f"{art.kind} from {art.sender}: member {name!r} holds NaN or infinite values")
+    return a
+
+
 def need(received: Mapping[str, Artifact], sender: str, kind: str) -> Artifact:
     """The artifact from ``sender``; the engine guarantees presence, this checks the kind."""
     art = received[sender]
     if art.kind != kind:
         raise VflError(f"expected {kind} from {sender}, got {art.kind}")
     return art
+
+
+# The registry lives in its own module (plain data, no protocol imports); these names stay
+# importable from here for the engine.
+from vfl_cli.protocol.registry import REGISTRY as REGISTRY  # noqa: E402
+from vfl_cli.protocol.registry import get_protocol as get_protocol  # noqa: E402

@@ -6,60 +6,134 @@ once it has replied, and for the active party once every passive party has answe
 
 What each party learns: the others' names and that they hold the signing keys on their cards.
 No data is read or sent.
+
+Written on the kit (:mod:`vfl_cli.protocol.kit`): typed state and messages, pure steps.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from vfl_cli.artifacts.container import Artifact
 from vfl_cli.errors import InvalidArtifact
-from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
+from vfl_cli.protocol.base import Expect, PartyContext
+from vfl_cli.protocol.kit import KitProtocol, Message, PartyState, Phase, Step, nothing
+
+__all__ = ["HELLO", "REPLY", "Handshake", "Hello", "Reply"]
 
 HELLO = "handshake/hello"
 REPLY = "handshake/reply"
 
 
-class Handshake(Protocol):
+# ----- messages -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Hello(Message):
+    """Active -> each passive party: a fresh 16-byte challenge, as 32 hex digits."""
+
+    kind = HELLO
+    challenge: str
+
+    @classmethod
+    def decode(cls, art: Artifact) -> Hello:
+        hello = super().decode(art) if isinstance(art.meta.get("challenge"), str) else None
+        if hello is None or not _is_challenge(hello.challenge):
+            raise InvalidArtifact(f"the hello from {art.sender} carries no 16-byte hex challenge")
+        return hello
+
+
+@dataclass(frozen=True)
+class Reply(Message):
+    """Passive -> active: the challenge it received, echoed."""
+
+    kind = REPLY
+    challenge: Any  # checked against the challenge sent (:func:`confirm`), whatever it holds
+
+    @classmethod
+    def decode(cls, art: Artifact) -> Reply:
+        if art.kind != REPLY:
+            raise InvalidArtifact(f"expected {REPLY} from {art.sender}, got {art.kind}")
+        return cls(art.meta.get("challenge"))
+
+
+# ----- states ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ActiveState(PartyState):
+    challenges: dict[str, str] = field(default_factory=dict)  # passive party -> its challenge
+
+
+@dataclass(frozen=True)
+class PassiveState(PartyState):
+    pass
+
+
+# ----- pure steps -----------------------------------------------------------------------------
+def challenge(passives: list[str]) -> tuple[ActiveState, dict[str, Hello]]:
+    """A fresh challenge per passive party, from this party's CSPRNG."""
+    hellos = {p: Hello(secrets.token_hex(16)) for p in passives}
+    return ActiveState({p: h.challenge for p, h in hellos.items()}), hellos
+
+
+def confirm(state: ActiveState, replies: Mapping[str, Reply]) -> list[str]:
+    """The passive parties confirmed: every reply must echo the challenge sent to its sender."""
+    for p, reply in replies.items():
+        if reply.challenge != state.challenges[p]:
+            raise InvalidArtifact(
+                f"the reply from {p} answers another challenge (stale or replayed)"
+            )
+    return list(replies)
+
+
+def answer(hello: Hello) -> Reply:
+    """The reply to a hello: its challenge, echoed."""
+    return Reply(hello.challenge)
+
+
+# ----- handlers: decode -> step -> encode ------------------------------------------------------
+def _send_hellos(ctx: PartyContext, state: ActiveState, received: Any) -> Step[ActiveState]:
+    new, hellos = challenge(ctx.passives)
+    return Step(new, "wait-replies", [h.to(p, "hello") for p, h in hellos.items()])
+
+
+def _check_replies(
+    ctx: PartyContext, state: ActiveState, received: Mapping[str, Artifact]
+) -> Step[ActiveState]:
+    replies = {p: Reply.receive(received, p) for p in ctx.passives}
+    return Step.finish(state, {"confirmed": confirm(state, replies)})
+
+
+def _reply(
+    ctx: PartyContext, state: PassiveState, received: Mapping[str, Artifact]
+) -> Step[PassiveState]:
+    reply = answer(Hello.receive(received, ctx.active))
+    return Step.finish(state, {"confirmed": [ctx.active]}, [reply.to(ctx.active, "reply")])
+
+
+def _replies_from(ctx: PartyContext, state: Any) -> list[Expect]:
+    return [Expect(p, REPLY) for p in ctx.passives]
+
+
+def _hello_from(ctx: PartyContext, state: Any) -> list[Expect]:
+    return [Expect(ctx.active, HELLO)]
+
+
+class Handshake(KitProtocol[Any]):
     name = "handshake"
-    summary = "signed hello and reply between all parties (no data)"
+    states = {"active": ActiveState, "passive": PassiveState}
 
-    def expects(self, ctx: PartyContext, state: JobState) -> list[Expect]:
-        if ctx.is_active:
-            return [] if state.phase == "start" else [Expect(p, REPLY) for p in ctx.passives]
-        return [Expect(ctx.active, HELLO)]
-
-    def advance(
-        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
-    ) -> list[Outgoing]:
-        if ctx.is_active and state.phase == "start":
-            challenges = {p: secrets.token_hex(16) for p in ctx.passives}
-            state.data["challenges"] = challenges
-            state.phase = "wait-replies"
-            return [Outgoing(p, HELLO, "hello", meta={"challenge": c}) for p, c in challenges.items()]
-        if ctx.is_active:
-            for p in ctx.passives:
-                reply = need(received, p, REPLY)
-                if reply.meta.get("challenge") != state.data["challenges"][p]:
-                    raise InvalidArtifact(f"the reply from {p} answers another challenge (stale or replayed)")
-            state.done = True
-            state.phase = "done"
-            state.results = {"confirmed": ctx.passives}
-            return []
-        hello = need(received, ctx.active, HELLO)
-        challenge = hello.meta.get("challenge")
-        if not (isinstance(challenge, str) and len(challenge) == 32 and _is_hex(challenge)):
-            raise InvalidArtifact(f"the hello from {ctx.active} carries no 16-byte hex challenge")
-        state.done = True
-        state.phase = "done"
-        state.results = {"confirmed": [ctx.active]}
-        return [Outgoing(ctx.active, REPLY, "reply", meta={"challenge": challenge})]
+    def phases(self) -> Mapping[tuple[str, str], Phase[Any]]:
+        return {
+            ("active", "start"): Phase(nothing, _send_hellos),
+            ("active", "wait-replies"): Phase(_replies_from, _check_replies),
+            ("passive", "start"): Phase(_hello_from, _reply),
+        }
 
 
-def _is_hex(text: str) -> bool:
+def _is_challenge(text: str) -> bool:
     try:
         bytes.fromhex(text)
     except ValueError:
         return False
-    return text.isalnum()
+    return len(text) == 32 and text.isalnum()

@@ -49,6 +49,8 @@ __all__ = [
     "Phase",
     "Step",
     "check_round",
+    "finished_job",
+    "nothing",
 ]
 
 S = TypeVar("S", bound="PartyState")
@@ -199,6 +201,22 @@ def _meta_field(art: Artifact, name: str, tp: Any) -> Any:
         f"{art.kind} from {art.sender}: field {name!r} is {value!r:.60}, "
         f"expected {' or '.join(getattr(t, '__name__', str(t)) for t in allowed)}"
     )
+
+
+def finished_job(ctx: PartyContext, job: str, protocols: tuple[str, ...]) -> dict[str, Any]:
+    """The info of ``job``, checked to be a finished job of one of ``protocols`` on this party.
+
+    The one check of "is this a finished alignment" (``protocols=("psi",)``) or "a finished
+    training job": the message names the job, what it should be and the party.
+
+    Raises:
+        VflError: another protocol's job, or one not finished yet.
+    """
+    job_info = ctx.job_info(job)
+    if job_info["protocol"] not in protocols or not job_info["done"]:
+        what = "alignment (psi)" if protocols == ("psi",) else " or ".join(protocols) + " training"
+        raise VflError(f"job {job} is not a finished {what} job on {ctx.name}")
+    return job_info
 
 
 def check_round(art: Artifact, expected: int) -> None:

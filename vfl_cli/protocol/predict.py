@@ -11,110 +11,152 @@ sum, adds its own part and keeps the scores.
 What each party learns: the active party learns the scores (with one passive party, hence that
 party's partial scores on these rows); and, if its data file holds the label column, the
 metrics. Passive parties learn nothing: they only send.
+
+Written on the kit (:mod:`vfl_cli.protocol.kit`): typed states, pure steps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from vfl_cli.artifacts.container import Artifact
-from vfl_cli.errors import VflError
 from vfl_cli.models.features import aligned_rows, numeric_matrix, transform_from_arrays
-from vfl_cli.protocol.base import Expect, JobRef, JobState, Outgoing, PartyContext, Protocol, need
-from vfl_cli.protocol.hetero_linear import (
-    PEER_SCORES,
-    SCORES,
-    HeteroLinear,
-    HeteroLogistic,
-    collect_scores,
-    read_enc,
-    send_scores,
-)
+from vfl_cli.models.reference import sigmoid
+from vfl_cli.protocol.base import Expect, JobRef, Outgoing, PartyContext, need
+from vfl_cli.protocol.kit import KitProtocol, PartyState, Phase, Step, finished_job, nothing
+from vfl_cli.protocol.registry import get_protocol
+from vfl_cli.protocol.wire import PEER_SCORES, SCORES, collect_scores, read_enc, send_scores
 
-MODELS: dict[str, HeteroLinear] = {"hetero-lr": HeteroLogistic(), "hetero-linear": HeteroLinear()}
+__all__ = ["Predict"]
+
+#: The training protocols whose models this job scores with.
+MODELS = ("hetero-lr", "hetero-linear")
 
 
-def _model(ctx: PartyContext) -> tuple[HeteroLinear, dict[str, Any], dict[str, np.ndarray]]:
+@dataclass(frozen=True)
+class ActiveState(PartyState):
+    scores: np.ndarray | None = None  # the model's scores of the aligned rows, once decrypted
+
+
+@dataclass(frozen=True)
+class PassiveState(PartyState):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """This party's part of a finished training job: its protocol, columns and weights."""
+
+    job: str
+    protocol: str
+    features: list[str]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def task(self) -> str:
+        """``binary`` (scores are probabilities) or ``regression``."""
+        return str(get_protocol(self.protocol).task)  # type: ignore[attr-defined]
+
+    def evaluate(self, y: np.ndarray, z: np.ndarray) -> dict[str, Any]:
+        """The training protocol's own metrics of scores ``z`` against labels ``y``."""
+        metrics: dict[str, Any] = get_protocol(self.protocol).evaluate(y, z)  # type: ignore[attr-defined]
+        return metrics
+
+
+def trained_model(ctx: PartyContext) -> TrainedModel:
+    """The model part of the ``model`` job (a finished hetero-lr or hetero-linear job)."""
     job = ctx.params["model"]
-    info = ctx.job_info(job)
-    if info["protocol"] not in MODELS or not info["done"]:
-        raise VflError(f"job {job} is not a finished hetero-lr or hetero-linear training job on {ctx.name}")
-    return MODELS[info["protocol"]], info, ctx.job_arrays(job)
+    job_info = finished_job(ctx, job, MODELS)
+    features = list(job_info["results"]["model"]["features"])
+    return TrainedModel(job, job_info["protocol"], features, ctx.job_arrays(job))
 
 
-def _partial_scores(ctx: PartyContext) -> np.ndarray:
+def partial_scores(ctx: PartyContext, model: TrainedModel) -> np.ndarray:
     """This party's share of the scores of the aligned rows: standardised X times its weights."""
-    _, info, arrays = _model(ctx)
     alignment = ctx.params["alignment"]
-    a_info = ctx.job_info(alignment)
-    if a_info["protocol"] != "psi" or not a_info["done"]:
-        raise VflError(f"job {alignment} is not a finished alignment (psi) job on {ctx.name}")
-    features = info["results"]["model"]["features"]
-    own = [f for f in features if f != "(intercept)"]
+    finished_job(ctx, alignment, ("psi",))
+    own = [f for f in model.features if f != "(intercept)"]
     df = aligned_rows(ctx.data(alignment), ctx.job_arrays(alignment), ctx.id_column, alignment)
-    X = transform_from_arrays(arrays).transform(numeric_matrix(df, own, what=ctx.name))
+    X = transform_from_arrays(model.arrays).transform(numeric_matrix(df, own, what=ctx.name))
     if ctx.is_active:
         X = np.hstack([X, np.ones((len(X), 1))])
-    return X @ arrays["weights"]
+    scores: np.ndarray = X @ model.arrays["weights"]
+    return scores
 
 
-class Predict(Protocol):
+def scored(ctx: PartyContext, model: TrainedModel, z: np.ndarray) -> dict[str, Any]:
+    """The active party's results: row count, task and, when every row has a label, metrics."""
+    results: dict[str, Any] = {"rows": len(z), "model": model.job, "task": model.task}
+    label, alignment = ctx.label_column, ctx.params["alignment"]
+    df = ctx.data(alignment)
+    if label and label in df.columns:
+        picked = aligned_rows(df, ctx.job_arrays(alignment), ctx.id_column, alignment)
+        y = numeric_matrix(picked, [label], what=ctx.name)[:, 0]
+        results["labelled_rows"] = int((~np.isnan(y)).sum())
+        # rows to score often have no label yet (an empty cell): then no metrics, and the
+        # scores are still delivered
+        if results["labelled_rows"] == len(y):
+            results["metrics"] = {"test": model.evaluate(y, z)}
+    return results
+
+
+# ----- handlers: decode -> step -> encode ------------------------------------------------------
+def _active_check(ctx: PartyContext, state: ActiveState, received: Any) -> Step[ActiveState]:
+    partial_scores(ctx, trained_model(ctx))  # checks model and alignment before any file
+    return Step(state, "wait-scores")
+
+
+def _active_score(
+    ctx: PartyContext, state: ActiveState, received: Mapping[str, Artifact]
+) -> Step[ActiveState]:
+    model = trained_model(ctx)
+    own = partial_scores(ctx, model)
+    art = need(received, ctx.passives[0], SCORES)
+    priv = ctx.private_key()
+    z = own + priv.decrypt(read_enc(art, "u", priv.public, rows=len(own)))
+    scores = sigmoid(z) if model.task == "binary" else z
+    return Step.finish(state.but(scores=scores), scored(ctx, model, z))
+
+
+def _passive_send(ctx: PartyContext, state: PassiveState, received: Any) -> Step[PassiveState]:
+    u = partial_scores(ctx, trained_model(ctx))  # checks model and alignment on every party
+    out = send_scores(ctx, u, 0)
+    if out is None:  # P1 with other passive parties: it adds theirs first
+        return Step(state, "collect-scores")
+    return Step.finish(state, {"rows": len(u)}, out)
+
+
+def _passive_collect(
+    ctx: PartyContext, state: PassiveState, received: Mapping[str, Artifact]
+) -> Step[PassiveState]:
+    out: list[Outgoing] = collect_scores(ctx, partial_scores(ctx, trained_model(ctx)), received, 0)
+    return Step.finish(state, {"rows": int(out[0].meta["rows"])}, out)
+
+
+def _scores_from_p1(ctx: PartyContext, state: Any) -> list[Expect]:
+    return [Expect(ctx.passives[0], SCORES)]
+
+
+def _scores_from_peers(ctx: PartyContext, state: Any) -> list[Expect]:
+    return [Expect(p, PEER_SCORES) for p in ctx.passives if p != ctx.name]
+
+
+class Predict(KitProtocol[Any]):
     name = "predict"
-    summary = "joint scoring of aligned rows with a trained model; only the active party sees scores"
+    states = {"active": ActiveState, "passive": PassiveState}
+    params_spec = {
+        "model": JobRef(note="the finished training job"),
+        "alignment": JobRef(note="the psi job over the rows to score"),
+    }
 
-    params_spec = {"model": JobRef(note="the finished training job"),
-                   "alignment": JobRef(note="the psi job over the rows to score")}
-
-    def expects(self, ctx: PartyContext, state: JobState) -> list[Expect]:
-        if state.phase == "start":
-            return []
-        if ctx.is_active:
-            return [Expect(ctx.passives[0], SCORES)]
-        return [Expect(p, PEER_SCORES) for p in ctx.passives if p != ctx.name]
-
-    def advance(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]) -> list[Outgoing]:
-        if state.phase == "start":
-            u = _partial_scores(ctx)  # checks model and alignment on every party first
-            if ctx.is_active:
-                state.phase = "wait-scores"
-                return []
-            out = send_scores(ctx, u, 0)
-            if out is None:
-                state.phase = "collect-scores"
-                return []
-            self._done(state, {"rows": len(u)})
-            return out
-        if not ctx.is_active:
-            out = collect_scores(ctx, _partial_scores(ctx), received, 0)
-            self._done(state, {"rows": int(out[0].meta["rows"])})
-            return out
-        own = _partial_scores(ctx)
-        art = need(received, ctx.passives[0], SCORES)
-        priv = ctx.private_key()
-        z = own + priv.decrypt(read_enc(art, "u", priv.public, rows=len(own)))
-        model, info, _ = _model(ctx)
-        scores = 1.0 / (1.0 + np.exp(-z)) if model.task == "binary" else z
-        state.arrays["scores"] = scores
-        results: dict[str, Any] = {"rows": len(scores), "model": ctx.params["model"], "task": model.task}
-        label = ctx.label_column
-        alignment = ctx.params["alignment"]
-        df = ctx.data(alignment)
-        if label and label in df.columns:
-            picked = aligned_rows(df, ctx.job_arrays(alignment), ctx.id_column, alignment)
-            y = numeric_matrix(picked, [label], what=ctx.name)[:, 0]
-            results["labelled_rows"] = int((~np.isnan(y)).sum())
-            # rows to score often have no label yet (an empty cell): then no metrics, and the
-            # scores are still delivered
-            if results["labelled_rows"] == len(y):
-                results["metrics"] = {"test": model.evaluate(y, z)}
-        self._done(state, results)
-        return []
-
-    @staticmethod
-    def _done(state: JobState, results: dict[str, Any]) -> None:
-        state.phase = "done"
-        state.done = True
-        state.results = results
+    def phases(self) -> Mapping[tuple[str, str], Phase[Any]]:
+        return {
+            ("active", "start"): Phase(nothing, _active_check),
+            ("active", "wait-scores"): Phase(_scores_from_p1, _active_score),
+            ("passive", "start"): Phase(nothing, _passive_send),
+            ("passive", "collect-scores"): Phase(_scores_from_peers, _passive_collect),
+        }

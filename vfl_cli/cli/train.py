@@ -38,7 +38,8 @@ def train() -> None:
               help="hetero-lr: binary logistic regression; hetero-linear: linear regression.")
 @click.option("--alignment", required=True, help="The finished alignment (psi) job whose rows to train on.")
 @click.option("--epochs", type=int, help="Passes over the training rows (default 10).")
-@click.option("--batch-size", type=int, help="Rows per mini-batch; 0 = full batch, fewest hand-offs (default 0).")
+@click.option("--batch-size", type=int, help="Rows per mini-batch, at least 64 and 4 per column of the widest party; "
+              "0 = full batch, fewest hand-offs (default 0).")
 @click.option("--learning-rate", type=float, help="Step size (default 0.05).")
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), help="Optimiser (default adam).")
 @click.option("--l2", type=float, help="L2 penalty (default 0).")

@@ -110,3 +110,20 @@ def test_any_input_is_read_or_refused_with_a_vfl_error(tmp_path: Path, rows: lis
     except VflError:
         return
     assert "id" in df.columns and all(isinstance(v, str) for v in df["id"])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(cell, cell, cell), min_size=0, max_size=6),
+       positive=st.one_of(st.none(), st.sampled_from(["a", "1", "yes"])),
+       sep=st.sampled_from([",", ";"]))
+def test_any_table_passes_the_init_checks_or_is_refused_with_a_vfl_error(
+        tmp_path: Path, rows: list[tuple[str, str, str]], positive: str | None, sep: str) -> None:
+    from vfl_cli.columns import check_data
+
+    body = "\n".join(sep.join(r) for r in [("id", "y", "x"), *rows])
+    f = write(tmp_path, body.encode(), "init.csv")
+    try:
+        config = check_data(f, role="active", id_column="id", label_column="y", positive_label=positive)
+    except VflError:
+        return
+    assert config["id_column"] == "id" and config["label_column"] == "y"

@@ -47,7 +47,7 @@ class CsvFormat:
         return f"separator {_SEP_NAMES.get(self.sep, repr(self.sep))}, decimal mark {self.decimal!r}, {encoding}"
 
 
-def check_options(sep: str | None, decimal: str | None, encoding: str | None) -> dict[str, str]:
+def check_options(sep: str | None = None, decimal: str | None = None, encoding: str | None = None) -> dict[str, str]:
     """The format options a user gave, checked; what vfl.json keeps (only the ones given)."""
     out: dict[str, str] = {}
     if sep is not None:

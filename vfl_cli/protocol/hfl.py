@@ -86,6 +86,8 @@ from vfl_cli.protocol.base import (
     Protocol,
     Seed,
     defaults,
+    meta_int,
+    meta_list,
     need,
     typed_params,
     unique_parties,
@@ -119,6 +121,8 @@ UPDATE = "hfl/update"
 #: worker refuses to send a larger delta (training diverged), and the server's packing headroom
 #: is derived from it and the number of workers, never from the data.
 DELTA_BITS = 20
+#: The most rows a node may report having trained on (a received count is bounded before use).
+MAX_SAMPLES = 10**12
 _FRACTION_BITS = -4 * paillier.EXPONENT  # 32: bits below the point of an encoded value
 
 PARAMS: dict[str, Param] = {
@@ -464,15 +468,8 @@ class HFL(Protocol):
             art = need(received, w, DELTA)
             self._check_round(art, t)
             if t == 0:
-                _check_columns(
-                    list(art.meta.get("columns", [])), state.data["columns"], ctx.name, w
-                )
-            n = art.meta.get("n_samples")
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise InvalidArtifact(
-                    f"the delta from {w} reports n_samples={n!r}, expected a whole number >= 1"
-                )
-            counts.append(n)
+                _check_columns(meta_list(art, "columns"), state.data["columns"], ctx.name, w)
+            counts.append(meta_int(art, "n_samples", low=1, high=MAX_SAMPLES))
             if needs_stats:
                 s = art.meta.get("stats")
                 if not isinstance(s, Mapping) or any(
@@ -599,7 +596,7 @@ class HFL(Protocol):
         t = int(state.data.get("t", 0))
         self._check_round(art, t)
         if t == 0:
-            columns = [str(c) for c in art.meta.get("columns", [])]
+            columns = meta_list(art, "columns")
             _check_columns(ctx.features, columns, server, ctx.name)
             spec = art.meta.get("spec")
             if not isinstance(spec, list) or spec != model_spec(ctx.params):
@@ -712,7 +709,7 @@ class HFL(Protocol):
             )
         first = state.phase == "start"
         if first:
-            columns = [str(c) for c in art.meta.get("columns", [])]
+            columns = meta_list(art, "columns")
             _check_columns(ctx.features, columns, server, ctx.name, subset=True)
             spec = art.meta.get("spec")
             if not isinstance(spec, list) or spec != model_spec(ctx.params):

@@ -410,3 +410,54 @@ def test_a_training_set_below_the_bound_is_refused_even_at_full_batch(tmp_path: 
     with pytest.raises(VflError, match=r"the smallest mini-batch holds \d+ training rows, but bank has 11 columns"):
         jobs.start_job(Workspace(bank), "hetero-lr", {"alignment": "al", "batch_size": 0}, job="tr")
     assert not (bank / "jobs" / "tr").exists()
+
+
+def _stacked_attack(batching: Any, XA: np.ndarray, XP: np.ndarray, y: np.ndarray, *, epochs: int = 40,
+                    last: int = 10, m: int = 80) -> tuple[int, float]:
+    """Plaintext replay of the passive party's view (the same numbers the protocol gives it):
+    train the centred model, keep the passive party's exact gradient of every batch of the last
+    ``last`` epochs, and solve all of them at once for one residual per row (as if residuals
+    stayed put between epochs). Returns (the rank of the stacked system, the label AUC of -d).
+    """
+    from vfl_cli.models.optim import make_optimizer
+    from vfl_cli.models.reference import initial_intercept
+
+    n = len(y)
+    A = np.hstack([XA, np.ones((n, 1))])
+    wa, wp = np.zeros(A.shape[1]), np.zeros(XP.shape[1])
+    wa[-1] = initial_intercept(y, binary=True)
+    opt_a, opt_p = make_optimizer("adam", lr=0.05), make_optimizer("adam", lr=0.05)
+    keep = np.ones(len(wa), dtype=bool)
+    keep[-1] = False
+    blocks, rhs = [], []
+    for epoch in range(epochs):
+        for rows in batching(n, m, seed=3, epoch=epoch):
+            p = 1 / (1 + np.exp(-(A[rows] @ wa)))
+            d = p * (1 - p) * (XP[rows] @ wp) + p - y[rows]
+            if epoch >= epochs - last:
+                block = np.zeros((XP.shape[1], n))
+                block[:, rows] = XP[rows].T
+                blocks.append(block)
+                rhs.append(XP[rows].T @ d)
+            wa = opt_a.step(wa, A[rows].T @ d / len(rows), mask=keep)
+            wp = opt_p.step(wp, XP[rows].T @ d / len(rows))
+    M = np.vstack(blocks)
+    solved, *_ = np.linalg.lstsq(M, np.concatenate(rhs), rcond=None)
+    return int(np.linalg.matrix_rank(M)), roc_auc(y, -solved)
+
+
+def test_fixed_batches_do_not_stack_across_epochs(sample: Any) -> None:
+    """Re-drawn batches give the passive party equations over every row after a few epochs;
+    fixed batches never more than (number of batches) x (its columns)."""
+    from vfl_cli.models.reference import fixed_minibatches, minibatches
+
+    a = pd.read_csv(sample("breast_active.csv"), dtype={"id": str})
+    y = a["label"].to_numpy(float)
+    XA = a.drop(columns=["id", "label"]).to_numpy(float)
+    XA = (XA - XA.mean(0)) / XA.std(0)
+    XP = np.random.default_rng(1).normal(size=(len(y), 20))  # label-free columns: no inherent leak
+    rank_redrawn, auc_redrawn = _stacked_attack(minibatches, XA, XP, y)
+    rank_fixed, auc_fixed = _stacked_attack(fixed_minibatches, XA, XP, y)
+    assert rank_redrawn == len(y)
+    assert rank_fixed == len(fixed_minibatches(len(y), 80, seed=3, epoch=0)) * 20 < len(y)
+    assert auc_fixed < 0.62 < auc_redrawn, (auc_fixed, auc_redrawn)

@@ -83,7 +83,7 @@ def test_cp1252_file_is_read_with_its_encoding(tmp_path: Path) -> None:
 
 
 def test_missing_id_column_lists_the_columns(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"no id column 'id'; its columns are: ID, x"):
+    with pytest.raises(DataError, match=r"no id column 'id' \(did you mean 'ID'\?\); its columns are: ID, x"):
         read_table(write(tmp_path, b"ID,x\n1,2\n"), "id")
 
 

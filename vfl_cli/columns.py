@@ -13,12 +13,12 @@ other value when the file is read; a label column with more than two text values
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vfl_cli.errors import DataError, VflError
 from vfl_cli.tables import check_options, read_header, read_table
+from vfl_cli.tables import near as _near
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,13 +26,6 @@ if TYPE_CHECKING:
     from vfl_cli.workspace import Workspace
 
 MAX_LISTED = 5
-
-
-def _near(name: str, columns: list[str]) -> str:
-    """' (did you mean 'x'?)' for a misspelt, mis-cased or padded column name, else ''."""
-    folded = {c.strip().lower(): c for c in columns}
-    match = folded.get(name.strip().lower()) or next(iter(difflib.get_close_matches(name, columns, n=1, cutoff=0.5)), None)
-    return f" (did you mean {match!r}?)" if match else ""
 
 
 def choose_features(columns: list[str], *, id_column: str, label_column: str | None, exclude: list[str],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import io
 import re
 import warnings
@@ -45,6 +46,14 @@ class CsvFormat:
     def describe(self) -> str:
         encoding = "UTF-8" if self.encoding in ("utf-8", "utf-8-sig") else self.encoding
         return f"separator {_SEP_NAMES.get(self.sep, repr(self.sep))}, decimal mark {self.decimal!r}, {encoding}"
+
+
+def near(name: str, columns: list[str]) -> str:
+    """' (did you mean 'x'?)' for a misspelt, mis-cased or padded column name, else ''."""
+    folded = {c.strip().lower(): c for c in columns}
+    close = difflib.get_close_matches(name, columns, n=1, cutoff=0.5)
+    match = folded.get(name.strip().lower()) or (close[0] if close else None)
+    return f" (did you mean {match!r}?)" if match else ""
 
 
 def check_options(sep: str | None = None, decimal: str | None = None, encoding: str | None = None) -> dict[str, str]:
@@ -180,7 +189,8 @@ def read_table(path: Path, id_column: str, **options: Any) -> pd.DataFrame:
     fmt = detect_format(path, **options)
     names = read_header(path, sep=fmt.sep, decimal=fmt.decimal, encoding=fmt.encoding)
     if id_column not in names:
-        raise DataError(f"{path} has no id column {id_column!r}; its columns are: {', '.join(names[:12])}")
+        raise DataError(f"{path} has no id column {id_column!r}{near(id_column, names)}; its columns are: "
+                        f"{', '.join(names[:12])}")
     try:
         with warnings.catch_warnings():
             # rows longer than the header would otherwise lose their last cells silently

@@ -17,11 +17,13 @@ from vfl_cli import jobs
 from vfl_cli.errors import VflError
 from vfl_cli.workspace import Workspace
 
+HFL = ROOT / "sample_data" / "hfl"
+
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
-    """Every message of a handshake, an alignment and one epoch of hetero-lr, with the
-    recipient's workspace before it took each (one pair of 512-bit workspaces)."""
+    """Every message of a handshake, an alignment, one epoch of hetero-lr and one round of hfl
+    with secure aggregation, with the recipient's workspace before it took each (512-bit keys)."""
     root = tmp_path_factory.mktemp("fuzz")
     bank = make_party(root, "bank", "active", ROOT / "sample_data" / "breast_active.csv", label_column="label")
     bureau = make_party(root, "bureau", "passive", ROOT / "sample_data" / "breast_passive.csv")
@@ -29,11 +31,18 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
     store = root / "snapshots"
     store.mkdir()
     out: list[Case] = []
+    hfl = root / "hfl"
+    hfl.mkdir()
+    nodes = [make_party(hfl, "server", "server", HFL / "server.csv", label_column="label")]
+    nodes += [make_party(hfl, n, "worker", HFL / f"{n}.csv", label_column="label") for n in ("node0", "node1", "node2")]
+    introduce(hfl, "server", "node0", "node1", "node2")
+    plan = [([bank, bureau], "hs", "handshake", {}), ([bank, bureau], "al", "psi", {}),
+            ([bank, bureau], "tr", "hetero-lr", {"alignment": "al", "epochs": 1, "test_fraction": 0.5}),
+            (nodes, "hf", "hfl", {"rounds": 1, "secure_aggregation": True})]
     with pytest.MonkeyPatch.context() as mp, recording(mp) as raw:
-        for job, protocol, params in [("hs", "handshake", {}), ("al", "psi", {}),
-                                      ("tr", "hetero-lr", {"alignment": "al", "epochs": 1, "test_fraction": 0.5})]:
-            jobs.start_job(Workspace(bank), protocol, params, job=job)
-            out += record_job([bank, bureau], job, raw, store)
+        for parties, job, protocol, params in plan:
+            jobs.start_job(Workspace(parties[0]), protocol, params, job=job)
+            out += record_job(parties, job, raw, store)
     return out
 
 
@@ -41,7 +50,7 @@ def test_every_step_of_the_recorded_jobs_is_a_case(cases: list[Case]) -> None:
     kinds = {c.message.kind for c in cases}
     assert {"vfl/job-proposal", "handshake/hello", "handshake/reply", "psi/start", "psi/response",
             "psi/finish"} <= kinds
-    assert any(k.startswith("hetero/") for k in kinds)
+    assert any(k.startswith("hetero/") for k in kinds) and "hfl/delta" in kinds
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -19,6 +19,8 @@ import numpy as np
 
 from vfl_cli import jobs
 from vfl_cli.crypto.signing import short
+from vfl_cli.models.reference import sigmoid
+from vfl_cli.protocol.registry import REGISTRY
 from vfl_cli.workspace import Workspace
 
 CSS = """
@@ -65,6 +67,12 @@ def _figure(fig_id: str, caption: str, svg: str) -> str:
     return f'<figure id="{fig_id}" class="plot">{svg}<figcaption>{_e(caption)}</figcaption></figure>'
 
 
+def _binary(protocol: str) -> bool:
+    """Whether the protocol's test scores are log-odds of a binary label (its registry entry)."""
+    entry = REGISTRY.get(protocol)
+    return entry is not None and entry.binary
+
+
 def _plots(state: jobs.JobState, protocol: str) -> list[str]:
     """The plots this party can draw from what it holds."""
     import matplotlib
@@ -83,8 +91,8 @@ def _plots(state: jobs.JobState, protocol: str) -> list[str]:
         out.append(_figure("training-curve", "Training loss per epoch (computed under encryption)", _svg(fig)))
     if "test_scores" in state.arrays and "test_labels" in state.arrays:
         z, y = state.arrays["test_scores"], state.arrays["test_labels"]
-        if protocol == "hetero-lr" or set(np.unique(y)) <= {0.0, 1.0}:
-            out += _classifier_plots(y, 1.0 / (1.0 + np.exp(-z)))
+        if _binary(protocol) or set(np.unique(y)) <= {0.0, 1.0}:
+            out += _classifier_plots(y, sigmoid(z))
         else:
             fig, ax = plt.subplots(figsize=(4.6, 3.2))
             ax.scatter(z, y - z, s=8, alpha=0.6)

@@ -13,11 +13,8 @@ from vfl_cli.cli._console import emit_json, print_result, progress_bars, say
 from vfl_cli.cli._options import force_option, json_option, out_option, workspace
 from vfl_cli.cli.jobs import parse_params, report
 from vfl_cli.errors import VflError
-
-TRAIN_OPTIONS = {
-    "epochs": int, "batch_size": int, "learning_rate": float, "optimizer": str,
-    "test_fraction": float, "seed": int, "l2": float,
-}
+from vfl_cli.protocol.registry import info as protocol_info
+from vfl_cli.protocol.registry import model_table, names
 
 
 @click.group()
@@ -34,7 +31,7 @@ def train() -> None:
 
 
 @train.command()
-@click.option("--protocol", "-p", type=click.Choice(["hetero-lr", "hetero-linear"]), required=True,
+@click.option("--protocol", "-p", type=click.Choice(names(trains=True)), required=True,
               help="hetero-lr: binary logistic regression; hetero-linear: linear regression.")
 @click.option("--alignment", required=True, help="The finished alignment (psi) job whose rows to train on.")
 @click.option("--epochs", type=int, help="Passes over the training rows (default 10).")
@@ -252,19 +249,12 @@ def model_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
         trained.append(f"{card['rounds_run']} rounds")
     print_result(f"[bold]{card['protocol']}[/bold] model of job {job_id}, {ws.name}'s part"
                   + (f" ({', '.join(trained)})" if trained else ""))
+    rendered = model_table(info["protocol"], card)
     table = Table()
-    if "layers" in card:  # a network: which party computes each layer, in plaintext or ciphertext
-        for col in ("party", "part", "layer", "mode", "shape"):
-            table.add_column(col)
-        for row in card["layers"]:
-            shape = " x ".join("?" if d is None else str(d) for d in row["shape"])
-            table.add_row(row["party"], row["part"], row["layer"], row["mode"], shape)
-        print_result(table)
-        return
-    table.add_column("feature")
-    table.add_column("weight", justify="right")
-    for f, w in card["weights"].items():
-        table.add_row(f, f"{w:+.5f}")
+    for col in rendered.columns:
+        table.add_column(col, justify="right" if col == "weight" else "left")
+    for row in rendered.rows:
+        table.add_row(*row)
     print_result(table)
 
 
@@ -286,8 +276,9 @@ def model_export(ctx: click.Context, job_id: str, out: Path, force: bool) -> Non
     card = state.results.get("model")
     if card is None:
         raise VflError(f"job {job_id} is a {info['protocol']} job and holds no model")
-    doc = dict(card, metrics=state.results.get("metrics", {}),
-               standardiser={"mean": state.arrays["mean"].tolist(), "scale": state.arrays["scale"].tolist()})
+    doc = dict(card, metrics=state.results.get("metrics", {}))
+    if protocol_info(info["protocol"]).export_standardiser:
+        doc["standardiser"] = {"mean": state.arrays["mean"].tolist(), "scale": state.arrays["scale"].tolist()}
     (replace_atomic if force else write_new)(out, pretty_json(doc))
     say(f"Wrote {ws.name}'s model part to {out}")
 

@@ -73,7 +73,8 @@ class ProtocolInfo:
         needs_alignment: Its jobs name a finished ``psi`` job (``alignment`` parameter).
         trains: ``vfl train start --protocol`` offers it (a vertical training protocol).
         evaluated: A finished job has metrics for the proposer (``vfl evaluate``, recipes).
-        binary: Its scores are log-odds of a binary label (the report draws classifier plots).
+        binary: Its test scores (``test_scores``) are log-odds of a binary label (the report draws
+            classifier plots of their sigmoid).
         model: Renders its model card as a table (``vfl model show``); None: it trains no model.
         export_standardiser: ``vfl model export`` adds the party's column means and deviations.
     """
@@ -137,7 +138,6 @@ REGISTRY: dict[str, ProtocolInfo] = {
         "multi-node training: parameter server, delta updates, FedAvg or Actor-Critic weighting",
         roles=("server", "worker", "predictor"),
         evaluated=True,
-        binary=True,
         model=card_table,
     ),
 }

@@ -14,7 +14,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import ROOT, error_line, introduce, make_party, run
 from fuzz_signed import MUST_REFUSE, OPS, Case, feed, mutate, record_job, recording, restore, signed_bytes
 from vfl_cli import jobs
-from vfl_cli.errors import VflError
+from vfl_cli.artifacts.container import new_artifact
+from vfl_cli.errors import InvalidArtifact, VflError
+from vfl_cli.protocol.base import meta_int, meta_list
 from vfl_cli.workspace import Workspace
 
 HFL = ROOT / "sample_data" / "hfl"
@@ -86,3 +88,25 @@ def test_the_command_prints_one_error_line(cases: list[Case], tmp_path: Path, op
         error_line(result)
     else:  # quarantined instead of refused: it must say so and not have advanced the job
         assert not (work / "inbox" / name).exists() and "rejected" in result.output
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                    max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=JSON)
+def test_meta_fields_are_checked_where_they_enter(value: object) -> None:
+    art = new_artifact(kind="hfl/delta", job="j", seq=1, step="s", sender="a", recipient="b",
+                       meta={"columns": value, "n_samples": value})
+    try:
+        got = meta_list(art, "columns", max_len=3)
+        assert isinstance(got, list) and len(got) <= 3 and all(isinstance(c, str) for c in got)
+    except InvalidArtifact as exc:
+        assert "columns must be a list of at most 3 str values" in str(exc)
+    try:
+        n = meta_int(art, "n_samples", low=1, high=10**12)
+        assert type(n) is int and 1 <= n <= 10**12
+    except InvalidArtifact as exc:
+        assert "n_samples must be a whole number in 1..1000000000000" in str(exc)

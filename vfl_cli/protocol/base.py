@@ -424,26 +424,6 @@ def meta_int(art: Artifact, key: str, *, low: int = 0, high: int = SEED_MAX) -> 
     return value
 
 
-def array_member(art: Artifact, name: str, *, kinds: str = "f", shape: tuple[int | None, ...] | None = None
-                 ) -> np.ndarray:
-    """A plaintext array member with a dtype of one of ``kinds`` (numpy kind letters: ``f``
-    float, ``i`` signed, ``u`` unsigned, ``b`` bool) and, if given, ``shape`` (None: any size
-    on that axis). Floats must be finite.
-
-    Raises:
-        InvalidArtifact: naming the message, the member, what it holds and what was expected.
-    """
-    a = art.array(name)
-    if a.dtype.kind not in kinds or (shape is not None and (
-            a.ndim != len(shape) or any(want is not None and got != want for got, want in zip(a.shape, shape)))):
-        want = "x".join("n" if w is None else str(w) for w in shape) if shape is not None else "any shape"
-        raise InvalidArtifact(f"{art.kind} from {art.sender}: member {name!r} holds {a.dtype} {list(a.shape)}, "
-                              f"expected dtype kind {kinds!r} and shape {want}")
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise InvalidArtifact(f"{art.kind} from {art.sender}: member {name!r} holds NaN or infinite values")
-    return a
-
-
 def need(received: Mapping[str, Artifact], sender: str, kind: str) -> Artifact:
     """The artifact from ``sender``; the engine guarantees presence, this checks the kind."""
     art = received[sender]

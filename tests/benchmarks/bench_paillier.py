@@ -18,6 +18,8 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +49,31 @@ def _cpu(fn: Callable[[], object]) -> tuple[float, object]:
     t = time.process_time()
     out = fn()
     return time.process_time() - t, out
+
+
+def _rerandomisation(
+    add: Callable[..., None],
+    sample_phe: list[object],
+    src: P.EncryptedArray,
+    args: argparse.Namespace,
+) -> None:
+    """Rows for re-randomising computed ciphertexts: phe's obfuscate() (a uniform r^n, like the
+    engine's default randomiser) against the engine's two randomisers."""
+    rphe: list[Any] = [x * 1 for x in sample_phe[: min(50, args.phe_count)]]  # type: ignore[operator]
+    t_phe, _ = _cpu(lambda: [x.obfuscate() for x in rphe])
+    sizes: tuple[tuple[P.Randomiser, int], ...] = (("uniform", 100), ("long-exponent", 500))
+    for randomiser, rcount in sizes:
+        computed = src[: min(rcount, src.size)].mul(3)
+        rerand = partial(P.rerandomize, computed, randomiser=randomiser)
+        t_one, _ = _cpu(partial(rerand, n_jobs=1))
+        t_many, _ = _best(partial(rerand, n_jobs=args.n_jobs))
+        add(
+            f"re-randomisation, {randomiser}",
+            "ciphertexts/s",
+            len(rphe) / t_phe,
+            computed.size / t_one,
+            computed.size / t_many,
+        )
 
 
 def main() -> None:
@@ -126,11 +153,16 @@ def main() -> None:
     # -- ciphertext * float ----------------------------------------------------------------
     mcount = min(1000, enc_many.size)
     factors = rng.standard_normal(mcount)
-    t_phe, _ = _cpu(lambda: [x * float(f) for x, f in zip(sample_phe[:300], factors[:300])])
+    nphe = min(300, len(sample_phe))  # sample_phe may hold fewer than 300 numbers
+    t_phe, _ = _cpu(
+        lambda: [x * float(f) for x, f in zip(sample_phe[:nphe], factors[:nphe], strict=True)]
+    )
     src = enc_many[:mcount]
     t_one, _ = _cpu(lambda: src.mul(factors, n_jobs=1))
     t_many, _ = _best(lambda: src.mul(factors, n_jobs=args.n_jobs))
-    add("ciphertext x float", "products/s", 300 / t_phe, mcount / t_one, mcount / t_many)
+    add("ciphertext x float", "products/s", nphe / t_phe, mcount / t_one, mcount / t_many)
+
+    _rerandomisation(add, sample_phe, src, args)
 
     # -- X^T [[d]] -------------------------------------------------------------------------
     if args.data:

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from vfl_cli.crypto import paillier as P
-from vfl_cli.crypto import parallel
-from vfl_cli.errors import EncodingOverflow, InvalidArtifact, KeyMismatch
+from vfl_cli.crypto import encoding, paillier_kernels, parallel
+from vfl_cli.errors import CryptoError, EncodingOverflow, InvalidArtifact, KeyMismatch, VflError
 
 RES = 2.0**-32  # resolution of EXPONENT = -8
 
@@ -85,7 +85,7 @@ def test_known_answer_djn_form(pub, monkeypatch):
     # the little-endian digits of a: check it against a direct computation.
     nwin = pub.short_exponent_bits // 8
     fixed = bytes(range(1, nwin + 1))
-    monkeypatch.setattr(P.os, "urandom", lambda k: fixed * (k // nwin))
+    monkeypatch.setattr(paillier_kernels.os, "urandom", lambda k: fixed * (k // nwin))
     e = P.encrypt(pub, np.array([-1.25]), n_jobs=1)
     a = int.from_bytes(fixed, "little")
     m = (-round(1.25 * 2**32)) % pub.n
@@ -352,22 +352,70 @@ def test_packed_layout_is_checked(pub):
 # -- randomness helpers -----------------------------------------------------------------------
 
 
-def test_rerandomize_and_pool(pub, priv):
+def test_rerandomize_uniform_and_mask(pub, priv):
     x = np.array([0.25, -4.0, 9.0])
     e = P.encrypt(pub, x) * 2
     assert not e.fresh
-    pool = P.ObfuscatorPool(pub)
-    pool.fill(2, n_jobs=1)
-    r = P.rerandomize(e, pool=pool, n_jobs=1)
-    assert r.fresh and len(pool) == 0
+    r = P.rerandomize(e, n_jobs=1)
+    assert r.fresh and r.shape == e.shape and r.exponent == e.exponent
     assert r.to_bytes() != e.to_bytes()
     np.testing.assert_allclose(priv.decrypt(r), 2 * x, atol=RES)
-    pool.fill(3, n_jobs=1)
-    again = P.ObfuscatorPool.from_bytes(pub, pool.to_bytes())
-    assert len(again) == 3
-    masked, m = P.mask(e, value_bits=40, pool=again)
-    assert len(again) == 0
+    masked, m = P.mask(e, value_bits=40)
+    assert masked.fresh
     np.testing.assert_allclose(P.unmask(priv.decrypt_raw(masked), m), 2 * x, atol=RES)
+
+
+def test_rerandomize_long_exponent_known_answer(pub, priv, monkeypatch):
+    """h**a with a fresh ceil(bits/2)-bit exponent a whose bytes are the window digits."""
+    x = np.array([1.5, -2.0])
+    e = P.encrypt(pub, x) + P.encrypt(pub, x)
+    ebits = P.long_exponent_bits(pub.bits)
+    assert ebits == max(P.short_exponent_bits(pub.bits), -(-pub.bits // 16) * 8)
+    assert ebits >= pub.bits // 2 and ebits % 8 == 0
+    nwin = ebits // 8
+    digits = bytes(range(1, nwin + 1))
+    monkeypatch.setattr(paillier_kernels.os, "urandom", lambda k: digits * (k // nwin))
+    r = P.rerandomize(e, randomiser="long-exponent", n_jobs=1)
+    a = int.from_bytes(digits, "little")
+    expected = [int(c) * pow(pub.h, a, pub.nsquare) % pub.nsquare for c in e.raw_ciphertexts()]
+    assert [int(c) for c in r.raw_ciphertexts()] == expected
+    assert r.fresh and r.bound == e.bound
+    np.testing.assert_allclose(priv.decrypt(r), 2 * x, atol=RES)
+
+
+def test_rerandomize_long_exponent_differs_and_decrypts(pub, priv):
+    x = np.linspace(-3, 3, 7).reshape(7, 1)
+    e = P.encrypt(pub, x).mul(3)
+    a = P.rerandomize(e, randomiser="long-exponent")
+    b = P.rerandomize(e, randomiser="long-exponent")
+    assert a.fresh and b.fresh and a.to_bytes() != b.to_bytes() != e.to_bytes()
+    np.testing.assert_allclose(priv.decrypt(a), 3 * x, atol=RES)
+    masked, m = P.mask(e, randomiser="long-exponent")
+    assert masked.fresh
+    np.testing.assert_allclose(P.unmask(priv.decrypt_raw(masked), m).reshape(7, 1), 3 * x, atol=RES)
+    with pytest.raises(CryptoError, match="unknown randomiser"):
+        P.rerandomize(e, randomiser="cheap")  # type: ignore[arg-type]
+
+
+def test_rerandomize_long_exponent_without_h_uses_uniform(pub, priv):
+    slow = P.PublicKey(pub.n)  # a pheutil key: no DJN generator
+    e = P.encrypt(slow, [0.5, 0.25]) * 2
+    r = P.rerandomize(e, randomiser="long-exponent", n_jobs=1)
+    assert r.fresh and r.to_bytes() != e.to_bytes()
+    np.testing.assert_allclose(priv.decrypt(r), [1.0, 0.5], atol=RES)
+
+
+def test_require_fresh(pub):
+    e = P.encrypt(pub, [1.0, 2.0])
+    P.require_fresh(e)
+    P.require_fresh(e[0:1])
+    P.require_fresh(P.pack(e.with_bound(4.0)))
+    P.require_fresh(P.concatenate([e, P.rerandomize(e * 2)]))
+    for computed in (e * 2, e + 1.0, e + e, -e, e.sum(), P.concatenate([e, e * 2])):
+        with pytest.raises(VflError, match="carry no fresh randomness"):
+            P.require_fresh(computed, "gradient")
+    with pytest.raises(VflError, match="expected encrypted values"):
+        P.require_fresh(np.zeros(2))
 
 
 # -- parallel paths ---------------------------------------------------------------------------
@@ -407,3 +455,63 @@ def test_numpy_operands_on_the_left(pub, priv):
     np.testing.assert_allclose(priv.decrypt(r), x + [0.5, 0.25], atol=RES)
     np.testing.assert_allclose(priv.decrypt(np.float64(3.0) * e), 3 * x, atol=1e-8)
     np.testing.assert_allclose(priv.decrypt(np.array([1.0, 1.0]) - e), 1 - x, atol=RES)
+
+
+# -- slot layout ------------------------------------------------------------------------------
+
+
+def test_slot_layout_of_pack_is_public(pub, priv):
+    x = np.array([1.0, -2.5, 0.0, 3.25, -1.0])
+    e = P.encrypt(pub, x)
+    p = P.pack(e, value_bits=40)
+    layout = P.SlotLayout.for_value_bits(pub.bits, 40)
+    assert p.layout == layout
+    assert (layout.slot_bits, layout.slots, layout.offset) == (42 + P.GUARD_BITS, 11, 1 << 40)
+    assert layout.ciphertexts(x.size) == p.ciphertexts.size == 1
+    assert layout.ciphertexts(23) == 3 and layout.used(2, 23) == 1 and layout.shift(3) == 132
+    plain = priv.decrypt_raw(p.ciphertexts)
+    assert layout.read_all(plain, pub.n, x.size) == encoding.encode_signed(x, P.EXPONENT)
+
+
+def test_slot_layout_offset_reads_and_refuses_overflow():
+    layout = P.SlotLayout(slot_bits=8, slots=3, offset=100)
+    values = [-100, 0, 100]
+    plain = sum((v + 100) << (8 * j) for j, v in enumerate(values))
+    assert plain == sum(values[j] << (8 * j) for j in range(3)) + layout.offset_plaintext(3)
+    assert layout.read(plain, 3) == values
+    with pytest.raises(EncodingOverflow, match="overflowed its headroom"):
+        layout.read(201, 1)
+    with pytest.raises(EncodingOverflow, match="overflowed its slots"):
+        layout.read(plain, 2)
+    with pytest.raises(CryptoError, match="2 packed plaintexts for 3 values, expected 1"):
+        layout.read_all([plain, plain], 1 << 40, 3)
+
+
+@SETTINGS
+@given(st.lists(st.integers(-(2**9) + 1, 2**9 - 1), min_size=1, max_size=12))
+def test_signed_slot_layout_round_trip(pub, values):
+    """Signed slots (split-nn's packing on the plaintext side) read back exactly."""
+    layout = P.SlotLayout.signed_slots(pub.bits, 10, limit=12)
+    assert layout.signed and layout.offset == 0 and layout.slots == 12
+    assert P.SlotLayout.signed_slots(pub.bits, 10).slots == (pub.bits - 2) // 10
+    total = sum(v << layout.shift(j) for j, v in enumerate(values))
+    residue = total % pub.n
+    assert layout.read_residue(residue, pub.n, len(values)) == values
+    assert layout.read_residue(residue, pub.n)[: len(values)] == values
+    with pytest.raises(EncodingOverflow, match="overflowed its slot"):
+        layout.read_residue((total + (1 << layout.shift(len(values)))) % pub.n, pub.n, len(values))
+
+
+def test_unpack_masked_reads_a_masked_packed_sum(pub, priv):
+    x = np.array([0.5, -1.25, 3.0, -7.5])
+    total = P.encrypt(pub, x) * 2.0 + P.encrypt(pub, x)  # exponent -16: values < 2**67
+    packed = P.pack(total, value_bits=70)
+    masked, m = P.mask(packed.ciphertexts)
+    assert m.bound is None and masked.fresh  # full-domain mask: uniform residues to the holder
+    meta = json.loads(json.dumps(packed.meta()))
+    out = P.unpack_masked(priv.decrypt_raw(masked), m, meta)
+    np.testing.assert_allclose(out, 3 * x, atol=4 * RES)
+    with pytest.raises(CryptoError):
+        P.unpack_masked(priv.decrypt_raw(masked)[:0], m, meta)
+    with pytest.raises(InvalidArtifact, match="packed layout"):
+        P.unpack_masked(priv.decrypt_raw(masked), m, dict(meta, slots=10**6))

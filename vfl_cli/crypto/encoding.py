@@ -30,8 +30,13 @@ __all__ = [
     "decode",
     "encode",
     "encode_signed",
+    "fraction_bits",
     "int_bound",
     "max_int",
+    "real_values",
+    "rescale_factor",
+    "round_to_grid",
+    "scaled",
     "signed",
 ]
 
@@ -57,15 +62,14 @@ def encode_signed(values: np.ndarray | float | Sequence[float], exponent: int) -
     a = np.asarray(values, dtype=np.float64).ravel()
     if a.size and not np.all(np.isfinite(a)):
         raise EncodingOverflow("cannot encode NaN or infinite values")
-    # ldexp by a power of two is exact, and rint rounds half to even like Python's round().
-    scaled = np.rint(np.ldexp(a, -LOG2_BASE * exponent))
-    if a.size and not np.all(np.isfinite(scaled)):
+    ints = scaled(a, exponent)
+    if a.size and not np.all(np.isfinite(ints)):
         raise EncodingOverflow(f"values too large to encode with exponent {exponent}")
     if a.size == 0:
         return []
-    if float(np.max(np.abs(scaled))) < 2.0**62:
-        return scaled.astype(np.int64).tolist()  # type: ignore[no-any-return]
-    return [int(v) for v in scaled.tolist()]
+    if float(np.max(np.abs(ints))) < 2.0**62:
+        return ints.astype(np.int64).tolist()  # type: ignore[no-any-return]
+    return [int(v) for v in ints.tolist()]
 
 
 def encode(
@@ -134,3 +138,59 @@ def int_bound(max_abs: float, exponent: int) -> int:
     if not math.isfinite(max_abs) or max_abs < 0:
         raise EncodingOverflow(f"a bound must be a finite non-negative number, got {max_abs}")
     return math.ceil(math.ldexp(max_abs, -LOG2_BASE * exponent)) + 1
+
+
+# --------------------------------------------------------------------------------------------
+# base-16 exponent arithmetic, spelled once (protocols should use these, not 16** or 4*e)
+
+
+def fraction_bits(exponent: int) -> int:
+    """Bits below the binary point of an encoding with ``exponent``: ``-4 * exponent``.
+
+    32 for the transmitted :data:`EXPONENT`; negative for a positive exponent.
+    """
+    return -LOG2_BASE * exponent
+
+
+def rescale_factor(from_exponent: int, to_exponent: int) -> int:
+    """The integer ``16**(from_exponent - to_exponent)`` that carries an encoding to a lower
+    exponent (multiply a plaintext, or raise a ciphertext, by it).
+
+    Raises:
+        EncodingOverflow: ``to_exponent`` is higher than ``from_exponent`` (precision would be
+            lost: an exponent can only be lowered).
+    """
+    if to_exponent > from_exponent:
+        raise EncodingOverflow(
+            f"an exponent can only be lowered, not raised from {from_exponent} to {to_exponent}"
+        )
+    return int(BASE ** (from_exponent - to_exponent))
+
+
+def scaled(values: np.ndarray | float | Sequence[float], exponent: int) -> np.ndarray:
+    """The float64 integers ``rint(x * 16**-exponent)`` (half to even), exactly, same shape.
+
+    No range check: :func:`encode_signed` checks and converts to Python ints.
+    """
+    # ldexp by a power of two is exact, and rint rounds half to even like Python's round().
+    out: np.ndarray = np.rint(np.ldexp(np.asarray(values, dtype=np.float64), -LOG2_BASE * exponent))
+    return out
+
+
+def real_values(
+    ints: np.ndarray | float | Sequence[float], exponent: int, *, shift_bits: int = 0
+) -> np.ndarray:
+    """The real values whose encodings at ``exponent`` are ``ints * 2**shift_bits``.
+
+    ``ints * 2**shift_bits * 16**exponent`` as float64 (exact while the result is a float64);
+    ``shift_bits`` places an integer in a packed slot (``slot_bits * j``).
+    """
+    out: np.ndarray = np.ldexp(
+        np.asarray(ints, dtype=np.float64), shift_bits + LOG2_BASE * exponent
+    )
+    return out
+
+
+def round_to_grid(values: np.ndarray | float | Sequence[float], exponent: int) -> np.ndarray:
+    """``values`` rounded to the nearest multiple of ``16**exponent`` (what encoding keeps)."""
+    return real_values(scaled(values, exponent), exponent)

@@ -22,10 +22,10 @@ from vfl_cli.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 VERTICAL = [{"name": "bank", "role": "active"}, {"name": "bureau", "role": "passive"}]
-HFL_PARTIES = [{"name": "srv", "role": "server"}, {"name": "w1", "role": "worker"}]
+HFL_PARTIES = [{"name": "srv", "role": "server"}, *({"name": f"w{i}", "role": "worker"} for i in range(3))]
 #: The smallest valid parameters of each protocol (job references are ids of earlier jobs).
 MINIMAL: dict[str, dict[str, Any]] = {
-    "handshake": {}, "psi": {}, "hetero-lr": {"alignment": "al"}, "hetero-linear": {"alignment": "al"},
+    "handshake": {}, "psi": {}, "psi-cache": {}, "hetero-lr": {"alignment": "al"}, "hetero-linear": {"alignment": "al"},
     "predict": {"model": "tr", "alignment": "al"}, "split-nn": {"alignment": "al"}, "hfl": {},
 }
 
@@ -36,7 +36,8 @@ def check(protocol: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def spec_of(protocol: str) -> dict[str, Param]:
-    module = __import__(REGISTRY[protocol].split(":")[0], fromlist=["x"])
+    target = getattr(REGISTRY[protocol], "target", REGISTRY[protocol])  # "module:Class"
+    module = __import__(target.split(":")[0], fromlist=["x"])
     return dict(getattr(module, "PARAMS", None) or get_protocol(protocol).params_spec)
 
 

@@ -152,12 +152,15 @@ def show_weights(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """
     from rich.table import Table
 
+    from vfl_cli.protocol.hfl import node_weights
+
     ws, _, state = _hfl_job(ctx, job_id)
     if ws.role != "server":
         raise VflError(f"{ws.name} is a {ws.role}: only the server weights the nodes")
-    nodes, weights = state.data.get("nodes", []), state.data.get("node_weights", [])
+    shown = node_weights(state)
+    nodes, weights = shown["nodes"], shown["node_weights"]
     if as_json:
-        emit_json({"nodes": nodes, "node_weights": weights, "policy": state.data.get("policy", [])})
+        emit_json(shown)
         return
     table = Table(title=f"node weights, job {job_id}")
     table.add_column("round", justify="right")

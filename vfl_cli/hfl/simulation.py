@@ -14,13 +14,12 @@ from typing import Any
 import numpy as np
 
 from vfl_cli.errors import VflError
-from vfl_cli.hfl.aggregation import ActorCritic, aggregate, fedavg_weights
+from vfl_cli.hfl.aggregation import ActorCritic, aggregate
 from vfl_cli.hfl.model import init_model, model_loss
-from vfl_cli.hfl.worker import local_train
+from vfl_cli.hfl.strategy import WEIGHTINGS, ActorCriticStrategy, make_strategy
+from vfl_cli.hfl.worker import local_train, node_seed
 
 __all__ = ["WEIGHTINGS", "SimulationResult", "simulate"]
-
-WEIGHTINGS = ("fedavg", "actor-critic")
 
 
 @dataclass
@@ -96,9 +95,7 @@ def simulate(
         raise VflError("need at least one node")
     in_dim = int(np.asarray(nodes[0][0]).shape[1])
     master = init_model(spec, in_dim, seed=seed)
-    ac = None
-    if weighting == "actor-critic":
-        ac = ActorCritic(len(nodes), seed=seed, **dict(actor_critic or {}))
+    strategy = make_strategy(weighting, len(nodes), seed=seed, actor_critic=actor_critic)
     val_loss = [model_loss(spec, master, X_val, y_val, head)]
     history: list[np.ndarray] = []
     policy: list[np.ndarray] = []
@@ -106,23 +103,17 @@ def simulate(
     for t in range(rounds):
         deltas = [
             local_train(
-                master, spec, X, y, epochs, batch_size, lr, (seed * 1000 + t) * 100 + i, head=head
+                master, spec, X, y, epochs, batch_size, lr, node_seed(seed, t, i), head=head
             )
             for i, (X, y) in enumerate(nodes)
         ]
-        counts = [d.n_samples for d in deltas]
-        if ac is None:
-            weights = fedavg_weights(counts)
-        else:
-            weights = ac.act(counts, [d.stats for d in deltas])
+        weights = strategy.weigh([d.n_samples for d in deltas], [d.stats for d in deltas])
         master = aggregate(master, deltas, weights, server_lr)
         val_loss.append(model_loss(spec, master, X_val, y_val, head))
-        if ac is not None:
-            rewards.append(ac.learn(val_loss[-2] - val_loss[-1]))
-            # After learn(), prev_probs is the mean policy of the round just played.
-            policy.append(ac.prev_probs.copy() if ac.prev_probs is not None else weights)
-        else:
-            policy.append(weights)
+        learned = strategy.learn(weights, val_loss[-2], val_loss[-1])
+        if learned.record is not None:
+            rewards.append(learned.record)
+        policy.append(learned.policy)
         history.append(weights)
     return SimulationResult(
         master=master,
@@ -130,5 +121,5 @@ def simulate(
         policy=np.array(policy),
         val_loss=val_loss,
         rewards=rewards,
-        actor_critic=ac,
+        actor_critic=strategy.ac if isinstance(strategy, ActorCriticStrategy) else None,
     )

@@ -24,7 +24,7 @@ from vfl_cli.hfl.model import network
 from vfl_cli.models.nn import Head, fit, make_head
 from vfl_cli.models.optim import make_optimizer
 
-__all__ = ["STAT_NAMES", "Delta", "local_train"]
+__all__ = ["STAT_NAMES", "Delta", "local_train", "node_seed"]
 
 #: Per-node statistics every :class:`Delta` carries (scalars, safe to show the server).
 STAT_NAMES = ("loss_before", "loss_after", "delta_norm")
@@ -72,6 +72,12 @@ class Delta:
                 f"delta lacks the statistic {missing[0]!r}; it has: {', '.join(self.stats) or 'none'}"
             )
         return np.array([self.stats[name] for name in names], dtype=np.float64)
+
+
+def node_seed(seed: int, round_: int, node: int) -> int:
+    """Local training seed of node ``node`` in round ``round_``: the job's seed, round and node
+    folded into one integer, so that a job and its simulation train with the same randomness."""
+    return (seed * 1000 + round_) * 100 + node
 
 
 def local_train(

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,7 +54,7 @@ import numpy as np
 from vfl_cli.artifacts.container import Artifact, Member, ndarray_member
 from vfl_cli.crypto import encoding, paillier
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
-from vfl_cli.hfl.aggregation import ActorCritic, apply_sum, fedavg_weights, weighted_sum
+from vfl_cli.hfl.aggregation import apply_sum, weighted_sum
 from vfl_cli.hfl.model import LOGISTIC_SPEC, init_model, model_loss, model_predict
 from vfl_cli.hfl.privacy import (
     RDP_ORDERS,
@@ -62,7 +63,7 @@ from vfl_cli.hfl.privacy import (
     gaussian_rdp,
     private_delta,
 )
-from vfl_cli.hfl.simulation import WEIGHTINGS
+from vfl_cli.hfl.strategy import WEIGHTINGS, Strategy, make_strategy, restore_strategy
 from vfl_cli.hfl.updates import (
     FullUpdate,
     PredictionReplica,
@@ -70,7 +71,7 @@ from vfl_cli.hfl.updates import (
     UpdatePublisher,
     update_from_bytes,
 )
-from vfl_cli.hfl.worker import STAT_NAMES, local_train
+from vfl_cli.hfl.worker import STAT_NAMES, local_train, node_seed
 from vfl_cli.models.features import Split, Standardiser, numeric_matrix, split_rows
 from vfl_cli.protocol.base import (
     Bool,
@@ -83,16 +84,14 @@ from vfl_cli.protocol.base import (
     Outgoing,
     Param,
     PartyContext,
-    Protocol,
     Seed,
     defaults,
-    meta_int,
-    meta_list,
     need,
     typed_params,
     unique_parties,
 )
-from vfl_cli.protocol.hetero_linear import (
+from vfl_cli.protocol.kit import KitProtocol, PartyState, Phase, Step, check_round, nothing
+from vfl_cli.protocol.wire import (
     enc_member,
     ints_member,
     load_mask,
@@ -106,6 +105,7 @@ __all__ = [
     "HFL",
     "check_params",
     "model_spec",
+    "node_weights",
     "predict_rows",
     "server_split",
     "status",
@@ -182,11 +182,6 @@ def server_split(n_rows: int, params: Mapping[str, Any]) -> Split:
     return split_rows(n_rows, params["test_fraction"], params["seed"])
 
 
-def node_seed(seed: int, round_: int, node: int) -> int:
-    """Local training seed of node ``node`` in round ``round_`` (as in :func:`vfl_cli.hfl.simulate`)."""
-    return (seed * 1000 + round_) * 100 + node
-
-
 def _sum_value_bits(n_workers: int) -> int:
     # |d| <= 2**DELTA_BITS at 2**-32 resolution, times a weight <= 1 at 2**-32, summed over the
     # workers (+1 for the encodings' rounding): a public function of public numbers.
@@ -224,13 +219,10 @@ def _check_columns(
             if part
         )
         raise DataError(
-            f"{who} and {me} do not hold the same feature columns ({detail}); multi-node training needs "
-            "the same columns at every node: fix the data files (or the label column) and start a new job"
+            f"{who} and {me} do not hold the same feature columns ({detail}); multi-node training "
+            "needs the same columns at every node: fix the data files (or the label column) and "
+            "start a new job"
         )
-
-
-def _standardiser(state: JobState) -> Standardiser:
-    return Standardiser(mean=state.arrays["mean"], scale=state.arrays["scale"])
 
 
 def _array(art: Artifact, name: str, *, size: int | None = None) -> np.ndarray:
@@ -248,28 +240,572 @@ def _array(art: Artifact, name: str, *, size: int | None = None) -> np.ndarray:
     return a
 
 
-def _json(value: Any) -> Any:
-    """Actor-Critic state as JSON: arrays to nested lists, numpy scalars to Python numbers."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Mapping):
-        return {k: _json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+# ----- typed party states: the only code that reads or writes the job state's keys --------------
+@dataclass(frozen=True)
+class _Standardised(PartyState):
+    """Column means and deviations (the server's validation rows'), shared by every role."""
+
+    columns: list[str] = field(default_factory=list)
+    spec: list[dict[str, Any]] = field(default_factory=list)
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    def standardiser(self) -> Standardiser:
+        if self.mean is None or self.scale is None:
+            raise VflError("no standardisation yet: the job has not started here")
+        return Standardiser(mean=self.mean, scale=self.scale)
+
+
+@dataclass(frozen=True)
+class ServerState(_Standardised):
+    """The server: master model, the round ``t``, the weighting's state and the round records."""
+
+    t: int = 0
+    nodes: list[str] = field(default_factory=list)
+    node_weights: list[list[float]] = field(default_factory=list)
+    policy: list[list[float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    secure_rounds: int = 0
+    actor_critic: dict[str, Any] | None = None  # Strategy.state_dict() (None: FedAvg)
+    pending_weights: list[float] | None = None  # this round's weights, until the sum is known
+    sum_mask: dict[str, Any] | None = None  # wire.save_mask form of the mask on the sum request
+    sum_layout: dict[str, Any] | None = None  # paillier.Packed.meta() of the packed sum
+    publisher_version: int = 0
+    dp_rdp: list[float] | None = None
+    dp_rdp_each: list[float] | None = None
+    dp_multipliers: list[float] = field(default_factory=list)
+    master: np.ndarray | None = None
+    last_sent: np.ndarray | None = None
+
+    def strategy(self) -> Strategy:
+        return restore_strategy(self.actor_critic)
+
+    def mask(self) -> paillier.Mask:
+        if self.sum_mask is None:
+            raise VflError("no sum request is pending")
+        return load_mask(self.sum_mask)
+
+    def publisher(self) -> UpdatePublisher:
+        publisher = UpdatePublisher()
+        version = self.publisher_version
+        last = self.last_sent if version else None
+        publisher.load_state_dict({"version": version, "last_sent": last})
+        return publisher
+
+    def model(self) -> np.ndarray:
+        if self.master is None:
+            raise VflError("the server holds no master model yet")
+        return self.master
+
+
+@dataclass(frozen=True)
+class WorkerState(_Standardised):
+    """A worker: the next round ``t`` it trains, the model size and, once done, the model."""
+
+    t: int = 0
+    n_params: int = 0
+    model: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class PredictorState(_Standardised):
+    """A predictor: its replica of the model and the updates it applied."""
+
+    version: int = 0
+    round: int = 0
+    applied: list[dict[str, Any]] = field(default_factory=list)
+    replica: np.ndarray | None = None
+
+
+STATES: dict[str, type[_Standardised]] = {
+    "server": ServerState,
+    "worker": WorkerState,
+    "predictor": PredictorState,
+}
+
+
+# ----- messages -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NodeDelta:
+    """A worker's ``hfl/delta``, its manifest checked; the delta itself is read by mode."""
+
+    sender: str
+    n_samples: int
+    stats: dict[str, float]
+    art: Artifact
+
+    @classmethod
+    def decode(cls, art: Artifact, state: ServerState, server: str, needs_stats: bool) -> NodeDelta:
+        w = art.sender
+        check_round(art, state.t)
+        if state.t == 0:
+            _check_columns(list(art.meta.get("columns", [])), state.columns, server, w)
+        n = art.meta.get("n_samples")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidArtifact(
+                f"the delta from {w} reports n_samples={n!r}, expected a whole number >= 1"
+            )
+        stats: dict[str, float] = {}
+        if needs_stats:
+            s = art.meta.get("stats")
+            if not isinstance(s, Mapping) or any(
+                not isinstance(s.get(k), (int, float)) for k in STAT_NAMES
+            ):
+                raise InvalidArtifact(
+                    f"the delta from {w} lacks the statistics {', '.join(STAT_NAMES)}"
+                )
+            stats = {k: float(s[k]) for k in STAT_NAMES}
+        return cls(w, n, stats, art)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Round 0's columns, spec and standardisation, checked against this party's own."""
+
+    columns: list[str]
+    spec: list[dict[str, Any]]
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def decode(cls, art: Artifact, ctx: PartyContext, *, subset: bool) -> Setup:
+        what = "update" if art.kind == UPDATE else "model"
+        columns = [str(c) for c in art.meta.get("columns", [])]
+        _check_columns(ctx.features, columns, art.sender, ctx.name, subset=subset)
+        spec = art.meta.get("spec")
+        if not isinstance(spec, list) or spec != model_spec(ctx.params):
+            raise InvalidArtifact(
+                f"the {what} from {art.sender} has another spec than the job's parameters name"
+            )
+        mean = _array(art, "mean", size=len(columns))
+        scale = _array(art, "scale", size=len(columns))
+        return cls(columns, spec, mean, scale)
+
+
+# ----- roles ----------------------------------------------------------------------------------
+def _server(ctx: PartyContext) -> str:
+    return next(p["name"] for p in ctx.parties if p["role"] == "server")
+
+
+def _workers(ctx: PartyContext) -> list[str]:
+    return [p["name"] for p in ctx.parties if p["role"] == "worker"]
+
+
+def _predictors(ctx: PartyContext) -> list[str]:
+    return [p["name"] for p in ctx.parties if p["role"] == "predictor"]
+
+
+# ----- server steps -------------------------------------------------------------------------------
+def _server_data(ctx: PartyContext, state: ServerState) -> tuple[np.ndarray, np.ndarray, Split]:
+    """The server's rows, standardised, and its validation/test split."""
+    X, y = _labelled(ctx, state.columns)
+    return state.standardiser().transform(X), y, server_split(len(y), ctx.params)
+
+
+def initial_state(ctx: PartyContext) -> ServerState:
+    """Round 0: the standardisation of the validation rows, the initial model, the strategy."""
+    params, columns = ctx.params, list(ctx.features)
+    X_raw, y = _labelled(ctx, columns)
+    split = server_split(len(y), params)
+    if len(split.train) < 2 or len(split.test) < 2:
+        raise DataError(
+            f"{ctx.name} holds {len(y)} rows: too few for {len(split.train)} validation and "
+            f"{len(split.test)} test rows; lower test_fraction or add rows"
+        )
+    std = Standardiser.fit(X_raw[split.train])
+    spec = model_spec(params)
+    master = init_model(spec, len(columns), seed=params["seed"])
+    val_loss = model_loss(spec, master, std.transform(X_raw[split.train]), y[split.train])
+    workers = _workers(ctx)
+    strategy = make_strategy(params["weighting"], len(workers), seed=params["seed"])
+    return ServerState(
+        columns=columns,
+        spec=spec,
+        mean=std.mean,
+        scale=std.scale,
+        t=0,
+        nodes=workers,
+        history=[{"round": 0, "val_loss": val_loss}],
+        actor_critic=strategy.state_dict(),
+        master=master,
+    )
+
+
+def _publish(
+    ctx: PartyContext,
+    state: ServerState,
+    publisher: UpdatePublisher,
+    update: SparseUpdate | FullUpdate,
+    extra: list[Member] | None = None,
+    meta: dict[str, Any] | None = None,
+    *,
+    final: bool = False,
+) -> tuple[ServerState, list[Outgoing]]:
+    """Send ``update`` to every predictor; the state remembers the publisher's."""
+    last = publisher.last_sent if publisher.last_sent is not None else state.last_sent
+    state = state.but(publisher_version=publisher.version, last_sent=last)
+    body = np.frombuffer(update.to_bytes(), dtype=np.uint8)
+    members = [ndarray_member("update", body), *(extra or [])]
+    entries = int(update.indices.size) if isinstance(update, SparseUpdate) else update.n_params
+    info = {
+        "update": update.kind,
+        "version": update.version,
+        "n_params": update.n_params,
+        "entries": entries,
+        "final": final,
+        **(meta or {}),
+    }
+    return state, [Outgoing(p, UPDATE, "update", members, info, state.t) for p in _predictors(ctx)]
+
+
+def _s_start(ctx: PartyContext, state: ServerState, received: Any) -> Step[ServerState]:
+    new = initial_state(ctx)
+    master, std = new.model(), new.standardiser()
+    setup = [
+        ndarray_member("model", master),
+        ndarray_member("mean", std.mean),
+        ndarray_member("scale", std.scale),
+    ]
+    meta = {"columns": new.columns, "spec": new.spec, "n_params": int(master.size), "final": False}
+    out = [Outgoing(w, MODEL, "model", setup, meta, 0) for w in new.nodes]
+    publisher = UpdatePublisher()
+    update = publisher.full(master)
+    new, sent = _publish(
+        ctx, new, publisher, update, setup[1:], {"columns": new.columns, "spec": new.spec}
+    )
+    return Step(new, "wait-deltas", out + sent)
+
+
+def _s_deltas(
+    ctx: PartyContext, state: ServerState, received: Mapping[str, Artifact]
+) -> Step[ServerState]:
+    """The deltas arrived: weigh them, then sum them (in plaintext, or ask for the sum)."""
+    strategy = state.strategy()
+    deltas = [
+        NodeDelta.decode(need(received, w, DELTA), state, ctx.name, strategy.needs_stats)
+        for w in _workers(ctx)
+    ]
+    weights = strategy.weigh([d.n_samples for d in deltas], [d.stats for d in deltas])
+    state = state.but(actor_critic=strategy.state_dict(), pending_weights=weights.tolist())
+    if not ctx.params["secure_aggregation"]:
+        n_params = int(state.model().size)
+        plain = [_array(d.art, "delta", size=n_params) for d in deltas]
+        return _finish_round(ctx, state, weighted_sum(plain, weights))
+    return _sum_request(ctx, state, deltas, weights)
+
+
+def _sum_request(
+    ctx: PartyContext, state: ServerState, deltas: list[NodeDelta], weights: np.ndarray
+) -> Step[ServerState]:
+    """Secure aggregation: the weighted sum of the encrypted deltas, packed and masked, to H.
+
+    The deltas stay encrypted under the key holder's key; the server computes the weighted sum
+    on ciphertexts (its weights are plaintext to it).
+    """
+    holder = _workers(ctx)[0]
+    kh = ctx.public_key(holder)
+    n_params = int(state.model().size)
+    total: paillier.EncryptedArray | None = None
+    for d, w in zip(deltas, weights, strict=True):
+        enc = read_enc(d.art, "delta", kh, rows=n_params, max_abs=float(2**DELTA_BITS))
+        term = enc * float(w)
+        total = term if total is None else total + term
+    if total is None:
+        raise VflError("hfl needs at least one worker")
+    packed = paillier.pack(total, value_bits=_sum_value_bits(len(deltas)))
+    # A mask uniform modulo n (not a bounded one): the key holder sees uniformly random
+    # residues, whatever the sum; packing first keeps it to one decryption per few values.
+    masked, mask = paillier.mask(packed.ciphertexts)
+    state = state.but(sum_mask=save_mask(mask), sum_layout=packed.meta())
+    request = Outgoing(
+        holder,
+        SUM_REQUEST,
+        "sum-request",
+        [enc_member("sum", masked)],
+        {"values": n_params},
+        state.t,
+    )
+    return Step(state, "wait-sum", [request])
+
+
+def _s_sum(
+    ctx: PartyContext, state: ServerState, received: Mapping[str, Artifact]
+) -> Step[ServerState]:
+    """The key holder's residues: remove the mask, read the weighted sum, finish the round."""
+    holder = _workers(ctx)[0]
+    art = need(received, holder, SUM_REPLY)
+    check_round(art, state.t)
+    mask = state.mask()
+    raw = read_ints(art, "sum", len(mask.offsets))
+    total = unpack_sum(raw, mask, state.sum_layout or {})
+    n_params = int(state.model().size)
+    if total.size != n_params:
+        raise InvalidArtifact(
+            f"the sum from {holder} holds {total.size} values, expected {n_params}"
+        )
+    state = state.but(sum_mask=None, sum_layout=None, secure_rounds=state.secure_rounds + 1)
+    return _finish_round(ctx, state, total)
+
+
+def _learn_round(ctx: PartyContext, state: ServerState, master: np.ndarray) -> ServerState:
+    """The new master model scored on the validation rows; the strategy learns; records kept."""
+    params = ctx.params
+    X, y, split = _server_data(ctx, state)
+    val_loss = model_loss(state.spec, master, X[split.train], y[split.train])
+    weights = list(state.pending_weights or [])
+    if params["dp_clip"] > 0:
+        state = _accounted(state, params, weights)
+    strategy = state.strategy()
+    learned = strategy.learn(np.asarray(weights), state.history[-1]["val_loss"], val_loss)
+    record: dict[str, Any] = {"round": state.t + 1, "val_loss": val_loss}
+    if learned.record is not None:
+        record["reward"] = learned.record["reward"]
+    return state.but(
+        master=master,
+        t=state.t + 1,
+        pending_weights=None,
+        node_weights=[*state.node_weights, weights],
+        policy=[*state.policy, learned.policy.tolist()],
+        history=[*state.history, record],
+        actor_critic=strategy.state_dict(),
+    )
+
+
+def _finish_round(ctx: PartyContext, state: ServerState, total: np.ndarray) -> Step[ServerState]:
+    """``m_{t+1} = m_t + server_lr * sum``: learn, publish, send the model, maybe finish."""
+    params = ctx.params
+    master = apply_sum(state.model(), total, params["server_learning_rate"])
+    state = _learn_round(ctx, state, master)
+    final = state.t >= params["rounds"]
+    publisher = state.publisher()
+    if final or state.t % params["full_every"] == 0:
+        update: SparseUpdate | FullUpdate = publisher.full(master)
+    else:
+        update = publisher.realtime(master, k_fraction=params["realtime_k"])
+    state, out = _publish(ctx, state, publisher, update, final=final)
+    meta = {"n_params": int(master.size), "final": final}
+    out += [
+        Outgoing(w, MODEL, "model", [ndarray_member("model", master)], meta, state.t)
+        for w in _workers(ctx)
+    ]
+    if not final:
+        return Step(state, "wait-deltas", out)
+    return Step.finish(state, _server_results(ctx, state), out)
+
+
+def _server_results(ctx: PartyContext, state: ServerState) -> dict[str, Any]:
+    """The server's results: test metrics, the weights and policy per round, privacy, model."""
+    from vfl_cli.metrics import classification_metrics  # scikit-learn: slow to import
+
+    X, y, split = _server_data(ctx, state)
+    scores = model_predict(state.spec, state.model(), X[split.test])
+    return {
+        "metrics": {"test": classification_metrics(y[split.test], scores)},
+        "node_weights": state.node_weights,
+        "policy": state.policy,
+        "nodes": state.nodes,
+        "round_history": state.history,
+        "privacy": privacy_summary(ctx.params, state),
+        "model": model_card(ctx, state.columns, state.spec, state.model()),
+    }
+
+
+# ----- worker steps -------------------------------------------------------------------------------
+def _w_setup(ctx: PartyContext, state: WorkerState, art: Artifact) -> WorkerState:
+    """Round 0: the server's columns, spec and standardisation, checked against this party's."""
+    setup = Setup.decode(art, ctx, subset=False)
+    if np.any(setup.scale <= 0):
+        raise InvalidArtifact(f"the standardisation from {art.sender} has a scale <= 0")
+    return state.but(columns=setup.columns, spec=setup.spec, mean=setup.mean, scale=setup.scale)
+
+
+def _w_train(ctx: PartyContext, state: WorkerState, master: np.ndarray) -> Outgoing:
+    """Train the master model on this worker's rows; the delta (and its counts) to the server."""
+    params, t = ctx.params, state.t
+    X, y = _labelled(ctx, state.columns)
+    node = _workers(ctx).index(ctx.name)
+    delta = local_train(
+        master,
+        state.spec,
+        state.standardiser().transform(X),
+        y,
+        params["local_epochs"],
+        params["batch_size"] or None,
+        params["learning_rate"],
+        node_seed(params["seed"], t, node),
+    )
+    meta: dict[str, Any] = {"n_samples": delta.n_samples}
+    if params["weighting"] == "actor-critic":
+        meta["stats"] = {k: delta.stats[k] for k in STAT_NAMES}
+    if t == 0:
+        meta["columns"] = state.columns
+    return Outgoing(_server(ctx), DELTA, "delta", [_delta_member(ctx, delta.values)], meta, t)
+
+
+def _w_round(
+    ctx: PartyContext, state: WorkerState, received: Mapping[str, Artifact]
+) -> Step[WorkerState]:
+    """The master model of round t: train and send the delta, or keep the final model."""
+    art = need(received, _server(ctx), MODEL)
+    check_round(art, state.t)
+    if state.t == 0:
+        state = _w_setup(ctx, state, art)
+    n_params = art.meta.get("n_params")
+    master = _array(art, "model", size=n_params if isinstance(n_params, int) else None)
+    state = state.but(n_params=int(master.size))
+    if art.meta.get("final"):
+        card = model_card(ctx, state.columns, state.spec, master)
+        return Step.finish(state.but(model=master), {"model": card})
+    out = _w_train(ctx, state, master)
+    is_holder = ctx.params["secure_aggregation"] and _workers(ctx).index(ctx.name) == 0
+    return Step(state.but(t=state.t + 1), "wait-request" if is_holder else "wait-model", [out])
+
+
+def _delta_member(ctx: PartyContext, values: np.ndarray) -> Member:
+    """What leaves the worker: its delta, DP-noised if the job says so, then encrypted under
+    the key holder's key (secure aggregation, the default) or, if the job turned that off,
+    as a plain array."""
+    params = ctx.params
+    if params["dp_clip"] > 0:
+        values = private_delta(
+            values, params["dp_clip"], params["dp_noise_multiplier"], len(_workers(ctx))
+        )
+    if not params["secure_aggregation"]:
+        return ndarray_member("delta", values)
+    if np.abs(values).max(initial=0.0) > 2.0**DELTA_BITS:
+        raise VflError(
+            f"the delta exceeds 2**{DELTA_BITS} (training diverged): lower learning_rate"
+        )
+    holder = ctx.public_key(_workers(ctx)[0])
+    return enc_member("delta", paillier.encrypt(holder, values))
+
+
+def _w_decrypt(
+    ctx: PartyContext, state: WorkerState, received: Mapping[str, Artifact]
+) -> Step[WorkerState]:
+    """The key holder decrypts the server's masked sum: uniformly random residues to it."""
+    server = _server(ctx)
+    art = need(received, server, SUM_REQUEST)
+    t = state.t - 1
+    check_round(art, t)
+    priv = ctx.private_key()
+    request = read_enc(art, "sum", priv.public)
+    # Only as many ciphertexts as one packed weighted sum of the model needs: a bound on
+    # what a request can ask to have decrypted (see the protocol doc's limits).
+    slot_bits = _sum_value_bits(len(_workers(ctx))) + 2 + paillier.GUARD_BITS
+    expected = -(-state.n_params // ((priv.public.bits - 1) // slot_bits))
+    if request.size != expected:
+        raise InvalidArtifact(
+            f"the sum request from {server} holds {request.size} ciphertexts, a packed sum of "
+            f"{state.n_params} values needs {expected}"
+        )
+    raw = priv.decrypt_raw(request)
+    reply = Outgoing(
+        server, SUM_REPLY, "sum-reply", [ints_member("sum", raw, priv.public.n)], {}, t
+    )
+    return Step(state, "wait-model", [reply])
+
+
+# ----- predictor step -----------------------------------------------------------------------------
+def _read_update(art: Artifact) -> SparseUpdate | FullUpdate:
+    """The update an ``hfl/update`` carries, its manifest checked against its body."""
+    server = art.sender
+    m = art.members.get("update")
+    if m is None or m.type != "ndarray":
+        raise InvalidArtifact(f"{art.kind} from {server} lacks the update member")
+    body = art.array("update")
+    if body.dtype != np.uint8 or body.ndim != 1:
+        raise InvalidArtifact(f"the update from {server} is {body.dtype}, expected uint8 bytes")
+    update = update_from_bytes(body.tobytes())
+    if art.meta.get("version") != update.version or art.meta.get("update") != update.kind:
+        raise InvalidArtifact(
+            f"the update from {server} says version {art.meta.get('version')!r} "
+            f"({art.meta.get('update')!r}) in its manifest but holds {update.kind} version "
+            f"{update.version}"
+        )
+    return update
+
+
+def _apply_update(
+    ctx: PartyContext, state: PredictorState, art: Artifact, update: SparseUpdate | FullUpdate
+) -> Step[PredictorState]:
+    """Apply ``update`` to the replica, strictly in order; the last one finishes the job."""
+    replica = PredictionReplica(state.spec, len(state.columns))
+    replica.version = state.version
+    replica.params = None if state.replica is None else state.replica.copy()
+    try:
+        replica.apply(update)
+    except VflError as exc:
+        raise InvalidArtifact(f"{art.kind} {art.seq} from {art.sender}: {exc}") from None
+    params = replica.params if replica.params is not None else np.zeros(0)
+    applied = {"version": update.version, "kind": update.kind, "round": art.round}
+    state = state.but(
+        replica=params, version=replica.version, round=art.round, applied=[*state.applied, applied]
+    )
+    if not art.meta.get("final"):
+        return Step(state, "serving")
+    card = model_card(ctx, state.columns, state.spec, replica.params)
+    return Step.finish(state, {"model": card, "update_version": replica.version})
+
+
+def _p_first(
+    ctx: PartyContext, state: PredictorState, received: Mapping[str, Artifact]
+) -> Step[PredictorState]:
+    """The first update: a full one, with the columns, spec and standardisation."""
+    art = need(received, _server(ctx), UPDATE)
+    update = _read_update(art)
+    setup = Setup.decode(art, ctx, subset=True)
+    state = state.but(columns=setup.columns, spec=setup.spec, mean=setup.mean, scale=setup.scale)
+    return _apply_update(ctx, state, art, update)
+
+
+def _p_update(
+    ctx: PartyContext, state: PredictorState, received: Mapping[str, Artifact]
+) -> Step[PredictorState]:
+    """A later update (real-time or full)."""
+    art = need(received, _server(ctx), UPDATE)
+    return _apply_update(ctx, state, art, _read_update(art))
 
 
 # ----- the protocol ----------------------------------------------------------------------------
-class HFL(Protocol):
+def _deltas_from(ctx: PartyContext, state: Any) -> list[Expect]:
+    return [Expect(w, DELTA) for w in _workers(ctx)]
+
+
+def _sum_from(ctx: PartyContext, state: Any) -> list[Expect]:
+    return [Expect(_workers(ctx)[0], SUM_REPLY)]
+
+
+def _model_from(ctx: PartyContext, state: Any) -> list[Expect]:
+    return [Expect(_server(ctx), MODEL)]
+
+
+def _request_from(ctx: PartyContext, state: Any) -> list[Expect]:
+    return [Expect(_server(ctx), SUM_REQUEST)]
+
+
+def _update_from(ctx: PartyContext, state: Any) -> list[Expect]:
+    return [Expect(_server(ctx), UPDATE)]
+
+
+class HFL(KitProtocol[Any]):
     """Multi-node (horizontal) training: one server, workers holding rows, optional predictors."""
 
     name = "hfl"
-    summary = (
-        "multi-node training: parameter server, delta updates, FedAvg or Actor-Critic weighting"
-    )
     roles = ("server", "worker", "predictor")
+    states = STATES
+
+    def phases(self) -> Mapping[tuple[str, str], Phase[Any]]:
+        return {
+            ("server", "start"): Phase(nothing, _s_start),
+            ("server", "wait-deltas"): Phase(_deltas_from, _s_deltas),
+            ("server", "wait-sum"): Phase(_sum_from, _s_sum),
+            ("worker", "start"): Phase(_model_from, _w_round),
+            ("worker", "wait-model"): Phase(_model_from, _w_round),
+            ("worker", "wait-request"): Phase(_request_from, _w_decrypt),
+            ("predictor", "start"): Phase(_update_from, _p_first),
+            ("predictor", "serving"): Phase(_update_from, _p_update),
+        }
 
     def check_parties(self, parties: list[dict[str, str]]) -> None:
         """Exactly one server, at least one worker, any number of predictors."""
@@ -299,457 +835,11 @@ class HFL(Protocol):
             )
         return checked
 
-    # ----- roles -----------------------------------------------------------------------------
-    @staticmethod
-    def server(ctx: PartyContext) -> str:
-        return next(p["name"] for p in ctx.parties if p["role"] == "server")
 
-    @staticmethod
-    def workers(ctx: PartyContext) -> list[str]:
-        return [p["name"] for p in ctx.parties if p["role"] == "worker"]
-
-    @staticmethod
-    def predictors(ctx: PartyContext) -> list[str]:
-        return [p["name"] for p in ctx.parties if p["role"] == "predictor"]
-
-    # ----- what each party waits for -----------------------------------------------------------
-    def expects(self, ctx: PartyContext, state: JobState) -> list[Expect]:
-        if ctx.role == "server":
-            if state.phase == "start":
-                return []
-            if state.phase == "wait-deltas":
-                return [Expect(w, DELTA) for w in self.workers(ctx)]
-            if state.phase == "wait-sum":
-                return [Expect(self.workers(ctx)[0], SUM_REPLY)]
-            raise VflError(f"hfl server in unknown phase {state.phase!r}")
-        server = self.server(ctx)
-        if ctx.role == "worker":
-            return [Expect(server, SUM_REQUEST if state.phase == "wait-request" else MODEL)]
-        return [Expect(server, UPDATE)]
-
-    def advance(
-        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
-    ) -> list[Outgoing]:
-        if ctx.role == "server":
-            handler = {
-                "start": self._s_start,
-                "wait-deltas": self._s_deltas,
-                "wait-sum": self._s_sum,
-            }[state.phase]
-            return handler(ctx, state, received)
-        if ctx.role == "worker":
-            if state.phase == "wait-request":
-                return self._w_decrypt(ctx, state, received)
-            return self._w_round(ctx, state, received)
-        return self._p_update(ctx, state, received)
-
-    @staticmethod
-    def _check_round(art: Artifact, expected: int) -> None:
-        if art.round != expected:
-            raise InvalidArtifact(
-                f"{art.kind} from {art.sender} is for round {art.round}, but this party is at round "
-                f"{expected} (stale, replayed or out of order)"
-            )
-
-    # ----- server -------------------------------------------------------------------------------
-    def _s_data(self, ctx: PartyContext, state: JobState) -> tuple[np.ndarray, np.ndarray, Split]:
-        X, y = _labelled(ctx, state.data.get("columns", ctx.features))
-        split = server_split(len(y), ctx.params)
-        return _standardiser(state).transform(X) if "mean" in state.arrays else X, y, split
-
-    def _s_start(
-        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
-    ) -> list[Outgoing]:
-        params = ctx.params
-        columns = list(ctx.features)
-        state.data["columns"] = columns
-        X_raw, y, split = self._s_data(ctx, state)
-        if len(split.train) < 2 or len(split.test) < 2:
-            raise DataError(
-                f"{ctx.name} holds {len(y)} rows: too few for {len(split.train)} validation and "
-                f"{len(split.test)} test rows; lower test_fraction or add rows"
-            )
-        std = Standardiser.fit(X_raw[split.train])
-        state.arrays["mean"], state.arrays["scale"] = std.mean, std.scale
-        spec = model_spec(params)
-        master = init_model(spec, len(columns), seed=params["seed"])
-        state.arrays["master"] = master
-        X_val = std.transform(X_raw[split.train])
-        workers = self.workers(ctx)
-        state.data.update(
-            t=0,
-            spec=spec,
-            nodes=workers,
-            node_weights=[],
-            policy=[],
-            history=[{"round": 0, "val_loss": model_loss(spec, master, X_val, y[split.train])}],
-            secure_rounds=0,
-        )
-        if params["weighting"] == "actor-critic":
-            ac = ActorCritic(len(workers), seed=params["seed"])
-            state.data["actor_critic"] = {"config": ac.config(), "state": _json(ac.state_dict())}
-        setup = [
-            ndarray_member("model", master),
-            ndarray_member("mean", std.mean),
-            ndarray_member("scale", std.scale),
-        ]
-        meta = {"columns": columns, "spec": spec, "n_params": int(master.size), "final": False}
-        out = [Outgoing(w, MODEL, "model", setup, meta, 0) for w in workers]
-        publisher = UpdatePublisher()
-        out += self._publish(
-            ctx,
-            state,
-            publisher,
-            publisher.full(master),
-            setup[1:],
-            {"columns": columns, "spec": spec},
-        )
-        state.phase = "wait-deltas"
-        return out
-
-    def _publish(
-        self,
-        ctx: PartyContext,
-        state: JobState,
-        publisher: UpdatePublisher,
-        update: SparseUpdate | FullUpdate,
-        extra: list[Member] | None = None,
-        meta: dict[str, Any] | None = None,
-        *,
-        final: bool = False,
-    ) -> list[Outgoing]:
-        """Send ``update`` to every predictor and remember the publisher's state."""
-        state.data["publisher_version"] = publisher.version
-        if publisher.last_sent is not None:
-            state.arrays["last_sent"] = publisher.last_sent
-        body = np.frombuffer(update.to_bytes(), dtype=np.uint8)
-        members = [ndarray_member("update", body), *(extra or [])]
-        info = {
-            "update": update.kind,
-            "version": update.version,
-            "n_params": update.n_params,
-            "entries": int(update.indices.size)
-            if isinstance(update, SparseUpdate)
-            else update.n_params,
-            "final": final,
-            **(meta or {}),
-        }
-        t = int(state.data.get("t", 0))
-        return [Outgoing(p, UPDATE, "update", members, info, t) for p in self.predictors(ctx)]
-
-    def _publisher(self, state: JobState) -> UpdatePublisher:
-        publisher = UpdatePublisher()
-        version = int(state.data.get("publisher_version", 0))
-        publisher.load_state_dict(
-            {"version": version, "last_sent": state.arrays.get("last_sent") if version else None}
-        )
-        return publisher
-
-    def _actor_critic(self, state: JobState) -> ActorCritic | None:
-        saved = state.data.get("actor_critic")
-        if saved is None:
-            return None
-        ac = ActorCritic(**saved["config"])
-        ac.load_state_dict(saved["state"])
-        return ac
-
-    def _s_deltas(
-        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
-    ) -> list[Outgoing]:
-        t = int(state.data["t"])
-        workers = self.workers(ctx)
-        n_params = int(state.arrays["master"].size)
-        secure = bool(ctx.params["secure_aggregation"])
-        needs_stats = ctx.params["weighting"] == "actor-critic"
-        counts: list[int] = []
-        stats: list[dict[str, float]] = []
-        arts = []
-        for w in workers:
-            art = need(received, w, DELTA)
-            self._check_round(art, t)
-            if t == 0:
-                _check_columns(meta_list(art, "columns"), state.data["columns"], ctx.name, w)
-            counts.append(meta_int(art, "n_samples", low=1, high=MAX_SAMPLES))
-            if needs_stats:
-                s = art.meta.get("stats")
-                if not isinstance(s, Mapping) or any(
-                    not isinstance(s.get(k), (int, float)) for k in STAT_NAMES
-                ):
-                    raise InvalidArtifact(
-                        f"the delta from {w} lacks the statistics {', '.join(STAT_NAMES)}"
-                    )
-                stats.append({k: float(s[k]) for k in STAT_NAMES})
-            arts.append(art)
-        ac = self._actor_critic(state)
-        weights = fedavg_weights(counts) if ac is None else ac.act(counts, stats)
-        if ac is not None:
-            state.data["actor_critic"]["state"] = _json(ac.state_dict())
-        state.data["pending_weights"] = weights.tolist()
-        if not secure:
-            deltas = [_array(a, "delta", size=n_params) for a in arts]
-            return self._s_finish_round(ctx, state, weighted_sum(deltas, weights))
-        # Secure aggregation: the deltas stay encrypted under the key holder's key; the server
-        # computes the weighted sum on ciphertexts (its weights are plaintext to it).
-        holder = workers[0]
-        kh = ctx.public_key(holder)
-        total: paillier.EncryptedArray | None = None
-        for art, w in zip(arts, weights):
-            enc = read_enc(art, "delta", kh, rows=n_params, max_abs=float(2**DELTA_BITS))
-            term = enc * float(w)
-            total = term if total is None else total + term
-        if total is None:
-            raise VflError("hfl needs at least one worker")
-        packed = paillier.pack(total, value_bits=_sum_value_bits(len(workers)))
-        # A mask uniform modulo n (not a bounded one): the key holder sees uniformly random
-        # residues, whatever the sum; packing first keeps it to one decryption per few values.
-        masked, mask = paillier.mask(packed.ciphertexts)
-        state.data["sum_mask"] = save_mask(mask)
-        state.data["sum_layout"] = packed.meta()
-        state.phase = "wait-sum"
-        request = enc_member("sum", masked)
-        return [Outgoing(holder, SUM_REQUEST, "sum-request", [request], {"values": n_params}, t)]
-
-    def _s_sum(
-        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
-    ) -> list[Outgoing]:
-        t = int(state.data["t"])
-        holder = self.workers(ctx)[0]
-        art = need(received, holder, SUM_REPLY)
-        self._check_round(art, t)
-        mask = load_mask(state.data.pop("sum_mask"))
-        layout = state.data.pop("sum_layout")
-        raw = read_ints(art, "sum", len(mask.offsets))
-        total = unpack_sum(raw, mask, layout)
-        if total.size != state.arrays["master"].size:
-            raise InvalidArtifact(
-                f"the sum from {holder} holds {total.size} values, expected {state.arrays['master'].size}"
-            )
-        state.data["secure_rounds"] = int(state.data.get("secure_rounds", 0)) + 1
-        return self._s_finish_round(ctx, state, total)
-
-    def _s_finish_round(
-        self, ctx: PartyContext, state: JobState, total: np.ndarray
-    ) -> list[Outgoing]:
-        params = ctx.params
-        t = int(state.data["t"])
-        spec = state.data["spec"]
-        X, y, split = self._s_data(ctx, state)
-        before = state.arrays["master"]
-        master = apply_sum(before, total, params["server_learning_rate"])
-        val_loss = model_loss(spec, master, X[split.train], y[split.train])
-        weights = state.data.pop("pending_weights")
-        state.data["node_weights"].append(weights)
-        if params["dp_clip"] > 0:
-            _account(state, params, weights)
-        ac = self._actor_critic(state)
-        record: dict[str, Any] = {"round": t + 1, "val_loss": val_loss}
-        if ac is not None:
-            learned = ac.learn(state.data["history"][-1]["val_loss"] - val_loss)
-            record["reward"] = learned["reward"]
-            policy = ac.prev_probs if ac.prev_probs is not None else np.asarray(weights)
-            state.data["policy"].append(policy.tolist())
-            state.data["actor_critic"]["state"] = _json(ac.state_dict())
-        else:
-            state.data["policy"].append(weights)
-        state.data["history"].append(record)
-        state.arrays["master"] = master
-        t += 1
-        state.data["t"] = t
-        final = t >= params["rounds"]
-        publisher = self._publisher(state)
-        if final or t % params["full_every"] == 0:
-            update: SparseUpdate | FullUpdate = publisher.full(master)
-        else:
-            update = publisher.realtime(master, k_fraction=params["realtime_k"])
-        out = self._publish(ctx, state, publisher, update, final=final)
-        meta = {"n_params": int(master.size), "final": final}
-        out += [
-            Outgoing(w, MODEL, "model", [ndarray_member("model", master)], meta, t)
-            for w in self.workers(ctx)
-        ]
-        if not final:
-            state.phase = "wait-deltas"
-            return out
-        from vfl_cli.metrics import classification_metrics  # scikit-learn: slow to import
-
-        scores = model_predict(spec, master, X[split.test])
-        metrics = {"test": classification_metrics(y[split.test], scores)}
-        state.phase = "done"
-        state.done = True
-        state.results = {
-            "metrics": metrics,
-            "node_weights": state.data["node_weights"],
-            "policy": state.data["policy"],
-            "nodes": state.data["nodes"],
-            "round_history": state.data["history"],
-            "privacy": privacy_summary(params, state),
-            "model": model_card(ctx, state),
-        }
-        return out
-
-    # ----- worker -------------------------------------------------------------------------------
-    def _w_round(
-        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
-    ) -> list[Outgoing]:
-        server = self.server(ctx)
-        art = need(received, server, MODEL)
-        t = int(state.data.get("t", 0))
-        self._check_round(art, t)
-        if t == 0:
-            columns = meta_list(art, "columns")
-            _check_columns(ctx.features, columns, server, ctx.name)
-            spec = art.meta.get("spec")
-            if not isinstance(spec, list) or spec != model_spec(ctx.params):
-                raise InvalidArtifact(
-                    f"the model from {server} has another spec than the job's parameters name"
-                )
-            state.data.update(columns=columns, spec=spec)
-            state.arrays["mean"] = _array(art, "mean", size=len(columns))
-            state.arrays["scale"] = _array(art, "scale", size=len(columns))
-            if np.any(state.arrays["scale"] <= 0):
-                raise InvalidArtifact(f"the standardisation from {server} has a scale <= 0")
-        spec = state.data["spec"]
-        n_params = art.meta.get("n_params")
-        master = _array(art, "model", size=n_params if isinstance(n_params, int) else None)
-        state.data["n_params"] = int(master.size)
-        if art.meta.get("final"):
-            state.arrays["model"] = master
-            state.phase = "done"
-            state.done = True
-            state.results = {"model": model_card(ctx, state, master=master)}
-            return []
-        X, y = _labelled(ctx, state.data["columns"])
-        X = _standardiser(state).transform(X)
-        params = ctx.params
-        node = self.workers(ctx).index(ctx.name)
-        delta = local_train(
-            master,
-            spec,
-            X,
-            y,
-            params["local_epochs"],
-            params["batch_size"] or None,
-            params["learning_rate"],
-            node_seed(params["seed"], t, node),
-        )
-        meta: dict[str, Any] = {"n_samples": delta.n_samples}
-        if params["weighting"] == "actor-critic":
-            meta["stats"] = {k: delta.stats[k] for k in STAT_NAMES}
-        if t == 0:
-            meta["columns"] = state.data["columns"]
-        member = self._delta_member(ctx, delta.values)
-        state.data["t"] = t + 1
-        is_holder = params["secure_aggregation"] and node == 0
-        state.phase = "wait-request" if is_holder else "wait-model"
-        return [Outgoing(server, DELTA, "delta", [member], meta, t)]
-
-    def _delta_member(self, ctx: PartyContext, values: np.ndarray) -> Member:
-        """What leaves the worker: its delta, DP-noised if the job says so, then encrypted under
-        the key holder's key (secure aggregation, the default) or, if the job turned that off,
-        as a plain array."""
-        params = ctx.params
-        if params["dp_clip"] > 0:
-            values = private_delta(
-                values, params["dp_clip"], params["dp_noise_multiplier"], len(self.workers(ctx))
-            )
-        if not params["secure_aggregation"]:
-            return ndarray_member("delta", values)
-        if np.abs(values).max(initial=0.0) > 2.0**DELTA_BITS:
-            raise VflError(
-                f"the delta exceeds 2**{DELTA_BITS} (training diverged): lower learning_rate"
-            )
-        holder = ctx.public_key(self.workers(ctx)[0])
-        return enc_member("delta", paillier.encrypt(holder, values))
-
-    def _w_decrypt(
-        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
-    ) -> list[Outgoing]:
-        """The key holder decrypts the server's masked sum: uniformly random residues to it."""
-        server = self.server(ctx)
-        art = need(received, server, SUM_REQUEST)
-        t = int(state.data["t"]) - 1
-        self._check_round(art, t)
-        priv = ctx.private_key()
-        request = read_enc(art, "sum", priv.public)
-        # Only as many ciphertexts as one packed weighted sum of the model needs: a bound on
-        # what a request can ask to have decrypted (see the protocol doc's limits).
-        n_params = int(state.data["n_params"])
-        slot_bits = _sum_value_bits(len(self.workers(ctx))) + 2 + paillier.GUARD_BITS
-        expected = -(-n_params // ((priv.public.bits - 1) // slot_bits))
-        if request.size != expected:
-            raise InvalidArtifact(
-                f"the sum request from {server} holds {request.size} ciphertexts, a packed sum of "
-                f"{n_params} values needs {expected}"
-            )
-        raw = priv.decrypt_raw(request)
-        state.phase = "wait-model"
-        return [
-            Outgoing(
-                server, SUM_REPLY, "sum-reply", [ints_member("sum", raw, priv.public.n)], {}, t
-            )
-        ]
-
-    # ----- predictor ----------------------------------------------------------------------------
-    def _p_update(
-        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
-    ) -> list[Outgoing]:
-        server = self.server(ctx)
-        art = need(received, server, UPDATE)
-        m = art.members.get("update")
-        if m is None or m.type != "ndarray":
-            raise InvalidArtifact(f"{art.kind} from {server} lacks the update member")
-        body = art.array("update")
-        if body.dtype != np.uint8 or body.ndim != 1:
-            raise InvalidArtifact(f"the update from {server} is {body.dtype}, expected uint8 bytes")
-        update = update_from_bytes(body.tobytes())
-        if art.meta.get("version") != update.version or art.meta.get("update") != update.kind:
-            raise InvalidArtifact(
-                f"the update from {server} says version {art.meta.get('version')!r} "
-                f"({art.meta.get('update')!r}) in its manifest but holds {update.kind} version {update.version}"
-            )
-        first = state.phase == "start"
-        if first:
-            columns = meta_list(art, "columns")
-            _check_columns(ctx.features, columns, server, ctx.name, subset=True)
-            spec = art.meta.get("spec")
-            if not isinstance(spec, list) or spec != model_spec(ctx.params):
-                raise InvalidArtifact(
-                    f"the update from {server} has another spec than the job's parameters name"
-                )
-            mean = _array(art, "mean", size=len(columns))
-            scale = _array(art, "scale", size=len(columns))
-        else:
-            columns, spec = state.data["columns"], state.data["spec"]
-        replica = PredictionReplica(spec, len(columns))
-        replica.version = int(state.data.get("version", 0))
-        replica.params = state.arrays.get("replica")
-        try:
-            replica.apply(update)
-        except VflError as exc:
-            raise InvalidArtifact(f"{art.kind} {art.seq} from {server}: {exc}") from None
-        # Everything is checked: only now change the state.
-        if first:
-            state.data.update(columns=columns, spec=spec)
-            state.arrays["mean"], state.arrays["scale"] = mean, scale
-        state.arrays["replica"] = replica.params if replica.params is not None else np.zeros(0)
-        state.data["version"] = replica.version
-        state.data["round"] = art.round
-        state.data.setdefault("applied", []).append(
-            {"version": update.version, "kind": update.kind, "round": art.round}
-        )
-        state.phase = "serving"
-        if art.meta.get("final"):
-            state.phase = "done"
-            state.done = True
-            state.results = {
-                "model": model_card(ctx, state, master=replica.params),
-                "update_version": replica.version,
-            }
-        return []
-
-
-# ----- privacy accounting --------------------------------------------------------------------------
-def _account(state: JobState, params: Mapping[str, Any], weights: Sequence[float]) -> None:
+# ----- privacy accounting ---------------------------------------------------------------------
+def _accounted(
+    state: ServerState, params: Mapping[str, Any], weights: Sequence[float]
+) -> ServerState:
     """Add one round's Renyi DP to the server's running totals (see :mod:`vfl_cli.hfl.privacy`).
 
     ``dp_rdp``: what the round's weighted sum (the master model, seen by everyone) costs the
@@ -759,17 +849,17 @@ def _account(state: JobState, params: Mapping[str, Any], weights: Sequence[float
     """
     z = float(params["dp_noise_multiplier"])
     n = len(weights)
-    rounds = [
-        ("dp_rdp", effective_multiplier(weights, z)),
-        ("dp_rdp_each", z / math.sqrt(n)),
-    ]
-    for key, multiplier in rounds:
-        previous = np.asarray(state.data.get(key, [0.0] * len(RDP_ORDERS)), dtype=np.float64)
-        state.data[key] = (previous + gaussian_rdp(multiplier)).tolist()
-    state.data.setdefault("dp_multipliers", []).append(effective_multiplier(weights, z))
+    zero = [0.0] * len(RDP_ORDERS)
+    rdp = np.asarray(state.dp_rdp or zero) + gaussian_rdp(effective_multiplier(weights, z))
+    each = np.asarray(state.dp_rdp_each or zero) + gaussian_rdp(z / math.sqrt(n))
+    return state.but(
+        dp_rdp=rdp.tolist(),
+        dp_rdp_each=each.tolist(),
+        dp_multipliers=[*state.dp_multipliers, effective_multiplier(weights, z)],
+    )
 
 
-def privacy_summary(params: Mapping[str, Any], state: JobState) -> dict[str, Any]:
+def privacy_summary(params: Mapping[str, Any], state: ServerState) -> dict[str, Any]:
     """What the job's results say about its privacy: aggregation mode and DP-FedAvg's epsilon."""
     secure = bool(params["secure_aggregation"])
     out: dict[str, Any] = {
@@ -778,22 +868,22 @@ def privacy_summary(params: Mapping[str, Any], state: JobState) -> dict[str, Any
         "server_sees": "each round's weighted sum" if secure else "every node's delta",
         "dp": None,
     }
-    if params["dp_clip"] <= 0 or "dp_rdp" not in state.data:
+    if params["dp_clip"] <= 0 or state.dp_rdp is None:
         return out
     delta = float(params["dp_delta"])
-    eps, order = epsilon(state.data["dp_rdp"], delta)
+    eps, order = epsilon(state.dp_rdp, delta)
     dp: dict[str, Any] = {
         "clip": float(params["dp_clip"]),
         "noise_multiplier": float(params["dp_noise_multiplier"]),
-        "round_multipliers": state.data.get("dp_multipliers", []),
+        "round_multipliers": state.dp_multipliers,
         "delta": delta,
         "epsilon": eps,
         "rdp_order": order,
         "accountant": "RDP of the Gaussian mechanism, node level, no sampling (Mironov 2017; "
         "Balle et al. 2020 conversion)",
     }
-    if not secure:
-        dp["epsilon_each_delta"] = epsilon(state.data["dp_rdp_each"], delta)[0]
+    if not secure and state.dp_rdp_each is not None:
+        dp["epsilon_each_delta"] = epsilon(state.dp_rdp_each, delta)[0]
     out["dp"] = dp
     return out
 
@@ -819,7 +909,7 @@ def unpack_sum(raw: Sequence[int], mask: paillier.Mask, layout: Mapping[str, Any
     offset = int(str(layout["offset"]), 16)
     width = (1 << slot_bits) - 1
     values: list[int] = []
-    for k, (y, r) in enumerate(zip(raw, mask.offsets)):
+    for k, (y, r) in enumerate(zip(raw, mask.offsets, strict=False)):
         plain = (int(y) - r - mask.shift) % n
         used = min(slots, count - k * slots)
         if plain >> (slot_bits * used):
@@ -840,15 +930,14 @@ def unpack_sum(raw: Sequence[int], mask: paillier.Mask, layout: Mapping[str, Any
 
 # ----- model cards, scoring, status ---------------------------------------------------------------
 def model_card(
-    ctx: PartyContext, state: JobState, *, master: np.ndarray | None = None
+    ctx: PartyContext, columns: Sequence[str], spec: list[dict[str, Any]], flat: np.ndarray | None
 ) -> dict[str, Any]:
     """The model card every party keeps: spec, columns, parameters, rounds.
 
     A logistic model lists its weights per feature; an MLP lists its layers (every party holds
     the whole model, in plaintext).
     """
-    flat = state.arrays["master"] if master is None else master
-    columns = list(state.data["columns"])
+    columns = list(columns)
     card: dict[str, Any] = {
         "protocol": "hfl",
         "job": ctx.job,
@@ -857,18 +946,27 @@ def model_card(
         "alignment": None,  # multi-node training: same columns everywhere, nothing to align
         "params": dict(ctx.params),
         "features": columns,
-        "spec": state.data["spec"],
-        "n_params": int(flat.size),
+        "spec": spec,
+        "n_params": 0 if flat is None else int(flat.size),
         "rounds": int(ctx.params["rounds"]),
         "rounds_run": int(ctx.params["rounds"]),
         "local_epochs": int(ctx.params["local_epochs"]),
         "weights": {},
     }
     if ctx.params["model"] == "logistic":
-        card["weights"] = {c: float(v) for c, v in zip([*columns, "(intercept)"], flat)}
+        values: Sequence[float] = [] if flat is None else flat.tolist()
+        card["weights"] = {
+            c: float(v) for c, v in zip([*columns, "(intercept)"], values, strict=False)
+        }
         return card
-    layers, width = [], len(columns)
-    for layer in state.data["spec"]:
+    card["layers"] = _layers(spec, len(columns))
+    return card
+
+
+def _layers(spec: list[dict[str, Any]], width: int) -> list[dict[str, Any]]:
+    """One row per layer of an MLP: its shape; every party computes it in plaintext."""
+    layers = []
+    for layer in spec:
         if layer["type"] == "dense":
             shape, width = [width, int(layer["units"])], int(layer["units"])
         else:
@@ -882,13 +980,16 @@ def model_card(
                 "shape": shape,
             }
         )
-    card["layers"] = layers
-    return card
+    return layers
 
 
-def _current_model(role: str, state: JobState) -> np.ndarray:
-    key = {"server": "master", "worker": "model", "predictor": "replica"}.get(role, "")
-    model = state.arrays.get(key)
+def _current_model(role: str, state: _Standardised) -> np.ndarray:
+    if isinstance(state, ServerState):
+        model = state.master
+    elif isinstance(state, WorkerState):
+        model = state.model
+    else:
+        model = state.replica if isinstance(state, PredictorState) else None
     if model is None or model.size == 0:
         what = {
             "worker": "a worker holds the final model only once the job is done",
@@ -915,13 +1016,14 @@ def predict_rows(role: str, state: JobState, df: Any) -> np.ndarray:
     Raises:
         VflError: No model yet, or the rows lack a feature column.
     """
-    model = _current_model(role, state)
-    columns = list(state.data["columns"])
+    typed = STATES.get(role, PredictorState).load(state)
+    model = _current_model(role, typed)
+    columns = list(typed.columns)
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(f"the rows to score lack the model's column(s) {', '.join(missing[:5])}")
-    X = _standardiser(state).transform(numeric_matrix(df, columns, what="the rows to score"))
-    return model_predict(state.data["spec"], model, X)
+    X = typed.standardiser().transform(numeric_matrix(df, columns, what="the rows to score"))
+    return model_predict(typed.spec, model, X)
 
 
 def status(role: str, params: Mapping[str, Any], state: JobState) -> dict[str, Any]:
@@ -932,22 +1034,26 @@ def status(role: str, params: Mapping[str, Any], state: JobState) -> dict[str, A
         "done": state.done,
         "rounds": params["rounds"],
     }
-    if role == "server":
-        out["round"] = int(state.data.get("t", 0))
-        out["update_version"] = int(state.data.get("publisher_version", 0))
-        history = state.data.get("history", [])
-        if history:
-            out["val_loss"] = history[-1]["val_loss"]
-        if state.data.get("node_weights"):
-            out["last_node_weights"] = dict(
-                zip(state.data["nodes"], state.data["node_weights"][-1])
-            )
-    elif role == "worker":
-        out["round"] = int(state.data.get("t", 0))
-    else:
-        out["update_version"] = int(state.data.get("version", 0))
-        out["round"] = int(state.data.get("round", 0))
-        out["applied"] = state.data.get("applied", [])[-5:]
+    typed = STATES.get(role, PredictorState).load(state)
+    if isinstance(typed, ServerState):
+        out["round"] = typed.t
+        out["update_version"] = typed.publisher_version
+        if typed.history:
+            out["val_loss"] = typed.history[-1]["val_loss"]
+        if typed.node_weights:
+            out["last_node_weights"] = dict(zip(typed.nodes, typed.node_weights[-1], strict=False))
+    elif isinstance(typed, WorkerState):
+        out["round"] = typed.t
+    elif isinstance(typed, PredictorState):
+        out["update_version"] = typed.version
+        out["round"] = typed.round
+        out["applied"] = typed.applied[-5:]
     if "metrics" in state.results:
         out["metrics"] = state.results["metrics"]
     return out
+
+
+def node_weights(state: JobState) -> dict[str, Any]:
+    """The server's node weights per round and the policy (for ``vfl hfl show-weights``)."""
+    typed = ServerState.load(state)
+    return {"nodes": typed.nodes, "node_weights": typed.node_weights, "policy": typed.policy}

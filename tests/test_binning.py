@@ -171,3 +171,20 @@ def test_opaque_ids_are_shuffled() -> None:
     assert len(orders) == 3  # 64! orders: three equal draws would mean no shuffling
     seeded = [opaque_ids(binning, random.Random(7)).ids("x").tolist() for _ in range(2)]
     assert seeded[0] == seeded[1]
+
+
+@pytest.mark.parametrize("max_bins", [9, 33, 256])
+def test_quantile_bins_split_rows_like_hist_gradient_boosting(max_bins: int) -> None:
+    from tests.conftest import fate
+
+    binning_module = pytest.importorskip("sklearn.ensemble._hist_gradient_boosting.binning")
+    df = pd.read_csv(fate("default_credit_hetero_host.csv"))
+    columns = [c for c in df.columns if c != "id"]
+    # _BinMapper's n_bins counts the missing bin like ours (HistGradientBoosting's max_bins not)
+    theirs = binning_module._BinMapper(n_bins=max_bins, random_state=0).fit_transform(
+        df[columns].to_numpy())
+    ours = fit_binning(df, columns, max_bins=max_bins).transform(df)
+    for j in range(len(columns)):
+        pairs = set(zip(theirs[:, j].tolist(), ours[:, j].tolist(), strict=True))
+        # the same partition of rows: each of their bins is exactly one of ours
+        assert len(pairs) == len(set(theirs[:, j])) == len(set(ours[:, j])), columns[j]

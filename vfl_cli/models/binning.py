@@ -213,7 +213,9 @@ def _quantile_cuts(x: np.ndarray, n_value_bins: int) -> np.ndarray:
     if len(distinct) <= n_value_bins:
         midpoints = (distinct[:-1] + distinct[1:]) / 2  # one bin per distinct value
         return np.asarray(midpoints, dtype=float)
-    q = np.percentile(x, np.linspace(0, 100, n_value_bins + 1)[1:-1], method="midpoint")
+    # scikit-learn's HistGradientBoosting (1.6+) takes these percentiles with this method
+    q = np.percentile(x, np.linspace(0, 100, n_value_bins + 1)[1:-1],
+                      method="averaged_inverted_cdf")
     return np.asarray(np.unique(q), dtype=float)
 
 

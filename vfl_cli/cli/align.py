@@ -11,7 +11,7 @@ from vfl_cli.artifacts.io import ensure_writable
 from vfl_cli.cli._console import progress_bars, say
 from vfl_cli.cli._options import force_option, json_option, out_option, workspace
 from vfl_cli.cli.jobs import report
-
+from vfl_cli.workspace import Workspace
 
 data_option = click.option(
     "--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -37,22 +37,77 @@ def align() -> None:
 
 @align.command()
 @click.option("--with", "peers", multiple=True, help="Passive party to align with (repeat; default: all).")
-@click.option("--job", "job_id", help="Job id (default: psi-<date>-<random>).")
+@click.option("--job", "job_id", help="Job id (default: psi-<date>-<random>; <cache>-q<N> with --cache).")
+@click.option("--cache", "cache", metavar="JOB",
+              help="Use the cached set of this psi-cache job (see 'vfl align cache'): the work and "
+              "files are proportional to this party's ids only.")
 @data_option
 @json_option
 @click.pass_context
-def start(ctx: click.Context, peers: tuple[str, ...], job_id: str | None, data: Path | None,
-          as_json: bool) -> None:
+def start(ctx: click.Context, peers: tuple[str, ...], job_id: str | None, cache: str | None,
+          data: Path | None, as_json: bool) -> None:
     """Active party: propose an alignment job and send the blinded ids.
+
+    With --cache, align a small set (say new applicants in --data) with the passive party's
+    cached set: the job is named <cache>-q<N>, N counting this cache's queries.
 
     Example:
 
     \b
         vfl align start --with bureau --job align-2026-11
+        vfl align start --cache psi-cache-20261201-a1b2c3 --data applicants.csv
     """
     ws = workspace(ctx)
+    params: dict[str, str] = {}
+    if cache is not None:
+        params["cache"] = cache
+        owner = engine.load_info(ws, cache)
+        peers = peers or tuple(p["name"] for p in owner["parties"] if p["name"] != ws.name)
+        job_id = job_id or next_query_id(ws, cache)
     with progress_bars() as progress:
-        r = engine.start_job(ws, "psi", {}, peers=list(peers) or None, job=job_id, data=data,
+        r = engine.start_job(ws, "psi", params, peers=list(peers) or None, job=job_id, data=data,
+                             progress=progress)
+    report([r], as_json, ws.name)
+
+
+def next_query_id(ws: Workspace, cache: str) -> str:
+    """``<cache>-q<N>`` with N one more than the highest query of ``cache`` in this workspace."""
+    used = [0]
+    for job in engine.list_jobs(ws):
+        name = job["job"]
+        if name.startswith(f"{cache}-q") and name[len(cache) + 2:].isdigit():
+            used.append(int(name[len(cache) + 2:]))
+    return f"{cache}-q{max(used) + 1}"
+
+
+@align.command(name="cache")
+@click.option("--with", "peer", required=True, help="The active party that may use the cache.")
+@click.option("--job", "job_id", help="Job id (default: psi-cache-<date>-<random>).")
+@click.option("--max-queries", type=int, default=30, show_default=True,
+              help="Alignments the cache may serve.")
+@click.option("--max-query-ids", type=int, default=100_000, show_default=True,
+              help="Ids per alignment.")
+@click.option("--valid-days", type=int, default=30, show_default=True, help="Days until it expires.")
+@data_option
+@json_option
+@click.pass_context
+def cache_command(ctx: click.Context, peer: str, job_id: str | None, max_queries: int,
+                  max_query_ids: int, valid_days: int, data: Path | None, as_json: bool) -> None:
+    """Passive party: publish this party's blinded ids once, for cheap later alignments.
+
+    The active party keeps the cache (it runs 'vfl align respond' on it) and then aligns small
+    sets with 'vfl align start --cache JOB'. This party answers at most --max-queries of them,
+    each of at most --max-query-ids ids, for --valid-days days, and only for that peer.
+
+    Example:
+
+    \b
+        bureau$ vfl align cache --with bank --max-queries 30 --valid-days 30
+    """
+    ws = workspace(ctx)
+    params = {"max_queries": max_queries, "max_query_ids": max_query_ids, "valid_days": valid_days}
+    with progress_bars() as progress:
+        r = engine.start_job(ws, "psi-cache", params, peers=[peer], job=job_id, data=data,
                              progress=progress)
     report([r], as_json, ws.name)
 

@@ -18,7 +18,9 @@ the only field arithmetic is the public curve-membership test during hashing (gm
 touches the party's own ids, never secrets received from anyone.
 
 Parallelism: the work is split into chunks run by worker processes (hashing is Python code bound
-by the GIL, so threads would not help it); each chunk is pickled to its worker and back. On Linux,
+by the GIL, so threads would not help it); each chunk is pickled to its worker and back. Under
+``vfl --dask-scheduler`` (:func:`vfl_cli.crypto.parallel.use_dask`) the same chunks go to the
+party's Dask cluster instead. On Linux,
 when the caller is single-threaded, workers are forked (instant); otherwise (another thread is
 running, or another OS) they come from a clean "forkserver" process. :func:`run` puts several
 batches (say a peer's points to blind and the party's own ids to hash and blind) on one pool.
@@ -63,6 +65,7 @@ __all__ = [
     "default_n_jobs",
     "find_duplicates",
     "hash_to_points",
+    "new_invertible_scalar",
     "new_scalar",
     "run",
 ]
@@ -71,6 +74,7 @@ POINT_BYTES = 32
 SCALAR_BYTES = 32
 
 _P = 2**255 - 19
+_ORDER = 2**252 + 27742317777372353535851937790883648493  # the prime-order subgroup's order
 _A = 486662  # Curve25519: v^2 = u^3 + A u^2 + u over GF(2^255 - 19)
 _P_MPZ = mpz(_P)
 _MPZ_POSITIVE = b"\x01\x01"  # gmpy2.from_binary header: an mpz, non-negative, then LE bytes
@@ -103,6 +107,44 @@ def new_scalar(rng: Random | None = None) -> bytes:
     raw[31] &= 127
     raw[31] |= 64
     return bytes(raw)
+
+
+def new_invertible_scalar(rng: Random | None = None) -> tuple[bytes, bytes]:
+    """A fresh secret scalar and a scalar that undoes it, both valid X25519 scalars.
+
+    X25519 clamps every scalar to ``2^254 + 8k`` (``0 <= k < 2^251``), so the inverse of a scalar
+    modulo the group order is not always usable as one. For a point ``Q`` of the prime-order
+    subgroup (any X25519 output of a clamped scalar is one), ``blind(blind(Q, s), t) == Q``. A
+    u-coordinate stands for ``Q`` and ``-Q`` alike, so ``t`` may be any clamped value congruent
+    to ``+-s^-1`` modulo the order. A scalar without one would be drawn again; none was in
+    20,000 draws (tests/test_crypto_ecdh.py), so ``s`` is, as far as measured, a uniformly random
+    clamped scalar like :func:`new_scalar`'s, and at worst uniform on the accepted set.
+
+    Args:
+        rng: source of randomness for tests; the default is the OS CSPRNG.
+
+    Returns:
+        ``(s, t)``, 32 bytes each; keep both secret.
+    """
+    while True:
+        scalar = new_scalar(rng)
+        inverse = pow(int.from_bytes(scalar, "little"), -1, _ORDER)
+        for value in (inverse, _ORDER - inverse):
+            clamped = _clamped_representative(value)
+            if clamped is not None:
+                return scalar, clamped.to_bytes(SCALAR_BYTES, "little")
+
+
+def _clamped_representative(value: int) -> int | None:
+    """A number ``v = value (mod order)`` of the form ``2^254 + 8k``, ``0 <= k < 2^251``, if any."""
+    low, high = 2**254, 2**255
+    m = -(-(low - value) // _ORDER)  # the first multiple putting value + m * order above low
+    while value + m * _ORDER < high:
+        candidate = value + m * _ORDER
+        if candidate % 8 == 0:
+            return candidate
+        m += 1
+    return None
 
 
 # --------------------------------------------------------------------------- hashing
@@ -335,7 +377,16 @@ class Workers:
         batch, self._batches = self._batches, self._batches + 1
         key = _hash_key(work.domain) if work.domain is not None else None
         n = len(work.data)
-        if self.jobs == 1 or n < _MIN_PARALLEL:
+        client = _dask_client() if n >= _MIN_PARALLEL else None
+        if client is not None:
+            # The party's Dask cluster (vfl --dask-scheduler): the same chunks, on its workers.
+            cores = max(1, sum(client.nthreads().values()))
+            pieces = [
+                (a, b, client.submit(_work_task, (work.data[a:b], key, work.scalar), pure=False).result)
+                for a, b in pairwise(_guided_edges(n, cores))
+                if b > a
+            ]
+        elif self.jobs == 1 or n < _MIN_PARALLEL:
             done = _work_chunk(work.data, key, work.scalar)
             pieces: list[tuple[int, int, Callable[[], tuple[bytes, list[int]]]]] = [
                 (0, n, lambda: done)
@@ -381,6 +432,21 @@ class Workers:
                 pin = {"initializer": _pin_worker, "initargs": (context.Value("i", 0), cpus)}
             self._executor = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context, **pin)
         return self._executor
+
+
+def _dask_client() -> Any | None:
+    """The Dask client of ``vfl_cli.crypto.parallel.use_dask`` if one is in use, else ``None``.
+
+    Dask is never imported here: without ``use_dask`` it was not imported by anyone.
+    """
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:  # no client
+        return None
 
 
 def _guided_edges(n: int, jobs: int, smallest: int = 512) -> list[int]:

@@ -35,11 +35,13 @@ from typing import Any
 import numpy as np
 
 from vfl_cli.artifacts.container import Artifact, ndarray_member, points_member
-from vfl_cli.errors import InvalidArtifact
-from vfl_cli.protocol import psi
+from vfl_cli.errors import DataError, InvalidArtifact, VflError
+from vfl_cli.names import is_name
+from vfl_cli.protocol import psi, psi_cache
 from vfl_cli.protocol.base import (
     Expect,
     Hex,
+    Int,
     JobState,
     Outgoing,
     PartyContext,
@@ -396,8 +398,9 @@ class AlignCache(Protocol):
                          **_limits_meta(limits)}
         state.phase, state.done = "published", True
         meta = {"count": len(ids), **_limits_meta(limits)}
-        return [Outgoing(ctx.active, CACHE, "cache", members=[ndarray_member("values", message.values)],
-                         meta=meta)]
+        rest, counts = psi_cache.pack_values(message.values)
+        members = [ndarray_member("values", rest), ndarray_member("prefix_counts", counts)]
+        return [Outgoing(ctx.active, CACHE, "cache", members=members, meta=meta)]
 
     def _keep(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]) -> list[Outgoing]:
         art = need(received, ctx.passives[0], CACHE)
@@ -405,7 +408,8 @@ class AlignCache(Protocol):
             limits = _limits(art.meta)
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArtifact("the cache's limits (max_queries, max_query_ids, expires) are malformed") from exc
-        message = psi_cache.CacheMessage(cache_id=art.job, values=art.array("values"), limits=limits)
+        values = psi_cache.unpack_values(art.array("values"), art.array("prefix_counts"))
+        message = psi_cache.CacheMessage(cache_id=art.job, values=values, limits=limits)
         cached = psi_cache.check_cache(message, cache_id=ctx.job)
         state.arrays["cache_values"] = cached.values
         state.data.update(owner=ctx.passives[0], **_limits_meta(limits))

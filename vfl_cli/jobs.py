@@ -832,11 +832,6 @@ def _gather(
     return received, consumed, missing
 
 
-def load_external(path: Path) -> Loaded:
-    """Read an artifact from anywhere (for ``vfl inspect``), without trusting it."""
-    return read_artifact(path)
-
-
 def receive_files(ws: Workspace, files: list[Path]) -> list[str]:
     """Copy artifacts into the inbox after checking they parse and are addressed to us."""
     names = []

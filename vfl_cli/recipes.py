@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from vfl_cli.errors import VflError
+from vfl_cli.protocol.registry import REGISTRY
+from vfl_cli.protocol.registry import names as protocol_names
 
 try:
     import tomllib
@@ -96,12 +98,11 @@ class Recipe:
             return [Stage("handshake", "handshake", {})]
         if self.protocol == "align":
             return [Stage("align", "psi", align)]
-        if self.protocol == "hfl":  # multi-node training: same columns, no alignment
-            train = {k: v for k, v in self.tables.get("train", {}).items() if k != "key_bits"}
-            train.update(self.tables.get("evaluate", {}))
-            return [Stage("train", "hfl", train)]
         train = {k: v for k, v in self.tables.get("train", {}).items() if k != "key_bits"}
         train.update(self.tables.get("evaluate", {}))
+        entry = REGISTRY.get(self.protocol)
+        if entry is not None and not entry.needs_alignment:  # hfl: same columns, nothing to align
+            return [Stage("train", self.protocol, train)]
         if "model" in self.tables:
             train["model"] = self.tables["model"]
         train["alignment"] = f"{self.name}-align"
@@ -371,7 +372,7 @@ def alignment_summary(views: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 #: Protocols whose finished job has metrics for the proposer ('vfl evaluate').
-EVALUATED = ("hetero-lr", "hetero-linear", "split-nn", "hfl")
+EVALUATED = tuple(protocol_names(evaluated=True))
 
 
 def _script_head(recipe: Recipe, p: PartySpec) -> list[str]:

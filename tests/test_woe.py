@@ -149,3 +149,18 @@ def test_encoder_refuses_woe_of_the_wrong_length() -> None:
     binning = fit_binning(pd.DataFrame({"x": [1.0, 2.0]}), ["x"])
     with pytest.raises(VflError, match="has 3 bins but 2 WOE values"):
         WoeEncoder(binning, {"x": (0.0, 1.0)})
+
+
+@settings(max_examples=50, deadline=None)
+@given(counts=st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 1000)), min_size=1,
+                       max_size=20))
+def test_iv_terms_are_never_negative_and_woe_follows_the_event_rate(
+        counts: list[tuple[int, int]]) -> None:
+    events, nonevents = zip(*counts, strict=True)
+    r = woe_iv(events, nonevents)
+    assert np.isfinite(r.woe).all() and (r.iv_bins >= 0).all()
+    # a bin with a higher (adjusted) event-to-non-event ratio has a higher WOE
+    full = [i for i, (e, n) in enumerate(counts) if e and n]
+    ratio = np.array([counts[i][0] / counts[i][1] for i in full])
+    order = np.argsort(ratio, kind="stable")
+    assert (np.diff(r.woe[full][order]) >= -1e-9).all()

@@ -50,6 +50,26 @@ def test_given_options_win_over_detection(tmp_path: Path) -> None:
     assert read_table(g, "id", decimal=".")["x"].astype(str).tolist() == ["1,5", "2.5"]
 
 
+@pytest.mark.parametrize("text, fmt, x", [
+    # Excel writes numbers as displayed: digit groups with either decimal mark
+    ("id;x\n1;1.234,5\n2;12,5\n3;7\n", CsvFormat(";", ",", "utf-8-sig", "."), [1234.5, 12.5, 7.0]),
+    ('id,x\n1,"1,234.5"\n2,12.5\n3,"2,000"\n', CsvFormat(",", ".", "utf-8-sig", ","), [1234.5, 12.5, 2000.0]),
+])
+def test_digit_groups_are_detected(tmp_path: Path, text: str, fmt: CsvFormat, x: list[float]) -> None:
+    f = write(tmp_path, text.encode())
+    assert detect_format(f) == fmt
+    assert read_table(f, "id")["x"].tolist() == x
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id;x\n1;1.234,5\n2;12.5\n", r"digit groups \('1.234,5'\) and others .* \('12.5'\)"),
+    ('id;x\n1;1.234,5\n2;"1,234.5"\n', "digit groups both ways"),
+])
+def test_unreadable_digit_groups_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        detect_format(write(tmp_path, text.encode()))
+
+
 @pytest.mark.parametrize("options, message", [
     ({"sep": ":"}, "--sep must be one of"),
     ({"decimal": ";"}, "--decimal must be '.' or ','"),

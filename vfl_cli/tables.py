@@ -33,6 +33,9 @@ SAMPLE_BYTES = 64 * 1024
 _SEP_NAMES = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
 _COMMA_NUMBER = re.compile(r"^\s*[+-]?\d*,\d+(?:[eE][+-]?\d+)?\s*$")
 _DOT_NUMBER = re.compile(r"^\s*[+-]?\d*\.\d+(?:[eE][+-]?\d+)?\s*$")
+#: numbers with digit groups and a decimal part: "1.234,56" (decimal comma), "1,234.56" (decimal point)
+_GROUPED = {",": re.compile(r"^\s*[+-]?\d{1,3}(?:\.\d{3})+,\d+\s*$"),
+            ".": re.compile(r"^\s*[+-]?\d{1,3}(?:,\d{3})+\.\d+\s*$")}
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class CsvFormat:
     sep: str = ","
     decimal: str = "."
     encoding: str = "utf-8"
+    #: digit grouping mark, detected from numbers written as displayed ("1.234,56", "1,234.56")
+    thousands: str | None = None
 
     def describe(self) -> str:
         encoding = "UTF-8" if self.encoding in ("utf-8", "utf-8-sig") else self.encoding
@@ -132,6 +137,30 @@ def _detect_sep(path: Path, text: str) -> str:
     raise DataError(f"cannot tell how the columns of {path} are separated ({found}); give {options} to vfl init")
 
 
+def _detect_thousands(path: Path, text: str, sep: str) -> tuple[str, str] | None:
+    """(decimal mark, grouping mark) when numbers are written with digit groups, else None."""
+    cells = [c for r in _rows(text, sep)[1:] for c in r]
+    found = {d: next((c for c in cells if rx.match(c)), None) for d, rx in _GROUPED.items()}
+    if found[","] is not None and found["."] is not None:
+        raise DataError(f"{path} writes numbers with digit groups both ways ({found[','].strip()!r} and "
+                        f"{found['.'].strip()!r}); save the numbers without digit grouping")
+    for decimal, cell in found.items():
+        if cell is None or (sep == "," and decimal == ","):
+            continue
+        group = "." if decimal == "," else ","
+        # any other number with the grouping mark must be grouped too ("12.5" beside "1.234,5" is
+        # not a number pandas could read right either way)
+        other = _DOT_NUMBER if decimal == "," else _COMMA_NUMBER
+        grouped_int = re.compile(rf"^\s*[+-]?\d{{1,3}}(?:{re.escape(group)}\d{{3}})+\s*$")
+        odd = next((c for c in cells if other.match(c) and not grouped_int.match(c)), None)
+        if odd is not None:
+            raise DataError(f"{path} writes some numbers with digit groups ({cell.strip()!r}) and others that "
+                            f"would read differently with them ({odd.strip()!r}); save the numbers without "
+                            "digit grouping")
+        return decimal, group
+    return None
+
+
 def _detect_decimal(path: Path, text: str, sep: str) -> str:
     if sep == ",":
         return "."
@@ -156,6 +185,9 @@ def detect_format(path: Path, *, sep: str | None = None, decimal: str | None = N
         sep = "\t"
     text, enc, _ = _sample(path, encoding)
     sep = sep or _detect_sep(path, text)
+    grouped = _detect_thousands(path, text, sep)
+    if grouped is not None and decimal in (None, grouped[0]):
+        return CsvFormat(sep=sep, decimal=grouped[0], encoding=enc, thousands=grouped[1])
     return CsvFormat(sep=sep, decimal=decimal or _detect_decimal(path, text, sep), encoding=enc)
 
 
@@ -195,7 +227,8 @@ def read_table(path: Path, id_column: str, **options: Any) -> pd.DataFrame:
         with warnings.catch_warnings():
             # rows longer than the header would otherwise lose their last cells silently
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            df = pd.read_csv(path, sep=fmt.sep, decimal=fmt.decimal, encoding=fmt.encoding, header=0,
+            df = pd.read_csv(path, sep=fmt.sep, decimal=fmt.decimal, thousands=fmt.thousands,
+                             encoding=fmt.encoding, header=0,
                              names=names, index_col=False, dtype={id_column: str}, keep_default_na=False,
                              na_values=[""], skipinitialspace=True, engine="c")
     except pd.errors.ParserWarning as exc:

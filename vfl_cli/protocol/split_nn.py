@@ -559,19 +559,7 @@ class SplitNN(Protocol):
                           ss.protection_rng(seed, epoch, batch), head=spec.head)
         self._meter(ctx, state, spec, sent, data.y[rows], end=batch == data.batches_per_epoch - 1)
         members, eps, rho = self._backward_members(peer, H, Vc, U, delta, sent, state.arrays["rho"])
-        # A's own layers, exactly as in plaintext
-        for net, part, grad_out in ((bottom, "active", delta @ W_A.T), (top, "top", None)):
-            if net is not None:
-                opts = self._opts(ctx, state, part, len(net.params()))
-                if grad_out is not None:
-                    net.backward(grad_out)
-                ss.step_net(net, opts)
-                self._save_net(state, part, net)
-                self._save_opts(state, part, opts)
-        opt_wa, opt_b = self._opts(ctx, state, "interactive", 2)
-        state.arrays["W_A"] = opt_wa.step(W_A, h_a.T @ delta)
-        state.arrays["b"] = opt_b.step(b, delta.sum(axis=0), mask=False)
-        self._save_opts(state, "interactive", [opt_wa, opt_b])
+        self._step_own(ctx, state, bottom, top, h_a, delta)
         (opt_u,) = self._opts(ctx, state, "share", 1, interactive=True)
         state.arrays["share"] = opt_u.step(U, -eps)
         self._save_opts(state, "share", [opt_u])
@@ -586,6 +574,23 @@ class SplitNN(Protocol):
         state.data["evaluating"] = nxt == "evaluate"
         state.phase = "wait-forward"
         return [Outgoing(ctx.passives[0], BACKWARD, "backward", members, {"epoch": epoch, "batch": batch, "next": nxt}, t)]
+
+    def _step_own(self, ctx: PartyContext, state: JobState, bottom: Sequential | None, top: Sequential | None,
+                  h_a: np.ndarray, delta: np.ndarray) -> None:
+        """Step A's own layers (bottom, top, ``W_A``, ``b``) on the exact ``delta``, as in plaintext."""
+        W_A, b = state.arrays["W_A"], state.arrays["b"]
+        for net, part, grad_out in ((bottom, "active", delta @ W_A.T), (top, "top", None)):
+            if net is not None:
+                opts = self._opts(ctx, state, part, len(net.params()))
+                if grad_out is not None:
+                    net.backward(grad_out)
+                ss.step_net(net, opts)
+                self._save_net(state, part, net)
+                self._save_opts(state, part, opts)
+        opt_wa, opt_b = self._opts(ctx, state, "interactive", 2)
+        state.arrays["W_A"] = opt_wa.step(W_A, h_a.T @ delta)
+        state.arrays["b"] = opt_b.step(b, delta.sum(axis=0), mask=False)
+        self._save_opts(state, "interactive", [opt_wa, opt_b])
 
     @staticmethod
     def _backward_members(peer: paillier.PublicKey, H: paillier.EncryptedArray, Vc: paillier.EncryptedArray,

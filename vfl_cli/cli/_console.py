@@ -12,7 +12,14 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.markup import escape as _escape_markup
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 console = Console(stderr=True, highlight=False)
 #: Width of results written to a file or pipe: rich never truncates a table that fits.
@@ -88,6 +95,8 @@ def progress_bars() -> Iterator[Callable[[str, int | None], Callable[[int], None
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),  # estimated from the rate so far (long alignments, issue #17)
         console=console,
         transient=True,
         # no refresh thread: the PSI workers fork only from a single-threaded process

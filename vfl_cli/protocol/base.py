@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -71,8 +71,10 @@ class JobState:
     results: dict[str, Any] = field(default_factory=dict)
 
 
-class Progress(TypingProtocol):
-    def __call__(self, description: str, total: int | None = None) -> Callable[[int], None]: ...
+#: Progress reporting, the one type every layer uses: called with a description and a total
+#: (None: unknown), it returns a callback that advances the bar by ``n``. Core code only calls it;
+#: the CLI draws the bars.
+Progress = Callable[[str, int | None], Callable[[int], None]]
 
 
 def no_progress(description: str, total: int | None = None) -> Callable[[int], None]:

@@ -176,6 +176,10 @@ def _privacy_section(state: jobs.JobState) -> list[str]:
         names = list(leaks[0][1])
         rows = [[epoch, *(_fmt(leak[n]) for n in names)] for epoch, leak in leaks]
         out.append(_table(["epoch", *(f"{n} attack" for n in names)], rows, numeric=set(range(1, len(names) + 1))))
+    pooled = meter.get("pooled_label_leak_auc")
+    if pooled:
+        out.append("<p class=note>Each training row's gradients summed over all epochs (an attacker pooling "
+                   "epochs): " + ", ".join(f"{_e(k)} {_fmt(v)}" for k, v in pooled.items()) + ".</p>")
     return out
 
 

@@ -99,13 +99,15 @@ def test_meter_is_recorded_and_shown(tmp_path: Path, sample) -> None:
     assert meter["label_protection"] == 3.0 and meter["max_leak_auc"] == 1.0
     worst = meter["worst_label_leak_auc"]
     assert all(0.5 <= worst[k] <= 1.0 for k in privacy.ATTACKS)
+    assert sorted(meter["pooled_label_leak_auc"]) == sorted(privacy.ATTACKS)
+    assert meter["pooled_label_leak_auc"] == a.results["history"][-1]["label_leak_auc_pooled"]
     assert "privacy" not in states["bureau"].results  # only the labelled party can meter
     shown = json.loads(run("-w", str(bank), "job", "show", "tr", "--json").stdout)
     assert shown["results"]["privacy"] == meter
     out = tmp_path / "report.html"
     run("-w", str(bank), "report", "tr", "--out", str(out))
     html = out.read_text()
-    assert "Privacy meter" in html and "principal attack" in html
+    assert "Privacy meter" in html and "principal attack" in html and "pooling epochs" in html
 
 
 def test_a_leak_above_the_bound_is_refused_before_sending(tmp_path: Path, sample) -> None:

@@ -557,7 +557,7 @@ class SplitNN(Protocol):
         # every other gradient, W_P's included, uses the exact delta
         sent = ss.protect(delta, data.y[rows], float(ctx.params["label_protection"]),
                           ss.protection_rng(seed, epoch, batch), head=spec.head)
-        self._meter(ctx, state, spec, sent, data.y[rows], end=batch == data.batches_per_epoch - 1)
+        self._meter(ctx, state, spec, sent, data, rows, end=batch == data.batches_per_epoch - 1)
         members, eps, rho = self._backward_members(peer, H, Vc, U, delta, sent, state.arrays["rho"])
         self._step_own(ctx, state, bottom, top, h_a, delta)
         (opt_u,) = self._opts(ctx, state, "share", 1, interactive=True)
@@ -625,16 +625,21 @@ class SplitNN(Protocol):
         return members, eps_f, rho
 
     @staticmethod
-    def _meter(ctx: PartyContext, state: JobState, spec: ss.SplitSpec, sent: np.ndarray, y: np.ndarray,
-               *, end: bool) -> None:
+    def _meter(ctx: PartyContext, state: JobState, spec: ss.SplitSpec, sent: np.ndarray, data: PartyData,
+               rows: np.ndarray, *, end: bool) -> None:
         """The privacy meter: the label attacks on this epoch's outgoing gradients so far.
 
-        Run at the end of every epoch (recorded in its history entry) and, when
-        ``max_leak_auc`` < 1, before every batch is sent: a leak above the bound refuses to send.
+        Run at the end of every epoch (recorded in its history entry, with the attacks on each
+        training row's gradients summed over the epochs so far: an attacker pooling epochs) and,
+        when ``max_leak_auc`` < 1, before every batch is sent: a leak above the bound refuses to send.
         """
-        if spec.head == "regression":
+        if spec.head == "regression" or data.y is None:
             return
-        bound = float(ctx.params["max_leak_auc"])
+        y, bound = data.y[rows], float(ctx.params["max_leak_auc"])
+        pool = state.arrays.get("meter_pool")
+        pool = np.zeros((data.n, sent.shape[1])) if pool is None else pool.copy()
+        pool[rows] += sent
+        state.arrays["meter_pool"] = pool
         g = np.vstack([state.arrays["meter_g"], sent]) if "meter_g" in state.arrays else sent
         labels = np.concatenate([state.arrays["meter_y"], y]) if "meter_y" in state.arrays else y
         state.arrays["meter_g"], state.arrays["meter_y"] = g, labels
@@ -653,7 +658,9 @@ class SplitNN(Protocol):
                            f"AUC {leaks[worst]:.3f}, above max_leak_auc {bound}; nothing was sent. Raise "
                            f"label_protection (now {ctx.params['label_protection']}) or max_leak_auc")
         if end:
-            state.data["leak"] = {"label_leak_auc": leaks}
+            train = data.split.train
+            state.data["leak"] = {"label_leak_auc": leaks,
+                                  "label_leak_auc_pooled": leak_aucs(data.y[train], pool[train])}
 
     def _a_evaluate(self, ctx: PartyContext, state: JobState, data: PartyData, spec: ss.SplitSpec,
                     pred: np.ndarray, rows: np.ndarray) -> list[Outgoing]:
@@ -710,6 +717,8 @@ class SplitNN(Protocol):
                 "label_protection": float(ctx.params["label_protection"]),
                 "max_leak_auc": float(ctx.params["max_leak_auc"]),
                 "worst_label_leak_auc": {k: max(x[k] for x in leaks) for k in leaks[0]} if leaks else {},
+                "pooled_label_leak_auc": next((h["label_leak_auc_pooled"] for h in reversed(state.results["history"])
+                                               if h.get("label_leak_auc_pooled")), {}),
             }
 
 

@@ -28,13 +28,11 @@ from vfl_cli.models.features import aligned_rows, numeric_matrix, transform_from
 from vfl_cli.models.reference import sigmoid
 from vfl_cli.protocol.base import Expect, JobRef, Outgoing, PartyContext, need
 from vfl_cli.protocol.kit import KitProtocol, PartyState, Phase, Step, finished_job, nothing
-from vfl_cli.protocol.registry import get_protocol
+from vfl_cli.protocol.registry import get_protocol, names
 from vfl_cli.protocol.wire import PEER_SCORES, SCORES, collect_scores, read_enc, send_scores
 
 __all__ = ["Predict"]
 
-#: The training protocols whose models this job scores with.
-MODELS = ("hetero-lr", "hetero-linear")
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,7 @@ class TrainedModel:
 def trained_model(ctx: PartyContext) -> TrainedModel:
     """The model part of the ``model`` job (a finished hetero-lr or hetero-linear job)."""
     job = ctx.params["model"]
-    job_info = finished_job(ctx, job, MODELS)
+    job_info = finished_job(ctx, job, tuple(names(predicts=True)))
     features = list(job_info["results"]["model"]["features"])
     return TrainedModel(job, job_info["protocol"], features, ctx.job_arrays(job))
 

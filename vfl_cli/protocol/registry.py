@@ -75,6 +75,7 @@ class ProtocolInfo:
         evaluated: A finished job has metrics for the proposer (``vfl evaluate``, recipes).
         binary: Its test scores (``test_scores``) are log-odds of a binary label (the report draws
             classifier plots of their sigmoid).
+        predicts: A ``predict`` job can score new rows with its finished jobs' models.
         model: Renders its model card as a table (``vfl model show``); None: it trains no model.
         export_standardiser: ``vfl model export`` adds the party's column means and deviations.
     """
@@ -86,6 +87,7 @@ class ProtocolInfo:
     trains: bool = False
     evaluated: bool = False
     binary: bool = False
+    predicts: bool = False
     model: Any = None  # Callable[[Mapping[str, Any]], ModelTable] | None (frozen: no generics)
     export_standardiser: bool = True
 
@@ -111,6 +113,7 @@ REGISTRY: dict[str, ProtocolInfo] = {
         trains=True,
         evaluated=True,
         binary=True,
+        predicts=True,
         model=weights_table,
     ),
     "hetero-linear": ProtocolInfo(
@@ -119,6 +122,7 @@ REGISTRY: dict[str, ProtocolInfo] = {
         needs_alignment=True,
         trains=True,
         evaluated=True,
+        predicts=True,
         model=weights_table,
     ),
     "predict": ProtocolInfo(

@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import error_line, run
 from test_protocol_hetero_linear import PARAMS, align, train
 
@@ -16,7 +15,7 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from conftest import introduce, make_party, ROOT
+    from conftest import ROOT, introduce, make_party
 
     root = tmp_path_factory.mktemp("report")
     sample = ROOT / "sample_data"
@@ -39,14 +38,14 @@ def test_active_report_has_metrics_curves_and_timeline(reports: dict[str, str]) 
     for fig in ("training-curve", "roc-curve", "ks-curve", "confusion-matrix"):
         assert f'id="{fig}"' in page
     assert page.count("<svg") >= 4
-    assert "auc" in page and "Timeline of artifacts" in page and "residual" in page.lower()
+    assert "AUC" in page and "Timeline of artifacts" in page and "residual" in page.lower()
     assert "hetero/partial" in page and "hetero/reply" in page
 
 
 def test_passive_report_shows_only_what_the_passive_party_knows(reports: dict[str, str]) -> None:
     page = reports["bureau"]
     assert 'id="roc-curve"' not in page and 'id="training-curve"' not in page
-    assert ">auc<" not in page
+    assert "AUC" not in page and "test log-loss" not in page
     assert "bureau's part of the model" in page and "radius_error" in page
     assert "mean_radius" not in page  # the active party's feature names are not the passive's to show
 
@@ -91,3 +90,99 @@ def test_multi_node_plots_from_round_history_and_node_weights() -> None:
     figures = "".join(_plots(state, "hfl"))
     assert 'id="round-curve"' in figures and 'id="node-weights"' in figures
     assert figures.count("<svg") == 2
+
+
+def test_report_names_its_data_columns_intersection_and_audit(reports: dict[str, str]) -> None:
+    import hashlib
+
+    from conftest import ROOT
+
+    for name, csv, own, other in (("bank", "breast_active.csv", "mean_radius", "radius_error"),
+                                  ("bureau", "breast_passive.csv", "radius_error", "mean_radius")):
+        page = reports[name]
+        digest = hashlib.sha256((ROOT / "sample_data" / csv).read_bytes()).hexdigest()
+        assert digest in page and csv in page  # its own data file's hash
+        assert "rows in the intersection" in page
+        assert f"<td>{own}</td><td>numeric, standardised</td>" in page
+        assert other not in page.split("<h2>Data</h2>")[1].split("<h2>")[0]
+        assert 'id="audit-status">vfl audit verify: <b>passed</b>' in page
+
+
+def test_report_loss_names_say_what_they_are(reports: dict[str, str]) -> None:
+    from vfl_cli.report import loss_name
+
+    page = reports["bank"]
+    assert f"<td>{loss_name('hetero-lr', PARAMS)}</td>" in page
+    assert loss_name("hetero-lr", {"approximation": "taylor"}).startswith("train loss (Taylor approximation")
+    assert loss_name("hetero-lr", {}) == "train loss (mean squared error of the probability, on the last batch)"
+    assert "test log-loss (cross-entropy of the predicted probability)" in page
+    assert "<td>loss</td>" not in page and "<td>log_loss</td>" not in page
+
+
+def test_training_curve_spans_every_epoch_from_one() -> None:
+    from vfl_cli.protocol.base import JobState
+    from vfl_cli.report import _plots
+
+    history = [{"epoch": e, "loss": 0.25 - 0.01 * e} for e in (4, 9, 11)]
+    state = JobState(results={"history": history,
+                              "model": {"epochs_run": 12, "params": {"loss_every": 5}}})
+    figure = "".join(_plots(state, "hetero-lr"))
+    assert "Training loss, epochs 1 to 12: measured every 5 epochs" in figure
+    assert ">1<" in figure or "<!-- 1 -->" in figure  # the first epoch is on the axis
+
+
+def test_hfl_node_legend_by_party_name() -> None:
+    from vfl_cli.protocol.base import JobState
+    from vfl_cli.report import _plots
+
+    state = JobState(results={"node_weights": [[0.5, 0.5], [0.7, 0.3]], "nodes": ["node0", "clinic-b"]})
+    figure = "".join(_plots(state, "hfl"))
+    assert "node0" in figure and "clinic-b" in figure and "node 1" not in figure
+
+
+def test_audit_status_shows_a_broken_ledger(reports: dict[str, str], tmp_path: Path) -> None:
+    import shutil
+
+    from vfl_cli.report import build_report
+    from vfl_cli.workspace import Workspace
+
+    copy = tmp_path / "bank"
+    shutil.copytree(Path(reports["dir"]) / "bank", copy)
+    ledger = copy / "ledger.jsonl"
+    lines = ledger.read_text().splitlines()
+    ledger.write_text("\n".join(lines[:1] + lines[2:]) + "\n")  # one entry cut out
+    page = build_report(Workspace(copy), "tr")
+    assert 'id="audit-status">vfl audit verify: <b>FAILED' in page and "hash chain broken" in page
+
+
+def test_recipe_report_json_holds_each_partys_data_audit_and_loss_names(reports: dict[str, str]) -> None:
+    import hashlib
+
+    from conftest import ROOT
+
+    from vfl_cli.recipes import PartySpec, Recipe, Runner, party_summaries
+
+    sample = ROOT / "sample_data"
+    parties = [PartySpec("bank", "active", sample / "breast_active.csv", "id", "label"),
+               PartySpec("bureau", "passive", sample / "breast_passive.csv", "id")]
+    recipe = Recipe(Path("r.toml"), "r", "hetero-lr", parties, {"recipe": {}, "train": {"approximation": "centred"}})
+    out = party_summaries(Runner(recipe, Path(reports["dir"])), "tr")
+    assert out["intersection_size"] == out["data"]["bank"]["intersection_size"] > 0
+    for name, csv in (("bank", "breast_active.csv"), ("bureau", "breast_passive.csv")):
+        assert out["data"][name]["data_sha256"] == hashlib.sha256((sample / csv).read_bytes()).hexdigest()
+        assert out["audit"][name]["ok"] and out["audit"][name]["files_checked"] > 0
+    assert {"column": "radius_error", "encoding": "numeric, standardised", "imputed_cells": 0} in out["data"]["bureau"]["columns"]
+    assert out["loss_names"]["train.loss"] == "train loss (mean squared error of the probability, on the last batch)"
+
+
+def test_encodings_group_one_hot_columns_and_count_filled_cells() -> None:
+    from vfl_cli.report import _encodings
+
+    info = {"features": ["age", "region=east", "region=west", "plan"],
+            "encoders": {"specs": {"region": {"kind": "onehot", "categories": ["east", "west"]},
+                                   "plan": {"kind": "frequency", "categories": ["a", "b", "c"]}}},
+            "imputed_cells": {"age": 3, "plan": 1}}
+    assert _encodings(info) == [
+        {"column": "age", "encoding": "numeric, standardised", "imputed_cells": 3},
+        {"column": "region", "encoding": "onehot (2 categories)", "imputed_cells": 0},
+        {"column": "plan", "encoding": "frequency (3 categories)", "imputed_cells": 1}]

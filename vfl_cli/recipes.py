@@ -345,6 +345,7 @@ def run_recipe(recipe: Recipe, workdir: Path, *, on_event: Callable[[str], None]
             report["alignment"] = alignment_summary(views)
         on_event(f"stage {stage.name} done in {timings[stage.name]:.1f} s")
     last_job = report["jobs"][recipe.stages()[-1].name]
+    report.update(party_summaries(runner, last_job))
     runner.vfl(recipe.active.name, "report", last_job, "--out", str(workdir / "report.html"))
     report["report_html"] = str(workdir / "report.html")
     timings["total"] = round(time.perf_counter() - t0, 3)
@@ -354,6 +355,31 @@ def run_recipe(recipe: Recipe, workdir: Path, *, on_event: Callable[[str], None]
     report["vfl_processes"] = runner.commands
     (workdir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report
+
+
+def party_summaries(runner: Runner, job: str) -> dict[str, Any]:
+    """Each party's own data facts for ``job`` (its data file's hash, its columns and their
+    encoding), its ``vfl audit verify`` result, and what the loss figures are.
+
+    A recipe runs every party on one machine, so its report.json may show each party's own
+    facts side by side; no party's report.html shows another's.
+    """
+    from vfl_cli.report import audit_summary, data_summary, loss_name
+    from vfl_cli.workspace import Workspace
+
+    data, audit = {}, {}
+    for p in runner.recipe.parties:
+        ws = Workspace(runner.ws(p.name))
+        data[p.name] = data_summary(ws, job)
+        audit[p.name] = audit_summary(ws)
+    sizes = {d["intersection_size"] for d in data.values()} - {None}
+    params = {k: v for k, v in runner.recipe.tables.get("train", {}).items()}
+    out: dict[str, Any] = {"data": data, "audit": audit,
+                           "loss_names": {"train.loss": loss_name(runner.recipe.protocol, params),
+                                          "test.log_loss": "test log-loss (cross-entropy of the predicted probability)"}}
+    if len(sizes) == 1:
+        out["intersection_size"] = sizes.pop()
+    return out
 
 
 def alignment_summary(views: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -4,15 +4,19 @@ A report shows only what its party knows: the job's parties and key fingerprints
 parameters, every artifact this party sent or received (from its ledger), and its own results:
 for the active party the training curve, ROC and KS curves and the confusion matrix (or a
 residual plot for regression), for the server of a multi-node job the node weights per round;
-for a passive party its own model part. Plots are matplotlib SVG inlined in the page, so the
+for a passive party its own model part. Every report also names the party's own data file with
+its SHA-256, the intersection size, the columns the job used and how each was encoded, and the
+result of ``vfl audit verify`` on the party's ledger. Plots are matplotlib SVG inlined in the page, so the
 file opens offline and can be mailed to a compliance desk as it is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,12 +87,7 @@ def _plots(state: jobs.JobState, protocol: str) -> list[str]:
     out = []
     history = state.results.get("history") or []
     if history:
-        fig, ax = plt.subplots(figsize=(4.6, 3.2))
-        ax.plot([h["epoch"] + 1 for h in history], [h["loss"] for h in history], marker="o")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("training loss")
-        ax.grid(alpha=0.3)
-        out.append(_figure("training-curve", "Training loss per epoch (computed under encryption)", _svg(fig)))
+        out.append(_training_curve(history, state.results.get("model") or {}, protocol))
     if "test_scores" in state.arrays and "test_labels" in state.arrays:
         z, y = state.arrays["test_scores"], state.arrays["test_labels"]
         if _binary(protocol) or set(np.unique(y)) <= {0.0, 1.0}:
@@ -113,13 +112,161 @@ def _plots(state: jobs.JobState, protocol: str) -> list[str]:
     if weights:
         w = np.asarray(weights, dtype=float)
         fig, ax = plt.subplots(figsize=(4.6, 3.2))
+        names = [str(n) for n in state.results.get("nodes") or []]
         for j in range(w.shape[1]):
-            ax.plot(range(1, len(w) + 1), w[:, j], marker=".", label=f"node {j + 1}")
+            # the node's party name (the weights' columns are in the job's order of workers)
+            ax.plot(range(1, len(w) + 1), w[:, j], marker=".", label=names[j] if j < len(names) else f"node {j}")
         ax.set_xlabel("round")
         ax.set_ylabel("weight")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         out.append(_figure("node-weights", "Weight of each node's update per round", _svg(fig)))
+    return out
+
+
+def loss_name(protocol: str, params: dict[str, Any]) -> str:
+    """What a job's training loss is, in words (the number alone reads as a log-loss)."""
+    if protocol == "hetero-lr":
+        if params.get("approximation") == "taylor":
+            return "train loss (Taylor approximation of the log-loss, on the last batch)"
+        return "train loss (mean squared error of the probability, on the last batch)"
+    if protocol == "hetero-linear":
+        return "train loss (mean squared error, on the last batch)"
+    if protocol == "split-nn":
+        return "train loss (the network's objective, mean over the epoch's batches)"
+    return "train loss"
+
+
+#: Test metric names spelt out in the report.
+METRIC_NAMES = {"log_loss": "test log-loss (cross-entropy of the predicted probability)",
+                "auc": "AUC (area under the ROC curve)", "ks": "KS (Kolmogorov-Smirnov statistic)",
+                "rmse": "RMSE (root mean squared error)", "mae": "MAE (mean absolute error)"}
+
+
+def _metric_rows(metrics: dict[str, Any], protocol: str, params: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for split, vals in metrics.items():
+        for k, v in vals.items():
+            name = loss_name(protocol, params) if (split, k) == ("train", "loss") else METRIC_NAMES.get(k, k)
+            rows.append([split, name, _fmt(v)])
+    return rows
+
+
+def _training_curve(history: list[dict[str, Any]], card: dict[str, Any], protocol: str) -> str:
+    """The loss at every epoch where it was measured, on an axis of every epoch from 1."""
+    import matplotlib.pyplot as plt
+
+    model = card if "epochs_run" in card else {}
+    params = model.get("params") or {}
+    epochs = [int(h["epoch"]) + 1 for h in history]
+    last = max([int(model.get("epochs_run") or 0), *epochs])
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    ax.plot(epochs, [h["loss"] for h in history], marker="o")
+    ax.set_xlim(0.5, last + 0.5)
+    ax.set_xticks(range(1, last + 1, max(1, last // 12)))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(loss_name(protocol, params).removeprefix("train "))
+    ax.grid(alpha=0.3)
+    every = int(params.get("loss_every", 1) or 1)
+    how = f"measured every {every} epochs (loss_every = {every}) and after the last" if every > 1 else "every epoch"
+    return _figure("training-curve", f"Training loss, epochs 1 to {last}: {how} (computed under encryption)",
+                   _svg(fig))
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in chunks ("" when it cannot be read)."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def _encodings(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each column this party's job uses and how it was encoded (its own columns only)."""
+    specs = (info.get("encoders") or {}).get("specs") or {}
+    imputed = info.get("imputed_cells") or {}
+    encoded_names = {f"{c}={cat}": c for c, spec in specs.items() if spec.get("kind") == "onehot"
+                     for cat in spec.get("categories", [])}
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for feature in info.get("features") or []:
+        column = encoded_names.get(feature, feature)
+        if column in seen:
+            continue
+        seen.add(column)
+        spec = specs.get(column)
+        how = (f"{spec['kind']} ({len(spec.get('categories', []))} categories)" if spec
+               else "numeric, standardised")
+        out.append({"column": column, "encoding": how,
+                    "imputed_cells": int(sum(v for k, v in imputed.items() if encoded_names.get(k, k) == column))})
+    return out
+
+
+def _intersection_size(ws: Workspace, info: dict[str, Any], state: jobs.JobState) -> int | None:
+    if info["protocol"] in ("psi", "psi-cache"):
+        size = state.results.get("intersection_size")
+        return int(size) if isinstance(size, int) else None
+    alignment = info["params"].get("alignment")
+    if not isinstance(alignment, str):
+        return None
+    try:
+        aligned, _ = jobs.load_state(ws, alignment)
+    except Exception:  # noqa: BLE001 - an alignment job this party no longer holds: not shown
+        return None
+    size = aligned.results.get("intersection_size")
+    return int(size) if isinstance(size, int) else None
+
+
+def data_summary(ws: Workspace, job: str) -> dict[str, Any]:
+    """This party's own data facts for ``job``: its file's hash, intersection, columns, encodings.
+
+    The hash is of the data file as it is now (re-run the report after changing the file and the
+    hash changes with it); nothing here is about another party's data.
+    """
+    info = jobs.load_info(ws, job)
+    state, _ = jobs.load_state(ws, job)
+    data = Path(str(info.get("data") or ws.config["data"]))
+    return {"data_file": data.name, "data_sha256": file_sha256(data),
+            "intersection_size": _intersection_size(ws, info, state),
+            "columns": _encodings(info)}
+
+
+def audit_summary(ws: Workspace) -> dict[str, Any]:
+    """``vfl audit verify`` of this party's ledger and archive, summed up."""
+    from vfl_cli.audit import verify_workspace
+
+    result = verify_workspace(ws).to_dict()
+    return {"ok": result["ok"], "entries": result["entries"], "files_checked": result["files_checked"],
+            "problems": result["problems"][:20], "warnings": result["warnings"][:20]}
+
+
+def _data_section(ws: Workspace, job: str) -> list[str]:
+    d = data_summary(ws, job)
+    rows = [["data file", d["data_file"]], ["SHA-256 of the data file (now)", d["data_sha256"] or "unreadable"]]
+    if d["intersection_size"] is not None:
+        rows.append(["rows in the intersection (aligned rows)", d["intersection_size"]])
+    out = ["<h2>Data</h2>", _table(["what", "value"], rows)]
+    if d["columns"]:
+        out += [(f"<p class=note>The columns of {_e(ws.name)} this job uses, and how each was encoded; empty "
+                 "cells were filled with the column's mean over the training rows.</p>"),
+                _table(["column", "encoding", "empty cells filled"],
+                       [[c["column"], c["encoding"], c["imputed_cells"]] for c in d["columns"]], numeric={2})]
+    return out
+
+
+def _audit_section(ws: Workspace) -> list[str]:
+    a = audit_summary(ws)
+    verdict = "passed" if a["ok"] else f"FAILED ({len(a['problems'])} problem(s))"
+    out = ["<h2>Audit</h2>",
+           (f'<p id="audit-status">vfl audit verify: <b>{_e(verdict)}</b>; {a["entries"]} ledger entries, '
+            f"{a['files_checked']} archived files re-checked.</p>")]
+    if a["problems"] or a["warnings"]:
+        out.append(_table(["kind", "message"], [["problem", p] for p in a["problems"]]
+                          + [["warning", w] for w in a["warnings"]]))
     return out
 
 
@@ -206,13 +353,14 @@ def build_report(ws: Workspace, job: str) -> str:
     ]
     metrics = state.results.get("metrics") or {}
     if metrics:
-        rows = [[split, k, _fmt(v)] for split, vals in metrics.items() for k, v in vals.items()]
+        rows = _metric_rows(metrics, protocol, info["params"])
         parts += ["<h2>Results</h2>", _table(["split", "metric", "value"], rows, numeric={2})]
     elif protocol == "psi" and state.done:
         r = state.results
         parts += ["<h2>Results</h2>", _table(["what", "value"], [
             ["rows all parties hold", r.get("intersection_size")],
             ["fingerprint (a MAC only the aligned parties can compute)", r.get("fingerprint")]])]
+    parts += _data_section(ws, job)
     parts += _privacy_section(state)
     plots = _plots(state, protocol)
     if plots:
@@ -223,6 +371,7 @@ def build_report(ws: Workspace, job: str) -> str:
                   _table(["feature", "weight"], [[f, f"{w:+.5f}"] for f, w in card["weights"].items()], numeric={1})]
     entries = [e for e in ws.ledger.entries() if e.get("job") == job]
     parts += [
+        *_audit_section(ws),
         "<h2>Timeline of artifacts</h2>",
         "<p class=note>Every file this party sent or received in this job, from its signed ledger "
         "(<code>vfl audit verify</code> re-checks it).</p>",

@@ -21,9 +21,11 @@ from vfl_cli.errors import VflError
 def report(ctx: click.Context, job_id: str | None, out: Path, force: bool) -> None:
     """Write one self-contained HTML report of JOB_ID (default: the latest job).
 
-    Parties and key fingerprints, parameters, metrics, training and ROC/KS curves, confusion
-    matrix or residuals, node weights, and every artifact exchanged, built from this party's
-    job state and ledger only: each party's report shows only what that party knows.
+    Parties and key fingerprints, parameters, this party's data file hash, the intersection
+    size, the columns used and how each was encoded, metrics (loss names saying what they
+    are), training curve over every epoch, ROC/KS curves, confusion matrix or residuals, node
+    weights by party name, the audit status, and every artifact exchanged, built from this
+    party's job state and ledger only: each party's report shows only what that party knows.
 
     Example:
 

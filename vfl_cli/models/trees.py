@@ -35,10 +35,14 @@ __all__ = [
     "Tree",
     "best_split",
     "bin_sums",
+    "column_sample",
     "fit",
     "gradients",
     "init_score",
     "leaf_value",
+    "loss",
+    "predict_proba",
+    "row_sample",
     "split_gains",
 ]
 
@@ -249,18 +253,22 @@ def _grow(Xb: np.ndarray, n_bins: np.ndarray, g: np.ndarray, h: np.ndarray, rows
 
 
 def fit(Xb: np.ndarray, n_bins: np.ndarray, y: np.ndarray, p: BoostParams,
-        n_classes: int = 2) -> Booster:
+        n_classes: int = 2, *, blocks: list[int] | None = None, active_trees: int = 0) -> Booster:
     """Boost ``p.trees`` rounds on binned rows ``Xb`` (n x F) with labels ``y``.
 
-    Row and column subsampling draw from ``np.random.default_rng(p.seed)`` (public orders),
-    rows first then columns, once per round.
+    ``blocks`` are the column counts of each party (the active party's first; default one
+    block): each party samples its own columns (:func:`column_sample`), and the first
+    ``active_trees`` rounds use the first block only. Rows are sampled by :func:`row_sample`.
     """
+    blocks = blocks or [Xb.shape[1]]
     base = init_score(y, p.objective, n_classes)
     booster = Booster(base, [], p.objective)
     raw = np.tile(base, (len(y), 1))
-    rng = np.random.default_rng(p.seed)
-    for _ in range(p.trees):
-        rows, allowed = sample(rng, len(y), Xb.shape[1], p)
+    for r in range(p.trees):
+        rows = np.zeros(len(y), dtype=bool)
+        rows[row_sample(p, r, len(y))] = True
+        allowed = np.concatenate([column_sample(p, r, b, f) & (b == 0 or r >= active_trees)
+                                  for b, f in enumerate(blocks)])
         g, h = gradients(y, raw, p.objective)
         trees = [_grow(Xb, n_bins, g[:, k], h[:, k], rows, p, allowed) for k in range(raw.shape[1])]
         booster.rounds.append(trees)
@@ -270,13 +278,19 @@ def fit(Xb: np.ndarray, n_bins: np.ndarray, y: np.ndarray, p: BoostParams,
     return booster
 
 
-def sample(rng: np.random.Generator, n: int, f: int, p: BoostParams
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """The row sample (bool, n) and the allowed columns (bool, f) of one round."""
-    rows = rng.random(n) < p.subsample if p.subsample < 1 else np.ones(n, dtype=bool)
+def row_sample(p: BoostParams, round_no: int, n: int) -> np.ndarray:
+    """Positions of the rows sampled in round ``round_no`` (public seed: every party agrees)."""
+    if p.subsample >= 1:
+        return np.arange(n)
+    return np.flatnonzero(np.random.default_rng([p.seed, 1, round_no]).random(n) < p.subsample)
+
+
+def column_sample(p: BoostParams, round_no: int, party: int, f: int) -> np.ndarray:
+    """Which of party ``party``'s ``f`` columns round ``round_no`` may split on (bool, f)."""
     allowed = np.ones(f, dtype=bool)
     if p.colsample < 1 and f:
-        keep = max(1, int(round(p.colsample * f)))
+        keep = max(1, round(p.colsample * f))
         allowed[:] = False
+        rng = np.random.default_rng([p.seed, 2, round_no, party])
         allowed[rng.choice(f, size=keep, replace=False)] = True
-    return rows, allowed
+    return allowed

@@ -137,6 +137,7 @@ REGISTRY: dict[str, ProtocolInfo] = {
         evaluated=True,
         model=card_table,
     ),
+    "secureboost": ProtocolInfo("vfl_cli.protocol.secureboost:SecureBoost", "hetero gradient boosting (SecureBoost): encrypted per-bin sums, splits kept by their owners", needs_alignment=True, trains=True, evaluated=True, model=lambda card: importlib.import_module("vfl_cli.protocol.sbt_card").trees_table(card), export_standardiser=False),  # noqa: E501
     "hfl": ProtocolInfo(
         "vfl_cli.protocol.hfl:HFL",
         "multi-node training: parameter server, delta updates, FedAvg or Actor-Critic weighting",

@@ -1,0 +1,417 @@
+"""SecureBoost's pure parts: each party's binned data, the layer message, histograms, splits.
+
+Used by :mod:`vfl_cli.protocol.secureboost` (the state machine); see its docstring for the
+protocol and what each party learns.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vfl_cli.artifacts.container import Artifact
+from vfl_cli.crypto import histogram as hg
+from vfl_cli.crypto import paillier
+from vfl_cli.errors import DataError, InvalidArtifact
+from vfl_cli.models import trees
+from vfl_cli.models.binning import Binning, fit_binning
+from vfl_cli.models.features import aligned_rows, numeric_matrix, split_rows
+from vfl_cli.protocol.base import Outgoing, PartyContext
+from vfl_cli.protocol.kit import finished_job
+from vfl_cli.protocol.wire import read_packed
+
+#: The most candidates one reply may carry (bounds the key holder's decryption work).
+MAX_CANDIDATES = 2_000_000
+
+
+def tree_size(depth: int) -> int:
+    return 2 ** (depth + 1) - 1
+
+
+def boost_params(params: Mapping[str, Any]) -> trees.BoostParams:
+    keys = ("trees", "depth", "learning_rate", "l2", "min_child_weight", "min_samples_leaf",
+            "objective", "subsample", "colsample", "seed")
+    return trees.BoostParams(**{k: params[k] for k in keys})
+
+
+class PartyData:
+    """This party's aligned rows, split (grow / validation / test), binned on the grow rows."""
+
+    def __init__(self, ctx: PartyContext) -> None:
+        alignment = ctx.params["alignment"]
+        finished_job(ctx, alignment, ("psi",))
+        self.params = boost_params(ctx.params)
+        self.params_raw = ctx.params
+        self.name = ctx.name
+        df = aligned_rows(ctx.data(alignment), ctx.job_arrays(alignment), ctx.id_column,
+                          alignment)
+        self.df = df
+        self.n = len(df)
+        split = split_rows(self.n, ctx.params["test_fraction"], ctx.params["seed"])
+        self.test = split.test
+        self.grow, self.valid = _validation(split.train, ctx.params)
+        self.features = list(ctx.features)
+        self.binning: Binning = fit_binning(df.iloc[self.grow], self.features,
+                                            max_bins=ctx.params["max_bins"])
+        self.Xb = self.binning.transform(df)
+        self.n_bins = np.array([c.n_bins for c in self.binning.columns], dtype=np.int64)
+
+
+def _validation(train: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    nv = int(round(len(train) * params["validation_fraction"]))
+    perm = np.random.default_rng([params["seed"], 0x5B7]).permutation(len(train))
+    return np.sort(train[perm[nv:]]), np.sort(train[perm[:nv]])
+
+
+PassiveData = PartyData
+
+
+class ActiveData(PartyData):
+    """The active party's data, with its labels."""
+
+    def __init__(self, ctx: PartyContext) -> None:
+        super().__init__(ctx)
+        if not ctx.label_column:
+            raise DataError(f"{ctx.name} has no label column; the active party holds the labels")
+        y = numeric_matrix(self.df, [ctx.label_column], what=ctx.name)[:, 0]
+        if np.isnan(y).any():
+            raise DataError(f"{ctx.name}: the label column {ctx.label_column!r} has missing values")
+        self.y = y
+        self.y_grow = y[self.grow]
+        self.classes = _classes(y, self.params.objective, ctx.params["classes"])
+
+
+def _classes(y: np.ndarray, objective: str, given: int) -> int:
+    if objective != "multiclass":
+        if objective == "binary" and not np.isin(y, (0, 1)).all():
+            raise DataError("objective binary needs labels 0 and 1")
+        return 1
+    if not (y == np.round(y)).all() or y.min() < 0:
+        raise DataError("objective multiclass needs labels 0, 1, ..., classes-1")
+    k = given or int(y.max()) + 1
+    if y.max() >= k or k < 3:
+        raise DataError(f"objective multiclass needs 3..64 classes with labels below {k}")
+    return k
+
+
+# ----- the active party's steps ---------------------------------------------------------------
+def start_state(st: Any, data: ActiveData) -> Any:
+    k = data.classes
+    base = trees.init_score(data.y_grow, data.params.objective, max(k, 2))
+    raw = np.tile(base, (data.n, 1))
+    return st.but(raw=raw, classes=k, g_bits=0, base=base.tolist())
+
+
+def g_bits(g: np.ndarray) -> int:
+    """Headroom exponent: ``|g| <= 2**g_bits`` (0 for log losses; regression by magnitude)."""
+    top = float(np.abs(g).max(initial=1.0))
+    return max(0, int(np.ceil(np.log2(top))))
+
+
+def should_stop(st: Any, data: ActiveData) -> bool:
+    if st.round_no >= data.params.trees:
+        return True
+    wait = data.params_raw["early_stopping_rounds"]
+    return bool(wait and st.best and st.round_no - int(st.best[1]) > wait)
+
+
+def finish_round(st: Any, data: ActiveData) -> Any:
+    """Leaf weights of this round's trees, scores updated, losses recorded."""
+    p = data.params
+    nodes = [dict(n) for n in st.forest[-1]]
+    raw = st.raw.copy()
+    for entry in nodes:
+        if entry["owner"] is not None:
+            continue
+        nid = entry["id"]
+        k = nid // tree_size(p.depth)
+        here = st.node[:, k] == nid
+        sel = here & st.sample
+        entry["value"] = trees.leaf_value(float(st.g[sel, k].sum()), float(st.h[sel, k].sum()), p)
+        raw[here, k] += entry["value"]
+    record = {"round": st.round_no,
+              "train_loss": trees.loss(data.y_grow, raw[data.grow], p.objective)}
+    best = list(st.best)
+    if len(data.valid):
+        record["valid_loss"] = trees.loss(data.y[data.valid], raw[data.valid], p.objective)
+        if not best or record["valid_loss"] < best[0]:
+            best = [record["valid_loss"], st.round_no]
+    return st.but(forest=[*st.forest[:-1], nodes], raw=raw, round_no=st.round_no + 1, layer=0,
+                  frontier=[], pending={}, history=[*st.history, record], best=best)
+
+
+def apply_assignments(art: Artifact, pending: list[list[int]], node: np.ndarray, size: int
+                      ) -> np.ndarray:
+    """The rows of each node a passive party split, sent left or right as it says."""
+    bits = art.array("assign") if "assign" in art.members else np.zeros(0, np.uint8)
+    at = 0
+    for nid, _ in pending:
+        k, i = divmod(nid, size)
+        rows = np.flatnonzero(node[:, k] == nid)
+        part = bits[at: at + len(rows)]
+        if len(part) != len(rows) or not np.isin(part, (0, 1)).all():
+            raise InvalidArtifact(f"{REPLY_KIND} from {art.sender}: the assignment of node {nid} "
+                                  f"does not cover its {len(rows)} rows")
+        left = part.astype(bool)
+        node[rows[left], k], node[rows[~left], k] = nid + i + 1, nid + i + 2
+        at += len(rows)
+    if at != len(bits):
+        raise InvalidArtifact(f"{REPLY_KIND} from {art.sender}: {len(bits)} assignments, "
+                              f"expected {at}")
+    return node
+
+
+REPLY_KIND = "sbt/reply"
+
+
+def read_candidates(art: Artifact, priv: Any, layout: hg.RowLayout, frontier: list[int]
+                    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Node -> (opaque ids, decoded left sums (count, G_k, H_k...)) of one passive party."""
+    counts = art.array("counts").astype(np.int64)
+    ids = art.array("ids").astype(np.int64)
+    if counts.shape != (len(frontier),) or (counts < 0).any() or ids.shape != (counts.sum(),) \
+            or counts.sum() > MAX_CANDIDATES:
+        raise InvalidArtifact(f"{REPLY_KIND} from {art.sender}: candidate counts do not match "
+                              f"the {len(frontier)} nodes asked")
+    packed = read_packed(art, "cands", priv.public)
+    if packed.count != int(counts.sum()):
+        raise InvalidArtifact(f"{REPLY_KIND} from {art.sender}: {packed.count} sums for "
+                              f"{int(counts.sum())} candidates")
+    stats = layout.decode(paillier.decrypt_packed(priv, packed)) if packed.count else \
+        np.zeros((0, layout.slots))
+    out, at = {}, 0
+    for nid, c in zip(frontier, counts.tolist(), strict=True):
+        out[nid] = (ids[at: at + c], stats[at: at + c])
+        at += c
+    return out
+
+
+def best_over_parties(data: ActiveData, st: Any, rows: np.ndarray, k: int, nid: int,
+                      allowed: np.ndarray, cands: Mapping[str, Any]
+                      ) -> tuple[float, str, Any] | None:
+    """(gain, owner, split) of the best candidate for node ``nid``; own columns first."""
+    p = data.params
+    g, h = st.g[rows, k], st.h[rows, k]
+    G, H, C = float(g.sum()), float(h.sum()), len(rows)
+    gains, keys = [], []
+    sums = trees.bin_sums(data.Xb[rows], data.n_bins, np.stack([g, h, np.ones_like(g)], 1))
+    for j, s in enumerate(sums):
+        if allowed[j] and len(s) > 1:
+            cum = np.cumsum(s, axis=0)[:-1]
+            gains.append(trees.split_gains(cum[:, 0], cum[:, 1], np.rint(cum[:, 2]), G, H, C, p))
+            keys += [("", (j, t)) for t in range(len(cum))]
+    for party, by_node in cands.items():
+        ids, stats = by_node[nid]
+        gains.append(trees.split_gains(stats[:, 1 + 2 * k], stats[:, 2 + 2 * k],
+                                       np.rint(stats[:, 0]), G, H, C, p))
+        keys += [(party, int(i)) for i in ids]
+    if not keys:
+        return None
+    flat = np.concatenate(gains)
+    i = trees.first_best(flat)
+    if not flat[i] > 0:
+        return None
+    owner, split = keys[i]
+    return float(flat[i]), owner or data.name, split
+
+
+def done_messages(ctx: PartyContext, st: Any) -> list[Outgoing]:
+    return [Outgoing(p, "sbt/layer", "done", [], {"done": True}, st.t) for p in ctx.passives]
+
+
+def active_results(ctx: PartyContext, st: Any, data: ActiveData) -> dict[str, Any]:
+    """The model card (trees with A's splits and every leaf weight), metrics and history."""
+    from vfl_cli import metrics as m
+
+    p, test = data.params, data.test
+    scores = trees.predict_proba(st.raw[test], p.objective)
+    y = data.y[test]
+    if not len(test):
+        met: dict[str, Any] = {}
+    elif p.objective == "binary":
+        met = m.classification_metrics(y, scores)
+    elif p.objective == "multiclass":
+        met = m.multiclass_metrics(y.astype(int), scores)
+    else:
+        met = m.regression_metrics(y, scores)
+    card = {"protocol": "secureboost", "job": ctx.job, "party": ctx.name,
+            "alignment": ctx.params["alignment"], "params": dict(ctx.params),
+            "features": data.features, "objective": p.objective, "classes": st.classes,
+            "base": list(st.base), "rounds": st.forest, "binning": data.binning.to_json(),
+            "split_counts": st.splits, "gain_importance": st.gains}
+    out: dict[str, Any] = {"model": card, "metrics": {"test": met}, "history": st.history,
+                           "rounds": len(st.forest)}
+    if p.objective == "binary" and len(test):
+        out["test_scores"] = st.raw[test, 0].tolist()
+    return out
+
+
+# ----- the passive party's steps --------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerMessage:
+    """``sbt/layer`` as the passive party reads it, every field checked."""
+
+    round_no: int
+    layer: int
+    hist: bool
+    first: bool
+    frontier: list[int]
+    splits: list[list[int]]
+    classes: int
+    g_bits: int
+    grow_rows: int
+    depth: int
+    node: np.ndarray
+    sample: np.ndarray
+
+    @classmethod
+    def decode(cls, art: Artifact, n: int, depth: int) -> LayerMessage:
+        meta = art.meta
+
+        def num(key: str, low: int, high: int) -> int:
+            v = meta.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+                raise InvalidArtifact(f"sbt/layer from {art.sender}: {key} must be a whole "
+                                      f"number in {low}..{high}, not {v!r:.40}")
+            return v
+
+        size = tree_size(depth)
+        classes = num("classes", 1, 64)
+        frontier = meta.get("frontier")
+        splits = meta.get("splits")
+        ok = (isinstance(frontier, list) and all(isinstance(v, int) for v in frontier)
+              and isinstance(splits, list) and all(
+                  isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) for v in s)
+                  for s in splits) and all(0 <= v < size * classes for v in frontier)
+              and isinstance(meta.get("hist"), bool) and isinstance(meta.get("first"), bool))
+        node, sample = art.array("node"), art.array("sample")
+        if not ok or node.shape != (n, classes) or sample.shape != (n,) or num("depth", 1, 8) \
+                != depth:
+            raise InvalidArtifact(f"sbt/layer from {art.sender}: malformed (nodes, splits or "
+                                  f"row arrays do not fit {n} rows and depth {depth})")
+        return cls(num("round_no", 0, 10**6), num("layer", 0, 8), meta["hist"], meta["first"],
+                   frontier, splits, classes, num("g_bits", 0, 64), num("grow_rows", 1, 10**9),
+                   depth, node.astype(np.int64), sample.astype(bool))
+
+
+def apply_own_splits(st: Any, msg: LayerMessage, data: PartyData
+                     ) -> tuple[np.ndarray, np.ndarray, list[list[Any]]]:
+    """This party's won splits applied: (nodes after them, left bits, model with them)."""
+    node, size = msg.node.copy(), tree_size(msg.depth)
+    bits, model = [], list(st.model)
+    for nid, opaque in msg.splits:
+        entry = st.lookup.get(str(opaque))
+        if entry is None or entry[0] != nid:
+            raise InvalidArtifact(f"sbt/layer from the active party names split {opaque} for "
+                                  f"node {nid}, which this party did not offer")
+        _, col, b = entry
+        k, i = divmod(nid, size)
+        rows = np.flatnonzero(node[:, k] == nid)
+        left = data.Xb[rows, col] <= b
+        node[rows[left], k], node[rows[~left], k] = nid + i + 1, nid + i + 2
+        bits.append(left.astype(np.uint8))
+        model.append([msg.round_no, nid, data.features[col], int(b)])
+    return node, (np.concatenate(bits) if bits else np.zeros(0, np.uint8)), model
+
+
+def _onehot(Xb: np.ndarray, offsets: np.ndarray, total: int) -> np.ndarray:
+    m = np.zeros((total, len(Xb)), dtype=np.float64)
+    cols = np.arange(len(Xb))
+    for j in range(Xb.shape[1]):
+        m[offsets[j] + Xb[:, j], cols] = 1.0
+    return m
+
+
+def node_bins(st: Any, msg: LayerMessage, data: PartyData, node: np.ndarray,
+              E: paillier.EncryptedArray) -> dict[int, paillier.EncryptedArray]:
+    """Encrypted bin sums of every frontier node: the smaller child built, its sibling derived."""
+    size, total = tree_size(msg.depth), int(data.n_bins.sum())
+    offsets = np.concatenate([[0], np.cumsum(data.n_bins)[:-1]])
+    srows = np.flatnonzero(msg.sample)
+    pos = np.full(data.n, -1)
+    pos[srows] = np.arange(len(srows))
+    members = {nid: srows[node[srows, nid // size] == nid] for nid in msg.frontier}
+    parents = _stored_bins(st, E.public, total)
+    out: dict[int, paillier.EncryptedArray] = {}
+    derive = []
+    for nid in msg.frontier:
+        k, i = divmod(nid, size)
+        sib = nid + 1 if i % 2 else nid - 1
+        parent = k * size + (i - 1) // 2
+        if i and parent in parents and sib in members:
+            mine, theirs = len(members[nid]), len(members[sib])
+            if mine > theirs or (mine == theirs and i % 2 == 0):
+                derive.append((nid, parent, sib))
+                continue
+        rows = members[nid]
+        out[nid] = hg.bin_sums(E[pos[rows]] if len(rows) else E[np.arange(0)],
+                               _onehot(data.Xb[rows], offsets, total))
+    for nid, parent, sib in derive:
+        out[nid] = hg.subtract(parents[parent], out[sib])
+    return out
+
+
+def _stored_bins(st: Any, public: Any, total: int) -> dict[int, paillier.EncryptedArray]:
+    if st.bins is None or not st.bins_nodes:
+        return {}
+    allb = paillier.EncryptedArray.from_bytes(public, st.bins.tobytes(),
+                                              (len(st.bins_nodes) * total,), 0)
+    return {nid: allb[np.arange(i * total, (i + 1) * total)] for i, nid in
+            enumerate(st.bins_nodes)}
+
+
+def build_candidates(ctx: PartyContext, st: Any, msg: LayerMessage, data: PartyData,
+                     node: np.ndarray, public: Any) -> tuple[Any, ...]:
+    """Shuffled, packed cumulative sums of every frontier node under fresh opaque ids."""
+    E = paillier.EncryptedArray.from_bytes(public, st.gh.tobytes(), (st.gh_rows,), 0)
+    layout = hg.RowLayout(msg.classes, 40, msg.g_bits, msg.grow_rows)
+    bins = node_bins(st, msg, data, node, E)
+    party = 1 + ctx.passives.index(ctx.name)
+    allowed = trees.column_sample(data.params, msg.round_no, party, len(data.features))
+    offsets = np.concatenate([[0], np.cumsum(data.n_bins)[:-1]])
+    groups = [(int(offsets[j]), int(data.n_bins[j])) for j in np.flatnonzero(allowed)]
+    keys = [(int(j), b) for j in np.flatnonzero(allowed) for b in range(int(data.n_bins[j]) - 1)]
+    chunks, ids_all, counts, lookup = [], [], [], {}
+    shuffle = random.SystemRandom()  # the order and the ids: this party's CSPRNG only
+    for nid in msg.frontier:
+        cum = hg.cumulative(bins[nid], groups, layout.bits)
+        order = list(range(len(keys)))
+        shuffle.shuffle(order)
+        ids = _fresh_ids(len(order), lookup)
+        for opaque, o in zip(ids, order, strict=True):
+            lookup[str(opaque)] = [nid, keys[o][0], keys[o][1]]
+        chunks.append(cum[np.array(order, dtype=np.int64)] if order else cum)
+        ids_all.append(np.array(ids, dtype=np.int64))
+        counts.append(len(order))
+    cands = paillier.concatenate(chunks)
+    packed = paillier.pack(cands, value_bits=layout.bits)
+    kept = paillier.concatenate([bins[nid] for nid in msg.frontier])
+    return (packed, np.concatenate(ids_all), np.array(counts, dtype=np.int64), lookup,
+            np.frombuffer(kept.to_bytes(), dtype=np.uint8), list(msg.frontier))
+
+
+def _fresh_ids(count: int, taken: Mapping[str, Any]) -> list[int]:
+    out: set[int] = set()
+    while len(out) < count:
+        v = secrets.randbits(62)
+        if str(v) not in taken:
+            out.add(v)
+    return list(out)
+
+
+def passive_results(ctx: PartyContext, st: Any, data: PartyData) -> dict[str, Any]:
+    """This party's model part: its splits (round, node, column, bin, readable threshold)."""
+    splits = []
+    for round_no, nid, col, b in st.model:
+        labels = data.binning.column(col).labels
+        splits.append({"round": round_no, "node": nid, "feature": col, "bin": b,
+                       "left": "bins " + ", ".join(labels[: b + 1])})
+    card = {"protocol": "secureboost", "job": ctx.job, "party": ctx.name,
+            "alignment": ctx.params["alignment"], "params": dict(ctx.params),
+            "features": data.features, "splits": splits, "binning": data.binning.to_json()}
+    return {"model": card, "splits": len(splits)}

@@ -54,7 +54,7 @@ def standardised(X: np.ndarray, train: np.ndarray) -> np.ndarray:
 
 
 PARAMS = {"epochs": 3, "batch_size": 90, "optimizer": "adam", "learning_rate": 0.05, "test_fraction": 0.25,
-          "seed": 5, "l2": 0.01, "approximation": "taylor"}
+          "seed": 5, "l2": 0.01, "approximation": "taylor", "label_epsilon": 0.0}  # exact, to match the references
 
 
 def test_logistic_equals_the_plaintext_reference(two_parties) -> None:
@@ -343,3 +343,12 @@ def test_fixed_minibatches_keep_their_rows_and_are_never_small(n: int, batch: in
     # the same rows make up the same batches in every epoch; only their order changes
     other = fixed_minibatches(n, batch, seed=seed, epoch=epoch + 1)
     assert sorted(map(tuple, map(np.sort, batches))) == sorted(map(tuple, map(np.sort, other)))
+
+
+def test_label_noise_is_on_by_default_for_hetero_lr_only() -> None:
+    defaults = hl.check_params({"alignment": "al"})
+    # hetero-lr: epsilon 8 over the default 10 epochs, sigma 2.18 per row and epoch
+    assert hl.label_noise_sigma(defaults, True) == pytest.approx(2.1831, abs=1e-3)
+    # hetero-linear: a target has no natural range, so no noise until label_clip is set
+    assert hl.label_noise_sigma(defaults, False) == 0.0
+    assert hl.label_noise_sigma(dict(defaults, label_clip=5.0), False) == pytest.approx(10 * 2.1831, abs=1e-2)

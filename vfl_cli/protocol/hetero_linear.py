@@ -65,8 +65,10 @@ docs/protocols/hetero-linear.md, tests in tests/privacy/test_hetero_linear_attac
   each party checks this at acceptance (``check_params``), on its own data before it sends
   anything, and on each peer's declared column count. Key holders decrypt only requests with
   one value per declared column and none of the ciphertexts they sent this round.
-* Optional label noise (``label_epsilon``): Gaussian noise from A's CSPRNG on the residual
-  offsets the passive parties see, zCDP-accounted over epochs and reported in the results.
+* Label noise (``label_epsilon``, on by default for hetero-lr; hetero-linear needs
+  ``label_clip``): Gaussian noise from A's CSPRNG on the residual offsets the passive parties
+  see, zCDP-accounted over epochs and reported in the results. Without it the first batch's
+  exact gradient is a subset-sum in the labels, which lattice reduction solves.
 * Everyone knows the row counts, batch sizes and each party's column count.
 """
 
@@ -152,9 +154,10 @@ PARAMS: dict[str, Param] = {
     "whiten": Bool(False),
     "test_fraction": Float(0.2, 0.0, 1.0, open_high=True),
     "seed": Seed(),
-    "label_epsilon": Float(0.0, 0.0, 1000.0, note="0: off; label DP of the residuals passive parties see"),
+    "label_epsilon": Float(8.0, 0.0, 1000.0, note="label DP of the residuals passive parties see; 0: off"),
     "label_delta": Float(1e-5, 0.0, 0.1, open_low=True, note="delta of label_epsilon"),
-    "label_clip": Float(1.0, 0.0, 1e9, open_low=True, note="hetero-linear: residual offsets clipped to +-this"),
+    "label_clip": Float(0.0, 0.0, 1e9,
+                        note="hetero-linear: residual offsets clipped to +-this for label noise; 0: no noise"),
 }
 DEFAULTS: dict[str, Any] = defaults(PARAMS)
 
@@ -252,8 +255,12 @@ def _zcdp_rho(epsilon: float, delta: float) -> float:
 
 
 def label_sensitivity(params: Mapping[str, Any], binary: bool) -> float:
-    """How far one row's residual offset moves when its label changes (after clipping)."""
-    return 1.0 if binary else 2.0 * float(params["label_clip"])
+    """How far one row's residual offset moves when its label changes (after clipping).
+
+    A regression target has no natural range, so hetero-linear adds label noise only when the
+    job sets ``label_clip`` (0, the default, means none).
+    """
+    return 1.0 if binary else 2.0 * float(params.get("label_clip", 0.0))
 
 
 def label_noise_sigma(params: Mapping[str, Any], binary: bool) -> float:
@@ -264,7 +271,7 @@ def label_noise_sigma(params: Mapping[str, Any], binary: bool) -> float:
     which is (label_epsilon, label_delta)-label-DP. 0 when ``label_epsilon`` is 0 (off).
     """
     eps = float(params.get("label_epsilon", 0.0))
-    if eps <= 0:
+    if eps <= 0 or label_sensitivity(params, binary) <= 0:
         return 0.0
     rho = _zcdp_rho(eps, float(params["label_delta"]))
     return label_sensitivity(params, binary) * math.sqrt(int(params["epochs"]) / (2.0 * rho))

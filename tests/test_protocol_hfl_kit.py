@@ -111,3 +111,19 @@ def test_the_simulation_runs_on_the_same_strategies() -> None:
     result = simulate(spec, nodes, X, y, rounds=2, weighting="actor-critic", seed=4)
     assert isinstance(result.actor_critic, ActorCritic) and len(result.rewards) == 2
     assert simulate(spec, nodes, X, y, rounds=2, seed=4).actor_critic is None
+
+
+def test_the_server_reads_the_masked_sum_and_refuses_a_tampered_reply() -> None:
+    from vfl_cli.crypto import paillier
+    from vfl_cli.errors import InvalidArtifact
+
+    pub, priv = paillier.generate_keypair(512)
+    values = np.array([0.5, -1.25, 3.0, 0.0, -0.125])
+    packed = paillier.pack(paillier.encrypt(pub, values), value_bits=hfl._sum_value_bits(3))
+    assert packed.ciphertexts.size == hfl._sum_ciphertexts(pub.bits, 3, values.size)
+    masked, mask = paillier.mask(packed.ciphertexts)
+    raw = priv.decrypt_raw(masked)
+    np.testing.assert_allclose(hfl.unpack_sum(raw, mask, packed.meta()), values, atol=1e-9)
+    tampered = [raw[0] + (1 << (pub.bits - 8)), *raw[1:]]
+    with pytest.raises(InvalidArtifact, match="does not unmask to the packed sum"):
+        hfl.unpack_sum(tampered, mask, packed.meta())

@@ -53,7 +53,7 @@ import numpy as np
 
 from vfl_cli.artifacts.container import Artifact, Member, ndarray_member
 from vfl_cli.crypto import encoding, paillier
-from vfl_cli.errors import DataError, InvalidArtifact, VflError
+from vfl_cli.errors import CryptoError, DataError, InvalidArtifact, VflError
 from vfl_cli.hfl.aggregation import apply_sum, weighted_sum
 from vfl_cli.hfl.model import LOGISTIC_SPEC, init_model, model_loss, model_predict
 from vfl_cli.hfl.privacy import (
@@ -123,7 +123,7 @@ UPDATE = "hfl/update"
 DELTA_BITS = 20
 #: The most rows a node may report having trained on (a received count is bounded before use).
 MAX_SAMPLES = 10**12
-_FRACTION_BITS = -4 * paillier.EXPONENT  # 32: bits below the point of an encoded value
+_FRACTION_BITS = encoding.fraction_bits(paillier.EXPONENT)  # 32: bits below the point
 
 PARAMS: dict[str, Param] = {
     "rounds": Int(10, 1, 10_000),
@@ -692,8 +692,7 @@ def _w_decrypt(
     request = read_enc(art, "sum", priv.public)
     # Only as many ciphertexts as one packed weighted sum of the model needs: a bound on
     # what a request can ask to have decrypted (see the protocol doc's limits).
-    slot_bits = _sum_value_bits(len(_workers(ctx))) + 2 + paillier.GUARD_BITS
-    expected = -(-state.n_params // ((priv.public.bits - 1) // slot_bits))
+    expected = _sum_ciphertexts(priv.public.bits, len(_workers(ctx)), state.n_params)
     if request.size != expected:
         raise InvalidArtifact(
             f"the sum request from {server} holds {request.size} ciphertexts, a packed sum of "
@@ -904,28 +903,19 @@ def unpack_sum(raw: Sequence[int], mask: paillier.Mask, layout: Mapping[str, Any
         InvalidArtifact: A residue does not unmask to a valid packed plaintext (a wrong key, a
             tampered reply or an overflow).
     """
-    n = mask.n
-    slot_bits, slots, count = int(layout["slot_bits"]), int(layout["slots"]), int(layout["count"])
-    offset = int(str(layout["offset"]), 16)
-    width = (1 << slot_bits) - 1
-    values: list[int] = []
-    for k, (y, r) in enumerate(zip(raw, mask.offsets, strict=False)):
-        plain = (int(y) - r - mask.shift) % n
-        used = min(slots, count - k * slots)
-        if plain >> (slot_bits * used):
-            raise InvalidArtifact(
-                "the decrypted sum does not unmask to a packed value (wrong key or tampered reply)"
-            )
-        for j in range(used):
-            s = (plain >> (slot_bits * j)) & width
-            if s > 2 * offset:
-                raise InvalidArtifact(
-                    "a slot of the decrypted sum exceeds its bound (overflow or tampered reply)"
-                )
-            values.append(s - offset)
-    if len(values) != count:
-        raise InvalidArtifact(f"the decrypted sum holds {len(values)} values, expected {count}")
-    return encoding.decode(values, int(layout["exponent"]))
+    try:
+        return paillier.unpack_masked(raw, mask, layout)
+    except CryptoError as exc:  # the reply is refused (quarantined), not a crash
+        raise InvalidArtifact(
+            f"the decrypted sum does not unmask to the packed sum (wrong key, tampered reply or "
+            f"overflow): {exc}"
+        ) from None
+
+
+def _sum_ciphertexts(key_bits: int, n_workers: int, n_params: int) -> int:
+    """How many ciphertexts the packed weighted sum of ``n_params`` values takes (pack's layout)."""
+    layout = paillier.SlotLayout.for_value_bits(key_bits, _sum_value_bits(n_workers))
+    return layout.ciphertexts(n_params)
 
 
 # ----- model cards, scoring, status ---------------------------------------------------------------

@@ -28,6 +28,7 @@ from vfl_cli.artifacts.container import read_artifact
 from vfl_cli.artifacts.io import canonical_json, pretty_json, read_regular
 from vfl_cli.crypto.signing import Verifier
 from vfl_cli.errors import KeyMismatch, VflError, WorkspaceError
+from vfl_cli.keyring import own_keyring, peer_keyring, verifier_for_key
 from vfl_cli.ledger import TORN, VerifyReport, check_checkpoint, check_head, verify_chain
 from vfl_cli.names import is_name
 from vfl_cli.workspace import Workspace, now
@@ -47,8 +48,9 @@ def verify_workspace(ws: Workspace) -> VerifyReport:
         report.problems.append(str(exc))
         return report
     _check_presence(ws, entries, report)
-    verify_chain(entries, ws.signer.verifier, report)
-    check_checkpoint(ws.ledger, entries, ws.signer.verifier, report)
+    keys = own_keyring(ws)  # entries signed before a 'vfl keys rotate' verify by the retired key
+    verify_chain(entries, keys, report)
+    check_checkpoint(ws.ledger, entries, keys, report)
     _torn_warnings(ws, report)
     archived = _archived(ws, entries, report)
     _check_logged_files(entries, archived, report)
@@ -114,7 +116,7 @@ def _archived(ws: Workspace, entries: list[dict[str, Any]],
             try:
                 loaded = read_artifact(f)
                 art = loaded.artifact
-                loaded.verify(_verifier(ws, art.sender, where), what=where)
+                loaded.verify(_verifier(ws, art.sender, where, art.sender_key), what=where)
             except (VflError, KeyMismatch) as exc:
                 report.problems.append(str(exc))
                 out[(event, f.name)] = ""
@@ -128,7 +130,11 @@ def _archived(ws: Workspace, entries: list[dict[str, Any]],
     return out
 
 
-def _verifier(ws: Workspace, sender: str, where: str) -> Verifier:
+def _verifier(ws: Workspace, sender: str, where: str, fingerprint: str = "") -> Verifier:
+    # a file signed before a key rotation, or by a peer since removed, verifies by that key
+    old = verifier_for_key(ws, sender, fingerprint) if is_name(sender) else None
+    if old is not None:
+        return old
     if sender == ws.name:
         return ws.signer.verifier
     card = ws.peers().get(sender)  # by exact name: a sender "../x" is simply unknown
@@ -235,7 +241,7 @@ def reconcile(ws: Workspace, path: Path) -> ReconcileReport:
     mine = ws.ledger.entries()
     report = ReconcileReport(peer)
     chain = VerifyReport()
-    verify_chain(theirs, ws.peers()[peer].verifier, chain)
+    verify_chain(theirs, peer_keyring(ws, peer), chain)
     report.problems += [f"{peer}'s ledger: {p}" for p in chain.problems]
     for sender, recipient, sent_log, got_log in ((ws.name, peer, mine, theirs), (peer, ws.name, theirs, mine)):
         _compare(report, sender, recipient, _transfers(sent_log, "sent", sender, recipient),

@@ -24,6 +24,7 @@ import numpy as np
 from vfl_cli import jobs
 from vfl_cli.crypto.signing import short
 from vfl_cli.models.reference import sigmoid
+from vfl_cli.protocol.base import JobState
 from vfl_cli.protocol.registry import REGISTRY
 from vfl_cli.workspace import Workspace
 
@@ -77,7 +78,7 @@ def _binary(protocol: str) -> bool:
     return entry is not None and entry.binary
 
 
-def _plots(state: jobs.JobState, protocol: str) -> list[str]:
+def _plots(state: JobState, protocol: str) -> list[str]:
     """The plots this party can draw from what it holds."""
     import matplotlib
 
@@ -206,7 +207,7 @@ def _encodings(info: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _intersection_size(ws: Workspace, info: dict[str, Any], state: jobs.JobState) -> int | None:
+def _intersection_size(ws: Workspace, info: dict[str, Any], state: JobState) -> int | None:
     if info["protocol"] in ("psi", "psi-cache"):
         size = state.results.get("intersection_size")
         return int(size) if isinstance(size, int) else None
@@ -309,7 +310,7 @@ def _classifier_plots(y: np.ndarray, p: np.ndarray) -> list[str]:
     return out
 
 
-def _privacy_section(state: jobs.JobState) -> list[str]:
+def _privacy_section(state: JobState) -> list[str]:
     """The privacy meter: label attacks this party ran on the gradients it sent, per epoch."""
     meter = state.results.get("privacy")
     if not isinstance(meter, dict):

@@ -226,10 +226,11 @@ class Workspace:
                 f"{self.name} already has keys (fingerprint {short(self.card().paillier_fingerprint)}); "
                 "peers trust them, so they are never replaced. Start a new workspace for new keys"
             )
-        if bits < MIN_KEY_BITS and not allow_insecure:
-            raise VflError(f"{bits}-bit Paillier keys are refused; use at least {SECURE_KEY_BITS}")
-        public, private = paillier.generate_keypair(bits)
-        signer = Signer.generate()
+        self.write_keys(*new_keys(bits, allow_insecure=allow_insecure))
+        return self.card()
+
+    def write_keys(self, public: paillier.PublicKey, private: paillier.PrivateKey, signer: Signer) -> None:
+        """Make these the party's current keys (0600); 'vfl keys rotate' retires the old ones first."""
         keys = self.path("keys")
         replace_atomic(keys / "paillier.jwk", pretty_json(private.to_jwk()), mode=0o600)
         replace_atomic(keys / "paillier.pub.jwk", pretty_json(public.to_jwk()), mode=0o600)
@@ -238,7 +239,6 @@ class Workspace:
         replace_atomic(self.path(CONFIG), pretty_json(self.config))
         for attr in ("signer", "private_key", "public_key"):
             self.__dict__.pop(attr, None)
-        return self.card()
 
     def _need_keys(self) -> None:
         if not self.has_keys():
@@ -289,7 +289,8 @@ class Workspace:
             raise VflError(
                 f"a different card for {card.name} is already trusted (signing key "
                 f"{short(known.signing_fingerprint)}, new one {short(card.signing_fingerprint)}); "
-                f"remove {target} first if the peer really changed keys"
+                "if the peer rotated its keys, import the rotation notice its 'vfl keys rotate' wrote; "
+                f"if it is no longer to be trusted, run 'vfl keys remove {card.name}'"
             )
         replace_atomic(target, data)
         self._peers = None
@@ -313,6 +314,9 @@ class Workspace:
 
     def peer(self, name: str) -> PartyCard:
         card = self.peers().get(name) if is_name(name) else None
+        if card is None and is_name(name) and any(self.path("peers", "removed").glob(f"{name}.*json")):
+            raise VflError(f"{name} was removed from {self.name}'s peers ('vfl keys remove'); "
+                           f"import its card again with 'vfl keys import FILE' to trust it again")
         if card is None:
             shown = repr(name)[:40] if isinstance(name, str) else type(name).__name__
             raise VflError(
@@ -336,6 +340,14 @@ class Workspace:
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(int.from_bytes(os.urandom(16), "big"))
+
+
+def new_keys(bits: int, *, allow_insecure: bool = False) -> tuple[paillier.PublicKey, paillier.PrivateKey, Signer]:
+    """A fresh Paillier keypair of ``bits`` and a fresh Ed25519 signing key (nothing written)."""
+    if bits < MIN_KEY_BITS and not allow_insecure:
+        raise VflError(f"{bits}-bit Paillier keys are refused; use at least {SECURE_KEY_BITS}")
+    public, private = paillier.generate_keypair(bits)
+    return public, private, Signer.generate()
 
 
 #: Folders holding secrets (keys; job state with PSI scalars, masks, shares and the party's own

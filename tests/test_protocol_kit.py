@@ -22,7 +22,15 @@ from vfl_cli.artifacts.container import Artifact
 from vfl_cli.errors import InvalidArtifact, VflError
 from vfl_cli.protocol.base import Expect, JobState, PartyContext
 from vfl_cli.protocol.kit import KitProtocol, Message, PartyState, Phase, Step, nothing
-from vfl_cli.protocol.registry import REGISTRY, ProtocolInfo, get_protocol, names, register
+from vfl_cli.protocol.registry import (
+    REGISTRY,
+    ModelTable,
+    ProtocolInfo,
+    get_protocol,
+    model_table,
+    names,
+    register,
+)
 
 ASK, COUNT = "toy/ask", "toy/count"
 
@@ -178,3 +186,19 @@ def test_an_unknown_protocol_is_refused_with_the_known_ones(two_parties) -> None
     message = error_line(result)
     assert message.startswith("Error: unknown protocol 'nope'; known protocols: ")
     assert "row-count" in message and "handshake" in message
+
+
+def rows_table(card: Mapping[str, Any]) -> ModelTable:
+    return ModelTable(("party", "rows"), tuple((p, str(n)) for p, n in card["rows"].items()))
+
+
+def test_a_model_renderer_may_be_named_and_imported_on_first_use() -> None:
+    register("row-count-card", ProtocolInfo(f"{__name__}:RowCount", "rows",
+                                            model=f"{__name__}:rows_table"))
+    try:
+        table = model_table("row-count-card", {"rows": {"bureau": 12}})
+        assert table == ModelTable(("party", "rows"), (("bureau", "12"),))
+        with pytest.raises(VflError, match="handshake trains no model to show"):
+            model_table("handshake", {})
+    finally:
+        REGISTRY.pop("row-count-card")

@@ -76,7 +76,8 @@ class ProtocolInfo:
         binary: Its test scores (``test_scores``) are log-odds of a binary label (the report draws
             classifier plots of their sigmoid).
         predicts: A ``predict`` job can score new rows with its finished jobs' models.
-        model: Renders its model card as a table (``vfl model show``); None: it trains no model.
+        model: Renders its model card as a table (``vfl model show``): a function, or
+            ``"module:function"`` imported on first use; None: it trains no model.
         export_standardiser: ``vfl model export`` adds the party's column means and deviations.
     """
 
@@ -88,7 +89,7 @@ class ProtocolInfo:
     evaluated: bool = False
     binary: bool = False
     predicts: bool = False
-    model: Any = None  # Callable[[Mapping[str, Any]], ModelTable] | None (frozen: no generics)
+    model: Any = None  # Callable[[Mapping[str, Any]], ModelTable] | str | None
     export_standardiser: bool = True
 
 
@@ -189,5 +190,8 @@ def model_table(name: str, card: Mapping[str, Any]) -> ModelTable:
     render = info(name).model
     if render is None:
         raise VflError(f"{name} trains no model to show")
+    if isinstance(render, str):  # "module:function", imported only when a card is shown
+        module, function = render.split(":")
+        render = getattr(importlib.import_module(module), function)
     table: ModelTable = render(card)
     return table

@@ -86,6 +86,8 @@ from vfl_cli.protocol.base import (
     PartyContext,
     Seed,
     defaults,
+    meta_int,
+    meta_list,
     need,
     typed_params,
     unique_parties,
@@ -339,12 +341,8 @@ class NodeDelta:
         w = art.sender
         check_round(art, state.t)
         if state.t == 0:
-            _check_columns(list(art.meta.get("columns", [])), state.columns, server, w)
-        n = art.meta.get("n_samples")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise InvalidArtifact(
-                f"the delta from {w} reports n_samples={n!r}, expected a whole number >= 1"
-            )
+            _check_columns(meta_list(art, "columns"), state.columns, server, w)
+        n = meta_int(art, "n_samples", low=1, high=MAX_SAMPLES)
         stats: dict[str, float] = {}
         if needs_stats:
             s = art.meta.get("stats")
@@ -370,7 +368,7 @@ class Setup:
     @classmethod
     def decode(cls, art: Artifact, ctx: PartyContext, *, subset: bool) -> Setup:
         what = "update" if art.kind == UPDATE else "model"
-        columns = [str(c) for c in art.meta.get("columns", [])]
+        columns = meta_list(art, "columns")
         _check_columns(ctx.features, columns, art.sender, ctx.name, subset=subset)
         spec = art.meta.get("spec")
         if not isinstance(spec, list) or spec != model_spec(ctx.params):

@@ -330,6 +330,11 @@ def test_label_noise_reaches_the_passive_party_only(two_parties) -> None:
     assert np.abs(w0 - w1).max() > 1e-3
     # the cost on test AUC is small at this epsilon
     assert noisy["bank"][0].results["metrics"]["test"]["auc"] > 0.9
+    # the HTML report states what the job spent
+    from vfl_cli.report import build_report
+
+    assert "label_epsilon 4 spent (delta 1e-05)" in build_report(Workspace(bank), "t1")
+    assert "label noise off" in build_report(Workspace(bank), "t0")
 
 
 @settings(max_examples=80, deadline=None)

@@ -315,6 +315,12 @@ def _privacy_section(state: JobState) -> list[str]:
     meter = state.results.get("privacy")
     if not isinstance(meter, dict):
         return []
+    if "label_noise_sigma" in meter:  # hetero-lr / hetero-linear: label noise, not a meter
+        noise = (f"label_epsilon {float(meter['label_epsilon']):.3g} spent (delta {float(meter['label_delta']):.3g}), "
+                 f"noise deviation {float(meter['label_noise_sigma']):.3g} per row over "
+                 f"{int(meter['releases_per_row'])} releases" if meter["label_noise_sigma"] else "label noise off")
+        return ["<h2>Label privacy</h2>",
+                f"<p class=note>{noise}; see docs/protocols/hetero-linear.md for what each party learns.</p>"]
     leaks = [(h["epoch"] + 1, h["label_leak_auc"]) for h in state.results.get("history") or []
              if h.get("label_leak_auc")]
     settings = ", ".join(f"{k} = {_e(meter[k])}" for k in ("label_protection", "max_leak_auc") if k in meter)

@@ -173,7 +173,8 @@ def mutate(msg: Outgoing, op: str, pick: int, value_index: int) -> tuple[Outgoin
     if op == "kind":
         kinds = ["handshake/hello", "psi/start", "psi/response", "psi/finish", "hetero/partial",
                  "hetero/gradient", "hetero/reply", "vfl/job-proposal", "nope/nope"]
-        return replace(msg, kind=kinds[value_index % len(kinds)]), {}, op
+        others = [k for k in kinds if k != msg.kind]
+        return replace(msg, kind=others[value_index % len(others)]), {}, op
     if op == "seq":
         return msg, {"seq": [-1, 0, 10**15, 10**6][value_index % 4]}, op
     return replace(msg, meta={**msg.meta, "extra": 1}), {}, "extra-meta"  # nothing to act on

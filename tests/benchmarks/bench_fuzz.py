@@ -169,7 +169,8 @@ def structural(case: Case, rng: random.Random, work: Path, tally: Tally, before:
     except VflError:
         tally.n["structural-unsendable"] += 1  # the container will not write it (negative seq...)
         return
-    try_file(case, work, name, data, op in MUST_REFUSE, f"structural:{case.message.kind}:{op}", tally, before)
+    changed = msg != case.message or bool(override)
+    try_file(case, work, name, data, op in MUST_REFUSE and changed, f"structural:{case.message.kind}:{op}", tally, before)
 
 
 def byte_level(case: Case, rng: random.Random, work: Path, tally: Tally, before: dict[str, str]) -> None:
@@ -301,6 +302,9 @@ def run_special(case: Case, what: str, make: Any, root: Path, cli: bool) -> dict
         out.update(json.loads(last) if last.startswith("{") else {"result": "child died: " + proc.stderr[-200:]})
         out["peak_mib"] = round(out.get("peak_mib", 0), 1)
     out["changed"] = tree_hash(work) != before
+    reasons = sorted((work / "inbox" / "rejected").glob(f"{case.file}*reason*")) \
+        if (work / "inbox" / "rejected").is_dir() else []
+    out["quarantined"] = reasons[0].read_text().strip().splitlines()[-1][:100] if reasons else None
     if target.is_symlink() or target.exists():
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
@@ -339,7 +343,7 @@ def main() -> None:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="vfl-fuzz-"))
-    print(f"seed {seed}; workspaces in {root}")
+    print(f"seed {seed}; workspaces in {root}", flush=True)
     t0 = time.perf_counter()
     cases, _ = record_all(root)
     fakes = impostors(root, cases)
@@ -350,6 +354,20 @@ def main() -> None:
     print(f"{len(cases)} messages of {len({c.message.kind for c in cases})} kinds recorded in {time.perf_counter() - t0:.0f} s")
     tally = Tally()
     work = root / "work"
+    # The command sample and the special files first, so that a run cut short still has them.
+    t1 = time.perf_counter()
+    cli_sample(cases, rng, root, args.cli, tally)
+    print(f"  {args.cli} files through the vfl command in {time.perf_counter() - t1:.0f} s, "
+          f"tracebacks {len(tally.tracebacks)}")
+    special_rows = []
+    if not args.no_specials:
+        for case in [c for c in cases if c.message.kind in ("handshake/reply", "psi/response")][:2]:
+            for what, make in specials(case, root):
+                for cli in (False, True):
+                    row = {**run_special(case, what, make, root, cli), "via": "vfl" if cli else "library",
+                           "step": case.message.kind}
+                    print("  special", json.dumps(row))
+                    special_rows.append(row)
     t1 = time.perf_counter()
     for i in range(args.count):
         case = rng.choice(cases)
@@ -360,17 +378,10 @@ def main() -> None:
             byte_level(case, rng, work, tally, befores[case.snapshot])
         else:
             unsigned(case, rng, work, tally, befores[case.snapshot], fakes)
-        if (i + 1) % 500 == 0:
-            print(f"  {i + 1} files, {time.perf_counter() - t1:.0f} s, tracebacks {len(tally.tracebacks)}")
+        if (i + 1) % 250 == 0:
+            print(f"  {i + 1} files, {time.perf_counter() - t1:.0f} s, tracebacks {len(tally.tracebacks)}, "
+                  f"accepted wrongly {len(tally.wrongly)}, changed {len(tally.changed)}, {dict(tally.n)}", flush=True)
     library_s = time.perf_counter() - t1
-    cli_sample(cases, rng, root, args.cli, tally)
-    special_rows = []
-    if not args.no_specials:
-        for case in [c for c in cases if c.message.kind in ("handshake/reply", "psi/response")][:2]:
-            for what, make in specials(case, root):
-                for cli in (False, True):
-                    special_rows.append({**run_special(case, what, make, root, cli),
-                                         "via": "vfl" if cli else "library", "step": case.message.kind})
     report = {
         "seed": seed, "messages": len(cases), "kinds": sorted({c.message.kind for c in cases}),
         "files": dict(tally.n), "library_seconds": round(library_s, 1),

@@ -137,3 +137,49 @@ def test_removal_notice_for_someone_else_or_forged_is_refused(two_parties, tmp_p
     fake.write_bytes(pretty_json(forged))
     assert "the signature does not match" in error_line(run("-w", str(bank), "keys", "import", str(fake), ok=False))
     assert (bank / "peers" / "bureau.json").exists()
+
+
+def test_keys_made_only_when_needed(tmp_path: Path, sample) -> None:
+    from conftest import make_party
+
+    bank = make_party(tmp_path, "bank", "active", sample("breast_active.csv"), label_column="label")
+    bureau = tmp_path / "bureau"
+    run("init", str(bureau), "--name", "bureau", "--role", "passive", "--data", str(sample("breast_passive.csv")),
+        "--id-column", "id")
+    made = json.loads(run("-w", str(bureau), "keygen", "--no-paillier", "--json").stdout)
+    assert made["paillier_fingerprint"] == "" and not (bureau / "keys" / "paillier.jwk").exists()
+    run("-w", str(bureau), "keys", "export", "--out", str(tmp_path / "bureau.card"))
+    run("-w", str(bureau), "keys", "import", str(tmp_path / "bank.card"))
+    run("-w", str(bank), "keys", "import", str(tmp_path / "bureau.card"))
+    handshake(bank, bureau, "hs")  # a job that needs no Paillier key runs without one
+    run("-w", str(bank), "job", "start", "--protocol", "psi", "--job", "al")
+    drive([bank, bureau], "al")
+    line = error_line(run("-w", str(bank), "job", "start", "--protocol", "hetero-lr", "--job", "tr",
+                          "--param", 'alignment="al"', ok=False))
+    assert "bureau has no Paillier key" in line and "'vfl keygen'" in line
+    assert not (bank / "jobs" / "tr").exists() and not list((bank / "outbox").glob("tr.*"))
+    # made when needed: the same signing key, a Paillier key added; the peer accepts the new card
+    added = json.loads(run("-w", str(bureau), "keygen", "--key-bits", str(TEST_KEY_BITS), "--insecure-test-keys",
+                           "--json").stdout)
+    assert added["signing_fingerprint"] == made["signing_fingerprint"] and added["paillier_fingerprint"]
+    run("-w", str(bureau), "keys", "export", "--out", str(tmp_path / "bureau2.card"))
+    assert "Now trusting" in run("-w", str(bank), "keys", "import", str(tmp_path / "bureau2.card")).stderr
+    run("-w", str(bank), "job", "start", "--protocol", "hetero-lr", "--job", "tr", "--param", 'alignment="al"',
+        "--param", "epochs=1")
+    drive([bank, bureau], "tr")
+    audit_ok(bank)
+    audit_ok(bureau)
+
+
+def test_recipes_make_paillier_keys_only_for_jobs_that_use_them() -> None:
+    from conftest import ROOT
+    from vfl_cli.recipes import load_recipe
+
+    hfl = load_recipe(ROOT / "recipes" / "hfl_fedavg.toml")
+    assert hfl.paillier_parties() == {p.name for p in hfl.parties if p.role == "worker"}
+    assert hfl.keygen_args("hq") == ["keygen", "--no-paillier"]
+    hfl.tables.setdefault("train", {})["secure_aggregation"] = False
+    assert hfl.paillier_parties() == set()
+    assert load_recipe(ROOT / "recipes" / "handshake.toml").paillier_parties() == set()
+    demo = load_recipe(ROOT / "recipes" / "demo.toml")
+    assert demo.keygen_args("lab") == ["keygen", "--key-bits", "1024"]

@@ -320,7 +320,7 @@ def _context(ws: Workspace, info: dict[str, Any], progress: Progress) -> PartyCo
         return dict(info, done=state.done, results=state.results, state=state.data)
 
     def public_key(name: str) -> Any:
-        return ws.public_key if name == ws.name else ws.peer(name).paillier
+        return ws.peer_paillier(name)  # a clear error for a party without a Paillier key
 
     return PartyContext(
         name=ws.name,
@@ -400,6 +400,9 @@ def start_job(
         parties = [_party_entry(ws.card())] + [_party_entry(c) for c in cards]
         protocol.check_parties(parties)
         params = protocol.check_params(params, parties)
+        from vfl_cli.keyring import check_paillier_keys
+
+        check_paillier_keys(protocol_name, params, parties)  # before any step: no job left waiting
         job = job or new_job_id(protocol_name)
         if job_dir(ws, job).exists():
             raise VflError(f"job {job} already exists in {ws.name}; choose another job id")

@@ -58,6 +58,33 @@ class KeyRing(Verifier):
             raise
 
 
+# ----- Paillier keys made only when a job needs them ----------------------------------------------
+#: Protocols whose jobs use no Paillier key at all.
+NO_PAILLIER = ("handshake", "psi", "psi-cache")
+
+
+def paillier_roles(protocol: str, params: dict[str, Any], roles: set[str]) -> set[str]:
+    """The roles whose Paillier keys a job of ``protocol`` uses: none for the handshake and
+    alignment; in hfl the workers' (one worker holds the secure sum), and only with secure
+    aggregation; every party's in the other protocols."""
+    if protocol in NO_PAILLIER:
+        return set()
+    if protocol == "hfl":
+        return {"worker"} if params.get("secure_aggregation", True) else set()
+    return set(roles)
+
+
+def check_paillier_keys(protocol: str, params: dict[str, Any], parties: list[dict[str, Any]]) -> None:
+    """Refuse a job naming a party without a Paillier key (made with 'vfl keygen --no-paillier')
+    when the job uses that party's key."""
+    roles = paillier_roles(protocol, params, {str(p["role"]) for p in parties})
+    lacking = [str(p["name"]) for p in parties if p["role"] in roles and not p.get("paillier_fingerprint")]
+    if lacking:
+        raise VflError(f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no Paillier key, and a "
+                       f"{protocol} job needs one: run 'vfl keygen' there (it adds the key to the same signing "
+                       "identity) and import the new card here")
+
+
 # ----- keys that still verify old files -----------------------------------------------------------
 def retired_verifiers(ws: Workspace) -> list[Verifier]:
     """This party's retired signing keys (newest rotation last)."""
@@ -133,12 +160,16 @@ def rotate(ws: Workspace, bits: int | None = None, *, allow_insecure: bool = Fal
     """
     old = ws.card()
     _refuse_running(ws, unfinished_jobs(ws), "rotating keys")
-    public, private, signer = new_keys(bits or old.paillier.bits, allow_insecure=allow_insecure)
+    if old.paillier is not None:
+        public, private, signer = new_keys(bits or old.paillier.bits, allow_insecure=allow_insecure)
+    else:
+        public, private, signer = None, None, Signer.generate()
     retired = ws.path("keys", "retired", old.signing_fingerprint[:16])
     retired.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(retired, 0o700)
     for name in ("paillier.jwk", "paillier.pub.jwk", "signing.key"):
-        replace_atomic(retired / name, ws.path("keys", name).read_bytes(), mode=0o600)
+        if ws.path("keys", name).exists():
+            replace_atomic(retired / name, ws.path("keys", name).read_bytes(), mode=0o600)
     old_signer = ws.signer
     new_card = PartyCard(ws.name, ws.role, public, signer.verifier, now())
     ws.ledger.append(old_signer, "key-rotated", old_signing_fingerprint=old.signing_fingerprint,

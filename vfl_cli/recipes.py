@@ -91,6 +91,25 @@ class Recipe:
         """The party that proposes every job: the active party, or the server."""
         return next(p for p in self.parties if p.role in ("active", "server"))
 
+    def paillier_parties(self) -> set[str]:
+        """The parties whose Paillier key some job of this recipe uses; the others make none.
+
+        Alignment and the handshake use none; hfl uses the workers' keys (the holder of the
+        secure sum is a worker) only with secure aggregation; every other protocol uses them all.
+        """
+        from vfl_cli.keyring import paillier_roles
+
+        roles = {p.role for p in self.parties}
+        needed = {r for s in self.stages() for r in paillier_roles(s.protocol, s.params, roles)}
+        return {p.name for p in self.parties if p.role in needed}
+
+    def keygen_args(self, party: str) -> list[str]:
+        """'vfl keygen' arguments for ``party``: a Paillier key only where a job needs one."""
+        if party not in self.paillier_parties():
+            return ["keygen", "--no-paillier"]
+        bits = self.key_bits
+        return ["keygen", "--key-bits", str(bits), *(["--insecure-test-keys"] if bits < 1024 else [])]
+
     def stages(self) -> list[Stage]:
         """The jobs this recipe runs, in order. A later job names the earlier ones it uses."""
         align = dict(self.tables.get("align", {}))
@@ -220,12 +239,11 @@ class Runner:
             if p.label_column:
                 init += ["--label-column", p.label_column]
             self.vfl(None, *init, *p.init_options)
-            keygen = ["keygen", "--key-bits", str(bits)]
-            if bits < 1024:
-                keygen.append("--insecure-test-keys")
+            keygen = self.recipe.keygen_args(p.name)
             self.vfl(p.name, *keygen)
             self.vfl(p.name, "keys", "export", "--out", str(cards / f"{p.name}.card"))
-            self.on_event(f"{p.name}: workspace and {bits}-bit keys ready")
+            made = "signing key (no Paillier key: no job here uses it)" if "--no-paillier" in keygen else f"{bits}-bit keys"
+            self.on_event(f"{p.name}: workspace and {made} ready")
         for p in self.recipe.parties:
             for q in self.recipe.parties:
                 if p.name != q.name:
@@ -405,7 +423,6 @@ def _script_head(recipe: Recipe, p: PartySpec) -> list[str]:
     """Set up the party's workspace, swap cards through the exchange folder, name the folders."""
     q = shlex.quote
     others = [o.name for o in recipe.parties if o.name != p.name]
-    bits = recipe.key_bits
     init = (f'$VFL init "$WORK/{p.name}" --name {q(p.name)} --role {p.role} --data {q(str(p.data))} '
             f"--id-column {q(p.id_column)}")
     if p.label_column:
@@ -428,7 +445,7 @@ def _script_head(recipe: Recipe, p: PartySpec) -> list[str]:
         "# ----- once: workspace, keys, cards -----",
         init,
         f'cd "$WORK/{p.name}"',
-        f"$VFL keygen --key-bits {bits}" + (" --insecure-test-keys" if bits < 1024 else ""),
+        "$VFL " + " ".join(recipe.keygen_args(p.name)),
     ]
     for o in others:
         lines.append(f'$VFL keys export --out "$EXCHANGE/to-{o}/{p.name}.card" --force')

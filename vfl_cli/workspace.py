@@ -53,13 +53,15 @@ class PartyCard:
 
     name: str
     role: str
-    paillier: paillier.PublicKey
+    #: None for a party that made no Paillier key ('vfl keygen --no-paillier'): it takes part
+    #: only in jobs that need none (handshake, alignment, hfl without secure aggregation ...)
+    paillier: paillier.PublicKey | None
     verifier: Verifier
     created: str
 
     @property
     def paillier_fingerprint(self) -> str:
-        return self.paillier.fingerprint
+        return self.paillier.fingerprint if self.paillier is not None else ""
 
     @property
     def signing_fingerprint(self) -> str:
@@ -72,7 +74,7 @@ class PartyCard:
             "name": self.name,
             "role": self.role,
             "created": self.created,
-            "paillier": self.paillier.to_jwk(),
+            "paillier": self.paillier.to_jwk() if self.paillier is not None else None,
             "paillier_fingerprint": self.paillier_fingerprint,
             "signing_key": self.verifier.hex(),
             "signing_fingerprint": self.signing_fingerprint,
@@ -91,7 +93,7 @@ class PartyCard:
             card = cls(
                 name=check_name(d["name"]),
                 role=str(d["role"]),
-                paillier=paillier.PublicKey.from_jwk(d["paillier"]),
+                paillier=None if d["paillier"] is None else paillier.PublicKey.from_jwk(d["paillier"]),
                 verifier=Verifier.from_hex(d["signing_key"]),
                 created=str(d.get("created", "")),
             )
@@ -217,23 +219,40 @@ class Workspace:
 
     # ----- keys -------------------------------------------------------------------------------
     def has_keys(self) -> bool:
-        return self.path("keys", "signing.key").exists() and self.path("keys", "paillier.jwk").exists()
+        return self.path("keys", "signing.key").exists()
 
-    def generate_keys(self, bits: int, *, allow_insecure: bool = False) -> PartyCard:
-        """Create a Paillier keypair (pheutil JWK) and an Ed25519 signing key."""
+    def has_paillier(self) -> bool:
+        return self.path("keys", "paillier.jwk").exists()
+
+    def generate_keys(self, bits: int, *, allow_insecure: bool = False, with_paillier: bool = True) -> PartyCard:
+        """Create a Paillier keypair (pheutil JWK, unless ``with_paillier`` is False) and an
+        Ed25519 signing key; on a party that has a signing key but no Paillier key, add the
+        Paillier key (peers accept the new card: it is signed by the key they trust)."""
+        if self.has_keys() and not self.has_paillier() and with_paillier:
+            public, private, _ = new_keys(bits, allow_insecure=allow_insecure)
+            self.write_keys(public, private, self.signer)
+            return self.card()
         if self.has_keys():
             raise WorkspaceError(
-                f"{self.name} already has keys (fingerprint {short(self.card().paillier_fingerprint)}); "
+                f"{self.name} already has keys (fingerprint {short(self.card().signing_fingerprint)}); "
                 "peers trust them, so they are never replaced. Start a new workspace for new keys"
             )
-        self.write_keys(*new_keys(bits, allow_insecure=allow_insecure))
+        if with_paillier:
+            self.write_keys(*new_keys(bits, allow_insecure=allow_insecure))
+        else:
+            self.write_keys(None, None, Signer.generate())
         return self.card()
 
-    def write_keys(self, public: paillier.PublicKey, private: paillier.PrivateKey, signer: Signer) -> None:
+    def write_keys(self, public: paillier.PublicKey | None, private: paillier.PrivateKey | None,
+                   signer: Signer) -> None:
         """Make these the party's current keys (0600); 'vfl keys rotate' retires the old ones first."""
         keys = self.path("keys")
-        replace_atomic(keys / "paillier.jwk", pretty_json(private.to_jwk()), mode=0o600)
-        replace_atomic(keys / "paillier.pub.jwk", pretty_json(public.to_jwk()), mode=0o600)
+        if public is not None and private is not None:
+            replace_atomic(keys / "paillier.jwk", pretty_json(private.to_jwk()), mode=0o600)
+            replace_atomic(keys / "paillier.pub.jwk", pretty_json(public.to_jwk()), mode=0o600)
+        else:  # a rotation of a party without a Paillier key: none after it either
+            for name in ("paillier.jwk", "paillier.pub.jwk"):
+                keys.joinpath(name).unlink(missing_ok=True)
         replace_atomic(keys / "signing.key", (signer.seed_hex() + "\n").encode(), mode=0o600)
         self.config["keys_created"] = now()
         replace_atomic(self.path(CONFIG), pretty_json(self.config))
@@ -249,21 +268,27 @@ class Workspace:
         self._need_keys()
         return Signer.from_seed_hex(self.path("keys", "signing.key").read_text())
 
+    def _need_paillier(self) -> None:
+        self._need_keys()
+        if not self.has_paillier():
+            raise WorkspaceError(f"{self.name} has no Paillier key (made with 'vfl keygen --no-paillier'), and this "
+                                 "job needs one: run 'vfl keygen' to add it, then send the new card to the peers")
+
     @cached_property
     def private_key(self) -> paillier.PrivateKey:
-        self._need_keys()
+        self._need_paillier()
         return paillier.PrivateKey.from_jwk(json.loads(self.path("keys", "paillier.jwk").read_text()))
 
     @cached_property
     def public_key(self) -> paillier.PublicKey:
-        self._need_keys()
+        self._need_paillier()
         return paillier.PublicKey.from_jwk(json.loads(self.path("keys", "paillier.pub.jwk").read_text()))
 
     def card(self) -> PartyCard:
         return PartyCard(
             name=self.name,
             role=self.role,
-            paillier=self.public_key,
+            paillier=self.public_key if self.has_paillier() else None,
             verifier=self.signer.verifier,
             created=str(self.config.get("keys_created", "")),
         )
@@ -286,6 +311,11 @@ class Workspace:
                 card.paillier_fingerprint,
             ):
                 return card, False
+            if known.signing_fingerprint == card.signing_fingerprint and known.paillier is None:
+                # the peer added a Paillier key: the card is signed by the signing key we trust
+                replace_atomic(target, data)
+                self._peers = None
+                return card, True
             raise VflError(
                 f"a different card for {card.name} is already trusted (signing key "
                 f"{short(known.signing_fingerprint)}, new one {short(card.signing_fingerprint)}); "
@@ -324,6 +354,16 @@ class Workspace:
                 f"'vfl keys import FILE'"
             )
         return card
+
+    def peer_paillier(self, name: str) -> paillier.PublicKey:
+        """A party's Paillier public key, for a job that needs one (a clear error if it has none)."""
+        if name == self.name:
+            return self.public_key
+        card = self.peer(name)
+        if card.paillier is None:
+            raise VflError(f"{name} has no Paillier key (its card was made with 'vfl keygen --no-paillier'), and "
+                           f"this job needs one: {name} runs 'vfl keygen' and sends its new card")
+        return card.paillier
 
     def verifier_for(self, name: str) -> Verifier:
         return self.signer.verifier if name == self.name else self.peer(name).verifier

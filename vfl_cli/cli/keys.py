@@ -185,7 +185,7 @@ def show(ctx: click.Context, as_json: bool) -> None:
     ws = workspace(ctx)
     cards = [ws.card(), *ws.peers().values()]
     rows = [{"name": c.name, "role": c.role, "self": c.name == ws.name,
-             "paillier_bits": c.paillier.bits,
+             "paillier_bits": c.paillier.bits if c.paillier is not None else None,
              "paillier_fingerprint": c.paillier_fingerprint,
              "signing_fingerprint": c.signing_fingerprint} for c in cards]
     if as_json:
@@ -196,7 +196,7 @@ def show(ctx: click.Context, as_json: bool) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"] + (" (this party)" if r["self"] else ""), r["role"],
-                      f"{r['paillier_bits']} bits", short(r["paillier_fingerprint"]),
+                      f"{r['paillier_bits']} bits" if r["paillier_bits"] else "none", short(r["paillier_fingerprint"]),
                       short(r["signing_fingerprint"]))
     print_result(table)
 

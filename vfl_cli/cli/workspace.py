@@ -128,13 +128,17 @@ def columns(ctx: click.Context, exclude: tuple[str, ...], include: tuple[str, ..
               help="Paillier modulus size (2048 or 3072 for real use).")
 @click.option("--insecure-test-keys", is_flag=True, hidden=True,
               help="Allow keys below 1024 bits (tests only).")
+@click.option("--no-paillier", is_flag=True,
+              help="Signing key only, for jobs that need no Paillier key (handshake, alignment, hfl without "
+                   "secure aggregation); run 'vfl keygen' again later to add one.")
 @json_option
 @click.pass_context
-def keygen(ctx: click.Context, key_bits: int, insecure_test_keys: bool, as_json: bool) -> None:
+def keygen(ctx: click.Context, key_bits: int, insecure_test_keys: bool, no_paillier: bool, as_json: bool) -> None:
     """Create this party's Paillier keypair and Ed25519 signing key.
 
     The Paillier key is stored in python-paillier's JWK format (keys/paillier.jwk, mode 0600),
-    so phe's own tools read it. Private keys never leave the workspace.
+    so phe's own tools read it. Private keys never leave the workspace. A party made with
+    --no-paillier adds its Paillier key later with 'vfl keygen' (peers import the new card).
 
     Example:
 
@@ -142,13 +146,14 @@ def keygen(ctx: click.Context, key_bits: int, insecure_test_keys: bool, as_json:
         vfl keygen --key-bits 2048
     """
     ws = workspace(ctx)
-    if key_bits < SECURE_KEY_BITS:
+    if key_bits < SECURE_KEY_BITS and not no_paillier:
         say(f"Warning: {key_bits}-bit Paillier keys are insecure, for tests only")
-    card = ws.generate_keys(key_bits, allow_insecure=insecure_test_keys)
+    card = ws.generate_keys(key_bits, allow_insecure=insecure_test_keys, with_paillier=not no_paillier)
     if as_json:
         emit_json({"paillier_fingerprint": card.paillier_fingerprint,
-                   "signing_fingerprint": card.signing_fingerprint, "key_bits": key_bits})
-    say(f"Paillier key ({key_bits} bits): {short(card.paillier_fingerprint)}")
+                   "signing_fingerprint": card.signing_fingerprint, "key_bits": None if no_paillier else key_bits})
+    say(f"Paillier key ({key_bits} bits): {short(card.paillier_fingerprint)}" if card.paillier is not None
+        else "Paillier key: none (made when a job needs one: 'vfl keygen')")
     say(f"Signing key (Ed25519):     {short(card.signing_fingerprint)}")
     say(f"Next: vfl keys export --out {ws.name}.card, and send the card to your peers")
 

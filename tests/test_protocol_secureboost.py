@@ -129,3 +129,23 @@ def test_regression_equals_the_plaintext_reference(tmp_path: Path) -> None:
     test = split_rows(len(state.arrays["raw"]), 0.25, 3).test
     ref, _ = reference(wss, params)
     assert np.max(np.abs(state.arrays["raw"][test, 0] - ref[:, 0])) < 1e-6
+
+
+def test_early_stopping_and_model_show_export_per_party(tmp_path: Path) -> None:
+    from conftest import run
+
+    wss = setup(tmp_path, synthetic(tmp_path))
+    params = {**PARAMS, "trees": 30, "learning_rate": 1.0, "validation_fraction": 0.3,
+              "early_stopping_rounds": 1}
+    state = train(wss, params)
+    history = state.results["history"]
+    assert len(history) < 30 and all("valid_loss" in h for h in history)
+    best = int(np.argmin([h["valid_loss"] for h in history]))
+    assert len(history) == best + 2  # the best round, then one round without improvement
+    shown = run("-w", str(wss[0]), "model", "show", "sb").output
+    assert "leaf" in shown and "split held by p1" in shown
+    passive = run("-w", str(wss[1]), "model", "show", "sb").output
+    assert "p1_0" in passive or "p1_1" in passive or "p1_2" in passive
+    run("-w", str(wss[1]), "model", "export", "sb", "--out", str(tmp_path / "p1.json"))
+    exported = (tmp_path / "p1.json").read_text()
+    assert '"splits"' in exported and '"value"' not in exported  # leaf weights: the bank's

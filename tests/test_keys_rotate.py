@@ -43,19 +43,28 @@ def test_rotate_then_a_handshake_job_and_the_audit_passes(two_parties, tmp_path:
         assert (retired / name).stat().st_mode & 0o777 == 0o600
     # before bureau imports the notice, bank's new key is not the one bureau trusts
     run("-w", str(bank), "job", "start", "--protocol", "handshake", "--job", "early")
+    for f in (bank / "outbox").glob("early.*"):
+        os.replace(f, bureau / "inbox" / f.name)
+    assert "but bank's trusted key is" in error_line(run("-w", str(bureau), "job", "accept", "early", ok=False))
+    run("-w", str(bank), "job", "cancel", "early")
+    for f in (bank / "outbox").glob("early.*"):
+        f.unlink()
     run("-w", str(bureau), "keys", "import", str(notice))
     shown = json.loads(run("-w", str(bureau), "keys", "show", "--json").stdout)
     assert {r["name"]: r["signing_fingerprint"] for r in shown}["bank"] == rotated["new"]["signing_fingerprint"]
     assert "Already trusted" in run("-w", str(bureau), "keys", "import", str(notice)).stderr
-    run("-w", str(bank), "job", "cancel", "early", ok=False)
-    for f in (bank / "outbox").glob("early.*"):
-        f.unlink()
     handshake(bank, bureau, "after")
     for ws in (bank, bureau):
         report = audit_ok(ws)
         assert report["files_checked"] >= 4  # the files of the job before the rotation re-verified
     ledger = [json.loads(line) for line in (bank / "ledger.jsonl").read_text().splitlines()]
     assert [e["event"] for e in ledger].count("key-rotated") == 1
+    # the peer reconciles bank's ledger, entries signed by both of bank's keys, with its own
+    run("-w", str(bank), "audit", "export", "--out", str(tmp_path / "bank.ledger.json"))
+    rec = json.loads(run("-w", str(bureau), "audit", "reconcile", str(tmp_path / "bank.ledger.json"), "--json",
+                         ok=False).stdout)
+    assert rec["ok"], rec["problems"]
+    assert rec["files_matched"] >= 4
 
 
 def test_forged_rotation_notice_is_refused(two_parties, tmp_path: Path) -> None:

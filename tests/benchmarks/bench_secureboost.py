@@ -8,6 +8,7 @@ learning rate, L2 and min_samples_leaf. Prints one JSON line with the machine's 
 
     python tests/benchmarks/bench_secureboost.py recipes/sbt_default_credit.toml
     python tests/benchmarks/bench_secureboost.py recipes/sbt_breast.toml --key-bits 1024
+    python tests/benchmarks/bench_secureboost.py recipes/sbt_default_credit.toml --trees 2
 """
 
 from __future__ import annotations
@@ -15,21 +16,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_recipe(recipe: Path, workdir: Path, key_bits: int | None) -> float:
+def run_recipe(recipe: Path, workdir: Path, key_bits: int | None, trees: int | None) -> float:
     text = recipe.read_text().replace('"../sample_data/', f'"{ROOT}/sample_data/')
+    if trees:
+        text = re.sub(r"(?m)^trees = \d+", f"trees = {trees}", text)
     if key_bits:
         text = text.replace("key_bits = 2048", f"key_bits = {key_bits}")
     copy = workdir / recipe.name
@@ -66,15 +69,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("recipe", type=Path)
     ap.add_argument("--key-bits", type=int, default=None)
+    ap.add_argument("--trees", type=int, default=None, help="fewer rounds than the recipe's")
     args = ap.parse_args()
     from vfl_cli import jobs
     from vfl_cli.workspace import Workspace
 
     recipe = tomllib.loads(args.recipe.read_text())
+    if args.trees:
+        recipe["train"]["trees"] = args.trees
     parties = recipe["party"]
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        wall = run_recipe(args.recipe, Path(tmp), args.key_bits)
+        wall = run_recipe(args.recipe, Path(tmp), args.key_bits, args.trees)
         active = Workspace(Path(tmp) / "run" / parties[0]["name"])
         state, _ = jobs.load_state(active, f"{recipe['recipe']['name']}-train")
     rounds = int(state.data["round_no"])

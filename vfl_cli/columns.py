@@ -384,6 +384,8 @@ def job_columns(ws: Workspace, protocol: str, params: dict[str, Any], *, feature
         return out
     choice = dict(ws.config.get("encode") or {}) if encode is None else encode
     kinds = {c: k for c, k in choice.items() if c in out["features"] and k != "none"}
+    if protocol == "woe-binning":
+        kinds = {}  # it bins a text column by category itself: no encoder
     if kinds and "encoders" not in out:
         split = split_rows(len(picked), float(params.get("test_fraction", 0.2)), int(params.get("seed", 42)))
         encoders = Encoders.fit(picked.iloc[split.train], kinds)

@@ -139,6 +139,7 @@ REGISTRY: dict[str, ProtocolInfo] = {
         model=card_table,
     ),
     "secureboost": ProtocolInfo("vfl_cli.protocol.secureboost:SecureBoost", "hetero gradient boosting (SecureBoost): encrypted per-bin sums, splits kept by their owners", needs_alignment=True, trains=True, evaluated=True, model=lambda card: importlib.import_module("vfl_cli.protocol.sbt_card").trees_table(card), export_standardiser=False),  # noqa: E501
+    "woe-binning": ProtocolInfo("vfl_cli.protocol.woe_binning:WoeBinning", "joint WOE/IV binning: encrypted label sums per passive bin under opaque ids", needs_alignment=True),  # noqa: E501
     "hfl": ProtocolInfo(
         "vfl_cli.protocol.hfl:HFL",
         "multi-node training: parameter server, delta updates, FedAvg or Actor-Critic weighting",

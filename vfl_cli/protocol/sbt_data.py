@@ -30,7 +30,7 @@ MAX_CANDIDATES = 2_000_000
 
 
 def tree_size(depth: int) -> int:
-    return 2 ** (depth + 1) - 1
+    return (1 << (depth + 1)) - 1
 
 
 def boost_params(params: Mapping[str, Any]) -> trees.BoostParams:
@@ -52,7 +52,8 @@ class PartyData:
                           alignment)
         self.df = df
         self.n = len(df)
-        split = split_rows(self.n, ctx.params["test_fraction"], ctx.params["seed"])
+        split = split_rows(self.n, ctx.params["test_fraction"], ctx.params["seed"],
+                           ids=ctx.job_arrays(alignment).get("aligned_ids"))
         self.test = split.test
         self.grow, self.valid = _validation(split.train, ctx.params)
         self.features = list(ctx.features)
@@ -63,7 +64,7 @@ class PartyData:
 
 
 def _validation(train: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    nv = int(round(len(train) * params["validation_fraction"]))
+    nv = round(len(train) * params["validation_fraction"])
     perm = np.random.default_rng([params["seed"], 0x5B7]).permutation(len(train))
     return np.sort(train[perm[nv:]]), np.sort(train[perm[:nv]])
 
@@ -198,7 +199,8 @@ def best_over_parties(data: ActiveData, st: Any, rows: np.ndarray, k: int, nid: 
     p = data.params
     g, h = st.g[rows, k], st.h[rows, k]
     G, H, C = float(g.sum()), float(h.sum()), len(rows)
-    gains, keys = [], []
+    gains: list[np.ndarray] = []
+    keys: list[tuple[str, Any]] = []
     sums = trees.bin_sums(data.Xb[rows], data.n_bins, np.stack([g, h, np.ones_like(g)], 1))
     for j, s in enumerate(sums):
         if allowed[j] and len(s) > 1:
@@ -295,7 +297,7 @@ class LayerMessage:
             raise InvalidArtifact(f"sbt/layer from {art.sender}: malformed (nodes, splits or "
                                   f"row arrays do not fit {n} rows and depth {depth})")
         return cls(num("round_no", 0, 10**6), num("layer", 0, 8), meta["hist"], meta["first"],
-                   frontier, splits, classes, num("g_bits", 0, 64), num("grow_rows", 1, 10**9),
+                   list(frontier or []), list(splits or []), classes, num("g_bits", 0, 64), num("grow_rows", 1, 10**9),
                    depth, node.astype(np.int64), sample.astype(bool))
 
 
@@ -376,7 +378,8 @@ def build_candidates(ctx: PartyContext, st: Any, msg: LayerMessage, data: PartyD
     offsets = np.concatenate([[0], np.cumsum(data.n_bins)[:-1]])
     groups = [(int(offsets[j]), int(data.n_bins[j])) for j in np.flatnonzero(allowed)]
     keys = [(int(j), b) for j in np.flatnonzero(allowed) for b in range(int(data.n_bins[j]) - 1)]
-    chunks, ids_all, counts, lookup = [], [], [], {}
+    chunks, ids_all, counts = [], [], []
+    lookup: dict[str, list[int]] = {}
     shuffle = random.SystemRandom()  # the order and the ids: this party's CSPRNG only
     for nid in msg.frontier:
         cum = hg.cumulative(bins[nid], groups, layout.bits)

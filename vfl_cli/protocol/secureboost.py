@@ -106,7 +106,7 @@ class PassiveState(PartyState):
 
 
 def _tree_size(depth: int) -> int:
-    return 2 ** (depth + 1) - 1
+    return sd.tree_size(depth)
 
 
 # ----- the active party -----------------------------------------------------------------------
@@ -154,7 +154,7 @@ def _send_layer(ctx: PartyContext, st: ActiveState, data: sd.ActiveData, *, firs
     layout = RowLayout(st.classes, PRECISION, st.g_bits, len(data.grow))
     members: list[Member] = []
     if first:
-        rows = np.flatnonzero(st.sample)
+        rows = np.flatnonzero(st.sample)  # type: ignore[arg-type]
         plains = layout.encode(layout.quantise(st.g[rows]), layout.quantise(st.h[rows]))  # type: ignore[index]
         members.append(enc_member("gh", encrypt_rows(ctx.private_key().public, plains)))
     out = []
@@ -207,7 +207,7 @@ def _decide(ctx: PartyContext, st: ActiveState, data: sd.ActiveData,
     allowed = trees.column_sample(p, st.round_no, 0, data.Xb.shape[1])
     for nid in st.frontier:
         k, i = divmod(nid, size)
-        rows = np.flatnonzero((node[:, k] == nid) & st.sample)  # type: ignore[index]
+        rows = np.flatnonzero((node[:, k] == nid) & st.sample)
         best = sd.best_over_parties(data, st, rows, k, nid, allowed, cands)
         if best is None:
             continue

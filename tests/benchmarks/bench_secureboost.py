@@ -89,7 +89,9 @@ def main() -> None:
     print(json.dumps({
         "recipe": str(args.recipe), "key_bits": args.key_bits or 2048, "wall_s": round(wall, 1),
         "rounds": rounds, "exchanges": exchanges,
-        "hand_offs_per_tree": round((2 * exchanges + len(parties) - 1) / passive_rounds, 2),
+        # each exchange: one sbt/layer to every passive party and its reply (the job's one
+        # closing message to each passive party is not counted per tree)
+        "hand_offs_per_tree": round(2 * exchanges / passive_rounds, 2),
         "test_auc": state.results["metrics"]["test"].get("auc"),
         "sklearn_auc": baseline(recipe, parties),
         "load_before": load_before, "load_after": os.getloadavg(),

@@ -382,14 +382,21 @@ def job_columns(ws: Workspace, protocol: str, params: dict[str, Any], *, feature
     picked = _aligned(ws, params.get("alignment"))
     if picked is None:
         return out
+    woe: dict[str, Any] = {}
+    if params.get("binning"):  # each party selects and WOE-encodes its own columns
+        from vfl_cli.woe_select import select_columns
+
+        out["features"], woe = select_columns(ws, params, out["features"])
     choice = dict(ws.config.get("encode") or {}) if encode is None else encode
-    kinds = {c: k for c, k in choice.items() if c in out["features"] and k != "none"}
+    kinds = {c: k for c, k in choice.items() if c in out["features"] and k != "none" and c not in woe}
     if protocol == "woe-binning":
         kinds = {}  # it bins a text column by category itself: no encoder
     if kinds and "encoders" not in out:
         split = split_rows(len(picked), float(params.get("test_fraction", 0.2)), int(params.get("seed", 42)))
         encoders = Encoders.fit(picked.iloc[split.train], kinds)
         out = {"features": encoders.expand(out["features"]), "encoders": encoders.to_json()}
+    if woe:
+        out["encoders"] = {**out.get("encoders", {}), **woe}
     frame = encode_frame(picked, out.get("encoders"))
     missing = missing_cells(frame, [c for c in out.get("features", []) if c in frame.columns])
     if missing:

@@ -64,10 +64,10 @@ def cli(workspace: str | None, quiet: bool, debug: bool, dask_scheduler: str | N
 
 def _register() -> None:
     from vfl_cli.cli import align, audit, hfl, inspect, jobs, keys, recipe, report, train, workspace
-    from vfl_cli.cli import stats, status, watch
+    from vfl_cli.cli import binning, stats, status, watch
 
     for module in (workspace, keys, jobs, align, train, hfl, inspect, audit, recipe, report,
-                   watch, status, stats):
+                   watch, status, stats, binning):
         for command in module.COMMANDS:
             cli.add_command(command)
 

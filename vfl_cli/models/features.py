@@ -235,6 +235,12 @@ class Encoders:
 
     def transform(self, df: pd.DataFrame) -> pd.DataFrame:
         """``df`` with every encoded column replaced by its numeric columns (other columns kept)."""
+        woe = {c: s for c, s in self.specs.items() if s["kind"] == "woe"}
+        if woe:  # a WOE column (vfl_cli.woe_select) becomes its bin's WOE
+            from vfl_cli.woe_select import woe_frame
+
+            rest = Encoders({c: s for c, s in self.specs.items() if c not in woe})
+            return rest.transform(woe_frame(df, woe)) if rest.specs else woe_frame(df, woe)
         absent = [c for c in self.specs if c not in df.columns]
         if absent:
             raise DataError(f"the data file has no column {absent[0]!r} any more; this job (or model) encodes "

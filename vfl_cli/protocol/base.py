@@ -192,7 +192,7 @@ class Param:
 
     @property
     def required(self) -> bool:
-        return self.kind == "job"
+        return self.kind == "job" and self.default is None
 
     def span(self) -> str:
         """The allowed values in words, as the docs and error messages state them."""
@@ -269,6 +269,8 @@ def _as_int_list(p: Param, value: Any) -> Any:
 
 
 def _as_job(p: Param, value: Any) -> Any:
+    if value == "" and p.default == "":
+        return value  # an optional job reference left out
     return value if is_name(value) else _BAD  # job ids are names: data, never paths
 
 
@@ -321,9 +323,10 @@ def Hex(low: int, high: int, note: str = "") -> Param:
     return Param("hex", None, low, high, note=note)
 
 
-def JobRef(note: str = "") -> Param:
-    """The id of an earlier job of the same parties (required): data, never a path."""
-    return Param("job", note=note)
+def JobRef(note: str = "", *, optional: bool = False) -> Param:
+    """The id of an earlier job of the same parties (required unless ``optional``, whose
+    default ``""`` means none): data, never a path."""
+    return Param("job", "" if optional else None, note=note)
 
 
 def typed_params(params: Any, spec: Mapping[str, Param], *, what: str) -> dict[str, Any]:

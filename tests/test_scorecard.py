@@ -27,7 +27,7 @@ LR = {"alignment": "al", "epochs": 3, "learning_rate": 0.2, "test_fraction": 0.2
       "binning": "wb", "woe": True, "select_top": 3}
 
 
-def _test_rows(ws: Path) -> "object":
+def _test_rows(ws: Path) -> object:
     w = Workspace(ws)
     state, _ = jobs.load_state(w, "al")
     df = aligned_rows(w.read_data(), state.arrays, w.config["id_column"], "al")

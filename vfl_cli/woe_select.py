@@ -24,8 +24,15 @@ if TYPE_CHECKING:
 
     from vfl_cli.workspace import Workspace
 
-__all__ = ["TABLE_KEYS", "binning_result", "select_columns", "select_by_iv", "table_csv",
-           "woe_frame", "woe_specs"]
+__all__ = [
+    "TABLE_KEYS",
+    "binning_result",
+    "select_by_iv",
+    "select_columns",
+    "table_csv",
+    "woe_frame",
+    "woe_specs",
+]
 
 TABLE_KEYS = ("column", "bin", "label", "rows", "events", "woe", "iv")
 

@@ -221,7 +221,7 @@ def test_mismatched_alignment_is_refused(two_parties, tmp_path: Path) -> None:
 
 def test_bad_training_parameters_are_refused(two_parties) -> None:
     bank, _ = two_parties
-    for params, message in [({}, "alignment="), ({"alignment": "al", "optimizer": "lbfgs"}, "optimizer must be one of adam, sgd"),
+    for params, message in [({}, "alignment="), ({"alignment": "al", "optimizer": "lbfgs"}, "optimizer must be one of"),
                             ({"alignment": "al", "epochs": 0}, "epochs"), ({"alignment": "al", "nope": 1}, "unknown training")]:
         args = ["-w", str(bank), "job", "start", "--protocol", "hetero-lr"]
         for k, v in params.items():

@@ -73,3 +73,17 @@ def test_woe_lr_scorecard_points_sum_to_the_joint_score(tmp_path: Path) -> None:
     assert "points" in (tmp_path / "p.csv").read_text().splitlines()[0]
     err = run("-w", str(wss[1]), "scorecard", "show", "wb", ok=False)
     assert error_line(err).startswith("Error: job wb is not a finished hetero-lr job")
+
+
+def test_scorecard_recipe_runs_binning_before_training() -> None:
+    from conftest import ROOT
+
+    from vfl_cli.recipes import load_recipe
+
+    stages = load_recipe(ROOT / "recipes" / "scorecard_default_credit.toml").stages()
+    assert [(s.name, s.protocol) for s in stages] == [
+        ("align", "psi"), ("binning", "woe-binning"), ("train", "hetero-lr")]
+    binning, train = stages[1].params, stages[2].params
+    assert binning["alignment"] == train["alignment"] == "scorecard_default_credit-align"
+    assert train["binning"] == "scorecard_default_credit-binning" and train["woe"] is True
+    assert (binning["test_fraction"], binning["seed"]) == (train["test_fraction"], train["seed"])

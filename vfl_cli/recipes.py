@@ -48,7 +48,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-STAGE_TABLES = ("align", "train", "evaluate", "model")
+STAGE_TABLES = ("align", "binning", "train", "evaluate", "model")
 DEFAULT_KEY_BITS = 2048
 #: Written into a recipe's work folder, so that a rerun knows what it may clear.
 RUN_MARKER = ".vfl-recipe.json"
@@ -125,7 +125,13 @@ class Recipe:
         if "model" in self.tables:
             train["model"] = self.tables["model"]
         train["alignment"] = f"{self.name}-align"
-        return [Stage("align", "psi", align), Stage("train", self.protocol, train)]
+        stages = [Stage("align", "psi", align)]
+        if "binning" in self.tables:  # woe-binning first; the training job selects and encodes by it
+            split = {k: train[k] for k in ("test_fraction", "seed") if k in train}
+            stages.append(Stage("binning", "woe-binning", {**split, **self.tables["binning"],
+                                                           "alignment": train["alignment"]}))
+            train["binning"] = f"{self.name}-binning"
+        return [*stages, Stage("train", self.protocol, train)]
 
 
 def load_recipe(path: Path) -> Recipe:

@@ -182,6 +182,7 @@ def test_keys_made_only_when_needed(tmp_path: Path, sample) -> None:
 
 def test_recipes_make_paillier_keys_only_for_jobs_that_use_them() -> None:
     from conftest import ROOT
+
     from vfl_cli.recipes import load_recipe
 
     hfl = load_recipe(ROOT / "recipes" / "hfl_fedavg.toml")

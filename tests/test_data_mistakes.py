@@ -94,7 +94,8 @@ def test_text_column_encoded_per_party_fitted_on_its_training_rows_and_used_to_s
     align(b, p)
     # 'east' only on the rows the job will hold out: an encoder fitted on the training rows never sees it
     rows = jobs.load_state(Workspace(b), "al")[0].arrays["aligned_rows"]
-    bank.loc[rows[split_rows(len(rows), 0.2, 42).test], "region"] = "east"
+    bank.loc[rows[split_rows(len(rows), 0.2, 42,
+                       ids=jobs.load_state(Workspace(b), "al")[0].arrays["aligned_ids"]).test], "region"] = "east"
     save(bank, bank_file)
     run("-w", str(b), "train", "start", *TRAIN)
     carry(b, p)

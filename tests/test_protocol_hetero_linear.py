@@ -62,7 +62,8 @@ def test_logistic_equals_the_plaintext_reference(two_parties) -> None:
     align(bank, [bureau])
     states = train(bank, [bureau], "hetero-lr", PARAMS)
     df, (a_cols, p_cols) = joined(bank, [bureau])
-    split = split_rows(len(df), PARAMS["test_fraction"], PARAMS["seed"])
+    split = split_rows(len(df), PARAMS["test_fraction"], PARAMS["seed"],
+                       ids=jobs.load_state(Workspace(bank), "al")[0].arrays["aligned_ids"])
     X = standardised(df[a_cols + p_cols].to_numpy(float), split.train)
     y = df["label"].to_numpy(float)
     ref = fit_logistic(X[split.train], y[split.train], make_optimizer("adam", lr=0.05, l2=0.01),
@@ -96,11 +97,12 @@ def test_three_party_linear_equals_the_reference(tmp_path: Path) -> None:
     p2 = make_party(tmp_path, "s2", "passive", paths["host_2"], id_column="idx")
     introduce(tmp_path, "plant", "s1", "s2")
     align(a, [p1, p2])
-    params = dict(PARAMS, epochs=2, l2=0.0)
+    params = dict(PARAMS, epochs=2, l2=0.0, standardise_label=False)  # the reference's raw label
     params.pop("approximation")
     states = train(a, [p1, p2], "hetero-linear", params)
     df, (ca, c1, c2) = joined(a, [p1, p2])
-    split = split_rows(len(df), params["test_fraction"], params["seed"])
+    split = split_rows(len(df), params["test_fraction"], params["seed"],
+                       ids=jobs.load_state(Workspace(a), "al")[0].arrays["aligned_ids"])
     X = standardised(df[ca + c1 + c2].to_numpy(float), split.train)
     y = df["motor_speed"].to_numpy(float)
     ref = fit_linear(X[split.train], y[split.train], make_optimizer("adam", lr=0.05),
@@ -150,7 +152,8 @@ def test_centred_logistic_equals_its_plaintext_reference(tmp_path: Path, sample,
     params = dict(PARAMS, approximation="centred", epochs=2)
     states = train(bank, parties, "hetero-lr", params)
     df, cols = joined(bank, parties)
-    split = split_rows(len(df), params["test_fraction"], params["seed"])
+    split = split_rows(len(df), params["test_fraction"], params["seed"],
+                       ids=jobs.load_state(Workspace(bank), "al")[0].arrays["aligned_ids"])
     XA = standardised(df[cols[0]].to_numpy(float), split.train)[split.train]
     XP = standardised(df[[c for part in cols[1:] for c in part]].to_numpy(float), split.train)[split.train]
     wa, wp = centred_reference(XA, XP, df["label"].to_numpy(float)[split.train], 2, 90, params["seed"], 0.05, 0.01)
@@ -246,7 +249,8 @@ def test_killed_and_resumed_training_finishes_identically(two_parties, monkeypat
     resumed = jobs.load_state(Workspace(bank), "tr")[0].arrays["weights"]
     # the same training without interruptions, in fresh workspaces of the same parties
     df, (a_cols, p_cols) = joined(bank, [bureau])
-    split = split_rows(len(df), params["test_fraction"], params["seed"])
+    split = split_rows(len(df), params["test_fraction"], params["seed"],
+                       ids=jobs.load_state(Workspace(bank), "al")[0].arrays["aligned_ids"])
     X = standardised(df[a_cols + p_cols].to_numpy(float), split.train)
     ref = fit_logistic(X[split.train], df["label"].to_numpy(float)[split.train],
                        make_optimizer("adam", lr=0.05, l2=0.01), 2, 90, params["seed"], fixed_batches=True)
@@ -269,10 +273,11 @@ def test_whitened_linear_equals_its_reference_and_predicts(tmp_path: Path) -> No
     introduce(tmp_path, "plant", "s1")
     align(a, [p])
     params = {"epochs": 3, "batch_size": 0, "optimizer": "sgd", "learning_rate": 0.5, "momentum": 0.5,
-              "test_fraction": 0.25, "seed": 3, "whiten": True}
+              "test_fraction": 0.25, "seed": 3, "whiten": True, "standardise_label": False}
     states = train(a, [p], "hetero-linear", params)
     df, (ca, cp) = joined(a, [p])
-    split = split_rows(len(df), params["test_fraction"], params["seed"])
+    split = split_rows(len(df), params["test_fraction"], params["seed"],
+                       ids=jobs.load_state(Workspace(a), "al")[0].arrays["aligned_ids"])
     blocks = [Whitener.fit(df[c].to_numpy(float)[split.train]).transform(df[c].to_numpy(float)) for c in (ca, cp)]
     X = np.hstack(blocks)
     y = df["motor_speed"].to_numpy(float)

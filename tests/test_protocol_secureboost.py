@@ -65,7 +65,8 @@ def reference(wss: list[Path], params: dict) -> tuple[np.ndarray, np.ndarray]:
         w = Workspace(ws)
         state, _ = jobs.load_state(w, "al")
         df = w.read_data().iloc[state.arrays["aligned_rows"]].reset_index(drop=True)
-        split = split_rows(len(df), full["test_fraction"], full["seed"])
+        split = split_rows(len(df), full["test_fraction"], full["seed"],
+                           ids=state.arrays["aligned_ids"])
         grow, _ = sbt_data._validation(split.train, full)
         b = fit_binning(df.iloc[grow], w.features, max_bins=full["max_bins"])
         Xbs.append(b.transform(df))
@@ -113,7 +114,8 @@ def test_multiclass_with_two_passive_parties(tmp_path: Path) -> None:
     state, _ = jobs.load_state(Workspace(wss[0]), "sb")
     raw = state.arrays["raw"]
     ref, _ = reference(wss, params)
-    test = split_rows(len(raw), 0.25, 3).test
+    test = split_rows(len(raw), 0.25, 3,
+                       ids=jobs.load_state(Workspace(wss[0]), "al")[0].arrays["aligned_ids"]).test
     assert np.max(np.abs(raw[test] - ref)) < 1e-6
     owners = state.results["model"]["split_counts"]
     assert {"p1", "p2"} & set(owners), owners
@@ -126,7 +128,8 @@ def test_regression_equals_the_plaintext_reference(tmp_path: Path) -> None:
     wss = setup(tmp_path, synthetic(tmp_path, objective="regression"))
     params = {**PARAMS, "objective": "regression"}
     state = train(wss, params)
-    test = split_rows(len(state.arrays["raw"]), 0.25, 3).test
+    test = split_rows(len(state.arrays["raw"]), 0.25, 3,
+                       ids=jobs.load_state(Workspace(wss[0]), "al")[0].arrays["aligned_ids"]).test
     ref, _ = reference(wss, params)
     assert np.max(np.abs(state.arrays["raw"][test, 0] - ref[:, 0])) < 1e-6
 

@@ -78,7 +78,8 @@ def train(bank: Path, bureau: Path, params: dict, job: str = "tr") -> dict:
 def reference(bank: Path, bureau: Path, params: dict, label: str) -> tuple[ss.SplitModel, list[float], np.ndarray]:
     full = dict(check_params({"alignment": "al", **params}, [{"role": "active"}, {"role": "passive"}]))
     df, (a_cols, p_cols) = joined(bank, [bureau])
-    split = split_rows(len(df), full["test_fraction"], full["seed"])
+    split = split_rows(len(df), full["test_fraction"], full["seed"],
+                       ids=jobs.load_state(Workspace(bank), "al")[0].arrays["aligned_ids"])
     XA = standardised(df[a_cols].to_numpy(float), split.train)
     XP = standardised(df[p_cols].to_numpy(float), split.train)
     y = df[label].to_numpy(float)
@@ -131,7 +132,8 @@ def test_multiclass_equals_the_plaintext_reference(tmp_path: Path) -> None:
     np.testing.assert_allclose(p.arrays["net_passive"], model.bottom_p.get_flat(), atol=1e-6)
     metrics = a.results["metrics"]["test"]
     df, _ = joined(bank, [bureau])
-    split = split_rows(len(df), 0.25, PARAMS["seed"])
+    split = split_rows(len(df), 0.25, PARAMS["seed"],
+                       ids=jobs.load_state(Workspace(bank), "al")[0].arrays["aligned_ids"])
     assert metrics["accuracy"] == pytest.approx(float(np.mean(proba.argmax(1) == df["y"].to_numpy()[split.test])))
 
 
@@ -195,7 +197,8 @@ def test_each_party_draws_its_secrets_from_its_own_private_seed(tmp_path: Path, 
     assert sa != sp and max(sa, sp) > 2**64
     full = dict(check_params({"alignment": "al", **params}, [{"role": "active"}, {"role": "passive"}]))
     df, (a_cols, p_cols) = joined(bank, [bureau])
-    split = split_rows(len(df), full["test_fraction"], full["seed"])
+    split = split_rows(len(df), full["test_fraction"], full["seed"],
+                       ids=jobs.load_state(Workspace(bank), "al")[0].arrays["aligned_ids"])
     XA = standardised(df[a_cols].to_numpy(float), split.train)[split.train]
     XP = standardised(df[p_cols].to_numpy(float), split.train)[split.train]
     y = df["label"].to_numpy(float)[split.train]

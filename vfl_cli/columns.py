@@ -392,7 +392,9 @@ def job_columns(ws: Workspace, protocol: str, params: dict[str, Any], *, feature
     if protocol == "woe-binning":
         kinds = {}  # it bins a text column by category itself: no encoder
     if kinds and "encoders" not in out:
-        split = split_rows(len(picked), float(params.get("test_fraction", 0.2)), int(params.get("seed", 42)))
+        ids = picked[ws.config["id_column"]].astype(str).str.strip().to_numpy(dtype=str)
+        split = split_rows(len(picked), float(params.get("test_fraction", 0.2)), int(params.get("seed", 42)),
+                           ids=ids)  # the training job's split: drawn from the ids, not their order
         encoders = Encoders.fit(picked.iloc[split.train], kinds)
         out = {"features": encoders.expand(out["features"]), "encoders": encoders.to_json()}
     if woe:

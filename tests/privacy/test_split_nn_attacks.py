@@ -63,7 +63,8 @@ def decrypted_error(art: Any, priv: paillier.PrivateKey, rows: int, k: int) -> n
 def truth(bank: Path, bureau: Path) -> tuple[np.ndarray, np.ndarray]:
     """Training rows (full batch: in row order) and their labels: only the test sees both."""
     df, _ = joined(bank, [bureau])
-    rows = split_rows(len(df), PARAMS["test_fraction"], PARAMS["seed"]).train
+    rows = split_rows(len(df), PARAMS["test_fraction"], PARAMS["seed"],
+                       ids=jobs.load_state(Workspace(bank), "al")[0].arrays["aligned_ids"]).train
     return rows, df["label"].to_numpy(float)[rows]
 
 

@@ -2,7 +2,8 @@
 
 Every step here runs on one party's own columns with statistics that party computes itself;
 nothing is shared. All parties derive the same train/test split from the job's ``seed`` and the
-aligned row count, so no split needs to be sent.
+aligned ids (a keyed hash of each id, so not the alignment's shuffled order), so no split needs
+to be sent.
 
 Missing values (empty cells, NA): replaced by the column's mean over the training rows, before
 standardising (so they become 0). Columns that are constant on the training rows are centred
@@ -12,6 +13,7 @@ own columns (PCA whitening on its own training rows).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,15 +57,42 @@ class Split:
     test: np.ndarray
 
 
-def split_rows(n: int, test_fraction: float, seed: int) -> Split:
-    """The job's train/test split of ``n`` aligned rows; identical for every party."""
+def split_rows(n: int, test_fraction: float, seed: int, ids: np.ndarray | None = None) -> Split:
+    """The job's train/test split of ``n`` aligned rows; identical for every party.
+
+    With ``ids`` (the aligned ids, in alignment order), the split is drawn from the ids
+    themselves: each id's rank under a hash keyed by the public job ``seed``
+    (:func:`id_order`). The same ids and seed give the same test rows, whatever order an
+    alignment put them in, on every run and machine; ``train`` and ``test`` then list their
+    positions in that hash order, so mini-batches and sums over rows are reproducible too.
+    The split is label-free (only ids and the public seed go into it), so it is not stratified:
+    a split chosen by the active party with its labels would tell the passive parties, who see
+    the test ids, something about those labels. Without ``ids``: a permutation of positions.
+    """
     if not 0.0 <= test_fraction < 1.0:
         raise DataError(f"test_fraction must be in [0, 1), not {test_fraction}")
-    perm = np.random.default_rng([seed, 0x5EED]).permutation(n)
+    if ids is not None and len(ids) != n:
+        raise DataError(f"{len(ids)} aligned ids for {n} aligned rows")
+    perm = id_order(ids, seed) if ids is not None else np.random.default_rng([seed, 0x5EED]).permutation(n)
     n_test = int(round(n * test_fraction))
     if n - n_test < 2:
         raise DataError(f"only {n} aligned rows: too few to train on")
+    if ids is not None:
+        return Split(train=perm[n_test:], test=perm[:n_test])
     return Split(train=np.sort(perm[n_test:]), test=np.sort(perm[:n_test]))
+
+
+def id_order(ids: np.ndarray, seed: int) -> np.ndarray:
+    """Positions of ``ids`` sorted by BLAKE2b of each id keyed by the public ``seed`` (ties by id).
+
+    The seed is public, so this is no secret: it only makes the order independent of where
+    each id sits in the aligned order, and random-looking (not by id value, not by label).
+    """
+    key = int(seed).to_bytes(8, "big")
+    digests = np.array([int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8, key=key,
+                                                        person=b"vfl-split").digest(), "big")
+                        for i in ids], dtype=np.uint64)
+    return np.lexsort((np.asarray(ids, dtype=str), digests)).astype(np.int64)
 
 
 def numeric_matrix(df: pd.DataFrame, columns: list[str], *, what: str) -> np.ndarray:

@@ -46,6 +46,7 @@ __all__ = [
     "Optimizer",
     "SGD",
     "make_optimizer",
+    "own_curvature_step",
 ]
 
 SCHEDULES = ("constant", "inverse_time", "step")
@@ -475,3 +476,31 @@ class EarlyStopping:
         if not history:
             return False
         return len(history) - 1 - self.best_epoch(history) >= self.patience
+
+
+def own_curvature_step(X: np.ndarray, grad: np.ndarray, *, curvature: float, parties: int,
+                       step: float = 0.8, ridge: float = 1e-3) -> np.ndarray:
+    """One party's block-diagonal Newton direction: ``step_k (c X^T X / n + ridge I)^-1 grad``.
+
+    ``X`` is the party's own training columns, ``c`` the loss's curvature per row (1 for the
+    squared loss, 1/4, the logistic loss's bound, for hetero-lr): nothing in it comes from
+    another party, so preconditioning adds nothing to what the protocol sends. On the joint
+    quadratic, the block-diagonal curvature ``D`` of ``k`` parties bounds the joint one by
+    ``H <= k D``, so a step below ``2 / k`` converges; ``step_k = step / max(1, k / 2)`` keeps
+    it at ``1.6 / k`` or below, needing no tuning of a learning rate.
+
+    Args:
+        X: The party's training rows of its own (standardised) columns, ``(n, p)``.
+        grad: The party's gradient, ``(p,)``, mean over the batch.
+        curvature: The loss's second derivative per row (or its bound).
+        parties: Parties in the job (the block count ``k``).
+        step: Step for two parties; scaled down for more.
+        ridge: Added to the diagonal (constant columns have zero curvature).
+
+    Returns:
+        The direction to subtract from the weights (times ``step_k``).
+    """
+    n = max(1, len(X))
+    H = curvature * (X.T @ X) / n + ridge * np.eye(X.shape[1])
+    scale = step / max(1.0, parties / 2.0)
+    return np.asarray(scale * np.linalg.solve(H, grad))

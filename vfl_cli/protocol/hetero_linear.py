@@ -85,7 +85,7 @@ from vfl_cli.artifacts.container import Artifact, Member
 from vfl_cli.crypto import paillier
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.models.features import Split, aligned_rows, numeric_matrix, prepare, split_rows
-from vfl_cli.models.optim import SCHEDULES, EarlyStopping, make_optimizer
+from vfl_cli.models.optim import SCHEDULES, EarlyStopping, make_optimizer, own_curvature_step
 from vfl_cli.models.reference import fixed_minibatches, initial_intercept, minibatches
 from vfl_cli.protocol.base import (
     Bool,
@@ -133,13 +133,17 @@ def value_bits(real_bits: int, exponent: int) -> int:
     """Public mask width for values ``|v| <= 2**real_bits`` encoded with ``exponent`` (base 16)."""
     return real_bits + 4 * (-exponent)
 
+#: Momentum of the default ``newton`` optimiser (each party's own-curvature step).
+NEWTON_MOMENTUM = 0.3
+
 #: Every training parameter, its default and allowed range (checked by proposer and acceptors).
 PARAMS: dict[str, Param] = {
     "alignment": JobRef(note="the finished psi job whose rows to train on"),
     "epochs": Int(10, 1, 10_000),
     "batch_size": Int(0, 0, 100_000_000,
                       note="0: full batch; every batch >= 64 rows and >= 4 per column of the widest party"),
-    "optimizer": Choice("adam", "adam", "sgd"),
+    "optimizer": Choice("newton", "newton", "adam", "sgd",
+                        note="newton: each party's own-curvature step, learning_rate unused"),
     "learning_rate": Float(0.05, 0.0, 10.0, open_low=True),
     "momentum": Float(0.0, 0.0, 1.0, open_high=True, note="sgd only"),
     "l1": Float(0.0, 0.0, 100.0),
@@ -152,6 +156,7 @@ PARAMS: dict[str, Param] = {
     "loss_every": Int(1, 1, 10_000),
     "approximation": Choice("centred", "centred", "taylor"),
     "whiten": Bool(False),
+    "standardise_label": Bool(True, note="hetero-linear: A trains on its label standardised, maps scores back"),
     "test_fraction": Float(0.2, 0.0, 1.0, open_high=True),
     "seed": Seed(),
     "binning": JobRef("a finished woe-binning job: select columns by IV, encode as WOE", optional=True),
@@ -183,6 +188,10 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
 def _optimizer(p: Mapping[str, Any]) -> Any:
     kw: dict[str, Any] = {"lr": p["learning_rate"], "l1": p["l1"], "l2": p["l2"],
                           "schedule": p["schedule"], "decay": p["decay"]}
+    if p["optimizer"].lower() == "newton":  # the step is own_curvature_step's, already scaled
+        # heavy-ball 0.3 on the preconditioned step: motor (3 parties, columns correlated across
+        # parties) reaches 2.1% of least squares in 10 steps instead of 3.9% (numpy, train rows)
+        return make_optimizer("sgd", lr=1.0, momentum=NEWTON_MOMENTUM, l1=p["l1"], l2=p["l2"])
     if p["optimizer"].lower() == "sgd":
         kw["momentum"] = p["momentum"]
     return make_optimizer(p["optimizer"], **kw)
@@ -202,7 +211,10 @@ class PartyData:
         rows = arrays["aligned_rows"]
         df = aligned_rows(ctx.data(alignment), arrays, ctx.id_column, alignment)
         self.n = len(rows)
-        self.split: Split = split_rows(self.n, ctx.params["test_fraction"], ctx.params["seed"])
+        # drawn from the aligned ids (keyed by the public seed), not their shuffled positions,
+        # so that the same data and seed give the same test rows on every run
+        self.split: Split = split_rows(self.n, ctx.params["test_fraction"], ctx.params["seed"],
+                                       ids=arrays.get("aligned_ids"))
         raw = numeric_matrix(df, ctx.features, what=ctx.name)
         self.X, self.standardiser = prepare(raw, self.split, whiten=bool(ctx.params.get("whiten")))
         if intercept:
@@ -496,7 +508,12 @@ class HeteroLinear(Protocol):
         state.arrays["weights"] = np.zeros(width)
         state.data.update(t=0, epoch=0, batch=0, optimizer=_optimizer(ctx.params).state_dict(), history=[])
 
-    def _step_weights(self, ctx: PartyContext, state: JobState, grad: np.ndarray, intercept: bool) -> None:
+    def _step_weights(self, ctx: PartyContext, state: JobState, grad: np.ndarray, intercept: bool,
+                      data: LinearData | None = None) -> None:
+        if data is not None and str(ctx.params["optimizer"]).lower() == "newton":
+            # preconditioned by this party's own columns only: nothing more is sent or learnt
+            grad = own_curvature_step(data.X[data.split.train], grad, parties=1 + len(ctx.passives),
+                                      curvature=0.25 if self.task == "binary" else 1.0)
         opt = _optimizer(ctx.params)
         opt.load_state_dict(state.data["optimizer"])
         w = state.arrays["weights"]
@@ -632,7 +649,7 @@ class HeteroLinear(Protocol):
         rows = data.batch_rows(ctx.params, epoch, batch)
         m = load_mask(state.data.pop("grad_mask"))
         grad = paillier.unmask(read_ints(reply, "grad_reply", len(m.offsets)), m) / len(rows)
-        self._step_weights(ctx, state, grad, intercept=False)
+        self._step_weights(ctx, state, grad, intercept=False, data=data)
         self._advance_position(state, data)
         nxt = reply.meta.get("next")
         if nxt == "batch":
@@ -669,7 +686,8 @@ class HeteroLinear(Protocol):
         if self.task == "binary" and not np.isin(data.y, (0.0, 1.0)).all():
             raise DataError(f"{ctx.label_column!r} must hold 0/1 labels for {self.name}")
         self._init_weights(state, ctx, data.X.shape[1])
-        state.arrays["weights"][-1] = initial_intercept(data.y[data.split.train], binary=self.task == "binary")
+        target, _, _ = self._target(ctx, data)
+        state.arrays["weights"][-1] = initial_intercept(target[data.split.train], binary=self.task == "binary")
         state.data["fingerprint"] = data.fingerprint
         state.phase = "wait-partials"
         return []
@@ -679,7 +697,8 @@ class HeteroLinear(Protocol):
         t, epoch, batch = self._position(state)
         rows = data.batch_rows(ctx.params, epoch, batch)
         k1 = ctx.public_key(ctx.passives[0])
-        slope, offset = self.residual_terms(ctx.params, data.X[rows] @ state.arrays["weights"], data.y[rows])
+        target, _, _ = self._target(ctx, data)
+        slope, offset = self.residual_terms(ctx.params, data.X[rows] @ state.arrays["weights"], target[rows])
         passive_sum = None
         for p in ctx.passives:
             art = need(received, p, PARTIAL)
@@ -765,7 +784,7 @@ class HeteroLinear(Protocol):
         if "loss_mask" in state.data:
             loss = self._loss_from_reply(first, state.data.pop("loss_mask"), ctx.params)
             state.data["history"].append({"epoch": epoch, "loss": loss})
-        self._step_weights(ctx, state, grad, intercept=True)
+        self._step_weights(ctx, state, grad, intercept=True, data=data)
         self._advance_position(state, data)
         nxt = "batch" if self._continue(ctx, state) else "evaluate"
         state.phase = "wait-partials" if nxt == "batch" else "wait-scores"
@@ -803,7 +822,9 @@ class HeteroLinear(Protocol):
         test = data.split.test
         art = need(received, ctx.passives[0], SCORES)
         passive_sum = ctx.private_key().decrypt(read_enc(art, "u", ctx.private_key().public, rows=len(test)))
-        z = data.X[test] @ state.arrays["weights"] + passive_sum
+        _, mean, scale = self._target(ctx, data)
+        z = mean + scale * (data.X[test] @ state.arrays["weights"] + passive_sum)  # in label units
+        state.arrays["label_mean"], state.arrays["label_scale"] = np.array([mean]), np.array([scale])
         history = state.data["history"]
         metrics: dict[str, dict[str, Any]] = {"train": {"loss": history[-1]["loss"]} if history else {}}
         if len(test):
@@ -818,6 +839,23 @@ class HeteroLinear(Protocol):
         card["split"] = {"test_ids": [str(i) for i in ctx.job_arrays(ctx.params["alignment"])["aligned_ids"][test]]}
         state.results = card
         return []
+
+    def _target(self, ctx: PartyContext, data: LinearData) -> tuple[np.ndarray, float, float]:
+        """What A trains on: ``(target, mean, scale)`` with ``label = mean + scale * target``.
+
+        A regression label is standardised by A with its own training rows' mean and deviation
+        (``standardise_label``, on by default), so the default step size suits any label's
+        units; scores are mapped back before metrics and predictions. Neither statistic is
+        sent: the passive parties' weights are in units of the standardised label.
+        """
+        if data.y is None:
+            raise DataError(f"{ctx.name} is the active party but has no label column")
+        if self.task == "binary" or not ctx.params.get("standardise_label"):
+            return data.y, 0.0, 1.0  # jobs proposed before standardise_label existed: raw label
+        train = data.y[data.split.train]
+        mean, scale = float(train.mean()), float(train.std())
+        scale = scale if scale > 0 else 1.0
+        return (data.y - mean) / scale, mean, scale
 
     def evaluate(self, y: np.ndarray, z: np.ndarray) -> dict[str, Any]:
         from vfl_cli.metrics import regression_metrics  # scikit-learn: imported only when used

@@ -116,6 +116,8 @@ def _active_score(
     art = need(received, ctx.passives[0], SCORES)
     priv = ctx.private_key()
     z = own + priv.decrypt(read_enc(art, "u", priv.public, rows=len(own)))
+    if "label_scale" in model.arrays:  # hetero-linear trained on A's standardised label
+        z = model.arrays["label_mean"][0] + model.arrays["label_scale"][0] * z
     scores = sigmoid(z) if model.task == "binary" else z
     return Step.finish(state.but(scores=scores), scored(ctx, model, z))
 

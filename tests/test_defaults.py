@@ -123,3 +123,21 @@ def test_default_newton_step_equals_the_plaintext_block_newton(tmp_path: Path) -
     newton_mse = np.mean((XA @ wa + XP @ wp - z) ** 2)
     adam_mse = np.mean((X @ adam.coef + adam.intercept - z) ** 2)
     assert newton_mse < adam_mse
+
+
+def test_job_show_gives_hand_offs_and_bytes(tmp_path: Path) -> None:
+    import json
+
+    from conftest import run
+
+    a, p = motor(tmp_path)
+    train(a, [p], "hetero-linear", {**PARAMS, "epochs": 2})
+    shown = {ws.name: json.loads(run("-w", str(ws), "job", "show", "tr", "--json").stdout)["handoffs"]
+             for ws in (a, p)}
+    active, passive = shown["plant"], shown["s1"]
+    # what one party sent the other received, file for file and byte for byte
+    assert active["received"] == passive["sent"] > 0 and active["sent"] == passive["received"] > 0
+    assert active["bytes_received"] == passive["bytes_sent"] > 0
+    assert active["bytes_sent"] == passive["bytes_received"] > 0
+    # full batch: the passive party sends a partial and a gradient per epoch, then its scores
+    assert passive["sent"] >= 2 * 2 + 1

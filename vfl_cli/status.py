@@ -24,6 +24,18 @@ def _handoffs(ws: Workspace) -> dict[tuple[str, str], int]:
     return dict(counts)
 
 
+def job_traffic(ws: Workspace, job: str) -> dict[str, int]:
+    """Artifacts (hand-offs) and bytes this party sent and received for ``job``, from its ledger."""
+    out = {"sent": 0, "received": 0, "bytes_sent": 0, "bytes_received": 0}
+    for e in ws.ledger.entries():
+        event = e.get("event")
+        if e.get("job") == job and event in ("sent", "received"):
+            out[str(event)] += 1
+            size = e.get("size")
+            out[f"bytes_{event}"] += size if isinstance(size, int) else 0
+    return out
+
+
 def job_progress(ws: Workspace, job: str, handoffs: dict[tuple[str, str], int] | None = None) -> dict[str, Any]:
     """Phase, epochs done (or round), last loss and hand-offs of one job, from its state and ledger."""
     info = engine.load_info(ws, job)

@@ -174,6 +174,9 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     info = engine.load_info(ws, job_id)
     state, _ = engine.load_state(ws, job_id)
     out = dict(info, phase=state.phase, done=state.done, results=state.results)
+    from vfl_cli.status import job_traffic
+
+    out["handoffs"] = job_traffic(ws, job_id)  # this party's side: files it sent and received
     if as_json:
         emit_json(out)
         return

@@ -141,3 +141,15 @@ def test_job_show_gives_hand_offs_and_bytes(tmp_path: Path) -> None:
     assert active["bytes_sent"] == passive["bytes_received"] > 0
     # full batch: the passive party sends a partial and a gradient per epoch, then its scores
     assert passive["sent"] >= 2 * 2 + 1
+
+
+def test_own_curvature_step_of_one_party_is_the_newton_step() -> None:
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 3.0]) + rng.normal(size=200)
+    grad = X.T @ (X @ np.zeros(4) - y) / 200
+    w = -own_curvature_step(X, grad, curvature=1.0, parties=1, step=1.0, ridge=0.0)
+    np.testing.assert_allclose(w, np.linalg.lstsq(X, y, rcond=None)[0], atol=1e-10)
+    # more parties, smaller steps: 1.6 / k at most, below the 2 / k the block bound allows
+    g = own_curvature_step(X, grad, curvature=1.0, parties=4, ridge=0.0)
+    np.testing.assert_allclose(g, 0.4 * -w, atol=1e-10)

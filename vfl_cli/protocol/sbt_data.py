@@ -135,8 +135,10 @@ def finish_round(st: Any, data: ActiveData) -> Any:
         sel = here & st.sample
         entry["value"] = trees.leaf_value(float(st.g[sel, k].sum()), float(st.h[sel, k].sum()), p)
         raw[here, k] += entry["value"]
-    record = {"round": st.round_no,
-              "train_loss": trees.loss(data.y_grow, raw[data.grow], p.objective)}
+    train_loss = trees.loss(data.y_grow, raw[data.grow], p.objective)
+    # "epoch" and "loss": the keys the report's training curve reads (one point per round)
+    record = {"round": st.round_no, "epoch": st.round_no, "loss": train_loss,
+              "train_loss": train_loss}
     best = list(st.best)
     if len(data.valid):
         record["valid_loss"] = trees.loss(data.y[data.valid], raw[data.valid], p.objective)

@@ -64,6 +64,7 @@ def party_view(ws_path: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dic
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--key-bits", type=int)
+    ap.add_argument("--run", type=Path, help="measure a finished 'vfl recipe run' workdir instead")
     args = ap.parse_args()
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -72,17 +73,18 @@ def main() -> None:
     from vfl_cli.scorecard import Scaling
 
     with tempfile.TemporaryDirectory() as tmp:
-        wall = run_recipe(Path(tmp), args.key_bits)
-        bank, split, pts_a, extra = party_view(Path(tmp) / "run" / "bank")
-        bureau, _, pts_p, _ = party_view(Path(tmp) / "run" / "bureau")
+        wall = 0.0 if args.run else run_recipe(Path(tmp), args.key_bits)
+        run = args.run or Path(tmp) / "run"
+        bank, split, pts_a, extra = party_view(run / "bank")
+        bureau, _, pts_p, _ = party_view(run / "bureau")
         state, _ = jobs.load_state(extra["ws"], f"{NAME}-train")
         X = pd.concat([bank, bureau], axis=1).to_numpy()
         y = extra["label"]
-        lr = LogisticRegression(penalty=None, max_iter=1000).fit(X[split.train], y[split.train])
+        lr = LogisticRegression(C=np.inf, max_iter=1000).fit(X[split.train], y[split.train])
         sk_auc = roc_auc_score(y[split.test], lr.decision_function(X[split.test]))
         vfl_auc = state.results["metrics"]["test"]["auc"]
         gap = np.abs(pts_a + pts_p - Scaling().score(state.arrays["test_scores"])).max()
-        print(json.dumps({"recipe": RECIPE.name, "key_bits": args.key_bits or 2048,
+        print(json.dumps({"recipe": RECIPE.name, "key_bits": None if args.run else (args.key_bits or 2048),
                           "wall_s": round(wall, 1), "columns": {"bank": bank.shape[1],
                                                                 "bureau": bureau.shape[1]},
                           "vfl_test_auc": round(float(vfl_auc), 4),

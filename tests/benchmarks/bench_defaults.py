@@ -39,8 +39,8 @@ SETS: dict[str, tuple[str, str, str, str, list[str]]] = {
 
 def recipe_text(name: str, bits: int, extra: list[str]) -> str:
     protocol, id_col, label, active, passives = SETS[name]
-    parties = [f'[[party]]\nname = "a"\nrole = "active"\ndata = "{FATE / active}"\n'
-               f'id_column = "{id_col}"\nlabel_column = "{label}"\n']
+    parties = [(f'[[party]]\nname = "a"\nrole = "active"\ndata = "{FATE / active}"\n'
+                f'id_column = "{id_col}"\nlabel_column = "{label}"\n')]
     parties += [f'[[party]]\nname = "p{i}"\nrole = "passive"\ndata = "{FATE / f}"\nid_column = "{id_col}"\n'
                 for i, f in enumerate(passives, 1)]
     train = "\n".join([f"key_bits = {bits}", *extra])
@@ -53,7 +53,7 @@ def run_set(name: str, bits: int, extra: list[str], work: Path) -> dict[str, Any
     f.write_text(recipe_text(name, bits, extra))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "vfl_cli", "recipe", "run", str(f), "--workdir",
-                           str(work / name), "--json"], capture_output=True, text=True)
+                           str(work / name), "--json"], capture_output=True, text=True, check=False)
     if proc.returncode:
         raise SystemExit(f"{name}: vfl recipe run failed:\n{proc.stderr[-3000:]}")
     report = json.loads(proc.stdout)

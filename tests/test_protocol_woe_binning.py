@@ -14,9 +14,11 @@ import pytest
 from conftest import FATE, TEST_KEY_BITS, drive, introduce, make_party, run
 
 from vfl_cli import jobs
-from vfl_cli.models.binning import fit_binning
+from vfl_cli.errors import InvalidArtifact
+from vfl_cli.models.binning import NUMERIC, ColumnBins, fit_binning
 from vfl_cli.models.features import split_rows
-from vfl_cli.models.woe import WoeEncoder, fit_woe
+from vfl_cli.models.woe import WoeEncoder, fit_woe, monotone_merge
+from vfl_cli.protocol.woe_binning import Sums, column_figures, passive_figures
 from vfl_cli.workspace import Workspace
 
 ROWS = 400
@@ -121,3 +123,26 @@ def test_category_bins(tmp_path: Path) -> None:
     _check(wss, results, params)
     labels = [r["label"] for r in results[1]["table"] if r["column"] == "region"]
     assert labels[0] == "missing" and "north" in labels and labels[-1] == "other"
+
+
+def _sums(counts: list[int], column: list[int], rank: list[int]) -> Sums:
+    n = len(counts)
+    return Sums(n, None, np.array(counts), np.array(column), np.array(rank))
+
+
+def test_the_active_party_refuses_impossible_sums() -> None:
+    with pytest.raises(InvalidArtifact, match="exceed"):
+        passive_figures(_sums([3, 2], [0, 0], [-1, -1]), np.array([4.0, 0.0]), monotone=False,
+                        adjustment=0.5)
+    with pytest.raises(InvalidArtifact, match="ranks"):
+        passive_figures(_sums([3, 2, 5], [0, 0, 0], [0, 2, 2]), np.array([1.0, 1.0, 1.0]),
+                        monotone=True, adjustment=0.5)
+
+
+def test_monotone_merge_over_ranks_equals_the_reference() -> None:
+    # bins in rank order: missing, then 4 value bins whose WOE is not monotone
+    e, n = np.array([2.0, 5, 9, 4, 12]), np.array([20.0, 40, 30, 35, 10])
+    res, group = column_figures(e, n, ordered=True, monotone=True, adjustment=0.5)
+    ref_col, ref = monotone_merge(ColumnBins("c", NUMERIC, (1.0, 2.0, 3.0)), e, n)
+    np.testing.assert_allclose(res.woe, ref.woe)
+    assert group[0] == 0 and len(set(group[1:].tolist())) == len(ref_col.cuts) + 1

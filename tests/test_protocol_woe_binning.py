@@ -106,7 +106,8 @@ def _check(wss: list[Path], results: list[dict], params: dict) -> None:
 def test_joint_woe_equals_the_plaintext_reference(tmp_path: Path, method: str, monotone: bool
                                                  ) -> None:
     wss = _setup(tmp_path)
-    params = {"method": method, "bins": 6, "monotone": monotone, "test_fraction": 0.2, "seed": 7}
+    params = {"method": method, "bins": 6, "monotone": monotone, "test_fraction": 0.2, "seed": 7,
+              "min_bin_rows": 1}
     results = _run(wss, "wb", params)
     _check(wss, results, params)
     # the missing bins hold rows, and the active party sees passive figures by opaque id only
@@ -118,7 +119,8 @@ def test_joint_woe_equals_the_plaintext_reference(tmp_path: Path, method: str, m
 
 def test_category_bins(tmp_path: Path) -> None:
     wss = _setup(tmp_path, text=True)
-    params = {"method": "quantile", "bins": 5, "monotone": True, "test_fraction": 0.2, "seed": 7}
+    params = {"method": "quantile", "bins": 5, "monotone": True, "test_fraction": 0.2, "seed": 7,
+              "min_bin_rows": 1}
     results = _run(wss, "wb", params)
     _check(wss, results, params)
     labels = [r["label"] for r in results[1]["table"] if r["column"] == "region"]
@@ -146,3 +148,13 @@ def test_monotone_merge_over_ranks_equals_the_reference() -> None:
     ref_col, ref = monotone_merge(ColumnBins("c", NUMERIC, (1.0, 2.0, 3.0)), e, n)
     np.testing.assert_allclose(res.woe, ref.woe)
     assert group[0] == 0 and len(set(group[1:].tolist())) == len(ref_col.cuts) + 1
+
+
+def test_a_small_passive_bin_gets_no_woe() -> None:
+    # one column: missing (0 rows), a bin of 3 rows, two large bins
+    result, shown = passive_figures(_sums([0, 3, 50, 47], [0, 0, 0, 0], [-1] * 4),
+                                    np.array([0.0, 2.0, 10.0, 30.0]), monotone=False,
+                                    adjustment=0.5, min_rows=10)
+    assert result.woe[1] == 0 and result.iv_bins[1] == 0
+    assert result.woe[2] != 0 and result.iv[0] == pytest.approx(result.iv_bins[2:].sum())
+    assert shown[0]["withheld"] == [1]

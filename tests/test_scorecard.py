@@ -22,7 +22,8 @@ from vfl_cli.scorecard import Scaling, points_of_rows, scorecard_of_job
 from vfl_cli.woe_select import select_by_iv
 from vfl_cli.workspace import Workspace
 
-BIN = {"method": "quantile", "bins": 6, "monotone": True, "test_fraction": 0.25, "seed": 7}
+BIN = {"method": "quantile", "bins": 6, "monotone": True, "test_fraction": 0.25, "seed": 7,
+       "min_bin_rows": 1}
 LR = {"alignment": "al", "epochs": 3, "learning_rate": 0.2, "test_fraction": 0.25, "seed": 7,
       "binning": "wb", "woe": True, "select_top": 3}
 

@@ -285,9 +285,13 @@ def column_figures(events: np.ndarray, nonevents: np.ndarray, ordered: bool, mon
     return res, np.concatenate([[0], bins]).astype(np.int64)
 
 
-def passive_figures(sums: Sums, events: np.ndarray, *, monotone: bool, adjustment: float
-                    ) -> tuple[Result, list[dict[str, Any]]]:
-    """Figures of every opaque column of one passive party from its decrypted sums."""
+def passive_figures(sums: Sums, events: np.ndarray, *, monotone: bool, adjustment: float,
+                    min_rows: int = 1) -> tuple[Result, list[dict[str, Any]]]:
+    """Figures of every opaque column of one passive party from its decrypted sums.
+
+    A (merged) bin of 1..``min_rows - 1`` rows gets WOE 0 and IV 0, left out of its column's IV:
+    its WOE would tell the passive party the labels of those few rows.
+    """
     counts, column, rank = sums.counts, sums.column, sums.rank
     if np.any(events < 0) or np.any(events > counts):
         raise InvalidArtifact("decrypted event sums exceed their bins' row counts")
@@ -304,9 +308,13 @@ def passive_figures(sums: Sums, events: np.ndarray, *, monotone: bool, adjustmen
             at = at[np.argsort(rank[at])]
         e = events[at]
         res, group = column_figures(e, counts[at] - e, ordered, monotone, adjustment)
-        woe[at], iv_bins[at], merged[at] = res.woe[group], res.iv_bins[group], group
-        ivs.append(res.iv)
-        shown.append({"column": k, "ids": at.tolist(), "iv": res.iv, **res.to_json()})
+        rows = np.bincount(group, weights=counts[at], minlength=len(res.woe))
+        small = (rows > 0) & (rows < min_rows)
+        gw, gi = np.where(small, 0.0, res.woe), np.where(small, 0.0, res.iv_bins)
+        woe[at], iv_bins[at], merged[at] = gw[group], gi[group], group
+        ivs.append(float(gi.sum()))
+        shown.append({"column": k, "ids": at.tolist(), **res.to_json(), "iv": float(gi.sum()),
+                      "withheld": np.flatnonzero(small).tolist()})
     return Result(woe, iv_bins, merged, np.array(ivs, dtype=float)), shown
 
 
@@ -357,7 +365,8 @@ def _compute(ctx: PartyContext, st: ActiveState, received: Mapping[str, Artifact
         sums = Sums.read(received[p], priv.public, rows)
         events = np.rint(paillier.unpack(paillier.decrypt_packed(priv, sums.events), sums.events))
         result, shown = passive_figures(sums, events.astype(float), monotone=ctx.params["monotone"],
-                                        adjustment=ctx.params["adjustment"])
+                                        adjustment=ctx.params["adjustment"],
+                                        min_rows=ctx.params["min_bin_rows"])
         passive[p] = shown
         out.append(result.to(p, "result"))
     return Step.finish(st, {**st.own, "passive": passive}, out)
@@ -398,6 +407,8 @@ class WoeBinning(KitProtocol[Any]):
         "monotone": Bool(False, note="merge adjacent numeric bins until WOE is monotone"),
         "adjustment": Float(0.5, 0.0, 10.0, open_low=True,
                             note="added to a bin without events or non-events"),
+        "min_bin_rows": Int(10, 1, 1_000_000,
+                            note="a passive bin with fewer rows gets WOE 0 (its labels stay hidden)"),
         "test_fraction": Float(0.2, 0.0, 1.0, open_high=True,
                                note="rows left out, as the training job will"),
         "seed": Seed(),

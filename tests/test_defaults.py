@@ -153,3 +153,12 @@ def test_own_curvature_step_of_one_party_is_the_newton_step() -> None:
     # more parties, smaller steps: 1.6 / k at most, below the 2 / k the block bound allows
     g = own_curvature_step(X, grad, curvature=1.0, parties=4, ridge=0.0)
     np.testing.assert_allclose(g, 0.4 * -w, atol=1e-10)
+
+
+def test_history_gives_the_loss_per_hand_off(tmp_path: Path) -> None:
+    a, p = motor(tmp_path)
+    states = train(a, [p], "hetero-linear", {**PARAMS, "epochs": 2})
+    history = states["plant"][0].results["history"]
+    # full batch: one round of four hand-offs per epoch, the loss after each
+    assert [h["handoffs"] for h in history] == [4, 8]
+    assert history[1]["loss"] < history[0]["loss"]

@@ -783,7 +783,9 @@ class HeteroLinear(Protocol):
         grad = paillier.unmask(read_ints(first, "grad_reply", len(m.offsets)), m) / len(rows)
         if "loss_mask" in state.data:
             loss = self._loss_from_reply(first, state.data.pop("loss_mask"), ctx.params)
-            state.data["history"].append({"epoch": epoch, "loss": loss})
+            # each mini-batch round is four sequential hand-offs (partial, residual, gradient,
+            # reply): the loss per hand-off is what a user waiting on carried files sees
+            state.data["history"].append({"epoch": epoch, "loss": loss, "handoffs": 4 * (t + 1)})
         self._step_weights(ctx, state, grad, intercept=True, data=data)
         self._advance_position(state, data)
         nxt = "batch" if self._continue(ctx, state) else "evaluate"

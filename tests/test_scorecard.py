@@ -28,6 +28,12 @@ LR = {"alignment": "al", "epochs": 3, "learning_rate": 0.2, "test_fraction": 0.2
       "binning": "wb", "woe": True, "select_top": 3}
 
 
+def _aligned(ws: Path) -> object:
+    w = Workspace(ws)
+    state, _ = jobs.load_state(w, "al")
+    return aligned_rows(w.read_data(), state.arrays, w.config["id_column"], "al")
+
+
 def _test_rows(ws: Path) -> object:
     w = Workspace(ws)
     state, _ = jobs.load_state(w, "al")
@@ -69,6 +75,14 @@ def test_woe_lr_scorecard_points_sum_to_the_joint_score(tmp_path: Path) -> None:
     state, _ = jobs.load_state(Workspace(wss[0]), "lr")
     expected = Scaling().score(state.arrays["test_scores"])
     np.testing.assert_allclose(total, expected, rtol=0, atol=1e-6)
+
+    # a predict job maps each party's rows to WOE with the model's encoders: same points
+    jobs.start_job(Workspace(wss[0]), "predict", {"model": "lr", "alignment": "al"}, job="pr")
+    drive(wss, "pr")
+    p = jobs.load_state(Workspace(wss[0]), "pr")[0].arrays["scores"]
+    every = sum(points_of_rows(scorecard_of_job(Workspace(ws), "lr"), _aligned(ws))
+                for ws in wss)
+    np.testing.assert_allclose(every, Scaling().score(np.log(p / (1 - p))), rtol=0, atol=1e-5)
 
     run("-w", str(wss[1]), "scorecard", "export", "lr", "--out", str(tmp_path / "p.csv"))
     assert "points" in (tmp_path / "p.csv").read_text().splitlines()[0]

@@ -58,7 +58,8 @@ def baseline(recipe: dict, parties: list[dict], aligned_ids: np.ndarray) -> floa
     joined = frames[0]
     for i, f in enumerate(frames[1:]):
         joined = joined.merge(f, on="id", suffixes=("", f"_p{i}"))
-    joined = joined.set_index("id").loc[aligned_ids].reset_index()
+    joined["id"] = joined["id"].astype(str)  # the workspace reads ids as text
+    joined = joined.set_index("id").loc[[str(i) for i in aligned_ids]].reset_index()
     y = joined.pop(parties[0]["label_column"]).to_numpy()
     X = joined.drop(columns=["id"])
     tr, ev = recipe["train"], recipe["evaluate"]

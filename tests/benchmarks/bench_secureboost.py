@@ -63,7 +63,7 @@ def baseline(recipe: dict, parties: list[dict], aligned_ids: np.ndarray) -> floa
     y = joined.pop(parties[0]["label_column"]).to_numpy()
     X = joined.drop(columns=["id"])
     tr, ev = recipe["train"], recipe["evaluate"]
-    split = split_rows(len(y), ev["test_fraction"], ev["seed"])
+    split = split_rows(len(y), ev["test_fraction"], ev["seed"], ids=np.asarray(aligned_ids, dtype=str))
     clf = HistGradientBoostingClassifier(
         max_iter=tr["trees"], max_depth=tr["depth"], max_bins=tr["max_bins"] - 1,
         learning_rate=tr["learning_rate"], l2_regularization=tr["l2"],

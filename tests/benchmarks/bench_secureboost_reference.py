@@ -22,7 +22,7 @@ for r in sys.argv[1:]:
     fr = [pd.read_csv(Path("recipes") / p["data"]) for p in rec["party"]]
     df = fr[0].merge(fr[1], on="id", suffixes=("", "_p"))
     y = df.pop("y").to_numpy(); X = df.drop(columns=["id"])
-    sp = split_rows(len(y), ev["test_fraction"], ev["seed"])
+    sp = split_rows(len(y), ev["test_fraction"], ev["seed"], ids=df["id"].astype(str).to_numpy())
     blocks = [fr[0].shape[1] - 2, fr[1].shape[1] - 1]
     b = fit_binning(X.iloc[sp.train], list(X.columns), max_bins=tr["max_bins"])
     Xb = b.transform(X); nb = np.array([c.n_bins for c in b.columns])

@@ -69,7 +69,8 @@ def passive_leaks(run: Path, active: str, passive: str, job: str) -> list[dict[s
     from vfl_cli.models.features import split_rows
     from vfl_cli.models.reference import minibatches
 
-    split = split_rows(len(df), params["test_fraction"], params["seed"])
+    split = split_rows(len(df), params["test_fraction"], params["seed"],
+                       ids=np.asarray(align.arrays["aligned_ids"], dtype=str))
     y_all = df[a_ws.label_column].to_numpy(float)
     k = jobs.load_state(p_ws, job)[0].arrays["share"].shape[0]
     out = []
@@ -119,7 +120,8 @@ def _joined(path: Path) -> tuple[dict[str, object], np.ndarray, np.ndarray, np.n
     p_cols = [c for c in p.columns if c != passive.id_column]
     df = a.merge(p.rename(columns={c: "p:" + c for c in p_cols}), left_on=active.id_column,
                  right_on=passive.id_column)
-    split = split_rows(len(df), params["test_fraction"], params["seed"])
+    split = split_rows(len(df), params["test_fraction"], params["seed"],
+                       ids=df[active.id_column].astype(str).to_numpy())
 
     def std(X: np.ndarray) -> np.ndarray:
         sd = X[split.train].std(0)

@@ -127,7 +127,7 @@ def test_training_curve_spans_every_epoch_from_one() -> None:
     state = JobState(results={"history": history,
                               "model": {"epochs_run": 12, "params": {"loss_every": 5}}})
     figure = "".join(_plots(state, "hetero-lr"))
-    assert "Training loss, epochs 1 to 12: measured every 5 epochs" in figure
+    assert "Training loss, epochs 1 to 12: measured after epoch 1, every 5 epochs" in figure
     assert ">1<" in figure or "<!-- 1 -->" in figure  # the first epoch is on the axis
 
 

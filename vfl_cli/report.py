@@ -169,7 +169,8 @@ def _training_curve(history: list[dict[str, Any]], card: dict[str, Any], protoco
     ax.set_ylabel(loss_name(protocol, params).removeprefix("train "))
     ax.grid(alpha=0.3)
     every = int(params.get("loss_every", 1) or 1)
-    how = f"measured every {every} epochs (loss_every = {every}) and after the last" if every > 1 else "every epoch"
+    how = (f"measured after epoch 1, every {every} epochs (loss_every = {every}) and the last"
+           if every > 1 else "every epoch")
     return _figure("training-curve", f"Training loss, epochs 1 to {last}: {how} (computed under encryption)",
                    _svg(fig))
 

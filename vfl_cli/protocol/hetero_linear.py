@@ -37,8 +37,8 @@ One mini-batch, four hand-offs (t is the global batch counter, carried as the ar
    training goes on. Each party removes its own mask and updates its own weights. A passive
    party's next partial goes out in the same step.
 
-Loss (for the history and early stopping), once per epoch (or every ``loss_every`` epochs, and
-after the last) on (a sample of) its last batch: A
+Loss (for the history and early stopping), once per epoch (or after the first, every
+``loss_every``-th and the last) on (a sample of) its last batch: A
 sends P1 ``[[D_i + s_i]]_K1`` (``D`` the encoded residuals, ``s`` bounded random masks) and
 ``[[sum_i s_i D_i + rho]]_K1``; P1 returns ``Q = sum_i (D_i + s_i)^2`` and the masked cross
 term, from which A gets ``sum_i D_i^2`` exactly, hence the loss: ``mean(d^2)`` is the squared
@@ -724,7 +724,8 @@ class HeteroLinear(Protocol):
         p1_members = [packed_member("grad_request", paillier.pack(masked))]
         last = batch == data.batches_per_epoch - 1
         every = max(1, int(ctx.params.get("loss_every", 1)))  # jobs proposed before it existed
-        if last and ((epoch + 1) % every == 0 or epoch + 1 == ctx.params["epochs"]):
+        # the first epoch too, so a curve measured every few epochs still starts where training does
+        if last and (epoch == 0 or (epoch + 1) % every == 0 or epoch + 1 == ctx.params["epochs"]):
             p1_members += self._loss_request(ctx, state, passive_sum, slope, offset)
         ka = ctx.public_key(ctx.name)
         shared = [enc_member("a", paillier.encrypt(ka, self._released_offset(ctx, offset)))]

@@ -74,7 +74,6 @@ docs/protocols/hetero-linear.md, tests in tests/privacy/test_hetero_linear_attac
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -103,6 +102,19 @@ from vfl_cli.protocol.base import (
     defaults,
     need,
     typed_params,
+)
+# the round bookkeeping and ciphertext checks shared with the other protocols live in wire.py
+from vfl_cli.protocol.wire import (
+    advance_position,
+    exact_unmask,
+    expect_count,
+    ints_member,
+    position,
+    refuse_echo,
+    remember_sent,
+    send_scores,
+    stash,
+    unstash,
 )
 
 PARTIAL = "hetero/partial"
@@ -321,36 +333,6 @@ def peer_columns(state: JobState, art: Artifact, smallest_batch: int) -> int:
     return cols
 
 
-def _digests(blob: bytes, width: int) -> np.ndarray:
-    """The first 8 bytes of each ciphertext's SHA-256, to recognise a ciphertext sent back."""
-    return np.array([int.from_bytes(hashlib.sha256(blob[i:i + width]).digest()[:8], "big")
-                     for i in range(0, len(blob), width)], dtype=np.uint64)
-
-
-def remember_sent(state: JobState, blobs: list[bytes], width: int) -> None:
-    """Keep digests of the ciphertexts under this party's key it sends this round."""
-    state.arrays["sent_digests"] = np.concatenate([_digests(b, width) for b in blobs])
-
-
-def refuse_echo(state: JobState, blob: bytes, width: int, what: str, sender: str) -> None:
-    """Refuse to decrypt ciphertexts this party itself sent (a decryption oracle)."""
-    sent = state.arrays.get("sent_digests")
-    if sent is not None and bool(np.isin(_digests(blob, width), sent).any()):
-        raise InvalidArtifact(
-            f"{what} from {sender} holds ciphertexts that this party sent it this round; "
-            "refused without decrypting (a key holder decrypts only what the step expects)"
-        )
-
-
-def expect_count(count: int, cols: int, what: str, sender: str) -> None:
-    if count != cols:
-        raise InvalidArtifact(
-            f"{what} from {sender} holds {count} values, but {sender} has {cols} columns; "
-            "refused without decrypting"
-        )
-
-
-
 # ----- artifact members ------------------------------------------------------------------------
 def enc_member(name: str, x: paillier.EncryptedArray) -> Member:
     return Member(name, "paillier", x.to_bytes(),
@@ -388,12 +370,6 @@ def read_packed(art: Artifact, name: str, public: paillier.PublicKey) -> paillie
     return paillier.Packed.from_bytes(public, m.data, dict(m.info["packed"]))
 
 
-def ints_member(name: str, values: list[int], modulus: int) -> Member:
-    width = (modulus.bit_length() + 7) // 8
-    data = b"".join(int(v).to_bytes(width, "big") for v in values)
-    return Member(name, "masked", data, {"count": len(values), "width": width})
-
-
 def read_ints(art: Artifact, name: str, count: int) -> list[int]:
     m = art.members.get(name)
     if m is None or m.type != "masked":
@@ -416,19 +392,7 @@ def load_mask(d: Mapping[str, Any]) -> paillier.Mask:
                          None if d["bound"] is None else int(d["bound"], 16))
 
 
-def exact_unmask(raw: int, m: paillier.Mask, index: int = 0) -> int:
-    """The exact signed integer under a mask (no decoding to floats)."""
-    v = (int(raw) - m.offsets[index] - m.shift) % m.n
-    return v - m.n if v > m.n // 2 else v
-
-
 # ----- training position (shared with split_nn) --------------------------------------------------
-def position(state: JobState) -> tuple[int, int, int]:
-    """The global mini-batch counter t, the epoch and the batch within it."""
-    d = state.data
-    return int(d["t"]), int(d["epoch"]), int(d["batch"])
-
-
 def check_round(art: Artifact, state: JobState) -> None:
     """Refuse an artifact for another round than the one this party is at."""
     t = int(state.data["t"])
@@ -437,16 +401,6 @@ def check_round(art: Artifact, state: JobState) -> None:
             f"{art.kind} from {art.sender} is for round {art.round}, but this party is at round {t} "
             "(stale or replayed)"
         )
-
-
-def advance_position(state: JobState, batches_per_epoch: int) -> None:
-    """Move to the next mini-batch, and to the next epoch after the last one."""
-    d = state.data
-    d["t"] += 1
-    d["batch"] += 1
-    if d["batch"] >= batches_per_epoch:
-        d["batch"] = 0
-        d["epoch"] += 1
 
 
 # ----- the protocol ----------------------------------------------------------------------------
@@ -944,18 +898,6 @@ class HeteroLogistic(HeteroLinear):
         return classification_metrics(y, 1.0 / (1.0 + np.exp(-z)))
 
 
-def stash(state: JobState, name: str, x: paillier.EncryptedArray) -> None:
-    """Keep ciphertexts in the party's private job state until its next step."""
-    state.arrays[f"stash_{name}"] = np.frombuffer(x.to_bytes(), dtype=np.uint8)
-    state.data[f"stash_{name}"] = {"shape": list(x.shape), "exponent": x.exponent}
-
-
-def unstash(state: JobState, name: str, public: paillier.PublicKey) -> paillier.EncryptedArray:
-    info = state.data.pop(f"stash_{name}")
-    data = state.arrays.pop(f"stash_{name}").tobytes()
-    return paillier.EncryptedArray.from_bytes(public, data, info["shape"], info["exponent"])
-
-
 def stash_members(state: JobState, members: list[Member], meta: dict[str, Any]) -> None:
     for m in members:
         state.arrays[f"member_{m.name}"] = np.frombuffer(m.data, dtype=np.uint8)
@@ -966,22 +908,6 @@ def unstash_members(state: JobState) -> tuple[list[Member], dict[str, Any]]:
     saved = state.data.pop("stashed_members")
     members = [Member(n, t, state.arrays.pop(f"member_{n}").tobytes(), info) for n, t, info in saved["members"]]
     return members, dict(saved["meta"])
-
-
-def send_scores(ctx: PartyContext, u: np.ndarray, t: int) -> list[Outgoing] | None:
-    """A passive party's partial scores for A, encrypted under A's key.
-
-    With one passive party they go to A; with several, every party but P1 sends them to P1,
-    which adds them up (:func:`collect_scores`) so that A learns only their sum. Returns None
-    for P1 when it must first collect the others'.
-    """
-    enc = paillier.encrypt(ctx.public_key(ctx.active), u)
-    member, meta = [enc_member("u", enc)], {"rows": len(u)}
-    if ctx.name != ctx.passives[0]:
-        return [Outgoing(ctx.passives[0], PEER_SCORES, "peer-scores", member, meta, t)]
-    if len(ctx.passives) > 1:
-        return None
-    return [Outgoing(ctx.active, SCORES, "scores", member, meta, t)]
 
 
 def collect_scores(ctx: PartyContext, u: np.ndarray, received: Mapping[str, Artifact], t: int) -> list[Outgoing]:

@@ -79,10 +79,14 @@ def test_woe_lr_scorecard_points_sum_to_the_joint_score(tmp_path: Path) -> None:
     # a predict job maps each party's rows to WOE with the model's encoders: same points
     jobs.start_job(Workspace(wss[0]), "predict", {"model": "lr", "alignment": "al"}, job="pr")
     drive(wss, "pr")
-    p = jobs.load_state(Workspace(wss[0]), "pr")[0].arrays["scores"]
+    arrays = jobs.load_state(Workspace(wss[0]), "pr")[0].arrays
+    p = arrays["scores"]
     every = sum(points_of_rows(scorecard_of_job(Workspace(ws), "lr"), _aligned(ws))
                 for ws in wss)
     np.testing.assert_allclose(every, Scaling().score(np.log(p / (1 - p))), rtol=0, atol=1e-5)
+    # the predict job's points: the scorecards' per-bin points summed over both parties
+    np.testing.assert_allclose(arrays["points"], every, rtol=0, atol=1e-6)
+    _check_point_exports(tmp_path, wss, every)
 
     run("-w", str(wss[1]), "scorecard", "export", "lr", "--out", str(tmp_path / "p.csv"))
     assert "points" in (tmp_path / "p.csv").read_text().splitlines()[0]
@@ -102,3 +106,37 @@ def test_scorecard_recipe_runs_binning_before_training() -> None:
     assert binning["alignment"] == train["alignment"] == "scorecard_default_credit-align"
     assert train["binning"] == "scorecard_default_credit-binning" and train["woe"] is True
     assert (binning["test_fraction"], binning["seed"]) == (train["test_fraction"], train["seed"])
+
+
+def _check_point_exports(tmp_path: Path, wss: list[Path], every: np.ndarray) -> None:
+    """`vfl predict export`: the active party's CSV has each row's total points; each party's
+    --own-points CSV holds its scorecard's points of the row's bins, and the two add up."""
+    import pandas as pd
+
+    run("-w", str(wss[0]), "predict", "export", "pr", "--out", str(tmp_path / "s.csv"))
+    scores = pd.read_csv(tmp_path / "s.csv")
+    assert list(scores.columns) == ["id", "score", "points"]
+    np.testing.assert_allclose(scores["points"], every, rtol=0, atol=1e-6)
+    own = []
+    for ws in wss:
+        out = tmp_path / f"own-{ws.name}.csv"
+        run("-w", str(ws), "predict", "export", "pr", "--out", str(out), "--own-points")
+        table = pd.read_csv(out)
+        card = scorecard_of_job(Workspace(ws), "lr")
+        mine = points_of_rows(card, _aligned(ws))
+        np.testing.assert_allclose(table["own_points"], mine, rtol=0, atol=1e-6)
+        w = Workspace(ws)
+        df = _aligned(ws)
+        for name, c in card["columns"].items():  # per column: the points of the row's bin
+            from vfl_cli.models.binning import ColumnBins
+
+            bins = ColumnBins.from_json(c["bins"]).transform(df[name])
+            np.testing.assert_allclose(table[name], np.asarray(c["points"])[bins], atol=1e-6)
+        assert ("(base points)" in table.columns) == (w.role == "active")
+        own.append(table)
+    assert (own[0]["id"].astype(str) == own[1]["id"].astype(str)).all()
+    np.testing.assert_allclose(own[0]["own_points"] + own[1]["own_points"], scores["points"],
+                               rtol=0, atol=1e-6)
+    err = run("-w", str(wss[1]), "predict", "export", "pr", "--out", str(tmp_path / "x.csv"),
+              ok=False)
+    assert error_line(err).startswith("Error: ")

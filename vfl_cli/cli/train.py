@@ -156,10 +156,19 @@ def predict() -> None:
 @click.option("--model", required=True, help="The finished training job whose model to use.")
 @click.option("--alignment", required=True, help="The finished alignment job of the rows to score.")
 @click.option("--job", "job_id", help="Job id (default: predict-<date>-<random>).")
+@click.option("--base-score", type=float, default=600.0, show_default=True,
+              help="Points at the base odds (binary models: each row's score also in points).")
+@click.option("--pdo", type=float, default=20.0, show_default=True, help="Points to double the odds.")
+@click.option("--odds", "base_odds", type=float, default=50.0, show_default=True,
+              help="Odds of a non-event to an event at the base score.")
 @json_option
 @click.pass_context
-def predict_start(ctx: click.Context, model: str, alignment: str, job_id: str | None, as_json: bool) -> None:
+def predict_start(ctx: click.Context, model: str, alignment: str, job_id: str | None, base_score: float,
+                  pdo: float, base_odds: float, as_json: bool) -> None:
     """Active party: propose scoring the rows of ALIGNMENT with MODEL.
+
+    With a binary model each row also gets points: its log-odds mapped to a score of
+    --base-score at --odds to 1, --pdo points to double the odds (a scorecard's scale).
 
     Example:
 
@@ -167,7 +176,8 @@ def predict_start(ctx: click.Context, model: str, alignment: str, job_id: str | 
         vfl predict start --model hetero-lr-20261122-3f2a9c --alignment new-rows
     """
     ws = workspace(ctx)
-    r = engine.start_job(ws, "predict", {"model": model, "alignment": alignment}, job=job_id)
+    params = {"model": model, "alignment": alignment, "base_score": base_score, "pdo": pdo, "odds": base_odds}
+    r = engine.start_job(ws, "predict", params, job=job_id)
     report([r], as_json, ws.name)
 
 
@@ -176,18 +186,26 @@ def predict_start(ctx: click.Context, model: str, alignment: str, job_id: str | 
 @out_option("CSV file for the ids and their scores.")
 @click.option("--unscored", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the ids of the rows that were not scored (not held by every party) to this CSV.")
+@click.option("--own-points", is_flag=True,
+              help="Any party: write this party's own points per scored row and own column instead "
+                   "(binary models; kept locally, never sent).")
 @force_option
 @click.pass_context
-def predict_export(ctx: click.Context, job_id: str, out: Path, unscored: Path | None, force: bool) -> None:
-    """Active party: write the scores of a finished predict job as CSV (id, score).
+def predict_export(ctx: click.Context, job_id: str, out: Path, unscored: Path | None, own_points: bool,
+                   force: bool) -> None:
+    """Active party: write the scores of a finished predict job as CSV (id, score, and points for a
+    binary model).
 
     Only rows every party holds (the alignment's intersection) are scored; the command says how
-    many of this party's rows that is, and --unscored lists the others.
+    many of this party's rows that is, and --unscored lists the others. With --own-points any
+    party writes its own columns' points of each row (with a model on WOE columns: its
+    scorecard's points of the row's bins; the active party's include the base points).
 
     Example:
 
     \b
         vfl predict export predict-20261122-77aa01 --out scores.csv --unscored unscored.csv
+        vfl predict export predict-20261122-77aa01 --out my-points.csv --own-points
     """
     from vfl_cli.id_report import scored_and_unscored
 
@@ -195,9 +213,14 @@ def predict_export(ctx: click.Context, job_id: str, out: Path, unscored: Path | 
     if unscored is not None:
         ensure_writable(unscored, force=force)
     ws, info, state = _finished(ctx, job_id)
+    if own_points:
+        _export_own_points(ws, info, state, out)
+        return
     if "scores" not in state.arrays:
         raise VflError(f"{ws.name} holds no scores for job {job_id}: only the active party receives them")
     scores, missing, total = scored_and_unscored(ws, info["params"]["alignment"], state.arrays["scores"])
+    if "points" in state.arrays:
+        scores["points"] = state.arrays["points"]
     scores.to_csv(out, index=False)
     say(f"Wrote {len(scores)} scores to {out}: {len(scores)} of this party's {total} rows were scored")
     if unscored is not None:
@@ -206,6 +229,24 @@ def predict_export(ctx: click.Context, job_id: str, out: Path, unscored: Path | 
     elif len(missing):
         say(f"{len(missing)} rows were not scored (their ids are not held by every party); "
             "list them with --unscored FILE")
+
+
+def _export_own_points(ws: Any, info: dict[str, Any], state: Any, out: Path) -> None:
+    """This party's points per scored row and own column, with their sum, as CSV."""
+    from vfl_cli.id_report import scored_and_unscored
+
+    if "own_points" not in state.arrays:
+        raise VflError(f"job {info['job']} holds no points of {ws.name}'s columns: points are kept for "
+                       "binary models (hetero-lr) only")
+    pts = state.arrays["own_points"]
+    card = engine.load_state(ws, info["params"]["model"])[0].results["model"]
+    names = ["(base points)" if f == "(intercept)" else f for f in card["features"]]
+    table, _, _ = scored_and_unscored(ws, info["params"]["alignment"], pts.sum(axis=1))
+    table = table.rename(columns={"score": "own_points"})
+    for j, name in enumerate(names):
+        table[name] = pts[:, j]
+    table.to_csv(out, index=False)
+    say(f"Wrote {ws.name}'s own points of {len(table)} rows ({len(names)} columns) to {out}")
 
 
 @click.group()

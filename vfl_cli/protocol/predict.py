@@ -12,6 +12,16 @@ What each party learns: the active party learns the scores (with one passive par
 party's partial scores on these rows); and, if its data file holds the label column, the
 metrics. Passive parties learn nothing: they only send.
 
+Points (a binary model): the active party also keeps each row's total points, the joint
+log-odds ``z`` mapped by the public scaling parameters (``base_score`` points at odds ``odds``
+to 1 of a non-event, ``pdo`` points to double them: ``offset - factor * z``,
+:class:`vfl_cli.scorecard.Scaling`). Every party keeps, locally, its own columns' points for
+each row (``own_points``: ``-factor * w_j * x_j`` on its standardised columns; the active
+party's intercept column holds the base points ``offset - factor * b``); with a model trained
+on WOE columns these are exactly its scorecard's per-bin points of the row's bins, and summed
+over every party they are the row's total. Nothing more crosses: only the encrypted partial
+scores, as without points.
+
 Written on the kit (:mod:`vfl_cli.protocol.kit`): typed states, pure steps.
 """
 
@@ -26,10 +36,11 @@ import numpy as np
 from vfl_cli.artifacts.container import Artifact
 from vfl_cli.models.features import aligned_rows, numeric_matrix, transform_from_arrays
 from vfl_cli.models.reference import sigmoid
-from vfl_cli.protocol.base import Expect, JobRef, Outgoing, PartyContext, need
+from vfl_cli.protocol.base import Expect, Float, JobRef, Outgoing, PartyContext, need
 from vfl_cli.protocol.kit import KitProtocol, PartyState, Phase, Step, finished_job, nothing
 from vfl_cli.protocol.registry import get_protocol, names
 from vfl_cli.protocol.wire import PEER_SCORES, SCORES, collect_scores, read_enc, send_scores
+from vfl_cli.scorecard import Scaling
 
 __all__ = ["Predict"]
 
@@ -38,11 +49,13 @@ __all__ = ["Predict"]
 @dataclass(frozen=True)
 class ActiveState(PartyState):
     scores: np.ndarray | None = None  # the model's scores of the aligned rows, once decrypted
+    points: np.ndarray | None = None  # binary models: each row's total points
+    own_points: np.ndarray | None = None  # this party's points per row and own column
 
 
 @dataclass(frozen=True)
 class PassiveState(PartyState):
-    pass
+    own_points: np.ndarray | None = None  # binary models: own points per row and own column
 
 
 @dataclass(frozen=True)
@@ -73,8 +86,9 @@ def trained_model(ctx: PartyContext) -> TrainedModel:
     return TrainedModel(job, job_info["protocol"], features, ctx.job_arrays(job))
 
 
-def partial_scores(ctx: PartyContext, model: TrainedModel) -> np.ndarray:
-    """This party's share of the scores of the aligned rows: standardised X times its weights."""
+def standardised_rows(ctx: PartyContext, model: TrainedModel) -> np.ndarray:
+    """This party's aligned rows as the model sees them (standardised; the active party's with
+    a column of ones for the intercept)."""
     alignment = ctx.params["alignment"]
     finished_job(ctx, alignment, ("psi",))
     own = [f for f in model.features if f != "(intercept)"]
@@ -82,8 +96,33 @@ def partial_scores(ctx: PartyContext, model: TrainedModel) -> np.ndarray:
     X = transform_from_arrays(model.arrays).transform(numeric_matrix(df, own, what=ctx.name))
     if ctx.is_active:
         X = np.hstack([X, np.ones((len(X), 1))])
-    scores: np.ndarray = X @ model.arrays["weights"]
+    return np.asarray(X, dtype=float)
+
+
+def partial_scores(ctx: PartyContext, model: TrainedModel) -> np.ndarray:
+    """This party's share of the scores of the aligned rows: standardised X times its weights."""
+    scores: np.ndarray = standardised_rows(ctx, model) @ model.arrays["weights"]
     return scores
+
+
+def scaling(ctx: PartyContext) -> Scaling:
+    """The job's public points scaling."""
+    return Scaling(ctx.params["base_score"], ctx.params["pdo"], ctx.params["odds"])
+
+
+def own_points(ctx: PartyContext, model: TrainedModel) -> np.ndarray | None:
+    """This party's points of each aligned row, one column per own model column (binary models).
+
+    Column j holds ``-factor * w_j * x_j``; the active party's last column (the intercept)
+    holds the base points ``offset - factor * b``. Summed over every party: the row's points.
+    """
+    if model.task != "binary":
+        return None
+    s = scaling(ctx)
+    pts = -s.factor * standardised_rows(ctx, model) * model.arrays["weights"]
+    if ctx.is_active:
+        pts[:, -1] += s.offset
+    return np.asarray(pts, dtype=float)
 
 
 def scored(ctx: PartyContext, model: TrainedModel, z: np.ndarray) -> dict[str, Any]:
@@ -118,12 +157,25 @@ def _active_score(
     z = own + priv.decrypt(read_enc(art, "u", priv.public, rows=len(own)))
     if "label_scale" in model.arrays:  # hetero-linear trained on A's standardised label
         z = model.arrays["label_mean"][0] + model.arrays["label_scale"][0] * z
-    scores = sigmoid(z) if model.task == "binary" else z
-    return Step.finish(state.but(scores=scores), scored(ctx, model, z))
+    if model.task != "binary":
+        return Step.finish(state.but(scores=z), scored(ctx, model, z))
+    points = scaling(ctx).score(z)
+    results = dict(scored(ctx, model, z), points=_summary(points))
+    return Step.finish(state.but(scores=sigmoid(z), points=points,
+                                 own_points=own_points(ctx, model)), results)
+
+
+def _summary(points: np.ndarray) -> dict[str, float]:
+    """The points of the scored rows in a few figures (the active party's results)."""
+    q = np.percentile(points, [5, 50, 95]) if len(points) else [float("nan")] * 3
+    return {"mean": float(np.mean(points)) if len(points) else float("nan"),
+            "p5": float(q[0]), "median": float(q[1]), "p95": float(q[2])}
 
 
 def _passive_send(ctx: PartyContext, state: PassiveState, received: Any) -> Step[PassiveState]:
-    u = partial_scores(ctx, trained_model(ctx))  # checks model and alignment on every party
+    model = trained_model(ctx)
+    u = partial_scores(ctx, model)  # checks model and alignment on every party
+    state = state.but(own_points=own_points(ctx, model))  # local: never sent
     out = send_scores(ctx, u, 0)
     if out is None:  # P1 with other passive parties: it adds theirs first
         return Step(state, "collect-scores")
@@ -151,6 +203,10 @@ class Predict(KitProtocol[Any]):
     params_spec = {
         "model": JobRef(note="the finished training job"),
         "alignment": JobRef(note="the psi job over the rows to score"),
+        "base_score": Float(600.0, -1e6, 1e6, note="points at the base odds (binary models)"),
+        "pdo": Float(20.0, 0.0, 1e4, open_low=True, note="points to double the odds"),
+        "odds": Float(50.0, 0.0, 1e9, open_low=True,
+                      note="odds of a non-event to an event at the base score"),
     }
 
     def phases(self) -> Mapping[tuple[str, str], Phase[Any]]:

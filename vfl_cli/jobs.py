@@ -45,6 +45,7 @@ from vfl_cli.artifacts.container import (
     read_artifact,
 )
 from vfl_cli.artifacts.io import pretty_json, read_regular, replace_atomic, write_new
+from vfl_cli.bin_rules import job_rules
 from vfl_cli.columns import encode_frame, job_columns
 from vfl_cli.crypto.signing import short
 from vfl_cli.errors import InvalidArtifact, KeyMismatch, VflError, WorkspaceError
@@ -340,6 +341,7 @@ def _context(ws: Workspace, info: dict[str, Any], progress: Progress) -> PartyCo
         private_key=lambda: ws.private_key,
         public_key=public_key,
         progress=progress,
+        local=info.get("local") or {},
     )
 
 
@@ -416,6 +418,7 @@ def start_job(
             "data": _data_file(ws, data),
             # local, never in the proposal: this party's columns and encoders for the job
             **job_columns(ws, protocol_name, params, features=features, encode=encodings),
+            **job_rules(ws, protocol_name),  # local: this party's own cut points (woe-binning)
         }
         engine: dict[str, Any] = {"next_seq": {}, "expected_seq": {}}
         proposals = [
@@ -510,6 +513,7 @@ def _accept_one(ws: Workspace, name: str, loaded: Loaded, data: Path | None,
         return None
     info["data"] = _data_file(ws, data)
     info.update(job_columns(ws, info["protocol"], info["params"]))  # local, like the data file
+    info.update(job_rules(ws, info["protocol"]))
     engine = {"next_seq": {}, "expected_seq": {art.sender: art.seq + 1}}
     state = JobState()
     out = _to_artifacts(ws, art.job, engine, _first_step(get_protocol(info["protocol"]), _context(ws, info, progress), state))

@@ -80,6 +80,109 @@ def show(ctx: click.Context, job: str, as_json: bool, csv_out: Path | None, forc
     print_result(table, ivs)
 
 
+@binning.group()
+def cuts() -> None:
+    """This party's own cut points and category columns for WOE binning jobs (local only).
+
+    They stay in this workspace (binning.json, 0600) and are copied into a woe-binning job's
+    local job.json when this party starts or accepts it: never into the proposal or any file
+    sent. Other columns use the job's method and bins.
+
+    Example:
+
+    \b
+        vfl binning cuts set age 25,35,45,60
+        vfl binning cuts set postcode --category
+        vfl binning cuts show
+    """
+
+
+@cuts.command(name="set")
+@click.argument("column")
+@click.argument("values", required=False)
+@click.option("--category", is_flag=True, help="Bin this column by category (one bin per value).")
+@click.pass_context
+def cuts_set(ctx: click.Context, column: str, values: str | None, category: bool) -> None:
+    """Bin COLUMN at the cut points VALUES (comma-separated), or by category with --category.
+
+    Bins are (-inf, c1], (c1, c2], ..., (cm, inf), plus a bin for missing values.
+
+    Example:
+
+    \b
+        vfl binning cuts set age 25,35,45,60
+        vfl binning cuts set region_code --category
+    """
+    from vfl_cli.bin_rules import load_rules, parse_cuts, save_rules
+    from vfl_cli.errors import VflError
+
+    ws = workspace(ctx)
+    if (values is None) == (not category):
+        raise VflError("give either cut points (vfl binning cuts set COLUMN 0,10,20) or "
+                       "--category, not both or neither")
+    if column not in ws.features:
+        shown = ", ".join(ws.features[:12])
+        raise VflError(f"{ws.name} has no feature column {column!r}; its columns are: {shown}")
+    rules = load_rules(ws)
+    rules = rules.with_category(column) if category else rules.with_cuts(
+        column, parse_cuts(column, values or ""))
+    save_rules(ws, rules)
+    what = "by category" if category else f"at {len(rules.cuts[column])} cut points"
+    say(f"{column} will be binned {what} in the woe-binning jobs this party starts or accepts "
+        "from now on")
+
+
+@cuts.command(name="clear")
+@click.argument("column", required=False)
+@click.option("--all", "everything", is_flag=True, help="Clear every column's rule.")
+@click.pass_context
+def cuts_clear(ctx: click.Context, column: str | None, everything: bool) -> None:
+    """Drop the rule of COLUMN (or of every column with --all): it goes back to the job's method.
+
+    Example:
+
+    \b
+        vfl binning cuts clear age
+    """
+    from vfl_cli.bin_rules import load_rules, save_rules
+    from vfl_cli.errors import VflError
+
+    if (column is None) == (not everything):
+        raise VflError("name a COLUMN or give --all")
+    ws = workspace(ctx)
+    save_rules(ws, load_rules(ws).without(column))
+    say("Cleared every binning rule" if everything else f"Cleared the binning rule of {column}")
+
+
+@cuts.command(name="show")
+@json_option
+@click.pass_context
+def cuts_show(ctx: click.Context, as_json: bool) -> None:
+    """Show this party's cut points and category columns.
+
+    Example:
+
+    \b
+        vfl binning cuts show --json
+    """
+    from vfl_cli.bin_rules import load_rules
+
+    rules = load_rules(workspace(ctx))
+    if as_json:
+        emit_json(rules.to_json())
+        return
+    from rich.table import Table
+
+    table = Table(title="Binning rules of this party (local)")
+    table.add_column("column")
+    table.add_column("bins")
+    for name, points in sorted(rules.cuts.items()):
+        table.add_row(safe(name), ", ".join(f"{c:g}" for c in points))
+    for name in rules.categorical:
+        table.add_row(safe(name), "by category")
+    print_result(table if rules else "No binning rules: every column uses the job's method.")
+
+
 _scaling = [
     click.option("--base-score", type=float, default=600.0, show_default=True,
                  help="Points at the base odds."),

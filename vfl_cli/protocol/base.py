@@ -105,6 +105,8 @@ class PartyContext:
     private_key: Callable[[], Any]
     public_key: Callable[[str], Any]
     progress: Progress = no_progress
+    #: this party's local settings for the job (job.json's ``local``; never in the proposal)
+    local: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def active(self) -> str:

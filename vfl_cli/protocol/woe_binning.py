@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from vfl_cli.artifacts.container import Artifact, Member, ndarray_member
+from vfl_cli.bin_rules import BinRules
 from vfl_cli.crypto import paillier
 from vfl_cli.crypto.histogram import bin_sums
 from vfl_cli.errors import DataError, InvalidArtifact
@@ -71,7 +72,9 @@ from vfl_cli.protocol.kit import (
     finished_job,
     nothing,
 )
-from vfl_cli.protocol.wire import enc_member, packed_member, read_enc, read_packed
+from vfl_cli.protocol.wire import (
+    enc_member, expect_meta_count, packed_member, read_enc, read_packed, refuse_echo, sent_digests,
+)
 
 __all__ = ["LABELS", "RESULT", "SUMS", "Labels", "Result", "Sums", "WoeBinning"]
 
@@ -101,9 +104,7 @@ class Labels(Message):
     def read(cls, art: Artifact, public: paillier.PublicKey, rows: int) -> Labels:
         if art.kind != LABELS:
             raise InvalidArtifact(f"expected {LABELS} from {art.sender}, got {art.kind}")
-        if art.meta.get("rows") != rows:
-            raise InvalidArtifact(f"{LABELS} from {art.sender} is for {art.meta.get('rows')!r} "
-                                  f"training rows, this party has {rows}")
+        expect_meta_count(art, "rows", rows)  # the training rows this party drew too
         return cls(rows, read_enc(art, "y", public, rows=rows))
 
 
@@ -165,6 +166,7 @@ class Result(Message):
 @dataclass(frozen=True)
 class ActiveState(PartyState):
     own: dict[str, Any] = field(default_factory=dict)  # results for A's own columns
+    sent: np.ndarray | None = None  # digests of the label ciphertexts A sent: refused back
 
 
 @dataclass(frozen=True)
@@ -186,8 +188,12 @@ def training_rows(ctx: PartyContext) -> pd.DataFrame:
 
 
 def party_binning(ctx: PartyContext, df: pd.DataFrame) -> Binning:
+    """This party's bins: its own cut points and category columns where it set them (local,
+    :mod:`vfl_cli.bin_rules`), the job's ``method`` and ``bins`` elsewhere."""
+    cuts, categorical = BinRules.from_json(ctx.local.get("bin_rules")).for_columns(
+        list(ctx.features))
     return fit_binning(df, list(ctx.features), method=ctx.params["method"],
-                       max_bins=ctx.params["bins"])
+                       max_bins=ctx.params["bins"], cuts=cuts, categorical=categorical)
 
 
 def labels_of(ctx: PartyContext, df: pd.DataFrame) -> np.ndarray:
@@ -330,7 +336,7 @@ def _send_labels(ctx: PartyContext, st: ActiveState, received: Any) -> Step[Acti
     out = [Labels(len(df), enc).to(p, "labels") for p in ctx.passives]
     if not ctx.passives:
         return Step.finish(st, own)
-    return Step(ActiveState(own), "wait-sums", out)
+    return Step(ActiveState(own, sent_digests([enc.to_bytes()], enc.public.width)), "wait-sums", out)
 
 
 def _own_results(ctx: PartyContext, encoder: WoeEncoder, figures: Mapping[str, WoeIv],
@@ -363,6 +369,8 @@ def _compute(ctx: PartyContext, st: ActiveState, received: Mapping[str, Artifact
     out, passive = [], {}
     for p in ctx.passives:
         sums = Sums.read(received[p], priv.public, rows)
+        # sums P built, never A's own label ciphertexts sent back to be decrypted
+        refuse_echo(st.sent, sums.events.to_bytes(), priv.public.width, "the bin sums", p)
         events = np.rint(paillier.unpack(paillier.decrypt_packed(priv, sums.events), sums.events))
         result, shown = passive_figures(sums, events.astype(float), monotone=ctx.params["monotone"],
                                         adjustment=ctx.params["adjustment"],

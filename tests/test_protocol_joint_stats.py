@@ -1,0 +1,154 @@
+"""Joint statistics: the encrypted job through real workspaces equals the plaintext computation on
+the joined rows (np.corrcoef for Pearson, label sums per bin for the label rate).
+
+Jobs run in-process through the job engine with 512-bit keys, on a subset of default_credit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import FATE, drive, introduce, make_party
+
+from vfl_cli import jobs
+from vfl_cli.errors import InvalidArtifact, VflError
+from vfl_cli.models.binning import fit_binning
+from vfl_cli.models.features import split_rows
+from vfl_cli.protocol.joint_stats import _check_counts, standardise, within
+from vfl_cli.workspace import Workspace
+
+ROWS = 300
+BASE = {"method": "quantile", "bins": 5, "test_fraction": 0.2, "seed": 7}
+
+
+def setup_parties(root: Path, *, missing: bool = False) -> list[Path]:
+    """default_credit's first rows: the bank's y, x0..x5; the bureau's x0..x4 (optionally with
+    blank cells in a column the label rate bins)."""
+    guest = pd.read_csv(FATE / "default_credit_hetero_guest.csv", nrows=ROWS)
+    host = pd.read_csv(FATE / "default_credit_hetero_host.csv", nrows=ROWS)
+    if missing:
+        host.loc[np.random.default_rng(3).random(ROWS) < 0.1, "x4"] = np.nan
+    guest[["id", "y", "x0", "x1", "x2", "x3", "x4", "x5"]].to_csv(root / "guest.csv", index=False)
+    host[["id", "x0", "x1", "x2", "x3", "x4"]].to_csv(root / "host.csv", index=False)
+    wss = [make_party(root, "bank", "active", root / "guest.csv", label_column="y"),
+           make_party(root, "bureau", "passive", root / "host.csv")]
+    introduce(root, "bank", "bureau")
+    jobs.start_job(Workspace(wss[0]), "psi", {}, job="al")
+    drive(wss, "al")
+    return wss
+
+
+def training_frames(wss: list[Path], params: dict) -> list[pd.DataFrame]:
+    """Each party's training rows, in the aligned order (what the job uses)."""
+    out = []
+    for ws in wss:
+        w = Workspace(ws)
+        state, _ = jobs.load_state(w, "al")
+        df = w.read_data().iloc[state.arrays["aligned_rows"]].reset_index(drop=True)
+        split = split_rows(len(df), params["test_fraction"], params["seed"],
+                           ids=state.arrays.get("aligned_ids"))
+        out.append(df.iloc[np.sort(split.train)].reset_index(drop=True))
+    return out
+
+
+def run_job(wss: list[Path], job: str, params: dict) -> list[dict]:
+    jobs.start_job(Workspace(wss[0]), "joint-stats", {"alignment": "al", **params}, job=job)
+    drive(wss, job)
+    return [jobs.load_state(Workspace(ws), job)[0].results for ws in wss]
+
+
+@pytest.mark.parametrize("reveal", ["active", "passive", "both"])
+def test_pearson_equals_corrcoef_on_the_joined_rows(tmp_path: Path, reveal: str) -> None:
+    wss = setup_parties(tmp_path)
+    params = {**BASE, "active_columns": [2, 4, 5], "passive_columns": [0], "reveal_to": reveal,
+              "label_rate": False}
+    bank, bureau = run_job(wss, "js", params)
+    a, p = training_frames(wss, params)
+    acols, pcols = ["x1", "x3", "x4"], ["x0", "x1", "x2", "x3", "x4"]
+    ref = np.corrcoef(np.column_stack([a[acols].to_numpy(), p[pcols].to_numpy()]).T)
+    cross = ref[:3, 3:]  # bank's columns x bureau's columns
+    assert bank["columns"] == acols and bureau["columns"] == pcols
+    np.testing.assert_allclose(bank["within"], ref[:3, :3], atol=1e-9)  # local, plain
+    np.testing.assert_allclose(bureau["within"], ref[3:, 3:], atol=1e-9)
+    seen_a, seen_p = bank["pearson"]["bureau"], bureau["pearson"]["bank"]
+    assert seen_a["theirs"] == [1, 2, 3, 4, 5] and seen_p["theirs"] == [2, 4, 5]
+    if reveal in ("active", "both"):
+        np.testing.assert_allclose(seen_a["r"], cross, atol=1e-6, rtol=0)
+    else:
+        assert seen_a["r"] is None
+    if reveal in ("passive", "both"):
+        np.testing.assert_allclose(seen_p["r"], cross.T, atol=1e-6, rtol=0)
+    else:
+        assert seen_p["r"] is None
+    assert bureau["label_rate"] == [] and bank["label_rate"] == {}
+
+
+def test_label_rate_per_passive_bin_equals_the_plaintext_rate(tmp_path: Path) -> None:
+    wss = setup_parties(tmp_path, missing=True)
+    params = {**BASE, "pearson": False, "min_bin_rows": 10}
+    bank, bureau = run_job(wss, "js", params)
+    a, p = training_frames(wss, params)
+    y = a["y"].to_numpy()
+    cols = ["x0", "x1", "x2", "x3", "x4"]
+    binning = fit_binning(p, cols, method="quantile", max_bins=5)
+    xb = binning.transform(p)
+    table = bureau["label_rate"]
+    assert len(table) == sum(c.n_bins for c in binning.columns)
+    checked = withheld = 0
+    for row in table:
+        in_bin = xb[:, cols.index(row["column"])] == row["bin"]
+        assert row["rows"] == int(in_bin.sum())
+        if 0 < row["rows"] < 10:
+            assert row["events"] is None and row["rate"] is None
+            withheld += 1
+        elif row["rows"]:
+            assert row["events"] == int(y[in_bin].sum())
+            assert row["rate"] == pytest.approx(y[in_bin].mean(), abs=1e-12)
+            checked += 1
+    assert checked >= 15
+    assert any(r["bin"] == 0 and r["rows"] > 0 for r in table if r["column"] == "x4")
+    # the active party sees bins only under opaque ids: counts, no column names
+    assert bank["label_rate"]["bureau"] == {"bins": len(table), "columns": 5,
+                                            "withheld": withheld}
+    assert "pearson" not in bureau and bank["pearson"] == {}
+
+
+def test_a_small_bin_is_withheld(tmp_path: Path) -> None:
+    wss = setup_parties(tmp_path)
+    params = {**BASE, "pearson": False, "min_bin_rows": 1000}  # every bin is smaller
+    bank, bureau = run_job(wss, "js", params)
+    assert all(r["events"] is None for r in bureau["label_rate"] if r["rows"])
+    assert bank["label_rate"]["bureau"]["withheld"] == sum(
+        1 for r in bureau["label_rate"] if r["rows"])
+
+
+def test_standardise_and_within_follow_numpy() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 3)) * [1, 5, 0.1] + [0, 3, -2]
+    np.testing.assert_allclose(within(standardise(x)), np.corrcoef(x.T), atol=1e-12)
+    x[:, 1] = 4.0  # a constant column correlates 0
+    z = standardise(x)
+    assert np.all(z[:, 1] == 0) and within(z)[0, 1] == 0
+
+
+def test_the_job_refuses_impossible_parameters(tmp_path: Path) -> None:
+    wss = setup_parties(tmp_path)
+    ws = Workspace(wss[0])
+    with pytest.raises(VflError, match="pearson=true or label_rate=true"):
+        jobs.start_job(ws, "joint-stats", {"alignment": "al", "pearson": False,
+                                           "label_rate": False})
+    with pytest.raises(VflError, match=r"\[0\] \(every column\)"):
+        jobs.start_job(ws, "joint-stats", {"alignment": "al", "active_columns": [0, 2]})
+    with pytest.raises(VflError, match="column number 9 of bank"):
+        jobs.start_job(ws, "joint-stats", {"alignment": "al", "active_columns": [9]})
+
+
+def test_the_active_party_refuses_bin_counts_that_do_not_add_up() -> None:
+    _check_counts(np.array([3, 2, 5]), np.array([0, 0, 1]), 5, "bureau")  # 3 + 2 and 5
+    with pytest.raises(InvalidArtifact, match="do not add up"):
+        _check_counts(np.array([3, 1, 5]), np.array([0, 0, 1]), 5, "bureau")
+    with pytest.raises(InvalidArtifact, match="do not add up"):
+        _check_counts(np.array([6, -1, 5]), np.array([0, 0, 1]), 5, "bureau")

@@ -220,7 +220,7 @@ class Alignment:
 # --------------------------------------------------------------------------- inputs
 
 
-def normalise_ids(values: Iterable[object], *, column: str = "id") -> list[str]:
+def normalise_ids(values: Iterable[object], *, column: str = "id", first_row: int = 1) -> list[str]:
     """Turn an id column into the list of ids a party aligns, refusing anything ambiguous.
 
     Rules: an id is the cell's text with leading and trailing whitespace removed (Python's
@@ -234,6 +234,7 @@ def normalise_ids(values: Iterable[object], *, column: str = "id") -> list[str]:
     Args:
         values: the cells of the id column, in file order.
         column: the column's name, for error messages.
+        first_row: the file row of the first value, for error messages (a chunk of a file).
 
     Returns:
         The ids in file order; position i is data row i + 1 (the header is not counted).
@@ -244,9 +245,9 @@ def normalise_ids(values: Iterable[object], *, column: str = "id") -> list[str]:
     values = values if isinstance(values, list) else list(values)
     fast = _normalise_text(values)
     if fast is not None:
-        _refuse_repeats(fast, column)
+        _refuse_repeats(fast, column, first_row)
         return fast
-    return _normalise_cells(values, column)
+    return _normalise_cells(values, column, first_row)
 
 
 def _normalise_text(values: list[object]) -> list[str] | None:
@@ -266,13 +267,13 @@ def _normalise_text(values: list[object]) -> list[str] | None:
     return ids
 
 
-def _normalise_cells(values: list[object], column: str) -> list[str]:
+def _normalise_cells(values: list[object], column: str, first_row: int = 1) -> list[str]:
     """Cell by cell, naming the rows that break a rule (see :func:`normalise_ids`)."""
     ids: list[str] = []
     empty: list[int] = []
     invalid: list[int] = []
     nul: list[int] = []
-    for row, value in enumerate(values, start=1):
+    for row, value in enumerate(values, start=first_row):
         if isinstance(value, bytes):
             try:
                 value = value.decode("utf-8")
@@ -316,15 +317,15 @@ def _normalise_cells(values: list[object], column: str) -> list[str]:
         )
     if not ids:
         raise DataError(f"id column {column!r} has no rows: there is nothing to align")
-    _refuse_repeats(ids, column)
+    _refuse_repeats(ids, column, first_row)
     return ids
 
 
-def _refuse_repeats(ids: Sequence[str], column: str) -> None:
+def _refuse_repeats(ids: Sequence[str], column: str, first_row: int = 1) -> None:
     if len(set(ids)) == len(ids):
         return
     rows: dict[str, list[int]] = {}
-    for row, value in enumerate(ids, start=1):
+    for row, value in enumerate(ids, start=first_row):
         rows.setdefault(value, []).append(row)
     repeated = [(v, r) for v, r in rows.items() if len(r) > 1]
     shown = "; ".join(f"{v!r} (rows {_listed(r, 3)})" for v, r in repeated[:_SHOWN])

@@ -1,0 +1,175 @@
+"""Streaming PSI (vfl_cli.protocol.psi_stream): identical to the in-memory path, parts checked."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from random import Random
+
+import numpy as np
+import pytest
+
+from vfl_cli.errors import DataError, InvalidArtifact, VflError
+from vfl_cli.protocol import psi
+from vfl_cli.protocol import psi_stream as ps
+
+SALT = bytes(range(16))
+JOB = "psi-stream-test"
+TINY = ps.Budget(1_000_000)  # the smallest pieces: chunks, parts and buckets of 256
+
+
+def _sets(n_a: int, n_p: int, common: int, seed: int = 5) -> tuple[list[str], list[str]]:
+    rng = np.random.default_rng(seed)
+    universe = [f"id-{i:07d}" for i in rng.permutation(n_a + n_p - common)]
+    a, p = universe[:n_a], universe[n_a - common:]
+    return [a[i] for i in rng.permutation(n_a)], [p[i] for i in rng.permutation(n_p)]
+
+
+def _stream(ids_a: list[str], ids_p: list[str], tmp: Path, budget: ps.Budget = TINY,
+            seeds: tuple[bytes, bytes] | None = None,
+            tamper: dict[str, object] | None = None) -> tuple[ps.StreamAlignment, ps.StreamAlignment, dict[str, int]]:
+    """Both parties in one process, every part handed over in turn; ``tamper`` edits one part."""
+    tamper = tamper or {}
+    sa, sp = ps.Scratch(tmp / "a"), ps.Scratch(tmp / "p")
+    ca, cp = ps.list_chunks(ids_a, budget.chunk), ps.list_chunks(ids_p, budget.chunk)
+    seed_a, seed_p = seeds or (None, None)
+    a = ps.active_begin(ca, job_id=JOB, salt=SALT, party="a", scratch=sa, budget=budget, n_jobs=1,
+                        seed=seed_a)
+    p = None
+    counts = {"start": 0, "response": 0, "finish": 0}
+    responses = []
+    while (part := ps.active_next_start(a, sa)) is not None:
+        counts["start"] += 1
+        part = tamper.get(f"start{counts['start']}", lambda x: x)(part)  # type: ignore[operator]
+        p, answer = ps.passive_take_start(p, part, cp, job_id=JOB, salt=SALT, party="p", active="a",
+                                          scratch=sp, budget=budget, n_jobs=1, seed=seed_p)
+        responses.append(answer)
+    while (part := ps.passive_next_points(p, sp)) is not None:
+        responses.append(part)
+    done = False
+    for part in responses:
+        counts["response"] += 1
+        part = tamper.get(f"response{counts['response']}", lambda x: x)(part)  # type: ignore[operator]
+        done = ps.active_take(a, part, sa, peer="p", n_jobs=1)
+    assert done
+    result_a = ps.active_conclude(a, ca, sa, budget)
+    result_p = None
+    while (part := ps.active_next_finish(a, sa)) is not None:
+        counts["finish"] += 1
+        part = tamper.get(f"finish{counts['finish']}", lambda x: x)(part)  # type: ignore[operator]
+        result_p = ps.passive_take_finish(p, part, cp, sp, budget)
+    assert result_p is not None
+    assert "scalar" not in a and "scalar" not in p  # the scalars are dropped once used
+    return result_a, result_p, counts
+
+
+def _in_memory(ids_a: list[str], ids_p: list[str]) -> tuple[psi.Alignment, psi.Alignment, bytes, bytes]:
+    sa, start = psi.start(ids_a, job_id=JOB, salt=SALT, party="a", rng=Random(1), n_jobs=1)
+    sp, response = psi.respond(ids_p, start, job_id=JOB, salt=SALT, party="p", active="a", rng=Random(2), n_jobs=1)
+    result_a, finish = psi.finish(sa, ids_a, {"p": response}, n_jobs=1)
+    return result_a, psi.conclude(sp, ids_p, finish["p"]), sa.seed, sp.seed
+
+
+def test_stream_equals_in_memory_on_sets_larger_than_a_chunk(tmp_path: Path) -> None:
+    ids_a, ids_p = _sets(3000, 2500, 1200)
+    assert len(ids_a) > 10 * TINY.chunk and len(ids_a) > 4 * TINY.part
+    mem_a, mem_p, seed_a, seed_p = _in_memory(ids_a, ids_p)
+    got_a, got_p, counts = _stream(ids_a, ids_p, tmp_path, seeds=(seed_a, seed_p))
+    assert counts == {"start": 12, "response": 22, "finish": 5}  # parts of 256 points
+    for got, mem in ((got_a, mem_a), (got_p, mem_p)):
+        assert got.ids.tolist() == mem.ids  # same ids, same order
+        assert got.rows.tolist() == mem.rows.tolist()
+        assert got.fingerprint == mem.fingerprint and got.digest_key == mem.digest_key
+    assert len(mem_a.ids) == 1200
+    buckets = [f.name for f in (tmp_path / "a").iterdir() if f.suffix[1:].isdigit()]
+    assert not buckets  # each bucket file is removed once read
+
+
+def test_stream_without_common_ids(tmp_path: Path) -> None:
+    got_a, got_p, counts = _stream(*_sets(400, 300, 0), tmp_path)
+    assert got_a.ids.tolist() == got_p.ids.tolist() == [] and counts["finish"] == 1
+
+
+def test_repeated_id_across_chunks_refused_with_rows(tmp_path: Path) -> None:
+    ids = [f"x{i}" for i in range(600)]
+    ids[590] = "x3"  # in another chunk of 256 than row 4
+    with pytest.raises(DataError, match=r"repeated ids \(rows 4, 591\)"):
+        ps.active_begin(ps.list_chunks(ids, 256), job_id=JOB, salt=SALT, party="a",
+                        scratch=ps.Scratch(tmp_path), budget=TINY, n_jobs=1)
+
+
+def _edit(**changes: object):  # type: ignore[no-untyped-def]
+    return lambda part: replace(part, meta={**part.meta, **changes})
+
+
+@pytest.mark.parametrize("where, change, message", [
+    ("start2", _edit(part=3), "part 3 of 12, but the next part must be 2"),  # out of turn
+    ("start2", _edit(part=1), "part 1 of 12, but the next part must be 2"),  # repeated
+    ("start1", _edit(parts=9), "cannot carry"),  # out of range
+    ("response3", _edit(part=7), "but the next part must be 3"),
+    ("response22", _edit(parts=23), "but the next part must be 22 of 22"),
+    ("finish2", _edit(part=1), "but the next part must be 2"),
+])
+def test_part_missing_repeated_or_out_of_range_refused(tmp_path: Path, where: str, change, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidArtifact, match=message):
+        _stream(*_sets(3000, 2500, 1200), tmp_path, tamper={where: change})
+
+
+def _reverse_points(part: ps.Part) -> ps.Part:
+    return replace(part, arrays={"points": np.ascontiguousarray(part.arrays["points"][::-1])})
+
+
+def _repeat_across(part: ps.Part) -> ps.Part:
+    points = part.arrays["points"].copy()
+    points[0] = 0  # below the previous part's last point
+    points[0, 0] = 9
+    return replace(part, arrays={"points": points})
+
+
+@pytest.mark.parametrize("where, change", [("start2", _reverse_points), ("response15", _reverse_points),
+                                           ("start3", _repeat_across)])
+def test_points_out_of_order_or_repeated_across_parts_refused(tmp_path: Path, where: str, change) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidArtifact, match="not in strictly ascending order|not canonical|small order"):
+        _stream(*_sets(3000, 2500, 1200), tmp_path, tamper={where: change})
+
+
+def test_echo_of_another_start_part_refused(tmp_path: Path) -> None:
+    swap = _edit(start_part_digest="00" * 32)
+    with pytest.raises(InvalidArtifact, match="answers another start message"):
+        _stream(*_sets(3000, 2500, 1200), tmp_path, tamper={"response2": swap})
+
+
+def test_changed_ids_between_steps_refused(tmp_path: Path) -> None:
+    ids_a, ids_p = _sets(800, 700, 300)
+    sa = ps.Scratch(tmp_path / "a")
+    a = ps.active_begin(ps.list_chunks(ids_a, 256), job_id=JOB, salt=SALT, party="a", scratch=sa,
+                        budget=TINY, n_jobs=1)
+    changed = ps.list_chunks(ids_a[:-1] + ["other"], 256)
+    with pytest.raises(DataError, match="id column changed"):
+        ps.active_conclude(a, changed, sa, TINY)
+
+
+def test_memory_sizes_parsed() -> None:
+    assert ps.parse_memory("2GB") == 2 * 10**9 == ps.DEFAULT_MEMORY
+    assert ps.parse_memory("256MB") == 256 * 10**6
+    assert ps.parse_memory("512MiB") == 512 * 2**20
+    assert ps.parse_memory("1.5g") == 1_500_000_000
+    assert ps.format_memory(256 * 10**6) == "256MB"
+    for bad in ("lots", "2XB", "10MB", "-1GB"):
+        with pytest.raises(VflError):
+            ps.parse_memory(bad)
+    assert ps.choose(2_000_000, ps.parse_memory("256MB"), 1)
+    assert not ps.choose(1000, ps.DEFAULT_MEMORY, 1)
+    assert not ps.choose(2_000_000, ps.parse_memory("256MB"), 2)  # more parties: in memory
+
+
+def test_csv_chunks_read_the_file_in_pieces_with_file_rows(tmp_path: Path) -> None:
+    f = tmp_path / "d.csv"
+    f.write_text("id,x\n" + "".join(f" r{i} ,{i}\n" for i in range(700)) + ",5\n")
+    chunks = ps.csv_chunks(f, "id", 256)
+    with pytest.raises(DataError, match="rows 701"):
+        list(chunks())
+    f.write_text("id,x\n" + "".join(f" r{i} ,{i}\n" for i in range(700)))
+    got = list(ps.csv_chunks(f, "id", 256)())
+    assert [first for first, _ in got] == [0, 256, 512]
+    assert [i for _, ids in got for i in ids] == [f"r{i}" for i in range(700)]

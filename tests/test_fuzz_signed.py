@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import ROOT, error_line, introduce, make_party, run
 from fuzz_signed import MUST_REFUSE, OPS, Case, feed, mutate, record_job, recording, restore, signed_bytes
 from vfl_cli import jobs
-from vfl_cli.artifacts.container import new_artifact
+from vfl_cli.artifacts.container import Member, new_artifact
 from vfl_cli.errors import InvalidArtifact, VflError
 from vfl_cli.protocol.base import meta_int, meta_list
 from vfl_cli.workspace import Workspace
@@ -110,3 +110,69 @@ def test_meta_fields_are_checked_where_they_enter(value: object) -> None:
         assert type(n) is int and 1 <= n <= 10**12
     except InvalidArtifact as exc:
         assert "n_samples must be a whole number in 1..1000000000000" in str(exc)
+
+
+# ----- optional members and declared counts, checked against the step (issue 12) -------------
+def _one(cases: list[Case], kind: str) -> Case:
+    return next(c for c in cases if c.message.kind == kind)
+
+
+def _feed_changed(cases: list[Case], tmp_path: Path, kind: str, msg_change) -> str:
+    """Sign ``kind``'s message after ``msg_change``, feed it; the refusal's reason (or fail)."""
+    from dataclasses import replace
+
+    case = _one(cases, kind)
+    msg = msg_change(case.message, replace)
+    name, payload = signed_bytes(case, msg, {})
+    work = restore(case, tmp_path / "ws")
+    outcome = feed(case, work, name, payload)
+    assert outcome.refused and not outcome.consumed, f"{kind} changed was accepted"
+    if outcome.error:
+        return outcome.error
+    # quarantined by the step: the reason lies beside the file, and 'vfl status' lists it
+    (listed,) = [r for r in jobs.rejected_files(Workspace(work)) if r["file"].startswith(name)]
+    return listed["reason"]
+
+
+def test_a_residual_without_the_loss_request_due_this_round_is_refused(cases: list[Case], tmp_path: Path) -> None:
+    # one epoch, full batch: the only residual is the last batch of the first epoch, so the loss is due
+    case = _one(cases, "hetero/residual")
+    assert {"loss_values", "loss_cross"} <= {m.name for m in case.message.members}
+    error = _feed_changed(cases, tmp_path, "hetero/residual", lambda m, replace: replace(
+        m, members=[x for x in m.members if not x.name.startswith("loss_")]))
+    assert "lacks 'loss_values', 'loss_cross'" in error and "loss is due" in error
+
+
+def test_a_residual_missing_half_of_the_loss_request_is_refused(cases: list[Case], tmp_path: Path) -> None:
+    error = _feed_changed(cases, tmp_path, "hetero/residual", lambda m, replace: replace(
+        m, members=[x for x in m.members if x.name != "loss_cross"]))
+    assert "lacks 'loss_cross'" in error
+
+
+def test_a_loss_request_where_none_is_due_is_refused_before_decrypting() -> None:
+    from vfl_cli.protocol.hetero_linear import LOSS_MEMBERS, loss_due
+    from vfl_cli.protocol.wire import expect_members
+
+    params = {"epochs": 10, "loss_every": 3}
+    # due: the last batch of epoch 0 (the curve's start), of every 3rd epoch, and of the last
+    assert [e for e in range(10) if loss_due(params, e, 3, 4)] == [0, 2, 5, 8, 9]
+    assert not any(loss_due(params, e, b, 4) for e in range(10) for b in range(3))
+    art = new_artifact(kind="hetero/residual", job="j", seq=2, step="residual", sender="bank", recipient="bureau",
+                       members=[Member("loss_values", "paillier", b"x", {}), Member("loss_cross", "paillier", b"y", {})])
+    expect_members(art, LOSS_MEMBERS, True, "the loss is due")
+    with pytest.raises(InvalidArtifact, match="holds 'loss_values', 'loss_cross', which this step does not expect"):
+        expect_members(art, LOSS_MEMBERS, loss_due(params, 1, 3, 4), "the loss is due")
+
+
+@pytest.mark.parametrize("kind, key", [("hetero/partial", "rows"), ("hetero/gradient", "grad_count"),
+                                       ("hetero/scores", "rows")])
+@pytest.mark.parametrize("delta", [1, -1, "str", True])
+def test_a_count_in_the_manifest_that_the_payload_does_not_hold_is_refused(
+        cases: list[Case], tmp_path: Path, kind: str, key: str, delta: object) -> None:
+    def change(m, replace):
+        assert isinstance(m.meta.get(key), int), m.meta
+        value = m.meta[key] + delta if isinstance(delta, int) and not isinstance(delta, bool) else delta
+        return replace(m, meta={**m.meta, key: value})
+
+    error = _feed_changed(cases, tmp_path, kind, change)
+    assert f"declares {key}=" in error and "its counts and its payload disagree" in error

@@ -108,6 +108,8 @@ from vfl_cli.protocol.wire import (
     advance_position,
     exact_unmask,
     expect_count,
+    expect_members,
+    expect_meta_count,
     ints_member,
     position,
     refuse_echo,
@@ -124,6 +126,8 @@ GRADIENT = "hetero/gradient"
 REPLY = "hetero/reply"
 SCORES = "hetero/scores"
 PEER_SCORES = "hetero/peer-scores"
+#: The members of A's loss request to P1 (only in a round where the loss is due).
+LOSS_MEMBERS = ("loss_values", "loss_cross")
 
 #: Public bounds of the protocol (the same for every job, so mask widths leak nothing).
 PARTIAL_BOUND = 2.0**24  # |u_j| per row
@@ -314,6 +318,17 @@ def label_epsilon_spent(params: Mapping[str, Any], binary: bool, releases: int) 
         return 0.0
     rho = releases * label_sensitivity(params, binary) ** 2 / (2.0 * sigma**2)
     return rho + 2.0 * math.sqrt(rho * math.log(1.0 / float(params["label_delta"])))
+
+
+def loss_due(params: Mapping[str, Any], epoch: int, batch: int, batches_per_epoch: int) -> bool:
+    """Whether this round's residual carries the loss request: on the last batch of the first
+    epoch (so a curve measured every few epochs starts where training does), of every
+    ``loss_every``-th and of the last. A and P1 both compute it; P1 refuses a residual with the
+    loss members when it is not due, and one without them when it is."""
+    if batch != batches_per_epoch - 1:
+        return False
+    every = max(1, int(params.get("loss_every", 1)))  # jobs proposed before it existed
+    return epoch == 0 or (epoch + 1) % every == 0 or epoch + 1 == int(params["epochs"])
 
 
 def peer_columns(state: JobState, art: Artifact, smallest_batch: int) -> int:
@@ -524,6 +539,12 @@ class HeteroLinear(Protocol):
         u = data.X[rows] @ state.arrays["weights"]
         d = read_enc(res, "a", ka, rows=len(rows))
         meta: dict[str, Any] = {"epoch": epoch, "batch": batch}
+        if ctx.name == ctx.passives[0]:
+            # the loss request comes exactly when it is due (and never to another passive party)
+            expect_members(res, LOSS_MEMBERS, loss_due(ctx.params, epoch, batch, data.batches_per_epoch),
+                           "the loss is due on the last batch of the first, every loss_every-th and the last epoch")
+        else:
+            expect_members(res, LOSS_MEMBERS + ("grad_request",), False, "P1 gets A's requests")
         p1_members = self._p1_decrypt_for_active(ctx, state, res, meta, len(rows)) if ctx.name == ctx.passives[0] else []
         c = self.constant_slope(ctx.params)
         if c is None:
@@ -542,6 +563,7 @@ class HeteroLinear(Protocol):
             for art in received.values():
                 if art.kind == PEER_PARTIAL:
                     self._check_round(art, state)
+                    expect_meta_count(art, "rows", len(rows))
                     d = d + read_enc(art, "su", ka, rows=len(rows))
             d = d + c * u
         return self._p_send_gradient(ctx, state, data, d, p1_members, meta)
@@ -585,7 +607,8 @@ class HeteroLinear(Protocol):
         meta["grad_count"] = request.count
         if "loss_values" in res.members:
             values = read_enc(res, "loss_values", own)
-            if values.size > min(rows, int(ctx.params["loss_sample"])) or read_enc(res, "loss_cross", own).size != 1:
+            # exactly the sample A draws (min(rows, loss_sample) values) and one cross term
+            if values.shape != (min(rows, int(ctx.params["loss_sample"])),) or read_enc(res, "loss_cross", own).size != 1:
                 raise InvalidArtifact(f"the loss request from {ctx.active} has the wrong size; refused")
             for name in ("loss_values", "loss_cross"):
                 refuse_echo(state, res.members[name].data, own.width, "the loss request", ctx.active)
@@ -662,6 +685,7 @@ class HeteroLinear(Protocol):
             if art.meta.get("alignment") != data.fingerprint:
                 raise InvalidArtifact(f"{p} trains on another alignment than {ctx.name} (mismatched rows)")
             peer_columns(state, art, data.smallest_batch)
+            expect_meta_count(art, "rows", len(rows))
             # no declared bound: the masks' fixed widths are public, and an overflow is caught
             # exactly when the masked slots are decrypted and unmasked
             part = read_enc(art, "u", k1, rows=len(rows))
@@ -676,10 +700,7 @@ class HeteroLinear(Protocol):
         masked, m = paillier.mask(grad, value_bits=value_bits(GRADIENT_REAL_BITS, grad.exponent), stat_bits=STAT_BITS)
         state.data["grad_mask"] = save_mask(m)
         p1_members = [packed_member("grad_request", paillier.pack(masked))]
-        last = batch == data.batches_per_epoch - 1
-        every = max(1, int(ctx.params.get("loss_every", 1)))  # jobs proposed before it existed
-        # the first epoch too, so a curve measured every few epochs still starts where training does
-        if last and (epoch == 0 or (epoch + 1) % every == 0 or epoch + 1 == ctx.params["epochs"]):
+        if loss_due(ctx.params, epoch, batch, data.batches_per_epoch):
             p1_members += self._loss_request(ctx, state, passive_sum, slope, offset)
         ka = ctx.public_key(ctx.name)
         shared = [enc_member("a", paillier.encrypt(ka, self._released_offset(ctx, offset)))]
@@ -737,6 +758,8 @@ class HeteroLinear(Protocol):
             replies[p] = paillier.decrypt_packed(priv, request)
         first = received[ctx.passives[0]]
         m = load_mask(state.data.pop("grad_mask"))
+        expect_meta_count(first, "grad_count", len(m.offsets))
+        expect_members(first, ("loss_reply",), "loss_mask" in state.data, "A asked for the loss this round")
         grad = paillier.unmask(read_ints(first, "grad_reply", len(m.offsets)), m) / len(rows)
         if "loss_mask" in state.data:
             loss = self._loss_from_reply(first, state.data.pop("loss_mask"), ctx.params)
@@ -780,6 +803,7 @@ class HeteroLinear(Protocol):
                     data: LinearData) -> list[Outgoing]:
         test = data.split.test
         art = need(received, ctx.passives[0], SCORES)
+        expect_meta_count(art, "rows", len(test))
         passive_sum = ctx.private_key().decrypt(read_enc(art, "u", ctx.private_key().public, rows=len(test)))
         _, mean, scale = self._target(ctx, data)
         z = mean + scale * (data.X[test] @ state.arrays["weights"] + passive_sum)  # in label units
@@ -915,6 +939,7 @@ def collect_scores(ctx: PartyContext, u: np.ndarray, received: Mapping[str, Arti
     ka = ctx.public_key(ctx.active)
     total = paillier.encrypt(ka, u)
     for art in received.values():
+        expect_meta_count(art, "rows", len(u))
         total = total + read_enc(art, "u", ka, rows=len(u))
     total = paillier.rerandomize(total)
     return [Outgoing(ctx.active, SCORES, "scores", [enc_member("u", total)], {"rows": len(u)}, t)]

@@ -23,7 +23,7 @@ from vfl_cli.models.binning import Binning, fit_binning
 from vfl_cli.models.features import aligned_rows, numeric_matrix, split_rows
 from vfl_cli.protocol.base import Outgoing, PartyContext
 from vfl_cli.protocol.kit import finished_job
-from vfl_cli.protocol.wire import read_packed
+from vfl_cli.protocol.wire import read_packed, refuse_echo
 
 #: The most candidates one reply may carry (bounds the key holder's decryption work).
 MAX_CANDIDATES = 2_000_000
@@ -172,9 +172,13 @@ def apply_assignments(art: Artifact, pending: list[list[int]], node: np.ndarray,
 REPLY_KIND = "sbt/reply"
 
 
-def read_candidates(art: Artifact, priv: Any, layout: hg.RowLayout, frontier: list[int]
-                    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Node -> (opaque ids, decoded left sums (count, G_k, H_k...)) of one passive party."""
+def read_candidates(art: Artifact, priv: Any, layout: hg.RowLayout, frontier: list[int],
+                    sent: np.ndarray | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Node -> (opaque ids, decoded left sums (count, G_k, H_k...)) of one passive party.
+
+    ``sent``: digests of the row ciphertexts A sent this round; sums holding any of them
+    (A's own ``gh`` sent back to be decrypted) are refused before anything is decrypted.
+    """
     counts = art.array("counts").astype(np.int64)
     ids = art.array("ids").astype(np.int64)
     if counts.shape != (len(frontier),) or (counts < 0).any() or ids.shape != (counts.sum(),) \
@@ -185,6 +189,7 @@ def read_candidates(art: Artifact, priv: Any, layout: hg.RowLayout, frontier: li
     if packed.count != int(counts.sum()):
         raise InvalidArtifact(f"{REPLY_KIND} from {art.sender}: {packed.count} sums for "
                               f"{int(counts.sum())} candidates")
+    refuse_echo(sent, packed.to_bytes(), priv.public.width, "the candidate sums", art.sender)
     stats = layout.decode(paillier.decrypt_packed(priv, packed)) if packed.count else \
         np.zeros((0, layout.slots))
     out, at = {}, 0

@@ -59,7 +59,7 @@ from vfl_cli.protocol.base import (
     Seed,
 )
 from vfl_cli.protocol.kit import KitProtocol, PartyState, Phase, Step, check_round, nothing
-from vfl_cli.protocol.wire import enc_member, packed_member, read_enc
+from vfl_cli.protocol.wire import enc_member, expect_meta_count, packed_member, read_enc, sent_digests
 
 __all__ = ["LAYER", "REPLY", "SecureBoost"]
 
@@ -91,6 +91,8 @@ class ActiveState(PartyState):
     best: list[float] = field(default_factory=list)  # [best valid loss, round]
     splits: dict[str, int] = field(default_factory=dict)
     gains: dict[str, float] = field(default_factory=dict)
+    #: digests of this round's ``gh`` ciphertexts: a reply holding any of them is refused
+    sent: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,8 @@ def _send_layer(ctx: PartyContext, st: ActiveState, data: sd.ActiveData, *, firs
         rows = np.flatnonzero(st.sample)  # type: ignore[arg-type]
         plains = layout.encode(layout.quantise(st.g[rows]), layout.quantise(st.h[rows]))  # type: ignore[index]
         members.append(enc_member("gh", encrypt_rows(ctx.private_key().public, plains)))
+        # A decrypts only sums a passive party built, never these ciphertexts sent back
+        st = st.but(sent=sent_digests([members[-1].data], ctx.private_key().public.width))
     out = []
     for party in ctx.passives:
         meta = {"round_no": st.round_no, "layer": st.layer, "hist": hist,
@@ -184,7 +188,7 @@ def _on_replies(ctx: PartyContext, st: ActiveState, received: Mapping[str, Artif
         node = sd.apply_assignments(art, st.pending.get(party, []), node, _tree_size(
             data.params.depth))
         if st.asked_hist:
-            cands[party] = sd.read_candidates(art, priv, layout, st.frontier)
+            cands[party] = sd.read_candidates(art, priv, layout, st.frontier, st.sent)
     st = st.but(node=node, pending={}, t=st.t + 1)
     if not st.asked_hist:
         if st.frontier:  # several passive parties: now every one knows the nodes
@@ -245,6 +249,7 @@ def _passive_layer(ctx: PartyContext, st: PassiveState, received: Mapping[str, A
     check_round(art, st.t)
     data = sd.PassiveData(ctx)
     msg = sd.LayerMessage.decode(art, data.n, data.params.depth)
+    expect_meta_count(art, "grow_rows", len(data.grow))  # both parties draw the same split
     public = ctx.public_key(ctx.active)
     if msg.first:
         enc = read_enc(art, "gh", public, rows=int(msg.sample.sum()))

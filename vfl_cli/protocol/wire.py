@@ -33,6 +33,9 @@ __all__ = [
     "enc_member",
     "exact_unmask",
     "expect_count",
+    "expect_members",
+    "expect_meta_count",
+    "is_echo",
     "ints_member",
     "json_state",
     "load_mask",
@@ -43,6 +46,7 @@ __all__ = [
     "read_packed",
     "refuse_echo",
     "remember_sent",
+    "sent_digests",
     "save_mask",
     "send_scores",
     "stash",
@@ -68,18 +72,37 @@ def _digests(blob: bytes, width: int) -> np.ndarray:
     )
 
 
+def sent_digests(blobs: list[bytes], width: int) -> np.ndarray:
+    """Digests of ciphertexts (``width`` bytes each) a key holder sends under its own key, to
+    keep in its state (a protocol on the kit keeps them in a field of its typed state)."""
+    if not blobs:
+        return np.zeros(0, dtype=np.uint64)
+    return np.concatenate([_digests(b, width) for b in blobs])
+
+
 def remember_sent(state: JobState, blobs: list[bytes], width: int) -> None:
     """Keep digests of the ciphertexts under this party's key it sends this round."""
-    state.arrays["sent_digests"] = np.concatenate([_digests(b, width) for b in blobs])
+    state.arrays["sent_digests"] = sent_digests(blobs, width)
 
 
-def refuse_echo(state: JobState, blob: bytes, width: int, what: str, sender: str) -> None:
-    """Refuse to decrypt ciphertexts this party itself sent (a decryption oracle)."""
-    sent = state.arrays.get("sent_digests")
-    if sent is not None and bool(np.isin(_digests(blob, width), sent).any()):
+def is_echo(sent: np.ndarray | None, blob: bytes, width: int) -> bool:
+    """Whether ``blob`` holds any ciphertext whose digest is among ``sent``."""
+    return sent is not None and len(sent) > 0 and bool(np.isin(_digests(blob, width), sent).any())
+
+
+def refuse_echo(
+    state: JobState | np.ndarray | None, blob: bytes, width: int, what: str, sender: str
+) -> None:
+    """Refuse to decrypt ciphertexts this party itself sent (a decryption oracle).
+
+    ``state`` is the engine's job state (digests kept by :func:`remember_sent`) or the digests
+    themselves (:func:`sent_digests`, kept by a protocol on the kit).
+    """
+    sent = state.arrays.get("sent_digests") if isinstance(state, JobState) else state
+    if is_echo(sent, blob, width):
         raise InvalidArtifact(
-            f"{what} from {sender} holds ciphertexts that this party sent it this round; "
-            "refused without decrypting (a key holder decrypts only what the step expects)"
+            f"{what} from {sender} holds ciphertexts that this party sent it; refused without "
+            "decrypting (a key holder decrypts only what the step expects)"
         )
 
 
@@ -88,6 +111,41 @@ def expect_count(count: int, cols: int, what: str, sender: str) -> None:
         raise InvalidArtifact(
             f"{what} from {sender} holds {count} values, but {sender} has {cols} columns; "
             "refused without decrypting"
+        )
+
+
+def expect_meta_count(art: Artifact, key: str, actual: int, *, required: bool = True) -> None:
+    """Refuse an artifact whose manifest count ``meta[key]`` is not ``actual``, the count its
+    payload holds (or the step expects): a declared count and the arrays must agree.
+
+    A count left out is refused too, unless ``required`` is False (older senders).
+    """
+    value = art.meta.get(key)
+    if value is None and not required and key not in art.meta:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value != actual:
+        raise InvalidArtifact(
+            f"{art.kind} from {art.sender} declares {key}={str(value)[:40]!r} in its manifest, "
+            f"but holds {actual}; refused (its counts and its payload disagree)"
+        )
+
+
+def expect_members(art: Artifact, names: tuple[str, ...] | list[str], due: bool, why: str) -> None:
+    """Optional members present exactly when the step says they are due, and absent otherwise.
+
+    ``why`` says when they are due (for the message), e.g. ``"the loss is due this round"``.
+    """
+    present = [n for n in names if n in art.members]
+    if due and len(present) != len(names):
+        missing = [n for n in names if n not in art.members]
+        raise InvalidArtifact(
+            f"{art.kind} from {art.sender} lacks {', '.join(repr(n) for n in missing)}, "
+            f"but {why}; refused"
+        )
+    if not due and present:
+        raise InvalidArtifact(
+            f"{art.kind} from {art.sender} holds {', '.join(repr(n) for n in present)}, "
+            f"which this step does not expect ({why} only); refused without decrypting"
         )
 
 
@@ -280,6 +338,7 @@ def collect_scores(
     ka = ctx.public_key(ctx.active)
     total = paillier.encrypt(ka, u)
     for art in received.values():
+        expect_meta_count(art, "rows", len(u))
         total = total + read_enc(art, "u", ka, rows=len(u))
     total = paillier.rerandomize(total)
     return [Outgoing(ctx.active, SCORES, "scores", [enc_member("u", total)], {"rows": len(u)}, t)]

@@ -358,6 +358,14 @@ def _aligned(ws: Workspace, alignment: Any) -> pd.DataFrame | None:
         return None
 
 
+def _scores_a_model(protocol: str) -> bool:
+    """Whether ``protocol`` scores rows with another job's model (``predict``, a tree predictor):
+    its job then uses that model's columns and encoders."""
+    from vfl_cli.protocol.registry import REGISTRY
+
+    return any(entry.predictor == protocol for entry in REGISTRY.values())
+
+
 def job_columns(ws: Workspace, protocol: str, params: dict[str, Any], *, features: list[str] | None = None,
                 encode: dict[str, str] | None = None) -> dict[str, Any]:
     """What a job keeps in its job.json about this party's columns: ``features``, ``encoders``
@@ -371,7 +379,7 @@ def job_columns(ws: Workspace, protocol: str, params: dict[str, Any], *, feature
     from vfl_cli.models.features import Encoders, split_rows
 
     out: dict[str, Any]
-    if protocol == "predict" and isinstance(params.get("model"), str):
+    if _scores_a_model(protocol) and isinstance(params.get("model"), str):
         try:
             model = jobs.load_info(ws, params["model"])
         except VflError:

@@ -80,6 +80,8 @@ def scored_and_unscored(ws: Workspace, alignment: str,
                         scores: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """The scored ids with their scores, the ids of this party's rows left unscored, and its row count.
 
+    Scores of a multi-class model (rows x classes) give one column per class, ``score_0`` ...
+
     Rows are scored only when every party holds their id (the alignment's intersection); the
     others are listed by their id as written in the file the alignment read.
     """
@@ -94,4 +96,6 @@ def scored_and_unscored(ws: Workspace, alignment: str,
     own = normalise_ids(df[ws.config["id_column"]].tolist(), column=ws.config["id_column"])
     in_both = set(aligned.tolist())
     missing = [i for i in own if i not in in_both]
-    return (pd.DataFrame({"id": aligned, "score": scores}), pd.DataFrame({"id": missing}), len(own))
+    columns = ({"score": scores} if scores.ndim == 1  # a multi-class model: one column per class
+               else {f"score_{k}": scores[:, k] for k in range(scores.shape[1])})
+    return pd.DataFrame({"id": aligned, **columns}), pd.DataFrame({"id": missing}), len(own)

@@ -152,6 +152,16 @@ def predict() -> None:
     """
 
 
+def predictor_of(ws: Any, model: str) -> str:
+    """The protocol that scores rows with the model of job ``model`` (its registry entry)."""
+    trained = engine.load_info(ws, model)["protocol"]
+    predictor = protocol_info(trained).predictor
+    if predictor is None:
+        raise VflError(f"job {model} is a {trained} job, whose models cannot score rows; name a "
+                       "finished training job (vfl job list)")
+    return predictor
+
+
 @predict.command(name="start")
 @click.option("--model", required=True, help="The finished training job whose model to use.")
 @click.option("--alignment", required=True, help="The finished alignment job of the rows to score.")
@@ -167,6 +177,8 @@ def predict_start(ctx: click.Context, model: str, alignment: str, job_id: str | 
                   pdo: float, base_odds: float, as_json: bool) -> None:
     """Active party: propose scoring the rows of ALIGNMENT with MODEL.
 
+    The job's protocol is the one that scores MODEL's kind of model (linear models: predict;
+    SecureBoost: secureboost-predict, each party routing the rows through its own splits).
     With a binary model each row also gets points: its log-odds mapped to a score of
     --base-score at --odds to 1, --pdo points to double the odds (a scorecard's scale).
 
@@ -177,7 +189,7 @@ def predict_start(ctx: click.Context, model: str, alignment: str, job_id: str | 
     """
     ws = workspace(ctx)
     params = {"model": model, "alignment": alignment, "base_score": base_score, "pdo": pdo, "odds": base_odds}
-    r = engine.start_job(ws, "predict", params, job=job_id)
+    r = engine.start_job(ws, predictor_of(ws, model), params, job=job_id)
     report([r], as_json, ws.name)
 
 

@@ -75,7 +75,10 @@ class ProtocolInfo:
         evaluated: A finished job has metrics for the proposer (``vfl evaluate``, recipes).
         binary: Its test scores (``test_scores``) are log-odds of a binary label (the report draws
             classifier plots of their sigmoid).
-        predicts: A ``predict`` job can score new rows with its finished jobs' models.
+        predicts: A prediction job can score new rows with its finished jobs' models (set
+            whenever ``predictor`` is; ``predicts=True`` alone means ``predictor="predict"``).
+        predictor: The protocol whose jobs score rows with this protocol's models (``vfl predict
+            start`` starts it): ``"predict"`` for linear models; None: its models cannot predict.
         model: Renders its model card as a table (``vfl model show``): a function, or
             ``"module:function"`` imported on first use; None: it trains no model.
         export_standardiser: ``vfl model export`` adds the party's column means and deviations.
@@ -91,6 +94,13 @@ class ProtocolInfo:
     predicts: bool = False
     model: Any = None  # Callable[[Mapping[str, Any]], ModelTable] | str | None
     export_standardiser: bool = True
+    predictor: str | None = None
+
+    def __post_init__(self) -> None:
+        # predicts and predictor say one thing: a linear entry may give either
+        if self.predicts and self.predictor is None:
+            object.__setattr__(self, "predictor", "predict")
+        object.__setattr__(self, "predicts", self.predictor is not None)
 
 
 #: Every protocol, by the name jobs and recipes use. One line per protocol.
@@ -138,8 +148,10 @@ REGISTRY: dict[str, ProtocolInfo] = {
         evaluated=True,
         model=card_table,
     ),
-    "secureboost": ProtocolInfo("vfl_cli.protocol.secureboost:SecureBoost", "hetero gradient boosting (SecureBoost): encrypted per-bin sums, splits kept by their owners", needs_alignment=True, trains=True, evaluated=True, model=lambda card: importlib.import_module("vfl_cli.protocol.sbt_card").trees_table(card), export_standardiser=False),  # noqa: E501
+    "secureboost": ProtocolInfo("vfl_cli.protocol.secureboost:SecureBoost", "hetero gradient boosting (SecureBoost): encrypted per-bin sums, splits kept by their owners", needs_alignment=True, trains=True, evaluated=True, model=lambda card: importlib.import_module("vfl_cli.protocol.sbt_card").trees_table(card), export_standardiser=False, predictor="secureboost-predict"),  # noqa: E501
+    "secureboost-predict": ProtocolInfo("vfl_cli.protocol.sbt_predict:SbtPredict", "scoring aligned rows with a SecureBoost model: each party routes them through its own splits; only the active party sees scores", needs_alignment=True),  # noqa: E501
     "woe-binning": ProtocolInfo("vfl_cli.protocol.woe_binning:WoeBinning", "joint WOE/IV binning: encrypted label sums per passive bin under opaque ids", needs_alignment=True),  # noqa: E501
+    "joint-stats": ProtocolInfo("vfl_cli.protocol.joint_stats:JointStats", "joint statistics: Pearson correlation across parties (masked matrix product), label rate per passive bin", needs_alignment=True),  # noqa: E501
     "hfl": ProtocolInfo(
         "vfl_cli.protocol.hfl:HFL",
         "multi-node training: parameter server, delta updates, FedAvg or Actor-Critic weighting",
@@ -170,8 +182,9 @@ def info(name: str) -> ProtocolInfo:
     return entry
 
 
-def names(**wanted: bool) -> list[str]:
-    """The protocol names whose entry has every given flag, e.g. ``names(trains=True)``."""
+def names(**wanted: Any) -> list[str]:
+    """The protocol names whose entry has every given value, e.g. ``names(trains=True)``,
+    ``names(predictor="predict")``."""
     return [n for n, e in REGISTRY.items() if all(getattr(e, k) == v for k, v in wanted.items())]
 
 

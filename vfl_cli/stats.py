@@ -145,3 +145,81 @@ def population_stability(train: pd.DataFrame, score: pd.DataFrame, columns: Sequ
             raise DataError(f"{what} has no rows")
         _check_columns(df, columns, what)
     return [column_psi(c, train[c], score[c], bins=bins) for c in columns]
+
+
+# ----- joint statistics (the joint-stats job) ---------------------------------------------------
+JOINT_CSV_KEYS = ("what", "column", "other", "bin", "label", "rows", "events", "value")
+
+
+def joint_column_numbers(features: Sequence[str], names: Sequence[str], raw: pd.DataFrame,
+                         *, party: str) -> list[int]:
+    """The 1-based numbers of ``names`` among the job's columns ``features`` (the job names
+    columns by number, so that names stay with the party).
+
+    Raises:
+        DataError: an unknown column, or a text column (Pearson needs numbers).
+    """
+    out = []
+    for name in names:
+        if name in raw.columns and is_text(raw[name]):
+            raise DataError(f"column {name!r} of {party} holds text; Pearson correlation needs "
+                            "numeric columns: leave it out of --pearson")
+        if name not in features:
+            raise DataError(f"{name!r} is not a column of {party}; its columns are: "
+                            f"{', '.join(list(features)[:12])}")
+        out.append(list(features).index(name) + 1)
+    if len(set(out)) != len(out):
+        raise DataError("--pearson names a column twice")
+    return out
+
+
+def joint_result(ws: Any, job: str) -> dict[str, Any]:
+    """This party's results of the finished ``joint-stats`` job ``job``.
+
+    Raises:
+        VflError: no such job, another protocol, or not finished yet.
+    """
+    from vfl_cli import jobs
+
+    info = jobs.load_info(ws, job)
+    if info.get("protocol") != "joint-stats":
+        raise VflError(f"job {job} is a {info.get('protocol')} job, not a joint-stats job "
+                       "(vfl stats joint start)")
+    state, _ = jobs.load_state(ws, job)
+    if not state.done:
+        raise VflError(f"joint-stats job {job} is not finished on {ws.name} (phase "
+                       f"{state.phase}); run 'vfl step {job}' when its files have arrived")
+    return dict(state.results)
+
+
+def joint_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The result as lines: every correlation (own columns, then each peer's) and every label
+    rate of this party's bins."""
+    rows: list[dict[str, Any]] = []
+    cols = result.get("columns", [])
+    for i, a in enumerate(cols):
+        for j, b in enumerate(cols):
+            if i < j:
+                rows.append({"what": "pearson", "column": a, "other": b,
+                             "value": result["within"][i][j]})
+    for peer, entry in result.get("pearson", {}).items():
+        if entry["r"] is None:
+            continue
+        for i, a in enumerate(entry["mine"]):
+            for j, b in enumerate(entry["theirs"]):
+                rows.append({"what": "pearson", "column": a, "other": f"{peer}#{b}",
+                             "value": entry["r"][i][j]})
+    if isinstance(result.get("label_rate"), list):
+        for r in result["label_rate"]:
+            rows.append({"what": "label-rate", "column": r["column"], "bin": r["bin"],
+                         "label": r["label"], "rows": r["rows"], "events": r["events"],
+                         "value": r["rate"]})
+    return rows
+
+
+def joint_csv(result: dict[str, Any]) -> str:
+    """:func:`joint_rows` as CSV text (empty cells where a line has no such field)."""
+    buf = io.StringIO()
+    frame = pd.DataFrame(joint_rows(result), columns=list(JOINT_CSV_KEYS))
+    frame.to_csv(buf, index=False, lineterminator="\n")
+    return buf.getvalue()

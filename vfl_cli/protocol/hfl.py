@@ -95,6 +95,7 @@ from vfl_cli.protocol.base import (
 from vfl_cli.protocol.kit import KitProtocol, PartyState, Phase, Step, check_round, nothing
 from vfl_cli.protocol.wire import (
     enc_member,
+    expect_meta_count,
     ints_member,
     load_mask,
     read_enc,
@@ -648,8 +649,8 @@ def _w_round(
     check_round(art, state.t)
     if state.t == 0:
         state = _w_setup(ctx, state, art)
-    n_params = art.meta.get("n_params")
-    master = _array(art, "model", size=n_params if isinstance(n_params, int) else None)
+    master = _array(art, "model", size=state.n_params or None)  # every round the same model size
+    expect_meta_count(art, "n_params", int(master.size))  # the manifest's count is what it holds
     state = state.but(n_params=int(master.size))
     if art.meta.get("final"):
         card = model_card(ctx, state.columns, state.spec, master)
@@ -687,6 +688,7 @@ def _w_decrypt(
     t = state.t - 1
     check_round(art, t)
     priv = ctx.private_key()
+    expect_meta_count(art, "values", state.n_params)  # a sum of the model's values, no other
     request = read_enc(art, "sum", priv.public)
     # Only as many ciphertexts as one packed weighted sum of the model needs: a bound on
     # what a request can ask to have decrypted (see the protocol doc's limits).
@@ -714,6 +716,10 @@ def _read_update(art: Artifact) -> SparseUpdate | FullUpdate:
     if body.dtype != np.uint8 or body.ndim != 1:
         raise InvalidArtifact(f"the update from {server} is {body.dtype}, expected uint8 bytes")
     update = update_from_bytes(body.tobytes())
+    entries = int(update.indices.size) if isinstance(update, SparseUpdate) else update.n_params
+    # the manifest's counts (what a courier or auditor sees) are those the body holds
+    expect_meta_count(art, "n_params", update.n_params, required=False)
+    expect_meta_count(art, "entries", entries, required=False)
     if art.meta.get("version") != update.version or art.meta.get("update") != update.kind:
         raise InvalidArtifact(
             f"the update from {server} says version {art.meta.get('version')!r} "

@@ -155,7 +155,7 @@ def test_memory_sizes_parsed() -> None:
     assert ps.parse_memory("512MiB") == 512 * 2**20
     assert ps.parse_memory("1.5g") == 1_500_000_000
     assert ps.format_memory(256 * 10**6) == "256MB"
-    for bad in ("lots", "2XB", "10MB", "-1GB"):
+    for bad in ("lots", "2XB", "100kB", "-1GB"):
         with pytest.raises(VflError):
             ps.parse_memory(bad)
     assert ps.choose(2_000_000, ps.parse_memory("256MB"), 1)
@@ -173,3 +173,55 @@ def test_csv_chunks_read_the_file_in_pieces_with_file_rows(tmp_path: Path) -> No
     got = list(ps.csv_chunks(f, "id", 256)())
     assert [first for first, _ in got] == [0, 256, 512]
     assert [i for _, ids in got for i in ids] == [f"r{i}" for i in range(700)]
+
+
+# --------------------------------------------------------------------------- through the command
+
+
+def test_streamed_through_vfl_equals_in_memory(tmp_path: Path) -> None:
+    """Two jobs on the same files: one in memory, one streamed in parts (--memory 1MB: pieces of
+    256); same ids, same order (each job's own seeds), same rows; scratch removed."""
+    import json
+
+    from conftest import carry, introduce, make_party, run
+
+    from vfl_cli import jobs as engine
+    from vfl_cli.workspace import Workspace
+
+    ids_a, ids_p = _sets(1400, 1100, 500)
+    files = []
+    for name, ids, head in (("a", ids_a, "id,x,y\n"), ("p", ids_p, "id,x\n")):
+        f = tmp_path / f"{name}.csv"
+        f.write_text(head + "".join(f"{i},{k}{',' + str(k % 2) if name == 'a' else ''}\n" for k, i in enumerate(ids)))
+        files.append(f)
+    bank = make_party(tmp_path, "bank", "active", files[0], label_column="y")
+    bureau = make_party(tmp_path, "bureau", "passive", files[1])
+    introduce(tmp_path, "bank", "bureau")
+    for job, memory in (("mem", "2GB"), ("big", "1MB")):
+        started = run("-w", str(bank), "align", "start", "--job", job, "--memory", memory)
+        assert f"Memory bound: {memory} (--memory)" in started.stderr
+        carry(bank, bureau)
+        run("-w", str(bureau), "align", "respond", job, "--memory", memory)
+        carry(bureau, bank)
+        run("-w", str(bank), "align", "finish", job, "--memory", memory)
+        carry(bank, bureau)
+        run("-w", str(bureau), "align", "finish", job, "--memory", memory)
+    sent = sorted(f.name for f in (bank / "archive" / "sent").iterdir() if f.name.startswith("big."))
+    assert len([f for f in sent if ".start." in f]) == 6  # 1400 points in parts of 256
+    assert len([f for f in sent if ".finish." in f]) == 2  # 500 positions
+    for ws in (bank, bureau):
+        mem, big = (engine.load_state(Workspace(ws), j)[0] for j in ("mem", "big"))
+        assert big.done and big.results["streamed_in_parts"] and "stream" not in big.data
+        assert not (ws / "jobs" / "big" / "scratch").exists()
+        assert "streamed_in_parts" not in mem.results
+        assert big.results["intersection_size"] == mem.results["intersection_size"] == 500
+        key = {j: bytes.fromhex(s.data["digest_key"]) for j, s in (("mem", mem), ("big", big))}
+        ids = {j: s.arrays["aligned_ids"].tolist() for j, s in (("mem", mem), ("big", big))}
+        assert set(ids["big"]) == set(ids["mem"])
+        rows = dict(zip(mem.arrays["aligned_ids"].tolist(), mem.arrays["aligned_rows"].tolist()))
+        assert big.arrays["aligned_rows"].tolist() == [rows[i] for i in ids["big"]]
+        assert big.results["fingerprint"] == psi.alignment_fingerprint(ids["big"], key["big"], "big").hex()
+    a_big = engine.load_state(Workspace(bank), "big")[0]
+    p_big = engine.load_state(Workspace(bureau), "big")[0]
+    assert a_big.arrays["aligned_ids"].tolist() == p_big.arrays["aligned_ids"].tolist()
+    assert json.loads((bank / "vfl.json").read_text()).get("memory") is None  # --memory is not saved

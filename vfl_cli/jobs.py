@@ -18,6 +18,7 @@ command. Nothing is lost or sent twice.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import io
 import json
@@ -73,6 +74,9 @@ REASON_SUFFIX = ".reason.txt"
 #: How far past the next expected step a file may be and still wait in the inbox for the
 #: missing ones; a file further ahead cannot be meant for this job and is rejected.
 MAX_AHEAD = 10_000
+#: Inbox files above this size are verified when the inbox is scanned and read again when their
+#: step runs: a streamed alignment's parts are never all in memory at once.
+LAZY_BYTES = 4 << 20
 
 
 @dataclass
@@ -342,7 +346,19 @@ def _context(ws: Workspace, info: dict[str, Any], progress: Progress) -> PartyCo
         public_key=public_key,
         progress=progress,
         local=info.get("local") or {},
+        memory=_memory_bound(ws),
+        csv=dict(ws.config.get("csv") or {}),
+        scratch=lambda: job_dir(ws, info["job"]) / "scratch",
     )
+
+
+def _memory_bound(ws: Workspace) -> int:
+    """This party's memory bound: ``memory`` of vfl.json (or --memory), else the environment's
+    ``VFL_MEMORY``, else 2 GB."""
+    from vfl_cli.protocol.psi_stream import DEFAULT_MEMORY, parse_memory
+
+    value = ws.config.get("memory") or os.environ.get("VFL_MEMORY")
+    return DEFAULT_MEMORY if value in (None, "") else parse_memory(value)
 
 
 def _to_artifacts(
@@ -709,7 +725,7 @@ def _scan_inbox(ws: Workspace, rejected: Rejections | None = None) -> list[tuple
     checked = []
     for f in _inbox_files(ws):
         try:
-            checked.append((f.name, _check_file(ws, f)))
+            checked.append((f.name, _light(_check_file(ws, f))))
         except (InvalidArtifact, KeyMismatch) as exc:
             rejected.append(quarantine(ws, f.name, str(exc)))
     proposed = {l.artifact.job for _, l in checked if l.artifact.kind == PROPOSAL}
@@ -723,6 +739,25 @@ def _scan_inbox(ws: Workspace, rejected: Rejections | None = None) -> list[tuple
             continue
         out.append((name, loaded))
     return out
+
+
+def _light(loaded: Loaded) -> Loaded:
+    """A large file without its payload: checked now, read again when its step runs
+    (:func:`_payload`), so that a scan of many parts never holds them all in memory."""
+    if loaded.size <= LAZY_BYTES:
+        return loaded
+    return dataclasses.replace(loaded, artifact=dataclasses.replace(loaded.artifact, members={}))
+
+
+def _payload(ws: Workspace, name: str, loaded: Loaded) -> Loaded:
+    """The file with its payload: the scanned one, or a large file read and checked again (it
+    must be the very file scanned)."""
+    if loaded.size <= LAZY_BYTES:
+        return loaded
+    again = _check_file(ws, ws.inbox / name)
+    if again.sha256 != loaded.sha256:
+        raise InvalidArtifact(f"{name} changed in the inbox after it was checked")
+    return again
 
 
 def _attach(reports: list[StepReport], rejected: Rejections) -> None:
@@ -831,10 +866,17 @@ def _gather(
             reason = f"{hit[0]} is {hit[1].artifact.kind}, but job {job} waits for {exp.describe()}"
             rejected.append(quarantine(ws, hit[0], reason, job=job))
             hit = None
+        if hit is not None:
+            try:
+                full = _payload(ws, *hit)
+            except (InvalidArtifact, KeyMismatch, OSError) as exc:
+                available.pop((exp.sender, seq))
+                rejected.append(quarantine(ws, hit[0], str(exc), job=job))
+                hit = None
         if hit is None:
             missing.append(exp)
             continue
-        received[exp.sender] = hit[1].artifact
+        received[exp.sender] = full.artifact
         consumed.append(hit)
     return received, consumed, missing
 

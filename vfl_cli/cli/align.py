@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -12,6 +13,27 @@ from vfl_cli.cli._console import progress_bars, say
 from vfl_cli.cli._options import force_option, json_option, out_option, workspace
 from vfl_cli.cli.jobs import report
 from vfl_cli.workspace import Workspace
+
+memory_option = click.option(
+    "--memory", metavar="SIZE",
+    help="Bound on this process's memory for this command, e.g. 256MB (default: the workspace's "
+    "'memory' setting from 'vfl init --memory', else 2GB). An alignment whose in-memory peak "
+    "would pass it streams in parts, with bounded memory.")
+
+
+def use_memory(ws: Workspace, memory: str | None) -> None:
+    """Apply --memory to this command (not saved) and say which bound is in use (stderr)."""
+    from vfl_cli.protocol.psi_stream import DEFAULT_MEMORY, format_memory, parse_memory
+
+    if memory is not None:
+        ws.config["memory"] = memory
+    value = ws.config.get("memory") or os.environ.get("VFL_MEMORY")
+    bound = DEFAULT_MEMORY if value in (None, "") else parse_memory(value)
+    source = ("--memory" if memory is not None else "workspace setting" if ws.config.get("memory")
+              else "VFL_MEMORY" if value else "default")
+    say(f"Memory bound: {format_memory(bound)} ({source}); an alignment whose in-memory peak would "
+        "pass it streams in parts")
+
 
 data_option = click.option(
     "--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -42,10 +64,11 @@ def align() -> None:
               help="Use the cached set of this psi-cache job (see 'vfl align cache'): the work and "
               "files are proportional to this party's ids only.")
 @data_option
+@memory_option
 @json_option
 @click.pass_context
 def start(ctx: click.Context, peers: tuple[str, ...], job_id: str | None, cache: str | None,
-          data: Path | None, as_json: bool) -> None:
+          data: Path | None, memory: str | None, as_json: bool) -> None:
     """Active party: propose an alignment job and send the blinded ids.
 
     With --cache, align a small set (say new applicants in --data) with the passive party's
@@ -56,8 +79,10 @@ def start(ctx: click.Context, peers: tuple[str, ...], job_id: str | None, cache:
     \b
         vfl align start --with bureau --job align-2026-11
         vfl align start --cache psi-cache-20261201-a1b2c3 --data applicants.csv
+        vfl align start --with bureau --memory 256MB
     """
     ws = workspace(ctx)
+    use_memory(ws, memory)
     params: dict[str, str] = {}
     if cache is not None:
         params["cache"] = cache
@@ -115,9 +140,10 @@ def cache_command(ctx: click.Context, peer: str, job_id: str | None, max_queries
 @align.command()
 @click.argument("job_id", required=False)
 @data_option
+@memory_option
 @json_option
 @click.pass_context
-def respond(ctx: click.Context, job_id: str | None, data: Path | None, as_json: bool) -> None:
+def respond(ctx: click.Context, job_id: str | None, data: Path | None, memory: str | None, as_json: bool) -> None:
     """Passive party: accept the alignment proposal in the inbox and answer it.
 
     Example:
@@ -126,6 +152,7 @@ def respond(ctx: click.Context, job_id: str | None, data: Path | None, as_json: 
         vfl align respond align-2026-11
     """
     ws = workspace(ctx)
+    use_memory(ws, memory)
     with progress_bars() as progress:
         reports = engine.accept_job(ws, job_id, data=data, progress=progress)
     report(reports, as_json, ws.name)
@@ -133,9 +160,10 @@ def respond(ctx: click.Context, job_id: str | None, data: Path | None, as_json: 
 
 @align.command()
 @click.argument("job_id", required=False)
+@memory_option
 @json_option
 @click.pass_context
-def finish(ctx: click.Context, job_id: str | None, as_json: bool) -> None:
+def finish(ctx: click.Context, job_id: str | None, memory: str | None, as_json: bool) -> None:
     """Either party: take the next alignment step with the files in the inbox.
 
     The active party intersects and sends each passive party its result; a passive party
@@ -147,6 +175,7 @@ def finish(ctx: click.Context, job_id: str | None, as_json: bool) -> None:
         vfl align finish align-2026-11
     """
     ws = workspace(ctx)
+    use_memory(ws, memory)
     with progress_bars() as progress:
         reports = engine.step(ws, job_id, progress=progress)
     report(reports, as_json, ws.name)

@@ -36,10 +36,12 @@ from vfl_cli.workspace import SECURE_KEY_BITS, Workspace
 @click.option("--sep", help="Column separator: ',', ';', '\\t' or '|' (default: detected).")
 @click.option("--decimal", help="Decimal mark of numbers: '.' or ',' (default: detected).")
 @click.option("--encoding", help="Text encoding, e.g. cp1252 (default: UTF-8, with or without BOM).")
+@click.option("--memory", metavar="SIZE", help="Bound on one vfl process's memory, e.g. 2GB (the default) "
+              "or 256MB: alignments that would pass it stream in parts.")
 @json_option
 def init(directory: Path, name: str | None, role: str, data: Path, id_column: str, label_column: str | None,
          positive_label: str | None, exclude: tuple[str, ...], features: str | None, encode: tuple[str, ...],
-         sep: str | None, decimal: str | None, encoding: str | None, as_json: bool) -> None:
+         sep: str | None, decimal: str | None, encoding: str | None, memory: str | None, as_json: bool) -> None:
     """Create a party workspace in DIRECTORY.
 
     The data file is checked now (ids, labels, text columns) and read again by each job: what
@@ -53,10 +55,19 @@ def init(directory: Path, name: str | None, role: str, data: Path, id_column: st
         vfl init bank --role active --data bank.csv --id-column id --label-column default
         vfl init bureau --role passive --data bureau.csv --id-column id --exclude region
     """
+    if memory is not None:
+        from vfl_cli.protocol.psi_stream import parse_memory
+
+        parse_memory(memory)  # refused before anything is written
     choice = {"csv": {"sep": sep, "decimal": decimal, "encoding": encoding}, "exclude": list(exclude),
               "features": _names(features), "positive_label": positive_label, "encode": parse_encodings(encode)}
     ws = Workspace.init(directory, name=name or directory.resolve().name.lower(), role=role,
                         data=data, id_column=id_column, label_column=label_column, **choice)
+    if memory is not None:
+        from vfl_cli.artifacts.io import pretty_json, replace_atomic
+
+        ws.config["memory"] = memory
+        replace_atomic(ws.path("vfl.json"), pretty_json(ws.config))
     features_now = ws.features
     if as_json:
         emit_json({"workspace": str(ws.root), "name": ws.name, "role": ws.role, "features": features_now})

@@ -37,7 +37,7 @@ import numpy as np
 from vfl_cli.artifacts.container import Artifact, ndarray_member, points_member
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.names import is_name
-from vfl_cli.protocol import psi, psi_cache
+from vfl_cli.protocol import align_stream, psi, psi_cache
 from vfl_cli.protocol.base import (
     Expect,
     Hex,
@@ -134,6 +134,8 @@ class Align(Protocol):
         return {**checked, "cache": params["cache"]}
 
     def expects(self, ctx: PartyContext, state: JobState) -> list[Expect]:
+        if "stream" in state.data:  # a streamed alignment (align_stream): one part per step
+            return align_stream.expects(ctx, state)
         if ctx.is_active:
             return [] if state.phase == "start" else [Expect(p, RESPONSE) for p in ctx.passives]
         return [Expect(ctx.active, START if state.phase == "start" else FINISH)]
@@ -144,6 +146,8 @@ class Align(Protocol):
         if "cache" in ctx.params:
             return _CachedQuery(ctx, state).advance(received)
         salt = bytes.fromhex(ctx.params["salt"])
+        if align_stream.streaming(ctx, state, received):  # sets too large for the memory bound
+            return align_stream.Stream(ctx, state).advance(received, salt)
         if ctx.is_active and state.phase == "start":
             return self._start(ctx, state, salt)
         if ctx.is_active:

@@ -105,6 +105,12 @@ class PartyContext:
     private_key: Callable[[], Any]
     public_key: Callable[[str], Any]
     progress: Progress = no_progress
+    #: This party's bound on one process's memory, in bytes (workspace setting, or --memory).
+    memory: int | None = None
+    #: The data file's CSV format options (vfl.json), for steps that read the file in chunks.
+    csv: Mapping[str, Any] = field(default_factory=dict)
+    #: A private folder of this job (0700) for lists too large to hold in memory.
+    scratch: Callable[[], Path] | None = None
     #: this party's local settings for the job (job.json's ``local``; never in the proposal)
     local: Mapping[str, Any] = field(default_factory=dict)
 

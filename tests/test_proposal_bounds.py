@@ -143,7 +143,8 @@ def test_any_value_is_refused_cleanly_or_checked_into_its_range(protocol: str, d
     assert check(protocol, json.loads(json.dumps(out))) == out
 
 
-DOCS = {"hetero-lr": "hetero-linear.md", "split-nn": "split-nn.md", "hfl": "hfl.md", "psi": "psi.md"}
+DOCS = {"hetero-lr": "hetero-linear.md", "split-nn": "split-nn.md", "hfl": "hfl.md", "psi": "psi.md",
+        "secureboost": "secureboost.md"}
 TABLE = re.compile(r"\| parameter \| default \| allowed \|\n(?:\|.*\|\n)+")
 
 

@@ -14,6 +14,10 @@ The algorithm, written once and shared with the encrypted protocol
   ``HL, HR >= min_child_weight``; a node splits on its best candidate when the gain is > 0.
   Ties go to the first candidate in (party, feature, bin) order.
 - Leaf value ``-learning_rate * G / (H + l2)``.
+- Row sampling per round: plain (``subsample``, from the public seed) or GOSS (``goss_top``
+  = a, ``goss_other`` = b; LightGBM's gradient-based one-side sampling): the ``round(a n)`` rows
+  with the largest ``sum_k |g_k|`` are kept, ``round(b n)`` of the others are drawn by a seed
+  only the label holder knows and their ``g`` and ``h`` multiplied by ``(n - top) / drawn``.
 - Losses: binary log loss (``g = p - y``, ``h = p(1-p)``), squared error (``g = f - y``,
   ``h = 1``), multi-class softmax with one tree per class and round (``g = p_k - y_k``,
   ``h = p_k(1-p_k)``). The start score is the prior's log-odds, the mean, or the log priors.
@@ -43,6 +47,7 @@ __all__ = [
     "loss",
     "predict_proba",
     "row_sample",
+    "row_weights",
     "split_gains",
 ]
 
@@ -63,6 +68,8 @@ class BoostParams:
     subsample: float = 1.0
     colsample: float = 1.0
     seed: int = 42
+    goss_top: float = 0.0  # GOSS (Ke et al. 2017): share of rows kept by largest |g|; 0: off
+    goss_other: float = 0.1  # GOSS: share of rows drawn from the others, up-weighted
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -253,23 +260,26 @@ def _grow(Xb: np.ndarray, n_bins: np.ndarray, g: np.ndarray, h: np.ndarray, rows
 
 
 def fit(Xb: np.ndarray, n_bins: np.ndarray, y: np.ndarray, p: BoostParams,
-        n_classes: int = 2, *, blocks: list[int] | None = None, active_trees: int = 0) -> Booster:
+        n_classes: int = 2, *, blocks: list[int] | None = None, active_trees: int = 0,
+        goss_seed: int = 0) -> Booster:
     """Boost ``p.trees`` rounds on binned rows ``Xb`` (n x F) with labels ``y``.
 
     ``blocks`` are the column counts of each party (the active party's first; default one
     block): each party samples its own columns (:func:`column_sample`), and the first
-    ``active_trees`` rounds use the first block only. Rows are sampled by :func:`row_sample`.
+    ``active_trees`` rounds use the first block only. Rows are sampled and weighted by
+    :func:`row_weights` (``goss_seed``: the label holder's secret seed of GOSS's draws).
     """
     blocks = blocks or [Xb.shape[1]]
     base = init_score(y, p.objective, n_classes)
     booster = Booster(base, [], p.objective)
     raw = np.tile(base, (len(y), 1))
     for r in range(p.trees):
-        rows = np.zeros(len(y), dtype=bool)
-        rows[row_sample(p, r, len(y))] = True
         allowed = np.concatenate([column_sample(p, r, b, f) & (b == 0 or r >= active_trees)
                                   for b, f in enumerate(blocks)])
         g, h = gradients(y, raw, p.objective)
+        w = row_weights(p, r, g, goss_seed)
+        rows = w > 0
+        g, h = g * w[:, None], h * w[:, None]
         trees = [_grow(Xb, n_bins, g[:, k], h[:, k], rows, p, allowed) for k in range(raw.shape[1])]
         booster.rounds.append(trees)
         for k, tree in enumerate(trees):
@@ -283,6 +293,26 @@ def row_sample(p: BoostParams, round_no: int, n: int) -> np.ndarray:
     if p.subsample >= 1:
         return np.arange(n)
     return np.flatnonzero(np.random.default_rng([p.seed, 1, round_no]).random(n) < p.subsample)
+
+
+def row_weights(p: BoostParams, round_no: int, g: np.ndarray, goss_seed: int = 0) -> np.ndarray:
+    """Each row's weight in round ``round_no`` (0: not sampled): plain sampling gives 0 or 1;
+    GOSS keeps the top rows by ``sum_k |g_k|`` (weight 1) and draws others with ``goss_seed``
+    (a secret of the label holder), weighted ``(n - top) / drawn``."""
+    n = len(g)
+    w = np.zeros(n)
+    if p.goss_top <= 0:
+        w[row_sample(p, round_no, n)] = 1.0
+        return w
+    top = min(n, max(1, round(p.goss_top * n)))
+    order = np.argsort(-np.abs(g).sum(axis=1), kind="stable")
+    rest = order[top:]
+    drawn = min(len(rest), max(1, round(p.goss_other * n)))
+    w[order[:top]] = 1.0
+    if drawn:
+        pick = np.random.default_rng([goss_seed, 3, round_no]).choice(len(rest), drawn, replace=False)
+        w[rest[pick]] = len(rest) / drawn
+    return w
 
 
 def column_sample(p: BoostParams, round_no: int, party: int, f: int) -> np.ndarray:

@@ -35,7 +35,7 @@ def tree_size(depth: int) -> int:
 
 def boost_params(params: Mapping[str, Any]) -> trees.BoostParams:
     keys = ("trees", "depth", "learning_rate", "l2", "min_child_weight", "min_samples_leaf",
-            "objective", "subsample", "colsample", "seed")
+            "objective", "subsample", "colsample", "seed", "goss_top", "goss_other")
     return trees.BoostParams(**{k: params[k] for k in keys})
 
 
@@ -105,7 +105,10 @@ def start_state(st: Any, data: ActiveData) -> Any:
     k = data.classes
     base = trees.init_score(data.y_grow, data.params.objective, max(k, 2))
     raw = np.tile(base, (data.n, 1))
-    return st.but(raw=raw, classes=k, g_bits=0, base=base.tolist())
+    # GOSS draws rows by a seed only this party knows (a public one would tell a passive party
+    # which sampled rows were drawn, hence which were kept for their large gradients)
+    return st.but(raw=raw, classes=k, g_bits=0, base=base.tolist(),
+                  goss_seed=secrets.randbits(62))
 
 
 def g_bits(g: np.ndarray) -> int:

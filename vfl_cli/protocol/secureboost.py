@@ -91,6 +91,7 @@ class ActiveState(PartyState):
     best: list[float] = field(default_factory=list)  # [best valid loss, round]
     splits: dict[str, int] = field(default_factory=dict)
     gains: dict[str, float] = field(default_factory=dict)
+    goss_seed: int = 0  # GOSS's draws: a secret of this party (never a public seed)
     #: digests of this round's ``gh`` ciphertexts: a reply holding any of them is refused
     sent: np.ndarray | None = None
 
@@ -115,16 +116,18 @@ def _tree_size(depth: int) -> int:
 def _begin_round(ctx: PartyContext, st: ActiveState, data: sd.ActiveData) -> ActiveState:
     p = data.params
     g, h = trees.gradients(data.y_grow, st.raw[data.grow], p.objective)  # type: ignore[index]
+    w = trees.row_weights(p, st.round_no, g, st.goss_seed)  # plain sampling or GOSS
+    g, h = g * w[:, None], h * w[:, None]
     G = np.zeros_like(st.raw)
     H = np.zeros_like(st.raw)
     G[data.grow], H[data.grow] = g, h
     sample = np.zeros(data.n, dtype=bool)
-    sample[data.grow[trees.row_sample(p, st.round_no, len(data.grow))]] = True
+    sample[data.grow[w > 0]] = True
     node = np.zeros((data.n, st.classes), dtype=np.int64)
     roots = [k * _tree_size(p.depth) for k in range(st.classes)]
     node += np.array(roots)
     forest = [*st.forest, [{"id": r, "owner": None, "value": None} for r in roots]]
-    return st.but(g=G, h=H, g_bits=sd.g_bits(g), sample=sample, node=node, layer=0, frontier=roots, pending={},
+    return st.but(g=G, h=H, g_bits=sd.g_bits(np.vstack([g, h])), sample=sample, node=node, layer=0, frontier=roots, pending={},
                   forest=forest)
 
 
@@ -324,6 +327,10 @@ class SecureBoost(KitProtocol[Any]):
         "min_child_weight": Float(1e-3, 0.0, 1e6),
         "min_samples_leaf": Int(20, 1, 1_000_000),
         "subsample": Float(1.0, 0.0, 1.0, open_low=True, note="plain row subsampling per round"),
+        "goss_top": Float(0.0, 0.0, 1.0, open_high=True,
+                          note="GOSS: share of rows kept by largest gradient (0: off)"),
+        "goss_other": Float(0.1, 0.0, 1.0, open_low=True,
+                            note="GOSS: share drawn from the other rows, up-weighted"),
         "colsample": Float(1.0, 0.0, 1.0, open_low=True, note="each party its own columns"),
         "active_trees": Int(1, 0, 1000, note="first rounds from the active party's columns only"),
         "validation_fraction": Float(0.0, 0.0, 0.5, note="of the training rows"),
@@ -337,6 +344,8 @@ class SecureBoost(KitProtocol[Any]):
         out = super().check_params(params, parties)
         if out["early_stopping_rounds"] and not out["validation_fraction"]:
             raise VflError("secureboost early_stopping_rounds needs validation_fraction > 0")
+        if out["goss_top"] and (out["subsample"] < 1 or out["goss_top"] + out["goss_other"] > 1):
+            raise VflError("secureboost goss_top needs subsample = 1 and goss_top + goss_other <= 1")
         return out
 
     def phases(self) -> Mapping[tuple[str, str], Phase[Any]]:

@@ -245,3 +245,12 @@ def test_rows_marked_unreachable_on_their_path_are_refused() -> None:
     assert raw.tolist() == [[1.0]]
     with pytest.raises(InvalidArtifact, match="marked as unable to reach"):
         route_scores(model, np.zeros((2, 0), np.int64), "bank", {"p1": ([(0, 0)], reach, left)})
+
+
+def test_a_passive_party_without_splits_sends_empty_planes() -> None:
+    from vfl_cli.artifacts.container import ndarray_member
+
+    msg = passive_routes(_model(2, []), np.array([[0], [3]]))
+    nodes, reach, left = msg.bits("p1")
+    assert nodes == [] and reach.shape == left.shape == (2, 0)
+    assert ndarray_member("reach", msg.reach).data  # an empty plane still travels as a member

@@ -18,7 +18,16 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["tree_figures", "tree_summary", "tree_tables"]
+__all__ = ["job_tree_summary", "tree_figures", "tree_summary", "tree_tables"]
+
+
+def job_tree_summary(ws: Any, job: str) -> dict[str, Any] | None:
+    """:func:`tree_summary` of this party's results of ``job`` (None: no tree model there)."""
+    from vfl_cli import jobs
+
+    state, _ = jobs.load_state(ws, job)
+    card = state.results.get("model")
+    return tree_summary(card, state.results.get("history")) if isinstance(card, dict) else None
 
 
 def tree_summary(card: Mapping[str, Any], history: list[Mapping[str, Any]] | None = None

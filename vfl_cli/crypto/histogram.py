@@ -3,26 +3,41 @@
 One ciphertext per row carries the row's count and, for every class column ``k``, its gradient
 and hessian in fixed point (:class:`RowLayout`). Slots are wide enough for the sum over every
 row (headroom from the row count), so homomorphic sums over any set of rows decode slot by
-slot. Bin sums are the engine's multi-exponentiation with a 0/1 matrix (no Python loop over
-rows); cumulative sums loop over bins only.
+slot.
+
+Where the time goes and what is done about it (default_credit, 24,000 rows, 2048-bit keys):
+
+* encryption of the rows by the key holder: the engine's DJN form ``(1 + m n) h**a`` with the
+  fixed-base tables taken modulo ``p^2`` and ``q^2`` and joined by the CRT (the key holder knows
+  the factors): the same ciphertexts, less work than the tables modulo ``n^2``;
+* bin sums: one modular product per (row, column), added straight into the row's bin (a
+  bincount of ciphertexts), chunked over rows across workers; no 0/1 matrix;
+* packing the candidates' sums: Horner's rule per ciphertext in the workers, each packed
+  ciphertext re-randomised there with a long DJN exponent (its recipient is the key holder;
+  see :func:`vfl_cli.crypto.paillier_array.rerandomize`) instead of a uniform ``r**n``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import gmpy2  # type: ignore[import-untyped]
 import numpy as np
-from gmpy2 import mpz  # type: ignore[import-untyped]
+from gmpy2 import mpz
 
 from vfl_cli.crypto import paillier_kernels as _k
+from vfl_cli.crypto import parallel as _par
+from vfl_cli.crypto.packing import Packed, SlotLayout
 from vfl_cli.crypto.paillier_array import EncryptedArray, encrypt
-from vfl_cli.crypto.paillier_keys import PublicKey
-from vfl_cli.crypto.paillier_matmul import plain_matmul
+from vfl_cli.crypto.paillier_keys import PrivateKey, PublicKey, long_exponent_bits
 from vfl_cli.errors import EncodingOverflow
 
-__all__ = ["RowLayout", "bin_sums", "cumulative", "encrypt_rows", "subtract"]
+__all__ = ["RowLayout", "bin_sums", "cumulative", "encrypt_rows", "pack_sums", "subtract"]
+
+_CRT_TABLES: dict[tuple[int, int, int, int], tuple[list[list[mpz]], list[list[mpz]]]] = {}
 
 
 @dataclass(frozen=True)
@@ -93,22 +108,107 @@ class RowLayout:
         return out
 
 
-def encrypt_rows(public: PublicKey, plains: list[int]) -> EncryptedArray:
-    """Fresh encryptions of the row plaintexts (exponent 0)."""
+def encrypt_rows(public: PublicKey, plains: list[int], *, private: PrivateKey | None = None,
+                 n_jobs: int | None = None) -> EncryptedArray:
+    """Fresh encryptions of the row plaintexts (exponent 0).
+
+    With ``private`` (the key holder encrypting under its own key) the DJN randomisers
+    ``h**a`` are computed modulo ``p^2`` and ``q^2`` and joined by the CRT: the same
+    distribution as :func:`~vfl_cli.crypto.paillier_array.encrypt`, less work.
+    """
     if any(v.bit_length() >= public.n.bit_length() - 2 for v in plains):
         raise EncodingOverflow("a packed row does not fit the key; use fewer classes or a larger key")
-    zeros = encrypt(public, np.zeros(len(plains)), exponent=0)
-    N, nsq = mpz(public.n), mpz(public.nsquare)
-    values = [_k.add_plain(c, mpz(v), N, nsq) for c, v in zip(zeros.raw_ciphertexts(), plains,
-                                                               strict=True)]
-    return EncryptedArray(public, values, (len(plains),), 0, fresh=True)
+    if private is None or public.h is None:
+        zeros = encrypt(public, np.zeros(len(plains)), exponent=0, n_jobs=n_jobs)
+        N, nsq = mpz(public.n), mpz(public.nsquare)
+        values = [_k.add_plain(c, mpz(v), N, nsq) for c, v in zip(zeros.raw_ciphertexts(), plains,
+                                                                   strict=True)]
+        return EncryptedArray(public, values, (len(plains),), 0, fresh=True)
+    private.check_key(public)
+    p, q = private._p, private._q  # the factors stay in this process and its own workers
+    tasks = [(p, q, public.h, public.short_exponent_bits, plains[s])
+             for s in _par.split(len(plains), n_jobs, min_chunk=512, per_worker=1)]
+    out: list[mpz] = []
+    for blob in _par.run(w_encrypt_crt, tasks, n_jobs):
+        out.extend(_k.from_blob(blob, public.width))
+    return EncryptedArray(public, out, (len(plains),), 0, fresh=True)
 
 
-def bin_sums(rows: EncryptedArray, onehot: np.ndarray) -> EncryptedArray:
-    """``onehot (bins x rows) @ rows``: the sum of the rows in every bin (not fresh)."""
+def _crt_tables(p: int, q: int, h: int, ebits: int) -> tuple[list[list[mpz]], list[list[mpz]]]:
+    """Fixed-base tables of ``h`` modulo ``p^2`` and ``q^2`` (cached per process)."""
+    key = (p, q, h, ebits)
+    if key not in _CRT_TABLES:
+        tables = []
+        for m in (mpz(p) ** 2, mpz(q) ** 2):
+            base, rows = mpz(h) % m, []
+            for _ in range(ebits // _k.WINDOW):
+                row = [mpz(1), base]
+                for _j in range(2, 1 << _k.WINDOW):
+                    row.append(row[-1] * base % m)
+                rows.append(row)
+                base = row[-1] * base % m
+            tables.append(rows)
+        if len(_CRT_TABLES) >= 2:
+            _CRT_TABLES.pop(next(iter(_CRT_TABLES)))
+        _CRT_TABLES[key] = (tables[0], tables[1])
+    return _CRT_TABLES[key]
+
+
+def w_encrypt_crt(p: int, q: int, h: int, ebits: int, plains: list[int]) -> bytes:
+    """Worker: ``(1 + m n) h**a mod n^2`` for fresh ``ebits``-bit ``a``, ``h**a`` by the CRT."""
+    tp, tq = _crt_tables(p, q, h, ebits)
+    P2, Q2 = mpz(p) ** 2, mpz(q) ** 2
+    N = mpz(p) * q
+    nsq = N * N
+    p2_inv = gmpy2.invert(P2 % Q2, Q2)
+    nwin = len(tp)
+    rnd = os.urandom(nwin * len(plains))  # the window digits of each fresh exponent a
+    out = []
+    for k, m in enumerate(plains):
+        d = rnd[k * nwin: (k + 1) * nwin]
+        xp, xq = tp[0][d[0]], tq[0][d[0]]
+        for t in range(1, nwin):
+            xp = xp * tp[t][d[t]] % P2
+            xq = xq * tq[t][d[t]] % Q2
+        x = xp + P2 * ((xq - xp) * p2_inv % Q2)
+        out.append(_k.add_plain(x, mpz(m), N, nsq))
+    return _k.to_blob(out, _k.width_of(nsq))
+
+
+def bin_sums(rows: EncryptedArray, index: np.ndarray, total: int, *,
+             n_jobs: int | None = None) -> EncryptedArray:
+    """Sum of the rows in every bin: row ``r`` is added to every bin of ``index[r]`` (not fresh).
+
+    ``index`` is ``rows x columns`` with values in ``0..total-1`` (each column's bins at its own
+    offset, one block per node when several nodes are built at once): one modular product per
+    entry, no matrix. Chunks of rows go to the workers; their partial sums are multiplied.
+    """
+    index = np.asarray(index, dtype=np.int64).reshape(rows.size, -1)
+    if index.size and (index.min() < 0 or index.max() >= total):
+        raise EncodingOverflow("bin indices outside the bins")
     if rows.size == 0:
-        return _zeros(rows.public, onehot.shape[0])
-    return plain_matmul(onehot, rows, exponent=0)
+        return _zeros(rows.public, total)
+    width, nsq = rows.public.width, mpz(rows.public.nsquare)
+    cts = rows.raw_ciphertexts()
+    slices = _par.split(rows.size, n_jobs, min_chunk=1024,
+                        min_items=max(1024, 20_000 // max(1, index.shape[1])))
+    tasks = [(rows.public.n, _k.to_blob(cts[s], width), index[s], total) for s in slices]
+    acc: list[mpz] = []
+    for blob in _par.run(w_bin_sums, tasks, n_jobs):
+        part = _k.from_blob(blob, width)
+        acc = [a * b % nsq for a, b in zip(acc, part, strict=True)] if acc else part
+    return EncryptedArray(rows.public, acc, (total,), rows.exponent)
+
+
+def w_bin_sums(n: int, blob: bytes, index: np.ndarray, total: int) -> bytes:
+    """Worker: the product of the ciphertexts of ``blob`` falling in each of ``total`` bins."""
+    nsq = mpz(n) * n
+    width = _k.width_of(nsq)
+    acc = [mpz(1)] * total
+    for c, line in zip(_k.from_blob(blob, width), index.tolist(), strict=True):
+        for j in line:
+            acc[j] = acc[j] * c % nsq
+    return _k.to_blob(acc, width)
 
 
 def _zeros(public: PublicKey, count: int) -> EncryptedArray:
@@ -139,3 +239,54 @@ def cumulative(bins: EncryptedArray, groups: Sequence[tuple[int, int]], bound_bi
             acc = acc * cts[b] % nsq
             out.append(acc)
     return EncryptedArray(bins.public, out, (len(out),), 0, bound=1 << bound_bits)
+
+
+def pack_sums(x: EncryptedArray, value_bits: int, *, n_jobs: int | None = None) -> Packed:
+    """:func:`~vfl_cli.crypto.packing.pack` for sums going to the key holder, in the workers.
+
+    The same layout (``SlotLayout.for_value_bits``), so ``decrypt_packed`` reads it; Horner's
+    rule and the re-randomisation (a fresh ``h**a`` with a long DJN exponent, safe towards the
+    key holder: :func:`~vfl_cli.crypto.paillier_array.rerandomize`) run chunk by chunk.
+    """
+    public = x.public
+    if public.h is None:
+        from vfl_cli.crypto.packing import pack
+
+        return pack(x, value_bits=value_bits, n_jobs=n_jobs)
+    layout = SlotLayout.for_value_bits(public.bits, value_bits)
+    if x.bound is not None and x.bound > 1 << value_bits:
+        raise EncodingOverflow(f"values may need more than value_bits={value_bits}")
+    ebits = long_exponent_bits(public.bits)
+    cts = x.raw_ciphertexts()
+    tasks = []
+    for s in _par.split(layout.ciphertexts(x.size), n_jobs, min_chunk=8, min_items=48):
+        lo, hi = s.start * layout.slots, min(x.size, s.stop * layout.slots)
+        tasks.append((public.n, public.h, ebits, _k.to_blob(cts[lo:hi], public.width),
+                      layout.slots, layout.slot_bits, layout.offset))
+    out: list[mpz] = []
+    for blob in _par.run(w_pack, tasks, n_jobs):
+        out.extend(_k.from_blob(blob, public.width))
+    packed = EncryptedArray(public, out, (len(out),), x.exponent, fresh=True)
+    return Packed(packed, x.size, x.shape, x.exponent, layout.slot_bits, layout.slots,
+                  layout.offset)
+
+
+def w_pack(n: int, h: int, ebits: int, blob: bytes, slots: int, slot_bits: int, offset: int
+           ) -> bytes:
+    """Worker: ``slots`` values per ciphertext (the first lowest), plus the offset, re-randomised."""
+    N = mpz(n)
+    nsq = N * N
+    width = _k.width_of(nsq)
+    cts = _k.from_blob(blob, width)
+    layout = SlotLayout(slot_bits, slots, offset)
+    groups = [cts[i: i + slots] for i in range(0, len(cts), slots)]
+    obf = _k.short_obfuscators(n, h, ebits, len(groups))
+    shift = mpz(1) << slot_bits
+    out = []
+    for group, r in zip(groups, obf, strict=True):
+        acc = group[-1]
+        for c in reversed(group[:-1]):
+            acc = gmpy2.powmod(acc, shift, nsq) * c % nsq
+        acc = _k.add_plain(acc, mpz(layout.offset_plaintext(len(group)) % N), N, nsq)
+        out.append(acc * r % nsq)
+    return _k.to_blob(out, width)

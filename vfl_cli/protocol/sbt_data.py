@@ -331,17 +331,12 @@ def apply_own_splits(st: Any, msg: LayerMessage, data: PartyData
     return node, (np.concatenate(bits) if bits else np.zeros(0, np.uint8)), model
 
 
-def _onehot(Xb: np.ndarray, offsets: np.ndarray, total: int) -> np.ndarray:
-    m = np.zeros((total, len(Xb)), dtype=np.float64)
-    cols = np.arange(len(Xb))
-    for j in range(Xb.shape[1]):
-        m[offsets[j] + Xb[:, j], cols] = 1.0
-    return m
-
-
 def node_bins(st: Any, msg: LayerMessage, data: PartyData, node: np.ndarray,
               E: paillier.EncryptedArray) -> dict[int, paillier.EncryptedArray]:
-    """Encrypted bin sums of every frontier node: the smaller child built, its sibling derived."""
+    """Encrypted bin sums of every frontier node: the smaller child built, its sibling derived.
+
+    The nodes to build are summed in one pass (one modular product per row and column).
+    """
     size, total = tree_size(msg.depth), int(data.n_bins.sum())
     offsets = np.concatenate([[0], np.cumsum(data.n_bins)[:-1]])
     srows = np.flatnonzero(msg.sample)
@@ -349,8 +344,7 @@ def node_bins(st: Any, msg: LayerMessage, data: PartyData, node: np.ndarray,
     pos[srows] = np.arange(len(srows))
     members = {nid: srows[node[srows, nid // size] == nid] for nid in msg.frontier}
     parents = _stored_bins(st, E.public, total)
-    out: dict[int, paillier.EncryptedArray] = {}
-    derive = []
+    build, derive = [], []
     for nid in msg.frontier:
         k, i = divmod(nid, size)
         sib = nid + 1 if i % 2 else nid - 1
@@ -360,9 +354,13 @@ def node_bins(st: Any, msg: LayerMessage, data: PartyData, node: np.ndarray,
             if mine > theirs or (mine == theirs and i % 2 == 0):
                 derive.append((nid, parent, sib))
                 continue
-        rows = members[nid]
-        out[nid] = hg.bin_sums(E[pos[rows]] if len(rows) else E[np.arange(0)],
-                               _onehot(data.Xb[rows], offsets, total))
+        build.append(nid)
+    rows = np.concatenate([members[nid] for nid in build]) if build else np.zeros(0, np.int64)
+    block = np.concatenate([np.full(len(members[nid]), i) for i, nid in enumerate(build)]
+                           ) if build else np.zeros(0, np.int64)
+    index = block[:, None] * total + offsets[None, :] + data.Xb[rows]
+    sums = hg.bin_sums(E[pos[rows]], index, total * len(build))
+    out = {nid: sums[np.arange(i * total, (i + 1) * total)] for i, nid in enumerate(build)}
     for nid, parent, sib in derive:
         out[nid] = hg.subtract(parents[parent], out[sib])
     return out
@@ -402,7 +400,7 @@ def build_candidates(ctx: PartyContext, st: Any, msg: LayerMessage, data: PartyD
         ids_all.append(np.array(ids, dtype=np.int64))
         counts.append(len(order))
     cands = paillier.concatenate(chunks)
-    packed = paillier.pack(cands, value_bits=layout.bits)
+    packed = hg.pack_sums(cands, value_bits=layout.bits)
     kept = paillier.concatenate([bins[nid] for nid in msg.frontier])
     return (packed, np.concatenate(ids_all), np.array(counts, dtype=np.int64), lookup,
             np.frombuffer(kept.to_bytes(), dtype=np.uint8), list(msg.frontier))

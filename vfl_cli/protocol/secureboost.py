@@ -161,7 +161,8 @@ def _send_layer(ctx: PartyContext, st: ActiveState, data: sd.ActiveData, *, firs
     if first:
         rows = np.flatnonzero(st.sample)  # type: ignore[arg-type]
         plains = layout.encode(layout.quantise(st.g[rows]), layout.quantise(st.h[rows]))  # type: ignore[index]
-        members.append(enc_member("gh", encrypt_rows(ctx.private_key().public, plains)))
+        priv = ctx.private_key()
+        members.append(enc_member("gh", encrypt_rows(priv.public, plains, private=priv)))
         # A decrypts only sums a passive party built, never these ciphertexts sent back
         st = st.but(sent=sent_digests([members[-1].data], ctx.private_key().public.width))
     out = []

@@ -47,7 +47,7 @@ import pandas as pd
 from vfl_cli.artifacts.container import Artifact, Member, ndarray_member
 from vfl_cli.bin_rules import BinRules
 from vfl_cli.crypto import paillier
-from vfl_cli.crypto.histogram import bin_sums
+from vfl_cli.crypto.paillier_matmul import plain_matmul
 from vfl_cli.errors import DataError, InvalidArtifact
 from vfl_cli.models.binning import MAX_BINS, NUMERIC, Binning, ColumnBins, fit_binning, opaque_ids
 from vfl_cli.models.features import aligned_rows, split_rows
@@ -223,7 +223,7 @@ def sum_bins(binning: Binning, df: pd.DataFrame, y: paillier.EncryptedArray, *, 
     for j in range(xb.shape[1]):
         onehot[offsets[j] + xb[:, j], np.arange(len(df))] = 1.0
     index = np.array([offsets[names.index(c)] + b for c, b in ids.keys], dtype=np.int64)
-    sums = bin_sums(y, onehot)[index]
+    sums = plain_matmul(onehot, y, exponent=0)[index]  # onehot (bins x rows) @ labels
     counts = onehot.sum(axis=1)[index].astype(np.int64)
     ordered = {c.name: monotone and c.kind == NUMERIC for c in binning.columns}
     rank = np.array([b if ordered[c] else -1 for c, b in ids.keys], dtype=np.int64)

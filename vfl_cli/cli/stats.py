@@ -52,8 +52,10 @@ def _cell(value: Any) -> str:
 
 @click.group()
 def stats() -> None:
-    """Statistics of this party's own columns, computed locally (nothing is sent), and joint
-    statistics with the other parties (vfl stats joint).
+    """Statistics of this party's columns, locally; and with its peers (vfl stats joint).
+
+    'show' and 'psi' compute on this party's own data alone and send nothing; 'joint' runs a
+    joint-stats job with the other parties.
 
     Example:
 

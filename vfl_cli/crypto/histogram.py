@@ -35,7 +35,8 @@ from vfl_cli.crypto.paillier_array import EncryptedArray, encrypt
 from vfl_cli.crypto.paillier_keys import PrivateKey, PublicKey, long_exponent_bits
 from vfl_cli.errors import EncodingOverflow
 
-__all__ = ["RowLayout", "bin_sums", "cumulative", "encrypt_rows", "pack_sums", "subtract"]
+__all__ = ["RowLayout", "bin_sums", "cumulative", "encrypt_rows", "from_own_state", "pack_sums",
+           "subtract"]
 
 _CRT_TABLES: dict[tuple[int, int, int, int], tuple[list[list[mpz]], list[list[mpz]]]] = {}
 
@@ -290,3 +291,14 @@ def w_pack(n: int, h: int, ebits: int, blob: bytes, slots: int, slot_bits: int, 
         acc = _k.add_plain(acc, mpz(layout.offset_plaintext(len(group)) % N), N, nsq)
         out.append(acc * r % nsq)
     return _k.to_blob(out, width)
+
+
+def from_own_state(public: PublicKey, data: bytes, count: int) -> EncryptedArray:
+    """Ciphertexts this party stored in its own job state, checked when they first arrived.
+
+    :meth:`EncryptedArray.from_bytes` checks every value (a product and a gcd modulo ``n``);
+    a party's own state needs no second check on every step.
+    """
+    if len(data) != count * public.width:
+        raise EncodingOverflow(f"stored ciphertexts: {len(data)} bytes for {count} values")
+    return EncryptedArray(public, _k.from_blob(data, public.width), (count,), 0)

@@ -40,14 +40,23 @@ def boost_params(params: Mapping[str, Any]) -> trees.BoostParams:
 
 
 class PartyData:
-    """This party's aligned rows, split (grow / validation / test), binned on the grow rows."""
+    """This party's aligned rows, split (grow / validation / test), binned on the grow rows.
 
-    def __init__(self, ctx: PartyContext) -> None:
-        alignment = ctx.params["alignment"]
-        finished_job(ctx, alignment, ("psi",))
+    Built from the data file on a party's first step; later steps (each its own process) read
+    the binned rows back from the party's job state (:meth:`cache`) instead of reading,
+    aligning and binning the file again.
+    """
+
+    def __init__(self, ctx: PartyContext, st: Any = None) -> None:
         self.params = boost_params(ctx.params)
         self.params_raw = ctx.params
         self.name = ctx.name
+        self.features = list(ctx.features)
+        if st is not None and getattr(st, "xb", None) is not None:
+            self._from_state(st)
+            return
+        alignment = ctx.params["alignment"]
+        finished_job(ctx, alignment, ("psi",))
         df = aligned_rows(ctx.data(alignment), ctx.job_arrays(alignment), ctx.id_column,
                           alignment)
         self.df = df
@@ -56,11 +65,25 @@ class PartyData:
                            ids=ctx.job_arrays(alignment).get("aligned_ids"))
         self.test = split.test
         self.grow, self.valid = _validation(split.train, ctx.params)
-        self.features = list(ctx.features)
         self.binning: Binning = fit_binning(df.iloc[self.grow], self.features,
                                             max_bins=ctx.params["max_bins"])
         self.Xb = self.binning.transform(df)
         self.n_bins = np.array([c.n_bins for c in self.binning.columns], dtype=np.int64)
+
+    def _from_state(self, st: Any) -> None:
+        self.Xb = np.asarray(st.xb)
+        self.n = len(self.Xb)
+        part = np.asarray(st.rowset, dtype=np.int64)
+        a, b = 2 + int(part[0]), 2 + int(part[0]) + int(part[1])
+        self.grow, self.valid, self.test = part[2:a], part[a:b], part[b:]
+        self.binning = Binning.from_json(st.binning)
+        self.n_bins = np.array([c.n_bins for c in self.binning.columns], dtype=np.int64)
+
+    def cache(self) -> dict[str, Any]:
+        """State fields that let later steps skip the data file (:meth:`_from_state`)."""
+        part = np.concatenate([[len(self.grow), len(self.valid)], self.grow, self.valid,
+                               self.test]).astype(np.int64)
+        return {"xb": self.Xb, "rowset": part, "binning": self.binning.to_json()}
 
 
 def _validation(train: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -75,13 +98,18 @@ PassiveData = PartyData
 class ActiveData(PartyData):
     """The active party's data, with its labels."""
 
-    def __init__(self, ctx: PartyContext) -> None:
-        super().__init__(ctx)
-        if not ctx.label_column:
-            raise DataError(f"{ctx.name} has no label column; the active party holds the labels")
-        y = numeric_matrix(self.df, [ctx.label_column], what=ctx.name)[:, 0]
-        if np.isnan(y).any():
-            raise DataError(f"{ctx.name}: the label column {ctx.label_column!r} has missing values")
+    def __init__(self, ctx: PartyContext, st: Any = None) -> None:
+        super().__init__(ctx, st)
+        if st is not None and getattr(st, "xb", None) is not None:
+            y = np.asarray(st.y, dtype=np.float64)
+        else:
+            if not ctx.label_column:
+                raise DataError(f"{ctx.name} has no label column; the active party holds the "
+                                "labels")
+            y = numeric_matrix(self.df, [ctx.label_column], what=ctx.name)[:, 0]
+            if np.isnan(y).any():
+                raise DataError(f"{ctx.name}: the label column {ctx.label_column!r} has missing "
+                                "values")
         self.y = y
         self.y_grow = y[self.grow]
         self.classes = _classes(y, self.params.objective, ctx.params["classes"])
@@ -105,6 +133,7 @@ def start_state(st: Any, data: ActiveData) -> Any:
     k = data.classes
     base = trees.init_score(data.y_grow, data.params.objective, max(k, 2))
     raw = np.tile(base, (data.n, 1))
+    st = st.but(**data.cache(), y=data.y)
     # GOSS draws rows by a seed only this party knows (a public one would tell a passive party
     # which sampled rows were drawn, hence which were kept for their large gradients)
     return st.but(raw=raw, classes=k, g_bits=0, base=base.tolist(),
@@ -369,8 +398,7 @@ def node_bins(st: Any, msg: LayerMessage, data: PartyData, node: np.ndarray,
 def _stored_bins(st: Any, public: Any, total: int) -> dict[int, paillier.EncryptedArray]:
     if st.bins is None or not st.bins_nodes:
         return {}
-    allb = paillier.EncryptedArray.from_bytes(public, st.bins.tobytes(),
-                                              (len(st.bins_nodes) * total,), 0)
+    allb = hg.from_own_state(public, st.bins.tobytes(), len(st.bins_nodes) * total)
     return {nid: allb[np.arange(i * total, (i + 1) * total)] for i, nid in
             enumerate(st.bins_nodes)}
 
@@ -378,7 +406,7 @@ def _stored_bins(st: Any, public: Any, total: int) -> dict[int, paillier.Encrypt
 def build_candidates(ctx: PartyContext, st: Any, msg: LayerMessage, data: PartyData,
                      node: np.ndarray, public: Any) -> tuple[Any, ...]:
     """Shuffled, packed cumulative sums of every frontier node under fresh opaque ids."""
-    E = paillier.EncryptedArray.from_bytes(public, st.gh.tobytes(), (st.gh_rows,), 0)
+    E = hg.from_own_state(public, st.gh.tobytes(), st.gh_rows)
     layout = hg.RowLayout(msg.classes, 40, msg.g_bits, msg.grow_rows)
     bins = node_bins(st, msg, data, node, E)
     party = 1 + ctx.passives.index(ctx.name)

@@ -92,6 +92,11 @@ class ActiveState(PartyState):
     splits: dict[str, int] = field(default_factory=dict)
     gains: dict[str, float] = field(default_factory=dict)
     goss_seed: int = 0  # GOSS's draws: a secret of this party (never a public seed)
+    # this party's binned rows, kept from its first step (sbt_data.PartyData.cache)
+    xb: np.ndarray | None = None
+    rowset: np.ndarray | None = None  # [#grow, #valid, grow..., valid..., test...]
+    binning: dict[str, Any] = field(default_factory=dict)
+    y: np.ndarray | None = None
     #: digests of this round's ``gh`` ciphertexts: a reply holding any of them is refused
     sent: np.ndarray | None = None
 
@@ -106,6 +111,9 @@ class PassiveState(PartyState):
     bins_nodes: list[int] = field(default_factory=list)
     lookup: dict[str, list[int]] = field(default_factory=dict)  # opaque id -> [node, col, bin]
     model: list[list[Any]] = field(default_factory=list)  # [round, node, column, bin]
+    xb: np.ndarray | None = None  # this party's binned rows (sbt_data.PartyData.cache)
+    rowset: np.ndarray | None = None
+    binning: dict[str, Any] = field(default_factory=dict)
 
 
 def _tree_size(depth: int) -> int:
@@ -179,7 +187,7 @@ def _send_layer(ctx: PartyContext, st: ActiveState, data: sd.ActiveData, *, firs
 
 def _on_replies(ctx: PartyContext, st: ActiveState, received: Mapping[str, Artifact]
                 ) -> Step[ActiveState]:
-    data = sd.ActiveData(ctx)
+    data = sd.ActiveData(ctx, st)
     priv = ctx.private_key()
     layout = RowLayout(st.classes, PRECISION, st.g_bits, len(data.grow))
     node = st.node.copy()  # type: ignore[union-attr]
@@ -251,7 +259,9 @@ def _passive_layer(ctx: PartyContext, st: PassiveState, received: Mapping[str, A
     if art.kind != LAYER:
         raise InvalidArtifact(f"expected {LAYER} from {ctx.active}, got {art.kind}")
     check_round(art, st.t)
-    data = sd.PassiveData(ctx)
+    data = sd.PassiveData(ctx, st)
+    if st.xb is None:
+        st = st.but(**data.cache())
     msg = sd.LayerMessage.decode(art, data.n, data.params.depth)
     expect_meta_count(art, "grow_rows", len(data.grow))  # both parties draw the same split
     public = ctx.public_key(ctx.active)
@@ -275,7 +285,7 @@ def _passive_layer(ctx: PartyContext, st: PassiveState, received: Mapping[str, A
 
 def _passive_done(ctx: PartyContext, st: PassiveState, received: Mapping[str, Artifact]
                   ) -> Step[PassiveState]:
-    data = sd.PassiveData(ctx)
+    data = sd.PassiveData(ctx, st)
     return Step.finish(st, sd.passive_results(ctx, st, data))
 
 

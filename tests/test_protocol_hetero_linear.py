@@ -54,7 +54,8 @@ def standardised(X: np.ndarray, train: np.ndarray) -> np.ndarray:
 
 
 PARAMS = {"epochs": 3, "batch_size": 90, "optimizer": "adam", "learning_rate": 0.05, "test_fraction": 0.25,
-          "seed": 5, "l2": 0.01, "approximation": "taylor", "label_epsilon": 0.0}  # exact, to match the references
+          "seed": 5, "l2": 0.01, "approximation": "taylor", "label_epsilon": 0.0,
+          "label_bits": 0.0}  # no label noise: exact, to match the references
 
 
 def test_logistic_equals_the_plaintext_reference(two_parties) -> None:
@@ -357,8 +358,29 @@ def test_fixed_minibatches_keep_their_rows_and_are_never_small(n: int, batch: in
 
 def test_label_noise_is_on_by_default_for_hetero_lr_only() -> None:
     defaults = hl.check_params({"alignment": "al"})
-    # hetero-lr: epsilon 8 over the default 10 epochs, sigma 2.18 per row and epoch
-    assert hl.label_noise_sigma(defaults, True) == pytest.approx(2.1831, abs=1e-3)
+    assert defaults["label_bits"] == 0.5 and defaults["label_epsilon"] == 0.0
+    # hetero-lr: label_bits 0.5 over the default 10 epochs, breast's 455 training rows and 20
+    # passive columns: 2^(2 * 0.5 * 455 / (10 * 20)) - 1 = 3.840, sigma = 1 / (2 sqrt(3.840))
+    assert hl.label_noise_sigma(defaults, True, 455, 20) == pytest.approx(0.25515, abs=1e-4)
+    # without the batch's shape (rows, columns) the information rule has nothing to size
+    assert hl.label_noise_sigma(defaults, True) == 0.0
+    # formal label DP stays available: epsilon 8 over 10 epochs is sigma 2.18, the larger rule wins
+    assert hl.label_noise_sigma(dict(defaults, label_epsilon=8.0), True, 455, 20) == pytest.approx(2.1831, abs=1e-3)
     # hetero-linear: a target has no natural range, so no noise until label_clip is set
-    assert hl.label_noise_sigma(defaults, False) == 0.0
-    assert hl.label_noise_sigma(dict(defaults, label_clip=5.0), False) == pytest.approx(10 * 2.1831, abs=1e-2)
+    assert hl.label_noise_sigma(defaults, False, 455, 20) == 0.0
+    assert hl.label_noise_sigma(dict(defaults, label_epsilon=8.0, label_clip=5.0), False) == pytest.approx(
+        10 * 2.1831, abs=1e-2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(64, 100_000), columns=st.integers(1, 200), epochs=st.integers(1, 200),
+       fraction=st.floats(0.01, 0.99))
+def test_label_bits_bound_holds_at_the_cap(rows: int, columns: int, epochs: int, fraction: float) -> None:
+    """Over `epochs` releases the gradients of `columns` columns carry at most `label_bits` of the
+    batch's label bits (exactly that, up to rounding, when every epoch runs)."""
+    columns = min(columns, rows // 4)  # the batch bound
+    params = {"label_bits": fraction, "epochs": epochs, "label_epsilon": 0.0}
+    sigma = hl.label_noise_sigma(params, True, rows, max(1, columns))
+    bits = hl.label_information_bits(sigma, epochs, max(1, columns))
+    assert sigma > 0 and bits <= fraction * rows * (1 + 1e-6)
+    assert hl.label_information_bits(sigma, max(1, epochs // 2), max(1, columns)) <= bits

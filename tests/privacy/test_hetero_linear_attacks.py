@@ -226,7 +226,7 @@ def _rows_per_round(ws: Path, views: Views, party: str, job: str = "tr") -> list
 
 
 SMALL = {"epochs": 1, "batch_size": 10, "learning_rate": 0.1, "test_fraction": 0.25, "seed": 3,
-         "label_epsilon": 0.0}  # the batch bound alone (label noise, on by default, is measured apart)
+         "label_epsilon": 0.0, "label_bits": 0.0}  # the batch bound alone (label noise, on by default, is measured apart)
 
 
 def test_small_batch_attacks_succeed_without_the_bound(tmp_path: Path, sample: Any, monkeypatch: Any) -> None:
@@ -348,10 +348,14 @@ def test_active_party_is_no_decryption_oracle(tmp_path: Path, sample: Any, monke
 #: Finding 6, inherent leaks (docs/protocols/hetero-linear.md, "What each party learns"): on
 #: breast the passive party's own columns already rank the labels without any message (first
 #: principal component, AUC 0.96 on these rows); its first full-batch gradient ranks them at about
-#: 0.98 and its own final weights at about 0.98. They must stay under these bounds, and the
-#: gradient must add little to what the party's columns give it unsupervised.
+#: 0.98. They must stay under these bounds, and the gradient must add little to what the party's
+#: columns give it unsupervised. Its own final weights are its part of a model of the label: since
+#: the default trains to convergence (issue #15: newton at full batch) they rank the labels at
+#: 0.9986 (adam's 3 epochs: about 0.98); they must do no better than the best model of the label
+#: on the party's columns, fitted with the labels (LogisticRegression, what any trained model part
+#: is bounded by), which the party never sees.
 FIRST_GRADIENT_AUC_BOUND = 0.99
-OWN_WEIGHTS_AUC_BOUND = 0.995
+OWN_WEIGHTS_OVER_SUPERVISED = 0.002
 GRADIENT_OVER_OWN_COLUMNS = 0.05
 
 
@@ -367,21 +371,27 @@ def first_gradient_and_own_weights(bank: Path, bureau: Path, views: Views, job: 
     y = true_labels(bank, job)[train_rows]
     X = data.X[train_rows]
     principal = roc_auc(y, X @ np.linalg.svd(X, full_matrices=False)[2][0])
+    from sklearn.linear_model import LogisticRegression
+
+    supervised = LogisticRegression(max_iter=5000).fit(X, y).decision_function(X)
     return {
         # g0 = X^T (p0 - y) / m: rows with label 1 point against it
         "direction": roc_auc(y, -(X @ g0)),
         "own_weights": roc_auc(y, X @ jobs.load_state(Workspace(bureau), job)[0].arrays["weights"]),
         "own_columns": max(principal, 1 - principal),
+        # the ceiling, with the labels the party never has: the best model on its columns
+        "supervised": roc_auc(y, supervised),
     }
 
 
 def test_first_gradient_and_own_weights_leak_is_bounded(tmp_path: Path, sample: Any) -> None:
     bank, bureau = _parties(tmp_path, sample, None)
     views = run_job([bank, bureau], {"epochs": 3, "batch_size": 0, "test_fraction": 0.2, "seed": 42,
-                                     "label_epsilon": 0.0})
+                                     "label_epsilon": 0.0, "label_bits": 0.0})
     auc = first_gradient_and_own_weights(bank, bureau, views)
+    print("finding 6, measured:", auc)
     assert auc["direction"] < FIRST_GRADIENT_AUC_BOUND, auc
-    assert auc["own_weights"] < OWN_WEIGHTS_AUC_BOUND, auc
+    assert auc["own_weights"] < auc["supervised"] + OWN_WEIGHTS_OVER_SUPERVISED, auc
     assert auc["direction"] - auc["own_columns"] < GRADIENT_OVER_OWN_COLUMNS, auc
 
 
@@ -483,7 +493,8 @@ def test_fixed_batches_do_not_stack_across_epochs(sample: Any) -> None:
 
 def test_first_batch_subset_sum_and_label_noise() -> None:
     """The first batch is a subset-sum in the labels: LLL reads all of them from the exact
-    gradient; with the default label noise it does no better than guessing the majority class
+    gradient; with the default label noise (label_bits, one epoch: the least noise it ever adds
+    to 80-row batches of a 20-column party) it does no better than guessing the majority class
     (runs where fpylll is installed,
     see tests/benchmarks/bench_hetero_lattice.py; the project does not depend on it)."""
     pytest.importorskip("fpylll")
@@ -496,7 +507,9 @@ def test_first_batch_subset_sum_and_label_noise() -> None:
     spec.loader.exec_module(bench)
     A, t, y = bench.first_gradient(80, 0.0)
     assert bench.labels_found(A, t, y, 0) == 80
-    sigma = hl.label_noise_sigma(hl.check_params({"alignment": "al", "epochs": 1}), True)
+    # the default noise (label_bits) at its smallest: one epoch, so one release per row
+    sigma = hl.label_noise_sigma(hl.check_params({"alignment": "al", "epochs": 1}), True, 80, 20)
+    assert 0.1 < sigma < 0.2  # 0.129: a tenth of a label, against which no label is solved
     A, t, y = bench.first_gradient(80, sigma)
     top = max(abs(v) for row in A for v in row).bit_length()
     majority = max(int(y.sum()), len(y) - int(y.sum()))

@@ -46,6 +46,7 @@ __all__ = [
     "Optimizer",
     "SGD",
     "make_optimizer",
+    "newton_decrement",
     "own_curvature_step",
 ]
 
@@ -500,7 +501,36 @@ def own_curvature_step(X: np.ndarray, grad: np.ndarray, *, curvature: float, par
     Returns:
         The direction to subtract from the weights (times ``step_k``).
     """
-    n = max(1, len(X))
-    H = curvature * (X.T @ X) / n + ridge * np.eye(X.shape[1])
     scale = step / max(1.0, parties / 2.0)
-    return np.asarray(scale * np.linalg.solve(H, grad))
+    return np.asarray(scale * np.linalg.solve(own_curvature(X, curvature, ridge), grad))
+
+
+def own_curvature(X: np.ndarray, curvature: float, ridge: float = 1e-3) -> np.ndarray:
+    """``c X^T X / n + ridge I``: the block of the loss's Hessian a party computes from its own columns."""
+    n = max(1, len(X))
+    return np.asarray(curvature * (X.T @ X) / n + ridge * np.eye(X.shape[1]))
+
+
+def newton_decrement(X: np.ndarray, grad: np.ndarray, *, curvature: float, noise: float = 0.0,
+                     ridge: float = 1e-3) -> tuple[float, float, float]:
+    """A party's squared Newton decrement ``g^T H^-1 g`` on its own block, and what noise adds.
+
+    ``g^T H^-1 g / 2`` is the decrease of the loss a full Newton step on this party's weights
+    alone would bring (with ``H`` from :func:`own_curvature`): a unit-free convergence measure
+    (the label is standardised, the loss is per row). When the gradient carries Gaussian noise
+    ``X^T e / n`` with ``e ~ N(0, noise^2)`` per row (hetero-lr's label noise), the decrement of
+    the noise alone has mean ``noise^2 / n tr(H^-1 S)`` and deviation about
+    ``noise^2 / n sqrt(2 tr((H^-1 S)^2))``, ``S = X^T X / n``; both are returned so that a party
+    can tell a gradient that is still moving from one that is only noise.
+
+    Returns:
+        ``(decrement, noise_mean, noise_sd)``.
+    """
+    n = max(1, len(X))
+    H = own_curvature(X, curvature, ridge)
+    dec = float(grad @ np.linalg.solve(H, grad))
+    if noise <= 0:
+        return dec, 0.0, 0.0
+    M = np.linalg.solve(H, (X.T @ X) / n)
+    scale = noise * noise / n
+    return dec, float(scale * np.trace(M)), float(scale * math.sqrt(2.0 * float(np.trace(M @ M))))

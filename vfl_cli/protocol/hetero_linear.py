@@ -84,7 +84,7 @@ from vfl_cli.artifacts.container import Artifact, Member
 from vfl_cli.crypto import paillier
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.models.features import Split, aligned_rows, numeric_matrix, prepare, split_rows
-from vfl_cli.models.optim import SCHEDULES, EarlyStopping, make_optimizer, own_curvature_step
+from vfl_cli.models.optim import SCHEDULES, EarlyStopping, make_optimizer, newton_decrement, own_curvature_step
 from vfl_cli.models.reference import fixed_minibatches, initial_intercept, minibatches
 from vfl_cli.protocol.base import (
     Bool,
@@ -152,16 +152,20 @@ def value_bits(real_bits: int, exponent: int) -> int:
 #: Momentum of the default ``newton`` optimiser (each party's own-curvature step).
 NEWTON_MOMENTUM = 0.3
 
+#: Ridge on each party's own curvature (standardised columns: a thousandth of a unit variance).
+NEWTON_RIDGE = 1e-3
+
 #: Every training parameter, its default and allowed range (checked by proposer and acceptors).
 PARAMS: dict[str, Param] = {
     "alignment": JobRef(note="the finished psi job whose rows to train on"),
-    "epochs": Int(10, 1, 10_000),
+    "epochs": Int(10, 1, 10_000, note="a cap: at full batch training stops on convergence (tol)"),
     "batch_size": Int(0, 0, 100_000_000,
                       note="0: full batch; every batch >= 64 rows and >= 4 per column of the widest party"),
-    # adam stays the default: newton's steps amplify noisy gradients (mini-batches, label
-    # noise) along near-collinear columns (breast, batch 96, 3 epochs: test AUC 0.61)
-    "optimizer": Choice("adam", "adam", "sgd", "newton",
-                        note="newton: each party's own-curvature step, learning_rate unused"),
+    # auto: newton at full batch (converges in a few exchanges, no learning rate); adam with
+    # mini-batches, where newton amplified the batches' noise (breast, batch 96: test AUC 0.61)
+    "optimizer": Choice("auto", "auto", "adam", "sgd", "newton",
+                        note="auto: newton at full batch, adam with mini-batches; newton: each party's "
+                             "own-curvature step, learning_rate unused"),
     "learning_rate": Float(0.05, 0.0, 10.0, open_low=True),
     "momentum": Float(0.0, 0.0, 1.0, open_high=True, note="sgd only"),
     "l1": Float(0.0, 0.0, 100.0),
@@ -170,6 +174,7 @@ PARAMS: dict[str, Param] = {
     "decay": Float(0.01, 0.0, 100.0, note="inverse_time schedule"),
     "early_stopping_patience": Int(0, 0, 10_000, note="0: off; full batch only"),
     "early_stopping_tol": Float(1e-4, 0.0, 1.0),
+    "tol": Float(3e-4, 0.0, 1.0, note="full batch: stop when every party's Newton decrement is below this; 0: never"),
     "loss_sample": Int(256, 1, 1_000_000, note="rows in the encrypted loss"),
     "loss_every": Int(1, 1, 10_000),
     "approximation": Choice("centred", "centred", "taylor"),
@@ -181,7 +186,10 @@ PARAMS: dict[str, Param] = {
     "select_iv": Float(0.0, 0.0, 100.0, note="with binning: each party keeps its columns of IV >= this"),
     "select_top": Int(0, 0, 100_000, note="with binning: each party keeps its top k columns by IV; 0: all"),
     "woe": Bool(False, note="with binning: each party trains on its binned columns' WOE"),
-    "label_epsilon": Float(8.0, 0.0, 1000.0, note="label DP of the residuals passive parties see; 0: off"),
+    "label_bits": Float(0.5, 0.0, 1.0, open_high=True,
+                        note="hetero-lr: noise such that a passive party's gradients carry at most this "
+                             "fraction of a batch's label bits over all epochs; 0: off"),
+    "label_epsilon": Float(0.0, 0.0, 1000.0, note="formal label DP (zCDP) of the residuals passive parties see; 0: off"),
     "label_delta": Float(1e-5, 0.0, 0.1, open_low=True, note="delta of label_epsilon"),
     "label_clip": Float(0.0, 0.0, 1e9,
                         note="hetero-linear: residual offsets clipped to +-this for label noise; 0: no noise"),
@@ -203,16 +211,24 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def optimizer_name(p: Mapping[str, Any]) -> str:
+    """The optimiser a job uses: ``auto`` is newton at full batch and adam with mini-batches."""
+    name = str(p.get("optimizer", "adam")).lower()
+    if name == "auto":
+        return "newton" if not p.get("batch_size") else "adam"
+    return name
+
+
 def _optimizer(p: Mapping[str, Any]) -> Any:
     kw: dict[str, Any] = {"lr": p["learning_rate"], "l1": p["l1"], "l2": p["l2"],
                           "schedule": p["schedule"], "decay": p["decay"]}
-    if p["optimizer"].lower() == "newton":  # the step is own_curvature_step's, already scaled
+    if optimizer_name(p) == "newton":  # the step is own_curvature_step's, already scaled
         # heavy-ball 0.3 on the preconditioned step: motor (3 parties, columns correlated across
         # parties) reaches 2.1% of least squares in 10 steps instead of 3.9% (numpy, train rows)
         return make_optimizer("sgd", lr=1.0, momentum=NEWTON_MOMENTUM, l1=p["l1"], l2=p["l2"])
-    if p["optimizer"].lower() == "sgd":
+    if optimizer_name(p) == "sgd":
         kw["momentum"] = p["momentum"]
-    return make_optimizer(p["optimizer"], **kw)
+    return make_optimizer(optimizer_name(p), **kw)
 
 
 # ----- the party's data ------------------------------------------------------------------------
@@ -297,24 +313,56 @@ def label_sensitivity(params: Mapping[str, Any], binary: bool) -> float:
     return 1.0 if binary else 2.0 * float(params.get("label_clip", 0.0))
 
 
-def label_noise_sigma(params: Mapping[str, Any], binary: bool) -> float:
+def label_noise_sigma(params: Mapping[str, Any], binary: bool, rows: int = 0, columns: int = 0) -> float:
     """Standard deviation of the Gaussian noise on each residual offset the passive parties see.
 
-    Each training row's offset is sent once per epoch; ``epochs`` Gaussian releases of
-    sensitivity ``S`` with deviation ``sigma`` cost ``rho = epochs S^2 / (2 sigma^2)`` in zCDP,
-    which is (label_epsilon, label_delta)-label-DP. 0 when ``label_epsilon`` is 0 (off).
+    The larger of two public rules (0 when both are off):
+
+    * ``label_epsilon`` (formal label DP): each training row's offset is sent once per epoch;
+      ``epochs`` Gaussian releases of sensitivity ``S`` with deviation ``sigma`` cost
+      ``rho = epochs S^2 / (2 sigma^2)`` in zCDP, which is (label_epsilon, label_delta)-label-DP.
+    * ``label_bits`` (hetero-lr, on by default): :func:`label_bits_sigma` for batches of ``rows``
+      rows and a widest passive party of ``columns`` columns.
     """
+    bits = label_bits_sigma(params, binary, rows, columns)
     eps = float(params.get("label_epsilon", 0.0))
     if eps <= 0 or label_sensitivity(params, binary) <= 0:
-        return 0.0
+        return bits
     rho = _zcdp_rho(eps, float(params["label_delta"]))
-    return label_sensitivity(params, binary) * math.sqrt(int(params["epochs"]) / (2.0 * rho))
+    return max(bits, label_sensitivity(params, binary) * math.sqrt(int(params["epochs"]) / (2.0 * rho)))
 
 
-def label_epsilon_spent(params: Mapping[str, Any], binary: bool, releases: int) -> float:
-    """The (epsilon, label_delta) actually spent after ``releases`` epochs (early stopping spends less)."""
-    sigma = label_noise_sigma(params, binary)
-    if sigma <= 0 or releases <= 0:
+def label_bits_sigma(params: Mapping[str, Any], binary: bool, rows: int, columns: int) -> float:
+    """The noise that keeps what a passive party's gradients say about a batch's labels below
+    ``label_bits`` times the batch's ``rows`` label bits, over ``epochs`` releases.
+
+    A passive party with ``p`` columns sees per release ``X^T (d + e) / m``, ``e ~ N(0, sigma^2)``
+    per row. Given everything but the labels (independent 0/1 values, variance at most 1/4), the
+    labels enter ``d`` with coefficient -1, so the release is a Gaussian channel whose signal
+    covariance is at most ``X^T X / 4`` against noise ``sigma^2 X^T X``: it carries at most
+    ``p/2 log2(1 + 1/(4 sigma^2))`` bits about them, whatever ``X`` is. ``epochs`` releases carry
+    at most ``epochs`` times that; setting it to ``label_bits * rows`` gives this sigma.
+    """
+    fraction = float(params.get("label_bits", 0.0))
+    if not binary or fraction <= 0 or rows <= 0 or columns <= 0:
+        return 0.0
+    exponent = 2.0 * fraction * rows / (int(params["epochs"]) * columns)
+    return 0.5 / math.sqrt(math.expm1(min(exponent, 600.0) * math.log(2.0)))
+
+
+def label_information_bits(sigma: float, releases: int, columns: int) -> float:
+    """Upper bound on the label bits ``releases`` noisy gradients of ``columns`` columns carry."""
+    if sigma <= 0:
+        return math.inf if releases > 0 else 0.0
+    return releases * columns / 2.0 * math.log2(1.0 + 1.0 / (4.0 * sigma * sigma))
+
+
+def label_epsilon_spent(params: Mapping[str, Any], binary: bool, releases: int,
+                        sigma: float | None = None) -> float:
+    """The (epsilon, label_delta) that ``releases`` epochs of noise ``sigma`` (default: the
+    label_epsilon rule's) amount to (early stopping spends less)."""
+    sigma = label_noise_sigma(params, binary) if sigma is None else sigma
+    if sigma <= 0 or releases <= 0 or label_sensitivity(params, binary) <= 0:
         return 0.0
     rho = releases * label_sensitivity(params, binary) ** 2 / (2.0 * sigma**2)
     return rho + 2.0 * math.sqrt(rho * math.log(1.0 / float(params["label_delta"])))
@@ -346,6 +394,14 @@ def peer_columns(state: JobState, art: Artifact, smallest_batch: int) -> int:
         )
     check_batch_rows(smallest_batch, cols, art.sender)
     return cols
+
+
+def received_sigma(art: Artifact) -> float:
+    """The label noise deviation the active party declares in its residual message."""
+    sigma = art.meta.get("label_sigma", 0.0)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0.0 <= float(sigma) < 1e6:
+        raise InvalidArtifact(f"{art.kind} from {art.sender} declares label_sigma {sigma!r}; refused")
+    return float(sigma)
 
 
 # ----- artifact members ------------------------------------------------------------------------
@@ -480,11 +536,18 @@ class HeteroLinear(Protocol):
         state.data.update(t=0, epoch=0, batch=0, optimizer=_optimizer(ctx.params).state_dict(), history=[])
 
     def _step_weights(self, ctx: PartyContext, state: JobState, grad: np.ndarray, intercept: bool,
-                      data: LinearData | None = None) -> None:
-        if data is not None and str(ctx.params["optimizer"]).lower() == "newton":
-            # preconditioned by this party's own columns only: nothing more is sent or learnt
-            grad = own_curvature_step(data.X[data.split.train], grad, parties=1 + len(ctx.passives),
-                                      curvature=0.25 if self.task == "binary" else 1.0)
+                      data: LinearData | None = None, noise: float = 0.0) -> None:
+        if data is not None:
+            X, c = data.X[data.split.train], 0.25 if self.task == "binary" else 1.0
+            # convergence on this party's own block, measured with its own columns only; a passive
+            # party discounts what the label noise (public sigma) adds to its decrement
+            dec, mean, sd = newton_decrement(X, grad, curvature=c, noise=noise, ridge=NEWTON_RIDGE)
+            tol = float(ctx.params.get("tol", 0.0))
+            state.data["decrement"] = dec
+            state.data["converged_here"] = bool(tol > 0 and dec - mean < max(tol, 2.0 * sd))
+            if optimizer_name(ctx.params) == "newton":
+                # preconditioned by this party's own columns only: nothing more is sent or learnt
+                grad = own_curvature_step(X, grad, parties=1 + len(ctx.passives), curvature=c, ridge=NEWTON_RIDGE)
         opt = _optimizer(ctx.params)
         opt.load_state_dict(state.data["optimizer"])
         w = state.arrays["weights"]
@@ -512,7 +575,7 @@ class HeteroLinear(Protocol):
         if np.abs(u).max(initial=0.0) > PARTIAL_BOUND:
             raise VflError("partial scores exploded (training diverged): lower learning_rate")
         meta = {"epoch": epoch, "batch": batch, "alignment": data.fingerprint, "rows": len(rows),
-                "columns": data.columns}
+                "columns": data.columns, "converged": bool(state.data.get("converged_here", False))}
         tick = ctx.progress(f"round {t}: encrypting partial scores", None)
         k1 = ctx.public_key(ctx.passives[0])
         enc_u = paillier.encrypt(k1, u)
@@ -535,6 +598,7 @@ class HeteroLinear(Protocol):
         self._check_round(res, state)
         rows = data.batch_rows(ctx.params, epoch, batch)
         peer_columns(state, res, data.smallest_batch)
+        state.data["label_sigma"] = received_sigma(res)
         ka = ctx.public_key(ctx.active)
         u = data.X[rows] @ state.arrays["weights"]
         d = read_enc(res, "a", ka, rows=len(rows))
@@ -628,7 +692,7 @@ class HeteroLinear(Protocol):
         rows = data.batch_rows(ctx.params, epoch, batch)
         m = load_mask(state.data.pop("grad_mask"))
         grad = paillier.unmask(read_ints(reply, "grad_reply", len(m.offsets)), m) / len(rows)
-        self._step_weights(ctx, state, grad, intercept=False, data=data)
+        self._step_weights(ctx, state, grad, intercept=False, data=data, noise=float(state.data.get("label_sigma", 0.0)))
         self._advance_position(state, data)
         nxt = reply.meta.get("next")
         if nxt == "batch":
@@ -685,6 +749,8 @@ class HeteroLinear(Protocol):
             if art.meta.get("alignment") != data.fingerprint:
                 raise InvalidArtifact(f"{p} trains on another alignment than {ctx.name} (mismatched rows)")
             peer_columns(state, art, data.smallest_batch)
+            # one bit per exchange: whether p's own block had converged at its last gradient
+            state.data.setdefault("peer_converged", {})[p] = art.meta.get("converged") is True
             expect_meta_count(art, "rows", len(rows))
             # no declared bound: the masks' fixed widths are public, and an overflow is caught
             # exactly when the masked slots are decrypted and unmasked
@@ -703,12 +769,13 @@ class HeteroLinear(Protocol):
         if loss_due(ctx.params, epoch, batch, data.batches_per_epoch):
             p1_members += self._loss_request(ctx, state, passive_sum, slope, offset)
         ka = ctx.public_key(ctx.name)
-        shared = [enc_member("a", paillier.encrypt(ka, self._released_offset(ctx, offset)))]
+        shared = [enc_member("a", paillier.encrypt(ka, self._released_offset(ctx, state, data, offset)))]
         if self.constant_slope(ctx.params) is None:
             shared.append(enc_member("slope", paillier.encrypt(ka, slope)))
         # what A sends under its own key must never come back to it for decryption
         remember_sent(state, [m.data for m in shared], ka.width)
-        meta = {"epoch": epoch, "batch": batch, "columns": data.columns}
+        meta = {"epoch": epoch, "batch": batch, "columns": data.columns,
+                "label_sigma": float(state.data.get("label_sigma", 0.0))}
         out = []
         for p in ctx.passives:
             members = shared + (p1_members if p == ctx.passives[0] else [])
@@ -716,10 +783,14 @@ class HeteroLinear(Protocol):
         state.phase = "wait-gradients"
         return out
 
-    def _released_offset(self, ctx: PartyContext, offset: np.ndarray) -> np.ndarray:
-        """The offsets the passive parties compute with: with label_epsilon, clipped (regression)
-        and with Gaussian noise from A's own CSPRNG; A's own gradient keeps the exact ones."""
-        sigma = label_noise_sigma(ctx.params, self.task == "binary")
+    def _released_offset(self, ctx: PartyContext, state: JobState, data: LinearData,
+                         offset: np.ndarray) -> np.ndarray:
+        """The offsets the passive parties compute with: with label noise (label_bits,
+        label_epsilon), clipped (regression) and with Gaussian noise from A's own CSPRNG; A's
+        own gradient keeps the exact ones. The deviation is public and sent along."""
+        widest = max([int(v) for k, v in state.data.get("columns", {}).items() if k in ctx.passives] or [0])
+        sigma = label_noise_sigma(ctx.params, self.task == "binary", data.smallest_batch, widest)
+        state.data["label_sigma"] = sigma
         if sigma <= 0:
             return offset
         if self.task != "binary":
@@ -767,8 +838,10 @@ class HeteroLinear(Protocol):
             # reply): the loss per hand-off is what a user waiting on carried files sees
             state.data["history"].append({"epoch": epoch, "loss": loss, "handoffs": 4 * (t + 1)})
         self._step_weights(ctx, state, grad, intercept=True, data=data)
+        if state.data["history"] and state.data["history"][-1]["epoch"] == epoch:
+            state.data["history"][-1]["decrement"] = float(state.data["decrement"])
         self._advance_position(state, data)
-        nxt = "batch" if self._continue(ctx, state) else "evaluate"
+        nxt = "batch" if self._continue(ctx, state, data) else "evaluate"
         state.phase = "wait-partials" if nxt == "batch" else "wait-scores"
         if nxt == "evaluate" and len(data.split.test) == 0:
             state.phase = "wait-scores"
@@ -787,9 +860,14 @@ class HeteroLinear(Protocol):
         msq = sum_d2 / scale / int(lm["count"])
         return float(self.loss_from_mean_square(msq, params))
 
-    def _continue(self, ctx: PartyContext, state: JobState) -> bool:
+    def _continue(self, ctx: PartyContext, state: JobState, data: LinearData) -> bool:
         d = state.data
         if d["epoch"] >= ctx.params["epochs"]:
+            return False
+        peers = d.get("peer_converged", {})
+        if (data.batches_per_epoch == 1 and d.get("converged_here") and len(peers) == len(ctx.passives)
+                and all(peers.values())):
+            d["converged"] = True  # every party's own block: Newton decrement below tol
             return False
         patience = ctx.params["early_stopping_patience"]
         if patience and d["batch"] == 0:
@@ -864,6 +942,7 @@ class HeteroLinear(Protocol):
                 "weights": {f: float(v) for f, v in zip(features, w)},
                 "epochs_run": int(state.data["epoch"]),
                 "stopped_early": bool(state.data.get("stopped_early", False)),
+                "converged": bool(state.data.get("converged", False)),
             },
             "metrics": metrics,
             "history": state.data.get("history", []),
@@ -873,13 +952,19 @@ class HeteroLinear(Protocol):
     def _privacy(self, ctx: PartyContext, state: JobState) -> dict[str, Any]:
         """What this job spent on label privacy (public: every party can compute it)."""
         binary = self.task == "binary"
-        sigma = label_noise_sigma(ctx.params, binary)
+        sigma = float(state.data.get("label_sigma", label_noise_sigma(ctx.params, binary)))
         releases = int(state.data.get("epoch", 0)) if sigma > 0 else 0
+        widest = max([len(ctx.features) + int(ctx.is_active)]
+                     + [int(v) for v in state.data.get("columns", {}).values()])
+        bits = label_information_bits(sigma, releases, widest) if sigma > 0 else None
         return {"label_noise_sigma": sigma, "releases_per_row": releases,
-                "label_epsilon": label_epsilon_spent(ctx.params, binary, releases),
+                # any Gaussian noise is some label DP: the epsilon this noise amounts to
+                "label_epsilon": label_epsilon_spent(ctx.params, binary, releases, sigma),
                 "label_delta": float(ctx.params["label_delta"]) if sigma > 0 else 0.0,
-                "widest_columns": max([len(ctx.features) + int(ctx.is_active)]
-                                      + [int(v) for v in state.data.get("columns", {}).values()])}
+                "label_bits": float(ctx.params.get("label_bits", 0.0)),
+                # upper bound on what the widest party's gradients carry about a batch's labels
+                "label_information_bits": bits,
+                "widest_columns": widest}
 
 
 class HeteroLogistic(HeteroLinear):

@@ -347,15 +347,14 @@ def label_sums(binning: Binning, df: pd.DataFrame, y: paillier.EncryptedArray,
     rng.shuffle(perm)  # perm[k]: the column behind opaque column number k
     number = {names[c]: k for k, c in enumerate(perm)}
     offsets = np.concatenate([[0], np.cumsum([c.n_bins for c in binning.columns])[:-1]])
-    xb = binning.transform(df)
+    at = binning.transform(df) + offsets.astype(np.int64)  # each row's bin in every column
+    total = int(sum(c.n_bins for c in binning.columns))
     index = np.array([offsets[names.index(c)] + b for c, b in ids.keys], dtype=np.int64)
-    onehot = np.zeros((len(index), len(df)), dtype=np.float64)
-    for j in range(xb.shape[1]):
-        onehot[offsets[j] + xb[:, j], np.arange(len(df))] = 1.0
-    onehot = onehot[index]  # rows in opaque id order
-    masked, m = paillier.mask(_unbounded(bin_sums(y, onehot)), rng=rng)
+    sums = bin_sums(y, at, total)[index]  # in opaque id order
+    masked, m = paillier.mask(_unbounded(sums), rng=rng)
+    counts = np.bincount(at.ravel(), minlength=total)[index].astype(np.int64)
     column = np.array([number[c] for c, _ in ids.keys], dtype=np.int64)
-    return masked, save_mask(m), onehot.sum(axis=1).astype(np.int64), column, ids.to_json()
+    return masked, save_mask(m), counts, column, ids.to_json()
 
 
 def rates_table(binning: Binning, ids: list[list[Any]], counts: np.ndarray,

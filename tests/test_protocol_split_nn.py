@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -88,15 +89,22 @@ def reference(bank: Path, bureau: Path, params: dict, label: str) -> tuple[ss.Sp
     return model, history, model.predict(XA[split.test], XP[split.test])
 
 
+def shares_sum(a: Any, p: Any) -> np.ndarray:
+    """``W_P = U + V`` from the two parties' job states (exact integers at 2^-64)."""
+    total = split_nn.share_ints(a) + split_nn.share_ints(p)
+    return np.array([float(v) for v in total.flat]).reshape(total.shape) / 2.0**64
+
+
 def test_binary_equals_the_plaintext_reference(tmp_path: Path, sample) -> None:
     bank, bureau = small_parties(tmp_path, sample("breast_active.csv"), sample("breast_passive.csv"), "label", 120)
     params = dict(PARAMS, model=SPEC)
     states = train(bank, bureau, params)
     model, history, _ = reference(bank, bureau, params, "label")
     a, p = states["bank"], states["bureau"]
-    # the shares of W_P sum to the reference's W_P; each alone is far from it (noised)
-    np.testing.assert_allclose(a.arrays["share"] + p.arrays["share"], model.W_P, atol=1e-6)
-    assert np.abs(p.arrays["share"] - model.W_P).max() > 1.0
+    # the shares of W_P (exact integers at 2^-64) sum to the reference's W_P; each alone is far
+    # from it: noised by 2^40 times the gradient's public bound, so about 2^60 in value
+    np.testing.assert_allclose(shares_sum(a, p), model.W_P, atol=1e-6)
+    assert min(abs(int(v)) for v in split_nn.share_ints(p).flat) > 2**(64 + 40)
     np.testing.assert_allclose(a.arrays["W_A"], model.W_A, atol=1e-6)
     np.testing.assert_allclose(a.arrays["b"], model.b, atol=1e-6)
     np.testing.assert_allclose(a.arrays["net_top"], model.top.get_flat(), atol=1e-6)
@@ -127,7 +135,7 @@ def test_multiclass_equals_the_plaintext_reference(tmp_path: Path) -> None:
     states = train(bank, bureau, params)
     model, _history, proba = reference(bank, bureau, params, "y")
     a, p = states["bank"], states["bureau"]
-    np.testing.assert_allclose(a.arrays["share"] + p.arrays["share"], model.W_P, atol=1e-6)
+    np.testing.assert_allclose(shares_sum(a, p), model.W_P, atol=1e-6)
     np.testing.assert_allclose(a.arrays["W_A"], model.W_A, atol=1e-6)  # no active bottom: raw features
     np.testing.assert_allclose(p.arrays["net_passive"], model.bottom_p.get_flat(), atol=1e-6)
     metrics = a.results["metrics"]["test"]
@@ -159,7 +167,7 @@ def test_killed_and_resumed_training_finishes_identically(tmp_path: Path, sample
     model, _, _ = reference(bank, bureau, params, "label")
     a = jobs.load_state(Workspace(bank), "tr")[0]
     p = jobs.load_state(Workspace(bureau), "tr")[0]
-    np.testing.assert_allclose(a.arrays["share"] + p.arrays["share"], model.W_P, atol=1e-6)
+    np.testing.assert_allclose(shares_sum(a, p), model.W_P, atol=1e-6)
     np.testing.assert_allclose(a.arrays["W_A"], model.W_A, atol=1e-6)
 
 
@@ -206,7 +214,7 @@ def test_each_party_draws_its_secrets_from_its_own_private_seed(tmp_path: Path, 
     own, _ = ss.central_fit(spec, XA, XP, y, full, seeds=(sa, sp))
     public, _ = ss.central_fit(spec, XA, XP, y, full)
     a, p = states["bank"], states["bureau"]
-    np.testing.assert_allclose(a.arrays["share"] + p.arrays["share"], own.W_P, atol=1e-6)
+    np.testing.assert_allclose(shares_sum(a, p), own.W_P, atol=1e-6)
     np.testing.assert_allclose(a.arrays["net_top"], own.top.get_flat(), atol=1e-6)
     assert np.abs(a.arrays["net_top"] - public.top.get_flat()).max() > 1e-3
     assert "private_seed" not in json.dumps(a.results) + json.dumps(p.results)

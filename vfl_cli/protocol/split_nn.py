@@ -11,26 +11,32 @@ job, split and batched by the job's public seed (nothing is sent for that). Ever
 party initialises (its layers, its share of ``W_P``, its dropout masks, A's label-protection
 noise) comes from its own private seed (:func:`private_seed`), never from the job's seed.
 
-One mini-batch of ``n`` rows (``h = f_P(X_P)``, ``n x k``; ``z`` is ``n x m``), four hand-offs:
+The shares of ``W_P`` (and of its optimiser's velocity) are exact integers at 2^-64, the
+resolution of the gradient; the widths below are public (:func:`layout`: key size, ``k`` and the
+params). One mini-batch of ``n`` rows (``h = f_P(X_P)``, ``n x k``; ``z`` is ``n x m``), four hand-offs:
 
-1. ``split/forward``  P -> A: ``[[h]]_KP``, row ``i`` encrypted already shifted by
-   ``2^(155 (i mod S))`` into its slot (``S = 6`` at 2048 bits), and ``[[V]]_KP``.
+1. ``split/forward``  P -> A: ``[[h]]_KP`` (integers at 2^-32), row ``i`` encrypted already
+   shifted by ``2^(w (i mod S))`` into its slot (``w`` about 218 bits, ``S = 9`` at 2048 bits),
+   and ``[[V]]_KP`` (integers at 2^-64).
 2. ``split/activation-request``  A -> P: ``[[h U + R]]_KP``, ``S`` rows per ciphertext (one
-   product of the ``S`` shifted rows with ``S`` stacked copies of ``U``), ``R`` uniform 150-bit
-   integers (at the encoding's resolution) that A keeps; re-randomised (:func:`_rerandomise`).
+   product of the ``S`` shifted rows with ``S`` stacked copies of ``U``, in 52-bit limbs), ``R``
+   uniform over ``2^40`` times the public bound of ``|h U|`` (at 2^-96), A's secret; the fresh
+   encryption of ``R`` (long DJN exponent) re-randomises the products.
 3. ``split/activation``  P -> A: ``hU + R + hV`` (P decrypts, splits the slots and adds ``hV``,
    exact integers). A removes ``R``: ``z_P = h W_P``. A then runs the interactive layer, the
    top network and the loss in plaintext, gets ``delta = dL/dz`` and steps its own layers.
 4. ``split/backward``  A -> P: ``delta^T [[h]]`` (the gradient of ``W_P`` as one partial sum per
-   slot, each noised with its own ``eps_s = rho_s,t - rho_s,t-1``, ``rho`` uniform in
-   ``[-2^20, 2^20]`` at the sum's own resolution 2^-64, fresh per batch, A's secret) and
-   ``[[W_P]] delta'^T`` with ``[[W_P]] = [[V]] + U`` shifted by ``2^(83 s)`` (the error of P's
-   bottom output, ``dL/dh = delta' W_P^T``, 24 rows per ciphertext; ``delta'`` is ``delta`` with
-   the label protection of :func:`vfl_cli.privacy.protect_labels`, metered every epoch). Both re-randomised. P decrypts, steps its
-   share ``V`` with ``grad + eps`` and back-propagates ``dL/dh`` through its bottom network; A
-   steps its share ``U`` with ``-eps``. The optimiser of ``W_P`` is SGD with momentum (linear,
-   so two shares stepped separately sum to the exact update). P's next forward goes out in the
-   same step.
+   slot at 2^-64, public bound ``2^GRAD_BITS`` checked by A, each noised with its own
+   ``eps_s = rho_s,t - rho_s,t-1``, ``rho`` uniform over ``[-2^124, 2^124)``: 2^40 times the
+   bound, at the sum's own resolution, fresh per batch, A's secret) and ``[[W_P]] delta'^T``
+   with ``[[W_P]] = [[V]] + U`` shifted by ``2^(115 s)`` (the error of P's bottom output,
+   ``dL/dh = delta' W_P^T``, 17 rows per ciphertext; ``delta'`` is ``delta`` with the label
+   protection of :func:`vfl_cli.privacy.protect_labels`, metered every epoch). Both
+   re-randomised. P decrypts, steps its share ``V`` with ``grad + eps`` and back-propagates
+   ``dL/dh`` through its bottom network; A steps its share ``U`` with ``-eps``. The optimiser
+   of ``W_P`` is SGD with momentum in integers (linear, so the two shares' steps sum to the
+   step of ``W_P``, each product rounded at 2^-64); the telescoping noise keeps each share
+   within ``lr S 2^124 / (1 - momentum)`` of its start. P's next forward goes out in the same step.
 
 After the last epoch P sends the test rows' ``[[h]]`` and steps 1-3 give A the test outputs,
 from which A computes the metrics.
@@ -41,14 +47,14 @@ What each party learns (semi-honest, no collusion; details in docs/protocols/spl
   every split network), its own gradients, the loss, the test metrics. Not ``h``, not ``W_P``
   (only its share ``U``; ``V0`` is P's own draw), not the gradient of ``W_P``.
 * P: the protected ``dL/dh`` per row (needed to train its bottom network in plaintext; the label
-  attacks on it are measured in the doc), and the gradient of ``W_P`` plus A's noise ``eps``
-  (a 20-bit statistical margin, not 40: see the doc). Not ``delta``, ``z``, ``W_P`` (only its
-  share) or any of A's layers.
+  attacks on it are measured in the doc). Every other value it decrypts (``h U + R``, the
+  gradient of ``W_P`` plus ``eps``) is masked by noise 2^40 times the value's public bound, at
+  the value's own resolution. Not ``delta``, ``z``, ``W_P`` (only its share) or any of A's layers.
 """
 
 from __future__ import annotations
 
-import os
+import math
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -63,22 +69,35 @@ from vfl_cli.models.features import split_rows
 from vfl_cli.models.nn import Sequential, make_head
 from vfl_cli.models.optim import Optimizer
 from vfl_cli.protocol.base import (
-    Choice, Expect, Float, Int, JobRef, JobState, Outgoing, Param, PartyContext, Protocol, Seed,
-    defaults, need, typed_params,
+    Choice,
+    Expect,
+    Float,
+    Int,
+    JobRef,
+    JobState,
+    Outgoing,
+    Param,
+    PartyContext,
+    Protocol,
+    Seed,
+    defaults,
+    need,
+    typed_params,
 )
 from vfl_cli.protocol.hetero_linear import (
     PartyData,
+    _json_state,
     advance_position,
     check_round,
-    position,
-    _json_state,
     enc_member,
     ints_member,
+    position,
     read_enc,
     read_ints,
     stash,
     unstash,
 )
+from vfl_cli.protocol.wire import expect_meta_count, refuse_echo, remember_sent
 
 FORWARD = "split/forward"
 ACT_REQUEST = "split/activation-request"
@@ -86,14 +105,14 @@ ACTIVATION = "split/activation"
 BACKWARD = "split/backward"
 
 #: Public constants of the protocol (the same for every job, so widths leak nothing).
-NOISE_BITS = 20  # |rho| <= 2**20: the noise on the gradient of W_P
-NOISE_PIECE_BITS = 42  # rho is drawn at the gradient's own resolution 2^-64: two pieces of <= 43 bits
+STAT_BITS = 40  # every value a key holder decrypts is masked by noise 2^40 times its public bound
+FRAC_BITS = 64  # the shares of W_P (and their velocities) are integers at 2^-64, the gradient's resolution
+GRAD_BITS = 20  # |one slot of the gradient of W_P| < 2^20: A refuses a batch whose bound exceeds it
+RHO_BITS = GRAD_BITS + FRAC_BITS + STAT_BITS  # rho uniform in [-2^124, 2^124) units of 2^-64
 H_BOUND = 2.0**12  # |h| per value (P's bottom output)
-MASK_PIECE_BITS = 50  # R is three 50-bit pieces: uniform over 2**150 encoded units
-MASK_PIECES = 3
-ACT_SLOT_BITS = 155  # a slot of the activation and gradient: |h U + R| < 2**151, signed
-ACT_MAX_SLOTS = 6  # shifts by 2**(155 s) go through float64 plaintexts: its range allows s <= 5
-ERR_SLOT_BITS = 83  # a slot of dL/dh: |dL/dh| <= 2**16, i.e. < 2**80 at exponent -16
+H_UNIT_BITS = 44  # |h| < 2^12 at the encoding's 2^-32: integers below 2^44
+LIMB_BITS = 52  # a share enters the engine's products as exact float64 limbs of 52 bits
+ERR_SLOT_BITS = 115  # a slot of dL/dh: |dL/dh| <= 2^16 at 2^-96 (W_P at 2^-64 times delta at 2^-32)
 E = paillier.EXPONENT
 
 #: Every split-nn parameter but ``model`` (checked by ``split_spec.parse_spec``): default and range.
@@ -142,37 +161,68 @@ def _own_seed(state: JobState) -> int:
     return int(state.data["private_seed"], 16)
 
 
-def _random_ints(count: int, bits: int) -> np.ndarray:
-    """``count`` uniform integers below ``2**bits`` (bits <= 63) from the OS's CSPRNG."""
-    raw = np.frombuffer(os.urandom(8 * count), dtype=np.uint64)
-    return (raw >> np.uint64(64 - bits)).astype(np.int64)
+def layout(bits: int, kp: int, params: Mapping[str, Any]) -> tuple[int, int, int]:
+    """``(share_bits, slot_bits, slots)``: public, from the key size, P's output width and the params.
+
+    A's input to its share's optimiser is ``-eps_t = -(r_t - r_(t-1))`` (``r`` the sum of the
+    ``S`` slots' ``rho``), so ``U_T - U_0 = lr sum_t mom^(T-t) r_t`` (SGD with momentum, telescoped):
+    ``|U - U0| <= lr S 2^RHO_BITS / (1 - mom)``; two bits of margin cover ``U0``, ``W_P`` and the
+    ``l2`` decay, and every step checks it. A slot of the activation holds ``h U + R`` with
+    ``R`` 2^40 times wider than ``|h U|``; the gradient's slots (``grad + eps``) are narrower.
+    """
+    most = max(1, (bits - 2) // (RHO_BITS + 3))  # no more slots than the narrowest possible slot allows
+    growth = float(params["interactive_lr"]) / (1.0 - float(params["interactive_momentum"]))
+    share = RHO_BITS + (most - 1).bit_length() + max(0, math.ceil(math.log2(growth))) + 2
+    width = H_UNIT_BITS + share + (max(kp, 1) - 1).bit_length() + STAT_BITS + 2
+    if width > bits - 2:
+        raise VflError(f"a {bits}-bit key cannot hold one {width}-bit masked activation: use key_bits >= "
+                       f"{-(-(width + 2) // 256) * 256}")
+    return share, width, (bits - 2) // width
 
 
-def _noise(shape: tuple[int, ...]) -> np.ndarray:
-    """``rho``: uniform in [-2^NOISE_BITS, 2^NOISE_BITS) at the gradient's own resolution 2^-64,
-    as two int64 pieces (``hi 2^42 + lo - 2^(NOISE_BITS+64)`` encoded units), shape (2, *shape)."""
-    count = int(np.prod(shape))
-    hi = _random_ints(count, NOISE_BITS + 64 + 1 - NOISE_PIECE_BITS).reshape(shape)
-    return np.stack([hi, _random_ints(count, NOISE_PIECE_BITS).reshape(shape)])
+def _big(x: np.ndarray) -> np.ndarray:
+    """Integers kept as hex text in a job state (whose arrays hold no Python objects) -> ints."""
+    return np.array([int(str(v), 16) for v in x.flat], dtype=object).reshape(x.shape)
 
 
-def _zero_noise(shape: tuple[int, ...]) -> np.ndarray:
-    """The pieces of :func:`_noise` that stand for 0 (the noise before the first batch)."""
-    return np.stack([np.full(shape, 1 << (NOISE_BITS + 64 - NOISE_PIECE_BITS), dtype=np.int64),
-                     np.zeros(shape, dtype=np.int64)])
+def _text(x: np.ndarray) -> np.ndarray:
+    """Integers (object array) as hex text, exact at any size."""
+    return np.array([hex(int(v)) for v in x.flat], dtype=str).reshape(x.shape)
 
 
-def _noise_units(pieces: np.ndarray) -> np.ndarray:
-    """The integers (encoded units at 2^-64) of :func:`_noise`'s pieces (object array)."""
-    hi, lo = pieces.astype(object)
-    return hi * (1 << NOISE_PIECE_BITS) + lo - (1 << (NOISE_BITS + 64))
+def share_ints(state: JobState) -> np.ndarray:
+    """This party's share of ``W_P`` as exact integers at 2^-64 (``U + V = W_P 2^64``)."""
+    return _big(state.arrays["share"])
 
 
-def _split_units(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Signed integers as ``hi 2^42 + lo`` with two exact float64 arrays (``0 <= lo < 2^42``)."""
-    lo = np.array([int(v) & ((1 << NOISE_PIECE_BITS) - 1) for v in x.flat], dtype=np.float64).reshape(x.shape)
-    hi = np.array([int(v) >> NOISE_PIECE_BITS for v in x.flat], dtype=np.float64).reshape(x.shape)
-    return hi, lo
+def _fixed(x: np.ndarray, bits: int) -> np.ndarray:
+    """Floats as exact integers at ``2^-bits`` (round half to even), object array."""
+    return np.array([int(v) for v in np.rint(np.ldexp(x, bits)).flat], dtype=object).reshape(x.shape)
+
+
+def _times(x: np.ndarray, c: float) -> np.ndarray:
+    """``round(c x)`` for integers ``x``, exactly: a float ``c`` is a dyadic rational."""
+    num, den = float(c).as_integer_ratio()
+    return (2 * num * x + den) // (2 * den)
+
+
+def _uniform(shape: tuple[int, ...], bits: int, *, signed: bool) -> np.ndarray:
+    """Uniform integers from the OS's CSPRNG: in ``[0, 2^bits)``, or ``[-2^bits, 2^bits)`` if signed."""
+    draw = (lambda: secrets.randbits(bits + 1) - (1 << bits)) if signed else (lambda: secrets.randbits(bits))
+    return np.array([draw() for _ in range(int(np.prod(shape)))], dtype=object).reshape(shape)
+
+
+def _packed(x: np.ndarray, width: int) -> np.ndarray:
+    """``sum_s x[s] 2^(width s)`` over the first axis: one plaintext of ``S`` signed slots."""
+    return sum((x[s] * (1 << (width * s)) for s in range(len(x))), np.zeros(x.shape[1:], dtype=object))
+
+
+def _enc_ints(public: paillier.PublicKey, x: np.ndarray, exponent: int) -> paillier.EncryptedArray:
+    """Fresh encryptions of exact integers (any size below ``n / 4``), read at ``exponent``."""
+    from vfl_cli.crypto.histogram import encrypt_rows
+
+    enc = encrypt_rows(public, [int(v) for v in x.flat])
+    return paillier.EncryptedArray(public, enc.raw_ciphertexts(), x.shape, exponent, fresh=True)
 
 
 def _ints(x: np.ndarray) -> np.ndarray:
@@ -180,22 +230,59 @@ def _ints(x: np.ndarray) -> np.ndarray:
     return np.array(encoding.encode_signed(x, E), dtype=object).reshape(x.shape)
 
 
-def _enc_matmul(enc: paillier.EncryptedArray, W: np.ndarray) -> paillier.EncryptedArray:
+def _step_share(state: JobState, params: Mapping[str, Any], grad: np.ndarray, bound_bits: int) -> None:
+    """One step of this party's share of ``W_P``, SGD with momentum in exact integers at 2^-64.
+
+    The reference's rule (``v <- mom v + g + l2 w``, ``w <- w - lr v``) on one share: linear, so
+    the two shares' steps sum to the step of ``W_P`` (each product rounded to 2^-64).
+
+    Raises:
+        VflError: the share outgrew the public bound its masks were sized for.
+    """
+    w = _big(state.arrays["share"])
+    v = _big(state.arrays["velocity"]) if "velocity" in state.arrays else np.zeros(w.shape, dtype=object)
+    v = _times(v, params["interactive_momentum"]) + grad + _times(w, params["l2"])
+    w = w - _times(v, params["interactive_lr"])
+    if max(abs(int(x)) for x in w.flat) >= 1 << bound_bits:
+        raise VflError(f"a share of the interactive weights outgrew its public {bound_bits}-bit bound; "
+                       "lower interactive_lr or l2")
+    state.arrays["share"], state.arrays["velocity"] = _text(w), _text(v)
+
+
+def _enc_matmul(enc: paillier.EncryptedArray, W: np.ndarray, exponent: int = E) -> paillier.EncryptedArray:
     """``enc @ W`` by :func:`paillier.enc_matmul`, one call per group of columns of ``W`` whose
     encodings have equal bit lengths (the engine needs the same number of signed digits in
     every column of one call; a group that still differs is done column by column)."""
-    top = np.abs(np.rint(np.ldexp(W, -4 * E))).max(axis=0)
+    top = np.abs(np.rint(np.ldexp(W, -4 * exponent))).max(axis=0)
     groups: dict[int, list[int]] = {}
     for j, v in enumerate(top.tolist()):
         groups.setdefault(int(v).bit_length(), []).append(j)
     parts, order = [], []
     for cols in groups.values():
         try:
-            parts.append(paillier.enc_matmul(enc, W[:, cols]).T)
+            parts.append(paillier.enc_matmul(enc, W[:, cols], exponent=exponent).T)
         except ValueError:
-            parts.extend(paillier.enc_matmul(enc, W[:, [j]]).T for j in cols)
+            parts.extend(paillier.enc_matmul(enc, W[:, [j]], exponent=exponent).T for j in cols)
         order += cols
     return paillier.concatenate(parts)[np.argsort(order)].T
+
+
+def _enc_matmul_ints(enc: paillier.EncryptedArray, W: np.ndarray, bits: int) -> paillier.EncryptedArray:
+    """``enc @ W`` for exact integers ``|W| < 2^bits`` (object array): one product per 52-bit
+    limb (exact float64 integers), recombined by ``2^(52 l)``; read at ``enc``'s exponent."""
+    out, rest = None, W
+    for limb in range(-(-(bits + 1) // LIMB_BITS)):
+        last = (limb + 1) * LIMB_BITS > bits
+        part_ints = rest if last else rest % (1 << LIMB_BITS)
+        rest = (rest - part_ints) // (1 << LIMB_BITS)
+        if not any(part_ints.flat):
+            continue
+        part = _enc_matmul(enc, part_ints.astype(np.float64), exponent=0)
+        part = part.mul(1 << (LIMB_BITS * limb)) if limb else part
+        out = part if out is None else out + part
+    if out is None:
+        return _enc_matmul(enc, np.zeros(W.shape), exponent=0)
+    return out
 
 
 _LONG_KEYS: dict[int, paillier.PublicKey] = {}
@@ -255,15 +342,15 @@ def unslot(residue: int, n: int, width: int, count: int) -> list[int]:
 
 
 def _shifted(x: np.ndarray, width: int, slots: int) -> np.ndarray:
-    """Row ``i`` of ``x`` (already on the 2^-32 grid) times ``2^(width (i mod slots))``: exact."""
-    shift = (np.arange(len(x)) % slots) * width
-    out: np.ndarray = np.ldexp(x, shift[:, None])
+    """Row ``i`` of the integers ``x`` times ``2^(width (i mod slots))``: exact (object array)."""
+    shift = np.array([1 << (width * (i % slots)) for i in range(len(x))], dtype=object)
+    out: np.ndarray = x * shift[:, None]
     return out
 
 
 def _pad(x: np.ndarray, slots: int) -> np.ndarray:
     extra = -len(x) % slots
-    return np.vstack([x, np.zeros((extra, x.shape[1]))]) if extra else x
+    return np.vstack([x, np.zeros((extra, x.shape[1]), dtype=x.dtype)]) if extra else x
 
 
 def _member(name: str, x: paillier.EncryptedArray, **info: Any) -> Member:
@@ -349,7 +436,7 @@ class SplitNN(Protocol):
         self._save_net(state, "passive", net)
         k = ss.out_dim(net, data.X.shape[1])
         # V: P's share of W_P, drawn by P alone; A draws its share U the same way: W_P = U + V
-        state.arrays["share"] = ss.initial_share(spec, k, seed)
+        state.arrays["share"] = _text(_fixed(ss.initial_share(spec, k, seed), FRAC_BITS))
         return self._p_forward(ctx, state, data, spec)
 
     def _p_rows(self, state: JobState, ctx: PartyContext, data: PartyData) -> np.ndarray:
@@ -367,14 +454,15 @@ class SplitNN(Protocol):
             raise VflError("the passive bottom network's outputs exploded (training diverged): lower learning_rate")
         own = ctx.private_key().public
         tick = ctx.progress(f"round {t}: encrypting the bottom output", None)
-        # row i goes to slot i mod S of A's products: encrypt it already shifted by 2^(155 (i mod S))
-        # (on the 2^-32 grid first, so the shifted value is exactly that integer)
-        slots = slot_count(own.bits, ACT_SLOT_BITS, ACT_MAX_SLOTS)
-        grid = np.ldexp(np.rint(np.ldexp(h, -4 * E)), 4 * E)
-        shifted = paillier.encrypt(own, _shifted(_pad(grid, slots), ACT_SLOT_BITS, slots))
-        members = [_member("h", shifted, slots=slots, slot_bits=ACT_SLOT_BITS),
-                   enc_member("v", paillier.encrypt(own, state.arrays["share"]))]
+        # row i goes to slot i mod S of A's products: encrypt its integers at 2^-32 already
+        # shifted by 2^(width (i mod S)); V is P's share, integers at 2^-64
+        _, width, slots = layout(own.bits, h.shape[1], ctx.params)
+        shifted = _enc_ints(own, _shifted(_pad(_ints(h), slots), width, slots), E)
+        members = [_member("h", shifted, slots=slots, slot_bits=width),
+                   enc_member("v", _enc_ints(own, share_ints(state), 2 * E))]
         tick(h.size)
+        # what P sends under its own key must never come back to it for decryption
+        remember_sent(state, [m.data for m in members], own.width)
         meta = {"epoch": epoch, "batch": batch, "rows": len(rows), "eval": ev, "alignment": data.fingerprint}
         state.phase = "wait-request"
         return [Outgoing(ctx.active, FORWARD, "forward", members, meta, t)]
@@ -389,20 +477,23 @@ class SplitNN(Protocol):
         _, h = self._bottom_output(ctx, state, data, spec, "passive", rows, train=not ev)
         priv = ctx.private_key()
         n = priv.public.n
-        slots = slot_count(priv.public.bits, ACT_SLOT_BITS, ACT_MAX_SLOTS)
+        V = share_ints(state)
+        _, width, slots = layout(priv.public.bits, V.shape[0], ctx.params)
         groups = -(-len(rows) // slots)
         act = read_enc(art, "act", priv.public)
         if act.shape != (groups, spec.units):
             raise InvalidArtifact(f"activation request from {ctx.active} holds {list(act.shape)} ciphertexts, "
                                   f"expected {[groups, spec.units]}")
+        # decrypt only A's products: none of the [[h]] or [[V]] ciphertexts P sent this round
+        refuse_echo(state, art.members["act"].data, priv.public.width, "the activation request", ctx.active)
         cts = np.array(priv.decrypt_raw(act), dtype=object).reshape(groups, spec.units)
         raw = np.empty((groups * slots, spec.units), dtype=object)
         for g in range(groups):
             for j in range(spec.units):
-                raw[g * slots:(g + 1) * slots, j] = unslot(int(cts[g, j]), n, ACT_SLOT_BITS, slots)
+                raw[g * slots:(g + 1) * slots, j] = unslot(int(cts[g, j]), n, width, slots)
         raw = raw[:len(rows)]
-        # hU + R from A, plus hV computed exactly on the same fixed-point integers A used
-        masked = (raw + _ints(h).dot(_ints(state.arrays["share"]))) % n
+        # hU + R from A (at 2^-96), plus hV on exactly the integers A used: h at 2^-32, V at 2^-64
+        masked = (raw + _ints(h).dot(V)) % n
         out = [Outgoing(ctx.active, ACTIVATION, "activation", [ints_member("z", masked.ravel().tolist(), n)],
                         {"epoch": epoch, "batch": batch, "eval": ev}, t)]
         if ev:
@@ -417,24 +508,27 @@ class SplitNN(Protocol):
         self._check_round(art, state)
         rows = self._p_rows(state, ctx, data)
         priv = ctx.private_key()
-        V = state.arrays["share"]
-        k, m = V.shape
+        k, m = state.arrays["share"].shape
         n, bits = priv.public.n, priv.public.bits
-        s_act, s_err = slot_count(bits, ACT_SLOT_BITS, ACT_MAX_SLOTS), slot_count(bits, ERR_SLOT_BITS)
+        share_bits, width, s_act = layout(bits, k, ctx.params)
+        s_err = slot_count(bits, ERR_SLOT_BITS)
         groups = -(-len(rows) // s_err)
         grad_c, err_c = read_enc(art, "grad", priv.public), read_enc(art, "err", priv.public)
         if grad_c.shape != (m, k) or err_c.shape != (k, groups):
             raise InvalidArtifact(f"backward message from {ctx.active} has the wrong number of values")
+        for name in ("grad", "err"):  # A's products, never P's own [[h]] or [[V]] sent back
+            refuse_echo(state, art.members[name].data, priv.public.width, "the backward message", ctx.active)
         # the gradient comes as one partial sum per slot (rows i = s mod S), each noised: add them
-        slot_sums = [sum(unslot(int(v), n, ACT_SLOT_BITS, s_act)) for v in priv.decrypt_raw(grad_c)]
-        noisy_grad = encoding.decode(slot_sums, grad_c.exponent).reshape(m, k).T
+        # (exact integers at 2^-64: the gradient's resolution and the share's)
+        if grad_c.exponent != 2 * E:
+            raise InvalidArtifact(f"backward message from {ctx.active}: the gradient is not at exponent {2 * E}")
+        slot_sums = [sum(unslot(int(v), n, width, s_act)) for v in priv.decrypt_raw(grad_c)]
+        noisy_grad = np.array(slot_sums, dtype=object).reshape(m, k).T
         err_ints = [unslot(int(v), n, ERR_SLOT_BITS, s_err) for v in priv.decrypt_raw(err_c)]
         err = encoding.decode([x for row in err_ints for x in row], err_c.exponent).reshape(k, groups * s_err)
         err = err[:, :len(rows)].T
         # V steps with (grad + eps); A steps U with -eps: the shares' sum takes the exact step
-        (opt_v,) = self._opts(ctx, state, "share", 1, interactive=True)
-        state.arrays["share"] = opt_v.step(V, noisy_grad)
-        self._save_opts(state, "share", [opt_v])
+        _step_share(state, ctx.params, noisy_grad, share_bits + 1)
         net, _ = self._bottom_output(ctx, state, data, spec, "passive", rows, train=True)
         if net is not None:
             opts = self._opts(ctx, state, "passive", len(net.params()))
@@ -480,43 +574,45 @@ class SplitNN(Protocol):
             raise InvalidArtifact(f"{art.sender} trains on another alignment than {ctx.name} (mismatched rows)")
         ev = bool(state.data["evaluating"])
         rows = data.split.test if ev else data.batch_rows(ctx.params, epoch, batch)
+        expect_meta_count(art, "rows", len(rows))
         peer = ctx.public_key(ctx.passives[0])
-        slots = slot_count(peer.bits, ACT_SLOT_BITS, ACT_MAX_SLOTS)
+        kp = self._kp(art)
+        share_bits, width, slots = layout(peer.bits, kp, ctx.params)
         groups = -(-len(rows) // slots)
-        kp = self._kp(art, groups * slots)
         if "share" not in state.arrays:  # first batch: W_A and A's share U of W_P, from A's own seed
             ka = ss.out_dim(ss.build_part(spec, "active", data.X.shape[1], 0), data.X.shape[1])
             seed = _own_seed(state)
             state.arrays.update(W_A=ss.initial_active_weights(spec, ka, seed), b=np.zeros(spec.units),
-                                share=ss.initial_share(spec, kp, seed),
-                                rho=_zero_noise((slots, kp, spec.units)))
-        U = state.arrays["share"]
-        if U.shape[0] != kp:
-            raise InvalidArtifact(f"{art.sender}'s bottom output has {kp} columns, the interactive layer expects {U.shape[0]}")
-        H = read_enc(art, "h", peer)
+                                share=_text(_fixed(ss.initial_share(spec, kp, seed), FRAC_BITS)),
+                                rho=_text(np.zeros((slots, kp, spec.units), dtype=object)))
+        U = share_ints(state)
+        H, Vc = read_enc(art, "h", peer), read_enc(art, "v", peer)
+        if U.shape[0] != kp or H.shape != (groups * slots, kp) or Vc.shape != U.shape:
+            raise InvalidArtifact(f"{art.sender}'s forward holds {list(H.shape)} and {list(Vc.shape)} values, expected "
+                                  f"{[groups * slots, U.shape[0]]} and {list(U.shape)} (mismatched rows or widths)")
+        if (H.exponent, Vc.exponent) != (E, 2 * E):
+            raise InvalidArtifact(f"{art.sender}'s forward is not at exponents {E} and {2 * E}")
         # rows g S .. g S + S - 1 of [[h]] arrive shifted into slots 0 .. S-1: one product of the
-        # S rows with S copies of U puts their S outputs into the slots of one ciphertext
-        hu = _enc_matmul(H.reshape(groups, slots * kp), np.vstack([U] * slots))
-        pieces = _random_ints(MASK_PIECES * groups * slots * spec.units, MASK_PIECE_BITS).reshape(
-            MASK_PIECES, groups * slots, spec.units)
-        for s_ in range(slots):
-            for i in range(MASK_PIECES):
-                # piece i of slot s is worth 2^(50 i + 155 s) encoded units: exact floats, so R is exact
-                shift = MASK_PIECE_BITS * i + ACT_SLOT_BITS * s_ + 4 * hu.exponent
-                hu = hu + np.ldexp(pieces[i, s_::slots].astype(np.float64), shift)
-        state.arrays["mask"] = pieces
+        # S rows with S copies of U puts their S outputs into the slots of one ciphertext (at 2^-96)
+        hu = _enc_matmul_ints(H.reshape(groups, slots * kp), np.vstack([U] * slots), share_bits)
+        # R: uniform over 2^40 times the bound of |h U|; its encryption re-randomises the products
+        R = _uniform((groups * slots, spec.units), width - 2, signed=False)
+        hu = hu + _enc_ints(_long_exponent_key(peer), _packed(R.reshape(groups, slots, -1).transpose(1, 0, 2), width),
+                            hu.exponent)
+        state.arrays["mask"] = _text(R)
         stash(state, "h", H)
-        stash(state, "v", read_enc(art, "v", peer))
+        stash(state, "v", Vc)
         state.phase = "wait-activation"
-        members = [_member("act", _rerandomise(hu), slots=slots, slot_bits=ACT_SLOT_BITS)]
+        members = [_member("act", hu, slots=slots, slot_bits=width)]
         return [Outgoing(ctx.passives[0], ACT_REQUEST, "activation-request", members,
                          {"epoch": epoch, "batch": batch, "eval": ev}, t)]
 
     @staticmethod
-    def _kp(art: Artifact, rows: int) -> int:
+    def _kp(art: Artifact) -> int:
+        """P's bottom output width, from the shape of ``[[h]]`` (checked in full once read)."""
         shape = art.members["h"].info.get("shape", []) if "h" in art.members else []
-        if len(shape) != 2 or int(shape[0]) != rows:
-            raise InvalidArtifact(f"{art.kind} from {art.sender} holds {shape} values, expected {rows} rows (mismatched rows)")
+        if len(shape) != 2 or not 1 <= int(shape[1]) <= 100_000:
+            raise InvalidArtifact(f"{art.kind} from {art.sender} holds {shape} values, expected rows x columns")
         return int(shape[1])
 
     def _a_step(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
@@ -529,11 +625,10 @@ class SplitNN(Protocol):
         peer = ctx.public_key(ctx.passives[0])
         n = peer.n
         m = spec.units
-        pieces = state.arrays.pop("mask")
+        R = _big(state.arrays.pop("mask"))[:len(rows)].ravel()
         raw = read_ints(art, "z", len(rows) * m)
-        pieces = pieces[:, :len(rows)]
-        R = [sum(int(pieces[i].flat[j]) << (MASK_PIECE_BITS * i) for i in range(MASK_PIECES)) for j in range(len(raw))]
-        z_p = encoding.decode([encoding.signed((y - r) % n, n) for y, r in zip(raw, R)], 2 * E).reshape(len(rows), m)
+        # h W_P = (h U + R + h V) - R: integers at 2^-96 (h at 2^-32, the shares at 2^-64)
+        z_p = encoding.decode([encoding.signed((y - int(r)) % n, n) for y, r in zip(raw, R)], 3 * E).reshape(len(rows), m)
         H = unstash(state, "h", peer)
         Vc = unstash(state, "v", peer)
         seed = _own_seed(state)
@@ -542,7 +637,7 @@ class SplitNN(Protocol):
         for net, part in ((bottom, "active"), (top, "top")):
             ss.reseed_dropout(net, seed, epoch, batch, part)
         head = make_head(spec.head)
-        W_A, b, U = state.arrays["W_A"], state.arrays["b"], state.arrays["share"]
+        W_A, b = state.arrays["W_A"], state.arrays["b"]
         h_a = ss.forward(bottom, data.X[rows], train=not ev)
         out = ss.forward(top, h_a @ W_A + z_p + b, train=not ev)
         if ev:
@@ -558,12 +653,12 @@ class SplitNN(Protocol):
         sent = ss.protect(delta, data.y[rows], float(ctx.params["label_protection"]),
                           ss.protection_rng(seed, epoch, batch), head=spec.head)
         self._meter(ctx, state, spec, sent, data, rows, end=batch == data.batches_per_epoch - 1)
-        members, eps, rho = self._backward_members(peer, H, Vc, U, delta, sent, state.arrays["rho"])
+        share_bits, width, _ = layout(peer.bits, H.shape[1], ctx.params)
+        members, eps, rho = self._backward_members(peer, H, Vc, share_ints(state), delta, sent,
+                                                   _big(state.arrays["rho"]), width)
         self._step_own(ctx, state, bottom, top, h_a, delta)
-        (opt_u,) = self._opts(ctx, state, "share", 1, interactive=True)
-        state.arrays["share"] = opt_u.step(U, -eps)
-        self._save_opts(state, "share", [opt_u])
-        state.arrays["rho"] = rho
+        _step_share(state, ctx.params, -eps, share_bits)
+        state.arrays["rho"] = _text(rho)
         state.data["losses"].append(float(loss))
         if batch == data.batches_per_epoch - 1:
             state.data["history"].append({"epoch": epoch, "loss": float(np.mean(state.data["losses"])),
@@ -594,35 +689,36 @@ class SplitNN(Protocol):
 
     @staticmethod
     def _backward_members(peer: paillier.PublicKey, H: paillier.EncryptedArray, Vc: paillier.EncryptedArray,
-                          U: np.ndarray, delta: np.ndarray, sent: np.ndarray,
-                          rho_before: np.ndarray) -> tuple[list[Member], np.ndarray, np.ndarray]:
-        """The ``split/backward`` members, A's noise ``eps`` on the gradient of ``W_P`` (as floats,
-        for A's share) and the new ``rho``."""
-        m = delta.shape[1]
+                          U: np.ndarray, delta: np.ndarray, sent: np.ndarray, rho_before: np.ndarray,
+                          width: int) -> tuple[list[Member], np.ndarray, np.ndarray]:
+        """The ``split/backward`` members, A's noise ``eps`` on the gradient of ``W_P`` summed over
+        the slots (integers at 2^-64, for A's share) and the new ``rho``."""
+        m, slots = delta.shape[1], rho_before.shape[0]
         # gradient of W_P under KP: [[h]] arrives shifted, so delta^T [[h]] holds one partial sum per
-        # slot (rows i = s mod S); each is noised with its own eps_s = rho_s,t - rho_s,t-1, drawn at
-        # the sum's own resolution (2^-64) so that no low bit of it is left unmasked
-        s_act = slot_count(peer.bits, ACT_SLOT_BITS, ACT_MAX_SLOTS)
-        rho = _noise((s_act, *U.shape))
-        eps = _noise_units(rho) - _noise_units(rho_before)
-        grad = paillier.plain_matmul(_pad(delta, s_act).T, H)
-        hi, lo = _split_units(eps)
-        for s_ in range(s_act):  # two exact float plaintexts per slot: the noise's every bit
-            at = ACT_SLOT_BITS * s_ + 4 * grad.exponent
-            grad = grad + np.ldexp(lo[s_].T, at) + np.ldexp(hi[s_].T, at + NOISE_PIECE_BITS)
-        eps_f = np.ldexp(hi.sum(axis=0), NOISE_PIECE_BITS + 4 * grad.exponent) + np.ldexp(lo.sum(axis=0), 4 * grad.exponent)
-        # dL/dh = sent W_P^T with [[W_P]] = [[V]] + U, before either share steps; S rows per
-        # ciphertext: [[W_P]] shifted by 2^(83 s) for slot s
+        # slot (rows i = s mod S), at 2^-64; each is noised with its own eps_s = rho_s,t - rho_s,t-1,
+        # rho uniform over 2^40 times the sum's public bound 2^GRAD_BITS, at its own resolution
+        d = _pad(delta, slots)
+        bound = H_BOUND * (np.abs(d) + 2.0**-32).reshape(-1, slots, m).sum(axis=0).max()
+        if bound >= 2.0**GRAD_BITS:
+            raise VflError(f"the gradient of the interactive layer may reach {bound:.3g}, above the protocol's public "
+                           f"bound 2^{GRAD_BITS} its noise is sized for: lower learning_rate or standardise the label")
+        rho = _uniform(rho_before.shape, RHO_BITS, signed=True)
+        eps = rho - rho_before
+        grad = paillier.plain_matmul(d.T, H)
+        # the noise's encryption also re-randomises the products
+        grad = grad + _enc_ints(_long_exponent_key(peer), _packed(eps.transpose(0, 2, 1), width), grad.exponent)
+        # dL/dh = sent W_P^T with [[W_P]] = [[V]] + U (integers at 2^-64), before either share
+        # steps; S' rows per ciphertext: [[W_P]] shifted by 2^(115 s) for slot s
         s_err = slot_count(peer.bits, ERR_SLOT_BITS)
-        shifted = [(Vc + U).T]
-        for _ in range(s_err - 1):  # each slot's block from the previous: an 83-bit exponent each
+        shifted = [(Vc + _enc_ints(peer, U, Vc.exponent)).T]
+        for _ in range(s_err - 1):  # each slot's block from the previous: a 115-bit exponent each
             shifted.append(shifted[-1].mul(1 << ERR_SLOT_BITS))
         blocks = paillier.concatenate(shifted)
-        d = _pad(sent, s_err)
-        err = _enc_matmul(blocks.T, d.reshape(len(d) // s_err, s_err * m).T)
-        members = [_member("grad", _rerandomise(grad), slots=s_act, slot_bits=ACT_SLOT_BITS),
+        ds = _pad(sent, s_err)
+        err = _enc_matmul(blocks.T, ds.reshape(len(ds) // s_err, s_err * m).T)
+        members = [_member("grad", grad, slots=slots, slot_bits=width),
                    _member("err", _rerandomise(err), slots=s_err, slot_bits=ERR_SLOT_BITS)]
-        return members, eps_f, rho
+        return members, eps.sum(axis=0), rho
 
     @staticmethod
     def _meter(ctx: PartyContext, state: JobState, spec: ss.SplitSpec, sent: np.ndarray, data: PartyData,

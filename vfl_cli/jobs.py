@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 
 from vfl_cli.artifacts.container import (
-    MAX_BYTES,
     Artifact,
     Loaded,
     encode,
@@ -169,7 +168,8 @@ def _state_files(state: JobState, engine: dict[str, Any]) -> dict[str, bytes]:
     }
     buf = io.BytesIO()
     np.savez(buf, **state.arrays)
-    return {"state.json": pretty_json(raw), "arrays.npz": buf.getvalue()}
+    # getbuffer, not getvalue: no second copy of large arrays (a streamed alignment's result)
+    return {"state.json": pretty_json(raw), "arrays.npz": buf.getbuffer()}  # type: ignore[dict-item]
 
 
 def list_jobs(ws: Workspace) -> list[dict[str, Any]]:
@@ -654,7 +654,7 @@ def _check_file(ws: Workspace, f: Path) -> Loaded:
     """A plain file, a well-formed artifact with valid names, for us, signed by a trusted peer."""
     if not stat.S_ISREG(os.lstat(f).st_mode):
         raise InvalidArtifact(f"{f.name} is not a plain file (a link, pipe, folder or device)")
-    loaded = read_artifact(f)
+    loaded = read_artifact(f, max_bytes=ws.max_file_size, limit=ws.size_limit())
     _check_loaded(ws, f.name, loaded)
     return loaded.open(ws.signer, ws.name)  # the payload is sealed to us: decrypt once verified
 
@@ -885,8 +885,9 @@ def receive_files(ws: Workspace, files: list[Path]) -> list[str]:
     """Copy artifacts into the inbox after checking they parse and are addressed to us."""
     names = []
     for f in files:
-        data = read_regular(f, max_bytes=MAX_BYTES)  # a plain file, bounded, read once
-        loaded = parse_artifact(data, name=str(f))
+        # a plain file, bounded by the workspace's max_file_size, read once
+        data = read_regular(f, max_bytes=ws.max_file_size, limit=ws.size_limit())
+        loaded = parse_artifact(data, name=str(f), max_bytes=ws.max_file_size)
         _check_loaded(ws, str(f), loaded)
         name = loaded.artifact.default_name()  # made of checked names, never a name it brought
         if not (ws.inbox / name).exists():

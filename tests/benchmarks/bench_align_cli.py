@@ -11,6 +11,10 @@ alignment is bound by 4n of them, and what a multiplication costs on a shared vi
 drifts by 10 % or more within an hour, so the figure says how fast the machine was at the time.
 
     python tests/benchmarks/bench_align_cli.py --n 1000000 --overlap 0.5 --runs 3
+    python tests/benchmarks/bench_align_cli.py --n 2000000 --memory 256MB   # streamed in parts
+
+``--memory`` sets every party's memory bound (``VFL_MEMORY``): an alignment whose in-memory peak
+would pass it streams in parts (vfl_cli.protocol.psi_stream).
 """
 
 from __future__ import annotations
@@ -71,7 +75,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--overlap", type=float, default=0.5)
     ap.add_argument("--runs", type=int, default=1, help="align the same files this many times")
+    ap.add_argument("--memory", help="every party's memory bound (VFL_MEMORY), e.g. 256MB")
     args = ap.parse_args()
+    env = dict(os.environ, **({"VFL_MEMORY": args.memory} if args.memory else {}))
     folder = Path(tempfile.mkdtemp())
     t = time.perf_counter()
     active, passive = write_parties(folder, args.n, args.overlap)
@@ -94,20 +100,23 @@ data = "{passive}"
 id_column = "id"
 """)
     print("| run | X25519 µs/op (both cores wall, one core) | load before → after | align stage (wall) "
-          "| intersection | bytes exchanged | bytes/id | peak RSS of one vfl process |")
+          "| intersection | bytes exchanged | bytes/id | peak RSS of one vfl process | path | files |")
     for run in range(1, args.runs + 1):
         both, one = x25519_speed()
         load = os.getloadavg()[0]
         work = folder / f"w{run}"
         done = subprocess.run([sys.executable, "-m", "vfl_cli", "recipe", "run", str(recipe), "--workdir",
-                               str(work)], capture_output=True, text=True, check=False)
+                               str(work)], capture_output=True, text=True, check=False, env=env)
         if done.returncode:
             sys.exit(done.stderr)
         report = json.loads((work / "report.json").read_text())
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        streamed = json.loads((work / "a" / "jobs" / "bench-align" / "state.json").read_text())["results"].get(
+            "streamed_in_parts", False)
         print(f"| {run} | {both:.1f}, {one:.1f} | {load:.1f} → {os.getloadavg()[0]:.1f} | "
               f"{report['timings_s']['align']:.1f} s | {report['alignment']['intersection_size']:,} | "
-              f"{report['bytes_exchanged']:,} | {report['bytes_exchanged'] / (2 * args.n):.1f} | {peak:.0f} MiB |",
+              f"{report['bytes_exchanged']:,} | {report['bytes_exchanged'] / (2 * args.n):.1f} | {peak:.0f} MiB |"
+              f" {'streamed, bound ' + args.memory if streamed else 'in memory'} | {report['exchanges']} files |",
               flush=True)
         shutil.rmtree(work)
 

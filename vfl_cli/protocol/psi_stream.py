@@ -465,7 +465,7 @@ def ordered(chunks: Chunks, rows: np.ndarray, key: bytes, job_id: str, width: in
         records["s"] = [s.encode("utf-8") for s in chosen]
         _spill(scratch, "M", records, records["p"], buckets)
     out_rows = np.empty(m, dtype=np.int64)
-    texts: list[np.ndarray] = []
+    out_ids = np.empty(m, dtype=f"U{max(1, width)}")  # filled bucket by bucket, never copied
     digest_key = psi.digest_key(key)
     fp = hashlib.blake2b(digest_size=32, key=digest_key, person=psi._FINGERPRINT_PERSON)
     fp.update(b"[" + json.dumps(job_id, ensure_ascii=True).encode("ascii"))
@@ -475,14 +475,13 @@ def ordered(chunks: Chunks, rows: np.ndarray, key: bytes, job_id: str, width: in
         records = records[psi._byte_order(np.ascontiguousarray(records["p"]).view(">u8").reshape(-1, 4))]
         out_rows[done:done + len(records)] = records["i"]
         text = np.char.decode(records["s"], "utf-8")
-        texts.append(text)
+        out_ids[done:done + len(records)] = text
         if len(text):
             fp.update(b"," + ",".join(json.dumps(s, ensure_ascii=True) for s in text.tolist()).encode("ascii"))
         done += len(records)
         scratch.path(f"M.{b}").unlink(missing_ok=True)
     fp.update(b"]")
-    ids = np.concatenate(texts) if texts else np.empty(0, dtype=str)
-    return StreamAlignment(ids=ids.astype(str), rows=out_rows, fingerprint=fp.digest(), digest_key=digest_key)
+    return StreamAlignment(ids=out_ids, rows=out_rows, fingerprint=fp.digest(), digest_key=digest_key)
 
 
 # --------------------------------------------------------------------------- the parties
@@ -625,8 +624,10 @@ def active_conclude(state: dict[str, Any], chunks: Chunks, scratch: Scratch, bud
     with scratch.path("peer.pts").open("rb") as fh:
         while block := fh.read(32 * budget.part):
             h.update(block)
+    m = len(peer_pos)
+    del own_pos, peer_pos
     sealed = psi.seal_seeds(bytes.fromhex(state["channel_key"]), seeds)
-    state.update(m=len(peer_pos), finish_parts=parts_of(len(peer_pos), state["part_size"]), finish_sent=0,
+    state.update(m=m, finish_parts=parts_of(m, state["part_size"]), finish_sent=0,
                  response_digest=h.hexdigest(), sealed_seeds=sealed.hex())
     for secret in ("scalar", "exchange_secret", "channel_key"):
         state.pop(secret, None)

@@ -152,3 +152,18 @@ def test_early_stopping_and_model_show_export_per_party(tmp_path: Path) -> None:
     run("-w", str(wss[1]), "model", "export", "sb", "--out", str(tmp_path / "p1.json"))
     exported = (tmp_path / "p1.json").read_text()
     assert '"splits"' in exported and '"value"' not in exported  # leaf weights: the bank's
+
+
+def test_last_passive_splits_ride_with_the_next_rounds_gradients(tmp_path: Path) -> None:
+    """At most depth exchanges (2 x depth hand-offs) per round, one more at the end; the
+    merged hand-off's leaf values (from the decrypted left sums) still equal the reference."""
+    wss = setup(tmp_path, synthetic(tmp_path))
+    params = {**PARAMS, "trees": 6, "depth": 3}
+    state = train(wss, params)
+    passive_rounds = params["trees"] - 1  # active_trees = 1
+    assert state.data["t"] <= passive_rounds * params["depth"] + 1, state.data["t"]
+    ref, _ = reference(wss, params)
+    assert np.max(np.abs(np.array(state.results["test_scores"]) - ref[:, 0])) < 1e-6
+    passive, _ = jobs.load_state(Workspace(wss[1]), "sb")
+    last_layer = {r for r, nid, _, _ in passive.data["model"] if 3 <= nid < 7}  # the third layer
+    assert len(last_layer - {params["trees"] - 1}) >= 2, passive.data["model"]  # merged twice

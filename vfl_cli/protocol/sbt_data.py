@@ -167,17 +167,97 @@ def finish_round(st: Any, data: ActiveData) -> Any:
         sel = here & st.sample
         entry["value"] = trees.leaf_value(float(st.g[sel, k].sum()), float(st.h[sel, k].sum()), p)
         raw[here, k] += entry["value"]
+    history, best = _record(st, data, raw, st.round_no)
+    return st.but(forest=[*st.forest[:-1], nodes], raw=raw, round_no=st.round_no + 1, layer=0,
+                  frontier=[], pending={}, history=history, best=best)
+
+
+def _record(st: Any, data: ActiveData, raw: np.ndarray, round_no: int
+            ) -> tuple[list[dict[str, float]], list[float]]:
+    """History and best validation loss with round ``round_no`` finished at scores ``raw``."""
+    p = data.params
     train_loss = trees.loss(data.y_grow, raw[data.grow], p.objective)
     # "epoch" and "loss": the keys the report's training curve reads (one point per round)
-    record = {"round": st.round_no, "epoch": st.round_no, "loss": train_loss,
+    record = {"round": round_no, "epoch": round_no, "loss": train_loss,
               "train_loss": train_loss}
     best = list(st.best)
     if len(data.valid):
         record["valid_loss"] = trees.loss(data.y[data.valid], raw[data.valid], p.objective)
         if not best or record["valid_loss"] < best[0]:
-            best = [record["valid_loss"], st.round_no]
+            best = [record["valid_loss"], round_no]
+    return [*st.history, record], best
+
+
+# ----- the merged hand-off: a round's last passive splits ride with the next round's gradients
+def close_round(st: Any, data: ActiveData) -> Any:
+    """Every leaf value of this round before the passive party's last splits come back.
+
+    The children of a held node (its split waits for the passive party's assignment) get their
+    values from the decrypted left sums of the winning candidate and the node's totals; every
+    other row gets its score now, a held node's rows the right child's value for now
+    (:func:`settle_round` moves the left ones when the assignment arrives).
+    """
+    p, size = data.params, tree_size(data.params.depth)
+    nodes = [dict(n) for n in st.forest[-1]]
+    by_id = {n["id"]: n for n in nodes}
+    raw = st.raw.copy()
+    held: dict[str, list[float]] = {}
+    for nid, _ in [s for lst in st.pending.values() for s in lst]:
+        k, i = divmod(nid, size)
+        sel = (st.node[:, k] == nid) & st.sample
+        G, H = float(st.g[sel, k].sum()), float(st.h[sel, k].sum())
+        GL, HL = st.pending_sums[str(nid)]
+        wl, wr = trees.leaf_value(GL, HL, p), trees.leaf_value(G - GL, H - HL, p)
+        by_id[nid + i + 1]["value"], by_id[nid + i + 2]["value"] = wl, wr
+        held[str(nid)] = [wl, wr]
+        raw[st.node[:, k] == nid, k] += wr
+    for entry in nodes:
+        if entry["owner"] is None and entry["value"] is None:
+            k = entry["id"] // size
+            here = st.node[:, k] == entry["id"]
+            sel = here & st.sample
+            entry["value"] = trees.leaf_value(float(st.g[sel, k].sum()),
+                                              float(st.h[sel, k].sum()), p)
+            raw[here, k] += entry["value"]
     return st.but(forest=[*st.forest[:-1], nodes], raw=raw, round_no=st.round_no + 1, layer=0,
-                  frontier=[], pending={}, history=[*st.history, record], best=best)
+                  frontier=[], pending={}, held=held, held_node=st.node, held_pending=st.pending,
+                  pending_sums={})
+
+
+def held_rows(held_node: np.ndarray, pending: list[list[int]], sample: np.ndarray, size: int
+              ) -> np.ndarray:
+    """The sampled rows of the held nodes, split by split, ascending within each (the order of
+    the ``gh_left`` ciphertexts)."""
+    rows = [np.flatnonzero((held_node[:, nid // size] == nid) & sample) for nid, _ in pending]
+    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
+
+
+def left_variants(st: Any, data: ActiveData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of the new round for ``rows`` had their held split sent them left."""
+    size = tree_size(data.params.depth)
+    raw = st.raw[rows].copy()
+    for nid_s, (wl, wr) in st.held.items():
+        k = int(nid_s) // size
+        raw[st.held_node[rows, k] == int(nid_s), k] += wl - wr
+    return trees.gradients(data.y[rows], raw, data.params.objective)
+
+
+def settle_round(st: Any, data: ActiveData, node: np.ndarray) -> Any:
+    """The assignment arrived (``node``: the held round's nodes after it): scores of the rows
+    sent left moved, their gradients of the new round switched to the left variant, the held
+    round's losses recorded."""
+    size = tree_size(data.params.depth)
+    raw, g, h = st.raw.copy(), st.g.copy(), st.h.copy()
+    for nid_s, (wl, wr) in st.held.items():
+        nid = int(nid_s)
+        k, i = divmod(nid, size)
+        left = node[:, k] == nid + i + 1
+        raw[left, k] += wl - wr
+        moved = left & (st.g_alt[:, k] == st.g_alt[:, k])  # rows with a left variant (not NaN)
+        g[moved, k], h[moved, k] = st.g_alt[moved, k], st.h_alt[moved, k]
+    history, best = _record(st, data, raw, st.round_no - 1)
+    return st.but(raw=raw, g=g, h=h, history=history, best=best, held={}, held_node=None,
+                  held_pending={}, g_alt=None, h_alt=None)
 
 
 def apply_assignments(art: Artifact, pending: list[list[int]], node: np.ndarray, size: int
@@ -233,24 +313,28 @@ def read_candidates(art: Artifact, priv: Any, layout: hg.RowLayout, frontier: li
 
 def best_over_parties(data: ActiveData, st: Any, rows: np.ndarray, k: int, nid: int,
                       allowed: np.ndarray, cands: Mapping[str, Any]
-                      ) -> tuple[float, str, Any] | None:
-    """(gain, owner, split) of the best candidate for node ``nid``; own columns first."""
+                      ) -> tuple[float, str, Any, list[float]] | None:
+    """(gain, owner, split, left sums [G_L, H_L]) of the best candidate for node ``nid``;
+    own columns first."""
     p = data.params
     g, h = st.g[rows, k], st.h[rows, k]
     G, H, C = float(g.sum()), float(h.sum()), len(rows)
     gains: list[np.ndarray] = []
     keys: list[tuple[str, Any]] = []
+    lefts: list[np.ndarray] = []
     sums = trees.bin_sums(data.Xb[rows], data.n_bins, np.stack([g, h, np.ones_like(g)], 1))
     for j, s in enumerate(sums):
         if allowed[j] and len(s) > 1:
             cum = np.cumsum(s, axis=0)[:-1]
             gains.append(trees.split_gains(cum[:, 0], cum[:, 1], np.rint(cum[:, 2]), G, H, C, p))
             keys += [("", (j, t)) for t in range(len(cum))]
+            lefts.append(cum[:, :2])
     for party, by_node in cands.items():
         ids, stats = by_node[nid]
         gains.append(trees.split_gains(stats[:, 1 + 2 * k], stats[:, 2 + 2 * k],
                                        np.rint(stats[:, 0]), G, H, C, p))
         keys += [(party, int(i)) for i in ids]
+        lefts.append(stats[:, [1 + 2 * k, 2 + 2 * k]])
     if not keys:
         return None
     flat = np.concatenate(gains)
@@ -258,7 +342,8 @@ def best_over_parties(data: ActiveData, st: Any, rows: np.ndarray, k: int, nid: 
     if not flat[i] > 0:
         return None
     owner, split = keys[i]
-    return float(flat[i]), owner or data.name, split
+    left = np.concatenate(lefts)[i]
+    return float(flat[i]), owner or data.name, split, [float(left[0]), float(left[1])]
 
 
 def done_messages(ctx: PartyContext, st: Any) -> list[Outgoing]:
@@ -309,6 +394,13 @@ class LayerMessage:
     depth: int
     node: np.ndarray
     sample: np.ndarray
+    #: the splits are the last ones of the round before (``node`` is that round's), riding with
+    #: this round's first layer and gradients (with their left variants, ``gh_left``)
+    merged: bool = False
+
+    @property
+    def splits_round(self) -> int:
+        return self.round_no - 1 if self.merged else self.round_no
 
     @classmethod
     def decode(cls, art: Artifact, n: int, depth: int) -> LayerMessage:
@@ -329,7 +421,10 @@ class LayerMessage:
               and isinstance(splits, list) and all(
                   isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) for v in s)
                   for s in splits) and all(0 <= v < size * classes for v in frontier)
-              and isinstance(meta.get("hist"), bool) and isinstance(meta.get("first"), bool))
+              and isinstance(meta.get("hist"), bool) and isinstance(meta.get("first"), bool)
+              and isinstance(meta.get("merged", False), bool))
+        merged = bool(meta.get("merged", False))
+        ok = ok and (not merged or (meta.get("first") is True and bool(splits)))
         node, sample = art.array("node"), art.array("sample")
         if not ok or node.shape != (n, classes) or sample.shape != (n,) or num("depth", 1, 8) \
                 != depth:
@@ -337,7 +432,7 @@ class LayerMessage:
                                   f"row arrays do not fit {n} rows and depth {depth})")
         return cls(num("round_no", 0, 10**6), num("layer", 0, 8), meta["hist"], meta["first"],
                    list(frontier or []), list(splits or []), classes, num("g_bits", 0, 64), num("grow_rows", 1, 10**9),
-                   depth, node.astype(np.int64), sample.astype(bool))
+                   depth, node.astype(np.int64), sample.astype(bool), merged)
 
 
 def apply_own_splits(st: Any, msg: LayerMessage, data: PartyData
@@ -356,8 +451,31 @@ def apply_own_splits(st: Any, msg: LayerMessage, data: PartyData
         left = data.Xb[rows, col] <= b
         node[rows[left], k], node[rows[~left], k] = nid + i + 1, nid + i + 2
         bits.append(left.astype(np.uint8))
-        model.append([msg.round_no, nid, data.features[col], int(b)])
+        model.append([msg.splits_round, nid, data.features[col], int(b)])
     return node, (np.concatenate(bits) if bits else np.zeros(0, np.uint8)), model
+
+
+def choose_left(msg: LayerMessage, held_node: np.ndarray, node: np.ndarray,
+                E: paillier.EncryptedArray, alt: paillier.EncryptedArray, sender: str
+                ) -> paillier.EncryptedArray:
+    """The new round's row ciphertexts: for every sampled row this party's last split sent
+    left, its ``gh_left`` ciphertext instead of its ``gh`` one (merged hand-off)."""
+    size = tree_size(msg.depth)
+    count = len(held_rows(held_node, msg.splits, msg.sample, size))
+    if alt.size != count:
+        raise InvalidArtifact(f"sbt/layer from {sender}: {alt.size} left-variant ciphertexts "
+                              f"for {count} sampled rows of the held nodes")
+    pos = np.full(len(msg.sample), -1)
+    pos[np.flatnonzero(msg.sample)] = np.arange(int(msg.sample.sum()))
+    cts, alts = list(E.raw_ciphertexts()), alt.raw_ciphertexts()
+    at = 0
+    for nid, _ in msg.splits:
+        k, i = divmod(nid, size)
+        rows = np.flatnonzero((held_node[:, k] == nid) & msg.sample)
+        for j in np.flatnonzero(node[rows, k] == nid + i + 1).tolist():
+            cts[pos[rows[j]]] = alts[at + j]
+        at += len(rows)
+    return paillier.EncryptedArray(E.public, cts, E.shape, E.exponent)
 
 
 def node_bins(st: Any, msg: LayerMessage, data: PartyData, node: np.ndarray,

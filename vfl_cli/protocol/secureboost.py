@@ -97,6 +97,14 @@ class ActiveState(PartyState):
     rowset: np.ndarray | None = None  # [#grow, #valid, grow..., valid..., test...]
     binning: dict[str, Any] = field(default_factory=dict)
     y: np.ndarray | None = None
+    # the merged hand-off (one passive party, one tree per round): the last layer's passive
+    # splits go out with the next round's gradients, both variants for their rows
+    pending_sums: dict[str, list[float]] = field(default_factory=dict)  # node -> [G_L, H_L]
+    held: dict[str, list[float]] = field(default_factory=dict)  # node -> [left, right] values
+    held_node: np.ndarray | None = None  # the held round's nodes
+    held_pending: dict[str, list[list[int]]] = field(default_factory=dict)
+    g_alt: np.ndarray | None = None  # the new round's g, h had the held split sent a row left
+    h_alt: np.ndarray | None = None
     #: digests of this round's ``gh`` ciphertexts: a reply holding any of them is refused
     sent: np.ndarray | None = None
 
@@ -155,11 +163,33 @@ def _active_drive(ctx: PartyContext, st: ActiveState, data: sd.ActiveData) -> St
         if _local_only(ctx, st, data):
             st = _decide(ctx, st, data, {})
             continue
+        if not st.frontier and st.pending and _can_merge(ctx, st, data):
+            return _send_merged(ctx, st, data)
         return _send_layer(ctx, st, data, first=False)
 
 
-def _send_layer(ctx: PartyContext, st: ActiveState, data: sd.ActiveData, *, first: bool
-                ) -> Step[ActiveState]:
+def _can_merge(ctx: PartyContext, st: ActiveState, data: sd.ActiveData) -> bool:
+    """One passive party, one tree per round, no GOSS (its sample follows the gradients) and a
+    next round to carry the splits."""
+    return (len(ctx.passives) == 1 and st.classes == 1 and not data.params.goss_top
+            and st.round_no + 1 < data.params.trees)
+
+
+def _send_merged(ctx: PartyContext, st: ActiveState, data: sd.ActiveData) -> Step[ActiveState]:
+    """The round's last passive splits with the next round's first layer: ``gh`` as if every
+    held row went right, ``gh_left`` as if it went left; the passive party picks."""
+    st = _begin_round(ctx, sd.close_round(st, data), data)
+    rows = sd.held_rows(st.held_node, st.held_pending[ctx.passives[0]], st.sample,  # type: ignore[arg-type]
+                        _tree_size(data.params.depth))
+    gl, hl = sd.left_variants(st, data, rows)
+    g_alt, h_alt = np.full_like(st.g, np.nan), np.full_like(st.h, np.nan)
+    g_alt[rows], h_alt[rows] = gl, hl
+    st = st.but(g_alt=g_alt, h_alt=h_alt, g_bits=max(st.g_bits, sd.g_bits(np.vstack([gl, hl]))))
+    return _send_layer(ctx, st, data, first=True, left_rows=rows)
+
+
+def _send_layer(ctx: PartyContext, st: ActiveState, data: sd.ActiveData, *, first: bool,
+                left_rows: np.ndarray | None = None) -> Step[ActiveState]:
     """``sbt/layer`` to every passive party: its splits, the rows' nodes, what to build."""
     p = data.params
     several = sum(1 for v in st.pending.values() if v) > 0 and len(ctx.passives) > 1
@@ -169,17 +199,25 @@ def _send_layer(ctx: PartyContext, st: ActiveState, data: sd.ActiveData, *, firs
     if first:
         rows = np.flatnonzero(st.sample)  # type: ignore[arg-type]
         plains = layout.encode(layout.quantise(st.g[rows]), layout.quantise(st.h[rows]))  # type: ignore[index]
+        alt = left_rows if left_rows is not None else np.zeros(0, np.int64)
+        plains += layout.encode(layout.quantise(st.g_alt[alt]), layout.quantise(st.h_alt[alt])
+                                ) if len(alt) else []  # type: ignore[index]
         priv = ctx.private_key()
-        members.append(enc_member("gh", encrypt_rows(priv.public, plains, private=priv)))
+        enc = encrypt_rows(priv.public, plains, private=priv)
+        members.append(enc_member("gh", enc[np.arange(len(rows))]))
+        if left_rows is not None:
+            members.append(enc_member("gh_left", enc[np.arange(len(rows), enc.size)]))
         # A decrypts only sums a passive party built, never these ciphertexts sent back
-        st = st.but(sent=sent_digests([members[-1].data], ctx.private_key().public.width))
+        st = st.but(sent=sent_digests([m.data for m in members], priv.public.width))
     out = []
     for party in ctx.passives:
         meta = {"round_no": st.round_no, "layer": st.layer, "hist": hist,
-                "frontier": st.frontier if hist else [], "splits": st.pending.get(party, []),
+                "frontier": st.frontier if hist else [],
+                "splits": (st.held_pending if left_rows is not None else st.pending).get(party, []),
                 "classes": st.classes, "g_bits": st.g_bits, "grow_rows": len(data.grow),
-                "depth": p.depth, "first": first, "done": False}
-        arrays = [ndarray_member("node", st.node.astype(np.int32)),  # type: ignore[union-attr]
+                "depth": p.depth, "first": first, "done": False, "merged": left_rows is not None}
+        node = st.held_node if left_rows is not None else st.node
+        arrays = [ndarray_member("node", node.astype(np.int32)),  # type: ignore[union-attr]
                   ndarray_member("sample", st.sample.astype(np.uint8))]  # type: ignore[union-attr]
         out.append(Outgoing(party, LAYER, "layer", [*members, *arrays], meta, st.t))
     return Step(st.but(asked_hist=hist), "wait-replies", out)
@@ -191,17 +229,26 @@ def _on_replies(ctx: PartyContext, st: ActiveState, received: Mapping[str, Artif
     priv = ctx.private_key()
     layout = RowLayout(st.classes, PRECISION, st.g_bits, len(data.grow))
     node = st.node.copy()  # type: ignore[union-attr]
+    held = st.held_node.copy() if st.held_node is not None else None
+    size = _tree_size(data.params.depth)
     cands: dict[str, Any] = {}
     for party in ctx.passives:
         art = received[party]
         if art.kind != REPLY:
             raise InvalidArtifact(f"expected {REPLY} from {party}, got {art.kind}")
         check_round(art, st.t)
-        node = sd.apply_assignments(art, st.pending.get(party, []), node, _tree_size(
-            data.params.depth))
+        if held is not None:  # the assignment is the held round's
+            held = sd.apply_assignments(art, st.held_pending.get(party, []), held, size)
+        else:
+            node = sd.apply_assignments(art, st.pending.get(party, []), node, size)
         if st.asked_hist:
             cands[party] = sd.read_candidates(art, priv, layout, st.frontier, st.sent)
     st = st.but(node=node, pending={}, t=st.t + 1)
+    if held is not None:
+        st = sd.settle_round(st, data, held)
+        if sd.should_stop(st, data):  # early stopping: the round just begun is dropped
+            st = st.but(forest=st.forest[:-1])
+            return Step.finish(st, sd.active_results(ctx, st, data))
     if not st.asked_hist:
         if st.frontier:  # several passive parties: now every one knows the nodes
             return _send_layer(ctx, st, data, first=False)
@@ -218,6 +265,7 @@ def _decide(ctx: PartyContext, st: ActiveState, data: sd.ActiveData,
     size = _tree_size(p.depth)
     node, forest = st.node.copy(), [dict(n) for n in st.forest[-1]]  # type: ignore[union-attr]
     pending: dict[str, list[list[int]]] = {}
+    pending_sums: dict[str, list[float]] = {}
     nxt: list[int] = []
     splits, gains = dict(st.splits), dict(st.gains)
     allowed = trees.column_sample(p, st.round_no, 0, data.Xb.shape[1])
@@ -227,7 +275,7 @@ def _decide(ctx: PartyContext, st: ActiveState, data: sd.ActiveData,
         best = sd.best_over_parties(data, st, rows, k, nid, allowed, cands)
         if best is None:
             continue
-        gain, owner, split = best
+        gain, owner, split, left_sums = best
         left, right = nid + i + 1, nid + i + 2
         forest.append({"id": left, "owner": None, "value": None})
         forest.append({"id": right, "owner": None, "value": None})
@@ -242,10 +290,11 @@ def _decide(ctx: PartyContext, st: ActiveState, data: sd.ActiveData,
             node[at[goes], k], node[at[~goes], k] = left, right
         else:
             pending.setdefault(owner, []).append([nid, int(split)])
+            pending_sums[str(nid)] = left_sums
         if st.layer + 1 < p.depth:
             nxt += [left, right]
     forest_all = [*st.forest[:-1], forest]
-    st = st.but(node=node, forest=forest_all, pending=pending, frontier=nxt,
+    st = st.but(node=node, forest=forest_all, pending=pending, pending_sums=pending_sums, frontier=nxt,
                 layer=st.layer + 1, splits=splits, gains=gains)
     if not pending and not nxt:
         st = sd.finish_round(st, data)
@@ -265,11 +314,16 @@ def _passive_layer(ctx: PartyContext, st: PassiveState, received: Mapping[str, A
     msg = sd.LayerMessage.decode(art, data.n, data.params.depth)
     expect_meta_count(art, "grow_rows", len(data.grow))  # both parties draw the same split
     public = ctx.public_key(ctx.active)
+    node, assign, model = sd.apply_own_splits(st, msg, data)
     if msg.first:
         enc = read_enc(art, "gh", public, rows=int(msg.sample.sum()))
+        if msg.merged:  # the held round's splits are applied: this round starts at the roots
+            enc = sd.choose_left(msg, msg.node, node, enc, read_enc(art, "gh_left", public),
+                                 art.sender)
+            size = _tree_size(msg.depth)
+            node = np.zeros_like(node) + np.arange(msg.classes)[None, :] * size
         st = st.but(gh=np.frombuffer(enc.to_bytes(), dtype=np.uint8), gh_rows=enc.size,
                     layout=[msg.classes, msg.g_bits, msg.grow_rows], bins=None, bins_nodes=[])
-    node, assign, model = sd.apply_own_splits(st, msg, data)
     members = [ndarray_member("assign", assign)]
     lookup: dict[str, list[int]] = {}
     bins, bins_nodes = st.bins, st.bins_nodes

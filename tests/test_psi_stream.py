@@ -188,7 +188,7 @@ def test_streamed_through_vfl_equals_in_memory(tmp_path: Path) -> None:
     from vfl_cli import jobs as engine
     from vfl_cli.workspace import Workspace
 
-    ids_a, ids_p = _sets(1400, 1100, 500)
+    ids_a, ids_p = _sets(600, 520, 300)
     files = []
     for name, ids, head in (("a", ids_a, "id,x,y\n"), ("p", ids_p, "id,x\n")):
         f = tmp_path / f"{name}.csv"
@@ -201,20 +201,38 @@ def test_streamed_through_vfl_equals_in_memory(tmp_path: Path) -> None:
         started = run("-w", str(bank), "align", "start", "--job", job, "--memory", memory)
         assert f"Memory bound: {memory} (--memory)" in started.stderr
         carry(bank, bureau)
+        if job == "big":  # a part missing: the passive party answers the parts before it, then waits
+            held = next((bureau / "inbox").glob("big.003.start.*"))
+            held.rename(tmp_path / held.name)
+            waiting = json.loads(run("-w", str(bureau), "align", "respond", job, "--memory", memory, "--json").stdout)
+            assert waiting[0]["waiting_for"] and not waiting[0]["done"]
+            assert len([s for s in waiting[0]["sent"]]) == 1  # the answer to part 1 only
+            (tmp_path / held.name).rename(bureau / "inbox" / held.name)
+            run("-w", str(bureau), "align", "finish", job, "--memory", memory)
+            # the same part again: a replay, quarantined, nothing changes
+            copy = next((bureau / "archive" / "received").glob("big.003.start.*"))
+            (bureau / "inbox" / copy.name).write_bytes(copy.read_bytes())
+            again = json.loads(run("-w", str(bureau), "align", "finish", job, "--json").stdout)
+            assert "replayed" in again[0]["rejected"][0]["reason"]
+            carry(bureau, bank)
+            run("-w", str(bank), "align", "finish", job, "--memory", memory)
+            carry(bank, bureau)
+            run("-w", str(bureau), "align", "finish", job, "--memory", memory)
+            continue
         run("-w", str(bureau), "align", "respond", job, "--memory", memory)
         carry(bureau, bank)
         run("-w", str(bank), "align", "finish", job, "--memory", memory)
         carry(bank, bureau)
         run("-w", str(bureau), "align", "finish", job, "--memory", memory)
     sent = sorted(f.name for f in (bank / "archive" / "sent").iterdir() if f.name.startswith("big."))
-    assert len([f for f in sent if ".start." in f]) == 6  # 1400 points in parts of 256
-    assert len([f for f in sent if ".finish." in f]) == 2  # 500 positions
+    assert len([f for f in sent if ".start." in f]) == 3  # 600 points in parts of 256
+    assert len([f for f in sent if ".finish." in f]) == 2  # 300 positions
     for ws in (bank, bureau):
         mem, big = (engine.load_state(Workspace(ws), j)[0] for j in ("mem", "big"))
         assert big.done and big.results["streamed_in_parts"] and "stream" not in big.data
         assert not (ws / "jobs" / "big" / "scratch").exists()
         assert "streamed_in_parts" not in mem.results
-        assert big.results["intersection_size"] == mem.results["intersection_size"] == 500
+        assert big.results["intersection_size"] == mem.results["intersection_size"] == 300
         key = {j: bytes.fromhex(s.data["digest_key"]) for j, s in (("mem", mem), ("big", big))}
         ids = {j: s.arrays["aligned_ids"].tolist() for j, s in (("mem", mem), ("big", big))}
         assert set(ids["big"]) == set(ids["mem"])

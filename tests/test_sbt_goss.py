@@ -22,7 +22,7 @@ from vfl_cli.protocol import sbt_data
 from vfl_cli.protocol.registry import get_protocol
 from vfl_cli.workspace import Workspace
 
-GOSS = {**PARAMS, "trees": 3, "active_trees": 0, "goss_top": 0.3, "goss_other": 0.2,
+GOSS = {**PARAMS, "trees": 2, "active_trees": 0, "goss_top": 0.3, "goss_other": 0.2,
         "min_samples_leaf": 3}
 
 

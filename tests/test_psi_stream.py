@@ -139,6 +139,21 @@ def test_echo_of_another_start_part_refused(tmp_path: Path) -> None:
         _stream(*_sets(3000, 2500, 1200), tmp_path, tamper={"response2": swap})
 
 
+def _crowded(part: ps.Part) -> ps.Part:
+    """Valid, distinct points that all share their first two bytes (made up, not blinded)."""
+    n = len(part.arrays["double_blinded"])
+    points = np.random.default_rng(n).integers(0, 256, size=(n, 32), dtype=np.uint8)
+    points[:, :2] = 0
+    points[:, 31] &= 0x7F
+    return replace(part, arrays={"double_blinded": points})
+
+
+def test_points_crowded_into_one_bucket_refused(tmp_path: Path) -> None:
+    """A peer cannot blow the memory bound by making its points share a bucket."""
+    with pytest.raises(InvalidArtifact, match="far more points share their first bytes"):
+        _stream(*_sets(3000, 2500, 1200), tmp_path, tamper={f"response{k}": _crowded for k in range(1, 13)})
+
+
 def test_changed_ids_between_steps_refused(tmp_path: Path) -> None:
     ids_a, ids_p = _sets(800, 700, 300)
     sa = ps.Scratch(tmp_path / "a")

@@ -304,9 +304,11 @@ def _repeats(points: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.all(points[1:] == points[:-1], axis=1)) + 1
 
 
-def _bucket_load(scratch: Scratch, name: str, budget: Budget, what: str) -> np.ndarray:
+def _bucket_load(scratch: Scratch, name: str, share: int, what: str) -> np.ndarray:
+    """A bucket's records, refused when far more than its ``share`` (blinded points are spread
+    evenly: only made-up points crowd into one bucket, to blow the memory bound)."""
     records = scratch.read(name, _RECORD)
-    if len(records) > 4 * budget.bucket + 1024:  # honest points spread evenly over buckets
+    if len(records) > 4 * share + 1024:
         raise InvalidArtifact(f"{what}: far more points share their first bytes than random points "
                               "would; they are not blinded points")
     return records
@@ -422,8 +424,8 @@ def intersect(scratch: Scratch, n_own: int, n_peer: int, budget: Budget) -> tupl
             _spill(scratch, prefix, records, points, buckets)
     own_pos, peer_pos = [], []
     for b in range(buckets):
-        own = _sorted(_bucket_load(scratch, f"A.{b}", budget, "the re-blinded start points"))
-        peer = _sorted(_bucket_load(scratch, f"B.{b}", budget, "the peer's points"))
+        own = _sorted(_bucket_load(scratch, f"A.{b}", math.ceil(n_own / buckets), "the re-blinded start points"))
+        peer = _sorted(_bucket_load(scratch, f"B.{b}", math.ceil(n_peer / buckets), "the peer's points"))
         for records, what in ((own, "the re-blinded start points"), (peer, "the peer's points")):
             if _repeats(records["p"]).size:
                 raise InvalidArtifact(f"{what} repeat a point; an honest party never sends one twice")

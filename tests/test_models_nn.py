@@ -19,6 +19,7 @@ from vfl_cli.models.nn import (
     Dense,
     Dropout,
     Layer,
+    LeakyReLU,
     MSEHead,
     ReLU,
     Sequential,
@@ -92,7 +93,7 @@ def test_dense_gradients(shape: tuple[int, int, int], seed: int, init: str) -> N
 
 
 @settings(max_examples=15, deadline=None)
-@given(shapes, seeds, st.sampled_from([ReLU, Tanh, Sigmoid]))
+@given(shapes, seeds, st.sampled_from([ReLU, LeakyReLU, Tanh, Sigmoid]))
 def test_activation_gradients(shape: tuple[int, int, int], seed: int, cls: type[Layer]) -> None:
     n, d, _ = shape
     _check_layer(cls(), _inputs(n, d, seed) * 3, seed)
@@ -233,7 +234,7 @@ def test_build_is_deterministic_and_counts_parameters() -> None:
         ([], "non-empty list"),
         (
             [{"type": "conv"}],
-            r"layer 0: unknown type 'conv'; allowed types: dense, relu, tanh, sigmoid, dropout",
+            r"layer 0: unknown type 'conv'; allowed types: dense, relu, tanh, sigmoid, dropout, leaky_relu",
         ),
         ([{"units": 3}], "layer 0: unknown type None"),
         (

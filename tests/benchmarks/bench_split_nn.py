@@ -42,8 +42,11 @@ def batch(bits: int, rows: int, k: int, m: int, epoch_rows: int) -> dict[str, fl
     pub, priv = paillier.generate_keypair(bits)
     rng = np.random.default_rng(0)
     h = np.abs(rng.normal(size=(rows, k)))
-    U = rng.normal(size=(k, m)) * 2.0**17  # A's share carries A's noise (about 2^17 after a few batches)
-    V = -U + rng.normal(size=(k, m))
+    params = {"interactive_lr": 0.5, "interactive_momentum": 0.9}  # the recipes' values
+    share_bits, width, S = sn.layout(bits, k, params)
+    # A's share carries A's noise: about lr S 2^124 / (1 - momentum) units of 2^-64 (issue #14)
+    U = sn._uniform((k, m), share_bits - 3, signed=True)
+    V = -U + sn._fixed(rng.normal(size=(k, m)), sn.FRAC_BITS)
     delta = rng.normal(size=(rows, m)) / rows
     t: dict[str, float] = {}
 
@@ -53,31 +56,26 @@ def batch(bits: int, rows: int, k: int, m: int, epoch_rows: int) -> dict[str, fl
         t[name] = time.perf_counter() - t0
         return out
 
-    S = sn.slot_count(bits, sn.ACT_SLOT_BITS, sn.ACT_MAX_SLOTS)
     Se = sn.slot_count(bits, sn.ERR_SLOT_BITS)
-    grid = np.ldexp(np.rint(np.ldexp(h, 32)), -32)
     H = clock("P: encrypt h (pre-shifted into slots)",
-              lambda: paillier.encrypt(pub, sn._shifted(sn._pad(grid, S), sn.ACT_SLOT_BITS, S)))
-    Vc = clock("P: encrypt V", lambda: paillier.encrypt(pub, V))
+              lambda: sn._enc_ints(pub, sn._shifted(sn._pad(sn._ints(h), S), width, S), sn.E))
+    Vc = clock("P: encrypt V", lambda: sn._enc_ints(pub, V, 2 * sn.E))
     groups = len(H) // S
-    hu = clock("A: [[h]] U, S rows per ciphertext", lambda: sn._enc_matmul(H.reshape(groups, S * k), np.vstack([U] * S)))
-
-    def masks() -> None:
-        nonlocal hu
-        for s in range(S):
-            for i in range(sn.MASK_PIECES):
-                piece = rng.integers(0, 2**50, size=(groups, m)).astype(float)
-                hu = hu + np.ldexp(piece, 50 * i + sn.ACT_SLOT_BITS * s - 64)
-
-    clock("A: add masks R", masks)
-    act = clock("A: re-randomise activation", lambda: sn._rerandomise(hu))
+    hu = clock("A: [[h]] U, S rows per ciphertext (52-bit limbs)",
+               lambda: sn._enc_matmul_ints(H.reshape(groups, S * k), np.vstack([U] * S), share_bits))
+    R = sn._uniform((groups * S, m), width - 2, signed=False)
+    act = clock("A: add masks R (their encryption re-randomises)",
+                lambda: hu + sn._enc_ints(sn._long_exponent_key(pub),
+                                          sn._packed(R.reshape(groups, S, -1).transpose(1, 0, 2), width), hu.exponent))
     raw = clock("P: decrypt activation", lambda: priv.decrypt_raw(act))
-    clock("P: unslot activation", lambda: [sn.unslot(int(v), pub.n, sn.ACT_SLOT_BITS, S) for v in raw])
+    clock("P: unslot activation", lambda: [sn.unslot(int(v), pub.n, width, S) for v in raw])
     g = clock("A: delta^T [[h]] (slot partial sums)", lambda: paillier.plain_matmul(sn._pad(delta, S).T, H))
-    clock("A: re-randomise gradient", lambda: sn._rerandomise(g))
+    eps = sn._uniform((S, m, k), sn.RHO_BITS, signed=True)
+    clock("A: add noise eps (its encryption re-randomises)",
+          lambda: g + sn._enc_ints(sn._long_exponent_key(pub), sn._packed(eps, width), g.exponent))
 
     def err_product() -> paillier.EncryptedArray:
-        shifted = [(Vc + U).T]
+        shifted = [(Vc + sn._enc_ints(pub, U, Vc.exponent)).T]
         for _ in range(Se - 1):
             shifted.append(shifted[-1].mul(1 << sn.ERR_SLOT_BITS))
         blocks = paillier.concatenate(shifted)

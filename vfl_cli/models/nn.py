@@ -52,6 +52,7 @@ __all__ = [
     "Head",
     "Layer",
     "MSEHead",
+    "LeakyReLU",
     "ReLU",
     "Sequential",
     "Sigmoid",
@@ -73,6 +74,7 @@ LAYER_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tanh": ((), ()),
     "sigmoid": ((), ()),
     "dropout": (("rate",), ()),
+    "leaky_relu": ((), ("slope",)),
 }
 
 
@@ -244,6 +246,33 @@ class ReLU(Layer):
         grad = self._check_backward(self._x, grad_out)
         x = self._x if self._x is not None else grad
         out: np.ndarray = grad * (x > 0.0)
+        return out
+
+
+class LeakyReLU(Layer):
+    """``x`` for ``x > 0``, else ``slope x`` (default 0.01): unlike ReLU a unit never stops learning
+    (a ReLU whose inputs are all negative has zero gradient for good)."""
+
+    kind = "leaky_relu"
+
+    def __init__(self, slope: float = 0.01) -> None:
+        if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not 0.0 < float(slope) < 1.0:
+            raise VflError(f"slope must be a number in (0, 1), got {slope!r}")
+        self.slope = float(slope)
+        self._x: np.ndarray | None = None
+
+    def spec(self) -> dict[str, Any]:  # noqa: D102
+        return {"type": self.kind, "slope": self.slope}
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        self._x = np.asarray(x, dtype=np.float64)
+        out: np.ndarray = np.where(self._x > 0.0, self._x, self.slope * self._x)
+        return out
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        grad = self._check_backward(self._x, grad_out)
+        x = self._x if self._x is not None else grad
+        out: np.ndarray = grad * np.where(x > 0.0, 1.0, self.slope)
         return out
 
 
@@ -709,6 +738,8 @@ def build_sequential(spec: Sequence[Mapping[str, Any]], in_dim: int, seed: int =
                 layer = Dropout(item["rate"], rng=rng)
             elif kind == "relu":
                 layer = ReLU()
+            elif kind == "leaky_relu":
+                layer = LeakyReLU(item.get("slope", 0.01))
             elif kind == "tanh":
                 layer = Tanh()
             else:

@@ -40,7 +40,7 @@ The spec is a TOML table (in a recipe's ``[model]`` or a file of its own)::
     type = "dense"
     units = 1                       # 1 for binary and regression, one per class for multiclass
 
-Layer types are those of :mod:`vfl_cli.models.nn` (dense, relu, tanh, sigmoid, dropout). An
+Layer types are those of :mod:`vfl_cli.models.nn` (dense, relu, tanh, sigmoid, dropout, leaky_relu). An
 empty bottom passes the party's standardised features straight to the interactive layer; an
 empty top makes ``z`` the network output. :func:`central_fit` trains the same architecture
 centrally in plaintext (the reference the protocol is tested and benchmarked against), from the

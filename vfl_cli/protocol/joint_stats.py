@@ -443,7 +443,7 @@ def _send_columns(ctx: PartyContext, st: ActiveState, received: Any) -> Step[Act
     p = ctx.params
     df = training_rows(ctx)
     numbers = chosen(list(ctx.features), p["active_columns"], ctx.name) if p["pearson"] else []
-    _guard(len(df), len(numbers), "each passive party")  # checked again there
+    _guard(len(df), len(numbers), ctx.name)  # each passive party checks it again
     own, z = _own(ctx, df, numbers)
     pub = ctx.private_key().public
     z_enc = paillier.encrypt(pub, z) if p["pearson"] else None

@@ -193,15 +193,18 @@ def test_csv_chunks_read_the_file_in_pieces_with_file_rows(tmp_path: Path) -> No
 # --------------------------------------------------------------------------- through the command
 
 
-def test_streamed_through_vfl_equals_in_memory(tmp_path: Path) -> None:
+def test_streamed_through_vfl_equals_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two jobs on the same files: one in memory, one streamed in parts (--memory 1MB: pieces of
-    256); same ids, same order (each job's own seeds), same rows; scratch removed."""
+    256); same ids, same order (each job's own seeds), same rows; scratch removed. Every inbox
+    file is read lazily (checked at scan, read again at its step), as large parts are."""
     import json
 
     from conftest import carry, introduce, make_party, run
 
     from vfl_cli import jobs as engine
     from vfl_cli.workspace import Workspace
+
+    monkeypatch.setattr(engine, "LAZY_BYTES", 0)
 
     ids_a, ids_p = _sets(600, 520, 300)
     files = []

@@ -75,7 +75,7 @@ REASON_SUFFIX = ".reason.txt"
 MAX_AHEAD = 10_000
 #: Inbox files above this size are verified when the inbox is scanned and read again when their
 #: step runs: a streamed alignment's parts are never all in memory at once.
-LAZY_BYTES = 4 << 20
+LAZY_BYTES = 1 << 20
 
 
 @dataclass

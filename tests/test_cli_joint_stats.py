@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FATE, TEST_KEY_BITS, drive, error_line, introduce, make_party, run
+from conftest import FATE, TEST_KEY_BITS, carry, drive, error_line, introduce, make_party, run
 from test_protocol_joint_stats import setup_parties, training_frames
 
 from vfl_cli import jobs
@@ -93,3 +93,18 @@ def test_show_refuses_another_job_and_an_unfinished_one(with_text: list[Path]) -
         "--pearson", "x0", "--peer-columns", "1")
     assert "is not finished on bank" in error_line(
         run("-w", bank, "stats", "joint", "show", "js", ok=False))
+
+
+def test_the_passive_party_refuses_a_column_number_it_lacks(tmp_path: Path) -> None:
+    wss = setup_parties(tmp_path)
+    bank, bureau = (str(w) for w in wss)
+    run("-w", bank, "stats", "joint", "start", "--alignment", "al", "--job", "js",
+        "--peer-columns", "2,9")
+    carry(wss[0], wss[1])
+    refused = run("-w", bureau, "job", "accept", "js", ok=False)
+    assert error_line(refused) == ("Error: the job names column number 9 of bureau, which has "
+                                   "columns 1..5; stop the job with 'vfl job cancel js' (a "
+                                   "notice for bank)")
+    assert not list((wss[1] / "outbox").glob("js.*"))  # nothing sent
+    run("-w", bureau, "job", "cancel", "js", "--reason", "no column 9")
+    assert carry(wss[1], wss[0])  # the notice, for the bank

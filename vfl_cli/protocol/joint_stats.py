@@ -255,14 +255,15 @@ def training_rows(ctx: PartyContext) -> pd.DataFrame:
     return df.iloc[np.sort(split.train)].reset_index(drop=True)
 
 
-def chosen(features: list[str], numbers: list[int], who: str) -> list[int]:
+def chosen(features: list[str], numbers: list[int], who: str, hint: str = "") -> list[int]:
     """The 1-based column numbers a job names (``[0]``: all), checked against ``features``."""
     if numbers == [0]:
         return list(range(1, len(features) + 1))
     bad = [n for n in numbers if not 1 <= n <= len(features)]
     if bad or len(set(numbers)) != len(numbers):
         what = f"column number {bad[0]}" if bad else "a column number twice"
-        raise DataError(f"the job names {what} of {who}, which has columns 1..{len(features)}")
+        raise DataError(f"the job names {what} of {who}, which has columns "
+                        f"1..{len(features)}{hint}")
     return list(numbers)
 
 
@@ -480,7 +481,9 @@ def _answer_columns(ctx: PartyContext, st: PassiveState, received: Mapping[str, 
     p = ctx.params
     df = training_rows(ctx)
     cols = Columns.read(received[ctx.active], ctx.public_key(ctx.active), len(df), p)
-    numbers = chosen(list(ctx.features), p["passive_columns"], ctx.name) if p["pearson"] else []
+    hint = f"; stop the job with 'vfl job cancel {ctx.job}' (a notice for {ctx.active})"
+    numbers = chosen(list(ctx.features), p["passive_columns"], ctx.name, hint) \
+        if p["pearson"] else []
     if p["pearson"]:
         _guard(len(df), len(cols.active), ctx.active)
     own, z = _own(ctx, df, numbers)

@@ -89,7 +89,7 @@ def test_recipe_scripts_run_one_per_party(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_recipe_scripts_train_evaluate_and_report(tmp_path: Path) -> None:
-    recipe = small(ROOT / "recipes" / "demo.toml", tmp_path, **{"epochs = 25": "epochs = 3", "loss_every = 5": "loss_every = 1"})
+    recipe = small(ROOT / "recipes" / "demo.toml", tmp_path, **{"key_bits = 512": "key_bits = 512\nepochs = 3"})
     done = run_scripts(recipe, tmp_path, timeout=400)
     for name, proc in done.items():
         assert proc.returncode == 0, f"{name}.sh:\n{proc.stderr}"

@@ -4,7 +4,14 @@ Each set runs through the real command (``vfl recipe run``, one ``vfl`` process 
 files carried between folders) with no training parameter but ``key_bits``, then scikit-learn
 (LogisticRegression / LinearRegression, default settings) is trained on the joined columns of
 the same training rows (every aligned id not in the job's test ids), standardised on them, and
-scored on the same test ids. Prints the metric of both, the gap and the hand-offs per set.
+scored on the same test ids. Prints the metric of both, the gap, the training hand-offs (4 per
+exchange, from the job's history), the files carried in all (``exchanges``, alignment included)
+and the exchanges run.
+
+Sets: FATE's copies in sample_data/fate (breast, default_credit, student, motor; vehicle with
+the label "class 0 against the rest") and scikit-learn's bundled tables, split by columns (the
+first half with the label to the active party): wine (class 0 against the rest), digits (0-4
+against 5-9), diabetes (regression). Written to CSV files in a temporary folder.
 
     python tests/benchmarks/bench_defaults.py --bits 1024 [--sets breast,student] [--set k=v ...]
 """
@@ -34,14 +41,44 @@ SETS: dict[str, tuple[str, str, str, str, list[str]]] = {
     "student": ("hetero-linear", "id", "y", "student_hetero_guest.csv", ["student_hetero_host.csv"]),
     "motor": ("hetero-linear", "idx", "motor_speed", "motor_hetero_guest.csv",
               ["motor_hetero_host_1.csv", "motor_hetero_host_2.csv"]),
+    "vehicle": ("hetero-lr", "id", "y", "vehicle_guest.csv", ["vehicle_scale_hetero_host.csv"]),
+    "wine": ("hetero-lr", "id", "y", "wine_guest.csv", ["wine_host.csv"]),
+    "digits": ("hetero-lr", "id", "y", "digits_guest.csv", ["digits_host.csv"]),
+    "diabetes": ("hetero-linear", "id", "y", "diabetes_guest.csv", ["diabetes_host.csv"]),
 }
+
+#: Where each set's files are: FATE's folder, or the temporary one :func:`write_sets` fills.
+WHERE: dict[str, Path] = {}
+
+
+def write_sets(folder: Path) -> None:
+    """The derived sets as CSV files: vehicle binarised, scikit-learn's tables split by columns."""
+    from sklearn import datasets
+
+    v = pd.read_csv(FATE / "vehicle_scale_hetero_guest.csv")
+    v.assign(y=(v["y"] == 0).astype(int)).to_csv(folder / "vehicle_guest.csv", index=False)
+    (folder / "vehicle_scale_hetero_host.csv").write_text((FATE / "vehicle_scale_hetero_host.csv").read_text())
+    bundled = {"wine": (datasets.load_wine(), lambda t: (t == 0).astype(int)),
+               "digits": (datasets.load_digits(), lambda t: (t < 5).astype(int)),
+               "diabetes": (datasets.load_diabetes(), lambda t: t)}
+    for name, (d, label) in bundled.items():
+        X = pd.DataFrame(d.data, columns=[f"x{i}" for i in range(d.data.shape[1])])
+        X.insert(0, "id", [f"r{i}" for i in range(len(X))])
+        half = 1 + d.data.shape[1] // 2
+        guest = X.iloc[:, :half].copy()
+        guest.insert(1, "y", label(d.target))
+        guest.to_csv(folder / f"{name}_guest.csv", index=False)
+        X.iloc[:, [0, *range(half, X.shape[1])]].to_csv(folder / f"{name}_host.csv", index=False)
+    for name in ("vehicle", "wine", "digits", "diabetes"):
+        WHERE[name] = folder
 
 
 def recipe_text(name: str, bits: int, extra: list[str]) -> str:
     protocol, id_col, label, active, passives = SETS[name]
-    parties = [(f'[[party]]\nname = "a"\nrole = "active"\ndata = "{FATE / active}"\n'
+    where = WHERE.get(name, FATE)
+    parties = [(f'[[party]]\nname = "a"\nrole = "active"\ndata = "{where / active}"\n'
                 f'id_column = "{id_col}"\nlabel_column = "{label}"\n')]
-    parties += [f'[[party]]\nname = "p{i}"\nrole = "passive"\ndata = "{FATE / f}"\nid_column = "{id_col}"\n'
+    parties += [f'[[party]]\nname = "p{i}"\nrole = "passive"\ndata = "{where / f}"\nid_column = "{id_col}"\n'
                 for i, f in enumerate(passives, 1)]
     train = "\n".join([f"key_bits = {bits}", *extra])
     return (f'[recipe]\nname = "{name}"\nprotocol = "{protocol}"\n\n' + "\n".join(parties)
@@ -63,9 +100,10 @@ def run_set(name: str, bits: int, extra: list[str], work: Path) -> dict[str, Any
 
 def joined(name: str) -> tuple[pd.DataFrame, list[str], str]:
     _, id_col, label, active, passives = SETS[name]
-    df = pd.read_csv(FATE / active, dtype={id_col: str})
-    for f in passives:
-        df = df.merge(pd.read_csv(FATE / f, dtype={id_col: str}), on=id_col)
+    where = WHERE.get(name, FATE)
+    df = pd.read_csv(where / active, dtype={id_col: str})
+    for i, f in enumerate(passives):
+        df = df.merge(pd.read_csv(where / f, dtype={id_col: str}), on=id_col, suffixes=("", f"_p{i}"))
     df[id_col] = df[id_col].str.strip()
     return df.set_index(id_col), [c for c in df.columns if c not in (id_col, label)], label
 
@@ -94,8 +132,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="a [train] line, e.g. epochs=20")
     args = ap.parse_args()
     print(f"{'set':16} {'metric':6} {'vfl':>9} {'sklearn':>9} {'gap':>9} {'hand-offs':>9} "
-          f"{'epochs':>6} {'wall s':>7}")
+          f"{'files':>5} {'exch.':>5} {'stop':>9} {'wall s':>7}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        write_sets(Path(tmp))
         for name in args.sets.split(","):
             report = run_set(name, args.bits, [s.replace("=", " = ", 1) for s in args.set], Path(tmp))
             test = report["metrics"]["test"]
@@ -103,9 +142,13 @@ def main() -> None:
             lr = SETS[name][0] == "hetero-lr"
             ours = test["auc"] if lr else test["rmse"]
             gap = f"{ref - ours:+.4f}" if lr else f"{(ours / ref - 1) * 100:+.1f}%"
-            epochs = report.get("model", {}).get("epochs_run", "?")
+            model = report.get("model", {})
+            epochs = model.get("epochs_run", "?")
+            handoffs = 4 * int(epochs) if isinstance(epochs, int) else "?"  # full batch: 4 per exchange
+            stop = "converged" if model.get("converged") else "cap"
             print(f"{name:16} {'AUC' if lr else 'RMSE':6} {ours:9.4f} {ref:9.4f} {gap:>9} "
-                  f"{report['exchanges']:9d} {epochs!s:>6} {report['wall_s']:7.0f}", flush=True)
+                  f"{handoffs!s:>9} {report['exchanges']:5d} {epochs!s:>5} {stop:>9} {report['wall_s']:7.0f}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vfl_cli.artifacts.container import read_artifact
+from vfl_cli.artifacts.container import MAX_BYTES, read_artifact
 from vfl_cli.artifacts.io import canonical_json, pretty_json, read_regular
 from vfl_cli.crypto.signing import Verifier
 from vfl_cli.errors import KeyMismatch, VflError, WorkspaceError
@@ -114,7 +114,8 @@ def _archived(ws: Workspace, entries: list[dict[str, Any]],
             if (event, f.name) not in logged and (event, f.name) not in pending:
                 report.problems.append(f"{where} is not in the ledger (entries were cut or rolled back)")
             try:
-                loaded = read_artifact(f)
+                # this party's own copies: as large as its max_file_size let in (or the default)
+                loaded = read_artifact(f, max_bytes=max(ws.max_file_size, MAX_BYTES))
                 art = loaded.artifact
                 loaded.verify(_verifier(ws, art.sender, where, art.sender_key), what=where)
             except (VflError, KeyMismatch) as exc:

@@ -183,7 +183,8 @@ def _pick_one(ws: Workspace, f: Path, now: float) -> bool:
         return False  # a link, pipe or device is never followed or read: left where it is
     if not (ws.path("archive", "received", f.name).exists() or (ws.inbox / f.name).exists()):
         try:
-            read_artifact(f)  # bounded in size, and checked for form only: the inbox checks the rest
+            # bounded by the workspace's max_file_size, and checked for form only: the inbox checks the rest
+            read_artifact(f, max_bytes=ws.max_file_size, limit=ws.size_limit())
         except VflError:
             if now - f.stat().st_mtime < SETTLE_S:
                 return False  # perhaps still being written by a sync tool

@@ -46,6 +46,59 @@ LABELLED_ROLES = ("active", "server", "worker")
 MIN_KEY_BITS = 1024
 SECURE_KEY_BITS = 2048
 
+#: Bounds of the ``max_file_size`` setting: the container's zip format (no zip64) cannot hold a
+#: file over 4 GiB, and a cap below 1 MiB would refuse an ordinary training step's files.
+MIN_FILE_SIZE = 1 << 20
+MAX_FILE_SIZE = 4 << 30
+#: Size units as the memory setting reads them (psi_stream.parse_memory): kB/MB/GB (and k/M/G)
+#: powers of 1000, KiB/MiB/GiB powers of 1024.
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 1 << 10, "m": 10**6, "mb": 10**6,
+          "mib": 1 << 20, "g": 10**9, "gb": 10**9, "gib": 1 << 30}
+
+
+def parse_size(text: str | int) -> int:
+    """A file size as written by a person: ``2GiB``, ``500MB``, ``1.5 GiB``, ``3000000`` (bytes).
+
+    KiB/MiB/GiB are powers of 1024, kB/MB/GB (and k/M/G) powers of 1000. Refused outside
+    1 MiB .. 4 GiB, the largest file the artifact container can hold.
+    """
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else ""
+    if m is None or unit not in _UNITS:
+        raise VflError(f"max_file_size must be a size such as 2GiB, 500MB or 3000000 (bytes), not {str(text)[:40]!r}")
+    size = int(float(m.group(1)) * _UNITS[unit])
+    if not MIN_FILE_SIZE <= size <= MAX_FILE_SIZE:
+        raise VflError(f"max_file_size must be between 1 MiB and 4 GiB (an artifact cannot be larger), "
+                       f"not {format_size(size)}")
+    return size
+
+
+def format_size(size: int) -> str:
+    """``2 GiB``, ``1.5 GiB``, ``500 MiB``: the largest binary unit, to 3 significant digits."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} bytes"
+
+
+def _memory(text: str) -> str:
+    """The memory bound as stored (psi_stream's own parser checks it; lazy: no import cycle)."""
+    from vfl_cli.protocol.psi_stream import format_memory, parse_memory
+
+    return format_memory(parse_memory(text))
+
+
+#: Settings kept in vfl.json, changed with 'vfl config set NAME VALUE': (parse, show, help).
+SETTINGS: dict[str, tuple[Any, Any, str]] = {
+    "max_file_size": (parse_size, format_size,
+                      "the largest file read from the inbox, a drop folder or 'vfl step FILE' "
+                      "(default 2 GiB: a 10M-id alignment's largest file is about 0.5 GB)"),
+    "memory": (_memory, str, "bound on one vfl process's memory: alignments that would pass it "
+                             "stream in parts (default 2GB; VFL_MEMORY sets it when unset)"),
+}
+
 
 @dataclass(frozen=True)
 class PartyCard:
@@ -133,14 +186,17 @@ class Workspace:
         data: Path,
         id_column: str,
         label_column: str | None = None,
+        max_file_size: str | int | None = None,
         **choice: Any,
     ) -> Workspace:
         """Create a party folder after checking the data file and columns.
 
         ``choice`` takes :func:`vfl_cli.columns.check_data`'s options: ``csv`` (sep, decimal,
-        encoding), ``exclude``, ``features`` and ``positive_label``.
+        encoding), ``exclude``, ``features`` and ``positive_label``. ``max_file_size`` sets the
+        setting of that name (default 2 GiB).
         """
         check_name(name)
+        settings = {} if max_file_size is None else {"max_file_size": parse_size(max_file_size)}
         if role not in ROLES:
             raise VflError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         if root.exists() and any(root.iterdir()):
@@ -161,6 +217,7 @@ class Workspace:
             "name": name,
             "role": role,
             **data_config,  # data file, id/label columns, format and column choice; never the features
+            **settings,
             "created": now(),
         }
         write_new(root / CONFIG, pretty_json(config))
@@ -204,6 +261,45 @@ class Workspace:
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
+
+    # ----- settings ('vfl config') ------------------------------------------------------------
+    @property
+    def max_file_size(self) -> int:
+        """The largest file this party reads from outside (inbox, drop folders, 'vfl step FILE')."""
+        from vfl_cli.artifacts.container import MAX_BYTES
+
+        value = self.config.get("max_file_size", MAX_BYTES)
+        return value if isinstance(value, int) and not isinstance(value, bool) else parse_size(str(value))
+
+    @property
+    def memory(self) -> str:
+        """The memory bound of this party's processes ('vfl init --memory', 'vfl config set memory')."""
+        return str(self.config.get("memory") or "2GB")
+
+    def size_limit(self) -> str:
+        """The end of the message for a file over :attr:`max_file_size`: the setting, and how to raise it."""
+        size = self.max_file_size
+        bigger = format_size(min(MAX_FILE_SIZE, 2 * size)).replace(" ", "")
+        return (f"this workspace's max_file_size setting ({format_size(size)} = {size:,} bytes); "
+                f"if the file is expected, raise it with 'vfl config set max_file_size {bigger}' "
+                "and hand it over again")
+
+    def settings(self) -> dict[str, dict[str, Any]]:
+        """Every setting: its value (as stored, and as shown), whether it is the default, its help."""
+        out = {}
+        for name, (_, show, help_) in SETTINGS.items():
+            value = getattr(self, name)
+            out[name] = {"value": value, "shown": show(value), "default": name not in self.config, "help": help_}
+        return out
+
+    def set_setting(self, name: str, value: str) -> Any:
+        """Change a setting in vfl.json (checked first); returns the stored value."""
+        if name not in SETTINGS:
+            raise VflError(f"unknown setting {name[:40]!r}; settings: {', '.join(SETTINGS)} ('vfl config' lists them)")
+        parsed = SETTINGS[name][0](value)
+        self.config[name] = parsed
+        replace_atomic(self.path(CONFIG), pretty_json(self.config))
+        return parsed
 
     @property
     def inbox(self) -> Path:

@@ -53,7 +53,8 @@ __all__ = [
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 #: Default cap on an artifact file's size: room for a 10M-id alignment step (two 32-byte points
-#: per id, sealed) with margin. A workspace may set its own (``read_artifact(max_bytes=...)``).
+#: per id, sealed) with margin. A workspace sets its own: ``vfl config set max_file_size 4GiB``
+#: (:attr:`vfl_cli.workspace.Workspace.max_file_size`).
 MAX_BYTES = 2 << 30
 _SIGNATURE_RE = re.compile(rb"[0-9a-f]{128}\n")
 #: .npy dtypes a member may hold: numbers, booleans, fixed-width strings; never objects.
@@ -309,16 +310,17 @@ class Loaded:
         return dataclasses.replace(self, artifact=dataclasses.replace(art, members=members, sealed=False))
 
 
-def read_artifact(path: Path, *, max_bytes: int = MAX_BYTES) -> Loaded:
+def read_artifact(path: Path, *, max_bytes: int = MAX_BYTES, limit: str | None = None) -> Loaded:
     """Read and structurally check an artifact file, bounded before anything is trusted.
 
-    Only a regular file (no symlink, FIFO, device or folder) of at most ``max_bytes`` is read.
+    Only a regular file (no symlink, FIFO, device or folder) of at most ``max_bytes`` is read
+    (a workspace passes its ``max_file_size`` setting, and ``limit`` naming it for the message).
     The signature is then checked by :meth:`Loaded.verify` against the sender's trusted key.
 
     Raises:
         InvalidArtifact: naming the file and what is wrong.
     """
-    data = read_regular(path, max_bytes=max_bytes)
+    data = read_regular(path, max_bytes=max_bytes, limit=limit)
     return parse_artifact(data, name=shown_path(path), max_bytes=max_bytes)
 
 

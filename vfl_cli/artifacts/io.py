@@ -23,8 +23,11 @@ def shown_path(path: Path | str) -> str:
     return text if text.isprintable() else repr(text)
 
 
-def read_regular(path: Path, *, max_bytes: int) -> bytearray:
+def read_regular(path: Path, *, max_bytes: int, limit: str | None = None) -> bytearray:
     """Read an untrusted file: a regular file only, at most ``max_bytes``, without blocking.
+
+    ``limit`` names where the cap comes from in the message for a file over it (a workspace
+    setting and how to change it); by default "the N-byte limit for an artifact".
 
     The file is opened without following a final symlink and without waiting for a FIFO's
     writer; what it is and its size are checked on the open descriptor (``fstat``) before a
@@ -43,12 +46,12 @@ def read_regular(path: Path, *, max_bytes: int) -> bytearray:
                                   "(copy the file itself)") from None
         raise InvalidArtifact(f"{shown}: cannot read: {exc.strerror}") from None
     try:
-        return _read_fd(fd, shown, max_bytes)
+        return _read_fd(fd, shown, max_bytes, limit)
     finally:
         os.close(fd)
 
 
-def _read_fd(fd: int, shown: str, max_bytes: int) -> bytearray:
+def _read_fd(fd: int, shown: str, max_bytes: int, limit: str | None = None) -> bytearray:
     st = os.fstat(fd)
     for test, kind in _KINDS:
         if test(st.st_mode):
@@ -56,8 +59,8 @@ def _read_fd(fd: int, shown: str, max_bytes: int) -> bytearray:
     if not stat.S_ISREG(st.st_mode):
         raise InvalidArtifact(f"{shown}: is not a regular file; it is not read")
     if st.st_size > max_bytes:
-        raise InvalidArtifact(f"{shown}: {st.st_size:,} bytes exceeds the {max_bytes:,}-byte limit "
-                              "for an artifact")
+        raise InvalidArtifact(f"{shown}: {st.st_size:,} bytes exceeds "
+                              + (limit or f"the {max_bytes:,}-byte limit for an artifact"))
     buf = bytearray(st.st_size)
     view, done = memoryview(buf), 0
     try:

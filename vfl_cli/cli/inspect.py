@@ -21,6 +21,15 @@ from vfl_cli.workspace import Workspace
 _PREVIEW = 6
 
 
+def _size_cap(ws_dir: str | None) -> dict[str, Any]:
+    """Inside a workspace, its max_file_size setting bounds the file read; elsewhere the default."""
+    try:
+        ws = Workspace.find(Path(ws_dir) if ws_dir else None)
+    except VflError:
+        return {}
+    return {"max_bytes": ws.max_file_size, "limit": ws.size_limit()}
+
+
 def _verified(loaded: Loaded, ws_dir: str | None) -> tuple[str, Loaded]:
     """The signature status, and the artifact opened when this workspace may read its payload."""
     try:
@@ -67,8 +76,9 @@ def inspect(ctx: click.Context, file: Path, as_json: bool) -> None:
     \b
         vfl inspect outbox/psi-20261122-3f2a9c.001.job-proposal.bank-to-bureau.zip
     """
-    loaded = read_artifact(file)
-    signature, opened = _verified(loaded, ctx.find_root().params.get("workspace"))
+    ws_dir = ctx.find_root().params.get("workspace")
+    loaded = read_artifact(file, **_size_cap(ws_dir))
+    signature, opened = _verified(loaded, ws_dir)
     plaintext = {n: _plaintext(opened, n) for n in opened.artifact.members} if opened.opened else {}
     if as_json:
         emit_json({"file": str(file), "sha256": loaded.sha256, "size": loaded.size,

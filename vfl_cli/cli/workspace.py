@@ -38,10 +38,14 @@ from vfl_cli.workspace import SECURE_KEY_BITS, Workspace
 @click.option("--encoding", help="Text encoding, e.g. cp1252 (default: UTF-8, with or without BOM).")
 @click.option("--memory", metavar="SIZE", help="Bound on one vfl process's memory, e.g. 2GB (the default) "
               "or 256MB: alignments that would pass it stream in parts.")
+@click.option("--max-file-size", metavar="SIZE",
+              help="The largest file this party reads from peers, e.g. 4GiB (default 2GiB, room for a "
+              "10M-id alignment). Change later with 'vfl config set max_file_size SIZE'.")
 @json_option
 def init(directory: Path, name: str | None, role: str, data: Path, id_column: str, label_column: str | None,
          positive_label: str | None, exclude: tuple[str, ...], features: str | None, encode: tuple[str, ...],
-         sep: str | None, decimal: str | None, encoding: str | None, memory: str | None, as_json: bool) -> None:
+         sep: str | None, decimal: str | None, encoding: str | None, memory: str | None,
+         max_file_size: str | None, as_json: bool) -> None:
     """Create a party workspace in DIRECTORY.
 
     The data file is checked now (ids, labels, text columns) and read again by each job: what
@@ -62,7 +66,8 @@ def init(directory: Path, name: str | None, role: str, data: Path, id_column: st
     choice = {"csv": {"sep": sep, "decimal": decimal, "encoding": encoding}, "exclude": list(exclude),
               "features": _names(features), "positive_label": positive_label, "encode": parse_encodings(encode)}
     ws = Workspace.init(directory, name=name or directory.resolve().name.lower(), role=role,
-                        data=data, id_column=id_column, label_column=label_column, **choice)
+                        data=data, id_column=id_column, label_column=label_column,
+                        max_file_size=max_file_size, **choice)
     if memory is not None:
         from vfl_cli.artifacts.io import pretty_json, replace_atomic
 
@@ -169,4 +174,54 @@ def keygen(ctx: click.Context, key_bits: int, insecure_test_keys: bool, no_paill
     say(f"Next: vfl keys export --out {ws.name}.card, and send the card to your peers")
 
 
-COMMANDS = [init, keygen, columns]
+@click.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def config(ctx: click.Context, as_json: bool) -> None:
+    """Show this party's settings (kept in vfl.json), or change one with 'vfl config set'.
+
+    max_file_size: the largest file read from the inbox, a drop folder or 'vfl step FILE'
+    (default 2 GiB). A larger file is moved to inbox/rejected/ with a reason naming the
+    setting; raise it (up to 4 GiB, the most an artifact can hold) for very large jobs.
+    memory: the bound on one vfl process's memory (as 'vfl init --memory').
+
+    Example:
+
+    \b
+        vfl config
+        vfl config set max_file_size 4GiB
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    ws = workspace(ctx)
+    settings = ws.settings()
+    if as_json:
+        emit_json({k: {"value": v["value"], "default": v["default"]} for k, v in settings.items()})
+        return
+    for key, v in settings.items():
+        print_result(f"{key} = {v['shown']}{' (default)' if v['default'] else ''}   {v['help']}")
+
+
+@config.command("set")
+@click.argument("setting")
+@click.argument("value")
+@json_option
+@click.pass_context
+def config_set(ctx: click.Context, setting: str, value: str, as_json: bool) -> None:
+    """Change one setting of this party (checked, then written to vfl.json).
+
+    Example:
+
+    \b
+        vfl config set max_file_size 4GiB
+        vfl config set memory 512MB
+    """
+    ws = workspace(ctx)
+    stored = ws.set_setting(setting, value)
+    if as_json:
+        emit_json({"setting": setting, "value": stored})
+        return
+    say(f"{ws.name}: {setting} = {ws.settings()[setting]['shown']} (in {ws.path('vfl.json')})")
+
+
+COMMANDS = [init, keygen, columns, config]

@@ -46,7 +46,9 @@ class RowLayout:
     """Slots of a row's plaintext: ``[count, g_0, h_0, g_1, h_1, ...]`` from the lowest bits.
 
     ``g`` is carried as ``round(g 2^precision) + g_offset`` (non-negative), ``h`` as
-    ``round(h 2^precision)`` (``h >= 0``); each slot holds the sum over ``rows`` rows.
+    ``round(h 2^precision)`` (``h >= 0``); each slot holds the sum over ``rows`` rows. The count
+    slot is only as wide as a count of ``rows`` needs (every packed candidate is shorter, so
+    more fit one ciphertext and packing needs fewer squarings).
     """
 
     classes: int
@@ -59,12 +61,20 @@ class RowLayout:
         return self.precision + self.g_bits + 2 + max(1, math.ceil(math.log2(self.rows + 1)))
 
     @property
+    def count_bits(self) -> int:
+        return 1 + max(1, math.ceil(math.log2(self.rows + 1)))
+
+    @property
     def slots(self) -> int:
         return 1 + 2 * self.classes
 
     @property
     def bits(self) -> int:
-        return self.slot_bits * self.slots
+        return self.count_bits + self.slot_bits * 2 * self.classes
+
+    def shift(self, j: int) -> int:
+        """Bit position of slot ``j`` (0: the count)."""
+        return 0 if j == 0 else self.count_bits + self.slot_bits * (j - 1)
 
     @property
     def g_offset(self) -> int:
@@ -83,24 +93,25 @@ class RowLayout:
         gq = np.rint(g * scale).astype(object) + self.g_offset
         hq = np.rint(h * scale).astype(object)
         out = []
-        s = self.slot_bits
+        shifts = [self.shift(j) for j in range(self.slots)]
         for r in range(len(g)):
             v = 1
             for k in range(self.classes):
-                v |= int(gq[r, k]) << (s * (1 + 2 * k))
-                v |= int(hq[r, k]) << (s * (2 + 2 * k))
+                v |= int(gq[r, k]) << shifts[1 + 2 * k]
+                v |= int(hq[r, k]) << shifts[2 + 2 * k]
             out.append(v)
         return out
 
     def decode(self, sums: Sequence[int]) -> np.ndarray:
         """Sums of rows back to ``(count, G_0, H_0, ...)`` per value (float64, values x slots)."""
-        s, mask = self.slot_bits, (1 << self.slot_bits) - 1
+        mask, cmask = (1 << self.slot_bits) - 1, (1 << self.count_bits) - 1
+        shifts = [self.shift(j) for j in range(self.slots)]
         out = np.empty((len(sums), self.slots))
         for i, v in enumerate(sums):
             v = int(v)
             if v >> self.bits:
                 raise EncodingOverflow("a histogram sum overflows its slots")
-            fields = [(v >> (s * j)) & mask for j in range(self.slots)]
+            fields = [(v >> sh) & (mask if j else cmask) for j, sh in enumerate(shifts)]
             c = fields[0]
             out[i, 0] = c
             for k in range(self.classes):

@@ -14,10 +14,23 @@ import pytest
 from conftest import FATE, drive, introduce, make_party
 
 from vfl_cli import jobs
+from vfl_cli.crypto import paillier
 from vfl_cli.errors import InvalidArtifact, VflError
 from vfl_cli.models.binning import fit_binning
 from vfl_cli.models.features import split_rows
-from vfl_cli.protocol.joint_stats import _check_counts, standardise, within
+from vfl_cli.protocol.joint_stats import (
+    ActiveState,
+    Products,
+    _check_counts,
+    _digests,
+    _refuse_echo,
+    cross_products,
+    decrypt_products,
+    standardise,
+    unmask_events,
+    within,
+)
+from vfl_cli.protocol.wire import load_mask, save_mask
 from vfl_cli.workspace import Workspace
 
 ROWS = 300
@@ -152,3 +165,49 @@ def test_the_active_party_refuses_bin_counts_that_do_not_add_up() -> None:
         _check_counts(np.array([3, 1, 5]), np.array([0, 0, 1]), 5, "bureau")
     with pytest.raises(InvalidArtifact, match="do not add up"):
         _check_counts(np.array([6, -1, 5]), np.array([0, 0, 1]), 5, "bureau")
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[paillier.PublicKey, paillier.PrivateKey]:
+    return paillier.generate_keypair(512)
+
+
+def test_the_active_party_refuses_its_own_ciphertexts_sent_back(keys) -> None:
+    """An echo of A's Enc(z) as 'products' would make A decrypt its own rows for P_j."""
+    pub, _ = keys
+    z = paillier.encrypt(pub, np.random.default_rng(0).normal(size=(30, 2)))
+    st = ActiveState(30, [1, 2], {}, _digests([z.to_bytes()], pub.width))
+    echo = Products([1], z[:1, :], None, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    with pytest.raises(InvalidArtifact, match="refused without decrypting"):
+        _refuse_echo(st, echo, "bureau")
+    honest, _ = cross_products(z, np.ones((30, 1)), "passive")
+    _refuse_echo(st, Products([1], honest, None, np.zeros(0, np.int64),
+                              np.zeros(0, np.int64)), "bureau")
+
+
+def test_products_and_masked_sums_round_trip_and_are_checked(keys) -> None:
+    pub, priv = keys
+    rng = np.random.default_rng(2)
+    za, zp = standardise(rng.normal(size=(40, 2))), standardise(rng.normal(size=(40, 3)))
+    z = paillier.encrypt(pub, za)
+    c, saved = cross_products(z, zp, "passive")
+    got = paillier.unmask(priv.decrypt_raw(c), load_mask(saved)) / 40
+    np.testing.assert_allclose(got, zp.T @ za / 40, atol=1e-9)
+    plain, _ = cross_products(z, zp, "both")
+    prod = Products([1, 2, 3], plain, None, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    r, back = decrypt_products(priv, prod, 40, "both", "bureau")
+    np.testing.assert_allclose(r, zp.T @ za / 40, atol=1e-9)
+    assert back is r
+    big, _ = cross_products(z, np.repeat(za[:, :1], 3, axis=1) * 3, "both")  # r = 3: not one
+    with pytest.raises(InvalidArtifact, match=r"in \[-1, 1\]"):
+        decrypt_products(priv, Products([1, 2, 3], big, None, np.zeros(0, np.int64),
+                                        np.zeros(0, np.int64)), 40, "active", "bureau")
+    # event sums: a value outside 0..rows of its bin is refused, a withheld bin stays None
+    y = paillier.encrypt(pub, np.array([1.0, 0, 1, 1]), exponent=0)
+    masked, m = paillier.mask(paillier.EncryptedArray(pub, y.raw_ciphertexts(), (4,), 0))
+    raw = priv.decrypt_raw(masked)
+    mask = load_mask(save_mask(m))
+    assert unmask_events(raw, mask, np.array([1, 1, 1, 1]), np.array([0, 0, 1, 0])) == [
+        1, 0, None, 1]
+    with pytest.raises(InvalidArtifact, match="outside 0..0"):
+        unmask_events(raw, mask, np.array([0, 1, 1, 1]), np.zeros(4, np.int8))

@@ -12,10 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import FATE, drive, introduce, make_party
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vfl_cli import jobs
 from vfl_cli.crypto import paillier
-from vfl_cli.errors import InvalidArtifact, VflError
+from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.models.binning import fit_binning
 from vfl_cli.models.features import split_rows
 from vfl_cli.protocol.joint_stats import (
@@ -24,6 +26,7 @@ from vfl_cli.protocol.joint_stats import (
     _check_counts,
     _digests,
     _refuse_echo,
+    chosen,
     cross_products,
     decrypt_products,
     standardise,
@@ -211,3 +214,25 @@ def test_products_and_masked_sums_round_trip_and_are_checked(keys) -> None:
         1, 0, None, 1]
     with pytest.raises(InvalidArtifact, match="outside 0..0"):
         unmask_events(raw, mask, np.array([0, 1, 1, 1]), np.zeros(4, np.int8))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-3, 12), min_size=1, max_size=8))
+def test_column_numbers_are_checked_or_refused(numbers: list[int]) -> None:
+    features = [f"c{i}" for i in range(6)]
+    try:
+        got = chosen(features, numbers, "bank")
+    except DataError as exc:
+        assert "bank, which has columns 1..6" in str(exc)
+        assert numbers != [0] and (len(set(numbers)) < len(numbers)
+                                   or any(not 1 <= n <= 6 for n in numbers))
+    else:
+        assert got == (list(range(1, 7)) if numbers == [0] else numbers)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(3, 40), st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_standardised_products_are_numpys_correlations(rows: int, cols: int, seed: int) -> None:
+    x = np.random.default_rng(seed).normal(size=(rows, cols)) * 100
+    np.testing.assert_allclose(within(standardise(x)), np.corrcoef(x.T).reshape(cols, cols),
+                               atol=1e-10)

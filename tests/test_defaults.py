@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pandas as pd
 from conftest import fate, introduce, make_party
 from test_protocol_hetero_linear import align, joined, standardised, train
@@ -161,3 +162,63 @@ def test_history_gives_the_loss_per_hand_off(tmp_path: Path) -> None:
     # full batch: one round of four hand-offs per epoch, the loss after each
     assert [h["handoffs"] for h in history] == [4, 8]
     assert history[1]["loss"] < history[0]["loss"]
+
+
+def test_default_job_stops_on_convergence_at_least_squares(tmp_path: Path) -> None:
+    """No training parameter: newton at full batch stops by itself (every party's Newton
+    decrement below tol) before the cap, at the least-squares fit of the same split."""
+    from sklearn.linear_model import LinearRegression
+
+    assert hl.DEFAULTS["optimizer"] == "auto" and hl.optimizer_name(hl.DEFAULTS) == "newton"
+    a = make_party(tmp_path, "school", "active", fate("student_hetero_guest.csv"), id_column="id", label_column="y")
+    p = make_party(tmp_path, "home", "passive", fate("student_hetero_host.csv"), id_column="id")
+    introduce(tmp_path, "school", "home")
+    align(a, [p])
+    split_params = {"test_fraction": 0.25, "seed": 11}
+    states = train(a, [p], "hetero-linear", split_params)
+    card = states["school"][0].results
+    assert card["model"]["converged"] is True, card["history"]
+    assert card["model"]["epochs_run"] < hl.DEFAULTS["epochs"]
+    assert all(h["decrement"] >= 0 for h in card["history"])
+    df, (ca, cp) = joined(a, [p])
+    ids = jobs.load_state(Workspace(a), "al")[0].arrays["aligned_ids"]
+    split = split_rows(len(df), split_params["test_fraction"], split_params["seed"], ids=ids)
+    X = standardised(df[ca + cp].to_numpy(float), split.train)
+    y = df["y"].to_numpy(float)
+    ref = LinearRegression().fit(X[split.train], y[split.train]).predict(X[split.test])
+    want = regression_metrics(y[split.test], ref)["rmse"]
+    assert card["metrics"]["test"]["rmse"] < 1.02 * want
+    # tol = 0: no convergence test, every epoch runs
+    states = train(a, [p], "hetero-linear", {**split_params, "tol": 0.0, "epochs": 4}, job="t0")
+    assert states["school"][0].results["model"]["epochs_run"] == 4
+    assert states["school"][0].results["model"]["converged"] is False
+
+
+def test_newton_decrement_discounts_the_label_noise() -> None:
+    """What noise alone adds to a party's decrement has the mean and deviation the passive party
+    subtracts (Monte Carlo over the noise on the residuals)."""
+    from vfl_cli.models.optim import newton_decrement
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6))
+    sigma = 0.3
+    decs = [newton_decrement(X, X.T @ rng.normal(0, sigma, 300) / 300, curvature=0.25, noise=sigma)
+            for _ in range(3000)]
+    got = np.array([d[0] for d in decs])
+    _, mean, sd = decs[0]
+    assert abs(got.mean() - mean) < 0.05 * mean
+    assert abs(got.std() - sd) < 0.1 * sd
+    assert newton_decrement(X, np.zeros(6), curvature=1.0) == (0.0, 0.0, 0.0)
+
+
+def test_a_declared_label_sigma_is_checked() -> None:
+    from types import SimpleNamespace
+
+    from vfl_cli.errors import InvalidArtifact
+
+    ok = SimpleNamespace(meta={"label_sigma": 0.25}, kind="hetero/residual", sender="a")
+    assert hl.received_sigma(ok) == 0.25
+    assert hl.received_sigma(SimpleNamespace(meta={}, kind="k", sender="a")) == 0.0
+    for bad in (-1.0, "0.1", True, float("nan"), 1e9):
+        with pytest.raises(InvalidArtifact, match="label_sigma"):
+            hl.received_sigma(SimpleNamespace(meta={"label_sigma": bad}, kind="hetero/residual", sender="a"))

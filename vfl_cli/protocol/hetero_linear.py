@@ -65,11 +65,16 @@ docs/protocols/hetero-linear.md, tests in tests/privacy/test_hetero_linear_attac
   each party checks this at acceptance (``check_params``), on its own data before it sends
   anything, and on each peer's declared column count. Key holders decrypt only requests with
   one value per declared column and none of the ciphertexts they sent this round.
-* Label noise (``label_epsilon``, on by default for hetero-lr; hetero-linear needs
-  ``label_clip``): Gaussian noise from A's CSPRNG on the residual offsets the passive parties
-  see, zCDP-accounted over epochs and reported in the results. Without it the first batch's
-  exact gradient is a subset-sum in the labels, which lattice reduction solves.
-* Everyone knows the row counts, batch sizes and each party's column count.
+* Label noise (hetero-lr, on by default: ``label_bits``, sized so that a passive party's
+  gradients over all epochs carry at most that fraction of a batch's label bits; opt-in formal
+  label DP: ``label_epsilon``, zCDP-accounted; hetero-linear needs ``label_clip``): Gaussian
+  noise from A's CSPRNG on the residual offsets the passive parties see, reported in the
+  results. Without it the first batch's exact gradient is a subset-sum in the labels, which
+  lattice reduction solves.
+* Convergence (full batch, ``tol``): one bit per passive party per exchange, to A (whether its
+  own block's Newton decrement, less the label noise's share, is below ``tol``).
+* Everyone knows the row counts, batch sizes, each party's column count, the noise deviation
+  and the number of exchanges run.
 """
 
 from __future__ import annotations

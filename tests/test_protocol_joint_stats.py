@@ -70,6 +70,12 @@ def training_frames(wss: list[Path], params: dict) -> list[pd.DataFrame]:
     return out
 
 
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two aligned parties shared by the tests of this module (each runs its own job id)."""
+    return setup_parties(tmp_path_factory.mktemp("jstats"))
+
+
 def run_job(wss: list[Path], job: str, params: dict) -> list[dict]:
     jobs.start_job(Workspace(wss[0]), "joint-stats", {"alignment": "al", **params}, job=job)
     drive(wss, job)
@@ -77,11 +83,11 @@ def run_job(wss: list[Path], job: str, params: dict) -> list[dict]:
 
 
 @pytest.mark.parametrize("reveal", ["active", "passive", "both"])
-def test_pearson_equals_corrcoef_on_the_joined_rows(tmp_path: Path, reveal: str) -> None:
-    wss = setup_parties(tmp_path)
+def test_pearson_equals_corrcoef_on_the_joined_rows(aligned: list[Path], reveal: str) -> None:
+    wss = aligned
     params = {**BASE, "active_columns": [2, 4, 5], "passive_columns": [0], "reveal_to": reveal,
               "label_rate": False}
-    bank, bureau = run_job(wss, "js", params)
+    bank, bureau = run_job(wss, f"js-{reveal}", params)
     a, p = training_frames(wss, params)
     acols, pcols = ["x1", "x3", "x4"], ["x0", "x1", "x2", "x3", "x4"]
     ref = np.corrcoef(np.column_stack([a[acols].to_numpy(), p[pcols].to_numpy()]).T)
@@ -132,10 +138,9 @@ def test_label_rate_per_passive_bin_equals_the_plaintext_rate(tmp_path: Path) ->
     assert "pearson" not in bureau and bank["pearson"] == {}
 
 
-def test_a_small_bin_is_withheld(tmp_path: Path) -> None:
-    wss = setup_parties(tmp_path)
+def test_a_small_bin_is_withheld(aligned: list[Path]) -> None:
     params = {**BASE, "pearson": False, "min_bin_rows": 1000}  # every bin is smaller
-    bank, bureau = run_job(wss, "js", params)
+    bank, bureau = run_job(aligned, "js-small", params)
     assert all(r["events"] is None for r in bureau["label_rate"] if r["rows"])
     assert bank["label_rate"]["bureau"]["withheld"] == sum(
         1 for r in bureau["label_rate"] if r["rows"])
@@ -150,9 +155,8 @@ def test_standardise_and_within_follow_numpy() -> None:
     assert np.all(z[:, 1] == 0) and within(z)[0, 1] == 0
 
 
-def test_the_job_refuses_impossible_parameters(tmp_path: Path) -> None:
-    wss = setup_parties(tmp_path)
-    ws = Workspace(wss[0])
+def test_the_job_refuses_impossible_parameters(aligned: list[Path]) -> None:
+    ws = Workspace(aligned[0])
     with pytest.raises(VflError, match="pearson=true or label_rate=true"):
         jobs.start_job(ws, "joint-stats", {"alignment": "al", "pearson": False,
                                            "label_rate": False})

@@ -13,6 +13,10 @@ drifts by 10 % or more within an hour, so the figure says how fast the machine w
     python tests/benchmarks/bench_align_cli.py --n 1000000 --overlap 0.5 --runs 3
     python tests/benchmarks/bench_align_cli.py --n 2000000 --memory 256MB   # streamed in parts
 
+Every ``vfl`` process of the run records the time it spent sealing and opening artifact payloads
+(``VFL_SEAL_TIMING``, :data:`vfl_cli.artifacts.container.SEAL_METER`); after each run a line
+gives the sum: "sealing cost: X s of the align stage's Y s, N bytes sealed".
+
 ``--memory`` sets every party's memory bound (``VFL_MEMORY``): an alignment whose in-memory peak
 would pass it streams in parts (vfl_cli.protocol.psi_stream).
 """
@@ -70,6 +74,18 @@ def x25519_speed() -> tuple[float, float]:
     return (time.perf_counter() - t) / len(many) * 1e6, one
 
 
+def sealing_cost(meter: Path, stage_s: float) -> str:
+    """The sealing figures every vfl process of a run appended to ``meter``, summed."""
+    lines = [json.loads(line) for line in meter.read_text().splitlines()] if meter.exists() else []
+    seal = sum(x["seal_s"] for x in lines)
+    opened = sum(x["open_s"] for x in lines)
+    cpu = sum(x["process_s"] for x in lines)
+    return (f"sealing cost: {seal + opened:.2f} s (seal {seal:.2f} s, open {opened:.2f} s) of the align stage's "
+            f"{stage_s:.1f} s wall ({100 * (seal + opened) / stage_s:.1f} %; {cpu:.1f} s CPU in the {len(lines)} "
+            f"vfl processes, not counting their workers); {sum(x['sealed_bytes'] for x in lines):,} bytes sealed in "
+            f"{sum(x['artifacts_sealed'] for x in lines)} artifacts, {sum(x['opened_bytes'] for x in lines):,} opened")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -105,8 +121,10 @@ id_column = "id"
         both, one = x25519_speed()
         load = os.getloadavg()[0]
         work = folder / f"w{run}"
+        meter = folder / f"seal-{run}.jsonl"
         done = subprocess.run([sys.executable, "-m", "vfl_cli", "recipe", "run", str(recipe), "--workdir",
-                               str(work)], capture_output=True, text=True, check=False, env=env)
+                               str(work)], capture_output=True, text=True, check=False,
+                              env=dict(env, VFL_SEAL_TIMING=str(meter)))
         if done.returncode:
             sys.exit(done.stderr)
         report = json.loads((work / "report.json").read_text())
@@ -118,6 +136,7 @@ id_column = "id"
               f"{report['bytes_exchanged']:,} | {report['bytes_exchanged'] / (2 * args.n):.1f} | {peak:.0f} MiB |"
               f" {'streamed, bound ' + args.memory if streamed else 'in memory'} | {report['exchanges']} files |",
               flush=True)
+        print(sealing_cost(meter, report["timings_s"]["align"]), flush=True)
         shutil.rmtree(work)
 
 

@@ -22,12 +22,16 @@ party's own key (:meth:`Loaded.open`).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import io
+import json
 import math
+import os
 import re
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -207,6 +211,25 @@ def new_artifact(
     )
 
 
+#: The cost of payload encryption in this process (benchmarks): seconds spent sealing members and
+#: content keys (:func:`encode`) and opening them (:meth:`Loaded.open`), and the bytes. With
+#: ``VFL_SEAL_TIMING=FILE`` in the environment every vfl process appends it to FILE as one JSON
+#: line when it exits (tests/benchmarks/bench_align_cli.py sums them over a whole run).
+SEAL_METER: dict[str, float] = {"seal_s": 0.0, "open_s": 0.0, "sealed_bytes": 0, "opened_bytes": 0,
+                                "artifacts_sealed": 0, "artifacts_opened": 0}
+
+
+def _write_seal_meter(path: str) -> None:
+    if SEAL_METER["artifacts_sealed"] or SEAL_METER["artifacts_opened"]:
+        line = json.dumps({"pid": os.getpid(), "process_s": time.process_time(), **SEAL_METER})
+        with open(path, "a", encoding="utf-8") as fh:  # one short line, appended: processes do not mix
+            fh.write(line + "\n")
+
+
+if os.environ.get("VFL_SEAL_TIMING"):
+    atexit.register(_write_seal_meter, os.environ["VFL_SEAL_TIMING"])
+
+
 def encode(artifact: Artifact, signer: Signer, *, to: Verifier) -> bytes:
     """Seal the payload to ``to`` (the recipient's key) and the sender, sign, pack into zip bytes.
 
@@ -216,19 +239,24 @@ def encode(artifact: Artifact, signer: Signer, *, to: Verifier) -> bytes:
     """
     if artifact.sealed:
         raise VflError("an artifact read from a file cannot be sent again; make a new one")
+    started = time.perf_counter()
     key = sealing.new_content_key()
     members = sorted(artifact.members.values(), key=lambda m: m.name)
     sealed = [sealing.encrypt(key, i, m.data) for i, m in enumerate(members)]
+    seal_info = {
+        "cipher": sealing.CIPHER,
+        "key_commitment": sealing.commitment(key),
+        "to_recipient": sealing.seal_key(key, to.box_key()),
+        "to_sender": sealing.seal_key(key, signer.verifier.box_key()),
+    }
+    SEAL_METER["seal_s"] += time.perf_counter() - started
+    SEAL_METER["sealed_bytes"] += sum(len(m.data) for m in members)
+    SEAL_METER["artifacts_sealed"] += 1
     manifest = dict(
         artifact.header(),
         sender_key=signer.verifier.fingerprint,
         members={m.name: _describe(m, data) for m, data in zip(members, sealed, strict=True)},
-        sealed={
-            "cipher": sealing.CIPHER,
-            "key_commitment": sealing.commitment(key),
-            "to_recipient": sealing.seal_key(key, to.box_key()),
-            "to_sender": sealing.seal_key(key, signer.verifier.box_key()),
-        },
+        sealed=seal_info,
     )
     manifest_bytes = canonical_json(manifest)
     mf.load(manifest_bytes, lambda reason: VflError(f"cannot write {artifact.kind} artifact: {reason}"))
@@ -302,11 +330,15 @@ class Loaded:
         if not slot:
             raise InvalidArtifact(f"{what} is sealed to {art.recipient} and {art.sender}, not to {party}")
         sealed = self.manifest["sealed"]
+        started = time.perf_counter()
         key = sealing.open_key(sealed[slot], sealed["key_commitment"], signer.box_key(), what=what)
         members = {
             name: dataclasses.replace(m, data=sealing.decrypt(key, i, m.data, what=f"{what}: member {name!r}"))
             for i, (name, m) in enumerate(sorted(art.members.items()))
         }
+        SEAL_METER["open_s"] += time.perf_counter() - started
+        SEAL_METER["opened_bytes"] += sum(len(m.data) for m in members.values())
+        SEAL_METER["artifacts_opened"] += 1
         return dataclasses.replace(self, artifact=dataclasses.replace(art, members=members, sealed=False))
 
 

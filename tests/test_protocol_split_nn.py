@@ -229,3 +229,24 @@ def test_the_two_initial_shares_are_independent_and_neither_is_the_weights() -> 
     # A's share does not depend on P's draw: another passive seed changes W_P0 by V0's change only
     _, other = ss.initial_interactive(spec, 3, 3, (11, 13))
     np.testing.assert_allclose(other - W_P0, ss.initial_share(spec, 3, 13) - V0, atol=1e-15)
+
+
+def test_the_slot_layout_is_public_and_a_key_too_small_is_refused() -> None:
+    """Widths depend only on the key size, P's output width and the public params."""
+    params = {"interactive_lr": 0.5, "interactive_momentum": 0.9}
+    share_bits, width, slots = split_nn.layout(2048, 2, params)
+    assert (share_bits, width, slots) == (133, 220, 9)
+    # the mask R is 2^40 wider than the bound of |h U|: h < 2^44 units, U < 2^share_bits, k terms
+    assert width - 2 == 44 + share_bits + 1 + split_nn.STAT_BITS
+    assert split_nn.RHO_BITS == split_nn.GRAD_BITS + 64 + split_nn.STAT_BITS
+    with pytest.raises(VflError, match="use key_bits >= 256"):
+        split_nn.layout(200, 2, params)
+
+
+def test_a_gradient_above_its_public_bound_is_refused_before_anything_is_sent() -> None:
+    """A sizes the noise on the gradient of W_P for |slot| < 2^20; a batch that may exceed it
+    (2^12 sum |delta| over a slot's rows) ends the job with an error instead of a thinner mask."""
+    delta = np.full((6, 2), 2.0**20 / 2**12 / 3)  # 3 rows per slot with 2 slots: the bound exactly
+    with pytest.raises(VflError, match="above the protocol's public bound 2\\^20"):
+        split_nn.SplitNN._backward_members(None, None, None, None, delta, delta,  # type: ignore[arg-type]
+                                           np.zeros((2, 2, 2), dtype=object), 220)

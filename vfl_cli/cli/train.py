@@ -178,7 +178,8 @@ def predict_start(ctx: click.Context, model: str, alignment: str, job_id: str | 
     """Active party: propose scoring the rows of ALIGNMENT with MODEL.
 
     The job's protocol is the one that scores MODEL's kind of model (linear models: predict;
-    SecureBoost: secureboost-predict, each party routing the rows through its own splits).
+    SecureBoost: secureboost-predict, each party routing the rows through its own splits;
+    split-nn: split-nn-predict, the forward pass of training with the shares of W_P).
     With a binary model each row also gets points: its log-odds mapped to a score of
     --base-score at --odds to 1, --pdo points to double the odds (a scorecard's scale).
 

@@ -147,7 +147,9 @@ REGISTRY: dict[str, ProtocolInfo] = {
         needs_alignment=True,
         evaluated=True,
         model=card_table,
+        predictor="split-nn-predict",
     ),
+    "split-nn-predict": ProtocolInfo("vfl_cli.protocol.split_predict:SplitPredict", "scoring aligned rows with a split-nn model: the forward pass of training (masked shares of W_P); only the active party sees scores", needs_alignment=True),  # noqa: E501
     "secureboost": ProtocolInfo("vfl_cli.protocol.secureboost:SecureBoost", "hetero gradient boosting (SecureBoost): encrypted per-bin sums, splits kept by their owners", needs_alignment=True, trains=True, evaluated=True, model=lambda card: importlib.import_module("vfl_cli.protocol.sbt_card").trees_table(card), export_standardiser=False, predictor="secureboost-predict"),  # noqa: E501
     "secureboost-predict": ProtocolInfo("vfl_cli.protocol.sbt_predict:SbtPredict", "scoring aligned rows with a SecureBoost model: each party routes them through its own splits; only the active party sees scores", needs_alignment=True),  # noqa: E501
     "woe-binning": ProtocolInfo("vfl_cli.protocol.woe_binning:WoeBinning", "joint WOE/IV binning: encrypted label sums per passive bin under opaque ids", needs_alignment=True),  # noqa: E501

@@ -93,10 +93,10 @@ def _memory(text: str) -> str:
 #: Settings kept in vfl.json, changed with 'vfl config set NAME VALUE': (parse, show, help).
 SETTINGS: dict[str, tuple[Any, Any, str]] = {
     "max_file_size": (parse_size, format_size,
-                      "the largest file read from the inbox, a drop folder or 'vfl step FILE' "
-                      "(default 2 GiB: a 10M-id alignment's largest file is about 0.5 GB)"),
-    "memory": (_memory, str, "bound on one vfl process's memory: alignments that would pass it "
-                             "stream in parts (default 2GB; VFL_MEMORY sets it when unset)"),
+                      ("the largest file read from the inbox, a drop folder or 'vfl step FILE' "
+                       "(default 2 GiB: a 10M-id alignment's largest file is about 0.7 GB)")),
+    "memory": (_memory, str, ("bound on one vfl process's memory: alignments that would pass it "
+                              "stream in parts (default 2GB; VFL_MEMORY sets it when unset)")),
 }
 
 

@@ -39,7 +39,14 @@ from vfl_cli.models.reference import sigmoid
 from vfl_cli.protocol.base import Expect, Float, JobRef, Outgoing, PartyContext, need
 from vfl_cli.protocol.kit import KitProtocol, PartyState, Phase, Step, finished_job, nothing
 from vfl_cli.protocol.registry import get_protocol, names
-from vfl_cli.protocol.wire import PEER_SCORES, SCORES, collect_scores, read_enc, send_scores
+from vfl_cli.protocol.wire import (
+    PEER_SCORES,
+    SCORES,
+    collect_scores,
+    expect_meta_count,
+    read_enc,
+    send_scores,
+)
 from vfl_cli.scorecard import Scaling
 
 __all__ = ["Predict"]
@@ -81,7 +88,7 @@ class TrainedModel:
 def trained_model(ctx: PartyContext) -> TrainedModel:
     """The model part of the ``model`` job (a finished hetero-lr or hetero-linear job)."""
     job = ctx.params["model"]
-    job_info = finished_job(ctx, job, tuple(names(predicts=True)))
+    job_info = finished_job(ctx, job, tuple(names(predictor="predict")))
     features = list(job_info["results"]["model"]["features"])
     return TrainedModel(job, job_info["protocol"], features, ctx.job_arrays(job))
 
@@ -153,6 +160,7 @@ def _active_score(
     model = trained_model(ctx)
     own = partial_scores(ctx, model)
     art = need(received, ctx.passives[0], SCORES)
+    expect_meta_count(art, "rows", len(own))
     priv = ctx.private_key()
     z = own + priv.decrypt(read_enc(art, "u", priv.public, rows=len(own)))
     if "label_scale" in model.arrays:  # hetero-linear trained on A's standardised label

@@ -254,3 +254,11 @@ def test_a_passive_party_without_splits_sends_empty_planes() -> None:
     nodes, reach, left = msg.bits("p1")
     assert nodes == [] and reach.shape == left.shape == (2, 0)
     assert ndarray_member("reach", msg.reach).data  # an empty plane still travels as a member
+
+
+def test_the_linear_predict_protocol_refuses_a_tree_model(binary: dict[str, Any]) -> None:
+    from vfl_cli.errors import VflError
+
+    with pytest.raises(VflError, match="not a finished hetero-lr or hetero-linear training job"):
+        jobs.start_job(Workspace(binary["wss"][0]), "predict", {"model": "sb", "alignment": "al"},
+                       job="lin")

@@ -1,0 +1,123 @@
+"""split-nn with no parameters against scikit-learn's MLPClassifier of the same shape (issue #15).
+
+For each data set (FATE's vertically split files in sample_data/fate/, joined on their ids as the
+alignment would), the rows are split as a ``split-nn`` job splits them (``split_rows`` over the
+ids with the job's default seed and test fraction), each party's columns standardised on the
+training rows, and the network of an empty ``[train]`` and ``[model]`` table (``split_nn.DEFAULTS``,
+``split_spec.default_spec``) trained by the plaintext reference ``split_spec.central_fit``: the
+path ``tests/test_protocol_split_nn.py`` proves equal to the encrypted job (weights, losses and
+test predictions to 1e-6 for the same private seeds). Each party's private seed is a fresh draw
+in a real job, so the reference runs ``--draws`` seed pairs.
+
+The baseline is ``MLPClassifier`` of the same shape: one hidden layer as wide as both bottoms
+together (8 + 8 ReLU units), a second of the interactive layer's 8 units with ReLU, one logistic
+output; scikit-learn's own defaults otherwise (Adam, lr 1e-3, batches of 200, up to 200 epochs,
+stopping when the loss stops improving), on the same joined, standardised training rows.
+
+    python tests/benchmarks/bench_defaults_split.py --sets breast,default_credit --draws 3
+    python tests/benchmarks/bench_defaults_split.py --set-param epochs=30 --set-param learning_rate=0.05 --linear-top
+
+Prints, per set: the test AUC of each seed draw, their mean, MLPClassifier's AUC, the gap and
+the hand-offs a job with these parameters takes (4 per mini-batch, 3 for the test rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+FATE = ROOT / "sample_data" / "fate"
+SETS = {
+    "breast": ("breast_hetero_guest.csv", "breast_hetero_host.csv", "y"),
+    "default_credit": ("default_credit_hetero_guest.csv", "default_credit_hetero_host.csv", "y"),
+}
+
+
+def joined(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, X_active, X_passive, y) of the rows both files hold, in the active file's order."""
+    guest, host, label = SETS[name]
+    a = pd.read_csv(FATE / guest, dtype={"id": str})
+    p = pd.read_csv(FATE / host, dtype={"id": str})
+    df = a.merge(p, on="id", suffixes=("", "_p"))
+    a_cols = [c for c in a.columns if c not in ("id", label)]
+    p_cols = [c if c in df.columns and c not in a_cols else f"{c}_p" for c in p.columns if c != "id"]
+    return (df["id"].to_numpy(), df[a_cols].to_numpy(float), df[p_cols].to_numpy(float),
+            df[label].to_numpy(float))
+
+
+def standardise(X: np.ndarray, train: np.ndarray) -> np.ndarray:
+    mean, std = X[train].mean(0), X[train].std(0)
+    return (X - mean) / np.where(std > 0, std, 1)
+
+
+def run(name: str, params: dict, draws: int) -> dict:
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neural_network import MLPClassifier
+
+    from vfl_cli.models import split_spec as ss
+    from vfl_cli.models.features import split_rows
+    from vfl_cli.models.reference import minibatches
+
+    ids, XA, XP, y = joined(name)
+    split = split_rows(len(y), params["test_fraction"], params["seed"], ids=ids)
+    XA, XP = standardise(XA, split.train), standardise(XP, split.train)
+    spec = ss.parse_spec(params.get("model"))
+    rng = np.random.default_rng(2026)
+    aucs = []
+    t0 = time.time()
+    for _ in range(draws):
+        seeds = (int(rng.integers(1 << 62)), int(rng.integers(1 << 62)))
+        model, _ = ss.central_fit(spec, XA[split.train], XP[split.train], y[split.train], params, seeds=seeds)
+        aucs.append(float(roc_auc_score(y[split.test], model.predict(XA[split.test], XP[split.test]).ravel())))
+    ours = time.time() - t0
+    width = 2 * spec.units  # both bottoms side by side
+    mlp = MLPClassifier(hidden_layer_sizes=(width, spec.units), random_state=0)
+    X = np.hstack([XA, XP])
+    t0 = time.time()
+    mlp.fit(X[split.train], y[split.train])
+    ref = float(roc_auc_score(y[split.test], mlp.predict_proba(X[split.test])[:, 1]))
+    batches = len(minibatches(len(split.train), int(params["batch_size"]) or None, seed=params["seed"], epoch=0))
+    return {"set": name, "rows": len(y), "aucs": aucs, "mean": float(np.mean(aucs)), "mlp": ref,
+            "gap": ref - float(np.mean(aucs)), "worst_gap": ref - min(aucs),
+            "handoffs": 4 * batches * int(params["epochs"]) + 3, "seconds": round(ours, 1),
+            "mlp_seconds": round(time.time() - t0, 1), "mlp_epochs": int(mlp.n_iter_)}
+
+
+def main() -> None:
+    from vfl_cli.protocol import split_nn
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", default="breast,default_credit")
+    ap.add_argument("--draws", type=int, default=3, help="private seed pairs per set")
+    ap.add_argument("--set-param", action="append", default=[], help="NAME=VALUE over the defaults")
+    ap.add_argument("--linear-top", action="store_true",
+                    help="a candidate default: the default spec's top without its ReLU on z")
+    args = ap.parse_args()
+    params = dict(split_nn.DEFAULTS)
+    if args.linear_top:
+        from vfl_cli.models import split_spec as ss
+
+        params["model"] = {**ss.default_spec().to_dict(), "top": [{"type": "dense", "units": 1}]}
+    for item in args.set_param:
+        key, value = item.split("=", 1)
+        params[key] = type(params[key])(value) if key in params and params[key] is not None else value
+    print(f"load {os.getloadavg()}; params {dict((k, v) for k, v in params.items() if k != 'alignment')}")
+    for name in args.sets.split(","):
+        r = run(name, params, args.draws)
+        print(f"{r['set']:>15} rows {r['rows']:>6}  split-nn AUC {r['mean']:.4f} (draws "
+              f"{', '.join(f'{a:.4f}' for a in r['aucs'])})  MLPClassifier {r['mlp']:.4f} "
+              f"({r['mlp_epochs']} epochs)  gap {r['gap']:+.4f} (worst {r['worst_gap']:+.4f})  "
+              f"hand-offs {r['handoffs']}  {r['seconds']} s", flush=True)
+    print(f"load {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -68,7 +68,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def reference_outputs(trained: dict[str, Any], alignment: str) -> np.ndarray:
     """The plaintext network's outputs on ``alignment``'s rows (log-odds for a binary head)."""
     bank, bureau = trained["wss"]
-    model, _, _ = reference(bank, bureau, trained["params"], "label")
+    label = Workspace(bank).label_column
+    model, _, _ = reference(bank, bureau, trained["params"], label)
     df, (a_cols, p_cols) = joined(bank, [bureau])
     split = split_rows(len(df), trained["params"]["test_fraction"], trained["params"]["seed"],
                        ids=jobs.load_state(Workspace(bank), "al")[0].arrays["aligned_ids"])
@@ -202,3 +203,27 @@ def test_predict_start_json_names_the_protocol(trained: dict[str, Any]) -> None:
     out = json.loads(run("-w", str(bank), "predict", "start", "--model", "tr", "--alignment", "new",
                          "--job", "pj", "--json").stdout)
     assert "split-nn-predict" in json.dumps(out)
+
+
+def test_multiclass_scores_equal_the_plaintext_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another head and an empty active bottom (A's raw standardised columns meet W_A)."""
+    from conftest import fate
+    from test_protocol_split_nn import small_parties, train
+
+    monkeypatch.setattr(split_nn, "private_seed", lambda role: SEEDS[role == "passive"])
+    bank, bureau = small_parties(tmp_path, fate("vehicle_scale_hetero_guest.csv"),
+                                 fate("vehicle_scale_hetero_host.csv"), "y", 100)
+    spec = {"head": "multiclass", "passive": [{"type": "dense", "units": 3}, {"type": "sigmoid"}],
+            "interactive": {"units": 4}, "top": [{"type": "tanh"}, {"type": "dense", "units": 4}]}
+    params = dict(PARAMS, model=spec, epochs=1, optimizer="sgd", momentum=0.5, learning_rate=0.1, l2=0.0)
+    train(bank, bureau, params)
+    jobs.start_job(Workspace(bank), "split-nn-predict", {"model": "tr", "alignment": "al"}, job="pm")
+    drive([bank, bureau], "pm")
+    state, _ = jobs.load_state(Workspace(bank), "pm")
+    expected = reference_outputs({"wss": [bank, bureau], "params": params}, "al")
+    assert expected.shape == state.arrays["raw"].shape == (len(state.arrays["raw"]), 4)
+    assert np.max(np.abs(state.arrays["raw"] - expected)) < 1e-6
+    assert np.allclose(state.arrays["scores"].sum(axis=1), 1.0) and "points" not in state.arrays
+    assert "accuracy" in state.results["metrics"]["test"]
+    run("-w", str(bank), "predict", "export", "pm", "--out", str(tmp_path / "s.csv"))
+    assert list(pd.read_csv(tmp_path / "s.csv").columns) == ["id", "score_0", "score_1", "score_2", "score_3"]

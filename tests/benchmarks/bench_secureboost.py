@@ -49,9 +49,9 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from vfl_cli.models import trees  # noqa: E402
-from vfl_cli.models.binning import fit_binning  # noqa: E402
-from vfl_cli.models.features import split_rows  # noqa: E402
+from vfl_cli.models import trees
+from vfl_cli.models.binning import fit_binning
+from vfl_cli.models.features import split_rows
 
 
 def run_recipe(recipe: Path, workdir: Path, key_bits: int | None, trees_: int | None

@@ -199,9 +199,9 @@ def _send_layer(ctx: PartyContext, st: ActiveState, data: sd.ActiveData, *, firs
     if first:
         rows = np.flatnonzero(st.sample)  # type: ignore[arg-type]
         plains = layout.encode(layout.quantise(st.g[rows]), layout.quantise(st.h[rows]))  # type: ignore[index]
-        alt = left_rows if left_rows is not None else np.zeros(0, np.int64)
-        plains += layout.encode(layout.quantise(st.g_alt[alt]), layout.quantise(st.h_alt[alt])
-                                ) if len(alt) else []  # type: ignore[index]
+        if left_rows is not None and st.g_alt is not None and st.h_alt is not None:
+            plains += layout.encode(layout.quantise(st.g_alt[left_rows]),
+                                    layout.quantise(st.h_alt[left_rows]))
         priv = ctx.private_key()
         enc = encrypt_rows(priv.public, plains, private=priv)
         members.append(enc_member("gh", enc[np.arange(len(rows))]))

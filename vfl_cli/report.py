@@ -87,7 +87,12 @@ def _plots(state: JobState, protocol: str) -> list[str]:
 
     out = []
     history = state.results.get("history") or []
-    if history:
+    trees = _tree_summary(state)
+    if trees is not None:  # boosted trees: loss per round, splits and gains
+        from vfl_cli.report_trees import tree_figures
+
+        out += tree_figures(trees, lambda fig_id, caption, fig: _figure(fig_id, caption, _svg(fig)))
+    elif history:
         out.append(_training_curve(history, state.results.get("model") or {}, protocol))
     if "test_scores" in state.arrays and "test_labels" in state.arrays:
         z, y = state.arrays["test_scores"], state.arrays["test_labels"]
@@ -122,6 +127,24 @@ def _plots(state: JobState, protocol: str) -> list[str]:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         out.append(_figure("node-weights", "Weight of each node's update per round", _svg(fig)))
+    return out
+
+
+def _tree_summary(state: JobState) -> dict[str, Any] | None:
+    """The tree parts this party's results hold (:mod:`vfl_cli.report_trees`), or None."""
+    from vfl_cli.report_trees import tree_summary
+
+    card = state.results.get("model")
+    return tree_summary(card, state.results.get("history")) if isinstance(card, dict) else None
+
+
+def _tree_tables(state: JobState) -> list[str]:
+    from vfl_cli.report_trees import tree_tables
+
+    trees = _tree_summary(state)
+    out = []
+    for title, headers, rows in tree_tables(trees) if trees is not None else []:
+        out += [f"<h2>{_e(title)}</h2>", _table(headers, rows, numeric={1, 2})]
     return out
 
 
@@ -373,6 +396,10 @@ def build_report(ws: Workspace, job: str) -> str:
     plots = _plots(state, protocol)
     if plots:
         parts += ["<h2>Plots</h2>", '<div class="plots">', *plots, "</div>"]
+    parts += _tree_tables(state)
+    from vfl_cli.report_scorecard import scorecard_section
+
+    parts += scorecard_section(ws, job, state)
     card = state.results.get("model")
     if isinstance(card, dict) and card.get("weights"):
         parts += [f"<h2>{_e(ws.name)}'s part of the model</h2>",

@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -86,6 +87,62 @@ def sealing_cost(meter: Path, stage_s: float) -> str:
             f"{sum(x['artifacts_sealed'] for x in lines)} artifacts, {sum(x['opened_bytes'] for x in lines):,} opened")
 
 
+class StepPeaks:
+    """Peak RSS (VmHWM) of every ``vfl`` process below this one whose command is a job step
+    (``job start/accept``, ``step``), workers included, read from /proc every 0.5 s (Linux).
+
+    ``RUSAGE_CHILDREN`` also counts the recipe's setup (``vfl init`` reads and checks the whole
+    data file with pandas), which is not the alignment: this tells the two apart.
+    """
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.setup = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> StepPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.wait(0.5):
+            parents: dict[int, int] = {}
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+            for pid in parents:
+                chain, p = [], pid
+                while p in parents and p != me and len(chain) < 10:
+                    chain.append(p)
+                    p = parents[p]
+                if p != me:
+                    continue
+                commands = []
+                for q in chain:
+                    try:
+                        commands.append(Path(f"/proc/{q}/cmdline").read_bytes().split(b"\0"))
+                    except OSError:
+                        pass
+                step = any(b"step" in c or (b"job" in c and (b"start" in c or b"accept" in c)) for c in commands)
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    hwm = int(status.split("VmHWM:")[1].split()[0]) / 1024
+                except (OSError, IndexError, ValueError):
+                    continue
+                if step:
+                    self.steps = max(self.steps, hwm)
+                elif not any(b"recipe" in c for c in commands[:1]):
+                    self.setup = max(self.setup, hwm)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -122,9 +179,10 @@ id_column = "id"
         load = os.getloadavg()[0]
         work = folder / f"w{run}"
         meter = folder / f"seal-{run}.jsonl"
-        done = subprocess.run([sys.executable, "-m", "vfl_cli", "recipe", "run", str(recipe), "--workdir",
-                               str(work)], capture_output=True, text=True, check=False,
-                              env=dict(env, VFL_SEAL_TIMING=str(meter)))
+        with StepPeaks() as peaks:
+            done = subprocess.run([sys.executable, "-m", "vfl_cli", "recipe", "run", str(recipe), "--workdir",
+                                   str(work)], capture_output=True, text=True, check=False,
+                                  env=dict(env, VFL_SEAL_TIMING=str(meter)))
         if done.returncode:
             sys.exit(done.stderr)
         report = json.loads((work / "report.json").read_text())
@@ -133,7 +191,8 @@ id_column = "id"
             "streamed_in_parts", False)
         print(f"| {run} | {both:.1f}, {one:.1f} | {load:.1f} → {os.getloadavg()[0]:.1f} | "
               f"{report['timings_s']['align']:.1f} s | {report['alignment']['intersection_size']:,} | "
-              f"{report['bytes_exchanged']:,} | {report['bytes_exchanged'] / (2 * args.n):.1f} | {peak:.0f} MiB |"
+              f"{report['bytes_exchanged']:,} | {report['bytes_exchanged'] / (2 * args.n):.1f} | {peak:.0f} MiB "
+              f"(job steps {peaks.steps:.0f} MiB, setup {peaks.setup:.0f} MiB) |"
               f" {'streamed, bound ' + args.memory if streamed else 'in memory'} | {report['exchanges']} files |",
               flush=True)
         print(sealing_cost(meter, report["timings_s"]["align"]), flush=True)

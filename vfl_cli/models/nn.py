@@ -51,8 +51,8 @@ __all__ = [
     "Dropout",
     "Head",
     "Layer",
-    "MSEHead",
     "LeakyReLU",
+    "MSEHead",
     "ReLU",
     "Sequential",
     "Sigmoid",
@@ -261,7 +261,7 @@ class LeakyReLU(Layer):
         self.slope = float(slope)
         self._x: np.ndarray | None = None
 
-    def spec(self) -> dict[str, Any]:  # noqa: D102
+    def spec(self) -> dict[str, Any]:
         return {"type": self.kind, "slope": self.slope}
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:

@@ -24,6 +24,7 @@ the hand-offs a job with these parameters takes (4 per mini-batch, 3 for the tes
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -100,8 +101,11 @@ def main() -> None:
     ap.add_argument("--set-param", action="append", default=[], help="NAME=VALUE over the defaults")
     ap.add_argument("--linear-top", action="store_true",
                     help="a candidate default: the default spec's top without its ReLU on z")
+    ap.add_argument("--spec", help="a candidate [model] table as JSON (instead of the default)")
     args = ap.parse_args()
     params = dict(split_nn.DEFAULTS)
+    if args.spec:
+        params["model"] = json.loads(args.spec)
     if args.linear_top:
         from vfl_cli.models import split_spec as ss
 
@@ -109,7 +113,8 @@ def main() -> None:
     for item in args.set_param:
         key, value = item.split("=", 1)
         params[key] = type(params[key])(value) if key in params and params[key] is not None else value
-    print(f"load {os.getloadavg()}; params {dict((k, v) for k, v in params.items() if k != 'alignment')}")
+    shown = {k: v for k, v in params.items() if k != "alignment"}
+    print(f"load {os.getloadavg()}; params {shown}")
     for name in args.sets.split(","):
         r = run(name, params, args.draws)
         print(f"{r['set']:>15} rows {r['rows']:>6}  split-nn AUC {r['mean']:.4f} (draws "

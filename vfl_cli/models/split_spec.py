@@ -225,11 +225,17 @@ def parse_spec(raw: Mapping[str, Any] | None) -> SplitSpec:
 
 
 def default_spec(head: str = "binary", outputs: int | None = None) -> SplitSpec:
-    """The defaults: 8-unit dense+ReLU bottoms, an 8-unit interactive layer, ReLU then dense top."""
+    """The defaults: 8-unit dense+ReLU bottoms, an 8-unit interactive layer, a dense top.
+
+    No ReLU on ``z``: with one, some private-seed draws start with ``z < 0`` on every row and
+    train a constant model (default_credit, docs/benchmarks.md); the bottoms' ReLUs already make
+    the network non-linear (bench_defaults_split.py: MLPClassifier's AUC on breast and
+    default_credit with the defaults of split_nn.PARAMS).
+    """
     outputs = outputs or HEAD_OUTPUTS.get(head, 2)
     bottom: list[dict[str, Any]] = [{"type": "dense", "units": 8, "init": "he"}, {"type": "relu"}]
     return SplitSpec(head=head, active=list(bottom), passive=list(bottom), units=8, init="xavier",
-                     top=[{"type": "relu"}, {"type": "dense", "units": outputs}])
+                     top=[{"type": "dense", "units": outputs}])
 
 
 def load_spec_file(path: Path) -> dict[str, Any]:

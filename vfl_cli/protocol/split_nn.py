@@ -118,13 +118,13 @@ E = paillier.EXPONENT
 #: Every split-nn parameter but ``model`` (checked by ``split_spec.parse_spec``): default and range.
 PARAMS: dict[str, Param] = {
     "alignment": JobRef(note="the finished psi job whose rows to train on"),
-    "epochs": Int(10, 1, 10_000),
+    "epochs": Int(60, 1, 10_000),
     "batch_size": Int(0, 0, 100_000_000, note="0: full batch"),
     "optimizer": Choice("adam", "adam", "sgd"),
-    "learning_rate": Float(0.01, 0.0, 10.0, open_low=True),
+    "learning_rate": Float(0.1, 0.0, 10.0, open_low=True),
     "momentum": Float(0.0, 0.0, 1.0, open_high=True, note="sgd only"),
     "l2": Float(0.0, 0.0, 100.0),
-    "interactive_lr": Float(0.1, 0.0, 10.0, open_low=True),
+    "interactive_lr": Float(0.5, 0.0, 10.0, open_low=True),
     "interactive_momentum": Float(0.9, 0.0, 1.0, open_high=True),
     "test_fraction": Float(0.2, 0.0, 1.0, open_low=True, open_high=True),
     "seed": Seed(),

@@ -87,6 +87,8 @@ def test_woe_lr_scorecard_points_sum_to_the_joint_score(tmp_path: Path) -> None:
     # the predict job's points: the scorecards' per-bin points summed over both parties
     np.testing.assert_allclose(arrays["points"], every, rtol=0, atol=1e-6)
     _check_point_exports(tmp_path, wss, every)
+    run("-w", str(wss[0]), "report", "pr", "--out", str(tmp_path / "pr.html"))
+    assert 'id="score-distribution"' in (tmp_path / "pr.html").read_text()
 
     run("-w", str(wss[1]), "scorecard", "export", "lr", "--out", str(tmp_path / "p.csv"))
     assert "points" in (tmp_path / "p.csv").read_text().splitlines()[0]

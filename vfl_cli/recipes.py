@@ -176,7 +176,7 @@ def load_recipe(path: Path) -> Recipe:
 def _init_options(party: dict[str, Any], what: str) -> tuple[str, ...]:
     """A recipe party's data options as 'vfl init' arguments (checked by 'vfl init' itself)."""
     args: list[str] = []
-    for key in ("positive_label", "sep", "decimal", "encoding"):
+    for key in ("positive_label", "sep", "decimal", "encoding", "memory"):
         if key in party:
             args += [f"--{key.replace('_', '-')}", str(party[key])]
     for key in ("exclude", "features"):
@@ -389,6 +389,7 @@ def party_summaries(runner: Runner, job: str) -> dict[str, Any]:
     facts side by side; no party's report.html shows another's.
     """
     from vfl_cli.report import audit_summary, data_summary, loss_name
+    from vfl_cli.report_scorecard import scorecard_summary
     from vfl_cli.workspace import Workspace
 
     data, audit = {}, {}
@@ -403,6 +404,9 @@ def party_summaries(runner: Runner, job: str) -> dict[str, Any]:
                                           "test.log_loss": "test log-loss (cross-entropy of the predicted probability)"}}
     if len(sizes) == 1:
         out["intersection_size"] = sizes.pop()
+    cards = {p.name: scorecard_summary(Workspace(runner.ws(p.name)), job) for p in runner.recipe.parties}
+    if any(cards.values()):  # a scorecard recipe: each party's own points table, the score histogram
+        out["scorecard"] = {name: c for name, c in cards.items() if c is not None}
     return out
 
 

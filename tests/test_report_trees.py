@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("sbtr")
     wss = setup(root, synthetic(root))
     state = train(wss, {**PARAMS, "active_trees": 0, "validation_fraction": 0.2})
-    out: dict[str, Any] = {"state": state}
+    out: dict[str, Any] = {"state": state, "root": root}
     for ws in wss:
         run("-w", str(ws), "report", "sb", "--out", str(root / f"{ws.name}.html"))
         out[ws.name] = (root / f"{ws.name}.html").read_text()
@@ -55,3 +56,19 @@ def test_summary_is_json_and_matches_the_card(pages: dict[str, Any]) -> None:
     assert own == summary["split_counts_by_party"]["bank"]
     assert tree_summary({"weights": {"a": 1.0}}) is None
 
+
+
+def test_recipe_report_json_holds_each_partys_tree_summary(pages: dict[str, Any]) -> None:
+    from vfl_cli.recipes import PartySpec, Recipe, Runner, party_summaries
+
+    root = pages["root"]
+    parties = [PartySpec("bank", "active", root / "part0.csv", "id", "y"),
+               PartySpec("p1", "passive", root / "part1.csv", "id")]
+    recipe = Recipe(Path("r.toml"), "r", "secureboost", parties, {"recipe": {}, "train": {}})
+    out = party_summaries(Runner(recipe, root), "sb")
+    bank, p1 = out["trees"]["bank"], out["trees"]["p1"]
+    assert bank["split_counts_by_party"]["p1"] == p1["own_splits"] > 0
+    assert len(bank["loss_per_round"]) == len(pages["state"].results["history"])
+    assert set(p1) == {"party", "own_split_counts_by_column", "own_splits"}  # no loss, no gain
+    assert all(c.startswith("p1_") for c in p1["own_split_counts_by_column"])
+    assert all(c.startswith("p0_") for c in bank["own_split_counts_by_column"])

@@ -407,6 +407,11 @@ def party_summaries(runner: Runner, job: str) -> dict[str, Any]:
     cards = {p.name: scorecard_summary(Workspace(runner.ws(p.name)), job) for p in runner.recipe.parties}
     if any(cards.values()):  # a scorecard recipe: each party's own points table, the score histogram
         out["scorecard"] = {name: c for name, c in cards.items() if c is not None}
+    from vfl_cli.report_trees import job_tree_summary
+
+    forest = {p.name: job_tree_summary(Workspace(runner.ws(p.name)), job) for p in runner.recipe.parties}
+    if any(forest.values()):  # boosted trees: loss per round, each party's splits (and A's gains)
+        out["trees"] = {name: t for name, t in forest.items() if t is not None}
     return out
 
 

@@ -73,7 +73,13 @@ from vfl_cli.protocol.kit import (
     nothing,
 )
 from vfl_cli.protocol.wire import (
-    enc_member, expect_meta_count, packed_member, read_enc, read_packed, refuse_echo, sent_digests,
+    enc_member,
+    expect_meta_count,
+    packed_member,
+    read_enc,
+    read_packed,
+    refuse_echo,
+    sent_digests,
 )
 
 __all__ = ["LABELS", "RESULT", "SUMS", "Labels", "Result", "Sums", "WoeBinning"]

@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -49,13 +50,14 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from vfl_cli.models import trees
-from vfl_cli.models.binning import fit_binning
-from vfl_cli.models.features import split_rows
+from vfl_cli.models import trees  # noqa: E402
+from vfl_cli.models.binning import fit_binning  # noqa: E402
+from vfl_cli.models.features import split_rows  # noqa: E402
 
 
 def run_recipe(recipe: Path, workdir: Path, key_bits: int | None, trees_: int | None
-               ) -> tuple[float, dict]:
+               ) -> tuple[float, float, dict]:
+    """(wall seconds, CPU seconds of every process the recipe started, report.json)."""
     text = recipe.read_text().replace('"../sample_data/', f'"{ROOT}/sample_data/')
     if trees_:
         text = re.sub(r"(?m)^trees = \d+", f"trees = {trees_}", text)
@@ -64,14 +66,23 @@ def run_recipe(recipe: Path, workdir: Path, key_bits: int | None, trees_: int | 
     copy = workdir / recipe.name
     copy.write_text(text)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "vfl_cli", "recipe", "run", str(copy),
                            "--workdir", str(workdir / "run")], capture_output=True, text=True,
                           check=False, env=env)
-    if done.returncode:
-        sys.exit(f"the recipe failed:\n{done.stderr[-3000:]}")
     wall = time.perf_counter() - t0
-    return wall, json.loads((workdir / "run" / "report.json").read_text())
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+    (workdir / "stderr.txt").write_text(done.stderr)
+    if done.returncode:
+        # a failure after training (e.g. in the report) still leaves the job to measure
+        print(f"the recipe failed (workdir kept: {workdir}):\n{done.stderr[-1500:]}",
+              file=sys.stderr)
+        stages = dict(re.findall(r"stage (\w+) done in ([\d.]+) s", done.stderr))
+        return wall, cpu, {"timings_s": {k: float(v) for k, v in stages.items()},
+                           "failed_after": True}
+    return wall, cpu, json.loads((workdir / "run" / "report.json").read_text())
 
 
 def joined(recipe: dict) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[int]]:
@@ -183,15 +194,17 @@ def main() -> None:
         from vfl_cli.workspace import Workspace
 
         parties = recipe["party"]
-        with tempfile.TemporaryDirectory() as tmp:
-            wall, report = run_recipe(args.recipe, Path(tmp), args.key_bits, args.trees)
-            out["load_after_run"] = os.getloadavg()
-            active = Workspace(Path(tmp) / "run" / parties[0]["name"])
-            state, _ = jobs.load_state(active, f"{recipe['recipe']['name']}-train")
+        tmp = tempfile.mkdtemp(prefix="bench-sbt-")
+        wall, cpu, report = run_recipe(args.recipe, Path(tmp), args.key_bits, args.trees)
+        out["load_after_run"] = os.getloadavg()
+        active = Workspace(Path(tmp) / "run" / parties[0]["name"])
+        state, _ = jobs.load_state(active, f"{recipe['recipe']['name']}-train")
         rounds, exchanges = int(state.data["round_no"]), int(state.data["t"])
         passive_rounds = max(1, rounds - int(recipe["train"].get("active_trees", 1)))
         out.update({
             "key_bits": args.key_bits or 2048, "wall_s": round(wall, 1),
+            "cpu_s_all_processes": round(cpu, 1), "workdir": tmp,
+            "recipe_failed_after_training": bool(report.get("failed_after")),
             "timings_s": report.get("timings_s"), "vfl_processes": report.get("vfl_processes"),
             "bytes_exchanged": report.get("bytes_exchanged"), "rounds": rounds,
             "exchanges": exchanges,

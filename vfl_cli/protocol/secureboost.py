@@ -398,6 +398,11 @@ class SecureBoost(KitProtocol[Any]):
                             note="GOSS: share drawn from the other rows, up-weighted"),
         "colsample": Float(1.0, 0.0, 1.0, open_low=True, note="each party its own columns"),
         "active_trees": Int(1, 0, 1000, note="first rounds from the active party's columns only"),
+        # feature selection (vfl_cli.woe_select, applied by vfl_cli.columns.job_columns): each
+        # party keeps its own columns by its own IV; which ones stays in its job.json
+        "binning": JobRef("a finished woe-binning job: each party selects its columns by IV", optional=True),
+        "select_iv": Float(0.0, 0.0, 100.0, note="with binning: each party keeps its columns of IV >= this"),
+        "select_top": Int(0, 0, 100_000, note="with binning: each party keeps its top k columns by IV; 0: all"),
         "validation_fraction": Float(0.0, 0.0, 0.5, note="of the training rows"),
         "early_stopping_rounds": Int(0, 0, 1000, note="0: off"),
         "test_fraction": Float(0.2, 0.0, 1.0, open_high=True),
@@ -411,6 +416,9 @@ class SecureBoost(KitProtocol[Any]):
             raise VflError("secureboost early_stopping_rounds needs validation_fraction > 0")
         if out["goss_top"] and (out["subsample"] < 1 or out["goss_top"] + out["goss_other"] > 1):
             raise VflError("secureboost goss_top needs subsample = 1 and goss_top + goss_other <= 1")
+        if (out["select_iv"] or out["select_top"]) and not out.get("binning"):
+            raise VflError("secureboost select_iv / select_top need binning=JOB, a finished "
+                           "woe-binning job on the same alignment")
         return out
 
     def phases(self) -> Mapping[tuple[str, str], Phase[Any]]:

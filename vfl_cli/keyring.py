@@ -152,7 +152,9 @@ def _refuse_running(ws: Workspace, running: list[str], what: str) -> None:
                        "let them finish or cancel them with 'vfl job cancel JOB' first")
 
 
-def rotate(ws: Workspace, bits: int | None = None, *, allow_insecure: bool = False) -> tuple[PartyCard, PartyCard, bytes]:
+def rotate(
+    ws: Workspace, bits: int | None = None, *, allow_insecure: bool = False
+) -> tuple[PartyCard, PartyCard, bytes]:
     """New Paillier and signing keys; returns (old card, new card, rotation notice bytes).
 
     The old keys move to ``keys/retired/<signing fingerprint>/`` before the new ones replace them,

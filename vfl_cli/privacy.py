@@ -123,7 +123,7 @@ def leak_aucs(labels: np.ndarray, grads: np.ndarray) -> dict[str, float]:
     out = dict.fromkeys(ATTACKS, 0.0)
     for t in targets:
         yt = t.astype(np.int64)
-        for name, attack in zip(ATTACKS, (norm_auc, direction_auc, principal_auc)):
+        for name, attack in zip(ATTACKS, (norm_auc, direction_auc, principal_auc), strict=True):
             out[name] = max(out[name], round(attack(yt, grads), 4))
     return out
 
@@ -138,7 +138,8 @@ def max_norm_noise(grads: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return g.copy()
     sq = np.sum(g**2, axis=1)
     var = np.maximum(sq.max() - sq, 0.0) / g.shape[1]
-    return g + rng.standard_normal(g.shape) * np.sqrt(var)[:, None]
+    noisy: np.ndarray = g + rng.standard_normal(g.shape) * np.sqrt(var)[:, None]
+    return noisy
 
 
 def label_directions(grads: np.ndarray, labels: np.ndarray, *, categorical: bool = True) -> np.ndarray:

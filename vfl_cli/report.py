@@ -29,8 +29,10 @@ from vfl_cli.protocol.registry import REGISTRY
 from vfl_cli.workspace import Workspace
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2430;padding:0 1rem}
-h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #dde2ea;padding-bottom:.3rem}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
+color:#1d2430;padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem}
+h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #dde2ea;padding-bottom:.3rem}
 .sub{color:#5a6474;margin-top:0}table{border-collapse:collapse;font-size:.9rem;margin:.5rem 0}
 th,td{border:1px solid #dde2ea;padding:.3rem .6rem;text-align:left}th{background:#f3f5f9}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.plots{display:flex;flex-wrap:wrap;gap:1rem}
@@ -325,7 +327,7 @@ def _classifier_plots(y: np.ndarray, p: np.ndarray) -> list[str]:
     ax.imshow(matrix, cmap="Blues")
     for (i, j), v in np.ndenumerate(matrix):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black")
-    labels = [str(int(l)) for l in cm["labels"]]
+    labels = [str(int(label)) for label in cm["labels"]]
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")

@@ -465,7 +465,7 @@ class Workspace:
         return self.signer.verifier if name == self.name else self.peer(name).verifier
 
     # ----- data -------------------------------------------------------------------------------
-    def read_data(self, path: Path | None = None) -> "pd.DataFrame":
+    def read_data(self, path: Path | None = None) -> pd.DataFrame:
         """The party's data file (or another of its files), ids as strings.
 
         Data files are read, never modified, never copied into artifacts.
@@ -514,7 +514,7 @@ def read_header(path: Path, **options: Any) -> list[str]:
     return tables.read_header(path, **options)
 
 
-def read_table(path: Path, id_column: str, **options: Any) -> "pd.DataFrame":
+def read_table(path: Path, id_column: str, **options: Any) -> pd.DataFrame:
     """Read a CSV with the id column as text (ids are strings, never numbers); see :mod:`vfl_cli.tables`."""
     from vfl_cli import tables
 

@@ -139,7 +139,7 @@ def _check_members(members: Any, fail: Fail) -> None:
         raise fail(f"manifest field 'members' must be an object of at most {MAX_MEMBERS} members")
     for name, desc in members.items():
         _field(fail, "members", lambda v: check_name(v, "member name"), name)
-        if not isinstance(desc, dict) or not MEMBER_FIELDS <= desc.keys():
+        if not isinstance(desc, dict) or not desc.keys() >= MEMBER_FIELDS:
             raise fail(f"member {name!r} lacks one of {sorted(MEMBER_FIELDS)}")
         type_ = desc["type"]
         if not isinstance(type_, str) or type_ not in MEMBER_TYPES:

@@ -63,8 +63,22 @@ def cli(workspace: str | None, quiet: bool, debug: bool, dask_scheduler: str | N
 
 
 def _register() -> None:
-    from vfl_cli.cli import align, audit, hfl, inspect, jobs, keys, recipe, report, train, workspace
-    from vfl_cli.cli import binning, stats, status, watch
+    from vfl_cli.cli import (
+        align,
+        audit,
+        binning,
+        hfl,
+        inspect,
+        jobs,
+        keys,
+        recipe,
+        report,
+        stats,
+        status,
+        train,
+        watch,
+        workspace,
+    )
 
     for module in (workspace, keys, jobs, align, train, hfl, inspect, audit, recipe, report,
                    watch, status, stats, binning):

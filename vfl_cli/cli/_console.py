@@ -88,7 +88,10 @@ def emit_json(obj: Any) -> None:
 def progress_bars() -> Iterator[Callable[[str, int | None], Callable[[int], None]]]:
     """Yield a factory of progress callbacks; bars show only on an interactive stderr."""
     if _state["quiet"] or not sys.stderr.isatty():
-        yield lambda description, total=None: (lambda n: None)
+        def silent(description: str, total: int | None = None) -> Callable[[int], None]:
+            return lambda n: None
+
+        yield silent
         return
     bars = Progress(
         TextColumn("{task.description}"),

@@ -50,12 +50,13 @@ def hfl() -> None:
               help="Workers encrypt deltas under the first worker's key; the server learns only their weighted sum "
                    "(default: on).")
 @click.option("--param", "params", multiple=True,
-              help="Any other parameter key=value (server_learning_rate, min_nodes, dp_clip, dp_noise_multiplier, dp_delta).")
+              help="Any other parameter key=value "
+                   "(server_learning_rate, min_nodes, dp_clip, dp_noise_multiplier, dp_delta).")
 @click.option("--with", "peers", multiple=True, help="Worker or predictor (repeat; default: all trusted peers).")
 @click.option("--job", "job_id", help="Job id (default: hfl-<date>-<random>).")
 @json_option
 @click.pass_context
-def start(ctx: click.Context, hidden: tuple[int, ...], params: tuple[str, ...], peers: tuple[str, ...],
+def start(ctx: click.Context, /, hidden: tuple[int, ...], params: tuple[str, ...], peers: tuple[str, ...],
           job_id: str | None, as_json: bool, **options: Any) -> None:
     """Server: propose a multi-node training job and send round 0's model to the workers.
 

@@ -40,19 +40,29 @@ def report(reports: list[engine.StepReport], as_json: bool, ws_name: str,
     if not reports:
         say("Nothing to do: no job waits on this party.")
     for r in reports:
-        for name in r.received:
-            say(f"[{r.job}] accepted {name}")
-        for s in r.sent:
-            say(f"[{r.job}] wrote outbox/{s['file']}  -> carry it to {s['recipient']}'s inbox")
-        if r.phase == "cancelled":
-            c = r.results.get("cancelled", {})
-            say(f"[{r.job}] cancelled by {c.get('by', '?')}" + (f": {c['reason']}" if c.get("reason") else ""))
-        elif r.done:
-            say(f"[{r.job}] done ({r.protocol})")
-            if r.protocol == "psi" and (r.received or r.sent):  # finished by this command
-                _alignment_warning(r.job)
-        elif r.waiting_for:
-            say(f"[{r.job}] waiting for {'; '.join(r.waiting_for)}; then run 'vfl step' again")
+        _report_files(r)
+        _report_state(r)
+
+
+def _report_files(r: engine.StepReport) -> None:
+    """The files one job accepted and wrote."""
+    for name in r.received:
+        say(f"[{r.job}] accepted {name}")
+    for s in r.sent:
+        say(f"[{r.job}] wrote outbox/{s['file']}  -> carry it to {s['recipient']}'s inbox")
+
+
+def _report_state(r: engine.StepReport) -> None:
+    """Where one job stands: cancelled, done or waiting."""
+    if r.phase == "cancelled":
+        c = r.results.get("cancelled", {})
+        say(f"[{r.job}] cancelled by {c.get('by', '?')}" + (f": {c['reason']}" if c.get("reason") else ""))
+    elif r.done:
+        say(f"[{r.job}] done ({r.protocol})")
+        if r.protocol == "psi" and (r.received or r.sent):  # finished by this command
+            _alignment_warning(r.job)
+    elif r.waiting_for:
+        say(f"[{r.job}] waiting for {'; '.join(r.waiting_for)}; then run 'vfl step' again")
 
 
 def _alignment_warning(job: str) -> None:

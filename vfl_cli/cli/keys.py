@@ -4,6 +4,7 @@ remove peers."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -128,8 +129,10 @@ def rotate(ctx: click.Context, key_bits: int | None, insecure_test_keys: bool, o
     (replace_atomic if force else write_new)(out, notice)
     if as_json:
         emit_json({"name": ws.name, "notice": str(out),
-                   "old": {"signing_fingerprint": old.signing_fingerprint, "paillier_fingerprint": old.paillier_fingerprint},
-                   "new": {"signing_fingerprint": new.signing_fingerprint, "paillier_fingerprint": new.paillier_fingerprint}})
+                   "old": {"signing_fingerprint": old.signing_fingerprint,
+                           "paillier_fingerprint": old.paillier_fingerprint},
+                   "new": {"signing_fingerprint": new.signing_fingerprint,
+                           "paillier_fingerprint": new.paillier_fingerprint}})
     say(f"New signing key {short(new.signing_fingerprint)} (was {short(old.signing_fingerprint)}), "
         f"Paillier key {short(new.paillier_fingerprint)}")
     say(f"Wrote {out}; send it to every peer, who runs 'vfl keys import {out.name}'")
@@ -184,7 +187,7 @@ def show(ctx: click.Context, as_json: bool) -> None:
 
     ws = workspace(ctx)
     cards = [ws.card(), *ws.peers().values()]
-    rows = [{"name": c.name, "role": c.role, "self": c.name == ws.name,
+    rows: list[dict[str, Any]] = [{"name": c.name, "role": c.role, "self": c.name == ws.name,
              "paillier_bits": c.paillier.bits if c.paillier is not None else None,
              "paillier_fingerprint": c.paillier_fingerprint,
              "signing_fingerprint": c.signing_fingerprint} for c in cards]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -57,7 +58,7 @@ class _nothing:
         return None
 
 
-def _summary(report: dict) -> None:
+def _summary(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"recipe {report['recipe']} ({report['protocol']})")

@@ -56,7 +56,7 @@ def train() -> None:
               "fitted on your training rows (repeat).")
 @json_option
 @click.pass_context
-def start(ctx: click.Context, protocol: str, alignment: str, params: tuple[str, ...], peers: tuple[str, ...],
+def start(ctx: click.Context, /, protocol: str, alignment: str, params: tuple[str, ...], peers: tuple[str, ...],
           job_id: str | None, exclude: tuple[str, ...], features: str | None, encode: tuple[str, ...],
           as_json: bool, **options: Any) -> None:
     """Active party: propose a training job on the rows of a finished alignment.

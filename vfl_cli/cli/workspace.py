@@ -78,8 +78,9 @@ def init(directory: Path, name: str | None, role: str, data: Path, id_column: st
         emit_json({"workspace": str(ws.root), "name": ws.name, "role": ws.role, "features": features_now})
     say(f"Created {ws.role} party '{ws.name}' in {ws.root}")
     given = ws.config.get("csv") or {}
-    say(f"Read {data.name} with {detect_format(data, **given).describe()} "
-        f"({' '.join('--' + k for k in given) + ' given, the rest detected' if given else 'detected; --sep, --decimal, --encoding override'})")
+    how = (" ".join("--" + k for k in given) + " given, the rest detected" if given
+           else "detected; --sep, --decimal, --encoding override")
+    say(f"Read {data.name} with {detect_format(data, **given).describe()} ({how})")
     say(f"Features ({len(features_now)}): {', '.join(features_now[:10])}{', ...' if len(features_now) > 10 else ''}")
     for note in data_notes(ws.config):
         say(f"Note: {note}")

@@ -28,6 +28,7 @@ batches (say a peer's points to blind and the party's own ids to hash and blind)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -42,7 +43,7 @@ from random import Random
 from typing import Any
 
 import numpy as np
-from gmpy2 import from_binary, jacobi, mpz  # type: ignore[import-untyped]
+from gmpy2 import from_binary, jacobi, mpz
 
 from vfl_cli.errors import CryptoError
 
@@ -378,6 +379,7 @@ class Workers:
         key = _hash_key(work.domain) if work.domain is not None else None
         n = len(work.data)
         client = _dask_client() if n >= _MIN_PARALLEL else None
+        pieces: list[tuple[int, int, Callable[[], tuple[bytes, list[int]]]]]
         if client is not None:
             # The party's Dask cluster (vfl --dask-scheduler): the same chunks, on its workers.
             cores = max(1, sum(client.nthreads().values()))
@@ -388,9 +390,7 @@ class Workers:
             ]
         elif self.jobs == 1 or n < _MIN_PARALLEL:
             done = _work_chunk(work.data, key, work.scalar)
-            pieces: list[tuple[int, int, Callable[[], tuple[bytes, list[int]]]]] = [
-                (0, n, lambda: done)
-            ]
+            pieces = [(0, n, lambda: done)]
         else:
             edges = _guided_edges(n, self.jobs)
             pool = self._pool()
@@ -464,10 +464,8 @@ def _pin_worker(counter: Any, cpus: list[int]) -> None:
     with counter.get_lock():
         index = counter.value
         counter.value += 1
-    try:
+    with contextlib.suppress(OSError):  # a sandbox may forbid it; the work is the same
         os.sched_setaffinity(0, {cpus[index % len(cpus)]})
-    except OSError:  # pragma: no cover - a sandbox may forbid it; the work is the same
-        pass
 
 
 class SmallOrderPoints(CryptoError):

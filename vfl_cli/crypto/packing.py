@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from gmpy2 import mpz, powmod  # type: ignore[import-untyped]
+from gmpy2 import mpz, powmod
 
 from vfl_cli.crypto import encoding as _enc
 from vfl_cli.crypto import paillier_kernels as _k

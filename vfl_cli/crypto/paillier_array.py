@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import gmpy2  # type: ignore[import-untyped]
+import gmpy2
 import numpy as np
-import phe  # type: ignore[import-untyped]
+import phe
 from gmpy2 import mpz, powmod
 
 from vfl_cli.crypto import encoding as _enc

@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-import gmpy2  # type: ignore[import-untyped]
+import gmpy2
 import numpy as np
 from gmpy2 import mpz, powmod
 

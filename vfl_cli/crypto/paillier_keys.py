@@ -13,9 +13,9 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import phe  # type: ignore[import-untyped]
-from gmpy2 import powmod  # type: ignore[import-untyped]
-from phe.util import base64_to_int, int_to_base64  # type: ignore[import-untyped]
+import phe
+from gmpy2 import powmod
+from phe.util import base64_to_int, int_to_base64
 
 from vfl_cli.crypto import encoding as _enc
 from vfl_cli.crypto import paillier_kernels as _k

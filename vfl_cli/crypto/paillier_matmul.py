@@ -7,7 +7,7 @@ Reach them through :mod:`vfl_cli.crypto.paillier`. Results are not fresh: :func:
 from __future__ import annotations
 
 import numpy as np
-from gmpy2 import mpz  # type: ignore[import-untyped]
+from gmpy2 import mpz
 
 from vfl_cli.crypto import encoding as _enc
 from vfl_cli.crypto import paillier_kernels as _k

@@ -60,7 +60,7 @@ def effective_n_jobs(n_jobs: int | None = None) -> int:
     wanted = _default_n_jobs if n_jobs is None else n_jobs
     if wanted == 1:
         return 1
-    import joblib  # type: ignore[import-untyped]  # here, not at module level: every short vfl process would pay ~60 ms for it
+    import joblib  # here, not at module level: every short vfl process would pay ~60 ms for it
 
     return max(1, int(joblib.effective_n_jobs(wanted)))
 
@@ -134,9 +134,9 @@ def use_dask(scheduler: Any = None, **client_kwargs: Any) -> Iterator[Any]:
         ) from exc
     import joblib
 
-    client = Client(scheduler, **client_kwargs)  # type: ignore[no-untyped-call]
+    client = Client(scheduler, **client_kwargs)
     try:
         with joblib.parallel_config(backend="dask", n_jobs=-1):
             yield client
     finally:
-        client.close()  # type: ignore[no-untyped-call]
+        client.close()

@@ -165,7 +165,7 @@ def weighted_sum(deltas: Sequence[Delta | np.ndarray], weights: Any) -> np.ndarr
             )
     w = _check_weights(weights, len(vectors))
     total = np.zeros(size, dtype=np.float64)
-    for wi, vec in zip(w, vectors):
+    for wi, vec in zip(w, vectors, strict=True):
         total += wi * vec
     return total
 
@@ -561,7 +561,7 @@ class ActorCritic:
             saved = state.get(key)
             if not isinstance(saved, Sequence) or len(saved) != len(opts):
                 raise VflError(f"state field {key!r} must hold {len(opts)} optimiser states")
-            for opt, opt_state in zip(opts, saved):
+            for opt, opt_state in zip(opts, saved, strict=True):
                 if not isinstance(opt_state, Mapping):
                     raise VflError(f"state field {key!r} must hold optimiser state dicts")
                 opt.load_state_dict(dict(opt_state))
@@ -637,5 +637,5 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _step(model: Sequential, optimizers: Sequence[Optimizer]) -> None:
-    for p, g, opt in zip(model.params(), model.grads(), optimizers):
+    for p, g, opt in zip(model.params(), model.grads(), optimizers, strict=True):
         p[...] = opt.step(p, g)

@@ -75,7 +75,7 @@ def reference_outputs(trained: dict[str, Any], alignment: str) -> np.ndarray:
                        ids=jobs.load_state(Workspace(bank), "al")[0].arrays["aligned_ids"])
     frames = aligned_frames([bank, bureau], alignment)
     out = []
-    for cols, frame, ws in zip((a_cols, p_cols), frames, (bank, bureau)):
+    for cols, frame, ws in zip((a_cols, p_cols), frames, (bank, bureau), strict=True):
         train = df[cols].to_numpy(float)[split.train]
         mean, std = train.mean(0), train.std(0)
         X = frame[Workspace(ws).features].to_numpy(float)

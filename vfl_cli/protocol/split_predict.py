@@ -286,7 +286,7 @@ def active_outputs(model: SplitModelPart, X: np.ndarray, act: Activation, R: np.
     units = model.share().shape[1]
     n = act.modulus
     flat = R[:len(X)].ravel()
-    z_p = encoding.decode([encoding.signed((y - int(r)) % n, n) for y, r in zip(act.z, flat)], 3 * E)
+    z_p = encoding.decode([encoding.signed((y - int(r)) % n, n) for y, r in zip(act.z, flat, strict=True)], 3 * E)
     z = _bottom(model, "active", X) @ model.arrays["W_A"] + np.reshape(z_p, (len(X), units)) + model.arrays["b"]
     return np.asarray(ss.forward(model.net("top", units), z, train=False), dtype=float)
 

@@ -12,6 +12,7 @@ import glob
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import drive, error_line, introduce, make_party, run
@@ -155,3 +156,36 @@ def test_binning_must_be_a_woe_binning_job(wss: list[Path]) -> None:
     assert err.exit_code == 1
     assert "not a woe-binning job" in error_line(err)
     assert not (wss[0] / "jobs" / "sb4").exists()
+
+
+def test_own_cut_points_bin_the_partys_columns_and_stay_local(wss: list[Path]) -> None:
+    bank, bureau = Workspace(wss[0]), Workspace(wss[1])
+    column = bureau.features[0]
+    values = pd.read_csv(bureau.config["data"])[column].dropna()
+    cuts = sorted({round(float(values.quantile(q)), 3) + 0.0007 for q in (0.3, 0.6, 0.85)})
+    run("-w", str(wss[1]), "binning", "cuts", "set", "--", column, ",".join(map(repr, cuts)))
+    try:
+        run("-w", str(wss[0]), "train", "start", "--protocol", "secureboost", "--alignment",
+            "al", "--job", "sb5", *SBT)
+        drive(wss, "sb5")
+        narrow = ["--param", "max_bins=4"]  # 3 cuts: 5 bins with the missing one
+        # the proposer's own bins fit max_bins=4; the bureau's rule does not: it refuses
+        run("-w", str(wss[0]), "train", "start", "--protocol", "secureboost", "--alignment",
+            "al", "--job", "sb6", *SBT, *narrow)
+        drive_err = None
+        try:
+            drive(wss, "sb6", limit=3)
+        except Exception as exc:  # noqa: BLE001 - the bureau's refusal, as the engine reports it
+            drive_err = str(exc)
+        assert drive_err is not None and "raise max_bins" in drive_err
+    finally:
+        run("-w", str(wss[1]), "binning", "cuts", "clear", "--all")
+    state, _ = jobs.load_state(bureau, "sb5")
+    mine = next(c for c in state.results["model"]["binning"]["columns"] if c["name"] == column)
+    assert mine["cuts"] == cuts
+    assert "bin_rules" in jobs.load_info(bureau, "sb5")["local"]
+    assert "bin_rules" not in jobs.load_info(bank, "sb5").get("local", {})
+    needles = [repr(c).encode() for c in cuts] + [np.float64(c).tobytes() for c in cuts]
+    for art in _received(wss[0], "sb5"):
+        blob = b"".join(m.data for m in art.members.values()) + repr(art.meta).encode()
+        assert not any(n in blob for n in needles), art.kind

@@ -3,7 +3,7 @@ it wants binned by category.
 
 They are the party's private data, like its cells: kept in its workspace (``binning.json``,
 mode 0600), set with ``vfl binning cuts``, and copied into the job.json of a ``woe-binning``
-job when the party starts or accepts it (local, like the data file: never in the signed
+or ``secureboost`` job when the party starts or accepts it (local, like the data file: never in the signed
 proposal or in any artifact; a later change does not alter a running job). The job then bins
 such a column at exactly these cut points (``method`` and ``bins`` apply to the other columns;
 the missing bin is always there), and a column named ``categorical`` by category.
@@ -28,7 +28,7 @@ __all__ = ["FILE", "BinRules", "job_rules", "load_rules", "parse_cuts", "save_ru
 
 FILE = "binning.json"
 #: The protocols that bin with a party's own rules.
-USED_BY = ("woe-binning",)
+USED_BY = ("woe-binning", "secureboost")
 
 
 @dataclass(frozen=True)

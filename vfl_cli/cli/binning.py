@@ -82,11 +82,12 @@ def show(ctx: click.Context, job: str, as_json: bool, csv_out: Path | None, forc
 
 @binning.group()
 def cuts() -> None:
-    """This party's own cut points and category columns for WOE binning jobs (local only).
+    """This party's own cut points and category columns for its bins (local only).
 
-    They stay in this workspace (binning.json, 0600) and are copied into a woe-binning job's
-    local job.json when this party starts or accepts it: never into the proposal or any file
-    sent. Other columns use the job's method and bins.
+    They stay in this workspace (binning.json, 0600) and are copied into a woe-binning or
+    secureboost job's local job.json when this party starts or accepts it: never into the
+    proposal or any file sent. Other columns use the job's method and bins (secureboost:
+    max_bins quantile bins).
 
     Example:
 
@@ -128,7 +129,7 @@ def cuts_set(ctx: click.Context, column: str, values: str | None, category: bool
         column, parse_cuts(column, values or ""))
     save_rules(ws, rules)
     what = "by category" if category else f"at {len(rules.cuts[column])} cut points"
-    say(f"{column} will be binned {what} in the woe-binning jobs this party starts or accepts "
+    say(f"{column} will be binned {what} in the woe-binning and secureboost jobs this party starts or accepts "
         "from now on")
 
 

@@ -10,7 +10,7 @@ import random
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from vfl_cli.models.features import aligned_rows, numeric_matrix, split_rows
 from vfl_cli.protocol.base import Outgoing, PartyContext
 from vfl_cli.protocol.kit import finished_job
 from vfl_cli.protocol.wire import read_packed, refuse_echo
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: The most candidates one reply may carry (bounds the key holder's decryption work).
 MAX_CANDIDATES = 2_000_000
@@ -65,8 +68,7 @@ class PartyData:
                            ids=ctx.job_arrays(alignment).get("aligned_ids"))
         self.test = split.test
         self.grow, self.valid = _validation(split.train, ctx.params)
-        self.binning: Binning = fit_binning(df.iloc[self.grow], self.features,
-                                            max_bins=ctx.params["max_bins"])
+        self.binning: Binning = _own_binning(ctx, df.iloc[self.grow], self.features)
         self.Xb = self.binning.transform(df)
         self.n_bins = np.array([c.n_bins for c in self.binning.columns], dtype=np.int64)
 
@@ -84,6 +86,26 @@ class PartyData:
         part = np.concatenate([[len(self.grow), len(self.valid)], self.grow, self.valid,
                                self.test]).astype(np.int64)
         return {"xb": self.Xb, "rowset": part, "binning": self.binning.to_json()}
+
+
+def _own_binning(ctx: PartyContext, rows: pd.DataFrame, features: list[str]) -> Binning:
+    """The party's bins on its growing rows: its own cut points and category columns where it
+    set them (``vfl binning cuts``, local in its job.json), ``max_bins`` quantile bins elsewhere.
+
+    Raises:
+        DataError: a column of the party's rules has more bins than ``max_bins``.
+    """
+    from vfl_cli.bin_rules import BinRules
+
+    cuts, categorical = BinRules.from_json(ctx.local.get("bin_rules")).for_columns(features)
+    most = int(ctx.params["max_bins"])
+    binning = fit_binning(rows, features, max_bins=most, cuts=cuts, categorical=categorical)
+    wide = [c.name for c in binning.columns if c.n_bins > most and c.name in {*cuts, *categorical}]
+    if wide:
+        raise DataError(f"{ctx.name}: column {wide[0]!r} has more bins under your binning rule "
+                        f"than max_bins={most} (the missing bin included); raise max_bins or "
+                        "change the rule ('vfl binning cuts show')")
+    return binning
 
 
 def _validation(train: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,7 +13,11 @@ from vfl_cli.artifacts.io import ensure_writable
 from vfl_cli.cli._console import progress_bars, say
 from vfl_cli.cli._options import force_option, json_option, out_option, workspace
 from vfl_cli.cli.jobs import report
+from vfl_cli.errors import VflError
 from vfl_cli.workspace import Workspace
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 memory_option = click.option(
     "--memory", metavar="SIZE",
@@ -195,12 +200,24 @@ def export(ctx: click.Context, job_id: str, out: Path, force: bool) -> None:
         vfl align export align-2026-11 --out aligned.csv
     """
     ws = workspace(ctx)
-    from vfl_cli.models.alignment import aligned_frame
-
     ensure_writable(out, force=force)
-    frame = aligned_frame(ws, job_id)
+    frame = _aligned_frame(ws, job_id)
     frame.to_csv(out, index=False)
     say(f"Wrote {len(frame)} aligned rows of {ws.name}'s own columns to {out}")
+
+
+def _aligned_frame(ws: Workspace, job: str) -> pd.DataFrame:
+    """This party's rows (own columns only) in the aligned order of a finished psi job."""
+    from vfl_cli.models.features import aligned_rows
+
+    info = engine.load_info(ws, job)
+    state, _ = engine.load_state(ws, job)
+    if info["protocol"] != "psi":
+        raise VflError(f"job {job} is a {info['protocol']} job, not an alignment (psi) job")
+    if not state.done:
+        raise VflError(f"alignment job {job} is not finished yet (phase {state.phase}); run 'vfl step'")
+    data = ws.read_data(Path(info["data"])) if info.get("data") else ws.read_data()
+    return aligned_rows(data, state.arrays, ws.config["id_column"], job).reset_index(drop=True)
 
 
 COMMANDS = [align]

@@ -1,8 +1,8 @@
 """Fuzz campaign against real workspaces (issue 12): thousands of malformed artifacts of every kind.
 
-Real jobs run first between real workspaces (handshake, psi, hetero-lr, split-nn, predict between
-a bank and a bureau; hfl between a server, two workers and a predictor), recording every message
-and the recipient's workspace just before it took it. Then, for randomly drawn messages:
+Real jobs run first between real workspaces (handshake, psi, hetero-lr, split-nn, predict,
+secureboost and woe-binning between a bank and a bureau; hfl between a server, three workers and
+a predictor), recording every message and the recipient's workspace just before it took it. Then, for randomly drawn messages:
 
 * ``structural``: the message changed for its step (tests/fuzz_signed.py: members dropped,
   re-typed, re-shaped, cut; meta of the wrong type or size; another kind; round; seq), signed
@@ -66,7 +66,7 @@ SPLIT_MODEL = {"head": "binary", "active": [{"type": "dense", "units": 2}], "pas
 
 
 # ----- setting up: real jobs, recorded ----------------------------------------------------------
-def record_all(root: Path) -> tuple[list[Case], dict[str, Path]]:
+def record_all(root: Path, skip: tuple[str, ...] = ()) -> tuple[list[Case], dict[str, Path]]:
     bank = make_party(root, "bank", "active", ROOT / "sample_data" / "breast_active.csv", label_column="label")
     bureau = make_party(root, "bureau", "passive", ROOT / "sample_data" / "breast_passive.csv")
     introduce(root, "bank", "bureau")
@@ -84,11 +84,17 @@ def record_all(root: Path) -> tuple[list[Case], dict[str, Path]]:
         ([bank, bureau], "tr", "hetero-lr", {"alignment": "al", "epochs": 1, "test_fraction": 0.5}),
         ([bank, bureau], "pr", "predict", {"model": "tr", "alignment": "al"}),
         ([bank, bureau], "sn", "split-nn", {"alignment": "al", "epochs": 1, "model": SPLIT_MODEL}),
+        ([bank, bureau], "sb", "secureboost", {"alignment": "al", "trees": 1, "depth": 2, "active_trees": 0,
+                                               "max_bins": 8}),
+        ([bank, bureau], "wo", "woe-binning", {"alignment": "al", "bins": 4}),
         ([server, *nodes, predictor], "hf", "hfl", {"rounds": 2, "full_every": 1, "secure_aggregation": True}),
     ]
     cases: list[Case] = []
     with pytest.MonkeyPatch.context() as mp, recording(mp) as raw:
         for parties, job, protocol, params in plan:
+            if protocol in skip:
+                print(f"  {protocol}: skipped (--skip)")
+                continue
             t0 = time.perf_counter()
             try:
                 jobs.start_job(Workspace(parties[0]), protocol, params, job=job)
@@ -339,13 +345,15 @@ def main() -> None:
     ap.add_argument("--cli", type=int, default=100, help="of which also through the real vfl command")
     ap.add_argument("--seed", type=int, default=None, help="campaign seed (default: random, printed)")
     ap.add_argument("--no-specials", action="store_true")
+    ap.add_argument("--skip", action="append", default=[], metavar="PROTOCOL",
+                    help="record and fuzz no messages of this protocol (repeat), e.g. a slow genuine run")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="vfl-fuzz-"))
     print(f"seed {seed}; workspaces in {root}", flush=True)
     t0 = time.perf_counter()
-    cases, _ = record_all(root)
+    cases, _ = record_all(root, tuple(args.skip))
     fakes = impostors(root, cases)
     # A file that arrives with its job's proposal (hello) is checked with the proposal accepted
     # by the same step, so the workspace changes anyway: only the others are hashed.

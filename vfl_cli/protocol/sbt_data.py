@@ -23,7 +23,7 @@ from vfl_cli.models.binning import Binning, fit_binning
 from vfl_cli.models.features import aligned_rows, numeric_matrix, split_rows
 from vfl_cli.protocol.base import Outgoing, PartyContext
 from vfl_cli.protocol.kit import finished_job
-from vfl_cli.protocol.wire import read_packed, refuse_echo
+from vfl_cli.protocol.wire import read_packed, refuse_echo, typed_array
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -285,7 +285,7 @@ def settle_round(st: Any, data: ActiveData, node: np.ndarray) -> Any:
 def apply_assignments(art: Artifact, pending: list[list[int]], node: np.ndarray, size: int
                       ) -> np.ndarray:
     """The rows of each node a passive party split, sent left or right as it says."""
-    bits = art.array("assign") if "assign" in art.members else np.zeros(0, np.uint8)
+    bits = typed_array(art, "assign", "biu") if "assign" in art.members else np.zeros(0, np.uint8)
     at = 0
     for nid, _ in pending:
         k, i = divmod(nid, size)
@@ -313,8 +313,8 @@ def read_candidates(art: Artifact, priv: Any, layout: hg.RowLayout, frontier: li
     ``sent``: digests of the row ciphertexts A sent this round; sums holding any of them
     (A's own ``gh`` sent back to be decrypted) are refused before anything is decrypted.
     """
-    counts = art.array("counts").astype(np.int64)
-    ids = art.array("ids").astype(np.int64)
+    counts = typed_array(art, "counts", "iu").astype(np.int64)
+    ids = typed_array(art, "ids", "iu").astype(np.int64)
     if counts.shape != (len(frontier),) or (counts < 0).any() or ids.shape != (counts.sum(),) \
             or counts.sum() > MAX_CANDIDATES:
         raise InvalidArtifact(f"{REPLY_KIND} from {art.sender}: candidate counts do not match "
@@ -447,7 +447,7 @@ class LayerMessage:
               and isinstance(meta.get("merged", False), bool))
         merged = bool(meta.get("merged", False))
         ok = ok and (not merged or (meta.get("first") is True and bool(splits)))
-        node, sample = art.array("node"), art.array("sample")
+        node, sample = typed_array(art, "node", "iu"), typed_array(art, "sample", "biu")
         if not ok or node.shape != (n, classes) or sample.shape != (n,) or num("depth", 1, 8) \
                 != depth:
             raise InvalidArtifact(f"sbt/layer from {art.sender}: malformed (nodes, splits or "

@@ -51,6 +51,7 @@ __all__ = [
     "sent_digests",
     "stash",
     "stash_members",
+    "typed_array",
     "unstash",
     "unstash_members",
 ]
@@ -150,6 +151,23 @@ def expect_members(art: Artifact, names: tuple[str, ...] | list[str], due: bool,
 
 
 # ----- artifact members ------------------------------------------------------------------------
+_KIND_NAMES = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats"}
+
+
+def typed_array(art: Artifact, name: str, kinds: str) -> np.ndarray:
+    """The array member ``name``, refused unless its dtype kind is one of ``kinds`` (numpy's
+    letters: ``b`` bool, ``i``/``u`` integers, ``f`` floats): no text, complex or float where
+    whole numbers are expected is ever cast silently."""
+    m = art.members.get(name)
+    if m is None or m.type != "ndarray":
+        raise InvalidArtifact(f"{art.kind} from {art.sender} lacks the array {name!r}")
+    a = art.array(name)
+    if a.dtype.kind not in kinds:
+        wanted = " or ".join(sorted({_KIND_NAMES[k] for k in kinds}))
+        raise InvalidArtifact(f"{name!r} from {art.sender} holds {a.dtype} values, expected {wanted}")
+    return a
+
+
 def enc_member(name: str, x: paillier.EncryptedArray) -> Member:
     return Member(
         name,

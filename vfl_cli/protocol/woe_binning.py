@@ -390,6 +390,9 @@ def _take_result(ctx: PartyContext, st: PassiveState, received: Mapping[str, Art
                  ) -> Step[PassiveState]:
     result = Result.receive(received, ctx.active)
     n = len(st.ids)
+    for name, kinds in (("woe", "f"), ("iv_bins", "f"), ("merged", "iu"), ("iv", "f")):
+        if getattr(result, name).dtype.kind not in kinds:  # no text or complex cast silently
+            raise InvalidArtifact(f"{RESULT} from {ctx.active}: {name!r} holds {getattr(result, name).dtype} values")
     for name in ("woe", "iv_bins", "merged"):
         if getattr(result, name).shape != (n,):
             raise InvalidArtifact(f"{RESULT} from {ctx.active}: {name!r} is not {n} values")

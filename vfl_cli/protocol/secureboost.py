@@ -143,8 +143,8 @@ def _begin_round(ctx: PartyContext, st: ActiveState, data: sd.ActiveData) -> Act
     roots = [k * _tree_size(p.depth) for k in range(st.classes)]
     node += np.array(roots)
     forest = [*st.forest, [{"id": r, "owner": None, "value": None} for r in roots]]
-    return st.but(g=G, h=H, g_bits=sd.g_bits(np.vstack([g, h])), sample=sample, node=node, layer=0, frontier=roots, pending={},
-                  forest=forest)
+    return st.but(g=G, h=H, g_bits=sd.g_bits(np.vstack([g, h])), sample=sample, node=node,
+                  layer=0, frontier=roots, pending={}, forest=forest)
 
 
 def _local_only(ctx: PartyContext, st: ActiveState, data: sd.ActiveData) -> bool:

@@ -24,7 +24,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import gmpy2  # type: ignore[import-untyped]
+import gmpy2
 import numpy as np
 from gmpy2 import mpz
 

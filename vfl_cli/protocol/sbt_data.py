@@ -286,6 +286,8 @@ def apply_assignments(art: Artifact, pending: list[list[int]], node: np.ndarray,
                       ) -> np.ndarray:
     """The rows of each node a passive party split, sent left or right as it says."""
     bits = typed_array(art, "assign", "biu") if "assign" in art.members else np.zeros(0, np.uint8)
+    if bits.ndim != 1:
+        raise InvalidArtifact(f"{REPLY_KIND} from {art.sender}: the assignments are not one bit per row")
     at = 0
     for nid, _ in pending:
         k, i = divmod(nid, size)

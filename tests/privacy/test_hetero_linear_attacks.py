@@ -315,7 +315,7 @@ def _bouncing_passive(monkeypatch: Any, *, extra: int = 0) -> None:
 
 
 @pytest.mark.parametrize(("extra", "reason"), [
-    (0, ("the gradient from bureau holds ciphertexts that this party sent it this round; "
+    (0, ("the gradient from bureau holds ciphertexts that this party sent it; "
          "refused without decrypting (a key holder decrypts only what the step expects)")),
     (5, "the gradient from bureau holds 25 values, but bureau has 20 columns; refused without decrypting"),
 ])
@@ -425,7 +425,7 @@ def test_passive_key_holder_is_no_decryption_oracle(tmp_path: Path, sample: Any,
     carry(bank, bureau)
     reports = jobs.step(Workspace(bureau), "tr")
     assert reports[0].rejected[0]["reason"].endswith(
-        "the gradient request from bank holds ciphertexts that this party sent it this round; "
+        "the gradient request from bank holds ciphertexts that this party sent it; "
         "refused without decrypting (a key holder decrypts only what the step expects)")
     assert jobs.load_state(Workspace(bureau), "tr")[0].phase == "wait-residual"
     assert not list((bureau / "outbox").glob("tr.*gradient*"))

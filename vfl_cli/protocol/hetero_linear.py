@@ -194,7 +194,8 @@ PARAMS: dict[str, Param] = {
     "label_bits": Float(0.5, 0.0, 1.0, open_high=True,
                         note="hetero-lr: noise such that a passive party's gradients carry at most this "
                              "fraction of a batch's label bits over all epochs; 0: off"),
-    "label_epsilon": Float(0.0, 0.0, 1000.0, note="formal label DP (zCDP) of the residuals passive parties see; 0: off"),
+    "label_epsilon": Float(0.0, 0.0, 1000.0,
+                           note="formal label DP (zCDP) of the residuals passive parties see; 0: off"),
     "label_delta": Float(1e-5, 0.0, 0.1, open_low=True, note="delta of label_epsilon"),
     "label_clip": Float(0.0, 0.0, 1e9,
                         note="hetero-linear: residual offsets clipped to +-this for label noise; 0: no noise"),
@@ -697,7 +698,8 @@ class HeteroLinear(Protocol):
         rows = data.batch_rows(ctx.params, epoch, batch)
         m = load_mask(state.data.pop("grad_mask"))
         grad = paillier.unmask(read_ints(reply, "grad_reply", len(m.offsets)), m) / len(rows)
-        self._step_weights(ctx, state, grad, intercept=False, data=data, noise=float(state.data.get("label_sigma", 0.0)))
+        noise = float(state.data.get("label_sigma", 0.0))
+        self._step_weights(ctx, state, grad, intercept=False, data=data, noise=noise)
         self._advance_position(state, data)
         nxt = reply.meta.get("next")
         if nxt == "batch":

@@ -167,7 +167,7 @@ def _state_files(state: JobState, engine: dict[str, Any]) -> dict[str, bytes]:
         "engine": engine,
     }
     buf = io.BytesIO()
-    np.savez(buf, **state.arrays)
+    np.savez(buf, **state.arrays)  # type: ignore[arg-type]  # numpy's stub: a key could be allow_pickle
     # getbuffer, not getvalue: no second copy of large arrays (a streamed alignment's result)
     return {"state.json": pretty_json(raw), "arrays.npz": buf.getbuffer()}  # type: ignore[dict-item]
 
@@ -246,37 +246,47 @@ def _apply(ws: Workspace, txn: Path) -> None:
     d = txn.parent
     plan = json.loads((txn / "plan.json").read_text())
     for entry in plan["received"]:
-        name = entry["file"]
-        src = ws.inbox / name
-        dst = ws.path("archive", "received", name)
-        if src.exists():
-            if dst.exists():
-                src.unlink()
-            else:
-                os.replace(src, dst)
-                os.chmod(dst, 0o600)  # kept as the courier left it otherwise
-        if not ws.ledger.has(entry["artifact_sha256"], "received"):
-            ws.ledger.append(ws.signer, "received", checkpoint=False, **entry)
+        _apply_received(ws, entry)
     for entry in plan["sent"]:
-        name = entry["file"]
-        archived = ws.path("archive", "sent", name)
-        if not archived.exists():  # a hard link: the sealed copy is already on disk
-            archived.parent.mkdir(parents=True, exist_ok=True)
-            os.link(txn / "out" / name, archived)
-        target = ws.outbox / name
-        if not target.exists() and not ws.ledger.has(entry["artifact_sha256"], "sent"):
-            try:
-                os.link(archived, target)
-            except OSError:
-                shutil.copyfile(archived, target)
-        if not ws.ledger.has(entry["artifact_sha256"], "sent"):
-            ws.ledger.append(ws.signer, "sent", checkpoint=False, **entry)
+        _apply_sent(ws, txn, entry)
     if plan["sent"] or plan["received"]:  # one signed checkpoint per step, after its entries
         ws.ledger.write_checkpoint(ws.signer, ws.ledger.head())
     for name in ("job.json", "state.json", "arrays.npz"):
         if (txn / name).exists():  # moved into place: atomic, and already fsynced
             os.replace(txn / name, d / name)
     shutil.rmtree(txn)
+
+
+def _apply_received(ws: Workspace, entry: dict[str, Any]) -> None:
+    """One consumed file: moved from the inbox to archive/received/, and its ledger entry."""
+    name = entry["file"]
+    src = ws.inbox / name
+    dst = ws.path("archive", "received", name)
+    if src.exists():
+        if dst.exists():
+            src.unlink()
+        else:
+            os.replace(src, dst)
+            os.chmod(dst, 0o600)  # kept as the courier left it otherwise
+    if not ws.ledger.has(entry["artifact_sha256"], "received"):
+        ws.ledger.append(ws.signer, "received", checkpoint=False, **entry)
+
+
+def _apply_sent(ws: Workspace, txn: Path, entry: dict[str, Any]) -> None:
+    """One sealed file: archived in archive/sent/, put in the outbox, and its ledger entry."""
+    name = entry["file"]
+    archived = ws.path("archive", "sent", name)
+    if not archived.exists():  # a hard link: the sealed copy is already on disk
+        archived.parent.mkdir(parents=True, exist_ok=True)
+        os.link(txn / "out" / name, archived)
+    target = ws.outbox / name
+    if not target.exists() and not ws.ledger.has(entry["artifact_sha256"], "sent"):
+        try:
+            os.link(archived, target)
+        except OSError:
+            shutil.copyfile(archived, target)
+    if not ws.ledger.has(entry["artifact_sha256"], "sent"):
+        ws.ledger.append(ws.signer, "sent", checkpoint=False, **entry)
 
 
 def _ledger_fields(art: Artifact) -> dict[str, Any]:
@@ -302,7 +312,7 @@ def _sha(data: bytes) -> str:
 # ----- contexts ------------------------------------------------------------------------------------
 def _context(ws: Workspace, info: dict[str, Any], progress: Progress) -> PartyContext:
     me = next(p for p in info["parties"] if p["name"] == ws.name)
-    cache: dict[str, Any] = {}
+    cache: dict[Path, Any] = {}
 
     def data_file(job: str | None = None) -> Path:
         """The data file this job (or the named earlier job) was run on."""
@@ -339,7 +349,7 @@ def _context(ws: Workspace, info: dict[str, Any], progress: Progress) -> PartyCo
         id_column=ws.config["id_column"],
         label_column=ws.label_column,
         # the columns the job started with (job.json), so a later column choice never changes it
-        features=info["features"] if "features" in info else ws.features,
+        features=info.get("features", ws.features),
         job_arrays=job_arrays,
         job_info=job_info,
         private_key=lambda: ws.private_key,
@@ -482,7 +492,7 @@ def _party_entry(card: Any) -> dict[str, str]:
 def pending_proposals(ws: Workspace) -> list[tuple[str, Loaded]]:
     """Proposals in the inbox that pass every check (the scan quarantines the others)."""
     with locked(ws):
-        return [(n, l) for n, l in _scan_inbox(ws) if l.artifact.kind == PROPOSAL]
+        return [(n, loaded) for n, loaded in _scan_inbox(ws) if loaded.artifact.kind == PROPOSAL]
 
 
 def accept_job(
@@ -501,9 +511,9 @@ def accept_job(
     with locked(ws):
         scanned = _scan_inbox(ws, rejected)  # read and verified once for every proposal accepted below
         inbox = _by_job(scanned)
-        pending = [(n, l) for n, l in scanned if l.artifact.kind == PROPOSAL]
+        pending = [(n, loaded) for n, loaded in scanned if loaded.artifact.kind == PROPOSAL]
         if job is not None:
-            pending = [(n, l) for n, l in pending if l.artifact.job == job]
+            pending = [(n, loaded) for n, loaded in pending if loaded.artifact.job == job]
         reports = []
         for name, loaded in pending:
             report = _accept_one(ws, name, loaded, data, inbox, progress, rejected)
@@ -532,7 +542,8 @@ def _accept_one(ws: Workspace, name: str, loaded: Loaded, data: Path | None,
     info.update(job_rules(ws, info["protocol"]))
     engine = {"next_seq": {}, "expected_seq": {art.sender: art.seq + 1}}
     state = JobState()
-    out = _to_artifacts(ws, art.job, engine, _first_step(get_protocol(info["protocol"]), _context(ws, info, progress), state))
+    first = _first_step(get_protocol(info["protocol"]), _context(ws, info, progress), state)
+    out = _to_artifacts(ws, art.job, engine, first)
     _commit(ws, art.job, info=info, state=state, engine=engine, out=out, consumed=[(name, loaded)])
     report = _run(ws, art.job, inbox.get(art.job, {}), progress, rejected)
     report.sent = [{"file": n, "recipient": a.recipient} for n, _, a in out] + report.sent
@@ -579,7 +590,7 @@ def _check_proposal(ws: Workspace, name: str, art: Artifact) -> dict[str, Any]:
                 f"{name}: the proposal names {p['name']} with key {short(p['signing_fingerprint'])}, "
                 f"but the trusted key is {short(card.signing_fingerprint)}; compare cards out of band"
             )
-    protocol = get_protocol(meta.get("protocol"))
+    protocol = get_protocol(str(meta.get("protocol")))
     protocol.check_parties([{"name": p["name"], "role": p["role"]} for p in parties])
     params = meta.get("params", {})
     if protocol.check_params(params, parties) != params:
@@ -699,6 +710,11 @@ def _check_place(ws: Workspace, name: str, art: Artifact, proposed: set[str],
             raise InvalidArtifact(f"{name} belongs to job {art.job}, which {ws.name} has not "
                                   "accepted; accept its proposal first, then move it back")
         return
+    _check_turn(ws, name, art)
+
+
+def _check_turn(ws: Workspace, name: str, art: Artifact) -> None:
+    """A file of an accepted job: from one of its parties, not replayed, not too far ahead."""
     info = load_info(ws, art.job)
     raw = json.loads((job_dir(ws, art.job) / "state.json").read_text())  # no arrays: they may be large
     done, engine = raw["done"], raw["engine"]
@@ -728,7 +744,7 @@ def _scan_inbox(ws: Workspace, rejected: Rejections | None = None) -> list[tuple
             checked.append((f.name, _light(_check_file(ws, f))))
         except (InvalidArtifact, KeyMismatch) as exc:
             rejected.append(quarantine(ws, f.name, str(exc)))
-    proposed = {l.artifact.job for _, l in checked if l.artifact.kind == PROPOSAL}
+    proposed = {loaded.artifact.job for _, loaded in checked if loaded.artifact.kind == PROPOSAL}
     seen: dict[tuple[str, str, int], str] = {}
     out = []
     for name, loaded in checked:
@@ -838,7 +854,7 @@ def _run(
             return report
         for sender in received:
             engine["expected_seq"][sender] = engine["expected_seq"].get(sender, 1) + 1
-        for name, loaded in consumed:
+        for _, loaded in consumed:
             available.pop((loaded.artifact.sender, loaded.artifact.seq), None)
         out = _to_artifacts(ws, job, engine, outgoing)
         _commit(ws, job, info=None, state=state, engine=engine, out=out, consumed=consumed)
@@ -952,7 +968,8 @@ def reject_job(ws: Workspace, job: str, *, reason: str = "") -> StepReport:
     """Refuse the proposal for ``job`` waiting in the inbox; its proposer gets a signed notice."""
     check_name(job, "job id")
     with locked(ws):
-        pending = [(n, l) for n, l in _scan_inbox(ws) if l.artifact.kind == PROPOSAL and l.artifact.job == job]
+        pending = [(n, loaded) for n, loaded in _scan_inbox(ws)
+                   if loaded.artifact.kind == PROPOSAL and loaded.artifact.job == job]
         if not pending:
             raise VflError(f"no proposal for job {job} waits in {ws.inbox}; 'vfl status' lists what arrived")
         name, loaded = pending[0]

@@ -84,7 +84,8 @@ class Recipe:
 
     @property
     def key_bits(self) -> int:
-        return int(self.tables.get("train", {}).get("key_bits", self.tables["recipe"].get("key_bits", DEFAULT_KEY_BITS)))
+        default = self.tables["recipe"].get("key_bits", DEFAULT_KEY_BITS)
+        return int(self.tables.get("train", {}).get("key_bits", default))
 
     @property
     def active(self) -> PartySpec:
@@ -127,7 +128,7 @@ class Recipe:
         train["alignment"] = f"{self.name}-align"
         stages = [Stage("align", "psi", align)]
         if "binning" in self.tables:  # woe-binning first; the training job selects and encodes by it
-            split = {k: train[k] for k in ("test_fraction", "seed") if k in train}
+            split: dict[str, Any] = {k: train[k] for k in ("test_fraction", "seed") if k in train}
             stages.append(Stage("binning", "woe-binning", {**split, **self.tables["binning"],
                                                            "alignment": train["alignment"]}))
             train["binning"] = f"{self.name}-binning"
@@ -225,8 +226,8 @@ class Runner:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         proc = subprocess.run(argv, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
-            lines = [l for l in proc.stderr.splitlines() if l.strip()]
-            error = next((l for l in lines if l.startswith("Error:")), lines[-1] if lines else "")
+            lines = [line for line in proc.stderr.splitlines() if line.strip()]
+            error = next((line for line in lines if line.startswith("Error:")), lines[-1] if lines else "")
             raise VflError(f"{party or 'vfl'}: 'vfl {' '.join(args[:3])}' failed: {error.removeprefix('Error: ')}")
         out = proc.stdout.strip()
         return json.loads(out) if out else None
@@ -248,7 +249,8 @@ class Runner:
             keygen = self.recipe.keygen_args(p.name)
             self.vfl(p.name, *keygen)
             self.vfl(p.name, "keys", "export", "--out", str(cards / f"{p.name}.card"))
-            made = "signing key (no Paillier key: no job here uses it)" if "--no-paillier" in keygen else f"{bits}-bit keys"
+            made = ("signing key (no Paillier key: no job here uses it)" if "--no-paillier" in keygen
+                    else f"{bits}-bit keys")
             self.on_event(f"{p.name}: workspace and {made} ready")
         for p in self.recipe.parties:
             for q in self.recipe.parties:
@@ -323,21 +325,28 @@ class Runner:
             for p in self.recipe.parties:
                 if p.name in done or p.name not in receivers:
                     continue
-                if p.name not in accepted:
-                    reports = self.vfl(p.name, "job", "accept", job, "--json")
-                    accepted.add(p.name)
-                else:
-                    reports = self.vfl(p.name, "step", "--job", job, "--json")
-                for r in reports:
-                    progressed = progressed or bool(r["sent"] or r["received"])
-                    if r["done"] and r["job"] == job:
-                        done.add(p.name)
-                        finals[p.name] = r
-                    for s in r["sent"]:
-                        self.on_event(f"{p.name} -> {s['recipient']}: {s['file']}")
+                progressed = self._advance(p.name, job, accepted, done, finals) or progressed
             if not progressed and not receivers:
                 raise VflError(f"job {job} is stuck: no party can make progress (parties done: {sorted(done)})")
         return {p.name: {"job": job, "results": finals[p.name]["results"]} for p in self.recipe.parties}
+
+    def _advance(self, party: str, job: str, accepted: set[str], done: set[str],
+                 finals: dict[str, dict[str, Any]]) -> bool:
+        """One party accepts the job or steps it; whether any file moved (``done``, ``finals`` updated)."""
+        if party not in accepted:
+            reports = self.vfl(party, "job", "accept", job, "--json")
+            accepted.add(party)
+        else:
+            reports = self.vfl(party, "step", "--job", job, "--json")
+        progressed = False
+        for r in reports:
+            progressed = progressed or bool(r["sent"] or r["received"])
+            if r["done"] and r["job"] == job:
+                done.add(party)
+                finals[party] = r
+            for s in r["sent"]:
+                self.on_event(f"{party} -> {s['recipient']}: {s['file']}")
+        return progressed
 
 
 def run_recipe(recipe: Recipe, workdir: Path, *, on_event: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
@@ -401,7 +410,8 @@ def party_summaries(runner: Runner, job: str) -> dict[str, Any]:
     params = {k: v for k, v in runner.recipe.tables.get("train", {}).items()}
     out: dict[str, Any] = {"data": data, "audit": audit,
                            "loss_names": {"train.loss": loss_name(runner.recipe.protocol, params),
-                                          "test.log_loss": "test log-loss (cross-entropy of the predicted probability)"}}
+                                          "test.log_loss":
+                                              "test log-loss (cross-entropy of the predicted probability)"}}
     if len(sizes) == 1:
         out["intersection_size"] = sizes.pop()
     cards = {p.name: scorecard_summary(Workspace(runner.ws(p.name)), job) for p in runner.recipe.parties}

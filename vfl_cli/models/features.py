@@ -131,7 +131,8 @@ class Standardiser:
         return cls(mean=mean, scale=np.where(scale > 0, scale, 1.0))
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return (np.where(np.isnan(X), self.mean, X) - self.mean) / self.scale
+        z: np.ndarray = (np.where(np.isnan(X), self.mean, X) - self.mean) / self.scale
+        return z
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "scale": self.scale}
@@ -165,13 +166,15 @@ class Whitener:
         return cls(mean=std.mean, scale=std.scale, rotation=vectors / np.sqrt(np.maximum(values, floor)))
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return ((np.where(np.isnan(X), self.mean, X) - self.mean) / self.scale) @ self.rotation
+        z: np.ndarray = ((np.where(np.isnan(X), self.mean, X) - self.mean) / self.scale) @ self.rotation
+        return z
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "scale": self.scale, "whiten": self.rotation}
 
     def to_standardised(self, w: np.ndarray) -> np.ndarray:
-        return self.rotation @ w
+        out: np.ndarray = self.rotation @ w
+        return out
 
 
 def transform_from_arrays(arrays: dict[str, np.ndarray]) -> Standardiser | Whitener:
@@ -283,7 +286,7 @@ class Encoders:
             out = pd.concat([out, pd.DataFrame(block, columns=names, index=df.index)], axis=1)
         for col, spec in self.specs.items():
             if spec["kind"] == "frequency":
-                share = dict(zip(spec["categories"], spec["frequencies"]))
+                share = dict(zip(spec["categories"], spec["frequencies"], strict=True))
                 out[col] = text[col].map(lambda v, s=share: s.get(v, 0.0)).astype(np.float64)
         return out
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from vfl_cli.errors import DataError, VflError
 from vfl_cli.models.optim import Optimizer
-from vfl_cli.models.reference import minibatches
+from vfl_cli.models.reference import minibatches, sigmoid
 
 __all__ = [
     "HEADS",
@@ -295,13 +295,6 @@ class Tanh(Layer):
         return out
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    # exp of a non-positive number only: no overflow for large |z|.
-    e = np.exp(-np.abs(z))
-    out: np.ndarray = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return out
-
-
 class Sigmoid(Layer):
     """The logistic function, computed without overflow."""
 
@@ -311,7 +304,7 @@ class Sigmoid(Layer):
         self._y: np.ndarray | None = None
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        self._y = _sigmoid(np.asarray(x, dtype=np.float64))
+        self._y = sigmoid(np.asarray(x, dtype=np.float64))
         return self._y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
@@ -573,12 +566,12 @@ class BinaryHead(Head):
         z = out[:, 0]
         # softplus(z) = max(z, 0) + log1p(exp(-|z|)): stable for any z.
         losses = np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z))) - y * z
-        grad = ((_sigmoid(z) - y) / len(y))[:, None]
+        grad = ((sigmoid(z) - y) / len(y))[:, None]
         return float(np.mean(losses)), grad
 
     def predict(self, output: np.ndarray) -> np.ndarray:
         out = _as_matrix(output, "network output")
-        return _sigmoid(out[:, 0])
+        return sigmoid(out[:, 0])
 
 
 class SoftmaxHead(Head):
@@ -710,45 +703,45 @@ def build_sequential(spec: Sequence[Mapping[str, Any]], in_dim: int, seed: int =
         raise VflError(f"input width must be a whole number >= 1, got {in_dim!r}")
     layers: list[Layer] = []
     width = int(in_dim)
-    allowed_types = ", ".join(LAYER_FIELDS)
     for index, item in enumerate(spec):
-        if not isinstance(item, Mapping):
-            raise _spec_error(index, None, f"must be a dict with a 'type', got {item!r}")
-        kind = item.get("type")
-        if kind not in LAYER_FIELDS:
-            raise _spec_error(index, None, f"unknown type {kind!r}; allowed types: {allowed_types}")
-        required, optional = LAYER_FIELDS[kind]
-        allowed_fields = ", ".join(required + optional) or "none"
-        for key in item:
-            if key != "type" and key not in required + optional:
-                raise _spec_error(
-                    index, kind, f"unknown field {key!r}; allowed fields: {allowed_fields}"
-                )
-        for key in required:
-            if key not in item:
-                raise _spec_error(
-                    index, kind, f"missing field {key!r}; allowed fields: {allowed_fields}"
-                )
-        rng = np.random.default_rng([seed, index])
+        kind = _layer_kind(index, item)
         try:
-            layer: Layer
-            if kind == "dense":
-                layer = Dense(width, item["units"], init=item.get("init", "xavier"), seed=rng)
-            elif kind == "dropout":
-                layer = Dropout(item["rate"], rng=rng)
-            elif kind == "relu":
-                layer = ReLU()
-            elif kind == "leaky_relu":
-                layer = LeakyReLU(item.get("slope", 0.01))
-            elif kind == "tanh":
-                layer = Tanh()
-            else:
-                layer = Sigmoid()
+            layer = _make_layer(kind, item, width, np.random.default_rng([seed, index]))
         except VflError as exc:
             raise _spec_error(index, kind, str(exc).split(": ", 1)[-1]) from exc
         width = layer.out_dim(width)
         layers.append(layer)
     return Sequential(layers, in_dim=int(in_dim))
+
+
+def _layer_kind(index: int, item: object) -> str:
+    """The type of layer ``index`` of a spec, once its fields are known and complete."""
+    if not isinstance(item, Mapping):
+        raise _spec_error(index, None, f"must be a dict with a 'type', got {item!r}")
+    kind = item.get("type")
+    if kind not in LAYER_FIELDS:
+        raise _spec_error(index, None, f"unknown type {kind!r}; allowed types: {', '.join(LAYER_FIELDS)}")
+    required, optional = LAYER_FIELDS[kind]
+    allowed_fields = ", ".join(required + optional) or "none"
+    for key in item:
+        if key != "type" and key not in required + optional:
+            raise _spec_error(index, kind, f"unknown field {key!r}; allowed fields: {allowed_fields}")
+    for key in required:
+        if key not in item:
+            raise _spec_error(index, kind, f"missing field {key!r}; allowed fields: {allowed_fields}")
+    return str(kind)
+
+
+def _make_layer(kind: str, item: Mapping[str, Any], width: int, rng: np.random.Generator) -> Layer:
+    """One layer of a checked spec entry; its own checks raise VflError."""
+    if kind == "dense":
+        return Dense(width, item["units"], init=item.get("init", "xavier"), seed=rng)
+    if kind == "dropout":
+        return Dropout(item["rate"], rng=rng)
+    if kind == "leaky_relu":
+        return LeakyReLU(item.get("slope", 0.01))
+    simple: dict[str, type[Layer]] = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
+    return simple[kind]()
 
 
 # --- training -----------------------------------------------------------------------------
@@ -839,7 +832,7 @@ def fit(
             output = model.forward(features[rows], train=True)
             _, grad = head.loss_grad(output, target[rows])
             model.backward(grad)
-            for p, g, opt, mask in zip(params, model.grads(), optimizers, masks):
+            for p, g, opt, mask in zip(params, model.grads(), optimizers, masks, strict=True):
                 p[...] = opt.step(p, g, mask=mask)
         history.append(_full_loss(model, head, features, target))
     return history

@@ -401,9 +401,8 @@ def _allowed_params(cls: type[Optimizer]) -> list[str]:
     names: list[str] = []
     for klass in (cls, Optimizer):
         for param in inspect.signature(klass.__init__).parameters.values():
-            if param.name != "self" and param.kind is not param.VAR_KEYWORD:
-                if param.name not in names:
-                    names.append(param.name)
+            if param.name != "self" and param.kind is not param.VAR_KEYWORD and param.name not in names:
+                names.append(param.name)
     return names
 
 

@@ -192,7 +192,18 @@ def parse_spec(raw: Mapping[str, Any] | None) -> SplitSpec:
         raise VflError(f"model spec: unknown key(s) {sorted(unknown)}; allowed: {', '.join(MODEL_KEYS)}")
     head = str(raw.get("head", "binary"))
     make_head(head)  # refuses unknown heads
-    inter = raw.get("interactive", {})
+    units, init = _interactive(raw.get("interactive", {}))
+    top = _layers(raw.get("top"), "top")
+    if head in HEAD_OUTPUTS and not top and "top" not in raw:
+        top = [{"type": "relu"}, {"type": "dense", "units": HEAD_OUTPUTS[head]}]
+    spec = SplitSpec(head=head, active=_layers(raw.get("active"), "active"),
+                     passive=_layers(raw.get("passive"), "passive"), units=units, init=init, top=top)
+    _check_outputs(spec)
+    return spec
+
+
+def _interactive(inter: Any) -> tuple[int, str]:
+    """The units and init of a checked ``[model.interactive]`` table."""
     if not isinstance(inter, Mapping):
         raise VflError("model spec: [model.interactive] must be a table with units")
     extra = set(inter) - {"units", "init", "mode", "type"}
@@ -209,19 +220,18 @@ def parse_spec(raw: Mapping[str, Any] | None) -> SplitSpec:
     init = str(inter.get("init", "xavier"))
     if init not in INITS:
         raise VflError(f"model spec, interactive layer: unknown init {init!r}; allowed: {', '.join(INITS)}")
-    top = _layers(raw.get("top"), "top")
-    if head in HEAD_OUTPUTS and not top and "top" not in raw:
-        top = [{"type": "relu"}, {"type": "dense", "units": HEAD_OUTPUTS[head]}]
-    spec = SplitSpec(head=head, active=_layers(raw.get("active"), "active"),
-                     passive=_layers(raw.get("passive"), "passive"), units=units, init=init, top=top)
-    want = HEAD_OUTPUTS.get(head)
+    return units, init
+
+
+def _check_outputs(spec: SplitSpec) -> None:
+    """The network's output width fits its head."""
+    want = HEAD_OUTPUTS.get(spec.head)
     if want is not None and spec.outputs != want:
-        raise VflError(f"model spec: the {head} head needs 1 output, but the network ends with width "
+        raise VflError(f"model spec: the {spec.head} head needs 1 output, but the network ends with width "
                        f"{spec.outputs} (last dense layer of [[model.top]], or the interactive units)")
-    if head == "multiclass" and spec.outputs < 2:
+    if spec.head == "multiclass" and spec.outputs < 2:
         raise VflError(f"model spec: the multiclass head needs one output per class (>= 2), the network "
                        f"ends with width {spec.outputs}")
-    return spec
 
 
 def default_spec(head: str = "binary", outputs: int | None = None) -> SplitSpec:
@@ -297,7 +307,8 @@ def initial_share(spec: SplitSpec, kp: int, seed: int) -> np.ndarray:
     Each share is the interactive init scaled by ``1/sqrt(2)``, so ``W_P0 = U0 + V0`` has the
     init's variance while neither share alone is ``W_P0`` and the two are independent.
     """
-    return Dense(kp, spec.units, init=spec.init, seed=_interactive_rng(seed, 1)).W / np.sqrt(2.0)
+    share: np.ndarray = Dense(kp, spec.units, init=spec.init, seed=_interactive_rng(seed, 1)).W / np.sqrt(2.0)
+    return share
 
 
 def initial_interactive(spec: SplitSpec, ka: int, kp: int, seeds: int | Seeds) -> tuple[np.ndarray, np.ndarray]:
@@ -333,7 +344,7 @@ def backward(net: Sequential | None, grad: np.ndarray) -> np.ndarray:
 def step_net(net: Sequential | None, opts: list[Optimizer]) -> None:
     if net is None:
         return
-    for p, g, opt, m in zip(net.params(), net.grads(), opts, net.penalty_masks()):
+    for p, g, opt, m in zip(net.params(), net.grads(), opts, net.penalty_masks(), strict=True):
         p[...] = opt.step(p, g, mask=m)
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from vfl_cli.errors import VflError
+from vfl_cli.models.reference import sigmoid
 
 __all__ = [
     "OBJECTIVES",
@@ -145,7 +146,7 @@ def _softmax(raw: np.ndarray) -> np.ndarray:
 def predict_proba(raw: np.ndarray, objective: str) -> np.ndarray:
     """Probabilities (binary: of class 1, n; multi-class: n x K); regression: the raw score."""
     if objective == "binary":
-        return np.asarray(1 / (1 + np.exp(-raw[:, 0])))
+        return sigmoid(raw[:, 0])
     if objective == "multiclass":
         return _softmax(raw)
     return np.asarray(raw[:, 0])
@@ -156,7 +157,7 @@ def gradients(y: np.ndarray, raw: np.ndarray, objective: str) -> tuple[np.ndarra
     if objective == "regression":
         return raw - y.reshape(-1, 1), np.ones_like(raw)
     if objective == "binary":
-        p = 1 / (1 + np.exp(-raw))
+        p = sigmoid(raw)
         return p - y.reshape(-1, 1), p * (1 - p)
     p = _softmax(raw)
     onehot = np.zeros_like(p)

@@ -95,7 +95,7 @@ class PartyContext:
     params: Mapping[str, Any]
     parties: list[dict[str, str]]
     rng: np.random.Generator
-    data: Callable[..., "pd.DataFrame"]  # data() this job's rows; data(job) an earlier job's
+    data: Callable[..., pd.DataFrame]  # data() this job's rows; data(job) an earlier job's
     data_file: Callable[..., Path]  # data_file() the file data() reads; data_file(job) likewise
     id_column: str
     label_column: str | None
@@ -150,7 +150,7 @@ class Protocol(ABC):
 
     #: Every parameter with its type and range (see :class:`Param`); a protocol with more
     #: rules than ranges overrides :meth:`check_params` and starts from :func:`typed_params`.
-    params_spec: ClassVar[Mapping[str, "Param"]] = {}
+    params_spec: ClassVar[Mapping[str, Param]] = {}
 
     def check_params(self, params: dict[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
         """Validate parameters and fill defaults (run by the proposer and by every acceptor)."""
@@ -356,7 +356,7 @@ def typed_params(params: Any, spec: Mapping[str, Param], *, what: str) -> dict[s
         if key not in params and p.required:
             hint = ": align the parties first (vfl align start)" if key == "alignment" else ""
             raise VflError(f"{what} needs {key}=<job id>{hint}")
-        value = params[key] if key in params else p.default
+        value = params.get(key, p.default)
         out[key] = p.check(key, value, what=what)
     return out
 

@@ -90,7 +90,7 @@ from vfl_cli.crypto import paillier
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.models.features import Split, aligned_rows, numeric_matrix, prepare, split_rows
 from vfl_cli.models.optim import SCHEDULES, EarlyStopping, make_optimizer, newton_decrement, own_curvature_step
-from vfl_cli.models.reference import fixed_minibatches, initial_intercept, minibatches
+from vfl_cli.models.reference import fixed_minibatches, initial_intercept, minibatches, sigmoid
 from vfl_cli.protocol.base import (
     Bool,
     Choice,
@@ -108,6 +108,7 @@ from vfl_cli.protocol.base import (
     need,
     typed_params,
 )
+
 # the round bookkeeping and ciphertext checks shared with the other protocols live in wire.py
 from vfl_cli.protocol.wire import (
     advance_position,
@@ -273,7 +274,8 @@ class PartyData:
         return minibatches(len(self.split.train), params["batch_size"] or None, seed=params["seed"], epoch=epoch)
 
     def batch_rows(self, params: Mapping[str, Any], epoch: int, batch: int) -> np.ndarray:
-        return self.split.train[self._batches(params, epoch)[batch]]
+        rows: np.ndarray = self.split.train[self._batches(params, epoch)[batch]]
+        return rows
 
 
 class LinearData(PartyData):
@@ -615,7 +617,8 @@ class HeteroLinear(Protocol):
                            "the loss is due on the last batch of the first, every loss_every-th and the last epoch")
         else:
             expect_members(res, LOSS_MEMBERS + ("grad_request",), False, "P1 gets A's requests")
-        p1_members = self._p1_decrypt_for_active(ctx, state, res, meta, len(rows)) if ctx.name == ctx.passives[0] else []
+        p1_members = (self._p1_decrypt_for_active(ctx, state, res, meta, len(rows))
+                      if ctx.name == ctx.passives[0] else [])
         c = self.constant_slope(ctx.params)
         if c is None:
             # A's slope differs per row: d = [[offset]] + [[slope]] * u_j + (the other passives' parts)
@@ -678,7 +681,8 @@ class HeteroLinear(Protocol):
         if "loss_values" in res.members:
             values = read_enc(res, "loss_values", own)
             # exactly the sample A draws (min(rows, loss_sample) values) and one cross term
-            if values.shape != (min(rows, int(ctx.params["loss_sample"])),) or read_enc(res, "loss_cross", own).size != 1:
+            drawn = min(rows, int(ctx.params["loss_sample"]))
+            if values.shape != (drawn,) or read_enc(res, "loss_cross", own).size != 1:
                 raise InvalidArtifact(f"the loss request from {ctx.active} has the wrong size; refused")
             for name in ("loss_values", "loss_cross"):
                 refuse_echo(state, res.members[name].data, own.width, "the loss request", ctx.active)
@@ -811,7 +815,8 @@ class HeteroLinear(Protocol):
         pick = np.sort(ctx.rng.choice(len(passive_sum), size=size, replace=False))
         row_slope = slope if np.isscalar(slope) else np.asarray(slope)[pick]
         sample = passive_sum[pick] * row_slope + offset[pick]
-        masked, m = paillier.mask(sample, value_bits=value_bits(RESIDUAL_REAL_BITS, sample.exponent), stat_bits=STAT_BITS)
+        masked, m = paillier.mask(sample, value_bits=value_bits(RESIDUAL_REAL_BITS, sample.exponent),
+                                  stat_bits=STAT_BITS)
         s = [m.shift + r for r in m.offsets]
         cross = (sample * np.array(s, dtype=object)).sum()
         cross_masked, cm = paillier.mask(cross)
@@ -891,6 +896,7 @@ class HeteroLinear(Protocol):
         expect_meta_count(art, "rows", len(test))
         passive_sum = ctx.private_key().decrypt(read_enc(art, "u", ctx.private_key().public, rows=len(test)))
         _, mean, scale = self._target(ctx, data)
+        assert data.y is not None  # _target refuses an active party without labels
         z = mean + scale * (data.X[test] @ state.arrays["weights"] + passive_sum)  # in label units
         state.arrays["label_mean"], state.arrays["label_scale"] = np.array([mean]), np.array([scale])
         history = state.data["history"]
@@ -946,7 +952,7 @@ class HeteroLinear(Protocol):
                 "alignment": ctx.params["alignment"],
                 "params": dict(ctx.params),
                 "features": features,
-                "weights": {f: float(v) for f, v in zip(features, w)},
+                "weights": {f: float(v) for f, v in zip(features, w, strict=True)},
                 "epochs_run": int(state.data["epoch"]),
                 "stopped_early": bool(state.data.get("stopped_early", False)),
                 "converged": bool(state.data.get("converged", False)),
@@ -1000,7 +1006,7 @@ class HeteroLogistic(HeteroLinear):
     def residual_terms(self, params: Mapping[str, Any], a: np.ndarray, y: np.ndarray) -> tuple[Any, np.ndarray]:
         if params.get("approximation") == "taylor":
             return 0.25, 0.25 * a + 0.5 - y
-        p = 1.0 / (1.0 + np.exp(-a))
+        p = sigmoid(a)
         return p * (1.0 - p), p - y
 
     def loss_from_mean_square(self, msq: float, params: Mapping[str, Any]) -> float:
@@ -1011,7 +1017,7 @@ class HeteroLogistic(HeteroLinear):
     def evaluate(self, y: np.ndarray, z: np.ndarray) -> dict[str, Any]:
         from vfl_cli.metrics import classification_metrics  # scikit-learn: imported only when used
 
-        return classification_metrics(y, 1.0 / (1.0 + np.exp(-z)))
+        return classification_metrics(y, sigmoid(z))
 
 
 def stash_members(state: JobState, members: list[Member], meta: dict[str, Any]) -> None:

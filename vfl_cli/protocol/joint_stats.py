@@ -274,7 +274,8 @@ def standardise(x: np.ndarray) -> np.ndarray:
     scaler = StandardScaler().fit(x)
     z = scaler.transform(x)
     z[:, scaler.var_ == 0] = 0.0
-    return np.nan_to_num(z, nan=0.0)
+    out: np.ndarray = np.nan_to_num(z, nan=0.0)
+    return out
 
 
 def numbers_of(df: pd.DataFrame, names: list[str]) -> np.ndarray:
@@ -306,7 +307,7 @@ def _own(ctx: PartyContext, df: pd.DataFrame, numbers: list[int]) -> tuple[dict[
 def labels_of(ctx: PartyContext, df: pd.DataFrame) -> np.ndarray:
     if not ctx.label_column:
         raise DataError(f"{ctx.name} has no label column; the active party holds the labels")
-    y = pd.to_numeric(df[ctx.label_column], errors="coerce").to_numpy(dtype=float)
+    y: np.ndarray = pd.to_numeric(df[ctx.label_column], errors="coerce").to_numpy(dtype=float)
     if not np.isin(y, (0, 1)).all():
         raise DataError(f"the label rate needs labels 0 and 1 (event = 1) in "
                         f"{ctx.label_column!r}")
@@ -393,7 +394,8 @@ def _checked_r(r: np.ndarray, shape: tuple[int, int], sender: str) -> np.ndarray
     if r.shape != shape or not np.all(np.isfinite(r)) or np.abs(r).max(initial=0) > 1 + R_SLACK:
         raise InvalidArtifact(f"correlations from {sender} are not {shape[0]} x {shape[1]} values "
                               "in [-1, 1] (a wrong key or a tampered reply)")
-    return np.clip(r, -1.0, 1.0)
+    clipped: np.ndarray = np.clip(r, -1.0, 1.0)
+    return clipped
 
 
 # ----- pure steps: the active party -----------------------------------------------------------

@@ -267,6 +267,29 @@ def _normalise_text(values: list[object]) -> list[str] | None:
     return ids
 
 
+def _cell_text(value: object, column: str, row: int) -> str | None:
+    """One id cell as stripped text ("" for an empty cell), or None if it is not valid UTF-8."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    elif value is None or (isinstance(value, float) and math.isnan(value)):
+        value = ""
+    elif not isinstance(value, str):
+        raise DataError(
+            f"id column {column!r}: row {row} holds a {type(value).__name__}, not text; "
+            "read the column as strings so that ids such as '007' keep their form"
+        )
+    assert isinstance(value, str)
+    text = value.strip()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text
+
+
 def _normalise_cells(values: list[object], column: str, first_row: int = 1) -> list[str]:
     """Cell by cell, naming the rows that break a rule (see :func:`normalise_ids`)."""
     ids: list[str] = []
@@ -274,32 +297,15 @@ def _normalise_cells(values: list[object], column: str, first_row: int = 1) -> l
     invalid: list[int] = []
     nul: list[int] = []
     for row, value in enumerate(values, start=first_row):
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                invalid.append(row)
-                continue
-        elif value is None or (isinstance(value, float) and math.isnan(value)):
-            value = ""
-        elif not isinstance(value, str):
-            raise DataError(
-                f"id column {column!r}: row {row} holds a {type(value).__name__}, not text; "
-                "read the column as strings so that ids such as '007' keep their form"
-            )
-        text = value.strip()
-        if not text:
-            empty.append(row)
-            continue
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
+        text = _cell_text(value, column, row)
+        if text is None:
             invalid.append(row)
-            continue
-        if "\x00" in text:
+        elif not text:
+            empty.append(row)
+        elif "\x00" in text:
             nul.append(row)
-            continue
-        ids.append(text)
+        else:
+            ids.append(text)
     if invalid:
         raise DataError(
             f"id column {column!r}: {len(invalid)} id(s) are not valid UTF-8 text (rows "

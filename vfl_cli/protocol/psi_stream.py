@@ -273,7 +273,8 @@ class Scratch:
 def _bucket_of(points: np.ndarray, buckets: int) -> np.ndarray:
     """The bucket of each point by its first two bytes: ascending buckets, ascending points."""
     top = points[:, 0].astype(np.uint32) << 8 | points[:, 1]
-    return (top * buckets >> 16).astype(np.int64)
+    bucket: np.ndarray = (top * buckets >> 16).astype(np.int64)
+    return bucket
 
 
 def _spill(scratch: Scratch, prefix: str, records: np.ndarray, keys: np.ndarray, buckets: int) -> None:
@@ -294,7 +295,8 @@ def _clear(scratch: Scratch, prefix: str) -> None:
 def _sorted(records: np.ndarray) -> np.ndarray:
     """Records sorted by their point (as 32 bytes)."""
     words = np.ascontiguousarray(records["p"]).view(">u8").reshape(len(records), 4)
-    return records[psi._byte_order(words)]
+    ordered: np.ndarray = records[psi._byte_order(words)]
+    return ordered
 
 
 def _repeats(points: np.ndarray) -> np.ndarray:
@@ -575,7 +577,8 @@ def active_take(state: dict[str, Any], part: Part, scratch: Scratch, *, peer: st
         points = sent_part(scratch, state["n"], state["part_size"], k)
         if not hmac.compare_digest(echoed, part_digest(points, state["job"], k)):
             raise InvalidArtifact(f"{what} answers another start message (stale or replayed)")
-        double = psi.check_peer_points(part.arrays.get("double_blinded"), expected=size, what=f"{what}: the re-blinded start points")
+        double = psi.check_peer_points(part.arrays.get("double_blinded"), expected=size,
+                                       what=f"{what}: the re-blinded start points")
         scratch.write_at("own.dbl", double, (k - 1) * state["part_size"])
     else:
         peer_points = check_part(part.arrays.get("points"), state.get("peer_last"), what=f"{what}: its own points")
@@ -587,7 +590,7 @@ def active_take(state: dict[str, Any], part: Part, scratch: Scratch, *, peer: st
         scratch.write_at("peer.pts", peer_points, at)
         scratch.write_at("peer.dbl", again, at)
     state["received"] = k
-    return k == state["response_parts"]
+    return bool(k == state["response_parts"])
 
 
 def _first_response(state: dict[str, Any], part: Part, peer: str, what: str) -> None:
@@ -617,7 +620,8 @@ def active_conclude(state: dict[str, Any], chunks: Chunks, scratch: Scratch, bud
     own_pos, peer_pos = intersect(scratch, state["n"], state["peer_n"], budget)
     rows = np.empty(len(own_pos), dtype=np.int64)
     for a in range(0, len(own_pos), budget.part):  # sent.rows read where needed, never whole
-        rows[a:a + budget.part] = np.memmap(scratch.path("sent.rows"), dtype="<i8", mode="r")[own_pos[a:a + budget.part]]
+        sent_rows = np.memmap(scratch.path("sent.rows"), dtype="<i8", mode="r")
+        rows[a:a + budget.part] = sent_rows[own_pos[a:a + budget.part]]
     scratch.write("positions", np.sort(peer_pos))
     seeds = {state["party"]: bytes.fromhex(state["seed"]), state["peer"]: bytes.fromhex(state["peer_seed"])}
     key = psi.order_key(seeds, state["job"])

@@ -87,17 +87,21 @@ from vfl_cli.protocol.base import (
 from vfl_cli.protocol.hetero_linear import (
     PartyData,
     _json_state,
-    advance_position,
     check_round,
     enc_member,
-    ints_member,
-    position,
     read_enc,
     read_ints,
+)
+from vfl_cli.protocol.wire import (
+    advance_position,
+    expect_meta_count,
+    ints_member,
+    position,
+    refuse_echo,
+    remember_sent,
     stash,
     unstash,
 )
-from vfl_cli.protocol.wire import expect_meta_count, refuse_echo, remember_sent
 
 FORWARD = "split/forward"
 ACT_REQUEST = "split/activation-request"
@@ -208,8 +212,10 @@ def _times(x: np.ndarray, c: float) -> np.ndarray:
 
 def _uniform(shape: tuple[int, ...], bits: int, *, signed: bool) -> np.ndarray:
     """Uniform integers from the OS's CSPRNG: in ``[0, 2^bits)``, or ``[-2^bits, 2^bits)`` if signed."""
-    draw = (lambda: secrets.randbits(bits + 1) - (1 << bits)) if signed else (lambda: secrets.randbits(bits))
-    return np.array([draw() for _ in range(int(np.prod(shape)))], dtype=object).reshape(shape)
+    width, offset = (bits + 1, 1 << bits) if signed else (bits, 0)
+    out = np.empty(int(np.prod(shape)), dtype=object)
+    out[:] = [secrets.randbits(width) - offset for _ in range(out.size)]
+    return out.reshape(shape)
 
 
 def _packed(x: np.ndarray, width: int) -> np.ndarray:
@@ -405,10 +411,12 @@ class SplitNN(Protocol):
             state.arrays[f"net_{part}"] = net.get_flat()
 
     @staticmethod
-    def _opts(ctx: PartyContext, state: JobState, key: str, count: int, *, interactive: bool = False) -> list[Optimizer]:
+    def _opts(
+        ctx: PartyContext, state: JobState, key: str, count: int, *, interactive: bool = False
+    ) -> list[Optimizer]:
         make = (lambda: ss.interactive_optimizer(ctx.params)) if interactive else ss.optimizer_factory(ctx.params)
         opts = [make() for _ in range(count)]
-        for opt, saved in zip(opts, state.data.get("opt", {}).get(key, [])):
+        for opt, saved in zip(opts, state.data.get("opt", {}).get(key, []), strict=False):  # none saved yet: []
             opt.load_state_dict(saved)
         return opts
 
@@ -555,7 +563,8 @@ class SplitNN(Protocol):
             classes = int(data.y.max()) + 1
             if classes != spec.outputs:
                 raise VflError(f"model spec: the labels hold {classes} classes (0..{classes - 1}) but the network "
-                               f"has {spec.outputs} outputs; make the last dense layer of [[model.top]] {classes} units")
+                               f"has {spec.outputs} outputs; make the last dense layer of [[model.top]] "
+                               f"{classes} units")
         seed = private_seed("active")
         state.data["private_seed"] = f"{seed:x}"
         for part, dim in (("active", data.X.shape[1]), ("top", spec.units)):
@@ -628,7 +637,8 @@ class SplitNN(Protocol):
         R = _big(state.arrays.pop("mask"))[:len(rows)].ravel()
         raw = read_ints(art, "z", len(rows) * m)
         # h W_P = (h U + R + h V) - R: integers at 2^-96 (h at 2^-32, the shares at 2^-64)
-        z_p = encoding.decode([encoding.signed((y - int(r)) % n, n) for y, r in zip(raw, R)], 3 * E).reshape(len(rows), m)
+        z_p = encoding.decode([encoding.signed((y - int(r)) % n, n) for y, r in zip(raw, R, strict=False)],
+                              3 * E).reshape(len(rows), m)
         H = unstash(state, "h", peer)
         Vc = unstash(state, "v", peer)
         seed = _own_seed(state)
@@ -668,7 +678,8 @@ class SplitNN(Protocol):
         nxt = "batch" if state.data["epoch"] < int(ctx.params["epochs"]) else "evaluate"
         state.data["evaluating"] = nxt == "evaluate"
         state.phase = "wait-forward"
-        return [Outgoing(ctx.passives[0], BACKWARD, "backward", members, {"epoch": epoch, "batch": batch, "next": nxt}, t)]
+        meta = {"epoch": epoch, "batch": batch, "next": nxt}
+        return [Outgoing(ctx.passives[0], BACKWARD, "backward", members, meta, t)]
 
     def _step_own(self, ctx: PartyContext, state: JobState, bottom: Sequential | None, top: Sequential | None,
                   h_a: np.ndarray, delta: np.ndarray) -> None:

@@ -232,6 +232,18 @@ def test_enc_matmul_matches_numpy(pub, priv):
     np.testing.assert_allclose(priv.decrypt(P.enc_matmul(EZ, W[:, 0])), Z @ W[:, 0], atol=1e-7)
 
 
+def test_enc_matmul_with_tiny_integer_weights_terminates(pub, priv):
+    """0/1 and small integer weights made the window search pick 1-bit windows, whose signed
+    digits never settled (split-nn's top share limbs hung the job; found 2026-12-01)."""
+    rng = np.random.default_rng(6)
+    Z = rng.integers(-50, 50, (40, 3)).astype(np.float64)
+    EZ = P.encrypt(pub, Z, exponent=0)
+    for W in (np.ones((3, 2)), np.eye(3)[:, :2], np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])):
+        np.testing.assert_allclose(priv.decrypt(P.enc_matmul(EZ, W, exponent=0)), Z @ W, atol=1e-9)
+    with pytest.raises(ValueError, match="at least 2 bits"):
+        paillier_kernels.signed_digits(np.array([1, 0, 3]), 1)
+
+
 # -- masking and packing ----------------------------------------------------------------------
 
 

@@ -99,7 +99,6 @@ def _refusal(case: Case, msg: Outgoing, tmp_path: Path) -> str:
     return listed["reason"]
 
 
-@pytest.mark.slow  # a genuine split-nn run: minutes under load (2026-12-01: not seen to finish at load 20)
 @pytest.mark.parametrize("target", ["split/activation-request", "split/backward"])
 def test_split_nn_passive_party_refuses_its_own_ciphertexts_sent_back(nn_cases: list[Case], tmp_path: Path,
                                                                       target: str) -> None:
@@ -122,8 +121,7 @@ def test_woe_binning_active_party_refuses_its_own_labels_sent_back_as_sums(cases
     assert "the bin sums from bureau holds ciphertexts that this party sent it" in reason
 
 
-@pytest.mark.parametrize("kinds", [("sbt/reply", "woe/sums"), pytest.param(
-    ("split/activation-request", "split/backward"), marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kinds", [("sbt/reply", "woe/sums"), ("split/activation-request", "split/backward")])
 def test_the_genuine_messages_were_taken(request: pytest.FixtureRequest, tmp_path: Path, kinds: tuple[str, ...]) -> None:
     """The control: each genuine message the echoes replace is taken by the same step."""
     cases = request.getfixturevalue("nn_cases" if kinds[0].startswith("split/") else "cases")

@@ -247,8 +247,11 @@ def w_decrypt(p: int, q: int, blob: bytes) -> bytes:
 def signed_digits(x: np.ndarray, c: int) -> np.ndarray:
     """Signed base-``2**c`` digits of an int64 array.
 
-    ``x = sum_t D[t] * 2**(c t)`` with ``|D| <= 2**(c-1)``.
+    ``x = sum_t D[t] * 2**(c t)`` with ``|D| <= 2**(c-1)``. Needs ``c >= 2``: with one-bit
+    windows the carry rule below never settles (every digit 1 becomes -1 plus a carry).
     """
+    if c < 2:
+        raise ValueError(f"signed digits need windows of at least 2 bits, not {c}")
     mag = np.abs(x)
     sign = np.where(x < 0, -1, 1)
     top = int(mag.max()) if mag.size else 0
@@ -380,7 +383,7 @@ def w_enc_matmul(n: int, blob: bytes, k: int, wenc: np.ndarray) -> bytes:
     def cost(c: int) -> int:
         return int(k * (1 << c) + m * (-(-bits // c)) * (k + c))
 
-    c = min(range(1, 9), key=cost)
+    c = min(range(2, 9), key=cost)  # 1-bit windows: see signed_digits
     digits = np.stack([signed_digits(wenc[:, col], c) for col in range(m)])  # (m, T, k)
     half = 1 << (c - 1)
     need_inv = bool(np.any(digits < 0))

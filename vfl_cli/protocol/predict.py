@@ -36,7 +36,7 @@ import numpy as np
 from vfl_cli.artifacts.container import Artifact
 from vfl_cli.models.features import aligned_rows, numeric_matrix, transform_from_arrays
 from vfl_cli.models.reference import sigmoid
-from vfl_cli.protocol.base import Expect, Float, JobRef, Outgoing, PartyContext, need
+from vfl_cli.protocol.base import Expect, Float, JobRef, Outgoing, Param, PartyContext, need
 from vfl_cli.protocol.kit import KitProtocol, PartyState, Phase, Step, finished_job, nothing
 from vfl_cli.protocol.registry import get_protocol, names
 from vfl_cli.protocol.wire import (
@@ -49,7 +49,7 @@ from vfl_cli.protocol.wire import (
 )
 from vfl_cli.scorecard import Scaling
 
-__all__ = ["Predict"]
+__all__ = ["SCORING_PARAMS", "Predict"]
 
 
 
@@ -205,17 +205,20 @@ def _scores_from_peers(ctx: PartyContext, state: Any) -> list[Expect]:
     return [Expect(p, PEER_SCORES) for p in ctx.passives if p != ctx.name]
 
 
+#: The parameters every predictor takes after its ``model``: the rows and the points scaling.
+SCORING_PARAMS: dict[str, Param] = {
+    "alignment": JobRef(note="the psi job over the rows to score"),
+    "base_score": Float(600.0, -1e6, 1e6, note="points at the base odds (binary models)"),
+    "pdo": Float(20.0, 0.0, 1e4, open_low=True, note="points to double the odds"),
+    "odds": Float(50.0, 0.0, 1e9, open_low=True,
+                  note="odds of a non-event to an event at the base score"),
+}
+
+
 class Predict(KitProtocol[Any]):
     name = "predict"
     states = {"active": ActiveState, "passive": PassiveState}
-    params_spec = {
-        "model": JobRef(note="the finished training job"),
-        "alignment": JobRef(note="the psi job over the rows to score"),
-        "base_score": Float(600.0, -1e6, 1e6, note="points at the base odds (binary models)"),
-        "pdo": Float(20.0, 0.0, 1e4, open_low=True, note="points to double the odds"),
-        "odds": Float(50.0, 0.0, 1e9, open_low=True,
-                      note="odds of a non-event to an event at the base score"),
-    }
+    params_spec = {"model": JobRef(note="the finished training job"), **SCORING_PARAMS}
 
     def phases(self) -> Mapping[tuple[str, str], Phase[Any]]:
         return {

@@ -34,7 +34,7 @@ from vfl_cli.errors import InvalidArtifact, VflError
 from vfl_cli.models import trees
 from vfl_cli.models.binning import Binning
 from vfl_cli.models.features import aligned_rows, numeric_matrix
-from vfl_cli.protocol.base import Expect, Float, JobRef, PartyContext
+from vfl_cli.protocol.base import Expect, JobRef, PartyContext
 from vfl_cli.protocol.kit import (
     KitProtocol,
     Message,
@@ -44,6 +44,7 @@ from vfl_cli.protocol.kit import (
     finished_job,
     nothing,
 )
+from vfl_cli.protocol.predict import SCORING_PARAMS
 from vfl_cli.protocol.registry import REGISTRY
 
 __all__ = ["ROUTES", "Routes", "SbtPredict", "TreeModel", "passive_routes", "route_scores"]
@@ -268,14 +269,7 @@ def _routes(ctx: PartyContext, state: Any) -> list[Expect]:
 class SbtPredict(KitProtocol[Any]):
     name = NAME
     states = {"active": ActiveState, "passive": PassiveState}
-    params_spec = {
-        "model": JobRef(note="the finished secureboost job"),
-        "alignment": JobRef(note="the psi job over the rows to score"),
-        "base_score": Float(600.0, -1e6, 1e6, note="points at the base odds (binary models)"),
-        "pdo": Float(20.0, 0.0, 1e4, open_low=True, note="points to double the odds"),
-        "odds": Float(50.0, 0.0, 1e9, open_low=True,
-                      note="odds of a non-event to an event at the base score"),
-    }
+    params_spec = {"model": JobRef(note="the finished secureboost job"), **SCORING_PARAMS}
 
     def phases(self) -> Mapping[tuple[str, str], Phase[Any]]:
         return {

@@ -43,7 +43,7 @@ from vfl_cli.errors import InvalidArtifact, VflError
 from vfl_cli.models import split_spec as ss
 from vfl_cli.models.features import aligned_rows, numeric_matrix, transform_from_arrays
 from vfl_cli.models.nn import make_head
-from vfl_cli.protocol.base import Expect, Float, JobRef, PartyContext, need
+from vfl_cli.protocol.base import Expect, JobRef, PartyContext, need
 from vfl_cli.protocol.kit import (
     KitProtocol,
     Message,
@@ -54,6 +54,7 @@ from vfl_cli.protocol.kit import (
     finished_job,
     nothing,
 )
+from vfl_cli.protocol.predict import SCORING_PARAMS
 from vfl_cli.protocol.split_nn import (
     H_BOUND,
     E,
@@ -382,13 +383,7 @@ def _from_passive(kind: str) -> Any:
 class SplitPredict(KitProtocol[Any]):
     name = NAME
     states = {"active": ActiveState, "passive": PassiveState}
-    params_spec = {
-        "model": JobRef(note="the finished split-nn job"),
-        "alignment": JobRef(note="the psi job over the rows to score"),
-        "base_score": Float(600.0, -1e6, 1e6, note="points at the base odds (binary models)"),
-        "pdo": Float(20.0, 0.0, 1e4, open_low=True, note="points to double the odds"),
-        "odds": Float(50.0, 0.0, 1e9, open_low=True, note="odds of a non-event to an event at the base score"),
-    }
+    params_spec = {"model": JobRef(note="the finished split-nn job"), **SCORING_PARAMS}
 
     def check_parties(self, parties: list[dict[str, str]]) -> None:
         super().check_parties(parties)

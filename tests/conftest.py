@@ -79,6 +79,17 @@ def carry(src: Path, dst: Path) -> list[str]:
     return moved
 
 
+def received(ws: Path, job: str) -> list[Any]:
+    """Every artifact of ``job`` that the party at ``ws`` received, opened with its own key (what
+    an attack playing that party may read)."""
+    from vfl_cli.artifacts.container import read_artifact
+    from vfl_cli.workspace import Workspace
+
+    w = Workspace(ws)
+    files = sorted((ws / "archive" / "received").glob(f"{job}.*.zip"))
+    return [read_artifact(f).open(w.signer, w.name).artifact for f in files]
+
+
 def drive(parties: list[Path], job: str, *, limit: int = 10_000) -> None:
     """Carry files and step every party in-process until all are done (like the recipe runner)."""
     from vfl_cli import jobs

@@ -8,18 +8,16 @@ party's files for the other party's column names means something.
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import drive, error_line, introduce, make_party, run
+from conftest import drive, error_line, introduce, make_party, received, run
 from test_protocol_woe_binning import _parts, _run
 
 from vfl_cli import jobs
-from vfl_cli.artifacts.container import read_artifact
 from vfl_cli.workspace import Workspace
 
 BIN = {"method": "quantile", "bins": 5, "monotone": False, "test_fraction": 0.25, "seed": 7,
@@ -60,17 +58,11 @@ def _splits(results: dict[str, Any], active: bool) -> list[str]:
     return found
 
 
-def _received(ws: Path, job: str) -> list[Any]:
-    w = Workspace(ws)
-    files = sorted(glob.glob(str(ws / "archive" / "received" / f"{job}.*.zip")))
-    return [read_artifact(Path(f)).open(w.signer, w.name).artifact for f in files]
-
-
 def _check_no_names(holder: Path, job: str, names: list[str]) -> None:
     """No file of ``holder`` (raw bytes) and no artifact of ``job`` it received (opened as the
     recipient: manifest, meta and every member's bytes) carries any of ``names``."""
     needles = [n.encode() for n in names]
-    arts = _received(holder, job)
+    arts = received(holder, job)
     assert arts
     for art in arts:
         blob = b"".join(m.data for m in art.members.values()) + repr(art.meta).encode()
@@ -186,6 +178,6 @@ def test_own_cut_points_bin_the_partys_columns_and_stay_local(wss: list[Path]) -
     assert "bin_rules" in jobs.load_info(bureau, "sb5")["local"]
     assert "bin_rules" not in jobs.load_info(bank, "sb5").get("local", {})
     needles = [repr(c).encode() for c in cuts] + [np.float64(c).tobytes() for c in cuts]
-    for art in _received(wss[0], "sb5"):
+    for art in received(wss[0], "sb5"):
         blob = b"".join(m.data for m in art.members.values()) + repr(art.meta).encode()
         assert not any(n in blob for n in needles), art.kind

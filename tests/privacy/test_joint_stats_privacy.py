@@ -9,18 +9,16 @@ active party, with reveal_to=passive, decrypts only uniformly masked values.
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FATE, drive, introduce, make_party
+from conftest import FATE, drive, introduce, make_party, received
 from test_protocol_joint_stats import run_job, setup_parties, training_frames
 
 from vfl_cli import jobs
-from vfl_cli.artifacts.container import read_artifact
 from vfl_cli.errors import VflError
 from vfl_cli.models.binning import Binning
 from vfl_cli.protocol.joint_stats import standardise
@@ -30,13 +28,6 @@ from vfl_cli.workspace import Workspace
 PARAMS = {"method": "quantile", "bins": 6, "test_fraction": 0.2, "seed": 7, "min_bin_rows": 5}
 ACTIVE = ["x0", "x1", "x2", "x3", "x4", "x5"]
 PASSIVE = ["x0", "x1", "x2", "x3", "x4"]
-
-
-def received(ws: Path, job: str) -> list[Any]:
-    """Every artifact of ``job`` this party received, opened as the recipient."""
-    files = sorted(glob.glob(str(ws / "archive" / "received" / f"{job}.*.zip")))
-    w = Workspace(ws)
-    return [read_artifact(Path(f)).open(w.signer, w.name).artifact for f in files]
 
 
 @pytest.fixture(scope="module")

@@ -7,29 +7,19 @@ recipient), its job state and the public parameters.
 
 from __future__ import annotations
 
-import glob
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import drive
+from conftest import drive, received
 from test_protocol_secureboost import PARAMS, setup, synthetic, train
 
 from vfl_cli import jobs
-from vfl_cli.artifacts.container import read_artifact
 from vfl_cli.models.binning import Binning
 from vfl_cli.protocol.sbt_predict import Routes
 from vfl_cli.workspace import Workspace
 
 JOB = "pr"
-
-
-def received(ws: Path, job: str) -> list[Any]:
-    """Every artifact of ``job`` this party received, opened as the recipient."""
-    w = Workspace(ws)
-    files = sorted(glob.glob(str(ws / "archive" / "received" / f"{job}.*.zip")))
-    return [read_artifact(Path(f)).open(w.signer, w.name).artifact for f in files]
 
 
 @pytest.fixture(scope="module")

@@ -7,27 +7,18 @@ recipient), its job state and the public parameters.
 
 from __future__ import annotations
 
-import glob
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import received
 from test_protocol_secureboost import PARAMS, setup, synthetic, train
 
 from vfl_cli import jobs
-from vfl_cli.artifacts.container import read_artifact
 from vfl_cli.workspace import Workspace
 
 JOB = "sb"
 FIRST_K = 2
-
-
-def received(ws: Path) -> list[Any]:
-    """Every artifact of the job this party received, opened as the recipient."""
-    files = sorted(glob.glob(str(ws / "archive" / "received" / f"{JOB}.*.zip")))
-    w = Workspace(ws)
-    return [read_artifact(Path(f)).open(w.signer, w.name).artifact for f in files]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +35,7 @@ def _float_bytes(values: np.ndarray) -> list[bytes]:
 
 def test_passive_party_receives_no_plaintext_gradient(job: dict[str, Any]) -> None:
     bank = Workspace(job["bank"])
-    arts = received(job["p1"])
+    arts = received(job["p1"], JOB)
     assert arts, "the passive party received nothing"
     g = job["state"].arrays["g"][:, 0]  # the last round's gradients, in the active party's state
     needles = _float_bytes(g[:40])
@@ -69,7 +60,7 @@ def test_active_party_receives_no_threshold_column_or_plaintext_histogram(
     assert cuts
     needles = _float_bytes(np.array(cuts)) + [repr(c).encode() for c in cuts]
     names = [f.encode() for f in p1.features]
-    replies = [a for a in received(job["bank"]) if a.kind == "sbt/reply"]
+    replies = [a for a in received(job["bank"], JOB) if a.kind == "sbt/reply"]
     assert replies
     for art in replies:
         blob = b"".join(m.data for m in art.members.values()) + repr(art.meta).encode()
@@ -98,5 +89,5 @@ def test_first_k_trees_hold_no_passive_split(job: dict[str, Any]) -> None:
     assert part.results["model"]["splits"]
     assert all(s["round"] >= FIRST_K for s in part.results["model"]["splits"])
     # and the passive party saw nothing of the first k rounds: no gradients, no node lists
-    layers = [a for a in received(job["p1"]) if a.kind == "sbt/layer" and not a.meta["done"]]
+    layers = [a for a in received(job["p1"], JOB) if a.kind == "sbt/layer" and not a.meta["done"]]
     assert min(a.meta["round_no"] for a in layers) == FIRST_K

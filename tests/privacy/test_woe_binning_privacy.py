@@ -7,27 +7,18 @@ bin boundary, column name or per-row value; the passive party no label in plaint
 
 from __future__ import annotations
 
-import glob
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import received
 from test_protocol_woe_binning import _run, _setup
 
 from vfl_cli import jobs
-from vfl_cli.artifacts.container import read_artifact
 from vfl_cli.workspace import Workspace
 
 JOB = "wb"
 PARAMS = {"method": "quantile", "bins": 6, "monotone": True, "test_fraction": 0.2, "seed": 7}
-
-
-def received(ws: Path) -> list[Any]:
-    """Every artifact of the job this party received, opened as the recipient."""
-    files = sorted(glob.glob(str(ws / "archive" / "received" / f"{JOB}.*.zip")))
-    w = Workspace(ws)
-    return [read_artifact(Path(f)).open(w.signer, w.name).artifact for f in files]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +31,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_passive_party_gets_the_labels_only_encrypted(job: dict[str, Any]) -> None:
     bank, bureau = Workspace(job["bank"]), Workspace(job["bureau"])
-    arts = [a for a in received(job["bureau"]) if a.kind == "woe/labels"]
+    arts = [a for a in received(job["bureau"], JOB) if a.kind == "woe/labels"]
     assert len(arts) == 1
     (art,) = arts
     assert set(art.members) == {"y"} and art.members["y"].type == "paillier"
@@ -60,7 +51,7 @@ def test_active_party_gets_no_boundary_name_or_row(job: dict[str, Any]) -> None:
     needles = [np.float64(c).tobytes() for c in cuts] + [repr(c).encode() for c in cuts]
     needles += [f"{c:.6g}".encode() for c in cuts]
     names = [f.encode() for f in bureau.features] + [c.encode() for c in cats]
-    sums = [a for a in received(job["bank"]) if a.kind == "woe/sums"]
+    sums = [a for a in received(job["bank"], JOB) if a.kind == "woe/sums"]
     assert len(sums) == 1
     (art,) = sums
     blob = b"".join(m.data for m in art.members.values()) + repr(art.meta).encode()
@@ -88,7 +79,7 @@ def test_opaque_ids_are_a_csprng_permutation(job: dict[str, Any]) -> None:
 
 def test_result_holds_only_this_partys_bins(job: dict[str, Any]) -> None:
     state, _ = jobs.load_state(Workspace(job["bureau"]), JOB)
-    (art,) = [a for a in received(job["bureau"]) if a.kind == "woe/result"]
+    (art,) = [a for a in received(job["bureau"], JOB) if a.kind == "woe/result"]
     for name in ("woe", "iv_bins", "merged"):
         assert art.array(name).shape == (len(state.data["ids"]),)
     assert art.array("iv").shape == (len(state.data["columns"]),)

@@ -50,7 +50,6 @@ from vfl_cli.crypto import paillier
 from vfl_cli.crypto.histogram import bin_sums
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.models.binning import Binning, as_numbers, fit_binning, opaque_ids
-from vfl_cli.models.features import aligned_rows, split_rows
 from vfl_cli.protocol.base import (
     Bool,
     Choice,
@@ -70,8 +69,9 @@ from vfl_cli.protocol.kit import (
     PartyState,
     Phase,
     Step,
-    finished_job,
+    from_active,
     nothing,
+    training_rows,
 )
 from vfl_cli.protocol.wire import (
     enc_member,
@@ -244,17 +244,6 @@ class PassiveState(PartyState):
 
 
 # ----- data -----------------------------------------------------------------------------------
-def training_rows(ctx: PartyContext) -> pd.DataFrame:
-    """This party's aligned training rows (the split a training job with the same seed makes)."""
-    alignment = ctx.params["alignment"]
-    finished_job(ctx, alignment, ("psi",))
-    arrays = ctx.job_arrays(alignment)
-    df = aligned_rows(ctx.data(alignment), arrays, ctx.id_column, alignment)
-    split = split_rows(len(df), ctx.params["test_fraction"], ctx.params["seed"],
-                       ids=arrays.get("aligned_ids"))
-    return df.iloc[np.sort(split.train)].reset_index(drop=True)
-
-
 def chosen(features: list[str], numbers: list[int], who: str, hint: str = "") -> list[int]:
     """The 1-based column numbers a job names (``[0]``: all), checked against ``features``."""
     if numbers == [0]:
@@ -539,10 +528,6 @@ def _take_result(ctx: PartyContext, st: PassiveState, received: Mapping[str, Art
     return Step.finish(st.but(c_mask={}, s_mask={}), _passive_results(ctx, st, r, table))
 
 
-def _from_active(kind: str) -> Any:
-    return lambda ctx, st: [Expect(ctx.active, kind)]
-
-
 def _products(ctx: PartyContext, st: Any) -> list[Expect]:
     return [Expect(q, PRODUCTS) for q in ctx.passives]
 
@@ -585,6 +570,6 @@ class JointStats(KitProtocol[Any]):
         return {
             ("active", "start"): Phase(nothing, _send_columns),
             ("active", "wait-products"): Phase(_products, _compute),
-            ("passive", "start"): Phase(_from_active(COLUMNS), _answer_columns),
-            ("passive", "wait-result"): Phase(_from_active(RESULT), _take_result),
+            ("passive", "start"): Phase(from_active(COLUMNS), _answer_columns),
+            ("passive", "wait-result"): Phase(from_active(RESULT), _take_result),
         }

@@ -34,13 +34,17 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
 from vfl_cli.artifacts.container import Artifact, Member, ndarray_member
 from vfl_cli.errors import InvalidArtifact, VflError
+from vfl_cli.models.features import aligned_rows, split_rows
 from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "KitProtocol",
@@ -50,7 +54,9 @@ __all__ = [
     "Step",
     "check_round",
     "finished_job",
+    "from_active",
     "nothing",
+    "training_rows",
 ]
 
 S = TypeVar("S", bound="PartyState")
@@ -219,6 +225,18 @@ def finished_job(ctx: PartyContext, job: str, protocols: tuple[str, ...]) -> dic
     return job_info
 
 
+def training_rows(ctx: PartyContext) -> pd.DataFrame:
+    """This party's aligned training rows of the job's ``alignment``: the split a training job
+    with the same ``test_fraction`` and ``seed`` makes (drawn from the aligned ids)."""
+    alignment = ctx.params["alignment"]
+    finished_job(ctx, alignment, ("psi",))
+    arrays = ctx.job_arrays(alignment)
+    df = aligned_rows(ctx.data(alignment), arrays, ctx.id_column, alignment)
+    split = split_rows(len(df), ctx.params["test_fraction"], ctx.params["seed"],
+                       ids=arrays.get("aligned_ids"))
+    return df.iloc[np.sort(split.train)].reset_index(drop=True)
+
+
 def check_round(art: Artifact, expected: int) -> None:
     """Refuse an artifact for another round than the one this party is at."""
     if art.round != expected:
@@ -267,6 +285,11 @@ class Phase(Generic[S]):
 def nothing(ctx: PartyContext, state: Any) -> list[Expect]:
     """``waits`` of a phase that acts without input."""
     return []
+
+
+def from_active(kind: str) -> Callable[[PartyContext, Any], list[Expect]]:
+    """``waits`` of a passive party's phase that takes one ``kind`` artifact from the active party."""
+    return lambda ctx, state: [Expect(ctx.active, kind)]
 
 
 class KitProtocol(Protocol, Generic[S]):

@@ -50,7 +50,6 @@ from vfl_cli.crypto import paillier
 from vfl_cli.crypto.paillier_matmul import plain_matmul
 from vfl_cli.errors import DataError, InvalidArtifact
 from vfl_cli.models.binning import MAX_BINS, NUMERIC, Binning, ColumnBins, fit_binning, opaque_ids
-from vfl_cli.models.features import aligned_rows, split_rows
 from vfl_cli.models.woe import WoeEncoder, WoeIv, fit_woe, monotone_merge, woe_iv
 from vfl_cli.protocol.base import (
     Bool,
@@ -69,8 +68,9 @@ from vfl_cli.protocol.kit import (
     PartyState,
     Phase,
     Step,
-    finished_job,
+    from_active,
     nothing,
+    training_rows,
 )
 from vfl_cli.protocol.wire import (
     enc_member,
@@ -182,17 +182,6 @@ class PassiveState(PartyState):
 
 
 # ----- data -----------------------------------------------------------------------------------
-def training_rows(ctx: PartyContext) -> pd.DataFrame:
-    """This party's aligned training rows (the split a training job with the same seed makes)."""
-    alignment = ctx.params["alignment"]
-    finished_job(ctx, alignment, ("psi",))
-    arrays = ctx.job_arrays(alignment)
-    df = aligned_rows(ctx.data(alignment), arrays, ctx.id_column, alignment)
-    split = split_rows(len(df), ctx.params["test_fraction"], ctx.params["seed"],
-                       ids=arrays.get("aligned_ids"))
-    return df.iloc[np.sort(split.train)].reset_index(drop=True)
-
-
 def party_binning(ctx: PartyContext, df: pd.DataFrame) -> Binning:
     """This party's bins: its own cut points and category columns where it set them (local,
     :mod:`vfl_cli.bin_rules`), the job's ``method`` and ``bins`` elsewhere."""
@@ -406,10 +395,6 @@ def _take_result(ctx: PartyContext, st: PassiveState, received: Mapping[str, Art
     return Step.finish(st, {"party": ctx.name, "rows": len(df), **mine})
 
 
-def _from_active(kind: str) -> Any:
-    return lambda ctx, st: [Expect(ctx.active, kind)]
-
-
 def _sums(ctx: PartyContext, st: Any) -> list[Expect]:
     return [Expect(p, SUMS) for p in ctx.passives]
 
@@ -435,6 +420,6 @@ class WoeBinning(KitProtocol[Any]):
         return {
             ("active", "start"): Phase(nothing, _send_labels),
             ("active", "wait-sums"): Phase(_sums, _compute),
-            ("passive", "start"): Phase(_from_active(LABELS), _answer_labels),
-            ("passive", "wait-result"): Phase(_from_active(RESULT), _take_result),
+            ("passive", "start"): Phase(from_active(LABELS), _answer_labels),
+            ("passive", "wait-result"): Phase(from_active(RESULT), _take_result),
         }

@@ -661,12 +661,16 @@ def _inbox_files(ws: Workspace) -> list[Path]:
     return [f for f in sorted(ws.inbox.iterdir()) if f.name.endswith(".zip") and not f.name.startswith(".")]
 
 
-def _check_file(ws: Workspace, f: Path) -> Loaded:
-    """A plain file, a well-formed artifact with valid names, for us, signed by a trusted peer."""
+def _check_file(ws: Workspace, f: Path, *, lazy: bool = False) -> Loaded:
+    """A plain file, a well-formed artifact with valid names, for us, signed by a trusted peer.
+    With ``lazy``, a file above :data:`LAZY_BYTES` is verified but not yet decrypted: its step
+    reads and opens it (:func:`_payload`), so its payload is decrypted once, not twice."""
     if not stat.S_ISREG(os.lstat(f).st_mode):
         raise InvalidArtifact(f"{f.name} is not a plain file (a link, pipe, folder or device)")
     loaded = read_artifact(f, max_bytes=ws.max_file_size, limit=ws.size_limit())
     _check_loaded(ws, f.name, loaded)
+    if lazy and loaded.size > LAZY_BYTES:
+        return loaded
     return loaded.open(ws.signer, ws.name)  # the payload is sealed to us: decrypt once verified
 
 
@@ -741,7 +745,7 @@ def _scan_inbox(ws: Workspace, rejected: Rejections | None = None) -> list[tuple
     checked = []
     for f in _inbox_files(ws):
         try:
-            checked.append((f.name, _light(_check_file(ws, f))))
+            checked.append((f.name, _light(_check_file(ws, f, lazy=True))))
         except (InvalidArtifact, KeyMismatch) as exc:
             rejected.append(quarantine(ws, f.name, str(exc)))
     proposed = {loaded.artifact.job for _, loaded in checked if loaded.artifact.kind == PROPOSAL}

@@ -32,7 +32,7 @@ from vfl_cli.crypto import encoding, paillier
 from vfl_cli.models import split_spec as ss
 from vfl_cli.models.features import split_rows
 from vfl_cli.protocol import split_nn
-from vfl_cli.protocol.hetero_linear import read_enc
+from vfl_cli.protocol.wire import read_enc
 from vfl_cli.workspace import Workspace
 
 JOB = "tr"

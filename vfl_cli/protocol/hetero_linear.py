@@ -88,9 +88,9 @@ import numpy as np
 from vfl_cli.artifacts.container import Artifact, Member
 from vfl_cli.crypto import paillier
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
-from vfl_cli.models.features import Split, aligned_rows, numeric_matrix, prepare, split_rows
+from vfl_cli.models.features import split_rows
 from vfl_cli.models.optim import SCHEDULES, EarlyStopping, make_optimizer, newton_decrement, own_curvature_step
-from vfl_cli.models.reference import fixed_minibatches, initial_intercept, minibatches, sigmoid
+from vfl_cli.models.reference import fixed_minibatches, initial_intercept, sigmoid
 from vfl_cli.protocol.base import (
     Bool,
     Choice,
@@ -108,6 +108,7 @@ from vfl_cli.protocol.base import (
     need,
     typed_params,
 )
+from vfl_cli.protocol.party_data import PartyData
 
 # the round bookkeeping and ciphertext checks shared with the other protocols live in wire.py
 from vfl_cli.protocol.wire import (
@@ -236,46 +237,6 @@ def _optimizer(p: Mapping[str, Any]) -> Any:
     if optimizer_name(p) == "sgd":
         kw["momentum"] = p["momentum"]
     return make_optimizer(optimizer_name(p), **kw)
-
-
-# ----- the party's data ------------------------------------------------------------------------
-class PartyData:
-    """This party's aligned, split, standardised features (and labels for A)."""
-
-    def __init__(self, ctx: PartyContext, *, intercept: bool) -> None:
-        alignment = ctx.params["alignment"]
-        info = ctx.job_info(alignment)
-        if info["protocol"] != "psi" or not info["done"]:
-            raise VflError(f"job {alignment} is not a finished alignment (psi) job on {ctx.name}")
-        self.fingerprint = str(info["results"]["fingerprint"])
-        arrays = ctx.job_arrays(alignment)
-        rows = arrays["aligned_rows"]
-        df = aligned_rows(ctx.data(alignment), arrays, ctx.id_column, alignment)
-        self.n = len(rows)
-        # drawn from the aligned ids (keyed by the public seed), not their shuffled positions,
-        # so that the same data and seed give the same test rows on every run
-        self.split: Split = split_rows(self.n, ctx.params["test_fraction"], ctx.params["seed"],
-                                       ids=arrays.get("aligned_ids"))
-        raw = numeric_matrix(df, ctx.features, what=ctx.name)
-        self.X, self.standardiser = prepare(raw, self.split, whiten=bool(ctx.params.get("whiten")))
-        if intercept:
-            self.X = np.hstack([self.X, np.ones((self.n, 1))])
-        self.y: np.ndarray | None = None
-        if ctx.label_column:
-            y = numeric_matrix(df, [ctx.label_column], what=ctx.name)[:, 0]
-            if np.isnan(y).any():
-                raise DataError(f"{ctx.name}: the label column {ctx.label_column!r} has missing values")
-            self.y = y
-        batches = self._batches(ctx.params, 0)
-        self.batches_per_epoch = len(batches)
-        self.smallest_batch = min(len(b) for b in batches)
-
-    def _batches(self, params: Mapping[str, Any], epoch: int) -> list[np.ndarray]:
-        return minibatches(len(self.split.train), params["batch_size"] or None, seed=params["seed"], epoch=epoch)
-
-    def batch_rows(self, params: Mapping[str, Any], epoch: int, batch: int) -> np.ndarray:
-        rows: np.ndarray = self.split.train[self._batches(params, epoch)[batch]]
-        return rows
 
 
 class LinearData(PartyData):

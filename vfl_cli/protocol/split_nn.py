@@ -84,19 +84,17 @@ from vfl_cli.protocol.base import (
     need,
     typed_params,
 )
-from vfl_cli.protocol.hetero_linear import (
-    PartyData,
-    _json_state,
-    check_round,
-    enc_member,
-    read_enc,
-    read_ints,
-)
+from vfl_cli.protocol.party_data import PartyData
 from vfl_cli.protocol.wire import (
     advance_position,
+    check_round,
+    enc_member,
     expect_meta_count,
     ints_member,
+    json_state,
     position,
+    read_enc,
+    read_ints,
     refuse_echo,
     remember_sent,
     stash,
@@ -422,7 +420,7 @@ class SplitNN(Protocol):
 
     @staticmethod
     def _save_opts(state: JobState, key: str, opts: list[Optimizer]) -> None:
-        state.data.setdefault("opt", {})[key] = [_json_state(o.state_dict()) for o in opts]
+        state.data.setdefault("opt", {})[key] = [json_state(o.state_dict()) for o in opts]
 
     def _bottom_output(self, ctx: PartyContext, state: JobState, data: PartyData, spec: ss.SplitSpec,
                        part: str, rows: np.ndarray, *, train: bool) -> tuple[Sequential | None, np.ndarray]:

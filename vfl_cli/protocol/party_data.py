@@ -1,0 +1,60 @@
+"""This party's aligned, split, standardised features (and labels for the active party).
+
+Shared by the gradient-descent protocols (hetero-lr, hetero-linear, split-nn): every party
+derives the same train/test split and mini-batches from the alignment's ids and the job's
+public seed, so nothing is sent for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from vfl_cli.errors import DataError, VflError
+from vfl_cli.models.features import Split, aligned_rows, numeric_matrix, prepare, split_rows
+from vfl_cli.models.reference import minibatches
+from vfl_cli.protocol.base import PartyContext
+
+
+class PartyData:
+    """This party's aligned, split, standardised features (and labels for A)."""
+
+    def __init__(self, ctx: PartyContext, *, intercept: bool) -> None:
+        alignment = ctx.params["alignment"]
+        info = ctx.job_info(alignment)
+        if info["protocol"] != "psi" or not info["done"]:
+            raise VflError(f"job {alignment} is not a finished alignment (psi) job on {ctx.name}")
+        self.fingerprint = str(info["results"]["fingerprint"])
+        arrays = ctx.job_arrays(alignment)
+        rows = arrays["aligned_rows"]
+        df = aligned_rows(ctx.data(alignment), arrays, ctx.id_column, alignment)
+        self.n = len(rows)
+        # drawn from the aligned ids (keyed by the public seed), not their shuffled positions,
+        # so that the same data and seed give the same test rows on every run
+        self.split: Split = split_rows(self.n, ctx.params["test_fraction"], ctx.params["seed"],
+                                       ids=arrays.get("aligned_ids"))
+        raw = numeric_matrix(df, ctx.features, what=ctx.name)
+        self.X, self.standardiser = prepare(raw, self.split, whiten=bool(ctx.params.get("whiten")))
+        if intercept:
+            self.X = np.hstack([self.X, np.ones((self.n, 1))])
+        self.y: np.ndarray | None = None
+        if ctx.label_column:
+            y = numeric_matrix(df, [ctx.label_column], what=ctx.name)[:, 0]
+            if np.isnan(y).any():
+                raise DataError(f"{ctx.name}: the label column {ctx.label_column!r} has missing values")
+            self.y = y
+        batches = self._batches(ctx.params, 0)
+        self.batches_per_epoch = len(batches)
+        self.smallest_batch = min(len(b) for b in batches)
+
+    def _batches(self, params: Mapping[str, Any], epoch: int) -> list[np.ndarray]:
+        return minibatches(len(self.split.train), params["batch_size"] or None, seed=params["seed"], epoch=epoch)
+
+    def batch_rows(self, params: Mapping[str, Any], epoch: int, batch: int) -> np.ndarray:
+        rows: np.ndarray = self.split.train[self._batches(params, epoch)[batch]]
+        return rows
+
+
+__all__ = ["PartyData"]

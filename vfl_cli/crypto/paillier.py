@@ -8,7 +8,7 @@ small modules split along python-paillier's lines:
 * :mod:`~vfl_cli.crypto.paillier_kernels`: raw integer kernels run in worker processes (the
   modular tricks written once, per-process caches, multi-exponentiation); private to crypto/;
 * :mod:`~vfl_cli.crypto.paillier_array`: :class:`EncryptedArray`, :func:`encrypt`,
-  :func:`rerandomize`, :func:`require_fresh`, :func:`concatenate`;
+  :func:`rerandomize`, :func:`require_fresh`, :func:`concatenate`, :func:`add_ints`;
 * :mod:`~vfl_cli.crypto.paillier_matmul`: :func:`plain_matmul`, :func:`enc_matmul`;
 * :mod:`~vfl_cli.crypto.packing`: :func:`mask`/:func:`unmask`, :class:`SlotLayout`,
   :func:`pack`/:class:`Packed`/:func:`decrypt_packed`/:func:`unpack`/:func:`unpack_masked`.
@@ -62,6 +62,7 @@ from vfl_cli.crypto.paillier_array import (
     EXPONENT,
     EncryptedArray,
     Randomiser,
+    add_ints,
     concatenate,
     encrypt,
     require_fresh,
@@ -87,6 +88,7 @@ __all__ = [
     "PublicKey",
     "Randomiser",
     "SlotLayout",
+    "add_ints",
     "concatenate",
     "decrypt_packed",
     "enc_matmul",

@@ -32,6 +32,7 @@ __all__ = [
     "EXPONENT",
     "EncryptedArray",
     "Randomiser",
+    "add_ints",
     "concatenate",
     "encrypt",
     "require_fresh",
@@ -433,6 +434,25 @@ def concatenate(arrays: Sequence[EncryptedArray]) -> EncryptedArray:
     return EncryptedArray(
         first.public, values, shape, e, bound=bound, fresh=all(p.fresh for p in parts)
     )
+
+
+def add_ints(x: EncryptedArray, ints: np.ndarray | Sequence[int]) -> EncryptedArray:
+    """``x`` plus exact integers, elementwise (same shape): values no float64 holds exactly,
+    such as masks wider than 53 bits or slots packed on the plaintext side.
+
+    The integers are added to the encodings as they are (read at ``x``'s exponent), signed and
+    taken modulo ``n``. The result is not fresh: pass it through :func:`rerandomize` (or
+    :func:`mask`) before it leaves the party.
+
+    Raises:
+        CryptoError: ``ints`` does not hold one integer per ciphertext.
+    """
+    flat = np.asarray(ints, dtype=object).ravel()
+    if flat.size != x.size:
+        raise CryptoError(f"{flat.size} integers for {x.size} ciphertexts")
+    N, nsq = mpz(x.public.n), mpz(x.public.nsquare)
+    values = [_k.add_plain(c, mpz(int(v) % x.public.n), N, nsq) for c, v in zip(x._c, flat.tolist(), strict=True)]
+    return x._like(values, x.shape, bound=None)
 
 
 def require_fresh(x: Any, what: str = "ciphertexts") -> None:

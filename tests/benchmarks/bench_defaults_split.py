@@ -1,7 +1,9 @@
 """split-nn with no parameters against scikit-learn's MLPClassifier of the same shape (issue #15).
 
-For each data set (FATE's vertically split files in sample_data/fate/, joined on their ids as the
-alignment would), the rows are split as a ``split-nn`` job splits them (``split_rows`` over the
+For each data set (FATE's vertically split files in sample_data/fate/: breast, default_credit,
+vehicle with class 0 against the rest; scikit-learn's wine (class 0), digits (0-4) and diabetes
+(above its median), split by columns as ``bench_defaults.py`` splits them; joined on their ids as
+the alignment would), the rows are split as a ``split-nn`` job splits them (``split_rows`` over the
 ids with the job's default seed and test fraction), each party's columns standardised on the
 training rows, and the network of an empty ``[train]`` and ``[model]`` table (``split_nn.DEFAULTS``,
 ``split_spec.default_spec``) trained by the plaintext reference ``split_spec.central_fit``: the
@@ -14,6 +16,7 @@ together (8 + 8 ReLU units), a second of the interactive layer's 8 units with Re
 output; scikit-learn's own defaults otherwise (Adam, lr 1e-3, batches of 200, up to 200 epochs,
 stopping when the loss stops improving), on the same joined, standardised training rows.
 
+    python tests/benchmarks/bench_defaults_split.py --draws 3   # all six sets
     python tests/benchmarks/bench_defaults_split.py --sets breast,default_credit --draws 3
     python tests/benchmarks/bench_defaults_split.py --set-param epochs=30 --set-param learning_rate=0.05 --linear-top
 
@@ -27,6 +30,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,17 +40,35 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 FATE = ROOT / "sample_data" / "fate"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_defaults  # noqa: E402  (the derived sets: vehicle, wine, digits, diabetes)
+
+#: name: (active file, passive file, label); the derived ones are written by bench_defaults.write_sets
 SETS = {
     "breast": ("breast_hetero_guest.csv", "breast_hetero_host.csv", "y"),
     "default_credit": ("default_credit_hetero_guest.csv", "default_credit_hetero_host.csv", "y"),
+    "vehicle": ("vehicle_guest.csv", "vehicle_scale_hetero_host.csv", "y"),
+    "wine": ("wine_guest.csv", "wine_host.csv", "y"),
+    "digits": ("digits_guest.csv", "digits_host.csv", "y"),
+    "diabetes_high": ("diabetes_high_guest.csv", "diabetes_host.csv", "y"),
 }
+
+
+def write_sets(folder: Path) -> None:
+    """bench_defaults' derived sets, and diabetes as "above the median" (binary, over all rows)."""
+    bench_defaults.write_sets(folder)
+    guest = pd.read_csv(folder / "diabetes_guest.csv")
+    guest.assign(y=(guest["y"] > guest["y"].median()).astype(int)).to_csv(folder / "diabetes_high_guest.csv",
+                                                                          index=False)
+    bench_defaults.WHERE["diabetes_high"] = folder
 
 
 def joined(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(ids, X_active, X_passive, y) of the rows both files hold, in the active file's order."""
     guest, host, label = SETS[name]
-    a = pd.read_csv(FATE / guest, dtype={"id": str})
-    p = pd.read_csv(FATE / host, dtype={"id": str})
+    where = bench_defaults.WHERE.get(name, FATE)
+    a = pd.read_csv(where / guest, dtype={"id": str})
+    p = pd.read_csv(where / host, dtype={"id": str})
     df = a.merge(p, on="id", suffixes=("", "_p"))
     a_cols = [c for c in a.columns if c not in ("id", label)]
     p_cols = [c if c in df.columns and c not in a_cols else f"{c}_p" for c in p.columns if c != "id"]
@@ -96,7 +118,7 @@ def main() -> None:
     from vfl_cli.protocol import split_nn
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sets", default="breast,default_credit")
+    ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--draws", type=int, default=3, help="private seed pairs per set")
     ap.add_argument("--set-param", action="append", default=[], help="NAME=VALUE over the defaults")
     ap.add_argument("--linear-top", action="store_true",
@@ -115,6 +137,8 @@ def main() -> None:
         params[key] = type(params[key])(value) if key in params and params[key] is not None else value
     shown = {k: v for k, v in params.items() if k != "alignment"}
     print(f"load {os.getloadavg()}; params {shown}")
+    tmp = tempfile.TemporaryDirectory()
+    write_sets(Path(tmp.name))
     for name in args.sets.split(","):
         r = run(name, params, args.draws)
         print(f"{r['set']:>15} rows {r['rows']:>6}  split-nn AUC {r['mean']:.4f} (draws "

@@ -1,19 +1,27 @@
-"""The ``psi`` job: private set intersection alignment as a protocol state machine.
+"""The ``psi`` and ``psi-cache`` jobs: private set intersection alignment on the protocol kit.
 
-The cryptographic steps live in :mod:`vfl_cli.protocol.psi` (see its docstring and
-docs/protocols/psi.md for the threat model and what each message reveals); this module maps
-them onto artifacts and resumable job state:
+The cryptographic steps live in :mod:`vfl_cli.protocol.psi` and :mod:`vfl_cli.protocol.psi_cache`
+(see their docstrings and docs/protocols/psi.md for the threat model and what each message
+reveals); this module decodes the artifacts into typed messages, calls those pure steps and
+encodes what they return, with one typed state per role (decode -> pure step -> encode):
 
 =====================  ===========================  =========================================
-hand-off               artifact kind                payload
+hand-off               artifact kind (message)      payload
 =====================  ===========================  =========================================
-1  active -> passive   ``psi/start``                A's blinded, shuffled points; seed commitment;
+1  active -> passive   ``psi/start`` (:class:`Start`)  A's blinded, shuffled points; seed commitment;
                                                     A's ephemeral key-exchange public key
 2  passive -> active   ``psi/response``             A's points re-blinded; Pi's blinded points; seed;
-                                                    Pi's ephemeral key-exchange public key
-3  active -> passive   ``psi/finish``               positions of the common ids in Pi's list; every
-                                                    seed, sealed to Pi
+                       (:class:`Response`)          Pi's ephemeral key-exchange public key
+3  active -> passive   ``psi/finish`` (:class:`Finish`)  positions of the common ids in Pi's list;
+                                                    every seed, sealed to Pi
 =====================  ===========================  =========================================
+
+Phases (:class:`Align`): the active party ``start`` (no input) -> ``wait-responses`` -> done; a
+passive party ``start`` (waits for the start) -> ``wait-finish`` -> done. A ``psi`` job with a
+``cache`` parameter runs :class:`CachedQuery` (the unbalanced steps, same phases and kinds, the
+response without the owner's points); a job the active party streams (sets past its memory
+bound) runs :mod:`vfl_cli.protocol.align_stream`. :class:`AlignCache` (``psi-cache``) publishes
+the passive party's blinded set once (``psi/cache``, :class:`Cache`).
 
 Afterwards every party holds, in its own job state, the common ids in the jointly shuffled
 order (``aligned_ids``) and the row of its own file for each (``aligned_rows``). The party's
@@ -24,71 +32,256 @@ no plain hash of ids, which anyone holding it could test a guessed intersection 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from vfl_cli.artifacts.container import Artifact, ndarray_member, points_member
+from vfl_cli.artifacts.container import Artifact
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.names import is_name
 from vfl_cli.protocol import align_stream, psi, psi_cache
-from vfl_cli.protocol.base import (
-    Expect,
-    Hex,
-    Int,
-    JobState,
-    Outgoing,
-    PartyContext,
-    Protocol,
-    need,
-    typed_params,
-)
+from vfl_cli.protocol.base import Expect, Hex, Int, JobState, Outgoing, PartyContext, need, typed_params
+from vfl_cli.protocol.kit import KitProtocol, Message, PartyState, Phase, Step, from_active, nothing
+
+__all__ = [
+    "CACHE",
+    "FINISH",
+    "RESPONSE",
+    "START",
+    "Align",
+    "AlignCache",
+    "Cache",
+    "CachedQuery",
+    "CachedResponse",
+    "Finish",
+    "Response",
+    "Start",
+    "query_number",
+]
 
 START = "psi/start"
 RESPONSE = "psi/response"
 FINISH = "psi/finish"
 CACHE = "psi/cache"
 
-
-def _hex(b: bytes) -> str:
-    return b.hex()
+T = TypeVar("T", bound="_AlignState")
 
 
-def _unhex(value: Any, what: str) -> bytes:
-    try:
-        return bytes.fromhex(str(value))
-    except ValueError as exc:
-        raise InvalidArtifact(f"{what} is not hex") from exc
+# ----- messages ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _PsiMessage(Message):
+    """A message of the alignment; :meth:`step` gives it as the pure step's message type."""
+
+    def step(self, job: str) -> Any:
+        """The pure step's message (``job``: the job named in the artifact's signed header)."""
+        raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class Start(_PsiMessage):
+    """Hand-off 1, A to every passive party: A's blinded, shuffled points."""
+
+    kind = START
+    point_fields = ("points",)
+    count: int  # A's number of ids (what the message reveals)
+    seed_commitment: bytes
+    exchange_public: bytes
+    points: np.ndarray
+
+    def step(self, job: str) -> psi.StartMessage:
+        """The message :func:`vfl_cli.protocol.psi.respond` takes (``job``: the artifact's job)."""
+        return psi.StartMessage(job, self.points, self.seed_commitment, self.exchange_public)
+
+
+@dataclass(frozen=True)
+class Response(_PsiMessage):
+    """Hand-off 2, passive party Pi to A: A's points re-blinded, Pi's own blinded points."""
+
+    kind = RESPONSE
+    point_fields = ("double_blinded", "points")
+    count: int  # Pi's number of ids
+    start_digest: bytes
+    seed: bytes
+    exchange_public: bytes
+    double_blinded: np.ndarray
+    points: np.ndarray
+
+    def step(self, job: str) -> psi.ResponseMessage:
+        return psi.ResponseMessage(
+            job, self.start_digest, self.double_blinded, self.points, self.seed, self.exchange_public
+        )
+
+
+@dataclass(frozen=True)
+class CachedResponse(_PsiMessage):
+    """Hand-off 2 of a query to a cache: the owner's points are in the cache, not sent again."""
+
+    kind = RESPONSE
+    point_fields = ("double_blinded",)
+    count: int
+    start_digest: bytes
+    seed: bytes
+    exchange_public: bytes
+    double_blinded: np.ndarray
+
+    def step(self, job: str) -> psi_cache.QueryResponse:
+        return psi_cache.QueryResponse(job, self.start_digest, self.double_blinded, self.seed, self.exchange_public)
+
+
+@dataclass(frozen=True)
+class Finish(_PsiMessage):
+    """Hand-off 3, A to Pi: positions of the common ids in Pi's list, the seeds sealed to Pi."""
+
+    kind = FINISH
+    response_digest: bytes
+    sealed_seeds: bytes
+    positions: np.ndarray
+
+    def step(self, job: str) -> psi.FinishMessage:
+        return psi.FinishMessage(job, self.response_digest, self.positions, self.sealed_seeds)
+
+
+@dataclass(frozen=True)
+class Cache(_PsiMessage):
+    """``psi-cache``, owner to user: the owner's blinded ids, sorted and truncated (packed)."""
+
+    kind = CACHE
+    count: int
+    max_queries: int
+    max_query_ids: int
+    expires: str  # ISO 8601 with a time zone
+    values: np.ndarray  # psi_cache.pack_values: the values without their common prefix
+    prefix_counts: np.ndarray
+
+    @classmethod
+    def publish(cls, values: np.ndarray, limits: psi_cache.CacheLimits) -> Cache:
+        rest, counts = psi_cache.pack_values(values)
+        return cls(len(values), **_limits_meta(limits), values=rest, prefix_counts=counts)
+
+    def step(self, job: str) -> psi_cache.CacheMessage:
+        try:
+            limits = _limits(self.max_queries, self.max_query_ids, self.expires)
+        except ValueError as exc:
+            raise InvalidArtifact("the cache's limits (max_queries, max_query_ids, expires) are malformed") from exc
+        values = psi_cache.unpack_values(self.values, self.prefix_counts)
+        return psi_cache.CacheMessage(cache_id=job, values=values, limits=limits)
+
+
+def _received(cls: type[_PsiMessage], received: Mapping[str, Artifact], sender: str) -> Any:
+    """The pure step's message in the artifact from ``sender``, bound to the artifact's job."""
+    art = need(received, sender, cls.kind)
+    return cls.decode(art).step(art.job)
+
+
+# ----- states --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _AlignState(PartyState):
+    """What every aligning party keeps: its ids between steps, then the alignment.
+
+    A field set to None leaves no key in the job state: a secret dropped after its last use is
+    gone from the stored state, not kept as null.
+    """
+
+    own_ids: np.ndarray | None = None  # psi.encode_ids of the ids this party blinded (private)
+    data_sha256: str | None = None  # of the data file they were read from
+    aligned_ids: np.ndarray | None = None
+    aligned_rows: np.ndarray | None = None
+    # Kept private (never sent, never in results): lets this party check a copy of the aligned
+    # ids against the fingerprint later.
+    digest_key: bytes | None = None
+
+    def store(self, job: JobState) -> None:
+        super().store(job)
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) is None:
+                job.data.pop(f.name, None)
+
+    def keep_ids(self: T, ids: list[str], data_sha256: str) -> T:
+        """Keep the ids this party blinded, and its data file's digest, for its next step."""
+        return self.but(own_ids=np.frombuffer(psi.encode_ids(ids), dtype=np.uint8), data_sha256=data_sha256)
+
+    def kept_ids(self, ctx: PartyContext) -> list[str]:
+        """The ids kept by :meth:`keep_ids` while the data file is unchanged, else the file's ids
+        read again (the protocol step then refuses them if the id column changed)."""
+        if self.own_ids is not None and self.data_sha256 == _file_sha256(ctx.data_file()):
+            return psi.decode_ids(self.own_ids.tobytes())
+        return _own_ids(ctx)
+
+    def aligned(self: T, alignment: psi.Alignment, out: list[Outgoing] | None = None, **dropped: None) -> Step[T]:
+        """The last step: the alignment kept, the kept ids and ``dropped`` secrets gone, ``out`` sent."""
+        state = self.but(
+            own_ids=None, data_sha256=None, aligned_ids=np.array(alignment.ids, dtype=str),
+            aligned_rows=np.asarray(alignment.rows, dtype=np.int64), digest_key=alignment.digest_key, **dropped,
+        )
+        results = {"intersection_size": len(alignment.ids), "fingerprint": alignment.fingerprint.hex()}
+        return Step.finish(state, results, out)
+
+
+def _secret_fields(state: PartyState, names: tuple[str, ...]) -> dict[str, Any]:
+    """The fields ``names`` of ``state``, refused if a step already dropped one."""
+    values = {n: getattr(state, n) for n in names}
+    missing = [n for n, v in values.items() if v is None]
+    if missing:
+        raise VflError(f"the alignment's job state lacks {', '.join(missing)}; run the alignment again")
+    return values
+
+
+@dataclass(frozen=True)
+class ActiveAlign(_AlignState):
+    """A between start and finish (:class:`vfl_cli.protocol.psi.ActiveState`; secret: alpha)."""
+
+    scalar: bytes | None = None
+    seed: bytes | None = None
+    exchange_secret: bytes | None = None
+    start_digest: bytes | None = None
+    ids_digest: bytes | None = None
+    order: np.ndarray | None = None
+
+    _STEP: ClassVar[tuple[str, ...]] = ("scalar", "seed", "exchange_secret", "order", "start_digest", "ids_digest")
+
+    def secret(self, ctx: PartyContext) -> psi.ActiveState:
+        return psi.ActiveState(job_id=ctx.job, party=ctx.name, **_secret_fields(self, self._STEP))
+
+
+@dataclass(frozen=True)
+class PassiveAlign(_AlignState):
+    """Pi between respond and conclude (:class:`vfl_cli.protocol.psi.PassiveState`; no scalar)."""
+
+    seed: bytes | None = None
+    seed_commitment: bytes | None = None
+    response_digest: bytes | None = None
+    ids_digest: bytes | None = None
+    channel_key: bytes | None = None
+    order: np.ndarray | None = None
+
+    _STEP: ClassVar[tuple[str, ...]] = (
+        "seed", "seed_commitment", "order", "response_digest", "ids_digest", "channel_key"
+    )
+
+    def secret(self, ctx: PartyContext) -> psi.PassiveState:
+        return psi.PassiveState(job_id=ctx.job, party=ctx.name, active=ctx.active, **_secret_fields(self, self._STEP))
+
+
+@dataclass(frozen=True)
+class _Streamed(PartyState):
+    """:mod:`vfl_cli.protocol.align_stream`'s state, which that module reads and writes; only
+    whether it is there is read here (a streamed job's steps are align_stream's)."""
+
+    stream: dict[str, Any] | None = None
+
+
+# ----- the psi job -----------------------------------------------------------------------------------
 def _own_ids(ctx: PartyContext) -> list[str]:
     df = ctx.data()
     return psi.normalise_ids(df[ctx.id_column].tolist(), column=ctx.id_column)
-
-
-def _keep_ids(ctx: PartyContext, state: JobState, ids: list[str]) -> None:
-    """Keep the ids this party blinded, and its data file's digest, for its next step.
-
-    The ids stay in the party's private job state (never sent) until the alignment is done.
-    """
-    state.arrays["own_ids"] = np.frombuffer(psi.encode_ids(ids), dtype=np.uint8)
-    state.data["data_sha256"] = _file_sha256(ctx.data_file())
-
-
-def _kept_ids(ctx: PartyContext, state: JobState) -> list[str]:
-    """The ids kept by :func:`_keep_ids` while the data file is unchanged, else the file's ids
-    read again (the protocol step then refuses them if the id column changed)."""
-    blob = state.arrays.pop("own_ids", None)
-    digest = state.data.pop("data_sha256", None)
-    if blob is not None and digest == _file_sha256(ctx.data_file()):
-        return psi.decode_ids(blob.tobytes())
-    return _own_ids(ctx)
 
 
 def _file_sha256(path: Path) -> str:
@@ -96,25 +289,83 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _finish_state(state: JobState, alignment: psi.Alignment) -> None:
-    ids = alignment.ids
-    state.arrays["aligned_ids"] = np.array(ids, dtype=str)
-    state.arrays["aligned_rows"] = np.asarray(alignment.rows, dtype=np.int64)
-    # Kept private (never sent, never in results): lets this party check a copy of the aligned
-    # ids against the fingerprint later.
-    state.data["digest_key"] = alignment.digest_key.hex()
-    state.results = {
-        "intersection_size": len(ids),
-        "fingerprint": alignment.fingerprint.hex(),
-    }
-    state.phase = "done"
-    state.done = True
+def _salt(ctx: PartyContext) -> bytes:
+    return bytes.fromhex(ctx.params["salt"])
 
 
-class Align(Protocol):
+def _send_start(ctx: PartyContext, state: ActiveAlign, received: Mapping[str, Artifact]) -> Step[ActiveAlign]:
+    """A, hand-off 1: blind and shuffle its ids, commit to its seed (:func:`psi.start`)."""
+    ids = _own_ids(ctx)
+    kept = state.keep_ids(ids, _file_sha256(ctx.data_file()))
+    secret, message = psi.start(ids, job_id=ctx.job, salt=_salt(ctx), party=ctx.name, progress=ctx.progress)
+    new = kept.but(scalar=secret.scalar, seed=secret.seed, exchange_secret=secret.exchange_secret,
+                   start_digest=secret.start_digest, ids_digest=secret.ids_digest, order=secret.order)
+    start = Start(len(ids), message.seed_commitment, message.exchange_public, message.points)
+    return Step(new, "wait-responses", [start.to(p, "start") for p in ctx.passives])
+
+
+def _respond(ctx: PartyContext, state: PassiveAlign, received: Mapping[str, Artifact]) -> Step[PassiveAlign]:
+    """Pi, hand-off 2: blind A's points again, blind and shuffle its own (:func:`psi.respond`)."""
+    start: psi.StartMessage = _received(Start, received, ctx.active)
+    read: list[tuple[list[str], str]] = []
+
+    def load() -> list[str]:  # called while the active party's points are blinded
+        read.append((_own_ids(ctx), _file_sha256(ctx.data_file())))
+        return read[0][0]
+
+    secret, response = psi.respond(
+        load, start, job_id=ctx.job, salt=_salt(ctx), party=ctx.name, active=ctx.active, progress=ctx.progress
+    )
+    new = state.keep_ids(*read[0]).but(
+        seed=secret.seed, seed_commitment=secret.seed_commitment, response_digest=secret.response_digest,
+        ids_digest=secret.ids_digest, channel_key=secret.channel_key, order=secret.order,
+    )
+    reply = Response(len(secret.order), response.start_digest, response.seed, response.exchange_public,
+                     response.double_blinded, response.points)
+    return Step(new, "wait-finish", [reply.to(ctx.active, "response")])
+
+
+def _finish(ctx: PartyContext, state: ActiveAlign, received: Mapping[str, Artifact]) -> Step[ActiveAlign]:
+    """A, hand-off 3: intersect with every passive party, send each the positions (:func:`psi.finish`)."""
+    responses = {p: _received(Response, received, p) for p in ctx.passives}
+    alignment, messages = psi.finish(
+        state.secret(ctx), lambda: state.kept_ids(ctx), responses, progress=ctx.progress
+    )
+    out = [
+        Finish(m.response_digest, m.sealed_seeds, m.positions.astype(np.int64)).to(p, "finish")
+        for p, m in messages.items()
+    ]
+    # The scalar is no longer needed; drop it so the stored state holds no secret.
+    return state.aligned(alignment, out, order=None, scalar=None, seed=None, exchange_secret=None)
+
+
+def _conclude(ctx: PartyContext, state: PassiveAlign, received: Mapping[str, Artifact]) -> Step[PassiveAlign]:
+    """Pi, after hand-off 3: the alignment (:func:`psi.conclude`)."""
+    message: psi.FinishMessage = _received(Finish, received, ctx.active)
+    alignment = psi.conclude(state.secret(ctx), state.kept_ids(ctx), message)
+    return state.aligned(alignment, order=None, seed=None, channel_key=None)  # secrets no later step needs
+
+
+def _from_passives(kind: str) -> Callable[[PartyContext, Any], list[Expect]]:
+    """``waits`` of the active party's phase that takes one ``kind`` artifact from every passive party."""
+    return lambda ctx, state: [Expect(p, kind) for p in ctx.passives]
+
+
+class Align(KitProtocol[Any]):
+    """ECDH-PSI among one active and any number of passive parties (:mod:`vfl_cli.protocol.psi`)."""
+
     name = "psi"
     summary = "ECDH-PSI over X25519: common ids of all parties, in a jointly shuffled order"
     params_spec = {"salt": Hex(16, 64, note="default: 16 fresh random bytes")}
+    states = {"active": ActiveAlign, "passive": PassiveAlign}
+
+    def phases(self) -> Mapping[tuple[str, str], Phase[Any]]:
+        return {
+            ("active", "start"): Phase(nothing, _send_start),
+            ("active", "wait-responses"): Phase(_from_passives(RESPONSE), _finish),
+            ("passive", "start"): Phase(from_active(START), _respond),
+            ("passive", "wait-finish"): Phase(from_active(FINISH), _conclude),
+        }
 
     def check_params(self, params: dict[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
         if not isinstance(params, Mapping):
@@ -134,178 +385,144 @@ class Align(Protocol):
         return {**checked, "cache": params["cache"]}
 
     def expects(self, ctx: PartyContext, state: JobState) -> list[Expect]:
-        if "stream" in state.data:  # a streamed alignment (align_stream): one part per step
+        if _Streamed.load(state).stream is not None:  # a streamed alignment: one part per step
             return align_stream.expects(ctx, state)
-        if ctx.is_active:
-            return [] if state.phase == "start" else [Expect(p, RESPONSE) for p in ctx.passives]
-        return [Expect(ctx.active, START if state.phase == "start" else FINISH)]
+        if "cache" in ctx.params:
+            return _CACHED_QUERY.expects(ctx, state)
+        return super().expects(ctx, state)
 
     def advance(
         self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
     ) -> list[Outgoing]:
+        """The job's variant runs its step: a query to a cache, a streamed alignment (sets too
+        large for the memory bound), or the phase table above."""
         if "cache" in ctx.params:
-            return _CachedQuery(ctx, state).advance(received)
-        salt = bytes.fromhex(ctx.params["salt"])
-        if align_stream.streaming(ctx, state, received):  # sets too large for the memory bound
-            return align_stream.Stream(ctx, state).advance(received, salt)
-        if ctx.is_active and state.phase == "start":
-            return self._start(ctx, state, salt)
-        if ctx.is_active:
-            return self._finish(ctx, state, received)
-        if state.phase == "start":
-            return self._respond(ctx, state, received, salt)
-        return self._conclude(ctx, state, received)
+            return _CACHED_QUERY.advance(ctx, state, received)
+        if align_stream.streaming(ctx, state, received):
+            return align_stream.Stream(ctx, state).advance(received, _salt(ctx))
+        return super().advance(ctx, state, received)
 
-    # ----- active party ----------------------------------------------------------------------
-    def _start(self, ctx: PartyContext, state: JobState, salt: bytes) -> list[Outgoing]:
-        ids = _own_ids(ctx)
-        _keep_ids(ctx, state, ids)
-        secret, message = psi.start(ids, job_id=ctx.job, salt=salt, party=ctx.name, progress=ctx.progress)
-        state.data.update(
-            scalar=_hex(secret.scalar),
-            seed=_hex(secret.seed),
-            exchange_secret=_hex(secret.exchange_secret),
-            start_digest=_hex(secret.start_digest),
-            ids_digest=_hex(secret.ids_digest),
+
+# ----- unbalanced: the psi-cache job ------------------------------------------------------------------
+def _limits(max_queries: int, max_query_ids: int, expires: str) -> psi_cache.CacheLimits:
+    when = datetime.fromisoformat(expires)
+    if when.tzinfo is None:
+        raise ValueError("the expiry has no time zone")
+    return psi_cache.CacheLimits(max_queries=max_queries, max_query_ids=max_query_ids, expires=when)
+
+
+def _limits_meta(limits: psi_cache.CacheLimits) -> dict[str, Any]:
+    return {
+        "max_queries": limits.max_queries,
+        "max_query_ids": limits.max_query_ids,
+        "expires": limits.expires.isoformat(timespec="seconds"),
+    }
+
+
+@dataclass(frozen=True)
+class _Limited(PartyState):
+    """The limits of a published cache, as both parties keep them."""
+
+    max_queries: int = 0
+    max_query_ids: int = 0
+    expires: str = ""
+
+    def limits(self) -> psi_cache.CacheLimits:
+        return _limits(self.max_queries, self.max_query_ids, self.expires)
+
+    def results(self, values: np.ndarray) -> dict[str, Any]:
+        """The cache job's results: its size, width and limits (what both parties may see)."""
+        return {"cached_ids": len(values), "bytes_per_id": int(values.shape[1]),
+                "max_queries": self.max_queries, "max_query_ids": self.max_query_ids, "expires": self.expires}
+
+
+@dataclass(frozen=True)
+class CacheOwner(_Limited):
+    """The passive owner's cache secret, kept until the cache expires: beta answers queries."""
+
+    scalar: bytes = b""
+    user: str = ""
+    cache_order: np.ndarray | None = None
+    cache_id_bytes: np.ndarray | None = None
+    cache_id_offsets: np.ndarray | None = None
+
+    def secret(self, cache_id: str, owner: str) -> psi_cache.CacheSecret:
+        arrays = _secret_fields(self, ("cache_order", "cache_id_bytes", "cache_id_offsets"))
+        order, id_bytes, id_offsets = arrays.values()
+        return psi_cache.CacheSecret(
+            cache_id=cache_id, owner=owner, user=self.user, scalar=self.scalar, order=order, id_bytes=id_bytes,
+            id_offsets=id_offsets, limits=self.limits(),
         )
-        state.arrays["order"] = secret.order
-        state.phase = "wait-responses"
-        meta = {
-            "count": len(ids),
-            "seed_commitment": _hex(message.seed_commitment),
-            "exchange_public": _hex(message.exchange_public),
+
+
+@dataclass(frozen=True)
+class CacheUser(_Limited):
+    """The active user's copy of the cache."""
+
+    owner: str = ""
+    cache_values: np.ndarray | None = None
+
+    def cached_set(self, cache_id: str) -> psi_cache.CachedSet:
+        values = _secret_fields(self, ("cache_values",))["cache_values"]
+        return psi_cache.CachedSet(cache_id, values, self.limits())
+
+
+def _publish(ctx: PartyContext, state: CacheOwner, received: Mapping[str, Artifact]) -> Step[CacheOwner]:
+    """Owner: blind every id once with a long-lived beta (:func:`psi_cache.publish_cache`)."""
+    ids = _own_ids(ctx)
+    p = ctx.params
+    expires = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=p["valid_days"])
+    limits = psi_cache.CacheLimits(p["max_queries"], p["max_query_ids"], expires)
+    secret, message = psi_cache.publish_cache(
+        ids, cache_id=ctx.job, salt=_salt(ctx), owner=ctx.name, user=ctx.active, limits=limits,
+        progress=ctx.progress,
+    )
+    new = CacheOwner(**_limits_meta(limits), scalar=secret.scalar, user=ctx.active, cache_order=secret.order,
+                     cache_id_bytes=secret.id_bytes, cache_id_offsets=secret.id_offsets)
+    out = [Cache.publish(message.values, limits).to(ctx.active, "cache")]
+    return Step(new, "published", out, new.results(message.values))
+
+
+def _keep_cache(ctx: PartyContext, state: CacheUser, received: Mapping[str, Artifact]) -> Step[CacheUser]:
+    """User: check the cache and keep it (:func:`psi_cache.check_cache`)."""
+    owner = ctx.passives[0]
+    cached = psi_cache.check_cache(_received(Cache, received, owner), cache_id=ctx.job)
+    new = CacheUser(**_limits_meta(cached.limits), owner=owner, cache_values=cached.values)
+    return Step(new, "cached", [], new.results(cached.values))
+
+
+class AlignCache(KitProtocol[Any]):
+    """Publish a passive party's blinded id set once, for cheap later alignments (psi_cache)."""
+
+    name = "psi-cache"
+    summary = "a passive party's blinded ids, cached by the active party for small alignments"
+    params_spec = {
+        "salt": Hex(16, 64, note="default: 16 fresh random bytes"),
+        "max_queries": Int(30, 1, 100_000, note="alignments the cache may serve"),
+        "max_query_ids": Int(100_000, 1, 10_000_000, note="ids per alignment"),
+        "valid_days": Int(30, 1, 366, note="days until the cache expires"),
+    }
+    states = {"active": CacheUser, "passive": CacheOwner}
+
+    def phases(self) -> Mapping[tuple[str, str], Phase[Any]]:
+        return {
+            ("passive", "start"): Phase(nothing, _publish),
+            ("active", "start"): Phase(lambda ctx, s: [Expect(ctx.passives[0], CACHE)], _keep_cache),
         }
-        return [
-            Outgoing(p, START, "start", members=[points_member("points", message.points)], meta=meta)
-            for p in ctx.passives
-        ]
 
-    def _finish(
-        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
-    ) -> list[Outgoing]:
-        d = state.data
-        secret = psi.ActiveState(
-            job_id=ctx.job,
-            party=ctx.name,
-            scalar=bytes.fromhex(d["scalar"]),
-            seed=bytes.fromhex(d["seed"]),
-            exchange_secret=bytes.fromhex(d["exchange_secret"]),
-            order=state.arrays["order"],
-            start_digest=bytes.fromhex(d["start_digest"]),
-            ids_digest=bytes.fromhex(d["ids_digest"]),
-        )
-        responses = {}
-        for p in ctx.passives:
-            art = need(received, p, RESPONSE)
-            responses[p] = psi.ResponseMessage(
-                job_id=art.job,
-                start_digest=_unhex(art.meta.get("start_digest"), f"{p}'s start_digest"),
-                double_blinded=art.points("double_blinded"),
-                points=art.points("points"),
-                seed=_unhex(art.meta.get("seed"), f"{p}'s seed"),
-                exchange_public=_unhex(art.meta.get("exchange_public"), f"{p}'s exchange key"),
-            )
-        alignment, messages = psi.finish(
-            secret, lambda: _kept_ids(ctx, state), responses, progress=ctx.progress
-        )
-        _finish_state(state, alignment)
-        state.arrays.pop("order", None)
-        # The scalar is no longer needed; drop it so the stored state holds no secret.
-        for key in ("scalar", "seed", "exchange_secret"):
-            state.data.pop(key, None)
-        return [
-            Outgoing(
-                p,
-                FINISH,
-                "finish",
-                members=[ndarray_member("positions", m.positions.astype(np.int64))],
-                meta={
-                    "response_digest": _hex(m.response_digest),
-                    "sealed_seeds": _hex(m.sealed_seeds),
-                },
-            )
-            for p, m in messages.items()
-        ]
+    def check_parties(self, parties: list[dict[str, str]]) -> None:
+        super().check_parties(parties)
+        if len(parties) != 2:
+            raise VflError("psi-cache has exactly two parties: the passive owner and the active user")
 
-    # ----- passive party -----------------------------------------------------------------------
-    def _respond(
-        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact], salt: bytes
-    ) -> list[Outgoing]:
-        art = need(received, ctx.active, START)
-        message = psi.StartMessage(
-            job_id=art.job,
-            points=art.points("points"),
-            seed_commitment=_unhex(art.meta.get("seed_commitment"), "the seed commitment"),
-            exchange_public=_unhex(art.meta.get("exchange_public"), "the exchange key"),
-        )
-        def load() -> list[str]:  # called while the active party's points are blinded
-            ids = _own_ids(ctx)
-            _keep_ids(ctx, state, ids)
-            return ids
-
-        secret, response = psi.respond(
-            load, message, job_id=ctx.job, salt=salt, party=ctx.name, active=ctx.active,
-            progress=ctx.progress,
-        )
-        state.data.update(
-            seed=_hex(secret.seed),
-            seed_commitment=_hex(secret.seed_commitment),
-            response_digest=_hex(secret.response_digest),
-            ids_digest=_hex(secret.ids_digest),
-            channel_key=_hex(secret.channel_key),
-        )
-        state.arrays["order"] = secret.order
-        state.phase = "wait-finish"
-        return [
-            Outgoing(
-                ctx.active,
-                RESPONSE,
-                "response",
-                members=[
-                    points_member("double_blinded", response.double_blinded),
-                    points_member("points", response.points),
-                ],
-                meta={
-                    "count": len(secret.order),
-                    "start_digest": _hex(response.start_digest),
-                    "seed": _hex(response.seed),
-                    "exchange_public": _hex(response.exchange_public),
-                },
-            )
-        ]
-
-    def _conclude(
-        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
-    ) -> list[Outgoing]:
-        art = need(received, ctx.active, FINISH)
-        d = state.data
-        secret = psi.PassiveState(
-            job_id=ctx.job,
-            party=ctx.name,
-            active=ctx.active,
-            seed=bytes.fromhex(d["seed"]),
-            seed_commitment=bytes.fromhex(d["seed_commitment"]),
-            order=state.arrays["order"],
-            response_digest=bytes.fromhex(d["response_digest"]),
-            ids_digest=bytes.fromhex(d["ids_digest"]),
-            channel_key=bytes.fromhex(d["channel_key"]),
-        )
-        message = psi.FinishMessage(
-            job_id=art.job,
-            response_digest=_unhex(art.meta.get("response_digest"), "the response digest"),
-            positions=art.array("positions"),
-            sealed_seeds=_unhex(art.meta.get("sealed_seeds"), "the sealed seeds"),
-        )
-        alignment = psi.conclude(secret, _kept_ids(ctx, state), message)
-        _finish_state(state, alignment)
-        state.arrays.pop("order", None)
-        for key in ("seed", "channel_key"):  # secrets no later step needs
-            state.data.pop(key, None)
-        return []
+    def check_params(self, params: dict[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
+        given = params.get("salt") if isinstance(params, Mapping) else None
+        salt = secrets.token_hex(16) if given is None or given == "" else given
+        return typed_params({**params, "salt": salt} if isinstance(params, Mapping) else params,
+                            self.params_spec, what="psi-cache")
 
 
-# --------------------------------------------------------------------------- unbalanced, cached
-
+# ----- unbalanced: a psi job with a cache ------------------------------------------------------------
 def query_number(job_id: str, cache: str) -> int:
     """The number N of a query job, whose id must be ``<cache>-q<N>``.
 
@@ -324,214 +541,138 @@ def query_number(job_id: str, cache: str) -> int:
     return int(match.group(1))
 
 
-def _limits(data: Mapping[str, Any]) -> psi_cache.CacheLimits:
-    expires = datetime.fromisoformat(str(data["expires"]))
-    if expires.tzinfo is None:
-        raise ValueError("the expiry has no time zone")
-    return psi_cache.CacheLimits(
-        max_queries=int(data["max_queries"]), max_query_ids=int(data["max_query_ids"]), expires=expires
+@dataclass(frozen=True)
+class _Query:
+    """A query job's cache: its id, the query's number, the cache job's parameters and state."""
+
+    cache: str
+    number: int
+    salt: bytes
+    state: JobState  # the cache job's, as this party keeps it
+
+    @classmethod
+    def of(cls, ctx: PartyContext) -> _Query:
+        """The cache ``ctx``'s job queries, refused unless it is a cache published between these parties."""
+        cache = str(ctx.params["cache"])
+        number = query_number(ctx.job, cache)
+        info = ctx.job_info(cache)
+        if info["protocol"] != "psi-cache" or not info["done"]:
+            raise DataError(f"job {cache} is not a published cache (psi-cache job) on {ctx.name}")
+        names = sorted(p["name"] for p in info["parties"])
+        if names != sorted(p["name"] for p in ctx.parties):
+            raise DataError(
+                f"cache {cache} was published between {' and '.join(names)}; a cache is never used "
+                "with another peer"
+            )
+        state = JobState(data=info["state"], arrays=ctx.job_arrays(cache))
+        return cls(cache, number, bytes.fromhex(info["params"]["salt"]), state)
+
+
+@dataclass(frozen=True)
+class QueryUser(_AlignState):
+    """The active user between start and finish (:class:`vfl_cli.protocol.psi_cache.QueryState`)."""
+
+    inverse: bytes | None = None  # undoes alpha (alpha itself is not needed again)
+    seed: bytes | None = None
+    exchange_secret: bytes | None = None
+    start_digest: bytes | None = None
+    ids_digest: bytes | None = None
+    order: np.ndarray | None = None
+
+    _STEP: ClassVar[tuple[str, ...]] = ("inverse", "seed", "exchange_secret", "order", "start_digest", "ids_digest")
+
+    def secret(self, ctx: PartyContext) -> psi_cache.QueryState:
+        return psi_cache.QueryState(job_id=ctx.job, party=ctx.name, **_secret_fields(self, self._STEP))
+
+
+@dataclass(frozen=True)
+class QueryOwner(_AlignState):
+    """The passive owner between respond and conclude (its points are the cache's)."""
+
+    seed: bytes | None = None
+    seed_commitment: bytes | None = None
+    response_digest: bytes | None = None
+    channel_key: bytes | None = None
+
+    _STEP: ClassVar[tuple[str, ...]] = ("seed", "seed_commitment", "response_digest", "channel_key")
+
+    def secret(self, ctx: PartyContext) -> psi_cache.OwnerQueryState:
+        return psi_cache.OwnerQueryState(
+            job_id=ctx.job, party=ctx.name, active=ctx.active, **_secret_fields(self, self._STEP)
+        )
+
+
+def _start_query(ctx: PartyContext, state: QueryUser, received: Mapping[str, Artifact]) -> Step[QueryUser]:
+    """User, hand-off 1 against the cache (:func:`psi_cache.start_query`)."""
+    query = _Query.of(ctx)
+    ids = _own_ids(ctx)
+    kept = state.keep_ids(ids, _file_sha256(ctx.data_file()))
+    secret, message = psi_cache.start_query(
+        ids, CacheUser.load(query.state).cached_set(query.cache), job_id=ctx.job, query=query.number,
+        salt=query.salt, party=ctx.name, now=datetime.now(timezone.utc), progress=ctx.progress,
     )
+    new = kept.but(inverse=secret.inverse, seed=secret.seed, exchange_secret=secret.exchange_secret,
+                   start_digest=secret.start_digest, ids_digest=secret.ids_digest, order=secret.order)
+    start = Start(len(ids), message.seed_commitment, message.exchange_public, message.points)
+    return Step(new, "wait-responses", [start.to(ctx.passives[0], "start")])
 
 
-def _limits_meta(limits: psi_cache.CacheLimits) -> dict[str, Any]:
-    return {
-        "max_queries": limits.max_queries,
-        "max_query_ids": limits.max_query_ids,
-        "expires": limits.expires.isoformat(timespec="seconds"),
-    }
+def _respond_query(ctx: PartyContext, state: QueryOwner, received: Mapping[str, Artifact]) -> Step[QueryOwner]:
+    """Owner, hand-off 2: the user's points blinded with the cache's beta (:func:`psi_cache.respond_query`)."""
+    query = _Query.of(ctx)
+    if ctx.data_file() != ctx.data_file(query.cache):
+        raise DataError(f"cache {query.cache} holds the ids of {ctx.data_file(query.cache)}; "
+                        f"respond with --data {ctx.data_file(query.cache)}")
+    start: psi.StartMessage = _received(Start, received, ctx.active)
+    secret, response = psi_cache.respond_query(
+        start, CacheOwner.load(query.state).secret(query.cache, ctx.name), job_id=ctx.job, query=query.number,
+        active=ctx.active, now=datetime.now(timezone.utc), progress=ctx.progress,
+    )
+    new = state.but(seed=secret.seed, seed_commitment=secret.seed_commitment,
+                    response_digest=secret.response_digest, channel_key=secret.channel_key)
+    reply = CachedResponse(len(response.double_blinded), response.start_digest, response.seed,
+                           response.exchange_public, response.double_blinded)
+    return Step(new, "wait-finish", [reply.to(ctx.active, "response")])
 
 
-def _cache_job(ctx: PartyContext, cache: str) -> dict[str, Any]:
-    """This party's record of cache job ``cache``, refused unless it is a published cache."""
-    info = ctx.job_info(cache)
-    if info["protocol"] != "psi-cache" or not info["done"]:
-        raise DataError(f"job {cache} is not a published cache (psi-cache job) on {ctx.name}")
-    names = sorted(p["name"] for p in info["parties"])
-    if names != sorted(p["name"] for p in ctx.parties):
-        raise DataError(
-            f"cache {cache} was published between {' and '.join(names)}; a cache is never used "
-            "with another peer"
-        )
-    return info
+def _finish_query(ctx: PartyContext, state: QueryUser, received: Mapping[str, Artifact]) -> Step[QueryUser]:
+    """User, hand-off 3: the alignment, and the positions for the owner (:func:`psi_cache.finish_query`)."""
+    query = _Query.of(ctx)
+    owner = ctx.passives[0]
+    secret = state.secret(ctx)
+    response: psi_cache.QueryResponse = _received(CachedResponse, received, owner)
+    alignment, message = psi_cache.finish_query(
+        secret, state.kept_ids(ctx), CacheUser.load(query.state).cached_set(query.cache), response, owner=owner
+    )
+    out = [Finish(message.response_digest, message.sealed_seeds, message.positions).to(owner, "finish")]
+    return state.aligned(alignment, out, order=None, inverse=None, seed=None, exchange_secret=None)
 
 
-class AlignCache(Protocol):
-    """Publish a passive party's blinded id set once, for cheap later alignments (psi_cache)."""
-
-    name = "psi-cache"
-    summary = "a passive party's blinded ids, cached by the active party for small alignments"
-    params_spec = {
-        "salt": Hex(16, 64, note="default: 16 fresh random bytes"),
-        "max_queries": Int(30, 1, 100_000, note="alignments the cache may serve"),
-        "max_query_ids": Int(100_000, 1, 10_000_000, note="ids per alignment"),
-        "valid_days": Int(30, 1, 366, note="days until the cache expires"),
-    }
-
-    def check_parties(self, parties: list[dict[str, str]]) -> None:
-        super().check_parties(parties)
-        if len(parties) != 2:
-            raise VflError("psi-cache has exactly two parties: the passive owner and the active user")
-
-    def check_params(self, params: dict[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
-        given = params.get("salt") if isinstance(params, Mapping) else None
-        salt = secrets.token_hex(16) if given is None or given == "" else given
-        return typed_params({**params, "salt": salt} if isinstance(params, Mapping) else params,
-                            self.params_spec, what="psi-cache")
-
-    def expects(self, ctx: PartyContext, state: JobState) -> list[Expect]:
-        return [] if not ctx.is_active else [Expect(ctx.passives[0], CACHE)]
-
-    def advance(
-        self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]
-    ) -> list[Outgoing]:
-        if ctx.is_active:
-            return self._keep(ctx, state, received)
-        ids = _own_ids(ctx)
-        p = ctx.params
-        expires = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=p["valid_days"])
-        limits = psi_cache.CacheLimits(p["max_queries"], p["max_query_ids"], expires)
-        secret, message = psi_cache.publish_cache(
-            ids, cache_id=ctx.job, salt=bytes.fromhex(p["salt"]), owner=ctx.name, user=ctx.active,
-            limits=limits, progress=ctx.progress,
-        )
-        # beta stays in this private job state until the cache expires: it is what answers queries.
-        state.data.update(scalar=_hex(secret.scalar), user=ctx.active, **_limits_meta(limits))
-        state.arrays.update(cache_order=secret.order, cache_id_bytes=secret.id_bytes,
-                            cache_id_offsets=secret.id_offsets)
-        state.results = {"cached_ids": len(ids), "bytes_per_id": int(message.values.shape[1]),
-                         **_limits_meta(limits)}
-        state.phase, state.done = "published", True
-        meta = {"count": len(ids), **_limits_meta(limits)}
-        rest, counts = psi_cache.pack_values(message.values)
-        members = [ndarray_member("values", rest), ndarray_member("prefix_counts", counts)]
-        return [Outgoing(ctx.active, CACHE, "cache", members=members, meta=meta)]
-
-    def _keep(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]) -> list[Outgoing]:
-        art = need(received, ctx.passives[0], CACHE)
-        try:
-            limits = _limits(art.meta)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidArtifact("the cache's limits (max_queries, max_query_ids, expires) are malformed") from exc
-        values = psi_cache.unpack_values(art.array("values"), art.array("prefix_counts"))
-        message = psi_cache.CacheMessage(cache_id=art.job, values=values, limits=limits)
-        cached = psi_cache.check_cache(message, cache_id=ctx.job)
-        state.arrays["cache_values"] = cached.values
-        state.data.update(owner=ctx.passives[0], **_limits_meta(limits))
-        state.results = {"cached_ids": len(cached.values), "bytes_per_id": int(cached.values.shape[1]),
-                         **_limits_meta(limits)}
-        state.phase, state.done = "cached", True
-        return []
+def _conclude_query(ctx: PartyContext, state: QueryOwner, received: Mapping[str, Artifact]) -> Step[QueryOwner]:
+    """Owner, after hand-off 3: the alignment (:func:`psi_cache.conclude_query`)."""
+    query = _Query.of(ctx)
+    message: psi.FinishMessage = _received(Finish, received, ctx.active)
+    cache = CacheOwner.load(query.state).secret(query.cache, ctx.name)
+    alignment = psi_cache.conclude_query(state.secret(ctx), cache, message)
+    return state.aligned(alignment, seed=None, channel_key=None)
 
 
-class _CachedQuery:
-    """A psi job with ``cache``: the unbalanced steps of :mod:`vfl_cli.protocol.psi_cache`."""
+class CachedQuery(KitProtocol[Any]):
+    """A ``psi`` job with ``cache``: the unbalanced steps of :mod:`vfl_cli.protocol.psi_cache`.
 
-    def __init__(self, ctx: PartyContext, state: JobState) -> None:
-        self.ctx, self.state = ctx, state
-        self.cache = str(ctx.params["cache"])
-        self.query = query_number(ctx.job, self.cache)
-        self.info = _cache_job(ctx, self.cache)
-        self.salt = bytes.fromhex(self.info["params"]["salt"])
+    Not registered: :class:`Align` runs it for a job whose parameters name a cache.
+    """
 
-    def advance(self, received: Mapping[str, Artifact]) -> list[Outgoing]:
-        ctx, state = self.ctx, self.state
-        if ctx.is_active:
-            return self._start() if state.phase == "start" else self._finish(received)
-        return self._respond(received) if state.phase == "start" else self._conclude(received)
+    name = "psi"
+    states = {"active": QueryUser, "passive": QueryOwner}
 
-    def _cached_set(self) -> psi_cache.CachedSet:
-        values = self.ctx.job_arrays(self.cache)["cache_values"]
-        return psi_cache.CachedSet(self.cache, values, _limits(self.info["state"]))
+    def phases(self) -> Mapping[tuple[str, str], Phase[Any]]:
+        return {
+            ("active", "start"): Phase(nothing, _start_query),
+            ("active", "wait-responses"): Phase(_from_passives(RESPONSE), _finish_query),
+            ("passive", "start"): Phase(from_active(START), _respond_query),
+            ("passive", "wait-finish"): Phase(from_active(FINISH), _conclude_query),
+        }
 
-    def _secret(self) -> psi_cache.CacheSecret:
-        d, arrays = self.info["state"], self.ctx.job_arrays(self.cache)
-        return psi_cache.CacheSecret(
-            cache_id=self.cache, owner=self.ctx.name, user=str(d["user"]),
-            scalar=bytes.fromhex(d["scalar"]), order=arrays["cache_order"],
-            id_bytes=arrays["cache_id_bytes"], id_offsets=arrays["cache_id_offsets"], limits=_limits(d),
-        )
 
-    def _start(self) -> list[Outgoing]:
-        ctx, state = self.ctx, self.state
-        ids = _own_ids(ctx)
-        _keep_ids(ctx, state, ids)
-        secret, message = psi_cache.start_query(
-            ids, self._cached_set(), job_id=ctx.job, query=self.query, salt=self.salt, party=ctx.name,
-            now=datetime.now(timezone.utc), progress=ctx.progress,
-        )
-        state.data.update(inverse=_hex(secret.inverse), seed=_hex(secret.seed),
-                          exchange_secret=_hex(secret.exchange_secret),
-                          start_digest=_hex(secret.start_digest), ids_digest=_hex(secret.ids_digest))
-        state.arrays["order"] = secret.order
-        state.phase = "wait-responses"
-        meta = {"count": len(ids), "seed_commitment": _hex(message.seed_commitment),
-                "exchange_public": _hex(message.exchange_public)}
-        return [Outgoing(ctx.passives[0], START, "start",
-                         members=[points_member("points", message.points)], meta=meta)]
-
-    def _respond(self, received: Mapping[str, Artifact]) -> list[Outgoing]:
-        ctx, state = self.ctx, self.state
-        if ctx.data_file() != ctx.data_file(self.cache):
-            raise DataError(f"cache {self.cache} holds the ids of {ctx.data_file(self.cache)}; "
-                            f"respond with --data {ctx.data_file(self.cache)}")
-        art = need(received, ctx.active, START)
-        message = psi.StartMessage(
-            job_id=art.job, points=art.points("points"),
-            seed_commitment=_unhex(art.meta.get("seed_commitment"), "the seed commitment"),
-            exchange_public=_unhex(art.meta.get("exchange_public"), "the exchange key"),
-        )
-        secret, response = psi_cache.respond_query(
-            message, self._secret(), job_id=ctx.job, query=self.query, active=ctx.active,
-            now=datetime.now(timezone.utc), progress=ctx.progress,
-        )
-        state.data.update(seed=_hex(secret.seed), seed_commitment=_hex(secret.seed_commitment),
-                          response_digest=_hex(secret.response_digest),
-                          channel_key=_hex(secret.channel_key))
-        state.phase = "wait-finish"
-        meta = {"count": len(response.double_blinded), "start_digest": _hex(response.start_digest),
-                "seed": _hex(response.seed), "exchange_public": _hex(response.exchange_public)}
-        return [Outgoing(ctx.active, RESPONSE, "response",
-                         members=[points_member("double_blinded", response.double_blinded)], meta=meta)]
-
-    def _finish(self, received: Mapping[str, Artifact]) -> list[Outgoing]:
-        ctx, state, d = self.ctx, self.state, self.state.data
-        owner = ctx.passives[0]
-        secret = psi_cache.QueryState(
-            job_id=ctx.job, party=ctx.name, inverse=bytes.fromhex(d["inverse"]),
-            seed=bytes.fromhex(d["seed"]), exchange_secret=bytes.fromhex(d["exchange_secret"]),
-            order=state.arrays["order"], start_digest=bytes.fromhex(d["start_digest"]),
-            ids_digest=bytes.fromhex(d["ids_digest"]),
-        )
-        art = need(received, owner, RESPONSE)
-        response = psi_cache.QueryResponse(
-            job_id=art.job, start_digest=_unhex(art.meta.get("start_digest"), f"{owner}'s start_digest"),
-            double_blinded=art.points("double_blinded"), seed=_unhex(art.meta.get("seed"), f"{owner}'s seed"),
-            exchange_public=_unhex(art.meta.get("exchange_public"), f"{owner}'s exchange key"),
-        )
-        alignment, message = psi_cache.finish_query(
-            secret, _kept_ids(ctx, state), self._cached_set(), response, owner=owner)
-        _finish_state(state, alignment)
-        state.arrays.pop("order", None)
-        for key in ("inverse", "seed", "exchange_secret"):
-            state.data.pop(key, None)
-        meta = {"response_digest": _hex(message.response_digest), "sealed_seeds": _hex(message.sealed_seeds)}
-        return [Outgoing(owner, FINISH, "finish",
-                         members=[ndarray_member("positions", message.positions)], meta=meta)]
-
-    def _conclude(self, received: Mapping[str, Artifact]) -> list[Outgoing]:
-        ctx, state, d = self.ctx, self.state, self.state.data
-        art = need(received, ctx.active, FINISH)
-        secret = psi_cache.OwnerQueryState(
-            job_id=ctx.job, party=ctx.name, active=ctx.active, seed=bytes.fromhex(d["seed"]),
-            seed_commitment=bytes.fromhex(d["seed_commitment"]),
-            response_digest=bytes.fromhex(d["response_digest"]), channel_key=bytes.fromhex(d["channel_key"]),
-        )
-        message = psi.FinishMessage(
-            job_id=art.job, response_digest=_unhex(art.meta.get("response_digest"), "the response digest"),
-            positions=art.array("positions"), sealed_seeds=_unhex(art.meta.get("sealed_seeds"), "the sealed seeds"),
-        )
-        alignment = psi_cache.conclude_query(secret, self._secret(), message)
-        _finish_state(state, alignment)
-        for key in ("seed", "channel_key"):
-            state.data.pop(key, None)
-        return []
+_CACHED_QUERY = CachedQuery()

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from vfl_cli.artifacts.container import Artifact, Member, ndarray_member
+from vfl_cli.artifacts.container import Artifact, Member, ndarray_member, points_member
 from vfl_cli.errors import InvalidArtifact, VflError
 from vfl_cli.models.features import aligned_rows, split_rows
 from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, Protocol, need
@@ -73,10 +73,18 @@ def _is_array(tp: Any) -> bool:
     return tp is np.ndarray or np.ndarray in typing.get_args(tp)
 
 
+def _is_bytes(tp: Any, value: Any) -> bool:
+    """Whether ``value`` is the hex text of a ``bytes`` field (bytes travel and rest as hex)."""
+    return isinstance(value, str) and bytes in _allowed(tp)
+
+
 def _json_value(value: Any) -> Any:
-    """Numpy scalars and tuples to their JSON twins, so that a loaded state equals a stored one."""
+    """Numpy scalars, tuples and bytes (hex) to their JSON twins, so that a loaded state equals a
+    stored one."""
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, bytes):
+        return value.hex()
     if isinstance(value, tuple):
         return [_json_value(v) for v in value]
     if isinstance(value, list):
@@ -92,8 +100,9 @@ class PartyState:
 
     Every field needs a default: a party starts from ``cls()``. Array fields (typed
     ``np.ndarray`` or ``np.ndarray | None``) live in ``JobState.arrays`` under the field's name,
-    the others in ``JobState.data``. Override :meth:`load`/:meth:`store` only for a field that
-    needs a conversion of its own, and keep that conversion in the state class.
+    the others in ``JobState.data`` (a ``bytes`` field as hex). Override :meth:`load`/:meth:`store`
+    only for a field that needs a conversion of its own, and keep that conversion in the state
+    class.
     """
 
     @classmethod
@@ -103,7 +112,8 @@ class PartyState:
         for name, tp in _fields(cls).items():
             source: Mapping[str, Any] = job.arrays if _is_array(tp) else job.data
             if name in source:
-                values[name] = source[name]
+                value = source[name]
+                values[name] = bytes.fromhex(value) if _is_bytes(tp, value) else value
         return cls(**values)
 
     def store(self, job: JobState) -> None:
@@ -127,12 +137,16 @@ class PartyState:
 class Message:
     """Base of a protocol's typed message (subclass as a frozen dataclass with ``kind``).
 
-    The default encoding puts JSON fields in the signed manifest and array fields in ``.npy``
-    members; :meth:`decode` refuses a missing field or one of another type. A message with
-    ciphertexts overrides :meth:`members` and :meth:`decode` (see :mod:`vfl_cli.protocol.wire`).
+    The default encoding puts JSON fields in the signed manifest (a ``bytes`` field as hex) and
+    array fields in ``.npy`` members, or in ``points`` members (``(n, 32)`` uint8 curve points) for
+    the fields named in ``point_fields``; :meth:`decode` refuses a missing field or one of another
+    type. A message with ciphertexts overrides :meth:`members` and :meth:`decode` (see
+    :mod:`vfl_cli.protocol.wire`).
     """
 
     kind: ClassVar[str]
+    #: array fields sent as ``points`` members (container.points_member), not ``.npy``
+    point_fields: ClassVar[tuple[str, ...]] = ()
 
     def meta(self) -> dict[str, Any]:
         """The manifest fields (readable by whoever carries the file: public values only)."""
@@ -145,7 +159,9 @@ class Message:
     def members(self) -> list[Member]:
         """The payload members (encrypted to the recipient by the engine)."""
         return [
-            ndarray_member(n, np.asarray(getattr(self, n)))
+            points_member(n, getattr(self, n))
+            if n in self.point_fields
+            else ndarray_member(n, np.asarray(getattr(self, n)))
             for n, tp in _fields(type(self)).items()
             if _is_array(tp)
         ]
@@ -166,7 +182,7 @@ class Message:
         values: dict[str, Any] = {}
         for name, tp in _fields(cls).items():
             if _is_array(tp):
-                values[name] = _array_field(art, name)
+                values[name] = _array_field(art, name, "points" if name in cls.point_fields else "ndarray")
             else:
                 values[name] = _meta_field(art, name, tp)
         return cls(**values)
@@ -177,11 +193,11 @@ class Message:
         return cls.decode(need(received, sender, cls.kind))
 
 
-def _array_field(art: Artifact, name: str) -> np.ndarray:
+def _array_field(art: Artifact, name: str, member_type: str) -> np.ndarray:
     member = art.members.get(name)
-    if member is None or member.type != "ndarray":
+    if member is None or member.type != member_type:
         raise InvalidArtifact(f"{art.kind} from {art.sender} lacks the array {name!r}")
-    return art.array(name)
+    return art.points(name) if member_type == "points" else art.array(name)
 
 
 def _allowed(tp: Any) -> tuple[Any, ...]:
@@ -201,6 +217,11 @@ def _meta_field(art: Artifact, name: str, tp: Any) -> Any:
         return value
     if float in allowed and type(value) is int:
         return float(value)  # JSON writes 1.0 as 1
+    if bytes in allowed and isinstance(value, str):
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            raise InvalidArtifact(f"{art.kind} from {art.sender}: field {name!r} is not hex") from None
     if isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed):
         return value  # a bool is no number
     raise InvalidArtifact(

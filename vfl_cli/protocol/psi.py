@@ -761,11 +761,7 @@ def respond(
     Raises:
         InvalidArtifact: the start message is for another job or its points are invalid.
     """
-    _same_job(message.job_id, job_id, "the start message")
-    if not isinstance(message.seed_commitment, bytes) or len(message.seed_commitment) != 32:
-        raise InvalidArtifact("the start message: the seed commitment is not 32 bytes")
-    if len(message.points) == 0:
-        raise InvalidArtifact("the start message holds no points (the active party has no ids)")
+    _check_start(message, job_id)
     beta = ecdh.new_scalar(rng)
     exchange_secret, exchange_public = channel.new_exchange(rng)
     key = channel.channel_key(
@@ -786,27 +782,25 @@ def respond(
         double = pending_double()
         own = BlindedSet(points=pending_own()[order], order=order)
     seed = new_seed(rng)
-    response_digest = points_digest(own.points, job_id)
     state = PassiveState(
-        job_id=job_id,
-        party=party,
-        active=active,
-        seed=seed,
-        seed_commitment=message.seed_commitment,
-        order=own.order,
-        response_digest=response_digest,
-        ids_digest=own_digest,
+        job_id=job_id, party=party, active=active, seed=seed, seed_commitment=message.seed_commitment,
+        order=own.order, response_digest=points_digest(own.points, job_id), ids_digest=own_digest,
         channel_key=key,
     )
     response = ResponseMessage(
-        job_id=job_id,
-        start_digest=start_digest,
-        double_blinded=double,
-        points=own.points,
-        seed=seed,
+        job_id=job_id, start_digest=start_digest, double_blinded=double, points=own.points, seed=seed,
         exchange_public=exchange_public,
     )
     return state, response
+
+
+def _check_start(message: StartMessage, job_id: str) -> None:
+    """Refuse a start message for another job, without a 32-byte seed commitment, or empty."""
+    _same_job(message.job_id, job_id, "the start message")
+    if not isinstance(message.seed_commitment, bytes) or len(message.seed_commitment) != 32:
+        raise InvalidArtifact("the start message: the seed commitment is not 32 bytes")
+    if len(message.points) == 0:
+        raise InvalidArtifact("the start message holds no points (the active party has no ids)")
 
 
 def finish(
@@ -844,46 +838,56 @@ def finish(
         pending = [_submit_peer(workers, p, state.scalar, w, progress) for p, w in peer_points]
         ids = _resolve(ids)
         _same_ids(ids, state.ids_digest)
-        own_doubles = []
-        for name in names:
-            where = f"the response from {name}"
-            try:
-                own_doubles.append(_PointIndex(ecdh.check_points(
-                    responses[name].double_blinded,
-                    expected=n,
-                    what=f"{where}: the re-blinded start points",
-                )))
-            except CryptoError as exc:
-                raise InvalidArtifact(str(exc)) from exc
+        own_doubles = [_own_double_index(responses[name], name, n) for name in names]
         digests = {name: points_digest(responses[name].points, state.job_id) for name in names}
         peer_doubles = [result() for result in pending]
-    held_by_all = np.ones(n, dtype=bool)
-    matches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name, own_double, peer_double in zip(names, own_doubles, peer_doubles, strict=True):
-        own_pos, peer_pos = own_double.match(peer_double)
-        matches[name] = (own_pos, peer_pos)
-        mask = np.zeros(n, dtype=bool)
-        mask[own_pos] = True
-        held_by_all &= mask
-    common = np.flatnonzero(held_by_all)
+    matches = {
+        name: own_double.match(peer_double)
+        for name, own_double, peer_double in zip(names, own_doubles, peer_doubles, strict=True)
+    }
+    common = _held_by_all(matches.values(), n)
     seeds = {state.party: state.seed, **{name: responses[name].seed for name in responses}}
     key = order_key(seeds, state.job_id)
-    messages: dict[str, FinishMessage] = {}
-    for name, (own_pos, peer_pos) in matches.items():
-        peer_of = np.full(n, -1, dtype=np.int64)
-        peer_of[own_pos] = peer_pos
-        # Ascending positions: their order carries nothing about A's list.
-        positions = np.sort(peer_of[common])
-        messages[name] = FinishMessage(
+    messages = {
+        name: FinishMessage(
             job_id=state.job_id,
             response_digest=digests[name],
-            positions=positions,
+            positions=_peer_positions(own_pos, peer_pos, common, n),
             # Sealed to Pi: A's seed in the clear would give anyone carrying the files the order
             # key, and with it the order and fingerprint of any guessed intersection.
             sealed_seeds=seal_seeds(channels[name], seeds),
         )
+        for name, (own_pos, peer_pos) in matches.items()
+    }
     rows = state.order[common]
     return _alignment(ids, rows, key, state.job_id), messages
+
+
+def _own_double_index(response: ResponseMessage, name: str, n: int) -> _PointIndex:
+    """A's ``n`` points as Pi blinded them again, checked and indexed for matching."""
+    what = f"the response from {name}: the re-blinded start points"
+    try:
+        return _PointIndex(ecdh.check_points(response.double_blinded, expected=n, what=what))
+    except CryptoError as exc:
+        raise InvalidArtifact(str(exc)) from exc
+
+
+def _held_by_all(matches: Iterable[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
+    """The positions, in A's ``n`` points, that every passive party matched (ascending)."""
+    held_by_all = np.ones(n, dtype=bool)
+    for own_pos, _ in matches:
+        mask = np.zeros(n, dtype=bool)
+        mask[own_pos] = True
+        held_by_all &= mask
+    return np.flatnonzero(held_by_all)
+
+
+def _peer_positions(own_pos: np.ndarray, peer_pos: np.ndarray, common: np.ndarray, n: int) -> np.ndarray:
+    """The positions, in Pi's sent list, of the ids at A's ``common`` positions."""
+    peer_of = np.full(n, -1, dtype=np.int64)
+    peer_of[own_pos] = peer_pos
+    # Ascending positions: their order carries nothing about A's list.
+    return np.sort(peer_of[common])
 
 
 def _check_responses(

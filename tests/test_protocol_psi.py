@@ -5,18 +5,26 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import json
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import carry, drive_with_crashes, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vfl_cli import jobs
+from vfl_cli.artifacts.container import Artifact, ndarray_member
 from vfl_cli.crypto import channel, ecdh
 from vfl_cli.errors import DataError, InvalidArtifact
+from vfl_cli.protocol import align as align_job
 from vfl_cli.protocol import psi
+from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext
+from vfl_cli.workspace import Workspace
 
 FATE = Path(__file__).resolve().parents[1] / "sample_data" / "fate"
 JOB = "job-7"
@@ -570,3 +578,116 @@ def test_result_fingerprint_is_the_keyed_mac_of_the_joint_order(run_two: dict) -
     # A plain hash of the same ids is not it.
     plain = hashlib.sha256(psi.encode_ids([JOB, *mine.ids])).digest()
     assert mine.fingerprint != plain
+
+
+# --------------------------------------------------------------------------- the job (align.py, on the kit)
+
+
+def _kit_artifact(out: Outgoing, sender: str, job: str = JOB) -> Artifact:
+    """An outgoing message as the recipient's engine hands it over (signing and sealing aside)."""
+    return Artifact(out.kind, job, 1, out.step, out.round, sender, out.recipient, dict(out.meta),
+                    {m.name: m for m in out.members})
+
+
+def test_start_message_round_trip_and_refusals(run_two: dict) -> None:
+    message = run_two["start"]
+    sent = align_job.Start(3, message.seed_commitment, message.exchange_public, message.points).to("bureau", "start")
+    # The manifest as before: the count and hex fields; the points as a fixed-width points member.
+    assert list(sent.meta) == ["count", "seed_commitment", "exchange_public"]
+    assert sent.meta["seed_commitment"] == message.seed_commitment.hex()
+    assert [(m.name, m.type) for m in sent.members] == [("points", "points")]
+    art = _kit_artifact(sent, "bank")
+    got = align_job.Start.decode(art).step(JOB)
+    assert (got.job_id, got.seed_commitment, got.exchange_public) == (JOB, message.seed_commitment,
+                                                                      message.exchange_public)
+    assert np.array_equal(got.points, message.points)
+    not_hex = dataclasses.replace(art, meta={**art.meta, "exchange_public": "zz"})
+    with pytest.raises(InvalidArtifact, match="field 'exchange_public' is not hex"):
+        align_job.Start.decode(not_hex)
+    as_npy = dataclasses.replace(art, members={"points": ndarray_member("points", message.points)})
+    with pytest.raises(InvalidArtifact, match="lacks the array 'points'"):
+        align_job.Start.decode(as_npy)
+    no_count = dataclasses.replace(art, meta={k: v for k, v in art.meta.items() if k != "count"})
+    with pytest.raises(InvalidArtifact, match="lacks the field 'count'"):
+        align_job.Start.decode(no_count)
+
+
+def _context(tmp_path: Path, name: str, role: str, ids: list[str]) -> PartyContext:
+    data = tmp_path / f"{name}.csv"
+    pd.DataFrame({"id": ids}).to_csv(data, index=False)
+    parties = [{"name": "bank", "role": "active"}, {"name": "bureau", "role": "passive"}]
+    return PartyContext(
+        name=name, role=role, job=JOB, params={"salt": SALT.hex()}, parties=parties,
+        rng=np.random.default_rng(0), data=lambda job=None: pd.read_csv(data, dtype=str),
+        data_file=lambda job=None: data, id_column="id", label_column=None, features=[],
+        job_arrays=lambda job: {}, job_info=lambda job: {}, private_key=lambda: None,
+        public_key=lambda name: None,
+    )
+
+
+def test_the_job_steps_keep_typed_state_and_a_refused_finish_changes_nothing(tmp_path: Path) -> None:
+    protocol = align_job.Align()
+    a_ctx = _context(tmp_path, "bank", "active", [f"u{i}" for i in range(30)])
+    b_ctx = _context(tmp_path, "bureau", "passive", [f"u{i}" for i in range(50, 10, -1)])
+    a, b = JobState(), JobState()
+    assert protocol.expects(a_ctx, a) == [] and protocol.expects(b_ctx, b) == [Expect("bank", align_job.START)]
+    (start,) = protocol.advance(a_ctx, a, {})
+    (response,) = protocol.advance(b_ctx, b, {"bank": _kit_artifact(start, "bank")})
+    assert protocol.expects(a_ctx, a) == [Expect("bureau", align_job.RESPONSE)]
+    (finish,) = protocol.advance(a_ctx, a, {"bureau": _kit_artifact(response, "bureau")})
+    # A replayed finish (another response's digest) is refused and leaves the state as it was.
+    stale = _kit_artifact(finish, "bank")
+    stale = dataclasses.replace(stale, meta={**stale.meta, "response_digest": "00" * 32})
+    before = (b.phase, dict(b.data), {k: v.copy() for k, v in b.arrays.items()})
+    with pytest.raises(InvalidArtifact, match="answers another response"):
+        protocol.advance(b_ctx, b, {"bank": stale})
+    assert (b.phase, b.data, b.arrays.keys()) == (before[0], before[1], before[2].keys())
+    assert all(np.array_equal(b.arrays[k], v) for k, v in before[2].items())
+    assert protocol.advance(b_ctx, b, {"bank": _kit_artifact(finish, "bank")}) == []
+    assert a.done and b.done and a.results == b.results
+    assert a.results["intersection_size"] == 19
+    assert a.arrays["aligned_ids"].tolist() == b.arrays["aligned_ids"].tolist()
+    # What each party keeps afterwards: the alignment and digests, no secret and no id list.
+    assert set(a.data) == {"start_digest", "ids_digest", "digest_key"} and set(a.arrays) == {
+        "aligned_ids", "aligned_rows"}
+    assert set(b.data) == {"seed_commitment", "response_digest", "ids_digest", "digest_key"}
+    loaded = align_job.PassiveAlign.load(b)
+    assert loaded.seed is None and loaded.digest_key == bytes.fromhex(b.data["digest_key"])
+
+
+def _job_ids(ws: Path, job: str) -> tuple[list[str], list[int], dict]:
+    state = jobs.load_state(Workspace(ws), job)[0]
+    return state.arrays["aligned_ids"].tolist(), state.arrays["aligned_rows"].tolist(), state.results
+
+
+@pytest.mark.parametrize("every", [2, 3])
+def test_an_alignment_killed_at_commits_resumes_to_one_alignment(
+    two_parties, sample, monkeypatch: pytest.MonkeyPatch, every: int
+) -> None:
+    bank, bureau = two_parties
+    jobs.start_job(Workspace(bank), "psi", {}, job="al")
+    drive_with_crashes([bank, bureau], "al", monkeypatch, every=every, tries=100)
+    (a_ids, a_rows, a_res), (b_ids, b_rows, b_res) = _job_ids(bank, "al"), _job_ids(bureau, "al")
+    files = [pd.read_csv(sample(f"breast_{r}.csv"), dtype=str)["id"] for r in ("active", "passive")]
+    assert a_ids == b_ids and set(a_ids) == set(files[0]) & set(files[1]) and a_res == b_res
+    assert files[0][a_rows].tolist() == a_ids and files[1][b_rows].tolist() == b_ids
+    for ws in (bank, bureau):
+        assert json.loads(run("-w", str(ws), "audit", "verify", "--json").stdout)["ok"]
+
+
+def test_a_query_to_a_cache_killed_at_commits_resumes(
+    two_parties, sample, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bank, bureau = two_parties
+    run("-w", str(bureau), "align", "cache", "--with", "bank", "--job", "c1", "--max-query-ids", "100")
+    carry(bureau, bank)
+    run("-w", str(bank), "align", "respond", "c1")
+    applicants = tmp_path / "applicants.csv"
+    pd.read_csv(sample("breast_active.csv"), dtype=str).iloc[:40].to_csv(applicants, index=False)
+    run("-w", str(bank), "align", "start", "--cache", "c1", "--data", str(applicants))
+    drive_with_crashes([bank, bureau], "c1-q1", monkeypatch, every=2, tries=100)
+    (a_ids, a_rows, a_res), (b_ids, b_rows, b_res) = _job_ids(bank, "c1-q1"), _job_ids(bureau, "c1-q1")
+    mine = pd.read_csv(applicants, dtype=str)["id"]
+    theirs = pd.read_csv(sample("breast_passive.csv"), dtype=str)["id"]
+    assert a_ids == b_ids and set(a_ids) == set(mine) & set(theirs) and a_ids and a_res == b_res
+    assert mine[a_rows].tolist() == a_ids and theirs[b_rows].tolist() == b_ids

@@ -395,3 +395,19 @@ def test_block_replay_refuses_unknown_method_and_one_block() -> None:
         fit_linear_blocks(blocks, y, method="bfgs")
     with pytest.raises(VflError, match="at least one passive"):
         fit_linear_blocks(blocks[:1], y)
+
+
+def test_binary_block_replay_tracks_logistic_regression_and_its_noise_is_seeded() -> None:
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    blocks = [X[:, :10], X[:, 10:]]
+    clean = fit_linear_blocks(blocks, y, epochs=10, binary=True)
+    sk = LogisticRegression(C=100.0, max_iter=5000).fit(X, y)
+    assert roc_auc_score(y, X @ clean.coef + clean.intercept) > roc_auc_score(y, sk.decision_function(X)) - 0.005
+    noisy = [fit_linear_blocks(blocks, y, epochs=5, binary=True, label_sigma=0.3, seed=s) for s in (1, 1, 2)]
+    np.testing.assert_array_equal(noisy[0].coef, noisy[1].coef)
+    assert not np.allclose(noisy[0].coef, noisy[2].coef)
+    # A's own gradient is exact: its weights move only through the passive party's noisy steps
+    assert np.abs(noisy[0].coef[10:] - noisy[2].coef[10:]).max() > np.abs(noisy[0].coef[:10] - noisy[2].coef[:10]).max()
+    with pytest.raises(VflError, match="binary replay"):
+        fit_linear_blocks(blocks, y, binary=True, method="cg")

@@ -14,12 +14,21 @@ first half with the label to the active party): wine (class 0 against the rest),
 against 5-9), diabetes (regression). Written to CSV files in a temporary folder.
 
     python tests/benchmarks/bench_defaults.py --bits 1024 [--sets breast,student] [--set k=v ...]
+
+With ``--split-nn`` the classification sets run as ``split-nn`` jobs (no parameter but
+``key_bits``) against ``MLPClassifier`` of the same shape (a hidden layer as wide as both
+bottoms together, 8 + 8 ReLU units, then the interactive layer's 8 ReLU units, one logistic
+output; scikit-learn's defaults otherwise, ``random_state`` 0); hand-offs are the training
+stage's files (4 per mini-batch and 3 for the test rows).
+
+    python tests/benchmarks/bench_defaults.py --split-nn --bits 512 --sets breast,wine,vehicle,digits
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -73,8 +82,9 @@ def write_sets(folder: Path) -> None:
         WHERE[name] = folder
 
 
-def recipe_text(name: str, bits: int, extra: list[str]) -> str:
-    protocol, id_col, label, active, passives = SETS[name]
+def recipe_text(name: str, bits: int, extra: list[str], protocol: str | None = None) -> str:
+    own, id_col, label, active, passives = SETS[name]
+    protocol = protocol or own
     where = WHERE.get(name, FATE)
     parties = [(f'[[party]]\nname = "a"\nrole = "active"\ndata = "{where / active}"\n'
                 f'id_column = "{id_col}"\nlabel_column = "{label}"\n')]
@@ -85,9 +95,9 @@ def recipe_text(name: str, bits: int, extra: list[str]) -> str:
             + f"\n[train]\n{train}\n")
 
 
-def run_set(name: str, bits: int, extra: list[str], work: Path) -> dict[str, Any]:
+def run_set(name: str, bits: int, extra: list[str], work: Path, protocol: str | None = None) -> dict[str, Any]:
     f = work / f"{name}.toml"
-    f.write_text(recipe_text(name, bits, extra))
+    f.write_text(recipe_text(name, bits, extra, protocol))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "vfl_cli", "recipe", "run", str(f), "--workdir",
                            str(work / name), "--json"], capture_output=True, text=True, check=False)
@@ -122,9 +132,10 @@ def joined(name: str) -> tuple[pd.DataFrame, list[str], str]:
     return df.set_index(id_col), [c for c in df.columns if c not in (id_col, label)], label
 
 
-def sklearn_metric(name: str, test_ids: list[str]) -> float:
+def sklearn_metric(name: str, test_ids: list[str], mlp: bool = False) -> float:
     from sklearn.linear_model import LinearRegression, LogisticRegression
     from sklearn.metrics import mean_squared_error, roc_auc_score
+    from sklearn.neural_network import MLPClassifier
     from sklearn.preprocessing import StandardScaler
 
     df, cols, label = joined(name)
@@ -132,6 +143,9 @@ def sklearn_metric(name: str, test_ids: list[str]) -> float:
     X, y = df[cols].to_numpy(float), df[label].to_numpy(float)
     scaler = StandardScaler().fit(X[~test])
     Xtr, Xte = scaler.transform(X[~test]), scaler.transform(X[test])
+    if mlp:  # split-nn's default shape: 8 + 8 bottom units, 8 interactive units, one output
+        net = MLPClassifier(hidden_layer_sizes=(16, 8), random_state=0).fit(Xtr, y[~test])
+        return float(roc_auc_score(y[test], net.predict_proba(Xte)[:, 1]))
     if SETS[name][0] == "hetero-lr":
         model = LogisticRegression(max_iter=1000).fit(Xtr, y[~test])
         return float(roc_auc_score(y[test], model.predict_proba(Xte)[:, 1]))
@@ -144,25 +158,32 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=1024)
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--set", action="append", default=[], help="a [train] line, e.g. epochs=20")
+    ap.add_argument("--split-nn", action="store_true", help="the classification sets as split-nn jobs")
     args = ap.parse_args()
+    protocol = "split-nn" if args.split_nn else None
+    print(f"load {os.getloadavg()}", flush=True)
     print(f"{'set':16} {'metric':6} {'vfl':>9} {'sklearn':>9} {'gap':>9} {'hand-offs':>9} "
           f"{'files':>5} {'exch.':>5} {'stop':>9} {'wall s':>7}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         write_sets(Path(tmp))
         for name in args.sets.split(","):
-            report = run_set(name, args.bits, [s.replace("=", " = ", 1) for s in args.set], Path(tmp))
+            extra = [s.replace("=", " = ", 1) for s in args.set]
+            report = run_set(name, args.bits, extra, Path(tmp), protocol)
             test = report["metrics"]["test"]
-            ref = sklearn_metric(name, report["split"]["test_ids"])
+            ref = sklearn_metric(name, report["split"]["test_ids"], mlp=bool(protocol))
             lr = SETS[name][0] == "hetero-lr"
             ours = test["auc"] if lr else test["rmse"]
             gap = f"{ref - ours:+.4f}" if lr else f"{(ours / ref - 1) * 100:+.1f}%"
             model = report.get("model", {})
             epochs = model.get("epochs_run", "?")
-            handoffs = 4 * int(epochs) if isinstance(epochs, int) else "?"  # full batch: 4 per exchange
+            handoffs: int | str = 4 * int(epochs) if isinstance(epochs, int) else "?"  # full batch: 4 per exchange
+            if protocol and isinstance(epochs, int):
+                handoffs = 4 * epochs + 3  # full batch, then the test rows' forward pass
             stop = "converged" if model.get("converged") else "cap"
             print(f"{name:16} {'AUC' if lr else 'RMSE':6} {ours:9.4f} {ref:9.4f} {gap:>9} "
                   f"{handoffs!s:>9} {report['exchanges']:5d} {epochs!s:>5} {stop:>9} {report['wall_s']:7.0f}",
                   flush=True)
+    print(f"load {os.getloadavg()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -360,11 +360,16 @@ BLOCK_METHODS = ("newton", "newton-exact-step", "cg")
 
 def fit_linear_blocks(blocks: Sequence[Any], y: Any, *, epochs: int = 10, tol: float = 3e-4,
                       method: str = "newton", momentum: float = 0.3, step: float = 0.8,
-                      ridge: float = 1e-3) -> ReferenceFit:
-    """Replay full-batch hetero-linear with its parties' column blocks, without encryption.
+                      ridge: float = 1e-3, binary: bool = False, label_sigma: float = 0.0,
+                      seed: int = 0) -> ReferenceFit:
+    """Replay full-batch hetero-linear (or hetero-lr) with its parties' column blocks, without encryption.
 
     ``blocks[0]`` is the active party's (standardised) columns, the others the passive parties';
-    ``y`` the (standardised) label; A's block gets the intercept column. ``method``:
+    ``y`` the (standardised) label; A's block gets the intercept column. With ``binary``, y is
+    0/1 and the residual is hetero-lr's centred one, ``d = s(a)(1 - s(a)) U + s(a) - y`` with
+    ``a`` A's own score and ``U`` the passive parties' (curvature 1/4 in the steps); the passive
+    parties see the offsets with Gaussian noise of deviation ``label_sigma`` (drawn from
+    ``seed``), discounted in their decrement test, as in the protocol. ``method``:
 
     * ``newton`` (the protocol's default at full batch): every party steps at the same weights
       with :func:`~vfl_cli.models.optim.own_curvature_step` (its own columns' curvature, the
@@ -391,15 +396,21 @@ def fit_linear_blocks(blocks: Sequence[Any], y: Any, *, epochs: int = 10, tol: f
         raise VflError(f"unknown method {method!r}; allowed: {', '.join(BLOCK_METHODS)}")
     if len(blocks) < 2:
         raise VflError("need the active party's block and at least one passive party's")
+    if binary and method != "newton":
+        raise VflError("the binary replay has the protocol's method only (newton)")
     target = np.asarray(y, dtype=np.float64)
     parts = [np.asarray(b, dtype=np.float64) for b in blocks]
     parts[0] = np.hstack([parts[0], np.ones((len(target), 1))])
-    curv = [own_curvature(b, 1.0, ridge) for b in parts]
+    c = 0.25 if binary else 1.0
+    curv = [own_curvature(b, c, ridge) for b in parts]
     ws = [np.zeros(b.shape[1]) for b in parts]
-    ws[0][-1] = initial_intercept(target, binary=False)
-    run = _block_cg if method == "cg" else _block_newton
-    history, converged = run(parts, target, ws, curv, epochs=epochs, tol=tol, method=method,
-                             momentum=momentum, step=step, ridge=ridge)
+    ws[0][-1] = initial_intercept(target, binary=binary)
+    if method == "cg":
+        history, converged = _block_cg(parts, target, ws, curv, epochs=epochs, tol=tol)
+    else:
+        noise = _BlockNoise(binary, label_sigma, np.random.default_rng(seed))
+        history, converged = _block_newton(parts, target, ws, noise, epochs=epochs, tol=tol, method=method,
+                                           momentum=momentum, step=step, ridge=ridge)
     weights = np.concatenate(ws)
     return ReferenceFit(coef=np.delete(weights, parts[0].shape[1] - 1), intercept=float(ws[0][-1]),
                         loss_history=history, exchanges=len(history), converged=converged)
@@ -410,18 +421,44 @@ def _block_grads(parts: list[np.ndarray], ws: list[np.ndarray], y: np.ndarray) -
     return [b.T @ residual / len(y) for b in parts], float(0.5 * np.mean(residual * residual))
 
 
-def _block_newton(parts: list[np.ndarray], y: np.ndarray, ws: list[np.ndarray], curv: list[np.ndarray], *,
+@dataclass
+class _BlockNoise:
+    """hetero-lr's residual (centred) and the label noise the passive parties' offsets carry."""
+
+    binary: bool
+    sigma: float
+    rng: np.random.Generator
+
+    def grads(self, parts: list[np.ndarray], ws: list[np.ndarray], y: np.ndarray) -> tuple[list[np.ndarray], float]:
+        if not self.binary:
+            return _block_grads(parts, ws, y)
+        own = parts[0] @ ws[0]
+        scores = sum((b @ w for b, w in zip(parts[1:], ws[1:], strict=True)), np.zeros(len(y)))
+        p = sigmoid(own)
+        d = p * (1.0 - p) * scores + p - y
+        noisy = d + self.rng.normal(0.0, self.sigma, size=len(y)) if self.sigma > 0 else d
+        loss = float(np.mean(d * d))  # the Brier score of the centred model, as A's loss
+        return [parts[0].T @ d / len(y)] + [b.T @ noisy / len(y) for b in parts[1:]], loss
+
+    @property
+    def curvature(self) -> float:
+        return 0.25 if self.binary else 1.0
+
+
+def _block_newton(parts: list[np.ndarray], y: np.ndarray, ws: list[np.ndarray], noise: _BlockNoise, *,
                   epochs: int, tol: float, method: str, momentum: float, step: float,
                   ridge: float) -> tuple[list[float], bool]:
-    k = len(parts)
+    k, c = len(parts), noise.curvature
     opts = [make_optimizer("sgd", lr=1.0, momentum=momentum if method == "newton" else 0.0) for _ in parts]
     history: list[float] = []
     passive_flags = [False] * (k - 1)  # what the passive parties' partial scores say: last round's
     for _ in range(epochs):
-        grads, _ = _block_grads(parts, ws, y)
-        here = [tol > 0 and newton_decrement(b, g, curvature=1.0, ridge=ridge)[0] < tol
-                for b, g in zip(parts, grads, strict=True)]
-        dirs = [own_curvature_step(b, g, curvature=1.0, parties=k, step=step, ridge=ridge)
+        grads, _ = noise.grads(parts, ws, y)
+        here = []
+        for j, (b, g) in enumerate(zip(parts, grads, strict=True)):
+            dec, mean, sd = newton_decrement(b, g, curvature=c, noise=noise.sigma if j else 0.0, ridge=ridge)
+            here.append(tol > 0 and dec - mean < max(tol, 2.0 * sd))
+        dirs = [own_curvature_step(b, g, curvature=c, parties=k, step=step, ridge=ridge)
                 for b, g in zip(parts, grads, strict=True)]
         if method == "newton-exact-step":
             scores = sum((b @ d for b, d in zip(parts, dirs, strict=True)), np.zeros(len(y)))
@@ -429,7 +466,8 @@ def _block_newton(parts: list[np.ndarray], y: np.ndarray, ws: list[np.ndarray], 
             dirs = [d * slope / max(float(scores @ scores) / len(y), 1e-300) for d in dirs]
         for j, opt in enumerate(opts):
             ws[j][:] = opt.step(ws[j], dirs[j])
-        history.append(_block_grads(parts, ws, y)[1])
+        history.append(noise.grads(parts, ws, y)[1] if not noise.binary or not noise.sigma
+                       else _BlockNoise(True, 0.0, noise.rng).grads(parts, ws, y)[1])
         if here[0] and all(passive_flags):
             return history, True
         passive_flags = here[1:]
@@ -437,8 +475,7 @@ def _block_newton(parts: list[np.ndarray], y: np.ndarray, ws: list[np.ndarray], 
 
 
 def _block_cg(parts: list[np.ndarray], y: np.ndarray, ws: list[np.ndarray], curv: list[np.ndarray], *,
-              epochs: int, tol: float, method: str, momentum: float, step: float,
-              ridge: float) -> tuple[list[float], bool]:
+              epochs: int, tol: float) -> tuple[list[float], bool]:
     grads, _ = _block_grads(parts, ws, y)
     zs = [np.linalg.solve(h, g) for h, g in zip(curv, grads, strict=True)]
     dirs = [-z for z in zs]

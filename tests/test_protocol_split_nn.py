@@ -248,5 +248,5 @@ def test_a_gradient_above_its_public_bound_is_refused_before_anything_is_sent() 
     (2^12 sum |delta| over a slot's rows) ends the job with an error instead of a thinner mask."""
     delta = np.full((6, 2), 2.0**20 / 2**12 / 3)  # 3 rows per slot with 2 slots: the bound exactly
     with pytest.raises(VflError, match="above the protocol's public bound 2\\^20"):
-        split_nn.SplitNN._backward_members(None, None, None, None, delta, delta,  # type: ignore[arg-type]
-                                           np.zeros((2, 2, 2), dtype=object), 220)
+        split_nn.backward_message(None, None, None, None, delta, delta,  # type: ignore[arg-type]
+                                  np.zeros((2, 2, 2), dtype=object), 220)

@@ -54,8 +54,8 @@ def slots_of(art: Any, name: str, priv: paillier.PrivateKey) -> list[list[int]]:
 
 
 def as_ints(x: np.ndarray) -> np.ndarray:
-    """Integers a job state keeps as hex text (shares, masks, noise), exactly."""
-    return np.array([int(str(v), 16) for v in x.flat], dtype=object).reshape(x.shape)
+    """Exact integers (shares, masks, noise): a typed state's own, or the hex text a job state keeps."""
+    return np.array([v if isinstance(v, int) else int(str(v), 16) for v in x.flat], dtype=object).reshape(x.shape)
 
 
 def decrypted_error(art: Any, priv: paillier.PrivateKey, rows: int, k: int) -> np.ndarray:
@@ -80,15 +80,15 @@ def job(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
     tmp = tmp_path_factory.mktemp("split-attacks")
     mp = pytest.MonkeyPatch()
     seen: dict[str, Any] = {"a_states": [], "h": [], "exact_grad": []}
-    a_step, bottom, plain_matmul = split_nn.SplitNN._a_step, split_nn.SplitNN._bottom_output, paillier.plain_matmul
+    a_step, bottom, plain_matmul = split_nn._a_step, split_nn.bottom_output, paillier.plain_matmul
 
-    def spy_a_step(self: Any, ctx: Any, state: Any, *args: Any) -> Any:
-        # A's job state as A holds it at this step (its share U, its masks R): A's own knowledge
-        seen["a_states"].append({k: np.array(v, copy=True) for k, v in state.arrays.items()})
-        return a_step(self, ctx, state, *args)
+    def spy_a_step(ctx: Any, state: Any, *args: Any) -> Any:
+        # A's state as A holds it at this step (its share U, its masks R): A's own knowledge
+        seen["a_states"].append({"share": state.share.copy(), "mask": state.mask.copy()})
+        return a_step(ctx, state, *args)
 
-    def spy_bottom(self: Any, ctx: Any, state: Any, data: Any, spec: Any, part: str, rows: Any, *, train: bool) -> Any:
-        net, h = bottom(self, ctx, state, data, spec, part, rows, train=train)
+    def spy_bottom(state: Any, inputs: Any, part: str, rows: Any, *, train: bool) -> Any:
+        net, h = bottom(state, inputs, part, rows, train=train)
         if part == "passive" and train:
             seen["h"].append(h.copy())  # the truth: P's bottom output
         return net, h
@@ -100,8 +100,8 @@ def job(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 
     # known private seeds (the test-only hook) keep the run deterministic; they are not the job's seed
     mp.setattr(split_nn, "private_seed", lambda role: (1111, 2222)[role == "passive"])
-    mp.setattr(split_nn.SplitNN, "_a_step", spy_a_step)
-    mp.setattr(split_nn.SplitNN, "_bottom_output", spy_bottom)
+    mp.setattr(split_nn, "_a_step", spy_a_step)
+    mp.setattr(split_nn, "bottom_output", spy_bottom)
     mp.setattr(paillier, "plain_matmul", spy_matmul)
     try:
         sample = root / "sample_data"

@@ -50,6 +50,16 @@ What each party learns (semi-honest, no collusion; details in docs/protocols/spl
   attacks on it are measured in the doc). Every other value it decrypts (``h U + R``, the
   gradient of ``W_P`` plus ``eps``) is masked by noise 2^40 times the value's public bound, at
   the value's own resolution. Not ``delta``, ``z``, ``W_P`` (only its share) or any of A's layers.
+
+Written on the kit (:mod:`vfl_cli.protocol.kit`): each role's state is a frozen dataclass
+(:class:`ActiveState`, :class:`PassiveState`; only their ``load``/``store`` touch the engine's job
+state: the shares, velocities and masks as hex text, the networks as ``net_<part>``, the stashed
+ciphertexts), each artifact kind a :class:`~vfl_cli.protocol.kit.Message`, and each handler
+decodes what arrived, calls a pure step (:func:`passive_forward`, :func:`activation_request`,
+:func:`passive_activation`, :func:`train_batch`, :func:`passive_backward`) and encodes what it
+returns. Slots are the crypto layer's :class:`~vfl_cli.crypto.paillier.SlotLayout` (signed), and
+every ciphertext that leaves a party is a fresh encryption or went through
+:func:`~vfl_cli.crypto.paillier.rerandomize` (the messages refuse any other).
 """
 
 from __future__ import annotations
@@ -57,13 +67,14 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from vfl_cli.artifacts.container import Artifact, Member
 from vfl_cli.crypto import encoding, paillier
-from vfl_cli.errors import DataError, InvalidArtifact, VflError
+from vfl_cli.errors import DataError, EncodingOverflow, InvalidArtifact, VflError
 from vfl_cli.models import split_spec as ss
 from vfl_cli.models.features import split_rows
 from vfl_cli.models.nn import Sequential, make_head
@@ -78,28 +89,25 @@ from vfl_cli.protocol.base import (
     Outgoing,
     Param,
     PartyContext,
-    Protocol,
     Seed,
     defaults,
     need,
     typed_params,
 )
+from vfl_cli.protocol.kit import KitProtocol, Message, PartyState, Phase, Step, check_round, from_active, nothing
 from vfl_cli.protocol.party_data import PartyData
 from vfl_cli.protocol.wire import (
-    advance_position,
-    check_round,
     enc_member,
     expect_meta_count,
     ints_member,
     json_state,
-    position,
     read_enc,
     read_ints,
     refuse_echo,
-    remember_sent,
-    stash,
-    unstash,
+    sent_digests,
 )
+
+__all__ = ["ActiveState", "Activation", "Backward", "Forward", "PassiveState", "Request", "SplitNN"]
 
 FORWARD = "split/forward"
 ACT_REQUEST = "split/activation-request"
@@ -116,6 +124,7 @@ H_UNIT_BITS = 44  # |h| < 2^12 at the encoding's 2^-32: integers below 2^44
 LIMB_BITS = 52  # a share enters the engine's products as exact float64 limbs of 52 bits
 ERR_SLOT_BITS = 115  # a slot of dL/dh: |dL/dh| <= 2^16 at 2^-96 (W_P at 2^-64 times delta at 2^-32)
 E = paillier.EXPONENT
+SHARE_E = 2 * E  # the exponent of the shares of W_P: 2^-64 (encoding.fraction_bits(SHARE_E) == FRAC_BITS)
 
 #: Every split-nn parameter but ``model`` (checked by ``split_spec.parse_spec``): default and range.
 PARAMS: dict[str, Param] = {
@@ -134,6 +143,9 @@ PARAMS: dict[str, Param] = {
     "max_leak_auc": Float(1.0, 0.5, 1.0, note="refuse to send when a label attack's AUC exceeds it; 1: never"),
 }
 DEFAULTS: dict[str, Any] = defaults(PARAMS)
+
+T = TypeVar("T")
+P = TypeVar("P", bound="_Party")
 
 
 def check_params(params: Mapping[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
@@ -159,10 +171,6 @@ def private_seed(role: str) -> int:
     return secrets.randbits(128)
 
 
-def _own_seed(state: JobState) -> int:
-    return int(state.data["private_seed"], 16)
-
-
 def layout(bits: int, kp: int, params: Mapping[str, Any]) -> tuple[int, int, int]:
     """``(share_bits, slot_bits, slots)``: public, from the key size, P's output width and the params.
 
@@ -182,6 +190,7 @@ def layout(bits: int, kp: int, params: Mapping[str, Any]) -> tuple[int, int, int
     return share, width, (bits - 2) // width
 
 
+# ----- exact integers ---------------------------------------------------------------------------
 def _big(x: np.ndarray) -> np.ndarray:
     """Integers kept as hex text in a job state (whose arrays hold no Python objects) -> ints."""
     return np.array([int(str(v), 16) for v in x.flat], dtype=object).reshape(x.shape)
@@ -192,14 +201,9 @@ def _text(x: np.ndarray) -> np.ndarray:
     return np.array([hex(int(v)) for v in x.flat], dtype=str).reshape(x.shape)
 
 
-def share_ints(state: JobState) -> np.ndarray:
-    """This party's share of ``W_P`` as exact integers at 2^-64 (``U + V = W_P 2^64``)."""
-    return _big(state.arrays["share"])
-
-
-def _fixed(x: np.ndarray, bits: int) -> np.ndarray:
-    """Floats as exact integers at ``2^-bits`` (round half to even), object array."""
-    return np.array([int(v) for v in np.rint(np.ldexp(x, bits)).flat], dtype=object).reshape(x.shape)
+def _ints(x: np.ndarray, exponent: int = E) -> np.ndarray:
+    """Fixed-point integers of ``x`` at ``exponent`` (as Python ints, exact): the crypto layer's encoding."""
+    return np.array(encoding.encode_signed(x, exponent), dtype=object).reshape(np.shape(x))
 
 
 def _times(x: np.ndarray, c: float) -> np.ndarray:
@@ -216,9 +220,52 @@ def _uniform(shape: tuple[int, ...], bits: int, *, signed: bool) -> np.ndarray:
     return out.reshape(shape)
 
 
+def _pad(x: np.ndarray, slots: int) -> np.ndarray:
+    extra = -len(x) % slots
+    return np.vstack([x, np.zeros((extra, x.shape[1]), dtype=x.dtype)]) if extra else x
+
+
+def _need(x: T | None, what: str) -> T:
+    if x is None:
+        raise VflError(f"this party's split-nn state holds no {what} (its state is damaged)")
+    return x
+
+
+# ----- slots and ciphertexts: the crypto layer's layout, encoder and re-randomiser --------------
+def _slots(width: int, count: int) -> paillier.SlotLayout:
+    """``count`` signed slots of ``width`` bits (the values borrow from their neighbours)."""
+    return paillier.SlotLayout(width, count, 0, signed=True)
+
+
+def slot_count(bits: int, width: int, limit: int | None = None) -> int:
+    """Signed slots of ``width`` bits per plaintext: their sum stays below ``n / 2``."""
+    return paillier.SlotLayout.signed_slots(bits, width, limit).slots
+
+
+def unslot(residue: int, n: int, width: int, count: int) -> list[int]:
+    """The ``count`` signed integers ``v_s`` of ``sum_s v_s 2^(width s)`` (``|v_s| < 2^(width-1)``).
+
+    Raises:
+        InvalidArtifact: a value overflowed its slot (it would corrupt its neighbours).
+    """
+    try:
+        return _slots(width, count).read_residue(int(residue), n)
+    except EncodingOverflow as err:
+        raise InvalidArtifact(str(err)) from None
+
+
 def _packed(x: np.ndarray, width: int) -> np.ndarray:
     """``sum_s x[s] 2^(width s)`` over the first axis: one plaintext of ``S`` signed slots."""
-    return sum((x[s] * (1 << (width * s)) for s in range(len(x))), np.zeros(x.shape[1:], dtype=object))
+    lay = _slots(width, len(x))
+    return sum((x[s] * (1 << lay.shift(s)) for s in range(len(x))), np.zeros(x.shape[1:], dtype=object))
+
+
+def _shifted(x: np.ndarray, width: int, slots: int) -> np.ndarray:
+    """Row ``i`` of the integers ``x`` times ``2^(width (i mod slots))``: exact (object array)."""
+    lay = _slots(width, slots)
+    shift = np.array([1 << lay.shift(i % slots) for i in range(len(x))], dtype=object)
+    out: np.ndarray = x * shift[:, None]
+    return out
 
 
 def _enc_ints(public: paillier.PublicKey, x: np.ndarray, exponent: int) -> paillier.EncryptedArray:
@@ -229,35 +276,22 @@ def _enc_ints(public: paillier.PublicKey, x: np.ndarray, exponent: int) -> paill
     return paillier.EncryptedArray(public, enc.raw_ciphertexts(), x.shape, exponent, fresh=True)
 
 
-def _ints(x: np.ndarray) -> np.ndarray:
-    """Fixed-point integers of ``x`` at the transmitted exponent (as Python ints, exact)."""
-    return np.array(encoding.encode_signed(x, E), dtype=object).reshape(x.shape)
+def add_fresh(x: paillier.EncryptedArray, ints: np.ndarray) -> paillier.EncryptedArray:
+    """``x`` plus exact integers (a mask, or noise), re-randomised before it goes to the key holder.
 
-
-def _step_share(state: JobState, params: Mapping[str, Any], grad: np.ndarray, bound_bits: int) -> None:
-    """One step of this party's share of ``W_P``, SGD with momentum in exact integers at 2^-64.
-
-    The reference's rule (``v <- mom v + g + l2 w``, ``w <- w - lr v``) on one share: linear, so
-    the two shares' steps sum to the step of ``W_P`` (each product rounded to 2^-64).
-
-    Raises:
-        VflError: the share outgrew the public bound its masks were sized for.
+    A computed ciphertext's randomness is a function of its inputs' (which the key holder made)
+    and of our plaintext operands, so it must be re-randomised: by the crypto layer's
+    long-exponent re-randomiser (a fresh ``h^a`` with a ``ceil(bits/2)``-bit ``a``, the DJN
+    paper's length; see :func:`paillier.rerandomize`), which marks the result fresh.
     """
-    w = _big(state.arrays["share"])
-    v = _big(state.arrays["velocity"]) if "velocity" in state.arrays else np.zeros(w.shape, dtype=object)
-    v = _times(v, params["interactive_momentum"]) + grad + _times(w, params["l2"])
-    w = w - _times(v, params["interactive_lr"])
-    if max(abs(int(x)) for x in w.flat) >= 1 << bound_bits:
-        raise VflError(f"a share of the interactive weights outgrew its public {bound_bits}-bit bound; "
-                       "lower interactive_lr or l2")
-    state.arrays["share"], state.arrays["velocity"] = _text(w), _text(v)
+    return paillier.rerandomize(paillier.add_ints(x, ints), randomiser="long-exponent")
 
 
 def _enc_matmul(enc: paillier.EncryptedArray, W: np.ndarray, exponent: int = E) -> paillier.EncryptedArray:
     """``enc @ W`` by :func:`paillier.enc_matmul`, one call per group of columns of ``W`` whose
     encodings have equal bit lengths (the engine needs the same number of signed digits in
     every column of one call; a group that still differs is done column by column)."""
-    top = np.abs(np.rint(np.ldexp(W, -4 * exponent))).max(axis=0)
+    top = np.abs(encoding.scaled(W, exponent)).max(axis=0)
     groups: dict[int, list[int]] = {}
     for j, v in enumerate(top.tolist()):
         groups.setdefault(int(v).bit_length(), []).append(j)
@@ -289,542 +323,776 @@ def _enc_matmul_ints(enc: paillier.EncryptedArray, W: np.ndarray, bits: int) -> 
     return out
 
 
-_LONG_KEYS: dict[int, paillier.PublicKey] = {}
-
-
-def _long_exponent_key(public: paillier.PublicKey) -> paillier.PublicKey:
-    """The same key, encrypting with the DJN paper's exponent length ``ceil(bits / 2)``."""
-    key = _LONG_KEYS.get(public.n)
-    if key is None:
-        key = paillier.PublicKey(public.n, public.h)
-        key.short_exponent_bits = max(public.short_exponent_bits, -(-public.bits // 16) * 8)
-        _LONG_KEYS[public.n] = key
-    return key
-
-
-def _rerandomise(x: paillier.EncryptedArray) -> paillier.EncryptedArray:
-    """Re-randomise computed ciphertexts before they go to the key holder.
-
-    A computed ciphertext's randomness is a function of its inputs' (which the key holder made)
-    and of our plaintext operands, so it must be re-randomised. The engine's uniform ``r^n``
-    costs a full exponentiation (~11 ms at 2048 bits), the dominant cost with per-row values.
-    Instead every ciphertext is multiplied by a fresh encryption of 0 with a ``ceil(bits/2)``-bit
-    exponent (``h^a``, the DJN paper's length; 1024 bits at 2048): even the key holder, who can
-    take discrete logarithms in the smooth part (order ``s``) of the group, sees ``a mod s``
-    statistically uniform for any ``s`` below ``2^(bits/2 - 40)``, so nothing of the operands'
-    contribution to the exponent is left; the rest needs a discrete logarithm in a large
-    prime-order subgroup.
-    """
-    zeros = paillier.encrypt(_long_exponent_key(x.public), np.zeros(x.shape), exponent=x.exponent)
-    return x + zeros
-
-
-def slot_count(bits: int, width: int, limit: int | None = None) -> int:
-    """Signed slots of ``width`` bits per plaintext: their sum stays below ``n / 2``."""
-    count = (bits - 2) // width
-    return max(1, min(count, limit) if limit else count)
-
-
-def unslot(residue: int, n: int, width: int, count: int) -> list[int]:
-    """The ``count`` signed integers ``v_s`` of ``sum_s v_s 2^(width s)`` (``|v_s| < 2^(width-1)``).
-
-    Raises:
-        InvalidArtifact: a value overflowed its slot (it would corrupt its neighbours).
-    """
-    v = residue - n if residue > n // 2 else residue
-    top, full = 1 << (width - 1), 1 << width
-    out = []
-    for _ in range(count):
-        r = v & (full - 1)
-        if r >= top:
-            r -= full
-        out.append(r)
-        v = (v - r) >> width
-    if v:
-        raise InvalidArtifact("a packed value overflowed its slot: the computation exceeded its public bound")
-    return out
-
-
-def _shifted(x: np.ndarray, width: int, slots: int) -> np.ndarray:
-    """Row ``i`` of the integers ``x`` times ``2^(width (i mod slots))``: exact (object array)."""
-    shift = np.array([1 << (width * (i % slots)) for i in range(len(x))], dtype=object)
-    out: np.ndarray = x * shift[:, None]
-    return out
-
-
-def _pad(x: np.ndarray, slots: int) -> np.ndarray:
-    extra = -len(x) % slots
-    return np.vstack([x, np.zeros((extra, x.shape[1]), dtype=x.dtype)]) if extra else x
-
-
 def _member(name: str, x: paillier.EncryptedArray, **info: Any) -> Member:
     m = enc_member(name, x)
     return Member(m.name, m.type, m.data, {**m.info, **info})
 
 
-class SplitNN(Protocol):
+# ----- typed party state ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sealed:
+    """Ciphertexts under the peer's key, kept in this party's state until its next step."""
+
+    blob: bytes
+    shape: tuple[int, ...]
+    exponent: int
+
+    @classmethod
+    def of(cls, x: paillier.EncryptedArray) -> Sealed:
+        return cls(x.to_bytes(), tuple(x.shape), x.exponent)
+
+    def open(self, public: paillier.PublicKey) -> paillier.EncryptedArray:
+        return paillier.EncryptedArray.from_bytes(public, self.blob, list(self.shape), self.exponent)
+
+    @staticmethod
+    def load(job: JobState, name: str) -> Sealed | None:
+        """The ciphertexts kept as ``stash_<name>`` (bytes in ``arrays``, shape and exponent in ``data``)."""
+        key = f"stash_{name}"
+        if key not in job.arrays:
+            return None
+        info = job.data[key]
+        return Sealed(job.arrays[key].tobytes(), tuple(info["shape"]), int(info["exponent"]))
+
+    @staticmethod
+    def store(job: JobState, name: str, x: Sealed | None) -> None:
+        key = f"stash_{name}"
+        job.data.pop(name, None)  # written by the kit's default store; kept under key instead
+        if x is None:
+            job.arrays.pop(key, None)
+            job.data.pop(key, None)
+        else:
+            job.arrays[key] = np.frombuffer(x.blob, dtype=np.uint8)
+            job.data[key] = {"shape": list(x.shape), "exponent": x.exponent}
+
+
+@dataclass(frozen=True)
+class _Party(PartyState):
+    """What both parties keep: the position, the private seed, the networks and their optimisers,
+    and this party's share of ``W_P`` with its velocity (exact integers at 2^-64)."""
+
+    t: int = 0  # the global mini-batch counter: the round of every artifact
+    epoch: int = 0
+    batch: int = 0
+    fingerprint: str = ""
+    evaluating: bool = False
+    seed: int = 0  # the private seed (hex text "private_seed" in the job state)
+    opt: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # optimiser states per part
+    nets: dict[str, np.ndarray] = field(default_factory=dict)  # flat weights per part ("net_<part>")
+    share: np.ndarray | None = None  # exact integers (hex text in the job state)
+    velocity: np.ndarray | None = None  # exact integers (hex text in the job state)
+    mean: np.ndarray | None = None  # the standardiser, once finished
+    scale: np.ndarray | None = None
+
+    _EXACT: ClassVar[tuple[str, ...]] = ("share", "velocity")
+
+    @classmethod
+    def load(cls: type[P], job: JobState) -> P:
+        typed = super().load(job)
+        nets = {k.removeprefix("net_"): v for k, v in job.arrays.items() if k.startswith("net_")}
+        exact = {n: _big(job.arrays[n]) for n in cls._EXACT if n in job.arrays}
+        seed = int(job.data["private_seed"], 16) if "private_seed" in job.data else 0
+        out: P = typed.but(seed=seed, nets=nets, **exact)
+        return out
+
+    def store(self, job: JobState) -> None:
+        super().store(job)
+        for name in ("seed", "nets"):  # written by the kit's default store; kept under their own keys
+            job.data.pop(name, None)
+            job.arrays.pop(name, None)
+        job.data["private_seed"] = f"{self.seed:x}"
+        job.arrays.update({f"net_{part}": flat for part, flat in self.nets.items()})
+        for name in self._EXACT:
+            value = getattr(self, name)
+            if value is not None:
+                job.arrays[name] = _text(value)
+
+    def advanced(self: P, batches_per_epoch: int) -> P:
+        """At the next mini-batch, and at the next epoch after the last one."""
+        batch, epoch = self.batch + 1, self.epoch
+        if batch >= batches_per_epoch:
+            batch, epoch = 0, epoch + 1
+        return self.but(t=self.t + 1, epoch=epoch, batch=batch)
+
+
+@dataclass(frozen=True)
+class PassiveState(_Party):
+    sent_digests: np.ndarray | None = None  # the ciphertexts P sent under its own key this round
+
+
+@dataclass(frozen=True)
+class ActiveState(_Party):
+    history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: loss and the meter
+    losses: list[float] = field(default_factory=list)  # this epoch's batches so far
+    leak: dict[str, Any] | None = None  # the meter's reading at the end of this epoch
+    W_A: np.ndarray | None = None
+    b: np.ndarray | None = None
+    rho: np.ndarray | None = None  # A's noise on the gradient of W_P (exact integers)
+    mask: np.ndarray | None = None  # R, A's mask on h U, until the activation arrives (exact integers)
+    h: Sealed | None = None  # [[h]] and [[V]] from the forward, until the activation arrives
+    v: Sealed | None = None
+    meter_pool: np.ndarray | None = None  # the privacy meter: every row's gradients summed over epochs
+    meter_g: np.ndarray | None = None  # and this epoch's gradients with their labels
+    meter_y: np.ndarray | None = None
+
+    _EXACT: ClassVar[tuple[str, ...]] = ("share", "velocity", "rho", "mask")
+
+    @classmethod
+    def load(cls, job: JobState) -> ActiveState:
+        typed: ActiveState = super().load(job)
+        return typed.but(h=Sealed.load(job, "h"), v=Sealed.load(job, "v"))
+
+    def store(self, job: JobState) -> None:
+        super().store(job)
+        Sealed.store(job, "h", self.h)
+        Sealed.store(job, "v", self.v)
+
+
+def share_ints(state: JobState) -> np.ndarray:
+    """This party's share of ``W_P`` as exact integers at 2^-64 (``U + V = W_P 2^64``)."""
+    return _need(_Party.load(state).share, "share of W_P")
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What every step reads of this party's job: its data, the model spec and the params."""
+
+    data: PartyData
+    spec: ss.SplitSpec
+    params: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, ctx: PartyContext) -> _Inputs:
+        return cls(PartyData(ctx, intercept=False), ss.parse_spec(ctx.params["model"]), ctx.params)
+
+    def rows(self, state: _Party) -> np.ndarray:
+        """This step's rows: the test rows once evaluating, else the mini-batch of the position."""
+        if state.evaluating:
+            return self.data.split.test
+        return self.data.batch_rows(self.params, state.epoch, state.batch)
+
+    def labels(self, who: str) -> np.ndarray:
+        if self.data.y is None:
+            raise DataError(f"{who} is the active party but has no label column")
+        return self.data.y
+
+
+def _net(state: _Party, spec: ss.SplitSpec, part: str, in_dim: int) -> Sequential | None:
+    """One of this party's plaintext networks with its current weights (None when empty)."""
+    net = ss.build_part(spec, part, in_dim, state.seed)
+    if net is not None and part in state.nets:
+        net.set_flat(state.nets[part])
+    return net
+
+
+def bottom_output(state: _Party, inputs: _Inputs, part: str, rows: np.ndarray, *,
+                  train: bool) -> tuple[Sequential | None, np.ndarray]:
+    """A bottom network and its output on ``rows``, with this mini-batch's dropout masks."""
+    net = _net(state, inputs.spec, part, inputs.data.X.shape[1])
+    ss.reseed_dropout(net, state.seed, state.epoch, state.batch, part)
+    return net, ss.forward(net, inputs.data.X[rows], train=train)
+
+
+def _opts(params: Mapping[str, Any], saved: Mapping[str, list[dict[str, Any]]], part: str,
+          count: int) -> list[Optimizer]:
+    """The optimisers of one part (one per parameter array) in the states ``saved`` for it."""
+    make = ss.optimizer_factory(params)
+    opts: list[Optimizer] = [make() for _ in range(count)]
+    for opt, state in zip(opts, saved.get(part, []), strict=False):  # none saved yet: []
+        opt.load_state_dict(state)
+    return opts
+
+
+def _saved(opts: list[Optimizer]) -> list[dict[str, Any]]:
+    return [json_state(o.state_dict()) for o in opts]
+
+
+def _step_share(w: np.ndarray, v: np.ndarray | None, params: Mapping[str, Any], grad: np.ndarray,
+                bound_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """One step of this party's share ``w`` of ``W_P`` and its velocity ``v``: SGD with momentum
+    in exact integers at 2^-64.
+
+    The reference's rule (``v <- mom v + g + l2 w``, ``w <- w - lr v``) on one share: linear, so
+    the two shares' steps sum to the step of ``W_P`` (each product rounded to 2^-64).
+
+    Raises:
+        VflError: the share outgrew the public bound its masks were sized for.
+    """
+    v = np.zeros(w.shape, dtype=object) if v is None else v
+    v = _times(v, params["interactive_momentum"]) + grad + _times(w, params["l2"])
+    w = w - _times(v, params["interactive_lr"])
+    if max(abs(int(x)) for x in w.flat) >= 1 << bound_bits:
+        raise VflError(f"a share of the interactive weights outgrew its public {bound_bits}-bit bound; "
+                       "lower interactive_lr or l2")
+    return w, v
+
+
+# ----- messages ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Forward(Message):
+    """P -> A: ``[[h]]`` (row ``i`` shifted into slot ``i mod slots``) and ``[[V]]``, under P's key."""
+
+    kind = FORWARD
+    epoch: int
+    batch: int
+    rows: int
+    eval: bool
+    alignment: str
+    h: paillier.EncryptedArray
+    v: paillier.EncryptedArray
+    slots: int
+    width: int
+
+    def meta(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "rows": self.rows, "eval": self.eval,
+                "alignment": self.alignment}
+
+    def members(self) -> list[Member]:
+        for x in (self.h, self.v):
+            paillier.require_fresh(x, "the forward message")
+        return [_member("h", self.h, slots=self.slots, slot_bits=self.width), enc_member("v", self.v)]
+
+    @classmethod
+    def read(cls, art: Artifact, state: ActiveState, inputs: _Inputs, public: paillier.PublicKey,
+             me: str) -> Forward:
+        """Checked against A's round, alignment, rows, share of ``W_P`` and the public slot layout."""
+        check_round(art, state.t)
+        if art.meta.get("alignment") != inputs.data.fingerprint:
+            raise InvalidArtifact(f"{art.sender} trains on another alignment than {me} (mismatched rows)")
+        rows = len(inputs.rows(state))
+        expect_meta_count(art, "rows", rows)
+        kp = _kp(art)
+        _, width, slots = layout(public.bits, kp, inputs.params)
+        groups = -(-rows // slots)
+        U = (kp, inputs.spec.units) if state.share is None else state.share.shape
+        H, Vc = read_enc(art, "h", public), read_enc(art, "v", public)
+        if U[0] != kp or H.shape != (groups * slots, kp) or Vc.shape != U:
+            raise InvalidArtifact(f"{art.sender}'s forward holds {list(H.shape)} and {list(Vc.shape)} values, expected "
+                                  f"{[groups * slots, U[0]]} and {list(U)} (mismatched rows or widths)")
+        if (H.exponent, Vc.exponent) != (E, SHARE_E):
+            raise InvalidArtifact(f"{art.sender}'s forward is not at exponents {E} and {SHARE_E}")
+        return cls(state.epoch, state.batch, rows, state.evaluating, inputs.data.fingerprint, H, Vc, slots, width)
+
+
+def _kp(art: Artifact) -> int:
+    """P's bottom output width, from the shape of ``[[h]]`` (checked in full once read)."""
+    shape = art.members["h"].info.get("shape", []) if "h" in art.members else []
+    if len(shape) != 2 or not 1 <= int(shape[1]) <= 100_000:
+        raise InvalidArtifact(f"{art.kind} from {art.sender} holds {shape} values, expected rows x columns")
+    return int(shape[1])
+
+
+@dataclass(frozen=True)
+class Request(Message):
+    """A -> P: ``[[h U + R]]``, ``slots`` rows per ciphertext, re-randomised (fresh)."""
+
+    kind = ACT_REQUEST
+    epoch: int
+    batch: int
+    eval: bool
+    act: paillier.EncryptedArray
+    slots: int
+    width: int
+
+    def meta(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "eval": self.eval}
+
+    def members(self) -> list[Member]:
+        paillier.require_fresh(self.act, "the activation request")
+        return [_member("act", self.act, slots=self.slots, slot_bits=self.width)]
+
+    @classmethod
+    def read(cls, art: Artifact, state: PassiveState, inputs: _Inputs, public: paillier.PublicKey) -> Request:
+        """Checked against P's round, rows and width; never P's own ciphertexts sent back."""
+        check_round(art, state.t)
+        V = _need(state.share, "share of W_P")
+        _, width, slots = layout(public.bits, V.shape[0], inputs.params)
+        groups = -(-len(inputs.rows(state)) // slots)
+        act = read_enc(art, "act", public)
+        if act.shape != (groups, inputs.spec.units):
+            raise InvalidArtifact(f"activation request from {art.sender} holds {list(act.shape)} ciphertexts, "
+                                  f"expected {[groups, inputs.spec.units]}")
+        # decrypt only A's products: none of the [[h]] or [[V]] ciphertexts P sent this round
+        refuse_echo(state.sent_digests, art.members["act"].data, public.width, "the activation request", art.sender)
+        return cls(state.epoch, state.batch, state.evaluating, act, slots, width)
+
+
+@dataclass(frozen=True)
+class Activation(Message):
+    """P -> A: ``h U + R + h V`` per row and unit, modulo P's ``n``."""
+
+    kind = ACTIVATION
+    epoch: int
+    batch: int
+    eval: bool
+    z: list[int]
+    modulus: int
+
+    def meta(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "eval": self.eval}
+
+    def members(self) -> list[Member]:
+        return [ints_member("z", self.z, self.modulus)]
+
+    @classmethod
+    def read(cls, art: Artifact, state: ActiveState, count: int, modulus: int) -> Activation:
+        check_round(art, state.t)
+        return cls(state.epoch, state.batch, state.evaluating, read_ints(art, "z", count), modulus)
+
+
+@dataclass(frozen=True)
+class Backward(Message):
+    """A -> P: the noised gradient of ``W_P`` (one partial sum per slot) and ``dL/dh``, both fresh."""
+
+    kind = BACKWARD
+    epoch: int
+    batch: int
+    next: str  # "batch" or "evaluate"
+    grad: paillier.EncryptedArray
+    err: paillier.EncryptedArray
+    slots: int
+    width: int
+    err_slots: int
+
+    def meta(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "next": self.next}
+
+    def members(self) -> list[Member]:
+        for x in (self.grad, self.err):
+            paillier.require_fresh(x, "the backward message")
+        return [_member("grad", self.grad, slots=self.slots, slot_bits=self.width),
+                _member("err", self.err, slots=self.err_slots, slot_bits=ERR_SLOT_BITS)]
+
+    @classmethod
+    def read(cls, art: Artifact, state: PassiveState, inputs: _Inputs, public: paillier.PublicKey) -> Backward:
+        """Checked against P's round, widths and rows; never P's own ciphertexts sent back."""
+        check_round(art, state.t)
+        k, m = _need(state.share, "share of W_P").shape
+        _, width, slots = layout(public.bits, k, inputs.params)
+        s_err = slot_count(public.bits, ERR_SLOT_BITS)
+        groups = -(-len(inputs.rows(state)) // s_err)
+        grad, err = read_enc(art, "grad", public), read_enc(art, "err", public)
+        if grad.shape != (m, k) or err.shape != (k, groups):
+            raise InvalidArtifact(f"backward message from {art.sender} has the wrong number of values")
+        for name in ("grad", "err"):  # A's products, never P's own [[h]] or [[V]] sent back
+            refuse_echo(state.sent_digests, art.members[name].data, public.width, "the backward message", art.sender)
+        if grad.exponent != SHARE_E:
+            raise InvalidArtifact(f"backward message from {art.sender}: the gradient is not at exponent {SHARE_E}")
+        nxt = art.meta.get("next")
+        if nxt not in ("batch", "evaluate"):
+            raise InvalidArtifact(f"backward message from {art.sender} says next={nxt!r}")
+        return cls(state.epoch, state.batch, str(nxt), grad, err, slots, width, s_err)
+
+
+# ----- pure steps: the passive party ------------------------------------------------------------
+def passive_start(inputs: _Inputs, seed: int) -> PassiveState:
+    """P's bottom network and its share ``V`` of ``W_P``, both from its own private seed."""
+    dim = inputs.data.X.shape[1]
+    net = ss.build_part(inputs.spec, "passive", dim, seed)
+    # V: P's share of W_P, drawn by P alone; A draws its share U the same way: W_P = U + V
+    share = _ints(ss.initial_share(inputs.spec, ss.out_dim(net, dim), seed), SHARE_E)
+    return PassiveState(fingerprint=inputs.data.fingerprint, seed=seed,
+                        nets={} if net is None else {"passive": net.get_flat()}, share=share)
+
+
+def passive_forward(state: PassiveState, inputs: _Inputs, own: paillier.PublicKey) -> Forward:
+    """P's bottom output on this step's rows, encrypted into its slots, and ``[[V]]``, under P's key."""
+    rows = inputs.rows(state)
+    _, h = bottom_output(state, inputs, "passive", rows, train=not state.evaluating)
+    if not np.all(np.isfinite(h)) or np.abs(h).max(initial=0.0) > H_BOUND:
+        raise VflError("the passive bottom network's outputs exploded (training diverged): lower learning_rate")
+    # row i goes to slot i mod S of A's products: encrypt its integers at 2^-32 already
+    # shifted by 2^(width (i mod S)); V is P's share, integers at 2^-64
+    _, width, slots = layout(own.bits, h.shape[1], inputs.params)
+    H = _enc_ints(own, _shifted(_pad(_ints(h), slots), width, slots), E)
+    V = _enc_ints(own, _need(state.share, "share of W_P"), SHARE_E)
+    return Forward(state.epoch, state.batch, len(rows), state.evaluating, inputs.data.fingerprint, H, V, slots, width)
+
+
+def passive_activation(state: PassiveState, inputs: _Inputs, req: Request, priv: paillier.PrivateKey) -> Activation:
+    """``h U + R`` (decrypted, split into its slots) plus ``h V``: exact integers modulo ``n``."""
+    rows = inputs.rows(state)
+    _, h = bottom_output(state, inputs, "passive", rows, train=not state.evaluating)
+    n = priv.public.n
+    groups, units = req.act.shape
+    cts = np.array(priv.decrypt_raw(req.act), dtype=object).reshape(groups, units)
+    raw = np.empty((groups * req.slots, units), dtype=object)
+    for g in range(groups):
+        for j in range(units):
+            raw[g * req.slots:(g + 1) * req.slots, j] = unslot(int(cts[g, j]), n, req.width, req.slots)
+    # hU + R from A (at 2^-96), plus hV on exactly the integers A used: h at 2^-32, V at 2^-64
+    masked = (raw[:len(rows)] + _ints(h).dot(_need(state.share, "share of W_P"))) % n
+    return Activation(state.epoch, state.batch, state.evaluating, [int(v) for v in masked.ravel()], n)
+
+
+def passive_backward(state: PassiveState, inputs: _Inputs, back: Backward, priv: paillier.PrivateKey) -> PassiveState:
+    """P steps its share ``V`` with the noised gradient and its bottom network with ``dL/dh``,
+    then moves to the next mini-batch (or to the test rows)."""
+    rows = inputs.rows(state)
+    n, V = priv.public.n, _need(state.share, "share of W_P")
+    k, m = V.shape
+    share_bits = layout(priv.public.bits, k, inputs.params)[0]
+    # the gradient comes as one partial sum per slot (rows i = s mod S), each noised: add them
+    # (exact integers at 2^-64: the gradient's resolution and the share's)
+    slot_sums = [sum(unslot(int(v), n, back.width, back.slots)) for v in priv.decrypt_raw(back.grad)]
+    noisy_grad = np.array(slot_sums, dtype=object).reshape(m, k).T
+    err_ints = [unslot(int(v), n, ERR_SLOT_BITS, back.err_slots) for v in priv.decrypt_raw(back.err)]
+    err = encoding.decode([x for row in err_ints for x in row], back.err.exponent).reshape(k, -1)
+    err = err[:, :len(rows)].T
+    # V steps with (grad + eps); A steps U with -eps: the shares' sum takes the exact step
+    share, velocity = _step_share(V, state.velocity, inputs.params, noisy_grad, share_bits + 1)
+    new = state.but(share=share, velocity=velocity)
+    net, _ = bottom_output(state, inputs, "passive", rows, train=True)
+    if net is not None:
+        opts = _opts(inputs.params, state.opt, "passive", len(net.params()))
+        net.backward(err)
+        ss.step_net(net, opts)
+        new = new.but(nets={**new.nets, "passive": net.get_flat()}, opt={**new.opt, "passive": _saved(opts)})
+    new = new.advanced(inputs.data.batches_per_epoch)
+    return new.but(evaluating=True) if back.next == "evaluate" else new
+
+
+# ----- pure steps: the active party -------------------------------------------------------------
+def active_start(inputs: _Inputs, who: str, seed: int) -> ActiveState:
+    """A checks its labels against the head and builds its bottom and top networks from its seed."""
+    spec, y = inputs.spec, inputs.labels(who)
+    make_head(spec.head).check_targets(y)
+    if spec.head == "multiclass":
+        classes = int(y.max()) + 1
+        if classes != spec.outputs:
+            raise VflError(f"model spec: the labels hold {classes} classes (0..{classes - 1}) but the network "
+                           f"has {spec.outputs} outputs; make the last dense layer of [[model.top]] "
+                           f"{classes} units")
+    nets = {}
+    for part, dim in (("active", inputs.data.X.shape[1]), ("top", spec.units)):
+        net = ss.build_part(spec, part, dim, seed)
+        if net is not None:
+            nets[part] = net.get_flat()
+    return ActiveState(fingerprint=inputs.data.fingerprint, seed=seed, nets=nets)
+
+
+def _with_interactive(state: ActiveState, inputs: _Inputs, kp: int, slots: int) -> ActiveState:
+    """First batch: ``W_A``, ``b`` and A's share ``U`` of ``W_P``, from A's own seed."""
+    spec, dim = inputs.spec, inputs.data.X.shape[1]
+    ka = ss.out_dim(ss.build_part(spec, "active", dim, 0), dim)
+    return state.but(W_A=ss.initial_active_weights(spec, ka, state.seed), b=np.zeros(spec.units),
+                     share=_ints(ss.initial_share(spec, kp, state.seed), SHARE_E),
+                     rho=np.zeros((slots, kp, spec.units), dtype=object))
+
+
+def activation_request(state: ActiveState, inputs: _Inputs, fwd: Forward,
+                       peer: paillier.PublicKey) -> tuple[ActiveState, Request]:
+    """``[[h U + R]]``: ``S`` rows per ciphertext, masked by ``R`` (A's secret, kept until the activation)."""
+    kp, units = fwd.h.shape[1], inputs.spec.units
+    share_bits, width, slots = layout(peer.bits, kp, inputs.params)
+    groups = fwd.h.shape[0] // slots
+    state = _with_interactive(state, inputs, kp, slots) if state.share is None else state
+    U = _need(state.share, "share of W_P")
+    # rows g S .. g S + S - 1 of [[h]] arrive shifted into slots 0 .. S-1: one product of the
+    # S rows with S copies of U puts their S outputs into the slots of one ciphertext (at 2^-96)
+    hu = _enc_matmul_ints(fwd.h.reshape(groups, slots * kp), np.vstack([U] * slots), share_bits)
+    # R: uniform over 2^40 times the bound of |h U|, added before the products are re-randomised
+    R = _uniform((groups * slots, units), width - 2, signed=False)
+    hu = add_fresh(hu, _packed(R.reshape(groups, slots, -1).transpose(1, 0, 2), width))
+    new = state.but(mask=R, h=Sealed.of(fwd.h), v=Sealed.of(fwd.v))
+    return new, Request(state.epoch, state.batch, state.evaluating, hu, slots, width)
+
+
+def unmasked(z: list[int], R: np.ndarray, n: int) -> np.ndarray:
+    """``h W_P = (h U + R + h V) - R``: integers at 2^-96 (``h`` at 2^-32, the shares at 2^-64), decoded."""
+    return encoding.decode([encoding.signed((y - int(r)) % n, n) for y, r in zip(z, R.ravel(), strict=False)],
+                           E + SHARE_E)
+
+
+def _active_forward(state: ActiveState, inputs: _Inputs, z_p: np.ndarray,
+                    rows: np.ndarray) -> tuple[Sequential | None, Sequential | None, np.ndarray, np.ndarray]:
+    """A's bottom network, top network, bottom output ``h_A`` and the network's output."""
+    train = not state.evaluating
+    bottom, h_a = bottom_output(state, inputs, "active", rows, train=train)
+    top = _net(state, inputs.spec, "top", inputs.spec.units)
+    ss.reseed_dropout(top, state.seed, state.epoch, state.batch, "top")
+    z = h_a @ _need(state.W_A, "W_A") + z_p + _need(state.b, "b")
+    return bottom, top, h_a, ss.forward(top, z, train=train)
+
+
+def metered(state: ActiveState, inputs: _Inputs, sent: np.ndarray, rows: np.ndarray, *, end: bool) -> ActiveState:
+    """The privacy meter: the label attacks on this epoch's outgoing gradients so far.
+
+    Run at the end of every epoch (recorded in its history entry, with the attacks on each
+    training row's gradients summed over the epochs so far: an attacker pooling epochs) and,
+    when ``max_leak_auc`` < 1, before every batch is sent: a leak above the bound refuses to send.
+    """
+    data, params = inputs.data, inputs.params
+    if inputs.spec.head == "regression" or data.y is None:
+        return state
+    y, bound = data.y[rows], float(params["max_leak_auc"])
+    pool = np.zeros((data.n, sent.shape[1])) if state.meter_pool is None else state.meter_pool.copy()
+    pool[rows] += sent
+    g = sent if state.meter_g is None else np.vstack([state.meter_g, sent])
+    labels = y if state.meter_y is None else np.concatenate([state.meter_y, y])
+    # the next epoch is metered on its own
+    new = state.but(meter_pool=pool, meter_g=None if end else g, meter_y=None if end else labels)
+    if not end and bound >= 1.0:
+        return new
+    from vfl_cli.privacy import leak_aucs
+
+    leaks = leak_aucs(labels, g)
+    if not leaks:  # too few rows of a class yet to attack
+        return new
+    worst = max(leaks, key=lambda k: leaks[k])
+    if leaks[worst] > bound:
+        raise VflError(f"privacy meter: the {worst} label attack on the gradients about to be sent reaches "
+                       f"AUC {leaks[worst]:.3f}, above max_leak_auc {bound}; nothing was sent. Raise "
+                       f"label_protection (now {params['label_protection']}) or max_leak_auc")
+    if not end:
+        return new
+    train = data.split.train
+    return new.but(leak={"label_leak_auc": leaks, "label_leak_auc_pooled": leak_aucs(data.y[train], pool[train])})
+
+
+def backward_message(peer: paillier.PublicKey, H: paillier.EncryptedArray, Vc: paillier.EncryptedArray,
+                     U: np.ndarray, delta: np.ndarray, sent: np.ndarray, rho_before: np.ndarray,
+                     width: int) -> tuple[paillier.EncryptedArray, paillier.EncryptedArray, np.ndarray, np.ndarray]:
+    """``[[grad + eps]]`` and ``[[dL/dh]]`` (both fresh), A's noise ``eps`` on the gradient of
+    ``W_P`` summed over the slots (integers at 2^-64, for A's share) and the new ``rho``."""
+    m, slots = delta.shape[1], rho_before.shape[0]
+    # gradient of W_P under KP: [[h]] arrives shifted, so delta^T [[h]] holds one partial sum per
+    # slot (rows i = s mod S), at 2^-64; each is noised with its own eps_s = rho_s,t - rho_s,t-1,
+    # rho uniform over 2^40 times the sum's public bound 2^GRAD_BITS, at its own resolution
+    d = _pad(delta, slots)
+    bound = H_BOUND * (np.abs(d) + 2.0**-32).reshape(-1, slots, m).sum(axis=0).max()
+    if bound >= 2.0**GRAD_BITS:
+        raise VflError(f"the gradient of the interactive layer may reach {bound:.3g}, above the protocol's public "
+                       f"bound 2^{GRAD_BITS} its noise is sized for: lower learning_rate or standardise the label")
+    rho = _uniform(rho_before.shape, RHO_BITS, signed=True)
+    eps = rho - rho_before
+    grad = add_fresh(paillier.plain_matmul(d.T, H), _packed(eps.transpose(0, 2, 1), width))
+    return grad, _error(peer, Vc, U, sent), eps.sum(axis=0), rho
+
+
+def _error(peer: paillier.PublicKey, Vc: paillier.EncryptedArray, U: np.ndarray,
+           sent: np.ndarray) -> paillier.EncryptedArray:
+    """``[[dL/dh]] = [[W_P]] sent^T`` with ``[[W_P]] = [[V]] + U`` (integers at 2^-64), before either
+    share steps; ``S'`` rows per ciphertext: ``[[W_P]]`` shifted by ``2^(115 s)`` for slot ``s``."""
+    s_err = slot_count(peer.bits, ERR_SLOT_BITS)
+    shifted = [paillier.add_ints(Vc, U).T]
+    for _ in range(s_err - 1):  # each slot's block from the previous: a 115-bit exponent each
+        shifted.append(shifted[-1].mul(1 << ERR_SLOT_BITS))
+    blocks = paillier.concatenate(shifted)
+    ds = _pad(sent, s_err)
+    err = _enc_matmul(blocks.T, ds.reshape(len(ds) // s_err, s_err * sent.shape[1]).T)
+    return paillier.rerandomize(err, randomiser="long-exponent")
+
+
+def _stepped_own(state: ActiveState, params: Mapping[str, Any], bottom: Sequential | None, top: Sequential | None,
+                 h_a: np.ndarray, delta: np.ndarray) -> ActiveState:
+    """A's own layers (bottom, top, ``W_A``, ``b``) stepped on the exact ``delta``, as in plaintext."""
+    W_A, b = _need(state.W_A, "W_A"), _need(state.b, "b")
+    nets, opt = dict(state.nets), dict(state.opt)
+    for net, part, grad_out in ((bottom, "active", delta @ W_A.T), (top, "top", None)):
+        if net is not None:
+            opts = _opts(params, opt, part, len(net.params()))
+            if grad_out is not None:
+                net.backward(grad_out)
+            ss.step_net(net, opts)
+            nets[part], opt[part] = net.get_flat(), _saved(opts)
+    opt_wa, opt_b = _opts(params, opt, "interactive", 2)
+    W_A = opt_wa.step(W_A, h_a.T @ delta)
+    b = opt_b.step(b, delta.sum(axis=0), mask=False)
+    opt["interactive"] = _saved([opt_wa, opt_b])
+    return state.but(nets=nets, opt=opt, W_A=W_A, b=b)
+
+
+def _next_batch(state: ActiveState, loss: float, inputs: _Inputs) -> tuple[ActiveState, str]:
+    """The loss recorded (and the epoch's history entry after its last batch), the position
+    advanced, and what comes next: another ``"batch"`` or ``"evaluate"``."""
+    losses, history, leak = [*state.losses, float(loss)], state.history, state.leak
+    if state.batch == inputs.data.batches_per_epoch - 1:
+        history = [*history, {"epoch": state.epoch, "loss": float(np.mean(losses)), **(leak or {})}]
+        losses, leak = [], None
+    new = state.but(losses=losses, history=history, leak=leak).advanced(inputs.data.batches_per_epoch)
+    nxt = "batch" if new.epoch < int(inputs.params["epochs"]) else "evaluate"
+    return new.but(evaluating=nxt == "evaluate"), nxt
+
+
+def train_batch(state: ActiveState, inputs: _Inputs, z_p: np.ndarray, rows: np.ndarray, peer: paillier.PublicKey,
+                who: str) -> tuple[ActiveState, Backward]:
+    """A's plaintext part of one mini-batch (interactive layer, top network, loss, its own steps)
+    and the backward message for P: the noised gradient of ``W_P`` and the protected ``dL/dh``."""
+    spec, params = inputs.spec, inputs.params
+    bottom, top, h_a, out = _active_forward(state, inputs, z_p, rows)
+    y = inputs.labels(who)[rows]
+    loss, dout = make_head(spec.head).loss_grad(out, y)
+    if not np.isfinite(loss):
+        raise VflError("the loss is not finite (training diverged): lower learning_rate")
+    delta = ss.backward(top, dout)
+    # label protection: the passive bottom learns from (and P decrypts) dL/dh = sent W_P^T;
+    # every other gradient, W_P's included, uses the exact delta
+    sent = ss.protect(delta, y, float(params["label_protection"]),
+                      ss.protection_rng(state.seed, state.epoch, state.batch), head=spec.head)
+    new = metered(state, inputs, sent, rows, end=state.batch == inputs.data.batches_per_epoch - 1)
+    H, Vc = _need(state.h, "[[h]]").open(peer), _need(state.v, "[[V]]").open(peer)
+    share_bits, width, _ = layout(peer.bits, H.shape[1], params)
+    U = _need(state.share, "share of W_P")
+    grad, err, eps, rho = backward_message(peer, H, Vc, U, delta, sent, _need(state.rho, "rho"), width)
+    new = _stepped_own(new, params, bottom, top, h_a, delta)
+    share, velocity = _step_share(U, state.velocity, params, -eps, share_bits)
+    new = new.but(share=share, velocity=velocity, rho=rho, mask=None, h=None, v=None)
+    new, nxt = _next_batch(new, float(loss), inputs)
+    slots = slot_count(peer.bits, ERR_SLOT_BITS)
+    return new, Backward(state.epoch, state.batch, nxt, grad, err, rho.shape[0], width, slots)
+
+
+def _test_metrics(head: str, y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    from vfl_cli.metrics import classification_metrics, multiclass_metrics, regression_metrics
+
+    # scikit-learn (behind the metrics) is imported only here, once per job
+    if head == "binary":
+        return classification_metrics(y, pred)
+    if head == "multiclass":
+        return multiclass_metrics(y, pred)
+    return regression_metrics(y, pred)
+
+
+def _privacy(params: Mapping[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The meter's summary over the epochs (the worst reading of each attack, the last pooled one)."""
+    leaks = [h["label_leak_auc"] for h in history if h.get("label_leak_auc")]
+    return {
+        "meter": "label attacks on the gradients A sent, max(AUC, 1 - AUC) per epoch",
+        "label_protection": float(params["label_protection"]),
+        "max_leak_auc": float(params["max_leak_auc"]),
+        "worst_label_leak_auc": {k: max(x[k] for x in leaks) for k in leaks[0]} if leaks else {},
+        "pooled_label_leak_auc": next((h["label_leak_auc_pooled"] for h in reversed(history)
+                                       if h.get("label_leak_auc_pooled")), {}),
+    }
+
+
+def results(ctx: PartyContext, state: _Party, inputs: _Inputs, metrics: dict[str, Any]) -> dict[str, Any]:
+    """A party's results: its model card (its own part: layers, its share's shape), metrics, history."""
+    spec, dim = inputs.spec, inputs.data.X.shape[1]
+    kp = int(_need(state.share, "share of W_P").shape[0])
+    history = state.history if isinstance(state, ActiveState) else []
+    # each party knows its own input width; the other's only where a dense layer fixes it
+    layers = spec.layers(ctx.active, ctx.passives[0], dim if ctx.is_active else None,
+                         None if ctx.is_active else dim)
+    out: dict[str, Any] = {
+        "model": {
+            "protocol": SplitNN.name,
+            "job": ctx.job,
+            "party": ctx.name,
+            "alignment": ctx.params["alignment"],
+            "params": dict(ctx.params),
+            "features": list(ctx.features),
+            "head": spec.head,
+            "layers": layers,
+            "interactive_share": {"shape": [kp, spec.units], "holder": ctx.name,
+                                  "note": "one additive share of W_P; the other party holds the other"},
+            "epochs_run": state.epoch,
+        },
+        "metrics": metrics,
+        "history": history,
+    }
+    if ctx.is_active and spec.head != "regression":
+        out["privacy"] = _privacy(ctx.params, history)
+    return out
+
+
+def _finished(state: P, inputs: _Inputs) -> P:
+    """The state a party finishes with: the standardiser kept for export and prediction."""
+    return state.but(mean=inputs.data.standardiser.mean, scale=inputs.data.standardiser.scale)
+
+
+# ----- handlers: decode -> pure step -> encode --------------------------------------------------
+def _p_send_forward(ctx: PartyContext, state: PassiveState, inputs: _Inputs) -> Step[PassiveState]:
+    own = ctx.private_key().public
+    tick = ctx.progress(f"round {state.t}: encrypting the bottom output", None)
+    fwd = passive_forward(state, inputs, own)
+    tick(fwd.rows * fwd.v.shape[0])
+    members = fwd.members()
+    # what P sends under its own key must never come back to it for decryption
+    sent = sent_digests([m.data for m in members], own.width)
+    out = Outgoing(ctx.active, FORWARD, "forward", members, fwd.meta(), state.t)
+    return Step(state.but(sent_digests=sent), "wait-request", [out])
+
+
+def _p_start(ctx: PartyContext, state: PassiveState, received: Mapping[str, Artifact]) -> Step[PassiveState]:
+    inputs = _Inputs.of(ctx)
+    if inputs.data.y is not None:
+        raise DataError(f"{ctx.name} is passive but has labels")
+    return _p_send_forward(ctx, passive_start(inputs, private_seed("passive")), inputs)
+
+
+def _p_activation(ctx: PartyContext, state: PassiveState, received: Mapping[str, Artifact]) -> Step[PassiveState]:
+    inputs, priv = _Inputs.of(ctx), ctx.private_key()
+    req = Request.read(need(received, ctx.active, ACT_REQUEST), state, inputs, priv.public)
+    out = [passive_activation(state, inputs, req, priv).to(ctx.active, "activation", state.t)]
+    if state.evaluating:
+        done = _finished(state, inputs)
+        return Step.finish(done, results(ctx, done, inputs, {}), out)
+    return Step(state, "wait-backward", out)
+
+
+def _p_backward(ctx: PartyContext, state: PassiveState, received: Mapping[str, Artifact]) -> Step[PassiveState]:
+    inputs, priv = _Inputs.of(ctx), ctx.private_key()
+    back = Backward.read(need(received, ctx.active, BACKWARD), state, inputs, priv.public)
+    return _p_send_forward(ctx, passive_backward(state, inputs, back, priv), inputs)
+
+
+def _a_start(ctx: PartyContext, state: ActiveState, received: Mapping[str, Artifact]) -> Step[ActiveState]:
+    return Step(active_start(_Inputs.of(ctx), ctx.name, private_seed("active")), "wait-forward")
+
+
+def _a_request(ctx: PartyContext, state: ActiveState, received: Mapping[str, Artifact]) -> Step[ActiveState]:
+    inputs, p = _Inputs.of(ctx), ctx.passives[0]
+    peer = ctx.public_key(p)
+    fwd = Forward.read(need(received, p, FORWARD), state, inputs, peer, ctx.name)
+    new, req = activation_request(state, inputs, fwd, peer)
+    return Step(new, "wait-activation", [req.to(p, "activation-request", state.t)])
+
+
+def _a_step(ctx: PartyContext, state: ActiveState, received: Mapping[str, Artifact]) -> Step[ActiveState]:
+    inputs, p = _Inputs.of(ctx), ctx.passives[0]
+    peer = ctx.public_key(p)
+    rows, units = inputs.rows(state), inputs.spec.units
+    act = Activation.read(need(received, p, ACTIVATION), state, len(rows) * units, peer.n)
+    z_p = unmasked(act.z, _need(state.mask, "mask R")[:len(rows)], peer.n).reshape(len(rows), units)
+    if state.evaluating:
+        return _a_evaluate(ctx, state.but(mask=None, h=None, v=None), inputs, z_p, rows)
+    new, back = train_batch(state, inputs, z_p, rows, peer, ctx.name)
+    return Step(new, "wait-forward", [back.to(p, "backward", state.t)])
+
+
+def _a_evaluate(ctx: PartyContext, state: ActiveState, inputs: _Inputs, z_p: np.ndarray,
+                rows: np.ndarray) -> Step[ActiveState]:
+    _, _, _, out = _active_forward(state, inputs, z_p, rows)
+    pred = make_head(inputs.spec.head).predict(out)
+    test = _test_metrics(inputs.spec.head, inputs.labels(ctx.name)[rows], pred)
+    metrics = {"train": {"loss": state.history[-1]["loss"]} if state.history else {}, "test": test}
+    done = _finished(state, inputs)
+    final = results(ctx, done, inputs, metrics)
+    ids = ctx.job_arrays(ctx.params["alignment"])["aligned_ids"][rows]
+    final["split"] = {"test_ids": [str(i) for i in ids]}
+    return Step.finish(done, final)
+
+
+def _from_passive(kind: str) -> Any:
+    return lambda ctx, state: [Expect(ctx.passives[0], kind)]
+
+
+class SplitNN(KitProtocol[Any]):
     name = "split-nn"
     summary = "split neural network: plaintext bottom/top layers, a ciphertext interactive layer"
+    states = {"active": ActiveState, "passive": PassiveState}
+    params_spec = PARAMS
 
     def check_params(self, params: dict[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
         return check_params(params, parties)
 
-    def expects(self, ctx: PartyContext, state: JobState) -> list[Expect]:
-        p, a = ctx.passives[0], ctx.active
-        if ctx.is_active:
-            return {"start": [], "wait-forward": [Expect(p, FORWARD)],
-                    "wait-activation": [Expect(p, ACTIVATION)]}[state.phase]
-        return {"start": [], "wait-request": [Expect(a, ACT_REQUEST)],
-                "wait-backward": [Expect(a, BACKWARD)]}[state.phase]
-
-    def advance(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]) -> list[Outgoing]:
-        data = PartyData(ctx, intercept=False)
-        spec = ss.parse_spec(ctx.params["model"])
-        if ctx.is_active:
-            handler = {"start": self._a_start, "wait-forward": self._a_request,
-                       "wait-activation": self._a_step}[state.phase]
-        else:
-            handler = {"start": self._p_start, "wait-request": self._p_activation,
-                       "wait-backward": self._p_backward}[state.phase]
-        return handler(ctx, state, received, data, spec)
-
-    # ----- shared helpers -----------------------------------------------------------------------
-    _position = staticmethod(position)
-    _check_round = staticmethod(check_round)
-
-    @staticmethod
-    def _advance(state: JobState, data: PartyData) -> None:
-        advance_position(state, data.batches_per_epoch)
-
-    @staticmethod
-    def _net(state: JobState, spec: ss.SplitSpec, part: str, in_dim: int, seed: int) -> Sequential | None:
-        net = ss.build_part(spec, part, in_dim, seed)
-        if net is not None and f"net_{part}" in state.arrays:
-            net.set_flat(state.arrays[f"net_{part}"])
-        return net
-
-    @staticmethod
-    def _save_net(state: JobState, part: str, net: Sequential | None) -> None:
-        if net is not None:
-            state.arrays[f"net_{part}"] = net.get_flat()
-
-    @staticmethod
-    def _opts(
-        ctx: PartyContext, state: JobState, key: str, count: int, *, interactive: bool = False
-    ) -> list[Optimizer]:
-        make = (lambda: ss.interactive_optimizer(ctx.params)) if interactive else ss.optimizer_factory(ctx.params)
-        opts = [make() for _ in range(count)]
-        for opt, saved in zip(opts, state.data.get("opt", {}).get(key, []), strict=False):  # none saved yet: []
-            opt.load_state_dict(saved)
-        return opts
-
-    @staticmethod
-    def _save_opts(state: JobState, key: str, opts: list[Optimizer]) -> None:
-        state.data.setdefault("opt", {})[key] = [json_state(o.state_dict()) for o in opts]
-
-    def _bottom_output(self, ctx: PartyContext, state: JobState, data: PartyData, spec: ss.SplitSpec,
-                       part: str, rows: np.ndarray, *, train: bool) -> tuple[Sequential | None, np.ndarray]:
-        seed = _own_seed(state)
-        net = self._net(state, spec, part, data.X.shape[1], seed)
-        _, epoch, batch = self._position(state)
-        ss.reseed_dropout(net, seed, epoch, batch, part)
-        return net, ss.forward(net, data.X[rows], train=train)
-
-    # ----- passive party ------------------------------------------------------------------------
-    def _p_start(self, ctx: PartyContext, state: JobState, received: Any, data: PartyData,
-                 spec: ss.SplitSpec) -> list[Outgoing]:
-        if data.y is not None:
-            raise DataError(f"{ctx.name} is passive but has labels")
-        state.data.update(t=0, epoch=0, batch=0, fingerprint=data.fingerprint, evaluating=False)
-        seed = private_seed("passive")
-        state.data["private_seed"] = f"{seed:x}"
-        net = ss.build_part(spec, "passive", data.X.shape[1], seed)
-        self._save_net(state, "passive", net)
-        k = ss.out_dim(net, data.X.shape[1])
-        # V: P's share of W_P, drawn by P alone; A draws its share U the same way: W_P = U + V
-        state.arrays["share"] = _text(_fixed(ss.initial_share(spec, k, seed), FRAC_BITS))
-        return self._p_forward(ctx, state, data, spec)
-
-    def _p_rows(self, state: JobState, ctx: PartyContext, data: PartyData) -> np.ndarray:
-        if state.data["evaluating"]:
-            return data.split.test
-        _, epoch, batch = self._position(state)
-        return data.batch_rows(ctx.params, epoch, batch)
-
-    def _p_forward(self, ctx: PartyContext, state: JobState, data: PartyData, spec: ss.SplitSpec) -> list[Outgoing]:
-        t, epoch, batch = self._position(state)
-        ev = bool(state.data["evaluating"])
-        rows = self._p_rows(state, ctx, data)
-        _, h = self._bottom_output(ctx, state, data, spec, "passive", rows, train=not ev)
-        if not np.all(np.isfinite(h)) or np.abs(h).max(initial=0.0) > H_BOUND:
-            raise VflError("the passive bottom network's outputs exploded (training diverged): lower learning_rate")
-        own = ctx.private_key().public
-        tick = ctx.progress(f"round {t}: encrypting the bottom output", None)
-        # row i goes to slot i mod S of A's products: encrypt its integers at 2^-32 already
-        # shifted by 2^(width (i mod S)); V is P's share, integers at 2^-64
-        _, width, slots = layout(own.bits, h.shape[1], ctx.params)
-        shifted = _enc_ints(own, _shifted(_pad(_ints(h), slots), width, slots), E)
-        members = [_member("h", shifted, slots=slots, slot_bits=width),
-                   enc_member("v", _enc_ints(own, share_ints(state), 2 * E))]
-        tick(h.size)
-        # what P sends under its own key must never come back to it for decryption
-        remember_sent(state, [m.data for m in members], own.width)
-        meta = {"epoch": epoch, "batch": batch, "rows": len(rows), "eval": ev, "alignment": data.fingerprint}
-        state.phase = "wait-request"
-        return [Outgoing(ctx.active, FORWARD, "forward", members, meta, t)]
-
-    def _p_activation(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                      data: PartyData, spec: ss.SplitSpec) -> list[Outgoing]:
-        t, epoch, batch = self._position(state)
-        art = need(received, ctx.active, ACT_REQUEST)
-        self._check_round(art, state)
-        ev = bool(state.data["evaluating"])
-        rows = self._p_rows(state, ctx, data)
-        _, h = self._bottom_output(ctx, state, data, spec, "passive", rows, train=not ev)
-        priv = ctx.private_key()
-        n = priv.public.n
-        V = share_ints(state)
-        _, width, slots = layout(priv.public.bits, V.shape[0], ctx.params)
-        groups = -(-len(rows) // slots)
-        act = read_enc(art, "act", priv.public)
-        if act.shape != (groups, spec.units):
-            raise InvalidArtifact(f"activation request from {ctx.active} holds {list(act.shape)} ciphertexts, "
-                                  f"expected {[groups, spec.units]}")
-        # decrypt only A's products: none of the [[h]] or [[V]] ciphertexts P sent this round
-        refuse_echo(state, art.members["act"].data, priv.public.width, "the activation request", ctx.active)
-        cts = np.array(priv.decrypt_raw(act), dtype=object).reshape(groups, spec.units)
-        raw = np.empty((groups * slots, spec.units), dtype=object)
-        for g in range(groups):
-            for j in range(spec.units):
-                raw[g * slots:(g + 1) * slots, j] = unslot(int(cts[g, j]), n, width, slots)
-        raw = raw[:len(rows)]
-        # hU + R from A (at 2^-96), plus hV on exactly the integers A used: h at 2^-32, V at 2^-64
-        masked = (raw + _ints(h).dot(V)) % n
-        out = [Outgoing(ctx.active, ACTIVATION, "activation", [ints_member("z", masked.ravel().tolist(), n)],
-                        {"epoch": epoch, "batch": batch, "eval": ev}, t)]
-        if ev:
-            self._finish(ctx, state, data, spec, metrics={})
-        else:
-            state.phase = "wait-backward"
-        return out
-
-    def _p_backward(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                    data: PartyData, spec: ss.SplitSpec) -> list[Outgoing]:
-        art = need(received, ctx.active, BACKWARD)
-        self._check_round(art, state)
-        rows = self._p_rows(state, ctx, data)
-        priv = ctx.private_key()
-        k, m = state.arrays["share"].shape
-        n, bits = priv.public.n, priv.public.bits
-        share_bits, width, s_act = layout(bits, k, ctx.params)
-        s_err = slot_count(bits, ERR_SLOT_BITS)
-        groups = -(-len(rows) // s_err)
-        grad_c, err_c = read_enc(art, "grad", priv.public), read_enc(art, "err", priv.public)
-        if grad_c.shape != (m, k) or err_c.shape != (k, groups):
-            raise InvalidArtifact(f"backward message from {ctx.active} has the wrong number of values")
-        for name in ("grad", "err"):  # A's products, never P's own [[h]] or [[V]] sent back
-            refuse_echo(state, art.members[name].data, priv.public.width, "the backward message", ctx.active)
-        # the gradient comes as one partial sum per slot (rows i = s mod S), each noised: add them
-        # (exact integers at 2^-64: the gradient's resolution and the share's)
-        if grad_c.exponent != 2 * E:
-            raise InvalidArtifact(f"backward message from {ctx.active}: the gradient is not at exponent {2 * E}")
-        slot_sums = [sum(unslot(int(v), n, width, s_act)) for v in priv.decrypt_raw(grad_c)]
-        noisy_grad = np.array(slot_sums, dtype=object).reshape(m, k).T
-        err_ints = [unslot(int(v), n, ERR_SLOT_BITS, s_err) for v in priv.decrypt_raw(err_c)]
-        err = encoding.decode([x for row in err_ints for x in row], err_c.exponent).reshape(k, groups * s_err)
-        err = err[:, :len(rows)].T
-        # V steps with (grad + eps); A steps U with -eps: the shares' sum takes the exact step
-        _step_share(state, ctx.params, noisy_grad, share_bits + 1)
-        net, _ = self._bottom_output(ctx, state, data, spec, "passive", rows, train=True)
-        if net is not None:
-            opts = self._opts(ctx, state, "passive", len(net.params()))
-            net.backward(err)
-            ss.step_net(net, opts)
-            self._save_net(state, "passive", net)
-            self._save_opts(state, "passive", opts)
-        self._advance(state, data)
-        nxt = art.meta.get("next")
-        if nxt == "evaluate":
-            state.data["evaluating"] = True
-        elif nxt != "batch":
-            raise InvalidArtifact(f"backward message from {ctx.active} says next={nxt!r}")
-        return self._p_forward(ctx, state, data, spec)
-
-    # ----- active party -------------------------------------------------------------------------
-    def _a_start(self, ctx: PartyContext, state: JobState, received: Any, data: PartyData,
-                 spec: ss.SplitSpec) -> list[Outgoing]:
-        if data.y is None:
-            raise DataError(f"{ctx.name} is the active party but has no label column")
-        head = make_head(spec.head)
-        head.check_targets(data.y)
-        if spec.head == "multiclass":
-            classes = int(data.y.max()) + 1
-            if classes != spec.outputs:
-                raise VflError(f"model spec: the labels hold {classes} classes (0..{classes - 1}) but the network "
-                               f"has {spec.outputs} outputs; make the last dense layer of [[model.top]] "
-                               f"{classes} units")
-        seed = private_seed("active")
-        state.data["private_seed"] = f"{seed:x}"
-        for part, dim in (("active", data.X.shape[1]), ("top", spec.units)):
-            self._save_net(state, part, ss.build_part(spec, part, dim, seed))
-        state.data.update(t=0, epoch=0, batch=0, fingerprint=data.fingerprint, history=[], losses=[],
-                          evaluating=False)
-        state.phase = "wait-forward"
-        return []
-
-    def _a_request(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                   data: PartyData, spec: ss.SplitSpec) -> list[Outgoing]:
-        t, epoch, batch = self._position(state)
-        art = need(received, ctx.passives[0], FORWARD)
-        self._check_round(art, state)
-        if art.meta.get("alignment") != data.fingerprint:
-            raise InvalidArtifact(f"{art.sender} trains on another alignment than {ctx.name} (mismatched rows)")
-        ev = bool(state.data["evaluating"])
-        rows = data.split.test if ev else data.batch_rows(ctx.params, epoch, batch)
-        expect_meta_count(art, "rows", len(rows))
-        peer = ctx.public_key(ctx.passives[0])
-        kp = self._kp(art)
-        share_bits, width, slots = layout(peer.bits, kp, ctx.params)
-        groups = -(-len(rows) // slots)
-        if "share" not in state.arrays:  # first batch: W_A and A's share U of W_P, from A's own seed
-            ka = ss.out_dim(ss.build_part(spec, "active", data.X.shape[1], 0), data.X.shape[1])
-            seed = _own_seed(state)
-            state.arrays.update(W_A=ss.initial_active_weights(spec, ka, seed), b=np.zeros(spec.units),
-                                share=_text(_fixed(ss.initial_share(spec, kp, seed), FRAC_BITS)),
-                                rho=_text(np.zeros((slots, kp, spec.units), dtype=object)))
-        U = share_ints(state)
-        H, Vc = read_enc(art, "h", peer), read_enc(art, "v", peer)
-        if U.shape[0] != kp or H.shape != (groups * slots, kp) or Vc.shape != U.shape:
-            raise InvalidArtifact(f"{art.sender}'s forward holds {list(H.shape)} and {list(Vc.shape)} values, expected "
-                                  f"{[groups * slots, U.shape[0]]} and {list(U.shape)} (mismatched rows or widths)")
-        if (H.exponent, Vc.exponent) != (E, 2 * E):
-            raise InvalidArtifact(f"{art.sender}'s forward is not at exponents {E} and {2 * E}")
-        # rows g S .. g S + S - 1 of [[h]] arrive shifted into slots 0 .. S-1: one product of the
-        # S rows with S copies of U puts their S outputs into the slots of one ciphertext (at 2^-96)
-        hu = _enc_matmul_ints(H.reshape(groups, slots * kp), np.vstack([U] * slots), share_bits)
-        # R: uniform over 2^40 times the bound of |h U|; its encryption re-randomises the products
-        R = _uniform((groups * slots, spec.units), width - 2, signed=False)
-        hu = hu + _enc_ints(_long_exponent_key(peer), _packed(R.reshape(groups, slots, -1).transpose(1, 0, 2), width),
-                            hu.exponent)
-        state.arrays["mask"] = _text(R)
-        stash(state, "h", H)
-        stash(state, "v", Vc)
-        state.phase = "wait-activation"
-        members = [_member("act", hu, slots=slots, slot_bits=width)]
-        return [Outgoing(ctx.passives[0], ACT_REQUEST, "activation-request", members,
-                         {"epoch": epoch, "batch": batch, "eval": ev}, t)]
-
-    @staticmethod
-    def _kp(art: Artifact) -> int:
-        """P's bottom output width, from the shape of ``[[h]]`` (checked in full once read)."""
-        shape = art.members["h"].info.get("shape", []) if "h" in art.members else []
-        if len(shape) != 2 or not 1 <= int(shape[1]) <= 100_000:
-            raise InvalidArtifact(f"{art.kind} from {art.sender} holds {shape} values, expected rows x columns")
-        return int(shape[1])
-
-    def _a_step(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                data: PartyData, spec: ss.SplitSpec) -> list[Outgoing]:
-        t, epoch, batch = self._position(state)
-        art = need(received, ctx.passives[0], ACTIVATION)
-        self._check_round(art, state)
-        ev = bool(state.data["evaluating"])
-        rows = data.split.test if ev else data.batch_rows(ctx.params, epoch, batch)
-        peer = ctx.public_key(ctx.passives[0])
-        n = peer.n
-        m = spec.units
-        R = _big(state.arrays.pop("mask"))[:len(rows)].ravel()
-        raw = read_ints(art, "z", len(rows) * m)
-        # h W_P = (h U + R + h V) - R: integers at 2^-96 (h at 2^-32, the shares at 2^-64)
-        z_p = encoding.decode([encoding.signed((y - int(r)) % n, n) for y, r in zip(raw, R, strict=False)],
-                              3 * E).reshape(len(rows), m)
-        H = unstash(state, "h", peer)
-        Vc = unstash(state, "v", peer)
-        seed = _own_seed(state)
-        bottom = self._net(state, spec, "active", data.X.shape[1], seed)
-        top = self._net(state, spec, "top", m, seed)
-        for net, part in ((bottom, "active"), (top, "top")):
-            ss.reseed_dropout(net, seed, epoch, batch, part)
-        head = make_head(spec.head)
-        W_A, b = state.arrays["W_A"], state.arrays["b"]
-        h_a = ss.forward(bottom, data.X[rows], train=not ev)
-        out = ss.forward(top, h_a @ W_A + z_p + b, train=not ev)
-        if ev:
-            return self._a_evaluate(ctx, state, data, spec, head.predict(out), rows)
-        if data.y is None:
-            raise DataError(f"{ctx.name} is the active party but has no label column")
-        loss, dout = head.loss_grad(out, data.y[rows])
-        if not np.isfinite(loss):
-            raise VflError("the loss is not finite (training diverged): lower learning_rate")
-        delta = ss.backward(top, dout)
-        # label protection: the passive bottom learns from (and P decrypts) dL/dh = sent W_P^T;
-        # every other gradient, W_P's included, uses the exact delta
-        sent = ss.protect(delta, data.y[rows], float(ctx.params["label_protection"]),
-                          ss.protection_rng(seed, epoch, batch), head=spec.head)
-        self._meter(ctx, state, spec, sent, data, rows, end=batch == data.batches_per_epoch - 1)
-        share_bits, width, _ = layout(peer.bits, H.shape[1], ctx.params)
-        members, eps, rho = self._backward_members(peer, H, Vc, share_ints(state), delta, sent,
-                                                   _big(state.arrays["rho"]), width)
-        self._step_own(ctx, state, bottom, top, h_a, delta)
-        _step_share(state, ctx.params, -eps, share_bits)
-        state.arrays["rho"] = _text(rho)
-        state.data["losses"].append(float(loss))
-        if batch == data.batches_per_epoch - 1:
-            state.data["history"].append({"epoch": epoch, "loss": float(np.mean(state.data["losses"])),
-                                          **state.data.pop("leak", {})})
-            state.data["losses"] = []
-        self._advance(state, data)
-        nxt = "batch" if state.data["epoch"] < int(ctx.params["epochs"]) else "evaluate"
-        state.data["evaluating"] = nxt == "evaluate"
-        state.phase = "wait-forward"
-        meta = {"epoch": epoch, "batch": batch, "next": nxt}
-        return [Outgoing(ctx.passives[0], BACKWARD, "backward", members, meta, t)]
-
-    def _step_own(self, ctx: PartyContext, state: JobState, bottom: Sequential | None, top: Sequential | None,
-                  h_a: np.ndarray, delta: np.ndarray) -> None:
-        """Step A's own layers (bottom, top, ``W_A``, ``b``) on the exact ``delta``, as in plaintext."""
-        W_A, b = state.arrays["W_A"], state.arrays["b"]
-        for net, part, grad_out in ((bottom, "active", delta @ W_A.T), (top, "top", None)):
-            if net is not None:
-                opts = self._opts(ctx, state, part, len(net.params()))
-                if grad_out is not None:
-                    net.backward(grad_out)
-                ss.step_net(net, opts)
-                self._save_net(state, part, net)
-                self._save_opts(state, part, opts)
-        opt_wa, opt_b = self._opts(ctx, state, "interactive", 2)
-        state.arrays["W_A"] = opt_wa.step(W_A, h_a.T @ delta)
-        state.arrays["b"] = opt_b.step(b, delta.sum(axis=0), mask=False)
-        self._save_opts(state, "interactive", [opt_wa, opt_b])
-
-    @staticmethod
-    def _backward_members(peer: paillier.PublicKey, H: paillier.EncryptedArray, Vc: paillier.EncryptedArray,
-                          U: np.ndarray, delta: np.ndarray, sent: np.ndarray, rho_before: np.ndarray,
-                          width: int) -> tuple[list[Member], np.ndarray, np.ndarray]:
-        """The ``split/backward`` members, A's noise ``eps`` on the gradient of ``W_P`` summed over
-        the slots (integers at 2^-64, for A's share) and the new ``rho``."""
-        m, slots = delta.shape[1], rho_before.shape[0]
-        # gradient of W_P under KP: [[h]] arrives shifted, so delta^T [[h]] holds one partial sum per
-        # slot (rows i = s mod S), at 2^-64; each is noised with its own eps_s = rho_s,t - rho_s,t-1,
-        # rho uniform over 2^40 times the sum's public bound 2^GRAD_BITS, at its own resolution
-        d = _pad(delta, slots)
-        bound = H_BOUND * (np.abs(d) + 2.0**-32).reshape(-1, slots, m).sum(axis=0).max()
-        if bound >= 2.0**GRAD_BITS:
-            raise VflError(f"the gradient of the interactive layer may reach {bound:.3g}, above the protocol's public "
-                           f"bound 2^{GRAD_BITS} its noise is sized for: lower learning_rate or standardise the label")
-        rho = _uniform(rho_before.shape, RHO_BITS, signed=True)
-        eps = rho - rho_before
-        grad = paillier.plain_matmul(d.T, H)
-        # the noise's encryption also re-randomises the products
-        grad = grad + _enc_ints(_long_exponent_key(peer), _packed(eps.transpose(0, 2, 1), width), grad.exponent)
-        # dL/dh = sent W_P^T with [[W_P]] = [[V]] + U (integers at 2^-64), before either share
-        # steps; S' rows per ciphertext: [[W_P]] shifted by 2^(115 s) for slot s
-        s_err = slot_count(peer.bits, ERR_SLOT_BITS)
-        shifted = [(Vc + _enc_ints(peer, U, Vc.exponent)).T]
-        for _ in range(s_err - 1):  # each slot's block from the previous: a 115-bit exponent each
-            shifted.append(shifted[-1].mul(1 << ERR_SLOT_BITS))
-        blocks = paillier.concatenate(shifted)
-        ds = _pad(sent, s_err)
-        err = _enc_matmul(blocks.T, ds.reshape(len(ds) // s_err, s_err * m).T)
-        members = [_member("grad", grad, slots=slots, slot_bits=width),
-                   _member("err", _rerandomise(err), slots=s_err, slot_bits=ERR_SLOT_BITS)]
-        return members, eps.sum(axis=0), rho
-
-    @staticmethod
-    def _meter(ctx: PartyContext, state: JobState, spec: ss.SplitSpec, sent: np.ndarray, data: PartyData,
-               rows: np.ndarray, *, end: bool) -> None:
-        """The privacy meter: the label attacks on this epoch's outgoing gradients so far.
-
-        Run at the end of every epoch (recorded in its history entry, with the attacks on each
-        training row's gradients summed over the epochs so far: an attacker pooling epochs) and,
-        when ``max_leak_auc`` < 1, before every batch is sent: a leak above the bound refuses to send.
-        """
-        if spec.head == "regression" or data.y is None:
-            return
-        y, bound = data.y[rows], float(ctx.params["max_leak_auc"])
-        pool = state.arrays.get("meter_pool")
-        pool = np.zeros((data.n, sent.shape[1])) if pool is None else pool.copy()
-        pool[rows] += sent
-        state.arrays["meter_pool"] = pool
-        g = np.vstack([state.arrays["meter_g"], sent]) if "meter_g" in state.arrays else sent
-        labels = np.concatenate([state.arrays["meter_y"], y]) if "meter_y" in state.arrays else y
-        state.arrays["meter_g"], state.arrays["meter_y"] = g, labels
-        if end:  # the next epoch is metered on its own
-            del state.arrays["meter_g"], state.arrays["meter_y"]
-        if not end and bound >= 1.0:
-            return
-        from vfl_cli.privacy import leak_aucs
-
-        leaks = leak_aucs(labels, g)
-        if not leaks:  # too few rows of a class yet to attack
-            return
-        worst = max(leaks, key=lambda k: leaks[k])
-        if leaks[worst] > bound:
-            raise VflError(f"privacy meter: the {worst} label attack on the gradients about to be sent reaches "
-                           f"AUC {leaks[worst]:.3f}, above max_leak_auc {bound}; nothing was sent. Raise "
-                           f"label_protection (now {ctx.params['label_protection']}) or max_leak_auc")
-        if end:
-            train = data.split.train
-            state.data["leak"] = {"label_leak_auc": leaks,
-                                  "label_leak_auc_pooled": leak_aucs(data.y[train], pool[train])}
-
-    def _a_evaluate(self, ctx: PartyContext, state: JobState, data: PartyData, spec: ss.SplitSpec,
-                    pred: np.ndarray, rows: np.ndarray) -> list[Outgoing]:
-        if data.y is None:
-            raise DataError(f"{ctx.name} is the active party but has no label column")
-        from vfl_cli.metrics import classification_metrics, multiclass_metrics, regression_metrics
-
-        y = data.y[rows]  # scikit-learn (behind the metrics) is imported only here, once per job
-        if spec.head == "binary":
-            test = classification_metrics(y, pred)
-        elif spec.head == "multiclass":
-            test = multiclass_metrics(y, pred)
-        else:
-            test = regression_metrics(y, pred)
-        history = state.data["history"]
-        metrics = {"train": {"loss": history[-1]["loss"]} if history else {}, "test": test}
-        self._finish(ctx, state, data, spec, metrics=metrics)
-        ids = ctx.job_arrays(ctx.params["alignment"])["aligned_ids"][rows]
-        state.results["split"] = {"test_ids": [str(i) for i in ids]}
-        return []
-
-    def _finish(self, ctx: PartyContext, state: JobState, data: PartyData, spec: ss.SplitSpec,
-                *, metrics: dict[str, Any]) -> None:
-        state.arrays["mean"] = data.standardiser.mean
-        state.arrays["scale"] = data.standardiser.scale
-        state.phase = "done"
-        state.done = True
-        dim = data.X.shape[1]
-        kp = int(state.arrays["share"].shape[0])
-        # each party knows its own input width; the other's only where a dense layer fixes it
-        layers = spec.layers(ctx.active, ctx.passives[0], dim if ctx.is_active else None,
-                             None if ctx.is_active else dim)
-        state.results = {
-            "model": {
-                "protocol": self.name,
-                "job": ctx.job,
-                "party": ctx.name,
-                "alignment": ctx.params["alignment"],
-                "params": dict(ctx.params),
-                "features": list(ctx.features),
-                "head": spec.head,
-                "layers": layers,
-                "interactive_share": {"shape": [kp, spec.units], "holder": ctx.name,
-                                      "note": "one additive share of W_P; the other party holds the other"},
-                "epochs_run": int(state.data["epoch"]),
-            },
-            "metrics": metrics,
-            "history": state.data.get("history", []),
+    def phases(self) -> Mapping[tuple[str, str], Phase[Any]]:
+        return {
+            ("active", "start"): Phase(nothing, _a_start),
+            ("active", "wait-forward"): Phase(_from_passive(FORWARD), _a_request),
+            ("active", "wait-activation"): Phase(_from_passive(ACTIVATION), _a_step),
+            ("passive", "start"): Phase(nothing, _p_start),
+            ("passive", "wait-request"): Phase(from_active(ACT_REQUEST), _p_activation),
+            ("passive", "wait-backward"): Phase(from_active(BACKWARD), _p_backward),
         }
-        if ctx.is_active and spec.head != "regression":
-            leaks = [h["label_leak_auc"] for h in state.results["history"] if h.get("label_leak_auc")]
-            state.results["privacy"] = {
-                "meter": "label attacks on the gradients A sent, max(AUC, 1 - AUC) per epoch",
-                "label_protection": float(ctx.params["label_protection"]),
-                "max_leak_auc": float(ctx.params["max_leak_auc"]),
-                "worst_label_leak_auc": {k: max(x[k] for x in leaks) for k in leaks[0]} if leaks else {},
-                "pooled_label_leak_auc": next((h["label_leak_auc_pooled"] for h in reversed(state.results["history"])
-                                               if h.get("label_leak_auc_pooled")), {}),
-            }
-
-
-__all__ = ["SplitNN"]

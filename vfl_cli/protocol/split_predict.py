@@ -62,13 +62,13 @@ from vfl_cli.protocol.split_nn import (
     _enc_ints,
     _enc_matmul_ints,
     _ints,
-    _long_exponent_key,
     _member,
     _packed,
     _pad,
     _shifted,
     _text,
     _uniform,
+    add_fresh,
     layout,
     unslot,
 )
@@ -264,7 +264,7 @@ def active_request(model: SplitModelPart, fwd: Forward, public: paillier.PublicK
     hu = _enc_matmul_ints(fwd.h.reshape(groups, slots * U.shape[0]), np.vstack([U] * slots), share_bits)
     R = _uniform((groups * slots, units), width - 2, signed=False)
     packed = _packed(R.reshape(groups, slots, -1).transpose(1, 0, 2), width)
-    hu = hu + _enc_ints(_long_exponent_key(public), packed, hu.exponent)
+    hu = add_fresh(hu, packed)  # the crypto layer's long-exponent re-randomiser: fresh
     return Request(hu, slots, width), R
 
 

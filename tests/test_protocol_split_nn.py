@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import drive_with_crashes, fate, introduce, make_party, run
+from conftest import carry, drive_with_crashes, fate, introduce, make_party, run
 from test_protocol_hetero_linear import align, drive, standardised
 
 from vfl_cli import jobs
@@ -250,3 +250,82 @@ def test_a_gradient_above_its_public_bound_is_refused_before_anything_is_sent() 
     with pytest.raises(VflError, match="above the protocol's public bound 2\\^20"):
         split_nn.backward_message(None, None, None, None, delta, delta,  # type: ignore[arg-type]
                                   np.zeros((2, 2, 2), dtype=object), 220)
+
+
+def test_a_replayed_request_is_refused_and_the_state_is_unchanged(tmp_path: Path, sample) -> None:
+    """On the kit a refused artifact changes nothing: P, at round 1, receives round 0's activation
+    request again; it is quarantined, nothing is sent and P's job state is what it was."""
+    bank, bureau = small_parties(tmp_path, sample("breast_active.csv"), sample("breast_passive.csv"), "label", 60)
+    jobs.start_job(Workspace(bank), "split-nn", {"alignment": "al", **dict(PARAMS, model=SPEC, batch_size=0)}, job="tr")
+    carry(bank, bureau)
+    jobs.accept_job(Workspace(bureau), "tr")  # forward, round 0
+    carry(bureau, bank)
+    jobs.step(Workspace(bank), "tr")  # activation request, round 0
+    request = next((bank / "outbox").glob("*activation-request*"))
+    name, saved = request.name, request.read_bytes()
+    for src, dst in [(bank, bureau), (bureau, bank), (bank, bureau)]:  # activation, backward, forward r1
+        carry(src, dst)
+        jobs.step(Workspace(dst), "tr")
+    before = jobs.load_state(Workspace(bureau), "tr")[0]
+    (bureau / "inbox" / name).write_bytes(saved)
+    reports = jobs.step(Workspace(bureau), "tr")
+    assert reports[0].rejected and "replayed" in reports[0].rejected[0]["reason"] and not reports[0].sent
+    after = jobs.load_state(Workspace(bureau), "tr")[0]
+    assert after.phase == before.phase == "wait-request" and after.data == before.data
+    assert sorted(after.arrays) == sorted(before.arrays)
+    assert all(np.array_equal(after.arrays[k], before.arrays[k]) for k in before.arrays)
+
+
+def test_the_typed_state_round_trips_through_the_job_state() -> None:
+    """Only the state classes convert: exact integers of any size as hex text (no Python objects in
+    the job state's arrays), the networks as net_<part>, the private seed as hex, the stashed
+    ciphertexts as bytes; loading what was stored gives the same state."""
+    from vfl_cli.protocol.base import JobState
+
+    big = np.array([[2**130 + 7, -(2**125)], [0, -3]], dtype=object)
+    state = split_nn.ActiveState(
+        t=4, epoch=1, batch=2, fingerprint="ab", seed=2**127 + 5, opt={"top": [{"t": 3}]},
+        nets={"top": np.arange(3.0)}, share=big, velocity=-big, rho=big[None], mask=big + 1,
+        h=split_nn.Sealed(b"\x01\x02\x03\x04", (2, 2), -8), history=[{"epoch": 0, "loss": 0.5}],
+        losses=[0.25], W_A=np.ones((2, 2)), b=np.zeros(2))
+    job = JobState()
+    state.store(job)
+    assert job.data["private_seed"] == f"{2**127 + 5:x}" and "seed" not in job.data and "nets" not in job.data
+    assert all(a.dtype != object for a in job.arrays.values())
+    assert {"net_top", "share", "velocity", "rho", "mask", "stash_h", "W_A", "b"} <= set(job.arrays)
+    assert "stash_v" not in job.arrays and "h" not in job.data
+    back = split_nn.ActiveState.load(job)
+    for name in ("share", "velocity", "rho", "mask"):
+        assert np.array_equal(getattr(back, name), getattr(state, name)), name
+    assert back.h == state.h and back.v is None and back.seed == state.seed
+    assert np.array_equal(back.nets["top"], state.nets["top"]) and back.opt == state.opt
+    assert (back.t, back.epoch, back.batch, back.history, back.losses) == (4, 1, 2, state.history, [0.25])
+    assert back.advanced(3) == back.but(t=5, epoch=2, batch=0)  # the last batch of an epoch
+    assert np.array_equal(split_nn.share_ints(job), big)
+
+
+def test_only_fresh_ciphertexts_leave_a_party() -> None:
+    """The masks and noise ride in with the crypto layer's long-exponent re-randomiser: fresh, and
+    decrypting to the exact sums; a computed ciphertext is refused by the message encoder."""
+    from vfl_cli.crypto import paillier
+    from vfl_cli.errors import CryptoError, InvalidArtifact
+
+    pub, priv = paillier.generate_keypair(512)
+    x = paillier.encrypt(pub, np.array([[1.0, -2.0], [3.0, 4.0]]), exponent=0)
+    computed = x + x
+    ints = np.array([[2**150, -5], [7, -(2**140)]], dtype=object)
+    fresh = split_nn.add_fresh(computed, ints)
+    assert not computed.fresh and fresh.fresh
+    assert [encoding_signed(v, pub.n) for v in priv.decrypt_raw(fresh)] == [2 + 2**150, -9, 13, 8 - 2**140]
+    with pytest.raises(CryptoError, match="carry no fresh randomness"):
+        split_nn.Request(0, 0, False, computed, 1, 100).members()
+    assert split_nn.Request(0, 0, False, fresh, 1, 100).members()[0].name == "act"
+    # slots through the crypto layer's signed layout; an overflow is an invalid artifact
+    packed = split_nn._packed(np.array([[5], [-3]], dtype=object), 10)
+    assert split_nn.unslot(int(packed[0]) % pub.n, pub.n, 10, 2) == [5, -3]
+    with pytest.raises(InvalidArtifact, match="overflowed its slot"):
+        split_nn.unslot(1 << 30, pub.n, 10, 2)
+
+
+def encoding_signed(v: int, n: int) -> int:
+    return v - n if v > n // 2 else v

@@ -20,6 +20,7 @@ from test_protocol_split_nn import PARAMS, SPEC, small_parties, train
 
 from vfl_cli import jobs, privacy
 from vfl_cli.errors import VflError
+from vfl_cli.models import split_spec as ss
 from vfl_cli.workspace import Workspace
 
 
@@ -135,3 +136,100 @@ def test_meter_and_protection_refuse_mismatched_rows(n: int, d: int, extra: int)
     same = np.arange(n) % 2
     assert privacy.protect_labels(g, same, 1.0, rng).shape == g.shape
     assert privacy.leak_aucs(np.zeros(n), g) == {}  # one class: nothing to attack
+
+
+# --- split-nn's default defense: the least noise that holds this batch's attacks to a target ---
+
+
+def leaks_of(y: np.ndarray, g: np.ndarray) -> dict[str, float]:
+    """The three attacks and the best linear score, as the protection checks them."""
+    return {**privacy.leak_aucs(y, g), "linear": ss.linear_leak(y, g)}
+
+
+@pytest.mark.parametrize("strength", [1.0, 3.0, 5.0])
+def test_protect_holds_every_attack_to_its_target(strength: float) -> None:
+    g, y = separable(n=2000)
+    out = ss.protect(g, y, strength, np.random.default_rng(4))
+    target = max(ss.leak_target(strength), ss.chance_band(y))
+    assert target == ss.leak_target(strength)  # 2000 rows: the target, not chance, binds
+    leaks = leaks_of(y, out)
+    assert max(leaks.values()) <= target, leaks
+    assert max(leaks.values()) > target - 0.03, leaks  # and no more noise than that takes
+    assert max(privacy.leak_aucs(y, g).values()) > 0.95  # what it protects: read outright
+
+
+def test_stronger_protection_leaks_less_and_costs_more_noise() -> None:
+    g, y = separable(n=2000)
+    outs = [ss.protect(g, y, s, np.random.default_rng(5)) for s in (1.0, 2.0, 4.0)]
+    worst = [max(leaks_of(y, o).values()) for o in outs]
+    noise = [float(np.linalg.norm(o - g)) for o in outs]
+    assert worst[0] > worst[1] > worst[2], worst
+    assert noise[0] < noise[1] < noise[2], noise
+
+
+def test_protect_adds_noise_only_where_the_batch_leaks() -> None:
+    """A batch whose gradients do not tell the classes apart is sent with the smallest noise
+    tried; one that does gets what it takes (here many times more)."""
+    g, y = separable(n=2000)
+    shuffled = np.random.default_rng(6).permutation(y)  # the same gradients, labels unrelated
+    calm = ss.protect(g, shuffled, 3.0, np.random.default_rng(7)) - g
+    loud = ss.protect(g, y, 3.0, np.random.default_rng(7)) - g
+    assert np.linalg.norm(loud) > 5 * np.linalg.norm(calm) > 0
+
+
+def test_protect_is_a_function_of_the_private_generator() -> None:
+    """The job and the plaintext reference draw the same noise from the same private seed; another
+    seed, other noise. The noise has no mean to speak of, so training still sees the signal."""
+    g, y = separable(n=2000)
+    one = ss.protect(g, y, 3.0, ss.protection_rng(11, 0, 0))
+    np.testing.assert_array_equal(one, ss.protect(g, y, 3.0, ss.protection_rng(11, 0, 0)))
+    assert not np.allclose(one, ss.protect(g, y, 3.0, ss.protection_rng(12, 0, 0)))
+    assert np.abs(one.mean(axis=0) - g.mean(axis=0)).max() < 0.25 * np.abs(g).max()
+    np.testing.assert_array_equal(ss.protect(g, y, 0.0, np.random.default_rng(0)), g)
+    with pytest.raises(VflError, match="must be >= 0"):
+        ss.protect(g, y, -1.0, np.random.default_rng(0))
+    with pytest.raises(VflError, match="labels but"):
+        ss.protect(g, y[:-1], 3.0, np.random.default_rng(0))
+    assert ss.leak_target(0.0) == 1.0 and ss.leak_target(3.0) == pytest.approx(0.5 + 0.25 / 3)
+
+
+def test_a_one_unit_top_keeps_the_passive_view_equal_to_the_meter() -> None:
+    """With a one-unit top every row's ``delta`` is a multiple of one vector and the noise stays in
+    that line, so what P decrypts, ``delta' W_P^T``, leaks what A meters on ``delta'``, whatever
+    the (unknown to A) invertible ``W_P``: norms and projections up to one factor, cosines +-1."""
+    rng = np.random.default_rng(8)
+    y = (rng.random(3000) < 0.25).astype(float)
+    p = np.clip(rng.beta(2, 5, 3000) + 0.3 * y, 0, 1)
+    g = (p - y)[:, None] * rng.normal(size=(1, 2))
+    out = ss.protect(g, y, 3.0, rng)
+    assert np.linalg.matrix_rank(out, tol=1e-9 * np.abs(out).max()) == 1
+    meter = privacy.leak_aucs(y, out)
+    for _ in range(3):
+        seen = privacy.leak_aucs(y, out @ rng.normal(size=(2, 2)).T)
+        assert seen["norm"] == pytest.approx(meter["norm"], abs=1e-3)
+        assert seen["principal"] == pytest.approx(meter["principal"], abs=1e-3)
+        # every cosine is +-1: rows tie, and rounding orders the ties (either way at chance)
+        assert seen["direction"] == pytest.approx(meter["direction"], abs=0.03), (seen, meter)
+    assert max(meter.values()) <= ss.leak_target(3.0)
+
+
+def test_the_noise_also_covers_what_lies_outside_the_label_directions() -> None:
+    """Behind a ReLU top each row's ``delta`` has its own direction; once the label directions are
+    noise, the direction attack would rank rows by the rest. The noise basis covers it."""
+    g, y = separable(n=2000)
+    dirs = privacy.label_directions(g, y)
+    basis = ss.noise_basis(g, dirs)
+    np.testing.assert_allclose(basis @ basis.T, np.eye(len(basis)), atol=1e-10)
+    np.testing.assert_allclose(basis[:1], dirs, atol=1e-12)
+    assert len(basis) == 4  # the label direction and the three others the rows use
+    resid = g - (g @ basis.T) @ basis
+    assert np.abs(resid).max() < 1e-12 * np.abs(g).max()
+
+
+def test_a_small_batch_is_held_to_chance_not_below_it() -> None:
+    """No noise brings 40 rows' AUC reliably under 0.583: a batch is held to the larger of the
+    target and two standard errors of a label-free score's AUC."""
+    g, y = separable(n=40, seed=3)
+    band = ss.chance_band(y)
+    assert band > ss.leak_target(3.0)
+    assert max(leaks_of(y, ss.protect(g, y, 3.0, np.random.default_rng(9))).values()) <= band

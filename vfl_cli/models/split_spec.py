@@ -322,15 +322,134 @@ def protection_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, batch, 0x1AB])
 
 
+#: standard errors of a label-free score's AUC: a batch cannot be held closer to chance than this
+CHANCE_BAND_SE = 2.0
+#: noise scales tried per draw: doubling from ``SCALE_START`` up to ``SCALE_MAX``, then bisected
+SCALE_START, SCALE_MAX, BISECT_STEPS = 0.125, 256.0, 6
+#: fresh noise draws tried before the least leaking candidate seen is sent
+NOISE_DRAWS = 4
+
+
+def leak_target(strength: float) -> float:
+    """The largest ``max(AUC, 1 - AUC)`` protection ``strength`` lets a batch reach: ``0.5 + 0.25 / L``
+    (1: 0.75; 2: 0.625; 3: 0.583; 4: 0.5625; 5: 0.55; 0.5 or less: 1 or more, sent unchanged)."""
+    return 0.5 + 0.25 / strength if strength > 0 else 1.0
+
+
+def chance_band(labels: np.ndarray) -> float:
+    """``0.5 + 2`` standard errors of a label-free score's AUC on these labels (the smallest class
+    against the rest): a realised leak no noise can bring lower in every draw."""
+    y = np.asarray(labels).ravel()
+    _, counts = np.unique(y, return_counts=True)
+    n1 = int(counts.min()) if len(counts) > 1 else 0
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return 1.0
+    return float(0.5 + CHANCE_BAND_SE * np.sqrt((n1 + n0 + 1) / (12.0 * n1 * n0)))
+
+
 def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.random.Generator,
             *, head: str = "binary") -> np.ndarray:
-    """``delta`` as the passive party's bottom will see it: label protection of ``strength``
-    (:func:`vfl_cli.privacy.protect_labels`); 0 sends it unchanged."""
-    from vfl_cli.privacy import protect_labels
+    """``delta`` as the passive party's bottom will see it, label-protected by ``strength`` (0: unchanged).
 
-    if strength <= 0:
-        return delta
-    return protect_labels(delta, labels, strength, rng, categorical=head != "regression")
+    Classification heads: Gaussian noise along the batch's label directions
+    (:func:`vfl_cli.privacy.label_directions`, each scaled by the batch's largest gradient along
+    it), from the active party's private ``rng``, whose size is searched per batch: the smallest
+    scale at which the norm, direction and principal-direction attacks
+    (:func:`vfl_cli.privacy.leak_aucs`) on the candidate this party is about to send all reach at
+    most :func:`leak_target` (or the batch's :func:`chance_band`, if higher). Noise costs accuracy
+    only where and when the batch leaks. Regression: :func:`vfl_cli.privacy.protect_labels`.
+
+    Raises:
+        VflError: a negative strength, or labels and gradients of different lengths.
+    """
+    from vfl_cli.privacy import label_directions, protect_labels
+
+    if strength < 0:
+        raise VflError(f"label protection strength must be >= 0, not {strength}")
+    g = np.asarray(delta, dtype=np.float64)
+    if strength == 0 or g.size == 0:
+        return g.copy()
+    if head == "regression":
+        return protect_labels(g, labels, strength, rng, categorical=False)
+    flat = g.reshape(len(g), -1)
+    if len(flat) != np.asarray(labels).size:
+        raise VflError(f"label protection: {np.asarray(labels).size} labels but {len(flat)} gradient rows")
+    dirs = label_directions(flat, labels)
+    if not len(dirs):  # one class in the batch: nothing to tell apart within it
+        return protect_labels(g, labels, strength, rng)
+    basis = noise_basis(flat, dirs)
+    scale = np.abs(flat @ basis.T).max(axis=0)
+    target = max(leak_target(strength), chance_band(labels))
+    if target >= 1.0:  # a strength of 1/4 or less: nothing to hold
+        return g.copy()
+    return _least_noise(flat, np.asarray(labels).ravel(), basis, scale, target, rng).reshape(g.shape)
+
+
+def noise_basis(g: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Orthonormal rows: the label directions ``dirs``, then the principal directions of what the
+    gradients ``g`` hold outside them (none when ``g`` lies in their span, as with a one-unit top).
+    The residual matters: a direction attack ranks rows by it once the label directions are noise."""
+    resid = g - (g @ dirs.T) @ dirs
+    _, sv, vt = np.linalg.svd(resid, full_matrices=False)
+    keep = sv > 1e-9 * max(float(np.abs(g).max(initial=0.0)) * np.sqrt(len(g)), 1e-300)
+    basis: np.ndarray = np.vstack([dirs, vt[keep]])
+    return basis
+
+
+def linear_leak(labels: np.ndarray, grads: np.ndarray) -> float:
+    """The leak of the best linear score the labels allow: rows projected on the in-sample Fisher
+    direction of each class against the rest (the worst class). Any invertible linear map of the
+    rows (what the passive party sees is ``delta' W_P^T``) leaves it unchanged, and a linear
+    attack there, the principal-direction one among them, is one such projection; 0.5 when no
+    class can be metered."""
+    from vfl_cli.privacy import leak, roc_auc
+
+    y = np.asarray(labels).ravel()
+    g = np.asarray(grads, dtype=np.float64).reshape(len(y), -1)
+    classes = np.unique(y)
+    worst = 0.5
+    for c in classes[-1:] if len(classes) == 2 else classes:
+        t = y == c
+        if not 2 <= t.sum() <= len(t) - 2:
+            continue
+        means = np.where(t[:, None], g[t].mean(axis=0), g[~t].mean(axis=0))
+        spread = g - means
+        w = np.linalg.pinv(spread.T @ spread) @ (g[t].mean(axis=0) - g[~t].mean(axis=0))
+        worst = max(worst, leak(roc_auc(t.astype(np.int64), g @ w)))
+    return worst
+
+
+def _least_noise(g: np.ndarray, y: np.ndarray, dirs: np.ndarray, scale: np.ndarray, target: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """``g + s * noise`` with the smallest scale ``s`` found whose worst leak is at most ``target``;
+    after :data:`NOISE_DRAWS` draws that never get there, the least leaking candidate tried."""
+    from vfl_cli.privacy import leak_aucs
+
+    best, best_leak = g, float("inf")
+    for _ in range(NOISE_DRAWS):
+        noise = (rng.standard_normal((len(g), len(dirs))) * scale) @ dirs
+        tried: dict[float, float] = {}
+
+        def worst(s: float, noise: np.ndarray = noise, tried: dict[float, float] = tried) -> float:
+            candidate = g + s * noise
+            leaks = leak_aucs(y, candidate)
+            tried[s] = max([*leaks.values(), linear_leak(y, candidate)]) if leaks else 0.5
+            return tried[s]
+
+        lo, hi = 0.0, SCALE_START
+        while worst(hi) > target and hi < SCALE_MAX:
+            lo, hi = hi, 2 * hi
+        if tried[hi] <= target:
+            for _ in range(BISECT_STEPS if lo else 0):
+                mid = float(np.sqrt(lo * hi))
+                lo, hi = (mid, hi) if worst(mid) > target else (lo, mid)
+            found: np.ndarray = g + hi * noise
+            return found
+        s = min(tried, key=lambda k: (tried[k], -k))
+        if tried[s] < best_leak:
+            best, best_leak = g + s * noise, tried[s]
+    return best
 
 
 def forward(net: Sequential | None, x: np.ndarray, train: bool = True) -> np.ndarray:

@@ -7,21 +7,31 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.markup import escape as _escape_markup
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-console = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:  # rich is imported on first use: most vfl processes (a recipe's steps) print
+    from rich.console import Console  # nothing and would pay ~0.1 s for it
+
+_consoles: dict[str, Console] = {}
+
+
+def status_console() -> Console:
+    """The stderr console of status lines and progress bars (rich, made on first use)."""
+    if "status" not in _consoles:
+        from rich.console import Console
+
+        _consoles["status"] = Console(stderr=True, highlight=False)
+    return _consoles["status"]
+
+
+def __getattr__(name: str) -> Any:
+    """``console``: :func:`status_console`, for ``from vfl_cli.cli._console import console``."""
+    if name == "console":
+        return status_console()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 #: Width of results written to a file or pipe: rich never truncates a table that fits.
 RESULT_WIDTH = 100_000
 _state = {"quiet": False}
@@ -52,7 +62,9 @@ def _visible(match: re.Match[str]) -> str:
 def safe(value: object) -> str:
     """An untrusted value for rich output with markup on: :func:`printable`, then rich markup
     escaped, so ``[bold]`` or ``[/]`` in a received field prints as itself and never fails."""
-    return _escape_markup(printable(value))
+    from rich.markup import escape
+
+    return escape(printable(value))
 
 
 def set_quiet(quiet: bool) -> None:
@@ -62,11 +74,13 @@ def set_quiet(quiet: bool) -> None:
 def say(message: str) -> None:
     """A status line on stderr (suppressed by --quiet): one line, whatever values it holds."""
     if not _state["quiet"]:
-        console.print(printable(message), markup=False, soft_wrap=True)
+        status_console().print(printable(message), markup=False, soft_wrap=True)
 
 
 def result_console() -> Console:
     """A console for results on stdout: full width when piped, so tables are never cut."""
+    from rich.console import Console
+
     if sys.stdout.isatty():
         return Console(file=sys.stdout, highlight=False)
     # Not a terminal: no colour codes, and wide enough that no column is ever cut to "…".
@@ -93,6 +107,15 @@ def progress_bars() -> Iterator[Callable[[str, int | None], Callable[[int], None
 
         yield silent
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     bars = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -100,7 +123,7 @@ def progress_bars() -> Iterator[Callable[[str, int | None], Callable[[int], None
         TimeElapsedColumn(),
         TextColumn("left"),
         TimeRemainingColumn(),  # estimated from the rate so far (long alignments, issue #17)
-        console=console,
+        console=status_console(),
         transient=True,
         # no refresh thread: the PSI workers fork only from a single-threaded process
         auto_refresh=False,

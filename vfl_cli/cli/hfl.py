@@ -9,7 +9,7 @@ import click
 
 from vfl_cli import jobs as engine
 from vfl_cli.artifacts.io import ensure_writable
-from vfl_cli.cli._console import console, emit_json, progress_bars, say
+from vfl_cli.cli._console import emit_json, progress_bars, say, status_console
 from vfl_cli.cli._options import force_option, json_option, out_option, workspace
 from vfl_cli.cli.jobs import parse_params, report
 from vfl_cli.errors import VflError
@@ -107,7 +107,7 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
         emit_json(out)
         return
     for key, value in out.items():
-        console.print(f"{key}: {value}", markup=False, highlight=False)
+        status_console().print(f"{key}: {value}", markup=False, highlight=False)
 
 
 @hfl.command()
@@ -169,7 +169,7 @@ def show_weights(ctx: click.Context, job_id: str, as_json: bool) -> None:
         table.add_column(node, justify="right")
     for t, row in enumerate(weights, 1):
         table.add_row(str(t), *(f"{w:.3f}" for w in row))
-    console.print(table)
+    status_console().print(table)
 
 
 COMMANDS = [hfl]

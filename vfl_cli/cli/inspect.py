@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from vfl_cli.artifacts.container import MEMBER_TYPES, Loaded, read_artifact
-from vfl_cli.cli._console import console, emit_json, printable, safe
+from vfl_cli.cli._console import emit_json, printable, safe, status_console
 from vfl_cli.cli._options import json_option
 from vfl_cli.errors import VflError
 from vfl_cli.workspace import Workspace
@@ -91,6 +91,7 @@ def inspect(ctx: click.Context, file: Path, as_json: bool) -> None:
 def _show(file: Path, loaded: Loaded, signature: str, plaintext: dict[str, dict[str, Any]]) -> None:
     from rich.table import Table
 
+    console = status_console()
     a = loaded.artifact
     # One screen line each, cut with "…" rather than wrapped: a long received value can never
     # start a line of its own (a wrapped "signature: valid" would read as the real one).

@@ -9,7 +9,7 @@ import click
 
 from vfl_cli import recipes
 from vfl_cli.artifacts.io import ensure_writable, replace_atomic, write_new
-from vfl_cli.cli._console import console, emit_json, say
+from vfl_cli.cli._console import emit_json, say, status_console
 from vfl_cli.cli._options import force_option, json_option
 
 
@@ -42,7 +42,7 @@ def run(recipe_file: Path, workdir: Path, as_json: bool) -> None:
     """
     r = recipes.load_recipe(recipe_file)
     say(f"Running recipe {r.name} ({r.protocol}) with {', '.join(p.name for p in r.parties)}")
-    with console.status("working...") if not as_json else _nothing():
+    with status_console().status("working...") if not as_json else _nothing():
         report = recipes.run_recipe(r, workdir, on_event=say)
     if as_json:
         emit_json(report)
@@ -73,7 +73,7 @@ def _summary(report: dict[str, Any]) -> None:
         table.add_row(f"time {stage}", f"{secs:.1f} s")
     table.add_row("artifacts exchanged", str(report["exchanges"]))
     table.add_row("bytes exchanged", f"{report['bytes_exchanged']:,}")
-    console.print(table)
+    status_console().print(table)
 
 
 @recipe.command(name="script")

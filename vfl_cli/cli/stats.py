@@ -11,14 +11,6 @@ from vfl_cli.artifacts.io import ensure_writable, replace_atomic, write_new
 from vfl_cli.cli._console import emit_json, print_result, safe, say
 from vfl_cli.cli._options import force_option, json_option, workspace
 from vfl_cli.errors import DataError
-from vfl_cli.stats import (
-    PSI_SHIFT,
-    PSI_STABLE,
-    QUANTILE_KEYS,
-    population_stability,
-    summaries_csv,
-    summarise,
-)
 from vfl_cli.workspace import Workspace
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -93,6 +85,8 @@ def show(ctx: click.Context, data: Path | None, columns: tuple[str, ...], as_jso
     ws = workspace(ctx)
     if csv_out is not None:
         ensure_writable(csv_out, force=force)
+    from vfl_cli.stats import QUANTILE_KEYS, summaries_csv, summarise  # pandas: only for stats
+
     names = _columns(ws, data, columns, label=True)
     summaries = summarise(ws.read_data(data), names, what=str(data or ws.config["data"]))
     if csv_out is not None:
@@ -137,6 +131,8 @@ def psi(ctx: click.Context, train: Path | None, score: Path, bins: int, columns:
         vfl stats psi --train bank_2023.csv --score bank_2025.csv --bins 20 --json
     """
     ws = workspace(ctx)
+    from vfl_cli.stats import PSI_SHIFT, PSI_STABLE, population_stability
+
     names = _columns(ws, train, columns, label=False)
     train_name = str(train or ws.config["data"])
     rows = population_stability(ws.read_data(train), ws.read_data(score), names, bins=bins,

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from vfl_cli.errors import DataError
+
+if TYPE_CHECKING:  # imported where a frame is read: a job step from its state never needs it
+    import pandas as pd
 
 
 def aligned_rows(df: pd.DataFrame, arrays: dict[str, np.ndarray], id_column: str, job: str) -> pd.DataFrame:
@@ -103,6 +105,8 @@ def numeric_matrix(df: pd.DataFrame, columns: list[str], *, what: str) -> np.nda
         raise DataError(f"{what}: the data file has no column {absent[0]!r} any more; this job (or model) "
                         "was started with it. Start a new job (its columns are read from the file), or "
                         "put the column back")
+    import pandas as pd
+
     for j, col in enumerate(columns):
         values = pd.to_numeric(df[col], errors="coerce")
         bad = values.isna() & df[col].notna() & (df[col].astype(str).str.strip() != "")
@@ -260,6 +264,8 @@ class Encoders:
         if not parts:
             return None
         # categories are given, so fitting on the categories themselves only builds the encoders
+        import pandas as pd
+
         longest = max(len(s["categories"]) for s in self.specs.values())
         frame = pd.DataFrame({c: [s["categories"][i % len(s["categories"])] for i in range(longest)]
                               for c, s in self.specs.items()})
@@ -277,6 +283,8 @@ class Encoders:
         if absent:
             raise DataError(f"the data file has no column {absent[0]!r} any more; this job (or model) encodes "
                             "it. Start a new job (its columns are read from the file), or put the column back")
+        import pandas as pd
+
         text = pd.DataFrame({c: _as_text(df[c]) for c in self.specs}, index=df.index)
         out = df.drop(columns=list(self.specs))
         transformer = self._transformer()

@@ -46,7 +46,7 @@ def batch(bits: int, rows: int, k: int, m: int, epoch_rows: int) -> dict[str, fl
     share_bits, width, S = sn.layout(bits, k, params)
     # A's share carries A's noise: about lr S 2^124 / (1 - momentum) units of 2^-64 (issue #14)
     U = sn._uniform((k, m), share_bits - 3, signed=True)
-    V = -U + sn._fixed(rng.normal(size=(k, m)), sn.FRAC_BITS)
+    V = -U + sn._ints(rng.normal(size=(k, m)), sn.SHARE_E)
     delta = rng.normal(size=(rows, m)) / rows
     t: dict[str, float] = {}
 
@@ -64,18 +64,17 @@ def batch(bits: int, rows: int, k: int, m: int, epoch_rows: int) -> dict[str, fl
     hu = clock("A: [[h]] U, S rows per ciphertext (52-bit limbs)",
                lambda: sn._enc_matmul_ints(H.reshape(groups, S * k), np.vstack([U] * S), share_bits))
     R = sn._uniform((groups * S, m), width - 2, signed=False)
-    act = clock("A: add masks R (their encryption re-randomises)",
-                lambda: hu + sn._enc_ints(sn._long_exponent_key(pub),
-                                          sn._packed(R.reshape(groups, S, -1).transpose(1, 0, 2), width), hu.exponent))
+    act = clock("A: add masks R, re-randomise (long exponent)",
+                lambda: sn.add_fresh(hu, sn._packed(R.reshape(groups, S, -1).transpose(1, 0, 2), width)))
     raw = clock("P: decrypt activation", lambda: priv.decrypt_raw(act))
     clock("P: unslot activation", lambda: [sn.unslot(int(v), pub.n, width, S) for v in raw])
     g = clock("A: delta^T [[h]] (slot partial sums)", lambda: paillier.plain_matmul(sn._pad(delta, S).T, H))
     eps = sn._uniform((S, m, k), sn.RHO_BITS, signed=True)
-    clock("A: add noise eps (its encryption re-randomises)",
-          lambda: g + sn._enc_ints(sn._long_exponent_key(pub), sn._packed(eps, width), g.exponent))
+    clock("A: add noise eps, re-randomise (long exponent)",
+          lambda: sn.add_fresh(g, sn._packed(eps, width)))
 
     def err_product() -> paillier.EncryptedArray:
-        shifted = [(Vc + sn._enc_ints(pub, U, Vc.exponent)).T]
+        shifted = [paillier.add_ints(Vc, U).T]
         for _ in range(Se - 1):
             shifted.append(shifted[-1].mul(1 << sn.ERR_SLOT_BITS))
         blocks = paillier.concatenate(shifted)
@@ -83,7 +82,7 @@ def batch(bits: int, rows: int, k: int, m: int, epoch_rows: int) -> dict[str, fl
         return sn._enc_matmul(blocks.T, d.reshape(len(d) // Se, Se * m).T)
 
     err = clock("A: [[W_P]] delta^T, S rows per ciphertext", err_product)
-    pe = clock("A: re-randomise error", lambda: sn._rerandomise(err))
+    pe = clock("A: re-randomise error", lambda: paillier.rerandomize(err, randomiser="long-exponent"))
     clock("P: decrypt error", lambda: priv.decrypt_raw(pe))
     t["total"] = sum(t.values())
     t[f"total scaled to {epoch_rows} rows"] = t["total"] * epoch_rows / rows

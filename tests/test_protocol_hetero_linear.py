@@ -384,3 +384,63 @@ def test_label_bits_bound_holds_at_the_cap(rows: int, columns: int, epochs: int,
     bits = hl.label_information_bits(sigma, epochs, max(1, columns))
     assert sigma > 0 and bits <= fraction * rows * (1 + 1e-6)
     assert hl.label_information_bits(sigma, max(1, epochs // 2), max(1, columns)) <= bits
+
+
+# ----- typed party state (the protocol kit) --------------------------------------------------------
+
+
+def test_passive_state_round_trips_with_its_held_parts_and_leaves_nothing_behind() -> None:
+    """A passive party's state, with its gradient mask and its held [[d]] and answers to A, is
+    written in the job-state layout older versions wrote (so a job started before resumes), reads
+    back equal, and a state without them removes every key they used."""
+    from vfl_cli.artifacts.container import Member
+    from vfl_cli.crypto import paillier
+    from vfl_cli.protocol.base import JobState
+    from vfl_cli.protocol.wire import ints_member
+
+    pub, _ = paillier.generate_keypair(512)
+    d = paillier.encrypt(pub, np.array([0.5, -1.25, 2.0]))
+    _, mask = paillier.mask(paillier.encrypt(pub, np.array([1.0, 2.0])), value_bits=60, stat_bits=40)
+    answer = (ints_member("grad_reply", [3, 5], pub.n), Member("loss_reply", "masked", b"\x01\x02", {"count": 2}))
+    held = hl.Held(d.to_bytes(), d.shape, d.exponent, answer, 2)
+    st = hl.PassiveState(t=4, epoch=1, batch=1, weights=np.array([0.1, 0.2]), columns={"bank": 11},
+                         label_sigma=0.25, grad_mask=mask, held=held)
+    job = JobState()
+    st.store(job)
+    assert {"stash_d", "member_grad_reply", "member_loss_reply", "weights"} <= set(job.arrays)
+    assert job.data["stashed_members"]["meta"] == {"epoch": 1, "batch": 1, "grad_count": 2}
+    assert job.data["grad_mask"]["n"] == format(pub.n, "x") and "held" not in job.data
+    back = hl.PassiveState.load(job)
+    assert back.held == held and back.grad_mask == mask and back.columns == {"bank": 11}
+    assert np.array_equal(back.w, st.w) and (back.t, back.epoch, back.batch) == (4, 1, 1)
+    assert paillier.EncryptedArray.from_bytes(pub, back.held.d, back.held.shape, back.held.exponent).shape == (3,)
+    back.but(held=None, grad_mask=None).store(job)
+    assert not {"stash_d", "member_grad_reply", "member_loss_reply"} & set(job.arrays)
+    assert not {"stash_d", "stashed_members", "grad_mask", "held"} & set(job.data)
+    assert hl.PassiveState.load(job).held is None
+
+
+def test_active_state_round_trips_its_loss_mask() -> None:
+    from vfl_cli.crypto import paillier
+    from vfl_cli.protocol.base import JobState
+
+    pub, _ = paillier.generate_keypair(512)
+    (_, _), lm = hl.loss_request(np.random.default_rng(1), paillier.encrypt(pub, np.arange(5.0)), 0.25,
+                                 np.ones(5), 3)
+    st = hl.ActiveState(loss_mask=lm, peer_converged={"bureau": True}, history=[{"epoch": 0, "loss": 0.5}])
+    job = JobState()
+    st.store(job)
+    assert set(job.data["loss_mask"]) == {"s", "cross", "exponent", "count"} and job.data["loss_mask"]["count"] == 3
+    back = hl.ActiveState.load(job)
+    assert back.loss_mask == lm and back.peer_converged == {"bureau": True} and back.history == st.history
+    back.but(loss_mask=None).store(job)
+    assert "loss_mask" not in job.data and hl.ActiveState.load(job).loss_mask is None
+
+
+def test_position_advances_through_batches_and_epochs() -> None:
+    st = hl.PassiveState()
+    seen = []
+    for _ in range(5):
+        st = st.advanced(2)
+        seen.append((st.t, st.epoch, st.batch))
+    assert seen == [(1, 0, 1), (2, 1, 0), (3, 1, 1), (4, 2, 0), (5, 2, 1)]

@@ -28,10 +28,12 @@ import pytest
 from conftest import carry, introduce, make_party
 
 from vfl_cli import jobs
-from vfl_cli.artifacts.container import read_artifact
+from vfl_cli.artifacts.container import Member, read_artifact
+from vfl_cli.crypto import paillier
 from vfl_cli.errors import VflError
 from vfl_cli.privacy import roc_auc
 from vfl_cli.protocol import hetero_linear as hl
+from vfl_cli.protocol import wire
 from vfl_cli.protocol.base import no_progress
 from vfl_cli.workspace import Workspace
 
@@ -129,8 +131,8 @@ def _context(ws: Path, job: str) -> Any:
 
 def exact_gradient(art: Any, mask: dict[str, Any], rows: int) -> np.ndarray:
     """The party's own gradient of one round: the masked reply minus its own mask."""
-    m = hl.load_mask(mask)
-    return hl.paillier.unmask(hl.read_ints(art, "grad_reply", len(m.offsets)), m) / rows
+    m = wire.load_mask(mask)
+    return paillier.unmask(wire.read_ints(art, "grad_reply", len(m.offsets)), m) / rows
 
 
 def passive_solves_labels(bureau: Path, views: Views, job: str = "tr") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -291,24 +293,25 @@ def _bouncing_passive(monkeypatch: Any, *, extra: int = 0) -> None:
     seen: dict[str, bytes] = {}
     original_gradient, original_send = hl.HeteroLinear._p_gradient, hl.HeteroLinear._p_send_gradient
 
-    def grab(self: Any, ctx: Any, state: Any, received: Any, data: Any) -> Any:
+    def grab(self: Any, ctx: Any, state: Any, received: Any) -> Any:
         seen["a"] = received[ctx.active].members["a"].data
-        return original_gradient(self, ctx, state, received, data)
+        return original_gradient(self, ctx, state, received)
 
-    def bounce(self: Any, ctx: Any, state: Any, data: Any, d: Any, p1: Any, meta: Any) -> Any:
-        out = original_send(self, ctx, state, data, d, p1, meta)
+    def bounce(self: Any, ctx: Any, state: Any, data: Any, d: Any, p1: Any, count: Any) -> Any:
+        step = original_send(self, ctx, state, data, d, p1, count)
+        out = step.out
         honest = next(m for m in out[0].members if m.name == "grad_request")
         ka = ctx.public_key(ctx.active)
         if extra:
-            enc = hl.paillier.encrypt(ka, np.zeros(data.columns + extra))
-            masked, _ = hl.paillier.mask(enc, value_bits=hl.value_bits(hl.GRADIENT_REAL_BITS, enc.exponent),
-                                         stat_bits=hl.STAT_BITS)
-            evil = hl.packed_member("grad_request", hl.paillier.pack(masked))
+            enc = paillier.encrypt(ka, np.zeros(data.columns + extra))
+            masked, _ = paillier.mask(enc, value_bits=hl.value_bits(hl.GRADIENT_REAL_BITS, enc.exponent),
+                                      stat_bits=hl.STAT_BITS)
+            evil = wire.packed_member("grad_request", paillier.pack(masked))
         else:
             n = int(honest.info["packed"]["ciphertexts"])
-            evil = hl.Member("grad_request", honest.type, seen["a"][: n * ka.width], honest.info)
+            evil = Member("grad_request", honest.type, seen["a"][: n * ka.width], honest.info)
         members = [evil if m.name == "grad_request" else m for m in out[0].members]
-        return [dataclasses.replace(out[0], members=members), *out[1:]]
+        return dataclasses.replace(step, out=[dataclasses.replace(out[0], members=members), *out[1:]])
 
     monkeypatch.setattr(hl.HeteroLinear, "_p_gradient", grab)
     monkeypatch.setattr(hl.HeteroLinear, "_p_send_gradient", bounce)
@@ -399,19 +402,19 @@ def test_passive_key_holder_is_no_decryption_oracle(tmp_path: Path, sample: Any,
     """The reverse: A puts P1's own partial-score ciphertexts in its gradient request to P1."""
     original = hl.HeteroLinear._a_residual
 
-    def bounce(self: Any, ctx: Any, state: Any, received: Any, data: Any) -> Any:
-        out = original(self, ctx, state, received, data)
+    def bounce(self: Any, ctx: Any, state: Any, received: Any) -> Any:
+        step = original(self, ctx, state, received)
         u = received[ctx.passives[0]].members["u"].data
         k1 = ctx.public_key(ctx.passives[0])
         fixed = []
-        for o in out:
+        for o in step.out:
             members = []
             for m in o.members:
                 if m.name == "grad_request":
-                    m = hl.Member(m.name, m.type, u[: int(m.info["packed"]["ciphertexts"]) * k1.width], m.info)
+                    m = Member(m.name, m.type, u[: int(m.info["packed"]["ciphertexts"]) * k1.width], m.info)
                 members.append(m)
             fixed.append(dataclasses.replace(o, members=members))
-        return fixed
+        return dataclasses.replace(step, out=fixed)
 
     bank, bureau = _parties(tmp_path, sample, None)
     jobs.start_job(Workspace(bank), "psi", {}, job="al")

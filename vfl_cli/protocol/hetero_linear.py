@@ -80,15 +80,16 @@ docs/protocols/hetero-linear.md, tests in tests/privacy/test_hetero_linear_attac
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from vfl_cli.artifacts.container import Artifact, Member
 from vfl_cli.crypto import paillier
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
-from vfl_cli.models.features import split_rows
+from vfl_cli.models.features import split_rows, transform_from_arrays
 from vfl_cli.models.optim import SCHEDULES, EarlyStopping, make_optimizer, newton_decrement, own_curvature_step
 from vfl_cli.models.reference import fixed_minibatches, initial_intercept, sigmoid
 from vfl_cli.protocol.base import (
@@ -99,31 +100,38 @@ from vfl_cli.protocol.base import (
     Int,
     JobRef,
     JobState,
-    Outgoing,
     Param,
     PartyContext,
-    Protocol,
     Seed,
     defaults,
     need,
     typed_params,
 )
+from vfl_cli.protocol.kit import KitProtocol, Message, PartyState, Phase, Step, check_round, from_active, nothing
 from vfl_cli.protocol.party_data import PartyData
 
-# the round bookkeeping and ciphertext checks shared with the other protocols live in wire.py
+# ciphertext members, masks, the echo check and the partial scores are shared with the other
+# protocols: they live in wire.py
 from vfl_cli.protocol.wire import (
-    advance_position,
+    PEER_SCORES,
+    SCORES,
+    collect_scores,
+    enc_member,
     exact_unmask,
     expect_count,
     expect_members,
     expect_meta_count,
     ints_member,
-    position,
+    json_state,
+    load_mask,
+    packed_member,
+    read_enc,
+    read_ints,
+    read_packed,
     refuse_echo,
-    remember_sent,
+    save_mask,
     send_scores,
-    stash,
-    unstash,
+    sent_digests,
 )
 
 PARTIAL = "hetero/partial"
@@ -131,8 +139,6 @@ PEER_PARTIAL = "hetero/peer-partial"
 RESIDUAL = "hetero/residual"
 GRADIENT = "hetero/gradient"
 REPLY = "hetero/reply"
-SCORES = "hetero/scores"
-PEER_SCORES = "hetero/peer-scores"
 #: The members of A's loss request to P1 (only in a round where the loss is due).
 LOSS_MEMBERS = ("loss_values", "loss_cross")
 
@@ -348,21 +354,21 @@ def loss_due(params: Mapping[str, Any], epoch: int, batch: int, batches_per_epoc
     return epoch == 0 or (epoch + 1) % every == 0 or epoch + 1 == int(params["epochs"])
 
 
-def peer_columns(state: JobState, art: Artifact, smallest_batch: int) -> int:
-    """The column count ``art``'s sender declared, checked against the batch bound and kept.
+def peer_columns(known: Mapping[str, int], art: Artifact, smallest_batch: int) -> dict[str, int]:
+    """The column counts known so far with the one ``art``'s sender declared, checked against
+    the batch bound and against what it declared before.
 
     Every later gradient request from that party must hold exactly this many values.
     """
     cols = art.meta.get("columns")
     if isinstance(cols, bool) or not isinstance(cols, int) or cols < 1:
         raise InvalidArtifact(f"{art.kind} from {art.sender} does not declare its column count")
-    known = state.data.setdefault("columns", {})
-    if known.setdefault(art.sender, cols) != cols:
+    if known.get(art.sender, cols) != cols:
         raise InvalidArtifact(
             f"{art.sender} declared {cols} columns, but {known[art.sender]} before; refused"
         )
     check_batch_rows(smallest_batch, cols, art.sender)
-    return cols
+    return {**known, art.sender: cols}
 
 
 def received_sigma(art: Artifact) -> float:
@@ -373,84 +379,491 @@ def received_sigma(art: Artifact) -> float:
     return float(sigma)
 
 
-# ----- artifact members ------------------------------------------------------------------------
-def enc_member(name: str, x: paillier.EncryptedArray) -> Member:
-    return Member(name, "paillier", x.to_bytes(),
-                  {"key_id": x.public.fingerprint, "shape": list(x.shape), "exponent": x.exponent})
+
+# ----- states -----------------------------------------------------------------------------------
+L = TypeVar("L", bound="LinearState")
 
 
-def read_enc(art: Artifact, name: str, public: paillier.PublicKey, *, rows: int | None = None,
-             max_abs: float | None = None) -> paillier.EncryptedArray:
-    m = art.members.get(name)
-    if m is None or m.type != "paillier":
-        raise InvalidArtifact(f"{art.kind} from {art.sender} lacks ciphertexts {name!r}")
-    if m.info.get("key_id") != public.fingerprint:
-        raise InvalidArtifact(
-            f"{name!r} from {art.sender} was encrypted under key {str(m.info.get('key_id'))[:16]}, "
-            f"expected {public.fingerprint[:16]}"
-        )
-    shape = [int(s) for s in m.info.get("shape", [])]
-    if rows is not None and shape != [rows]:
-        raise InvalidArtifact(f"{name!r} from {art.sender} holds {shape} values, expected {rows} (mismatched rows)")
-    return paillier.EncryptedArray.from_bytes(public, m.data, shape, int(m.info["exponent"]), max_abs=max_abs)
+def _put(target: dict[str, Any], key: str, value: Any) -> None:
+    """Write ``value`` under ``key``, or remove the key for None (absent: nothing held)."""
+    if value is None:
+        target.pop(key, None)
+    else:
+        target[key] = value
 
 
-def packed_member(name: str, p: paillier.Packed) -> Member:
-    return Member(name, "paillier", p.to_bytes(),
-                  {"key_id": p.public.fingerprint, "shape": [p.ciphertexts.size], "exponent": p.exponent,
-                   "packed": p.meta()})
+@dataclass(frozen=True)
+class LossMask:
+    """What A keeps to read P1's loss answer: the shifts ``s_i`` it added to the sampled
+    residuals, the mask of the cross term, their exponent and how many were sampled."""
+
+    s: tuple[int, ...]
+    cross: paillier.Mask
+    exponent: int
+    count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"s": [format(v, "x") for v in self.s], "cross": save_mask(self.cross),
+                "exponent": self.exponent, "count": self.count}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> LossMask:
+        return cls(tuple(int(v, 16) for v in d["s"]), load_mask(d["cross"]), int(d["exponent"]),
+                   int(d["count"]))
 
 
-def read_packed(art: Artifact, name: str, public: paillier.PublicKey) -> paillier.Packed:
-    m = art.members.get(name)
-    if m is None or m.type != "paillier" or "packed" not in m.info:
-        raise InvalidArtifact(f"{art.kind} from {art.sender} lacks packed ciphertexts {name!r}")
-    if m.info.get("key_id") != public.fingerprint:
-        raise InvalidArtifact(f"{name!r} from {art.sender} is not under key {public.fingerprint[:16]}")
-    return paillier.Packed.from_bytes(public, m.data, dict(m.info["packed"]))
+@dataclass(frozen=True)
+class Held:
+    """A passive party's ``[[d]]`` so far and the parts of its gradient message, held while the
+    other passive parties' ``[[slope u_l]]`` come (per-row slope, several passive parties)."""
+
+    d: bytes
+    shape: tuple[int, ...]
+    exponent: int
+    answer: tuple[Member, ...] = ()  # P1's answers to A's requests
+    grad_count: int | None = None
+
+    def encrypted(self, public: paillier.PublicKey) -> paillier.EncryptedArray:
+        return paillier.EncryptedArray.from_bytes(public, self.d, self.shape, self.exponent)
 
 
-def read_ints(art: Artifact, name: str, count: int) -> list[int]:
-    m = art.members.get(name)
-    if m is None or m.type != "masked":
-        raise InvalidArtifact(f"{art.kind} from {art.sender} lacks masked values {name!r}")
-    width = int(m.info.get("width", 0))
-    if width < 1 or len(m.data) != width * count:
-        raise InvalidArtifact(f"{name!r} from {art.sender}: expected {count} values")
-    return [int.from_bytes(m.data[i * width:(i + 1) * width], "big") for i in range(count)]
+@dataclass(frozen=True)
+class LinearState(PartyState):
+    """What every party keeps between its steps (private to it)."""
+
+    t: int = 0  # the global mini-batch counter: the artifact round
+    epoch: int = 0
+    batch: int = 0
+    weights: np.ndarray | None = None
+    optimizer: dict[str, Any] = field(default_factory=dict)  # the optimiser's state_dict (JSON)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    fingerprint: str = ""  # the alignment's
+    columns: dict[str, int] = field(default_factory=dict)  # each peer's declared column count
+    label_sigma: float | None = None  # the label noise deviation of this job (public)
+    decrement: float | None = None  # this party's own block's Newton decrement, last step
+    converged_here: bool = False
+    converged: bool = False  # A: every party's block converged (tol)
+    stopped_early: bool = False  # A: early stopping
+    grad_mask: paillier.Mask | None = None  # this party's mask on its gradient request
+    sent_digests: np.ndarray | None = None  # ciphertexts under this party's key sent this round
+    # the feature transform, kept with the model part at the end
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    whiten: np.ndarray | None = None
+
+    @classmethod
+    def load(cls: type[L], job: JobState) -> L:
+        st = super().load(job)
+        mask = job.data.get("grad_mask")
+        return st.but(grad_mask=None if mask is None else load_mask(mask))
+
+    def store(self, job: JobState) -> None:
+        super().store(job)
+        _put(job.data, "grad_mask", None if self.grad_mask is None else save_mask(self.grad_mask))
+
+    @property
+    def w(self) -> np.ndarray:
+        if self.weights is None:
+            raise VflError("this party holds no weights yet")
+        return self.weights
+
+    def advanced(self: L, batches_per_epoch: int) -> L:
+        """At the next mini-batch, and at the next epoch after the last one."""
+        if self.batch + 1 >= batches_per_epoch:
+            return self.but(t=self.t + 1, epoch=self.epoch + 1, batch=0)
+        return self.but(t=self.t + 1, batch=self.batch + 1)
 
 
-def save_mask(m: paillier.Mask) -> dict[str, Any]:
-    return {"exponent": m.exponent, "shape": list(m.shape), "offsets": [format(o, "x") for o in m.offsets],
-            "shift": format(m.shift, "x"), "bound": None if m.bound is None else format(m.bound, "x"),
-            "fingerprint": m.fingerprint, "n": format(m.n, "x")}
+@dataclass(frozen=True)
+class ActiveState(LinearState):
+    peer_converged: dict[str, bool] = field(default_factory=dict)  # one bit per passive party
+    loss_mask: LossMask | None = None  # set in a round where A asked for the loss
+    label_mean: np.ndarray | None = None  # hetero-linear: label = mean + scale * score
+    label_scale: np.ndarray | None = None
+    test_scores: np.ndarray | None = None  # A's own view, for its report; never sent
+    test_labels: np.ndarray | None = None
+
+    @classmethod
+    def load(cls, job: JobState) -> ActiveState:
+        st = super().load(job)
+        lm = job.data.get("loss_mask")
+        return st.but(loss_mask=None if lm is None else LossMask.from_json(lm))
+
+    def store(self, job: JobState) -> None:
+        super().store(job)
+        _put(job.data, "loss_mask", None if self.loss_mask is None else self.loss_mask.to_json())
 
 
-def load_mask(d: Mapping[str, Any]) -> paillier.Mask:
-    return paillier.Mask(d["fingerprint"], int(d["n"], 16), int(d["exponent"]), tuple(d["shape"]),
-                         tuple(int(o, 16) for o in d["offsets"]), int(d["shift"], 16),
-                         None if d["bound"] is None else int(d["bound"], 16))
+@dataclass(frozen=True)
+class PassiveState(LinearState):
+    held: Held | None = None
+
+    @classmethod
+    def load(cls, job: JobState) -> PassiveState:
+        st = super().load(job)
+        if "stash_d" not in job.arrays:
+            return st
+        info, saved = job.data["stash_d"], job.data["stashed_members"]
+        answer = tuple(Member(n, t, job.arrays[f"member_{n}"].tobytes(), i) for n, t, i in saved["members"])
+        held = Held(job.arrays["stash_d"].tobytes(), tuple(info["shape"]), int(info["exponent"]), answer,
+                    saved["meta"].get("grad_count"))
+        return st.but(held=held)
+
+    def store(self, job: JobState) -> None:
+        super().store(job)
+        job.data.pop("held", None)
+        for n, _, _ in job.data.pop("stashed_members", {}).get("members", []):
+            job.arrays.pop(f"member_{n}", None)
+        job.data.pop("stash_d", None)
+        job.arrays.pop("stash_d", None)
+        if self.held is None:
+            return
+        h = self.held
+        job.arrays["stash_d"] = np.frombuffer(h.d, dtype=np.uint8)
+        job.data["stash_d"] = {"shape": list(h.shape), "exponent": h.exponent}
+        for m in h.answer:
+            job.arrays[f"member_{m.name}"] = np.frombuffer(m.data, dtype=np.uint8)
+        meta = Gradient.position_meta(self.epoch, self.batch, h.grad_count)
+        job.data["stashed_members"] = {"meta": meta, "members": [[m.name, m.type, dict(m.info)] for m in h.answer]}
 
 
-# ----- training position (shared with split_nn) --------------------------------------------------
-def check_round(art: Artifact, state: JobState) -> None:
-    """Refuse an artifact for another round than the one this party is at."""
-    t = int(state.data["t"])
-    if art.round != t:
-        raise InvalidArtifact(
-            f"{art.kind} from {art.sender} is for round {art.round}, but this party is at round {t} "
-            "(stale or replayed)"
-        )
+# ----- messages ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Partial(Message):
+    """Pj -> A: ``[[u_j]]`` under P1's key, with what A checks: the alignment, the row count and
+    Pj's column count, and one bit (Pj's own block converged at its last step)."""
+
+    kind = PARTIAL
+    epoch: int
+    batch: int
+    alignment: str
+    rows: int
+    columns: int
+    converged: bool
+    u: paillier.EncryptedArray
+
+    def meta(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "alignment": self.alignment, "rows": self.rows,
+                "columns": self.columns, "converged": self.converged}
+
+    def members(self) -> list[Member]:
+        return [enc_member("u", self.u)]
+
+    @classmethod
+    def read(cls, art: Artifact, rows: int, k1: paillier.PublicKey, columns: int,
+             position: tuple[int, int]) -> Partial:
+        """The partial scores (the round, alignment and columns checked by the caller, so the
+        epoch and batch are the receiver's ``position``)."""
+        expect_meta_count(art, "rows", rows)
+        # no declared bound: the masks' fixed widths are public, and an overflow is caught
+        # exactly when the masked slots are decrypted and unmasked
+        u = read_enc(art, "u", k1, rows=rows)
+        converged = art.meta.get("converged") is True
+        return cls(*position, str(art.meta["alignment"]), rows, columns, converged, u)
+
+
+@dataclass(frozen=True)
+class PeerPartial(Message):
+    """Pj -> Pl, under A's key: ``[[c u_j]]`` with Pj's partial's manifest (public slope ``c``),
+    or ``[[slope * u_j]]`` with the position only (per-row slope)."""
+
+    kind = PEER_PARTIAL
+    epoch: int
+    batch: int
+    su: paillier.EncryptedArray
+    alignment: str | None = None
+    rows: int | None = None
+    columns: int | None = None
+    converged: bool | None = None
+
+    def meta(self) -> dict[str, Any]:
+        full = {"epoch": self.epoch, "batch": self.batch, "alignment": self.alignment, "rows": self.rows,
+                "columns": self.columns, "converged": self.converged}
+        return {k: v for k, v in full.items() if v is not None}
+
+    def members(self) -> list[Member]:
+        return [enc_member("su", self.su)]
+
+    @staticmethod
+    def read_su(art: Artifact, t: int, ka: paillier.PublicKey, rows: int, *, counted: bool) -> paillier.EncryptedArray:
+        """The peer's part of ``[[d]]``; ``counted``: its manifest declares the row count too."""
+        check_round(art, t)
+        if counted:
+            expect_meta_count(art, "rows", rows)
+        return read_enc(art, "su", ka, rows=rows)
+
+
+@dataclass(frozen=True)
+class Residual(Message):
+    """A -> Pj: ``[[offset]]_KA`` (member ``a``), for a per-row slope ``[[slope]]_KA``; to P1
+    also A's masked gradient request under K1 and, when due, the loss request."""
+
+    kind = RESIDUAL
+    epoch: int
+    batch: int
+    columns: int
+    label_sigma: float
+    offset: paillier.EncryptedArray
+    slope: paillier.EncryptedArray | None = None
+    request: paillier.Packed | None = None
+    loss: tuple[paillier.EncryptedArray, paillier.EncryptedArray] | None = None
+
+    def meta(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "columns": self.columns,
+                "label_sigma": self.label_sigma}
+
+    def members(self) -> list[Member]:
+        out = [enc_member("a", self.offset)]
+        if self.slope is not None:
+            out.append(enc_member("slope", self.slope))
+        if self.request is not None:
+            out.append(packed_member("grad_request", self.request))
+        if self.loss is not None:
+            out += [enc_member(n, x) for n, x in zip(LOSS_MEMBERS, self.loss, strict=True)]
+        return out
+
+    @classmethod
+    def read(cls, art: Artifact, ka: paillier.PublicKey, rows: int, position: tuple[int, int], *,
+             per_row: bool, own: paillier.PublicKey | None, due: bool) -> Residual:
+        """What a passive party takes (round and columns checked by the caller, so the epoch and
+        batch are the receiver's ``position``); ``own``: P1's key, under which A's requests come
+        (None for the other passive parties)."""
+        sigma = received_sigma(art)
+        offset = read_enc(art, "a", ka, rows=rows)
+        if own is None:
+            expect_members(art, (*LOSS_MEMBERS, "grad_request"), False, "P1 gets A's requests")
+            request, loss = None, None
+        else:
+            # the loss request comes exactly when it is due (and never to another passive party)
+            expect_members(art, LOSS_MEMBERS, due,
+                           "the loss is due on the last batch of the first, every loss_every-th and the last epoch")
+            request = read_packed(art, "grad_request", own)
+            loss = (read_enc(art, "loss_values", own), read_enc(art, "loss_cross", own)) if due else None
+        slope = read_enc(art, "slope", ka, rows=rows) if per_row else None
+        return cls(*position, int(art.meta["columns"]), sigma, offset, slope, request, loss)
+
+
+@dataclass(frozen=True)
+class Gradient(Message):
+    """Pj -> A: ``pack(mask([[X_j^T d]]_KA))``; from P1 also its answers to A's requests
+    (``grad_reply`` and, when asked, ``loss_reply``: decrypted, still masked)."""
+
+    kind = GRADIENT
+    epoch: int
+    batch: int
+    request: paillier.Packed
+    answer: tuple[Member, ...] = ()
+    grad_count: int | None = None
+
+    @staticmethod
+    def position_meta(epoch: int, batch: int, grad_count: int | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"epoch": epoch, "batch": batch}
+        if grad_count is not None:
+            meta["grad_count"] = grad_count
+        return meta
+
+    def meta(self) -> dict[str, Any]:
+        return self.position_meta(self.epoch, self.batch, self.grad_count)
+
+    def members(self) -> list[Member]:
+        return [packed_member("grad_request", self.request), *self.answer]
+
+    @staticmethod
+    def read_request(art: Artifact, t: int, public: paillier.PublicKey) -> paillier.Packed:
+        check_round(art, t)
+        return read_packed(art, "grad_request", public)
+
+    @staticmethod
+    def read_answer(art: Artifact, count: int, loss_asked: bool) -> tuple[list[int], list[int] | None]:
+        """P1's answers: A's gradient slots (``count``) and, when A asked, ``[Q, cross]``."""
+        expect_meta_count(art, "grad_count", count)
+        expect_members(art, ("loss_reply",), loss_asked, "A asked for the loss this round")
+        reply = read_ints(art, "grad_reply", count)
+        return reply, read_ints(art, "loss_reply", 2) if loss_asked else None
+
+
+@dataclass(frozen=True)
+class Reply(Message):
+    """A -> Pj: the decrypted slots of Pj's request (still masked), and whether training goes on."""
+
+    kind = REPLY
+    next: str  # "batch" or "evaluate"
+    values: list[int]
+    modulus: int
+
+    def meta(self) -> dict[str, Any]:
+        return {"next": self.next}
+
+    def members(self) -> list[Member]:
+        return [ints_member("grad_reply", self.values, self.modulus)]
+
+    @classmethod
+    def read(cls, art: Artifact, t: int, count: int) -> Reply:
+        check_round(art, t)
+        values = read_ints(art, "grad_reply", count)
+        nxt = art.meta.get("next")
+        if nxt not in ("batch", "evaluate"):
+            raise InvalidArtifact(f"reply from {art.sender} says next={nxt!r}")
+        return cls(str(nxt), values, 0)
+
+
+@dataclass(frozen=True)
+class Scores(Message):
+    """P1 -> A: the passive parties' summed partial scores on the test rows, under A's key
+    (written by :func:`~vfl_cli.protocol.wire.send_scores` / ``collect_scores``)."""
+
+    kind = SCORES
+    rows: int
+    u: paillier.EncryptedArray
+
+    def meta(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def members(self) -> list[Member]:
+        return [enc_member("u", self.u)]
+
+    @classmethod
+    def read(cls, art: Artifact, public: paillier.PublicKey, rows: int) -> Scores:
+        expect_meta_count(art, "rows", rows)
+        return cls(rows, read_enc(art, "u", public, rows=rows))
+
+
+# ----- pure steps -------------------------------------------------------------------------------
+def masked_request(grad: paillier.EncryptedArray) -> tuple[paillier.Packed, paillier.Mask]:
+    """A gradient under the peer's key, masked for it to decrypt (its bounds public), packed."""
+    masked, m = paillier.mask(grad, value_bits=value_bits(GRADIENT_REAL_BITS, grad.exponent), stat_bits=STAT_BITS)
+    return paillier.pack(masked), m
+
+
+def active_request(X: np.ndarray, slope: Any, offset: np.ndarray,
+                   passive_sum: paillier.EncryptedArray) -> tuple[paillier.Packed, paillier.Mask]:
+    """A's gradient request ``[[X_A^T (slope U + offset)]]_K1``, masked.
+
+    ``X^T (slope * U + offset) = (X * slope)^T U + X^T offset``: the slope folds into the
+    plaintext matrix, so the per-row products cost nothing beyond the multi-exponentiation.
+    """
+    scaled = X * (slope if np.isscalar(slope) else np.asarray(slope)[:, None])
+    return masked_request(paillier.plain_matmul(scaled.T, passive_sum) + X.T @ offset)
+
+
+def loss_request(rng: np.random.Generator, passive_sum: paillier.EncryptedArray, slope: Any,
+                 offset: np.ndarray, sample: int
+                 ) -> tuple[tuple[paillier.EncryptedArray, paillier.EncryptedArray], LossMask]:
+    """A's loss request to P1 on (a sample of) the batch: ``[[D_i + s_i]]`` and
+    ``[[sum_i s_i D_i + rho]]``, and what A keeps to read the answer."""
+    size = min(len(passive_sum), sample)
+    pick = np.sort(rng.choice(len(passive_sum), size=size, replace=False))
+    row_slope = slope if np.isscalar(slope) else np.asarray(slope)[pick]
+    values = passive_sum[pick] * row_slope + offset[pick]
+    masked, m = paillier.mask(values, value_bits=value_bits(RESIDUAL_REAL_BITS, values.exponent),
+                              stat_bits=STAT_BITS)
+    s = [m.shift + r for r in m.offsets]
+    cross = (values * np.array(s, dtype=object)).sum()
+    cross_masked, cm = paillier.mask(cross)
+    return (masked, cross_masked), LossMask(tuple(s), cm, values.exponent, size)
+
+
+def mean_square_from_reply(reply: list[int], lm: LossMask) -> float:
+    """``mean(D_i^2)`` from P1's ``[Q, masked cross term]`` (exact integers until the end)."""
+    q, cross_raw = reply
+    cross = exact_unmask(cross_raw, lm.cross)
+    sum_d2 = q - 2 * cross - sum(v * v for v in lm.s)
+    if sum_d2 < 0:
+        raise InvalidArtifact("the loss reply is inconsistent (negative sum of squares)")
+    scale = 16 ** (-2 * lm.exponent)
+    return float(sum_d2 / scale / lm.count)
+
+
+def released_offset(offset: np.ndarray, sigma: float, params: Mapping[str, Any], binary: bool,
+                    rng: np.random.Generator) -> np.ndarray:
+    """The offsets the passive parties compute with: with label noise (label_bits,
+    label_epsilon), clipped (regression) and with Gaussian noise from A's own CSPRNG; A's
+    own gradient keeps the exact ones. The deviation is public and sent along."""
+    if sigma <= 0:
+        return offset
+    if not binary:
+        clip = float(params["label_clip"])
+        offset = np.clip(offset, -clip, clip)
+    return np.asarray(offset + rng.normal(0.0, sigma, size=offset.shape))
+
+
+def answer_active(priv: paillier.PrivateKey, res: Residual, active_columns: int, sent: np.ndarray | None,
+                  rows: int, params: Mapping[str, Any], active: str) -> list[Member]:
+    """P1 decrypts A's masked requests under its own key; the results stay masked.
+
+    Before decrypting, P1 checks that the request holds one value per column A declared and
+    none of the partial-score ciphertexts P1 itself sent (A must not use P1 as an oracle).
+    """
+    own = priv.public
+    request = res.request
+    if request is None:
+        raise InvalidArtifact(f"the residual from {active} lacks the gradient request")
+    expect_count(request.count, active_columns, "the gradient request", active)
+    refuse_echo(sent, request.to_bytes(), own.width, "the gradient request", active)
+    members = [ints_member("grad_reply", paillier.decrypt_packed(priv, request), own.n)]
+    if res.loss is not None:
+        values, cross_enc = res.loss
+        # exactly the sample A draws (min(rows, loss_sample) values) and one cross term
+        drawn = min(rows, int(params["loss_sample"]))
+        if values.shape != (drawn,) or cross_enc.size != 1:
+            raise InvalidArtifact(f"the loss request from {active} has the wrong size; refused")
+        for x in res.loss:
+            refuse_echo(sent, x.to_bytes(), own.width, "the loss request", active)
+        raw = priv.decrypt_raw(values)
+        q = sum(int(v) * int(v) for v in raw)
+        if q >= own.n:
+            raise VflError("loss_sample is too large for this key size; lower it")
+        cross = priv.decrypt_raw(cross_enc)
+        members.append(ints_member("loss_reply", [q, cross[0]], own.n))
+    return members
+
+
+def decrypt_request(priv: paillier.PrivateKey, request: paillier.Packed, columns: int,
+                    sent: np.ndarray | None, sender: str) -> list[int]:
+    """A decrypts a passive party's masked gradient request: only what this step expects, one
+    value per column ``sender`` declared and none of the residual ciphertexts A sent (else the
+    sender could read A's residuals, hence labels)."""
+    expect_count(request.count, columns, "the gradient", sender)
+    refuse_echo(sent, request.to_bytes(), priv.public.width, "the gradient", sender)
+    return paillier.decrypt_packed(priv, request)
+
+
+def partial_from(art: Artifact, st: ActiveState, data: LinearData, rows: int, k1: paillier.PublicKey,
+                 me: str) -> tuple[ActiveState, Partial]:
+    """A takes a passive party's partial scores: its round, alignment and columns checked, its
+    one bit (own block converged) kept."""
+    check_round(art, st.t)
+    if art.meta.get("alignment") != data.fingerprint:
+        raise InvalidArtifact(f"{art.sender} trains on another alignment than {me} (mismatched rows)")
+    columns = peer_columns(st.columns, art, data.smallest_batch)
+    part = Partial.read(art, rows, k1, columns[art.sender], (st.epoch, st.batch))
+    converged = {**st.peer_converged, art.sender: part.converged}
+    return st.but(columns=columns, peer_converged=converged), part
+
+
+def widest_passive(columns: Mapping[str, int], passives: list[str]) -> int:
+    return max([int(v) for k, v in columns.items() if k in passives] or [0])
 
 
 # ----- the protocol ----------------------------------------------------------------------------
-class HeteroLinear(Protocol):
+def _from_passives(kind: str) -> Callable[[PartyContext, Any], list[Expect]]:
+    """``waits`` of an active phase that takes one ``kind`` artifact from every passive party."""
+    return lambda ctx, st: [Expect(p, kind) for p in ctx.passives]
+
+
+def _from_peers(kind: str) -> Callable[[PartyContext, Any], list[Expect]]:
+    """``waits`` of a passive phase that takes one ``kind`` artifact from every other passive party."""
+    return lambda ctx, st: [Expect(p, kind) for p in ctx.passives if p != ctx.name]
+
+
+class HeteroLinear(KitProtocol[Any]):
     """Shared state machine; subclasses fix the loss."""
 
     name = "hetero-linear"
     summary = "hetero linear regression (squared loss), no third party"
     task = "regression"
     loss_name = "mse"
+    states: ClassVar[Mapping[str, type[PartyState]]] = {"active": ActiveState, "passive": PassiveState}
 
     def constant_slope(self, params: Mapping[str, Any]) -> float | None:
         """The public slope ``c`` of ``d = c U + offset``, or None when A sets it per row."""
@@ -466,414 +879,266 @@ class HeteroLinear(Protocol):
     def check_params(self, params: dict[str, Any], parties: list[dict[str, str]]) -> dict[str, Any]:
         return check_params(params)
 
-    # ----- what each party waits for ----------------------------------------------------------
-    def expects(self, ctx: PartyContext, state: JobState) -> list[Expect]:
-        phase = state.phase
-        if ctx.is_active:
-            return {
-                "start": [],
-                "wait-partials": [Expect(p, PARTIAL) for p in ctx.passives],
-                "wait-gradients": [Expect(p, GRADIENT) for p in ctx.passives],
-                "wait-scores": [Expect(ctx.passives[0], SCORES)],
-            }[phase]
-        others = [p for p in ctx.passives if p != ctx.name]
-        early_peers = others if self.constant_slope(ctx.params) is not None else []
+    def phases(self) -> Mapping[tuple[str, str], Phase[Any]]:
         return {
-            "start": [],
-            "wait-residual": [Expect(ctx.active, RESIDUAL)] + [Expect(p, PEER_PARTIAL) for p in early_peers],
-            "wait-peers": [Expect(p, PEER_PARTIAL) for p in others],
-            "wait-reply": [Expect(ctx.active, REPLY)],
-            "collect-scores": [Expect(p, PEER_SCORES) for p in others],
-        }[phase]
+            ("active", "start"): Phase(nothing, self._a_start),
+            ("active", "wait-partials"): Phase(_from_passives(PARTIAL), self._a_residual),
+            ("active", "wait-gradients"): Phase(_from_passives(GRADIENT), self._a_update),
+            ("active", "wait-scores"): Phase(lambda ctx, st: [Expect(ctx.passives[0], SCORES)], self._a_evaluate),
+            ("passive", "start"): Phase(nothing, self._p_start),
+            ("passive", "wait-residual"): Phase(self._residual_waits, self._p_gradient),
+            ("passive", "wait-peers"): Phase(_from_peers(PEER_PARTIAL), self._p_after_peers),
+            ("passive", "wait-reply"): Phase(from_active(REPLY), self._p_update),
+            ("passive", "collect-scores"): Phase(_from_peers(PEER_SCORES), self._p_collect),
+        }
 
-    def advance(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]) -> list[Outgoing]:
-        data = LinearData(ctx, intercept=ctx.is_active)
-        if ctx.is_active:
-            handler = {"start": self._a_start, "wait-partials": self._a_residual,
-                       "wait-gradients": self._a_update, "wait-scores": self._a_evaluate}[state.phase]
-        else:
-            handler = {"start": self._p_start, "wait-residual": self._p_gradient, "wait-peers": self._p_after_peers,
-                       "wait-reply": self._p_update, "collect-scores": self._p_collect}[state.phase]
-        return handler(ctx, state, received, data)
+    def _residual_waits(self, ctx: PartyContext, st: Any) -> list[Expect]:
+        """A's residual and, with a public slope, the other passive parties' ``[[c u_l]]``."""
+        peers = _from_peers(PEER_PARTIAL)(ctx, st) if self.constant_slope(ctx.params) is not None else []
+        return [Expect(ctx.active, RESIDUAL), *peers]
 
-    # ----- helpers ------------------------------------------------------------------------------
-    _position = staticmethod(position)
-    _check_round = staticmethod(check_round)
+    # ----- both roles ------------------------------------------------------------------------------
+    def _initial(self, ctx: PartyContext, st: L, weights: np.ndarray, data: LinearData) -> L:
+        return st.but(weights=weights, optimizer=json_state(_optimizer(ctx.params).state_dict()),
+                      history=[], fingerprint=data.fingerprint)
 
-    def _init_weights(self, state: JobState, ctx: PartyContext, width: int) -> None:
-        state.arrays["weights"] = np.zeros(width)
-        state.data.update(t=0, epoch=0, batch=0, optimizer=_optimizer(ctx.params).state_dict(), history=[])
-
-    def _step_weights(self, ctx: PartyContext, state: JobState, grad: np.ndarray, intercept: bool,
-                      data: LinearData | None = None, noise: float = 0.0) -> None:
-        if data is not None:
-            X, c = data.X[data.split.train], 0.25 if self.task == "binary" else 1.0
-            # convergence on this party's own block, measured with its own columns only; a passive
-            # party discounts what the label noise (public sigma) adds to its decrement
-            dec, mean, sd = newton_decrement(X, grad, curvature=c, noise=noise, ridge=NEWTON_RIDGE)
-            tol = float(ctx.params.get("tol", 0.0))
-            state.data["decrement"] = dec
-            state.data["converged_here"] = bool(tol > 0 and dec - mean < max(tol, 2.0 * sd))
-            if optimizer_name(ctx.params) == "newton":
-                # preconditioned by this party's own columns only: nothing more is sent or learnt
-                grad = own_curvature_step(X, grad, parties=1 + len(ctx.passives), curvature=c, ridge=NEWTON_RIDGE)
+    def step_weights(self, ctx: PartyContext, st: L, grad: np.ndarray, data: LinearData, *,
+                     intercept: bool, noise: float = 0.0) -> L:
+        """This party's own update: its block's Newton decrement, then its optimiser's step."""
+        X, c = data.X[data.split.train], 0.25 if self.task == "binary" else 1.0
+        # convergence on this party's own block, measured with its own columns only; a passive
+        # party discounts what the label noise (public sigma) adds to its decrement
+        dec, mean, sd = newton_decrement(X, grad, curvature=c, noise=noise, ridge=NEWTON_RIDGE)
+        tol = float(ctx.params.get("tol", 0.0))
+        converged = bool(tol > 0 and dec - mean < max(tol, 2.0 * sd))
+        if optimizer_name(ctx.params) == "newton":
+            # preconditioned by this party's own columns only: nothing more is sent or learnt
+            grad = own_curvature_step(X, grad, parties=1 + len(ctx.passives), curvature=c, ridge=NEWTON_RIDGE)
         opt = _optimizer(ctx.params)
-        opt.load_state_dict(state.data["optimizer"])
-        w = state.arrays["weights"]
-        penalised = np.ones(w.shape, dtype=bool)
+        opt.load_state_dict(st.optimizer)
+        penalised = np.ones(st.w.shape, dtype=bool)
         if intercept:
             penalised[-1] = False
-        state.arrays["weights"] = opt.step(w, grad, mask=penalised)
-        state.data["optimizer"] = _json_state(opt.state_dict())
-
-    def _advance_position(self, state: JobState, data: LinearData) -> None:
-        advance_position(state, data.batches_per_epoch)
+        return st.but(weights=opt.step(st.w, grad, mask=penalised), optimizer=json_state(opt.state_dict()),
+                      decrement=dec, converged_here=converged)
 
     # ----- passive party ------------------------------------------------------------------------
-    def _p_start(self, ctx: PartyContext, state: JobState, received: Any, data: LinearData) -> list[Outgoing]:
+    def _p_start(self, ctx: PartyContext, st: PassiveState, received: Any) -> Step[PassiveState]:
+        data = LinearData(ctx, intercept=False)
         if data.y is not None:
             raise DataError(f"{ctx.name} is passive but has labels")
-        self._init_weights(state, ctx, data.X.shape[1])
-        state.data["fingerprint"] = data.fingerprint
-        return self._p_partials(ctx, state, data)
+        return self._p_partials(ctx, self._initial(ctx, st, np.zeros(data.X.shape[1]), data), data)
 
-    def _p_partials(self, ctx: PartyContext, state: JobState, data: LinearData) -> list[Outgoing]:
-        t, epoch, batch = self._position(state)
-        rows = data.batch_rows(ctx.params, epoch, batch)
-        u = data.X[rows] @ state.arrays["weights"]
+    def _p_partials(self, ctx: PartyContext, st: PassiveState, data: LinearData) -> Step[PassiveState]:
+        """``[[u_j]]_K1`` to A and, with a public slope ``c``, ``[[c u_j]]_KA`` to the peers."""
+        rows = data.batch_rows(ctx.params, st.epoch, st.batch)
+        u = data.X[rows] @ st.w
         if np.abs(u).max(initial=0.0) > PARTIAL_BOUND:
             raise VflError("partial scores exploded (training diverged): lower learning_rate")
-        meta = {"epoch": epoch, "batch": batch, "alignment": data.fingerprint, "rows": len(rows),
-                "columns": data.columns, "converged": bool(state.data.get("converged_here", False))}
-        tick = ctx.progress(f"round {t}: encrypting partial scores", None)
+        tick = ctx.progress(f"round {st.t}: encrypting partial scores", None)
         k1 = ctx.public_key(ctx.passives[0])
         enc_u = paillier.encrypt(k1, u)
         if ctx.name == ctx.passives[0]:  # under P1's own key: P1 will refuse to decrypt them
-            remember_sent(state, [enc_u.to_bytes()], k1.width)
-        out = [Outgoing(ctx.active, PARTIAL, "partial", [enc_member("u", enc_u)], meta, t)]
+            st = st.but(sent_digests=sent_digests([enc_u.to_bytes()], k1.width))
+        declared = (data.fingerprint, len(rows), data.columns, st.converged_here)
+        out = [Partial(st.epoch, st.batch, *declared, enc_u).to(ctx.active, "partial", st.t)]
         others = [p for p in ctx.passives if p != ctx.name]
         c = self.constant_slope(ctx.params)
         if others and c is not None:
-            enc_a = paillier.encrypt(ctx.public_key(ctx.active), c * u)
-            out += [Outgoing(p, PEER_PARTIAL, "peer-partial", [enc_member("su", enc_a)], meta, t) for p in others]
+            peer = PeerPartial(st.epoch, st.batch, paillier.encrypt(ctx.public_key(ctx.active), c * u), *declared)
+            out += [peer.to(p, "peer-partial", st.t) for p in others]
         tick(len(rows))
-        state.phase = "wait-residual"
-        return out
+        return Step(st, "wait-residual", out)
 
-    def _p_gradient(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                    data: LinearData) -> list[Outgoing]:
-        t, epoch, batch = self._position(state)
-        res = need(received, ctx.active, RESIDUAL)
-        self._check_round(res, state)
-        rows = data.batch_rows(ctx.params, epoch, batch)
-        peer_columns(state, res, data.smallest_batch)
-        state.data["label_sigma"] = received_sigma(res)
-        ka = ctx.public_key(ctx.active)
-        u = data.X[rows] @ state.arrays["weights"]
-        d = read_enc(res, "a", ka, rows=len(rows))
-        meta: dict[str, Any] = {"epoch": epoch, "batch": batch}
-        if ctx.name == ctx.passives[0]:
-            # the loss request comes exactly when it is due (and never to another passive party)
-            expect_members(res, LOSS_MEMBERS, loss_due(ctx.params, epoch, batch, data.batches_per_epoch),
-                           "the loss is due on the last batch of the first, every loss_every-th and the last epoch")
-        else:
-            expect_members(res, LOSS_MEMBERS + ("grad_request",), False, "P1 gets A's requests")
-        p1_members = (self._p1_decrypt_for_active(ctx, state, res, meta, len(rows))
-                      if ctx.name == ctx.passives[0] else [])
-        c = self.constant_slope(ctx.params)
-        if c is None:
-            # A's slope differs per row: d = [[offset]] + [[slope]] * u_j + (the other passives' parts)
-            mine = read_enc(res, "slope", ka, rows=len(rows)) * u
-            others = [p for p in ctx.passives if p != ctx.name]
-            if others:
-                stash(state, "d", d + mine)
-                stash_members(state, p1_members, meta)
-                state.phase = "wait-peers"
-                shared = paillier.rerandomize(mine)
-                return [Outgoing(p, PEER_PARTIAL, "peer-partial", [enc_member("su", shared)],
-                                 {"epoch": epoch, "batch": batch}, t) for p in others]
-            d = d + mine
-        else:
-            for art in received.values():
-                if art.kind == PEER_PARTIAL:
-                    self._check_round(art, state)
-                    expect_meta_count(art, "rows", len(rows))
-                    d = d + read_enc(art, "su", ka, rows=len(rows))
-            d = d + c * u
-        return self._p_send_gradient(ctx, state, data, d, p1_members, meta)
+    def _p_gradient(self, ctx: PartyContext, st: PassiveState, received: Mapping[str, Artifact]) -> Step[PassiveState]:
+        data = LinearData(ctx, intercept=False)
+        rows = data.batch_rows(ctx.params, st.epoch, st.batch)
+        art = need(received, ctx.active, RESIDUAL)
+        check_round(art, st.t)
+        st = st.but(columns=peer_columns(st.columns, art, data.smallest_batch))
+        ka, p1, c = ctx.public_key(ctx.active), ctx.name == ctx.passives[0], self.constant_slope(ctx.params)
+        res = Residual.read(art, ka, len(rows), (st.epoch, st.batch), per_row=c is None,
+                            own=ctx.private_key().public if p1 else None,
+                            due=loss_due(ctx.params, st.epoch, st.batch, data.batches_per_epoch))
+        st = st.but(label_sigma=res.label_sigma)
+        answer: list[Member] = []
+        if p1:
+            answer = answer_active(ctx.private_key(), res, st.columns[ctx.active], st.sent_digests, len(rows),
+                                   ctx.params, ctx.active)
+        count = res.request.count if res.request is not None else None
+        u = data.X[rows] @ st.w
+        if c is not None:
+            d = res.offset
+            for part in (a for a in received.values() if a.kind == PEER_PARTIAL):
+                d = d + PeerPartial.read_su(part, st.t, ka, len(rows), counted=True)
+            return self._p_send_gradient(ctx, st, data, d + c * u, answer, count)
+        # A's slope differs per row: d = [[offset]] + [[slope]] * u_j + (the other passives' parts)
+        if res.slope is None:  # Residual.read refuses a per-row residual without it
+            raise InvalidArtifact(f"the residual from {ctx.active} lacks the per-row slope")
+        mine = res.slope * u
+        others = [p for p in ctx.passives if p != ctx.name]
+        if not others:
+            return self._p_send_gradient(ctx, st, data, res.offset + mine, answer, count)
+        d = res.offset + mine
+        held = Held(d.to_bytes(), d.shape, d.exponent, tuple(answer), count)
+        peer = PeerPartial(st.epoch, st.batch, paillier.rerandomize(mine))
+        return Step(st.but(held=held), "wait-peers", [peer.to(p, "peer-partial", st.t) for p in others])
 
-    def _p_after_peers(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                       data: LinearData) -> list[Outgoing]:
-        t, epoch, batch = self._position(state)
-        rows = data.batch_rows(ctx.params, epoch, batch)
+    def _p_after_peers(self, ctx: PartyContext, st: PassiveState,
+                       received: Mapping[str, Artifact]) -> Step[PassiveState]:
+        data = LinearData(ctx, intercept=False)
+        rows = data.batch_rows(ctx.params, st.epoch, st.batch)
         ka = ctx.public_key(ctx.active)
-        d = unstash(state, "d", ka)
+        if st.held is None:
+            raise VflError(f"{ctx.name} holds no residual to complete")
+        d = st.held.encrypted(ka)
         for art in received.values():
-            self._check_round(art, state)
-            d = d + read_enc(art, "su", ka, rows=len(rows))
-        members, meta = unstash_members(state)
-        return self._p_send_gradient(ctx, state, data, d, members, meta)
+            d = d + PeerPartial.read_su(art, st.t, ka, len(rows), counted=False)
+        answer, count = list(st.held.answer), st.held.grad_count
+        return self._p_send_gradient(ctx, st.but(held=None), data, d, answer, count)
 
-    def _p_send_gradient(self, ctx: PartyContext, state: JobState, data: LinearData, d: paillier.EncryptedArray,
-                         p1_members: list[Member], meta: dict[str, Any]) -> list[Outgoing]:
-        t, epoch, batch = self._position(state)
-        rows = data.batch_rows(ctx.params, epoch, batch)
-        grad = paillier.plain_matmul(data.X[rows].T, d)
-        masked, m = paillier.mask(grad, value_bits=value_bits(GRADIENT_REAL_BITS, grad.exponent), stat_bits=STAT_BITS)
-        state.data["grad_mask"] = save_mask(m)
-        members = [packed_member("grad_request", paillier.pack(masked)), *p1_members]
-        state.phase = "wait-reply"
-        return [Outgoing(ctx.active, GRADIENT, "gradient", members, meta, t)]
+    def _p_send_gradient(self, ctx: PartyContext, st: PassiveState, data: LinearData, d: paillier.EncryptedArray,
+                         answer: list[Member], grad_count: int | None) -> Step[PassiveState]:
+        rows = data.batch_rows(ctx.params, st.epoch, st.batch)
+        request, m = masked_request(paillier.plain_matmul(data.X[rows].T, d))
+        msg = Gradient(st.epoch, st.batch, request, tuple(answer), grad_count)
+        return Step(st.but(grad_mask=m), "wait-reply", [msg.to(ctx.active, "gradient", st.t)])
 
-    def _p1_decrypt_for_active(self, ctx: PartyContext, state: JobState, res: Artifact, meta: dict[str, Any],
-                               rows: int) -> list[Member]:
-        """P1 decrypts A's masked requests under its own key; the results stay masked.
+    def _p_update(self, ctx: PartyContext, st: PassiveState, received: Mapping[str, Artifact]) -> Step[PassiveState]:
+        data = LinearData(ctx, intercept=False)
+        if st.grad_mask is None:
+            raise VflError(f"{ctx.name} has no gradient request outstanding")
+        m = st.grad_mask
+        reply = Reply.read(need(received, ctx.active, REPLY), st.t, len(m.offsets))
+        rows = data.batch_rows(ctx.params, st.epoch, st.batch)
+        grad = paillier.unmask(reply.values, m) / len(rows)
+        noise = st.label_sigma or 0.0
+        st = self.step_weights(ctx, st.but(grad_mask=None), grad, data, intercept=False, noise=noise)
+        st = st.advanced(data.batches_per_epoch)
+        if reply.next == "batch":
+            return self._p_partials(ctx, st, data)
+        return self._p_scores(ctx, st, data)
 
-        Before decrypting, P1 checks that the request holds one value per column A declared and
-        none of the partial-score ciphertexts P1 itself sent (A must not use P1 as an oracle).
-        """
-        priv = ctx.private_key()
-        own = priv.public
-        request = read_packed(res, "grad_request", own)
-        expect_count(request.count, state.data["columns"][ctx.active], "the gradient request", ctx.active)
-        refuse_echo(state, request.to_bytes(), own.width, "the gradient request", ctx.active)
-        members = [ints_member("grad_reply", paillier.decrypt_packed(priv, request), own.n)]
-        meta["grad_count"] = request.count
-        if "loss_values" in res.members:
-            values = read_enc(res, "loss_values", own)
-            # exactly the sample A draws (min(rows, loss_sample) values) and one cross term
-            drawn = min(rows, int(ctx.params["loss_sample"]))
-            if values.shape != (drawn,) or read_enc(res, "loss_cross", own).size != 1:
-                raise InvalidArtifact(f"the loss request from {ctx.active} has the wrong size; refused")
-            for name in ("loss_values", "loss_cross"):
-                refuse_echo(state, res.members[name].data, own.width, "the loss request", ctx.active)
-            raw = priv.decrypt_raw(values)
-            q = sum(int(v) * int(v) for v in raw)
-            if q >= own.n:
-                raise VflError("loss_sample is too large for this key size; lower it")
-            cross = priv.decrypt_raw(read_enc(res, "loss_cross", own))
-            members.append(ints_member("loss_reply", [q, cross[0]], own.n))
-        return members
-
-    def _p_update(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                  data: LinearData) -> list[Outgoing]:
-        reply = need(received, ctx.active, REPLY)
-        self._check_round(reply, state)
-        t, epoch, batch = self._position(state)
-        rows = data.batch_rows(ctx.params, epoch, batch)
-        m = load_mask(state.data.pop("grad_mask"))
-        grad = paillier.unmask(read_ints(reply, "grad_reply", len(m.offsets)), m) / len(rows)
-        noise = float(state.data.get("label_sigma", 0.0))
-        self._step_weights(ctx, state, grad, intercept=False, data=data, noise=noise)
-        self._advance_position(state, data)
-        nxt = reply.meta.get("next")
-        if nxt == "batch":
-            return self._p_partials(ctx, state, data)
-        if nxt != "evaluate":
-            raise InvalidArtifact(f"reply from {ctx.active} says next={nxt!r}")
-        return self._p_scores(ctx, state, data)
-
-    def _p_scores(self, ctx: PartyContext, state: JobState, data: LinearData) -> list[Outgoing]:
-        u = data.X[data.split.test] @ state.arrays["weights"]
-        out = send_scores(ctx, u, int(state.data["t"]))
+    def _p_scores(self, ctx: PartyContext, st: PassiveState, data: LinearData) -> Step[PassiveState]:
+        out = send_scores(ctx, data.X[data.split.test] @ st.w, st.t)
         if out is None:
-            state.phase = "collect-scores"  # P1 first gathers the other passive parties' scores
-            return []
-        self._finish_passive(ctx, state, data)
-        return out
+            return Step(st, "collect-scores")  # P1 first gathers the other passive parties' scores
+        return self._p_finish(ctx, st, data, out)
 
-    def _p_collect(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                   data: LinearData) -> list[Outgoing]:
-        u = data.X[data.split.test] @ state.arrays["weights"]
-        self._finish_passive(ctx, state, data)
-        return collect_scores(ctx, u, received, int(state.data["t"]))
+    def _p_collect(self, ctx: PartyContext, st: PassiveState, received: Mapping[str, Artifact]) -> Step[PassiveState]:
+        data = LinearData(ctx, intercept=False)
+        out = collect_scores(ctx, data.X[data.split.test] @ st.w, received, st.t)
+        return self._p_finish(ctx, st, data, out)
 
-    def _finish_passive(self, ctx: PartyContext, state: JobState, data: LinearData) -> None:
-        state.arrays.update(data.standardiser.to_arrays())
-        state.phase = "done"
-        state.done = True
-        state.results = self._model_card(ctx, state, metrics={})
+    def _p_finish(self, ctx: PartyContext, st: PassiveState, data: LinearData, out: Any) -> Step[PassiveState]:
+        st = st.but(**data.standardiser.to_arrays())
+        return Step.finish(st, self._model_card(ctx, st, metrics={}), out)
 
     # ----- active party -------------------------------------------------------------------------
-    def _a_start(self, ctx: PartyContext, state: JobState, received: Any, data: LinearData) -> list[Outgoing]:
+    def _a_start(self, ctx: PartyContext, st: ActiveState, received: Any) -> Step[ActiveState]:
+        data = LinearData(ctx, intercept=True)
         if data.y is None:
             raise DataError(f"{ctx.name} is the active party but has no label column")
         if self.task == "binary" and not np.isin(data.y, (0.0, 1.0)).all():
             raise DataError(f"{ctx.label_column!r} must hold 0/1 labels for {self.name}")
-        self._init_weights(state, ctx, data.X.shape[1])
         target, _, _ = self._target(ctx, data)
-        state.arrays["weights"][-1] = initial_intercept(target[data.split.train], binary=self.task == "binary")
-        state.data["fingerprint"] = data.fingerprint
-        state.phase = "wait-partials"
-        return []
+        weights = np.zeros(data.X.shape[1])
+        weights[-1] = initial_intercept(target[data.split.train], binary=self.task == "binary")
+        return Step(self._initial(ctx, st, weights, data), "wait-partials")
 
-    def _a_residual(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                    data: LinearData) -> list[Outgoing]:
-        t, epoch, batch = self._position(state)
-        rows = data.batch_rows(ctx.params, epoch, batch)
+    def _a_residual(self, ctx: PartyContext, st: ActiveState, received: Mapping[str, Artifact]) -> Step[ActiveState]:
+        data = LinearData(ctx, intercept=True)
+        rows = data.batch_rows(ctx.params, st.epoch, st.batch)
         k1 = ctx.public_key(ctx.passives[0])
         target, _, _ = self._target(ctx, data)
-        slope, offset = self.residual_terms(ctx.params, data.X[rows] @ state.arrays["weights"], target[rows])
+        slope, offset = self.residual_terms(ctx.params, data.X[rows] @ st.w, target[rows])
         passive_sum = None
         for p in ctx.passives:
-            art = need(received, p, PARTIAL)
-            self._check_round(art, state)
-            if art.meta.get("alignment") != data.fingerprint:
-                raise InvalidArtifact(f"{p} trains on another alignment than {ctx.name} (mismatched rows)")
-            peer_columns(state, art, data.smallest_batch)
-            # one bit per exchange: whether p's own block had converged at its last gradient
-            state.data.setdefault("peer_converged", {})[p] = art.meta.get("converged") is True
-            expect_meta_count(art, "rows", len(rows))
-            # no declared bound: the masks' fixed widths are public, and an overflow is caught
-            # exactly when the masked slots are decrypted and unmasked
-            part = read_enc(art, "u", k1, rows=len(rows))
-            passive_sum = part if passive_sum is None else passive_sum + part
+            st, part = partial_from(need(received, p, PARTIAL), st, data, len(rows), k1, ctx.name)
+            passive_sum = part.u if passive_sum is None else passive_sum + part.u
         if passive_sum is None:
             raise VflError("training needs at least one passive party")
-        # X^T (slope * U + offset) = (X * slope)^T U + X^T offset: the slope folds into the
-        # plaintext matrix, so the per-row products cost nothing beyond the multi-exponentiation.
-        Xb = data.X[rows]
-        scaled = Xb * (slope if np.isscalar(slope) else np.asarray(slope)[:, None])
-        grad = paillier.plain_matmul(scaled.T, passive_sum) + Xb.T @ offset
-        masked, m = paillier.mask(grad, value_bits=value_bits(GRADIENT_REAL_BITS, grad.exponent), stat_bits=STAT_BITS)
-        state.data["grad_mask"] = save_mask(m)
-        p1_members = [packed_member("grad_request", paillier.pack(masked))]
-        if loss_due(ctx.params, epoch, batch, data.batches_per_epoch):
-            p1_members += self._loss_request(ctx, state, passive_sum, slope, offset)
+        request, m = active_request(data.X[rows], slope, offset, passive_sum)
+        loss, lm = None, None
+        if loss_due(ctx.params, st.epoch, st.batch, data.batches_per_epoch):
+            loss, lm = loss_request(ctx.rng, passive_sum, slope, offset, int(ctx.params["loss_sample"]))
+        binary = self.task == "binary"
+        sigma = label_noise_sigma(ctx.params, binary, data.smallest_batch, widest_passive(st.columns, ctx.passives))
         ka = ctx.public_key(ctx.name)
-        shared = [enc_member("a", paillier.encrypt(ka, self._released_offset(ctx, state, data, offset)))]
-        if self.constant_slope(ctx.params) is None:
-            shared.append(enc_member("slope", paillier.encrypt(ka, slope)))
+        enc_offset = paillier.encrypt(ka, released_offset(offset, sigma, ctx.params, binary, ctx.rng))
+        enc_slope = paillier.encrypt(ka, slope) if self.constant_slope(ctx.params) is None else None
         # what A sends under its own key must never come back to it for decryption
-        remember_sent(state, [m.data for m in shared], ka.width)
-        meta = {"epoch": epoch, "batch": batch, "columns": data.columns,
-                "label_sigma": float(state.data.get("label_sigma", 0.0))}
-        out = []
-        for p in ctx.passives:
-            members = shared + (p1_members if p == ctx.passives[0] else [])
-            out.append(Outgoing(p, RESIDUAL, "residual", members, meta, t))
-        state.phase = "wait-gradients"
-        return out
+        sent = sent_digests([x.to_bytes() for x in (enc_offset, enc_slope) if x is not None], ka.width)
+        shared = Residual(st.epoch, st.batch, data.columns, float(sigma), enc_offset, enc_slope)
+        to_p1 = Residual(st.epoch, st.batch, data.columns, float(sigma), enc_offset, enc_slope, request, loss)
+        out = [(to_p1 if p == ctx.passives[0] else shared).to(p, "residual", st.t) for p in ctx.passives]
+        new = st.but(grad_mask=m, loss_mask=lm, label_sigma=sigma, sent_digests=sent)
+        return Step(new, "wait-gradients", out)
 
-    def _released_offset(self, ctx: PartyContext, state: JobState, data: LinearData,
-                         offset: np.ndarray) -> np.ndarray:
-        """The offsets the passive parties compute with: with label noise (label_bits,
-        label_epsilon), clipped (regression) and with Gaussian noise from A's own CSPRNG; A's
-        own gradient keeps the exact ones. The deviation is public and sent along."""
-        widest = max([int(v) for k, v in state.data.get("columns", {}).items() if k in ctx.passives] or [0])
-        sigma = label_noise_sigma(ctx.params, self.task == "binary", data.smallest_batch, widest)
-        state.data["label_sigma"] = sigma
-        if sigma <= 0:
-            return offset
-        if self.task != "binary":
-            clip = float(ctx.params["label_clip"])
-            offset = np.clip(offset, -clip, clip)
-        return np.asarray(offset + ctx.rng.normal(0.0, sigma, size=offset.shape))
-
-    def _loss_request(self, ctx: PartyContext, state: JobState, passive_sum: paillier.EncryptedArray,
-                      slope: Any, offset: np.ndarray) -> list[Member]:
-        size = min(len(passive_sum), int(ctx.params["loss_sample"]))
-        pick = np.sort(ctx.rng.choice(len(passive_sum), size=size, replace=False))
-        row_slope = slope if np.isscalar(slope) else np.asarray(slope)[pick]
-        sample = passive_sum[pick] * row_slope + offset[pick]
-        masked, m = paillier.mask(sample, value_bits=value_bits(RESIDUAL_REAL_BITS, sample.exponent),
-                                  stat_bits=STAT_BITS)
-        s = [m.shift + r for r in m.offsets]
-        cross = (sample * np.array(s, dtype=object)).sum()
-        cross_masked, cm = paillier.mask(cross)
-        state.data["loss_mask"] = {"s": [format(v, "x") for v in s], "cross": save_mask(cm),
-                                   "exponent": sample.exponent, "count": size}
-        return [enc_member("loss_values", masked), enc_member("loss_cross", cross_masked)]
-
-    def _a_update(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                  data: LinearData) -> list[Outgoing]:
-        t, epoch, batch = self._position(state)
-        rows = data.batch_rows(ctx.params, epoch, batch)
+    def _a_update(self, ctx: PartyContext, st: ActiveState, received: Mapping[str, Artifact]) -> Step[ActiveState]:
+        data = LinearData(ctx, intercept=True)
+        rows = data.batch_rows(ctx.params, st.epoch, st.batch)
         priv = ctx.private_key()
         replies: dict[str, list[int]] = {}
         for p in ctx.passives:
-            art = need(received, p, GRADIENT)
-            self._check_round(art, state)
-            request = read_packed(art, "grad_request", priv.public)
-            # decrypt only what this step expects: one value per column p declared, none of
-            # the residual ciphertexts A sent (else p could read A's residuals, hence labels)
-            expect_count(request.count, state.data["columns"][p], "the gradient", p)
-            refuse_echo(state, request.to_bytes(), priv.public.width, "the gradient", p)
-            replies[p] = paillier.decrypt_packed(priv, request)
-        first = received[ctx.passives[0]]
-        m = load_mask(state.data.pop("grad_mask"))
-        expect_meta_count(first, "grad_count", len(m.offsets))
-        expect_members(first, ("loss_reply",), "loss_mask" in state.data, "A asked for the loss this round")
-        grad = paillier.unmask(read_ints(first, "grad_reply", len(m.offsets)), m) / len(rows)
-        if "loss_mask" in state.data:
-            loss = self._loss_from_reply(first, state.data.pop("loss_mask"), ctx.params)
+            request = Gradient.read_request(need(received, p, GRADIENT), st.t, priv.public)
+            replies[p] = decrypt_request(priv, request, st.columns[p], st.sent_digests, p)
+        if st.grad_mask is None:
+            raise VflError(f"{ctx.name} has no gradient request outstanding")
+        m = st.grad_mask
+        reply, loss_reply = Gradient.read_answer(received[ctx.passives[0]], len(m.offsets), st.loss_mask is not None)
+        grad = paillier.unmask(reply, m) / len(rows)
+        history = list(st.history)
+        if st.loss_mask is not None and loss_reply is not None:
+            loss = self.loss_from_mean_square(mean_square_from_reply(loss_reply, st.loss_mask), ctx.params)
             # each mini-batch round is four sequential hand-offs (partial, residual, gradient,
             # reply): the loss per hand-off is what a user waiting on carried files sees
-            state.data["history"].append({"epoch": epoch, "loss": loss, "handoffs": 4 * (t + 1)})
-        self._step_weights(ctx, state, grad, intercept=True, data=data)
-        if state.data["history"] and state.data["history"][-1]["epoch"] == epoch:
-            state.data["history"][-1]["decrement"] = float(state.data["decrement"])
-        self._advance_position(state, data)
-        nxt = "batch" if self._continue(ctx, state, data) else "evaluate"
-        state.phase = "wait-partials" if nxt == "batch" else "wait-scores"
-        if nxt == "evaluate" and len(data.split.test) == 0:
-            state.phase = "wait-scores"
-        n1 = priv.public.n
-        return [Outgoing(p, REPLY, "reply", [ints_member("grad_reply", replies[p], n1)], {"next": nxt}, t)
-                for p in ctx.passives]
+            history.append({"epoch": st.epoch, "loss": float(loss), "handoffs": 4 * (st.t + 1)})
+        st = self.step_weights(ctx, st, grad, data, intercept=True)
+        if history and history[-1]["epoch"] == st.epoch:
+            history[-1] = {**history[-1], "decrement": float(st.decrement or 0.0)}
+        t = st.t
+        st = st.but(history=history, grad_mask=None, loss_mask=None).advanced(data.batches_per_epoch)
+        go, st = self._continue(ctx, st, data)
+        nxt = "batch" if go else "evaluate"
+        out = [Reply(nxt, replies[p], priv.public.n).to(p, "reply", t) for p in ctx.passives]
+        return Step(st, "wait-partials" if go else "wait-scores", out)
 
-    def _loss_from_reply(self, art: Artifact, lm: Mapping[str, Any], params: Mapping[str, Any]) -> float:
-        q, cross_raw = read_ints(art, "loss_reply", 2)
-        cross = exact_unmask(cross_raw, load_mask(lm["cross"]))
-        s = [int(v, 16) for v in lm["s"]]
-        sum_d2 = q - 2 * cross - sum(v * v for v in s)
-        if sum_d2 < 0:
-            raise InvalidArtifact("the loss reply is inconsistent (negative sum of squares)")
-        scale = 16 ** (-2 * int(lm["exponent"]))
-        msq = sum_d2 / scale / int(lm["count"])
-        return float(self.loss_from_mean_square(msq, params))
-
-    def _continue(self, ctx: PartyContext, state: JobState, data: LinearData) -> bool:
-        d = state.data
-        if d["epoch"] >= ctx.params["epochs"]:
-            return False
-        peers = d.get("peer_converged", {})
-        if (data.batches_per_epoch == 1 and d.get("converged_here") and len(peers) == len(ctx.passives)
+    def _continue(self, ctx: PartyContext, st: ActiveState, data: LinearData) -> tuple[bool, ActiveState]:
+        """Whether another mini-batch runs (and, if not, why: the state says)."""
+        if st.epoch >= ctx.params["epochs"]:
+            return False, st
+        peers = st.peer_converged
+        if (data.batches_per_epoch == 1 and st.converged_here and len(peers) == len(ctx.passives)
                 and all(peers.values())):
-            d["converged"] = True  # every party's own block: Newton decrement below tol
-            return False
+            return False, st.but(converged=True)  # every party's own block: Newton decrement below tol
         patience = ctx.params["early_stopping_patience"]
-        if patience and d["batch"] == 0:
-            history = [h["loss"] for h in d["history"]]
+        if patience and st.batch == 0:
+            history = [h["loss"] for h in st.history]
             if EarlyStopping(ctx.params["early_stopping_tol"], patience).should_stop(history):
-                d["stopped_early"] = True
-                return False
-        return True
+                return False, st.but(stopped_early=True)
+        return True, st
 
-    def _a_evaluate(self, ctx: PartyContext, state: JobState, received: Mapping[str, Artifact],
-                    data: LinearData) -> list[Outgoing]:
+    def _a_evaluate(self, ctx: PartyContext, st: ActiveState, received: Mapping[str, Artifact]) -> Step[ActiveState]:
+        data = LinearData(ctx, intercept=True)
         test = data.split.test
-        art = need(received, ctx.passives[0], SCORES)
-        expect_meta_count(art, "rows", len(test))
-        passive_sum = ctx.private_key().decrypt(read_enc(art, "u", ctx.private_key().public, rows=len(test)))
+        priv = ctx.private_key()
+        scores = Scores.read(need(received, ctx.passives[0], SCORES), priv.public, len(test))
+        passive_sum = priv.decrypt(scores.u)
         _, mean, scale = self._target(ctx, data)
-        assert data.y is not None  # _target refuses an active party without labels
-        z = mean + scale * (data.X[test] @ state.arrays["weights"] + passive_sum)  # in label units
-        state.arrays["label_mean"], state.arrays["label_scale"] = np.array([mean]), np.array([scale])
-        history = state.data["history"]
-        metrics: dict[str, dict[str, Any]] = {"train": {"loss": history[-1]["loss"]} if history else {}}
+        if data.y is None:  # _target refuses an active party without labels
+            raise DataError(f"{ctx.name} is the active party but has no label column")
+        z = mean + scale * (data.X[test] @ st.w + passive_sum)  # in label units
+        st = st.but(label_mean=np.array([mean]), label_scale=np.array([scale]))
+        metrics: dict[str, dict[str, Any]] = {"train": {"loss": st.history[-1]["loss"]} if st.history else {}}
         if len(test):
             metrics["test"] = self.evaluate(data.y[test], z)
             # A's own view, kept for its report (ROC, KS, residuals): never sent anywhere
-            state.arrays["test_scores"] = z
-            state.arrays["test_labels"] = data.y[test]
-        state.arrays.update(data.standardiser.to_arrays())
-        state.phase = "done"
-        state.done = True
-        card = self._model_card(ctx, state, metrics=metrics)
+            st = st.but(test_scores=z, test_labels=data.y[test])
+        st = st.but(**data.standardiser.to_arrays())
+        card = self._model_card(ctx, st, metrics=metrics)
         card["split"] = {"test_ids": [str(i) for i in ctx.job_arrays(ctx.params["alignment"])["aligned_ids"][test]]}
-        state.results = card
-        return []
+        return Step.finish(st, card)
 
     def _target(self, ctx: PartyContext, data: LinearData) -> tuple[np.ndarray, float, float]:
         """What A trains on: ``(target, mean, scale)`` with ``label = mean + scale * target``.
@@ -897,13 +1162,12 @@ class HeteroLinear(Protocol):
 
         return regression_metrics(y, z)
 
-    def _model_card(self, ctx: PartyContext, state: JobState, *, metrics: dict[str, Any]) -> dict[str, Any]:
-        w = state.arrays["weights"]
-        if "whiten" in state.arrays:  # weights on whitened components -> on the standardised columns
-            from vfl_cli.models.features import transform_from_arrays
-
-            own = transform_from_arrays(state.arrays).to_standardised(w[: len(ctx.features)])
-            w = np.concatenate([own, w[len(ctx.features):]])
+    def _model_card(self, ctx: PartyContext, st: LinearState, *, metrics: dict[str, Any]) -> dict[str, Any]:
+        w = st.w
+        if st.whiten is not None:  # weights on whitened components -> on the standardised columns
+            saved = {"mean": st.mean, "scale": st.scale, "whiten": st.whiten}
+            transform = transform_from_arrays({k: v for k, v in saved.items() if v is not None})
+            w = np.concatenate([transform.to_standardised(w[: len(ctx.features)]), w[len(ctx.features):]])
         features = list(ctx.features) + (["(intercept)"] if ctx.is_active else [])
         return {
             "model": {
@@ -914,22 +1178,21 @@ class HeteroLinear(Protocol):
                 "params": dict(ctx.params),
                 "features": features,
                 "weights": {f: float(v) for f, v in zip(features, w, strict=True)},
-                "epochs_run": int(state.data["epoch"]),
-                "stopped_early": bool(state.data.get("stopped_early", False)),
-                "converged": bool(state.data.get("converged", False)),
+                "epochs_run": st.epoch,
+                "stopped_early": st.stopped_early,
+                "converged": st.converged,
             },
             "metrics": metrics,
-            "history": state.data.get("history", []),
-            "privacy": self._privacy(ctx, state),
+            "history": st.history,
+            "privacy": self._privacy(ctx, st),
         }
 
-    def _privacy(self, ctx: PartyContext, state: JobState) -> dict[str, Any]:
+    def _privacy(self, ctx: PartyContext, st: LinearState) -> dict[str, Any]:
         """What this job spent on label privacy (public: every party can compute it)."""
         binary = self.task == "binary"
-        sigma = float(state.data.get("label_sigma", label_noise_sigma(ctx.params, binary)))
-        releases = int(state.data.get("epoch", 0)) if sigma > 0 else 0
-        widest = max([len(ctx.features) + int(ctx.is_active)]
-                     + [int(v) for v in state.data.get("columns", {}).values()])
+        sigma = float(label_noise_sigma(ctx.params, binary) if st.label_sigma is None else st.label_sigma)
+        releases = st.epoch if sigma > 0 else 0
+        widest = max([len(ctx.features) + int(ctx.is_active)] + [int(v) for v in st.columns.values()])
         bits = label_information_bits(sigma, releases, widest) if sigma > 0 else None
         return {"label_noise_sigma": sigma, "releases_per_row": releases,
                 # any Gaussian noise is some label DP: the epsilon this noise amounts to
@@ -981,31 +1244,22 @@ class HeteroLogistic(HeteroLinear):
         return classification_metrics(y, sigmoid(z))
 
 
-def stash_members(state: JobState, members: list[Member], meta: dict[str, Any]) -> None:
-    for m in members:
-        state.arrays[f"member_{m.name}"] = np.frombuffer(m.data, dtype=np.uint8)
-    state.data["stashed_members"] = {"meta": meta, "members": [[m.name, m.type, dict(m.info)] for m in members]}
-
-
-def unstash_members(state: JobState) -> tuple[list[Member], dict[str, Any]]:
-    saved = state.data.pop("stashed_members")
-    members = [Member(n, t, state.arrays.pop(f"member_{n}").tobytes(), info) for n, t, info in saved["members"]]
-    return members, dict(saved["meta"])
-
-
-def collect_scores(ctx: PartyContext, u: np.ndarray, received: Mapping[str, Artifact], t: int) -> list[Outgoing]:
-    """P1 adds its own partial scores to the other passive parties' (all under A's key)."""
-    ka = ctx.public_key(ctx.active)
-    total = paillier.encrypt(ka, u)
-    for art in received.values():
-        expect_meta_count(art, "rows", len(u))
-        total = total + read_enc(art, "u", ka, rows=len(u))
-    total = paillier.rerandomize(total)
-    return [Outgoing(ctx.active, SCORES, "scores", [enc_member("u", total)], {"rows": len(u)}, t)]
-
-
-def _json_state(state: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in state.items()}
-
-
-__all__ = ["HeteroLinear", "HeteroLogistic"]
+__all__ = [
+    "GRADIENT",
+    "LOSS_MEMBERS",
+    "PARTIAL",
+    "PEER_PARTIAL",
+    "REPLY",
+    "RESIDUAL",
+    "ActiveState",
+    "Gradient",
+    "HeteroLinear",
+    "HeteroLogistic",
+    "Partial",
+    "PassiveState",
+    "PeerPartial",
+    "Reply",
+    "Residual",
+    "Scores",
+    "loss_due",
+]

@@ -52,9 +52,13 @@ def format_hints(ids: Sequence[str]) -> list[str]:
     return hints
 
 
-def alignment_warning(intersection: int, own_ids: Sequence[str]) -> str | None:
-    """A warning when the intersection is empty or much smaller than this party's id count, else None."""
-    n = len(own_ids)
+def alignment_warning(intersection: int, own_ids: Sequence[str], count: int | None = None) -> str | None:
+    """A warning when the intersection is empty or much smaller than this party's id count, else None.
+
+    ``count``: the party's number of ids when ``own_ids`` holds only the first of them (hints
+    look at the first 2,000).
+    """
+    n = len(own_ids) if count is None else count
     if n == 0 or (intersection > 0 and intersection >= SMALL_SHARE * n):
         return None
     what = "no id is" if intersection == 0 else f"only {intersection} of this party's {n} ids are"
@@ -66,14 +70,24 @@ def alignment_warning(intersection: int, own_ids: Sequence[str]) -> str | None:
 
 def job_warning(ws: Workspace, job: str) -> str | None:
     """:func:`alignment_warning` for a finished alignment (psi) job of this workspace."""
-    from vfl_cli.jobs import load_info, load_state
+    import json
+
+    from vfl_cli.jobs import job_dir, load_info
+    from vfl_cli.protocol.psi_stream import csv_chunks
 
     info = load_info(ws, job)
-    state, _ = load_state(ws, job)
-    if info.get("protocol") != "psi" or not state.done:
+    state = json.loads((job_dir(ws, job) / "state.json").read_text())  # not the arrays: they may be large
+    if info.get("protocol") != "psi" or not state["done"]:
         return None
-    df = ws.read_data(Path(info["data"])) if info.get("data") else ws.read_data()
-    return alignment_warning(int(state.results.get("intersection_size", 0)), df[ws.config["id_column"]].tolist())
+    # the id column only, a chunk at a time: a streamed alignment's bound holds here too
+    chunks = csv_chunks(Path(info.get("data") or ws.config["data"]), ws.config["id_column"], 50_000,
+                        ws.config.get("csv"))
+    sample: list[str] = []
+    count = 0
+    for _, ids in chunks():
+        sample += ids[:_SAMPLE - len(sample)]
+        count += len(ids)
+    return alignment_warning(int(state["results"].get("intersection_size", 0)), sample, count)
 
 
 def scored_and_unscored(ws: Workspace, alignment: str,

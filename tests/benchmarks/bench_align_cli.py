@@ -87,6 +87,47 @@ def sealing_cost(meter: Path, stage_s: float) -> str:
             f"{sum(x['artifacts_sealed'] for x in lines)} artifacts, {sum(x['opened_bytes'] for x in lines):,} opened")
 
 
+_RECORDER = """
+import atexit, json, os, resource, sys, time
+
+def _vfl_peak():
+    if "vfl_cli" not in " ".join(sys.argv[:1] + sys.orig_argv[:3]):
+        return
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = {"argv": sys.argv[1:6], "peak_mib": own.ru_maxrss / 1024, "workers_peak_mib": kids.ru_maxrss / 1024,
+            "cpu_s": own.ru_utime + own.ru_stime, "workers_cpu_s": kids.ru_utime + kids.ru_stime}
+    with open(os.environ["VFL_BENCH_PEAKS"], "a") as fh:
+        fh.write(json.dumps(line) + "\\n")
+
+atexit.register(_vfl_peak)
+"""
+
+
+def peak_recorder(folder: Path) -> dict[str, str]:
+    """Environment making every Python process below record, at exit, its own peak RSS
+    (``RUSAGE_SELF``: the party process alone, not its workers) and CPU seconds, one JSON line each
+    in ``folder/peaks.jsonl`` (a ``sitecustomize`` on ``PYTHONPATH``; exact, unlike sampling)."""
+    site = folder / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_RECORDER)
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH", "")]))
+    return {"PYTHONPATH": path, "VFL_BENCH_PEAKS": str(folder / "peaks.jsonl")}
+
+
+def print_peaks(folder: Path) -> None:
+    """The job steps' exit records, one line each (the recipe's setup commands left out)."""
+    peaks = folder / "peaks.jsonl"
+    if not peaks.exists():
+        return
+    for line in peaks.read_text().splitlines():
+        x = json.loads(line)
+        if any(w in x["argv"] for w in ("step", "start", "accept")):
+            print(f"  {' '.join(x['argv'])}: peak RSS {x['peak_mib']:.0f} MiB "
+                  f"(workers {x['workers_peak_mib']:.0f} MiB), CPU {x['cpu_s']:.1f} s + workers {x['workers_cpu_s']:.1f} s", flush=True)
+    peaks.unlink()
+
+
 class StepPeaks:
     """Peak RSS (VmHWM) of every ``vfl`` process below this one whose command is a job step
     (``job start/accept``, ``step``), workers included, read from /proc every 0.5 s (Linux).
@@ -98,6 +139,7 @@ class StepPeaks:
     def __init__(self) -> None:
         self.steps = 0
         self.setup = 0
+        self.per_process: dict[int, tuple[str, float]] = {}  # pid -> (command, peak MiB)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -139,6 +181,8 @@ class StepPeaks:
                     continue
                 if step:
                     self.steps = max(self.steps, hwm)
+                    own = b" ".join(commands[0][2:6]).decode(errors="replace") if commands else "?"
+                    self.per_process[pid] = (own, max(hwm, self.per_process.get(pid, ("", 0.0))[1]))
                 elif not any(b"recipe" in c for c in commands[:1]):
                     self.setup = max(self.setup, hwm)
 
@@ -182,7 +226,7 @@ id_column = "id"
         with StepPeaks() as peaks:
             done = subprocess.run([sys.executable, "-m", "vfl_cli", "recipe", "run", str(recipe), "--workdir",
                                    str(work)], capture_output=True, text=True, check=False,
-                                  env=dict(env, VFL_SEAL_TIMING=str(meter)))
+                                  env=dict(env, VFL_SEAL_TIMING=str(meter), **peak_recorder(folder)))
         if done.returncode:
             sys.exit(done.stderr)
         report = json.loads((work / "report.json").read_text())
@@ -196,6 +240,7 @@ id_column = "id"
               f" {'streamed, bound ' + args.memory if streamed else 'in memory'} | {report['exchanges']} files |",
               flush=True)
         print(sealing_cost(meter, report["timings_s"]["align"]), flush=True)
+        print_peaks(folder)
         shutil.rmtree(work)
 
 

@@ -10,8 +10,9 @@ Where the time goes and what is done about it (default_credit, 24,000 rows, 2048
 * encryption of the rows by the key holder: the engine's DJN form ``(1 + m n) h**a`` with the
   fixed-base tables taken modulo ``p^2`` and ``q^2`` and joined by the CRT (the key holder knows
   the factors): the same ciphertexts, less work than the tables modulo ``n^2``;
-* bin sums: one modular product per (row, column), added straight into the row's bin (a
-  bincount of ciphertexts), chunked over rows across workers; no 0/1 matrix;
+* bin sums: rows multiplied per distinct combination of a group of columns' bins, then each
+  combination into its bins (fewer products than one per row and column), chunked over rows
+  across forked workers; no 0/1 matrix;
 * packing the candidates' sums: Horner's rule per ciphertext in the workers, each packed
   ciphertext re-randomised there with a long DJN exponent (its recipient is the key holder;
   see :func:`vfl_cli.crypto.paillier_array.rerandomize`) instead of a uniform ``r**n``.
@@ -41,6 +42,11 @@ from vfl_cli.errors import EncodingOverflow
 
 __all__ = ["RowLayout", "bin_sums", "cumulative", "encrypt_rows", "from_own_state", "pack_sums",
            "subtract"]
+
+#: Bits per window of the CRT fixed-base tables: 19 products modulo ``p^2`` and ``q^2`` per
+#: encryption at 2048 bits instead of 28 with 8-bit windows; the tables (2 x 19 x 4096 values,
+#: about 40 MB, 0.3 s to build) are built once per process.
+CRT_WINDOW = 12
 
 _CRT_TABLES: dict[tuple[int, int, int, int], tuple[list[list[mpz]], list[list[mpz]]]] = {}
 
@@ -129,8 +135,9 @@ def encrypt_rows(public: PublicKey, plains: list[int], *, private: PrivateKey | 
     """Fresh encryptions of the row plaintexts (exponent 0).
 
     With ``private`` (the key holder encrypting under its own key) the DJN randomisers
-    ``h**a`` are computed modulo ``p^2`` and ``q^2`` and joined by the CRT: the same
-    distribution as :func:`~vfl_cli.crypto.paillier_array.encrypt`, less work.
+    ``h**a`` are computed modulo ``p^2`` and ``q^2`` and joined by the CRT, with an exponent
+    ``a`` of whole :data:`CRT_WINDOW`-bit windows (228 bits at 2048, where
+    :func:`~vfl_cli.crypto.paillier_array.encrypt` draws 224): less work, no shorter exponent.
     """
     if any(v.bit_length() >= public.n.bit_length() - 2 for v in plains):
         raise EncodingOverflow("a packed row does not fit the key; use fewer classes or a larger key")
@@ -144,6 +151,8 @@ def encrypt_rows(public: PublicKey, plains: list[int], *, private: PrivateKey | 
     p, q = private._p, private._q  # the factors stay in this process and its own workers
     tasks = [(p, q, public.h, public.short_exponent_bits, plains[s])
              for s in _par.split(len(plains), n_jobs, min_chunk=512, per_worker=1)]
+    if len(tasks) <= 1 or _fork_ok():
+        _crt_tables(p, q, public.h, public.short_exponent_bits)  # once, shared by forked workers
     out: list[mpz] = []
     for blob in _run(w_encrypt_crt, tasks, n_jobs):
         out.extend(_k.from_blob(blob, public.width))
@@ -175,15 +184,16 @@ def _fork_ok() -> bool:
 
 
 def _crt_tables(p: int, q: int, h: int, ebits: int) -> tuple[list[list[mpz]], list[list[mpz]]]:
-    """Fixed-base tables of ``h`` modulo ``p^2`` and ``q^2`` (cached per process)."""
+    """Fixed-base tables of ``h`` modulo ``p^2`` and ``q^2``, :data:`CRT_WINDOW` bits per
+    window (cached per process; built before forking, so the workers share them)."""
     key = (p, q, h, ebits)
     if key not in _CRT_TABLES:
         tables = []
         for m in (mpz(p) ** 2, mpz(q) ** 2):
             base, rows = mpz(h) % m, []
-            for _ in range(ebits // _k.WINDOW):
+            for _ in range(-(-ebits // CRT_WINDOW)):
                 row = [mpz(1), base]
-                for _j in range(2, 1 << _k.WINDOW):
+                for _j in range(2, 1 << CRT_WINDOW):
                     row.append(row[-1] * base % m)
                 rows.append(row)
                 base = row[-1] * base % m
@@ -195,17 +205,18 @@ def _crt_tables(p: int, q: int, h: int, ebits: int) -> tuple[list[list[mpz]], li
 
 
 def w_encrypt_crt(p: int, q: int, h: int, ebits: int, plains: list[int]) -> bytes:
-    """Worker: ``(1 + m n) h**a mod n^2`` for fresh ``ebits``-bit ``a``, ``h**a`` by the CRT."""
+    """Worker: ``(1 + m n) h**a mod n^2`` for a fresh ``a`` of at least ``ebits`` bits (whole
+    windows), ``h**a`` by the CRT."""
     tp, tq = _crt_tables(p, q, h, ebits)
     P2, Q2 = mpz(p) ** 2, mpz(q) ** 2
     N = mpz(p) * q
     nsq = N * N
     p2_inv = gmpy2.invert(P2 % Q2, Q2)
     nwin = len(tp)
-    rnd = os.urandom(nwin * len(plains))  # the window digits of each fresh exponent a
+    # the window digits of each fresh exponent a: uniform CRT_WINDOW-bit values
+    rnd = np.frombuffer(os.urandom(2 * nwin * len(plains)), dtype=np.uint16) & ((1 << CRT_WINDOW) - 1)
     out = []
-    for k, m in enumerate(plains):
-        d = rnd[k * nwin: (k + 1) * nwin]
+    for m, d in zip(plains, rnd.reshape(len(plains), nwin).tolist(), strict=True):
         xp, xq = tp[0][d[0]], tq[0][d[0]]
         for t in range(1, nwin):
             xp = xp * tp[t][d[t]] % P2
@@ -220,8 +231,11 @@ def bin_sums(rows: EncryptedArray, index: np.ndarray, total: int, *,
     """Sum of the rows in every bin: row ``r`` is added to every bin of ``index[r]`` (not fresh).
 
     ``index`` is ``rows x columns`` with values in ``0..total-1`` (each column's bins at its own
-    offset, one block per node when several nodes are built at once): one modular product per
-    entry, no matrix. Chunks of rows go to the workers; their partial sums are multiplied.
+    offset, one block per node when several nodes are built at once), no matrix: rows are
+    multiplied per distinct combination of a group of columns' bins, then each combination into
+    its bins (:func:`column_groups`; default_credit's 10 passive columns at 2048 bits: 0.51 s of
+    CPU for 12,000 rows instead of 1.26 s for one product per row and column, the same bytes).
+    Chunks of rows go to the workers; their partial sums are multiplied.
     """
     index = np.asarray(index, dtype=np.int64).reshape(rows.size, -1)
     if index.size and (index.min() < 0 or index.max() >= total):
@@ -244,11 +258,50 @@ def w_bin_sums(n: int, blob: bytes, index: np.ndarray, total: int) -> bytes:
     """Worker: the product of the ciphertexts of ``blob`` falling in each of ``total`` bins."""
     nsq = mpz(n) * n
     width = _k.width_of(nsq)
-    acc = [mpz(1)] * total
-    for c, line in zip(_k.from_blob(blob, width), index.tolist(), strict=True):
-        for j in line:
-            acc[j] = acc[j] * c % nsq
-    return _k.to_blob(acc, width)
+    cts = _k.from_blob(blob, width)
+    acc: list[mpz | None] = [None] * total  # None: no row yet (saves a product by 1)
+    for cols in column_groups(index):
+        combo, lines = _combos(index[:, cols])
+        sums: list[mpz | None] = [None] * len(lines)
+        for c, u in zip(cts, combo.tolist(), strict=True):
+            s = sums[u]
+            sums[u] = c if s is None else s * c % nsq
+        for s, line in zip(sums, lines.tolist(), strict=True):
+            for j in line:
+                a = acc[j]
+                acc[j] = s if a is None else a * s % nsq
+    return _k.to_blob([mpz(1) if a is None else a for a in acc], width)
+
+
+def column_groups(index: np.ndarray) -> list[list[int]]:
+    """Columns summed together: rows are first multiplied per distinct combination of the
+    group's bins, then each combination into each of its bins.
+
+    A group of ``k`` columns with ``u`` distinct combinations costs about ``rows + k u``
+    products instead of ``k rows``: a column joins the group while that is cheaper than a
+    group of its own (the same ciphertext products, in another order).
+    """
+    rows, cols = index.shape
+    groups: list[list[int]] = []
+    key, u = np.zeros(rows, dtype=np.int64), 1
+    for j in range(cols):
+        vals, rank = np.unique(index[:, j], return_inverse=True)
+        joint = np.unique(key * len(vals) + rank.reshape(-1), return_inverse=True)[1].reshape(-1)
+        u_joint = int(joint.max(initial=-1)) + 1
+        k = len(groups[-1]) if groups else 0
+        if groups and (k + 1) * u_joint < k * u + rows + len(vals):
+            groups[-1].append(j)
+            key, u = joint, u_joint
+        else:
+            groups.append([j])
+            key, u = rank.reshape(-1).astype(np.int64), len(vals)
+    return groups
+
+
+def _combos(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each row's combination number, the bins of each combination) of ``block``'s rows."""
+    lines, combo = np.unique(block, axis=0, return_inverse=True)
+    return combo.reshape(-1), lines
 
 
 def _zeros(public: PublicKey, count: int) -> EncryptedArray:

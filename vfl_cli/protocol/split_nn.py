@@ -115,16 +115,16 @@ ACTIVATION = "split/activation"
 BACKWARD = "split/backward"
 
 #: Public constants of the protocol (the same for every job, so widths leak nothing).
+E = paillier.EXPONENT  # the transmitted exponent: h at 2^-32
+SHARE_E = 2 * E  # the shares of W_P (and their velocities): integers at 2^-64, the gradient's resolution
 STAT_BITS = 40  # every value a key holder decrypts is masked by noise 2^40 times its public bound
-FRAC_BITS = 64  # the shares of W_P (and their velocities) are integers at 2^-64, the gradient's resolution
+FRAC_BITS = encoding.fraction_bits(SHARE_E)  # 64: the shares' resolution in bits
 GRAD_BITS = 20  # |one slot of the gradient of W_P| < 2^20: A refuses a batch whose bound exceeds it
 RHO_BITS = GRAD_BITS + FRAC_BITS + STAT_BITS  # rho uniform in [-2^124, 2^124) units of 2^-64
 H_BOUND = 2.0**12  # |h| per value (P's bottom output)
-H_UNIT_BITS = 44  # |h| < 2^12 at the encoding's 2^-32: integers below 2^44
+H_UNIT_BITS = 12 + encoding.fraction_bits(E)  # 44: |h| < 2^12 at the encoding's 2^-32
 LIMB_BITS = 52  # a share enters the engine's products as exact float64 limbs of 52 bits
 ERR_SLOT_BITS = 115  # a slot of dL/dh: |dL/dh| <= 2^16 at 2^-96 (W_P at 2^-64 times delta at 2^-32)
-E = paillier.EXPONENT
-SHARE_E = 2 * E  # the exponent of the shares of W_P: 2^-64 (encoding.fraction_bits(SHARE_E) == FRAC_BITS)
 
 #: Every split-nn parameter but ``model`` (checked by ``split_spec.parse_spec``): default and range.
 PARAMS: dict[str, Param] = {
@@ -859,7 +859,8 @@ def backward_message(peer: paillier.PublicKey, H: paillier.EncryptedArray, Vc: p
     # slot (rows i = s mod S), at 2^-64; each is noised with its own eps_s = rho_s,t - rho_s,t-1,
     # rho uniform over 2^40 times the sum's public bound 2^GRAD_BITS, at its own resolution
     d = _pad(delta, slots)
-    bound = H_BOUND * (np.abs(d) + 2.0**-32).reshape(-1, slots, m).sum(axis=0).max()
+    unit = encoding.real_values(1, E)  # one unit of the transmitted encoding, 2^-32
+    bound = H_BOUND * (np.abs(d) + unit).reshape(-1, slots, m).sum(axis=0).max()
     if bound >= 2.0**GRAD_BITS:
         raise VflError(f"the gradient of the interactive layer may reach {bound:.3g}, above the protocol's public "
                        f"bound 2^{GRAD_BITS} its noise is sized for: lower learning_rate or standardise the label")

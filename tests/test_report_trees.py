@@ -58,6 +58,17 @@ def test_summary_is_json_and_matches_the_card(pages: dict[str, Any]) -> None:
 
 
 
+def test_active_party_gain_per_own_column(pages: dict[str, Any]) -> None:
+    results = pages["state"].results
+    summary = tree_summary(results["model"], results["history"])
+    assert summary is not None
+    gains = summary["own_gain_by_column"]
+    assert set(gains) == set(summary["own_split_counts_by_column"]) and all(g > 0 for g in gains.values())
+    # the gains of its own splits, split by column, add up to its total gain
+    assert sum(gains.values()) == pytest.approx(summary["gain_by_party"]["bank"], rel=1e-9)
+    assert "Splits and gain per column of bank" in pages["bank"]
+
+
 def test_recipe_report_json_holds_each_partys_tree_summary(pages: dict[str, Any]) -> None:
     from vfl_cli.recipes import PartySpec, Recipe, Runner, party_summaries
 

@@ -87,3 +87,19 @@ def test_crt_encryption_uses_whole_windows_of_at_least_the_short_exponent(keys: 
     a, b = _k.from_blob(blob, pub.width)
     assert a != b  # fresh randomness per row
     assert [int(v) for v in priv.decrypt_raw(hg.from_own_state(pub, blob, 2))] == [5, 5]
+
+
+def test_passive_party_sends_only_candidates_that_can_split() -> None:
+    from types import SimpleNamespace
+
+    from vfl_cli.models.trees import BoostParams
+    from vfl_cli.protocol.sbt_data import _splittable
+
+    # column 0: bins 0..4 with 3, 0, 4, 1, 2 rows; column 1: every row in bin 1 of 3
+    xb = np.array([[0, 1]] * 3 + [[2, 1]] * 4 + [[3, 1]] + [[4, 1]] * 2)
+    data = SimpleNamespace(params=BoostParams(min_samples_leaf=2), Xb=xb, n_bins=np.array([5, 3]))
+    keep = _splittable(data, np.arange(len(xb)), np.array([0, 1]))  # type: ignore[arg-type]
+    # candidates bin <= 0 (3 | 7), <= 1 (empty bin: same sums as <= 0), <= 2 (7 | 3),
+    # <= 3 (8 | 2); column 1: <= 0 (0 | 10), <= 1 (10 | 0)
+    assert keep.tolist() == [True, False, True, True, False, False]
+    assert _splittable(data, np.arange(3), np.array([0])).tolist() == [False] * 4  # 3 rows, one bin

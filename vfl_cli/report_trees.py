@@ -4,8 +4,8 @@ What a party's report may show, from its own job state only:
 
 * the active party: training and validation loss per boosting round (one tree per class and
   round), split counts and total gain per party (a passive party by its name only, since the
-  active party knows a passive split by its owner and opaque id), and split counts per column
-  of its own;
+  active party knows a passive split by its owner and opaque id), and split counts and total
+  gain per column of its own;
 * a passive party: split counts per column of its own (it knows its splits, not their gains, the
   leaf weights or the loss).
 
@@ -35,11 +35,15 @@ def tree_summary(card: Mapping[str, Any], history: list[Mapping[str, Any]] | Non
     """Loss per round and importances as this party's card holds them; None: not a tree card."""
     if "rounds" in card and "split_counts" in card:  # the active party's card
         own = Counter(n["split"][0] for r in card["rounds"] for n in r if "split" in n)
+        gain: dict[str, float] = {}
+        for n in (n for r in card["rounds"] for n in r if "split" in n and "gain" in n):
+            gain[n["split"][0]] = gain.get(n["split"][0], 0.0) + float(n["gain"])
         out: dict[str, Any] = {
             "party": card.get("party"),
             "split_counts_by_party": dict(card["split_counts"]),
             "gain_by_party": {k: float(v) for k, v in card.get("gain_importance", {}).items()},
             "own_split_counts_by_column": dict(own.most_common()),
+            "own_gain_by_column": {c: gain[c] for c in own if c in gain},
         }
         loss = [{k: h[k] for k in ("round", "train_loss", "valid_loss") if k in h}
                 for h in history or []]
@@ -86,12 +90,20 @@ def tree_figures(summary: Mapping[str, Any], figure: Callable[[str, str, Any], s
     own = summary.get("own_split_counts_by_column") or {}
     if own:
         top = list(own.items())[:20]
-        fig, ax = plt.subplots(figsize=(4.6, 0.6 + 0.22 * len(top)))
-        ax.barh([c for c, _ in top][::-1], [n for _, n in top][::-1], color="#55a868")
-        ax.set_xlabel("splits")
-        ax.tick_params(axis="y", labelsize=7)
+        gains = summary.get("own_gain_by_column") or {}
+        names = [c for c, _ in top][::-1]
+        fig, axes = plt.subplots(1, 2 if gains else 1, figsize=(6.4 if gains else 4.6,
+                                                               0.6 + 0.22 * len(top)), squeeze=False)
+        axes[0][0].barh(names, [n for _, n in top][::-1], color="#55a868")
+        axes[0][0].set_xlabel("splits")
+        if gains:  # the active party: the gain of each of its own columns' splits
+            axes[0][1].barh(names, [gains.get(c, 0.0) for c in names], color="#dd8452")
+            axes[0][1].set_xlabel("total gain")
+            axes[0][1].tick_params(axis="y", labelleft=False)
+        axes[0][0].tick_params(axis="y", labelsize=7)
+        what = "Splits and gain" if gains else "Splits"
         out.append(figure("tree-importance-columns",
-                          f"Splits per column of {summary.get('party')} (its own columns only)", fig))
+                          f"{what} per column of {summary.get('party')} (its own columns only)", fig))
     return out
 
 
@@ -104,7 +116,12 @@ def tree_tables(summary: Mapping[str, Any]) -> list[tuple[str, list[str], list[l
         out.append(("Splits and gain per party", ["party", "splits", "total gain"],
                     [[p, by_party[p], f"{gains.get(p, 0.0):.4f}"] for p in sorted(by_party)]))
     own = summary.get("own_split_counts_by_column") or {}
-    if own:
+    gains = summary.get("own_gain_by_column") or {}
+    if own and gains:
+        out.append((f"Splits and gain per column of {summary.get('party')}",
+                    ["column", "splits", "total gain"],
+                    [[c, n, f"{gains.get(c, 0.0):.4f}"] for c, n in own.items()]))
+    elif own:
         out.append((f"Splits per column of {summary.get('party')}", ["column", "splits"],
                     [[c, n] for c, n in own.items()]))
     return out

@@ -547,26 +547,33 @@ def _stored_bins(st: Any, public: Any, total: int) -> dict[int, paillier.Encrypt
 
 def build_candidates(ctx: PartyContext, st: Any, msg: LayerMessage, data: PartyData,
                      node: np.ndarray, public: Any) -> tuple[Any, ...]:
-    """Shuffled, packed cumulative sums of every frontier node under fresh opaque ids."""
+    """Shuffled, packed cumulative sums of every frontier node under fresh opaque ids.
+
+    Only candidates that can split are sent (:func:`_splittable`); the rest would have no gain.
+    """
     E = hg.from_own_state(public, st.gh.tobytes(), st.gh_rows)
     layout = hg.RowLayout(msg.classes, 40, msg.g_bits, msg.grow_rows)
     bins = node_bins(st, msg, data, node, E)
     party = 1 + ctx.passives.index(ctx.name)
     allowed = trees.column_sample(data.params, msg.round_no, party, len(data.features))
     offsets = np.concatenate([[0], np.cumsum(data.n_bins)[:-1]])
-    groups = [(int(offsets[j]), int(data.n_bins[j])) for j in np.flatnonzero(allowed)]
-    keys = [(int(j), b) for j in np.flatnonzero(allowed) for b in range(int(data.n_bins[j]) - 1)]
+    cols = np.flatnonzero(allowed)
+    groups = [(int(offsets[j]), int(data.n_bins[j])) for j in cols]
+    keys = [(int(j), b) for j in cols for b in range(int(data.n_bins[j]) - 1)]
     chunks, ids_all, counts = [], [], []
     lookup: dict[str, list[int]] = {}
     shuffle = random.SystemRandom()  # the order and the ids: this party's CSPRNG only
+    srows = np.flatnonzero(msg.sample)
+    size = tree_size(msg.depth)
     for nid in msg.frontier:
         cum = hg.cumulative(bins[nid], groups, layout.bits)
-        order = list(range(len(keys)))
+        rows = srows[node[srows, nid // size] == nid]
+        order = np.flatnonzero(_splittable(data, rows, cols)).tolist()
         shuffle.shuffle(order)
         ids = _fresh_ids(len(order), lookup)
         for opaque, o in zip(ids, order, strict=True):
             lookup[str(opaque)] = [nid, keys[o][0], keys[o][1]]
-        chunks.append(cum[np.array(order, dtype=np.int64)] if order else cum)
+        chunks.append(cum[np.array(order, dtype=np.int64)])
         ids_all.append(np.array(ids, dtype=np.int64))
         counts.append(len(order))
     cands = paillier.concatenate(chunks)
@@ -574,6 +581,25 @@ def build_candidates(ctx: PartyContext, st: Any, msg: LayerMessage, data: PartyD
     kept = paillier.concatenate([bins[nid] for nid in msg.frontier])
     return (packed, np.concatenate(ids_all), np.array(counts, dtype=np.int64), lookup,
             np.frombuffer(kept.to_bytes(), dtype=np.uint8), list(msg.frontier))
+
+
+def _splittable(data: PartyData, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Of every candidate ``(column, bin)`` of ``cols`` (in :func:`build_candidates`' order),
+    whether it can split the node's sampled ``rows``: both sides keep ``min_samples_leaf``
+    rows, and the bin below holds a row of the node (else the candidate's sums are those of
+    the one before it, which wins the tie: the plaintext reference's first candidate).
+
+    This party counts its own rows of the node (it knows the node's rows and the sample); the
+    active party reads the same counts from the sums it decrypts, so leaving these candidates
+    out tells it nothing new, and packing and decryption shrink with them.
+    """
+    least, total = data.params.min_samples_leaf, len(rows)
+    out = []
+    for j in cols.tolist():
+        left = np.cumsum(np.bincount(data.Xb[rows, j], minlength=int(data.n_bins[j])))[:-1]
+        fresh = np.r_[left[:1] > 0, left[1:] > left[:-1]]
+        out.append((left >= least) & (total - left >= least) & fresh)
+    return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 
 def _fresh_ids(count: int, taken: Mapping[str, Any]) -> list[int]:

@@ -280,7 +280,7 @@ def _decide(ctx: PartyContext, st: ActiveState, data: sd.ActiveData,
         forest.append({"id": left, "owner": None, "value": None})
         forest.append({"id": right, "owner": None, "value": None})
         entry = next(n for n in forest if n["id"] == nid)
-        entry["owner"] = owner
+        entry["owner"], entry["gain"] = owner, gain  # the gain: the report's importances
         splits[owner] = splits.get(owner, 0) + 1
         gains[owner] = gains.get(owner, 0.0) + gain
         if owner == ctx.name:

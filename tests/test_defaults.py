@@ -150,9 +150,12 @@ def test_own_curvature_step_of_one_party_is_the_newton_step() -> None:
     grad = X.T @ (X @ np.zeros(4) - y) / 200
     w = -own_curvature_step(X, grad, curvature=1.0, parties=1, step=1.0, ridge=0.0)
     np.testing.assert_allclose(w, np.linalg.lstsq(X, y, rcond=None)[0], atol=1e-10)
-    # more parties, smaller steps: 1.6 / k at most, below the 2 / k the block bound allows
-    g = own_curvature_step(X, grad, curvature=1.0, parties=4, ridge=0.0)
-    np.testing.assert_allclose(g, 0.4 * -w, atol=1e-10)
+    # more parties, smaller steps: a fifth below the heavy-ball bound 2 (1 + b) / k that the block
+    # bound H <= k D allows (b: the momentum applied to them), and never above 0.8
+    for parties, momentum, scale in ((2, 0.3, 0.8), (3, 0.3, 2.08 / 3), (4, 0.3, 0.52), (4, 0.0, 0.4)):
+        g = own_curvature_step(X, grad, curvature=1.0, parties=parties, ridge=0.0, momentum=momentum)
+        np.testing.assert_allclose(g, scale * -w, atol=1e-10)
+    assert hl.NEWTON_MOMENTUM == 0.3  # the momentum own_curvature_step's default assumes
 
 
 def test_history_gives_the_loss_per_hand_off(tmp_path: Path) -> None:

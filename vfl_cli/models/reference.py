@@ -458,7 +458,8 @@ def _block_newton(parts: list[np.ndarray], y: np.ndarray, ws: list[np.ndarray], 
         for j, (b, g) in enumerate(zip(parts, grads, strict=True)):
             dec, mean, sd = newton_decrement(b, g, curvature=c, noise=noise.sigma if j else 0.0, ridge=ridge)
             here.append(tol > 0 and dec - mean < max(tol, 2.0 * sd))
-        dirs = [own_curvature_step(b, g, curvature=c, parties=k, step=step, ridge=ridge)
+        heavy = momentum if method == "newton" else 0.0
+        dirs = [own_curvature_step(b, g, curvature=c, parties=k, step=step, ridge=ridge, momentum=heavy)
                 for b, g in zip(parts, grads, strict=True)]
         if method == "newton-exact-step":
             scores = sum((b @ d for b, d in zip(parts, dirs, strict=True)), np.zeros(len(y)))

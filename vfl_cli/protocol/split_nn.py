@@ -254,6 +254,19 @@ def unslot(residue: int, n: int, width: int, count: int) -> list[int]:
         raise InvalidArtifact(str(err)) from None
 
 
+def _read_slots(residues: list[int], n: int, width: int, slots: int) -> np.ndarray:
+    """Every signed slot of every decrypted plaintext, one row per plaintext (the crypto layer's reader).
+
+    Raises:
+        InvalidArtifact: a value overflowed its slot (it would corrupt its neighbours).
+    """
+    try:
+        flat = _slots(width, slots).read_all([int(r) for r in residues], n, len(residues) * slots)
+    except EncodingOverflow as err:
+        raise InvalidArtifact(str(err)) from None
+    return np.array(flat, dtype=object).reshape(len(residues), slots)
+
+
 def _packed(x: np.ndarray, width: int) -> np.ndarray:
     """``sum_s x[s] 2^(width s)`` over the first axis: one plaintext of ``S`` signed slots."""
     lay = _slots(width, len(x))
@@ -714,11 +727,9 @@ def passive_activation(state: PassiveState, inputs: _Inputs, req: Request, priv:
     _, h = bottom_output(state, inputs, "passive", rows, train=not state.evaluating)
     n = priv.public.n
     groups, units = req.act.shape
-    cts = np.array(priv.decrypt_raw(req.act), dtype=object).reshape(groups, units)
-    raw = np.empty((groups * req.slots, units), dtype=object)
-    for g in range(groups):
-        for j in range(units):
-            raw[g * req.slots:(g + 1) * req.slots, j] = unslot(int(cts[g, j]), n, req.width, req.slots)
+    # ciphertext (g, j) holds unit j of rows g S .. g S + S - 1 in its slots 0 .. S-1
+    slots = _read_slots(priv.decrypt_raw(req.act), n, req.width, req.slots).reshape(groups, units, req.slots)
+    raw = slots.transpose(0, 2, 1).reshape(groups * req.slots, units)
     # hU + R from A (at 2^-96), plus hV on exactly the integers A used: h at 2^-32, V at 2^-64
     masked = (raw[:len(rows)] + _ints(h).dot(_need(state.share, "share of W_P"))) % n
     return Activation(state.epoch, state.batch, state.evaluating, [int(v) for v in masked.ravel()], n)
@@ -733,11 +744,10 @@ def passive_backward(state: PassiveState, inputs: _Inputs, back: Backward, priv:
     share_bits = layout(priv.public.bits, k, inputs.params)[0]
     # the gradient comes as one partial sum per slot (rows i = s mod S), each noised: add them
     # (exact integers at 2^-64: the gradient's resolution and the share's)
-    slot_sums = [sum(unslot(int(v), n, back.width, back.slots)) for v in priv.decrypt_raw(back.grad)]
-    noisy_grad = np.array(slot_sums, dtype=object).reshape(m, k).T
-    err_ints = [unslot(int(v), n, ERR_SLOT_BITS, back.err_slots) for v in priv.decrypt_raw(back.err)]
-    err = encoding.decode([x for row in err_ints for x in row], back.err.exponent).reshape(k, -1)
-    err = err[:, :len(rows)].T
+    slot_sums = _read_slots(priv.decrypt_raw(back.grad), n, back.width, back.slots).sum(axis=1)
+    noisy_grad = slot_sums.reshape(m, k).T
+    err_ints = _read_slots(priv.decrypt_raw(back.err), n, ERR_SLOT_BITS, back.err_slots)
+    err = encoding.decode(err_ints.ravel(), back.err.exponent).reshape(k, -1)[:, :len(rows)].T
     # V steps with (grad + eps); A steps U with -eps: the shares' sum takes the exact step
     share, velocity = _step_share(V, state.velocity, inputs.params, noisy_grad, share_bits + 1)
     new = state.but(share=share, velocity=velocity)

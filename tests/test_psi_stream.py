@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from random import Random
@@ -12,6 +13,7 @@ import pytest
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.protocol import psi
 from vfl_cli.protocol import psi_stream as ps
+from vfl_cli.protocol.base import JobState
 
 SALT = bytes(range(16))
 JOB = "psi-stream-test"
@@ -35,31 +37,44 @@ def _stream(ids_a: list[str], ids_p: list[str], tmp: Path, budget: ps.Budget = T
     seed_a, seed_p = seeds or (None, None)
     a = ps.active_begin(ca, job_id=JOB, salt=SALT, party="a", scratch=sa, budget=budget, n_jobs=1,
                         seed=seed_a)
-    p = None
+    p: ps.PassiveStream | None = None
     counts = {"start": 0, "response": 0, "finish": 0}
     responses = []
-    while (part := ps.active_next_start(a, sa)) is not None:
+    while True:
+        a, part = ps.active_next_start(a, sa)
+        if part is None:
+            break
         counts["start"] += 1
         part = tamper.get(f"start{counts['start']}", lambda x: x)(part)  # type: ignore[operator]
         p, answer = ps.passive_take_start(p, part, cp, job_id=JOB, salt=SALT, party="p", active="a",
                                           scratch=sp, budget=budget, n_jobs=1, seed=seed_p)
         responses.append(answer)
-    while (part := ps.passive_next_points(p, sp)) is not None:
+    assert p is not None and p.scalar is None  # beta is dropped after the last start part
+    while True:
+        p, part = ps.passive_next_points(p, sp)
+        if part is None:
+            break
         responses.append(part)
-    done = False
     for part in responses:
         counts["response"] += 1
         part = tamper.get(f"response{counts['response']}", lambda x: x)(part)  # type: ignore[operator]
-        done = ps.active_take(a, part, sa, peer="p", n_jobs=1)
-    assert done
-    result_a = ps.active_conclude(a, ca, sa, budget)
+        a = ps.active_take(a, part, sa, peer="p", n_jobs=1)
+    assert a.responses_in
+    a, result_a = ps.active_conclude(a, ca, sa, budget)
+    assert a.scalar is None and a.exchange_secret is None and a.channel_key is None  # dropped once used
     result_p = None
-    while (part := ps.active_next_finish(a, sa)) is not None:
+    while True:
+        a, part = ps.active_next_finish(a, sa)
+        if part is None:
+            break
         counts["finish"] += 1
         part = tamper.get(f"finish{counts['finish']}", lambda x: x)(part)  # type: ignore[operator]
-        result_p = ps.passive_take_finish(p, part, cp, sp, budget)
-    assert result_p is not None
-    assert "scalar" not in a and "scalar" not in p  # the scalars are dropped once used
+        p, result_p = ps.passive_take_finish(p, part, cp, sp, budget)
+    assert result_p is not None and p.channel_key is None
+    for state in (a, p):  # the typed state survives the engine's JSON state unchanged
+        job = JobState()
+        state.store(job)
+        assert type(state).load(JobState(data=json.loads(json.dumps(job.data)))) == state
     return result_a, result_p, counts
 
 
@@ -197,8 +212,6 @@ def test_streamed_through_vfl_equals_in_memory(tmp_path: Path, monkeypatch: pyte
     """Two jobs on the same files: one in memory, one streamed in parts (--memory 1MB: pieces of
     256); same ids, same order (each job's own seeds), same rows; scratch removed. Every inbox
     file is read lazily (checked at scan, read again at its step), as large parts are."""
-    import json
-
     from conftest import carry, introduce, make_party, run
 
     from vfl_cli import columns

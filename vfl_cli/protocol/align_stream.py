@@ -25,7 +25,8 @@ passive ``wait-finish`` take a finish part; after the last: the alignment
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ import numpy as np
 from vfl_cli.artifacts.container import Artifact, Member, ndarray_member, points_member
 from vfl_cli.protocol import psi_stream as ps
 from vfl_cli.protocol.base import Expect, JobState, Outgoing, PartyContext, need
+from vfl_cli.protocol.kit import PartyState
 
 _STEPS = {ps.START: "start", ps.RESPONSE: "response", ps.FINISH: "finish"}
 
@@ -40,7 +42,7 @@ _STEPS = {ps.START: "start", ps.RESPONSE: "response", ps.FINISH: "finish"}
 def streaming(ctx: PartyContext, state: JobState, received: Mapping[str, Artifact]) -> bool:
     """Whether this job streams: decided by the active party at its first step, followed by the
     passive party from the first start part."""
-    if "stream" in state.data:
+    if ps.ActiveStream.present(state):
         return True
     if state.phase != "start" or ctx.scratch is None:
         return False
@@ -69,8 +71,38 @@ def expects(ctx: PartyContext, state: JobState) -> list[Expect]:
     return [Expect(ctx.active, ps.FINISH if phase == "wait-finish" else ps.START)]
 
 
+@dataclass(frozen=True)
+class Aligned(PartyState):
+    """The finished alignment as the ``psi`` job keeps it (the names the in-memory path uses):
+    the ids in the joint order, their rows in this party's file, the fingerprint key."""
+
+    aligned_ids: np.ndarray | None = None
+    aligned_rows: np.ndarray | None = None
+    digest_key: bytes = b""
+
+
+@dataclass(frozen=True)
+class StreamedWith(PartyState):
+    """How a finished alignment was streamed: the memory bound and part size."""
+
+    streamed: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Moved:
+    """What one streamed step produced: the party's new state, its next phase, the part to send
+    (or None), and the alignment once this party has it."""
+
+    state: ps.ActiveStream | ps.PassiveStream
+    phase: str
+    part: ps.Part | None = None
+    result: ps.StreamAlignment | None = None
+    done: bool = False
+
+
 class Stream:
-    """One party's streamed alignment steps."""
+    """One party's streamed alignment step: load the typed state, run the phase's step, and
+    only then write the new state into the job (a refused part changes nothing)."""
 
     def __init__(self, ctx: PartyContext, state: JobState) -> None:
         assert ctx.scratch is not None
@@ -80,83 +112,101 @@ class Stream:
         self.chunks = ps.csv_chunks(ctx.data_file(), ctx.id_column, self.budget.chunk, ctx.csv)
 
     def advance(self, received: Mapping[str, Artifact], salt: bytes) -> list[Outgoing]:
-        ctx, phase = self.ctx, self.state.phase
-        s = ps.state_loaded(self.state.data.get("stream", {}))
-        if ctx.is_active and phase == "start":
-            s = ps.active_begin(self.chunks, job_id=ctx.job, salt=salt, party=ctx.name, scratch=self.scratch,
-                                budget=self.budget, progress=ctx.progress)
-            out = self._send(ps.active_next_start(s, self.scratch), ctx.passives[0])
-            self._phase(s, "send-start" if s["sent"] < s["start_parts"] else "wait-responses")
-        elif ctx.is_active and phase == "send-start":
-            out = self._send(ps.active_next_start(s, self.scratch), ctx.passives[0])
-            self._phase(s, "send-start" if s["sent"] < s["start_parts"] else "wait-responses")
-        elif ctx.is_active and phase == "wait-responses":
-            out = self._take_response(s, need(received, ctx.passives[0], ps.RESPONSE))
-        elif ctx.is_active:  # send-finish
-            out = self._send(ps.active_next_finish(s, self.scratch), ctx.passives[0])
-            self._after_finish_part(s)
-        elif phase in ("start", "respond"):
-            part = _part(need(received, ctx.active, ps.START))
-            s, answer = ps.passive_take_start(
-                s or None, part, self.chunks, job_id=ctx.job, salt=salt, party=ctx.name, active=ctx.active,
-                scratch=self.scratch, budget=self.budget, progress=ctx.progress)
-            out = self._send(answer, ctx.active)
-            self._phase(s, "respond" if s["start_taken"] < s["start_parts"] else "send-points")
-        elif phase == "send-points":
-            out = self._send(ps.passive_next_points(s, self.scratch), ctx.active)
-            self._phase(s, "send-points" if s["points_sent"] < s["points_parts"] else "wait-finish")
-        else:  # wait-finish
-            result = ps.passive_take_finish(s, _part(need(received, ctx.active, ps.FINISH)), self.chunks,
-                                            self.scratch, self.budget)
-            out = []
-            self._phase(s, "wait-finish")
-            if result is not None:
-                self._keep(result)
-                self._done(s)
+        ctx = self.ctx
+        moved = (_ACTIVE if ctx.is_active else _PASSIVE)[self.state.phase](self, received, salt)
+        to = ctx.passives[0] if ctx.is_active else ctx.active
+        out = _send(moved.part, to)
+        moved.state.store(self.state)
+        self.state.phase = moved.phase
+        if moved.result is not None:
+            self._keep(moved.result)
+        if moved.done:
+            self._done(moved.state.part_size)
         return out
 
-    def _take_response(self, s: dict[str, Any], art: Artifact) -> list[Outgoing]:
-        if not ps.active_take(s, _part(art), self.scratch, peer=self.ctx.passives[0], progress=self.ctx.progress):
-            self._phase(s, "wait-responses")
-            return []
-        self._keep(ps.active_conclude(s, self.chunks, self.scratch, self.budget))
-        out = self._send(ps.active_next_finish(s, self.scratch), self.ctx.passives[0])
-        self._after_finish_part(s)
-        return out
+    # ----- the active party
+    def _active_start(self, received: Mapping[str, Artifact], salt: bytes) -> Moved:
+        ctx = self.ctx
+        s = ps.active_begin(self.chunks, job_id=ctx.job, salt=salt, party=ctx.name, scratch=self.scratch,
+                            budget=self.budget, progress=ctx.progress)
+        return self._active_send_start(s)
 
-    def _after_finish_part(self, s: dict[str, Any]) -> None:
-        if s["finish_sent"] < s["finish_parts"]:
-            self._phase(s, "send-finish")
-        else:
-            self._done(s)
+    def _active_send_start(self, s: ps.ActiveStream) -> Moved:
+        s, part = ps.active_next_start(s, self.scratch)
+        return Moved(s, "send-start" if s.sent < s.start_parts else "wait-responses", part)
 
-    def _phase(self, s: dict[str, Any], phase: str) -> None:
-        self.state.data["stream"] = ps.state_json(s)
-        self.state.phase = phase
+    def _active_take(self, received: Mapping[str, Artifact], salt: bytes) -> Moved:
+        peer = self.ctx.passives[0]
+        art = need(received, peer, ps.RESPONSE)
+        s = ps.active_take(ps.ActiveStream.load(self.state), _part(art), self.scratch, peer=peer,
+                           progress=self.ctx.progress)
+        if not s.responses_in:
+            return Moved(s, "wait-responses")
+        s, result = ps.active_conclude(s, self.chunks, self.scratch, self.budget)
+        return self._active_send_finish(s, result)
 
+    def _active_send_finish(self, s: ps.ActiveStream, result: ps.StreamAlignment | None = None) -> Moved:
+        s, part = ps.active_next_finish(s, self.scratch)
+        more = s.finish_sent < s.finish_parts
+        return Moved(s, "send-finish" if more else "done", part, result, done=not more)
+
+    # ----- the passive party
+    def _passive_take_start(self, received: Mapping[str, Artifact], salt: bytes) -> Moved:
+        ctx = self.ctx
+        before = ps.PassiveStream.load(self.state) if ps.PassiveStream.present(self.state) else None
+        s, answer = ps.passive_take_start(
+            before, _part(need(received, ctx.active, ps.START)), self.chunks, job_id=ctx.job, salt=salt,
+            party=ctx.name, active=ctx.active, scratch=self.scratch, budget=self.budget, progress=ctx.progress)
+        return Moved(s, "respond" if s.start_taken < s.start_parts else "send-points", answer)
+
+    def _passive_send_points(self, s: ps.PassiveStream) -> Moved:
+        s, part = ps.passive_next_points(s, self.scratch)
+        return Moved(s, "send-points" if s.points_sent < s.points_parts else "wait-finish", part)
+
+    def _passive_take_finish(self, received: Mapping[str, Artifact], salt: bytes) -> Moved:
+        art = need(received, self.ctx.active, ps.FINISH)
+        s, result = ps.passive_take_finish(ps.PassiveStream.load(self.state), _part(art), self.chunks,
+                                           self.scratch, self.budget)
+        return Moved(s, "wait-finish" if result is None else "done", None, result, done=result is not None)
+
+    # ----- the job's result
     def _keep(self, result: ps.StreamAlignment) -> None:
-        self.state.arrays["aligned_ids"] = result.ids
-        self.state.arrays["aligned_rows"] = np.asarray(result.rows, dtype=np.int64)
-        self.state.data["digest_key"] = result.digest_key.hex()
-        self.state.results = {"intersection_size": int(len(result.ids)),
-                              "fingerprint": result.fingerprint.hex()}
+        Aligned(aligned_ids=result.ids, aligned_rows=np.asarray(result.rows, dtype=np.int64),
+                digest_key=result.digest_key).store(self.state)
+        self.state.results = {"intersection_size": int(len(result.ids)), "fingerprint": result.fingerprint.hex()}
 
-    def _done(self, s: dict[str, Any]) -> None:
+    def _done(self, part_size: int) -> None:
         """The alignment is complete: secrets and scratch files go, the result stays."""
-        self.state.data.pop("stream", None)
-        self.state.data["streamed"] = {"memory_bound": self.budget.memory, "part_size": s["part_size"]}
+        StreamedWith({"memory_bound": self.budget.memory, "part_size": part_size}).store(self.state)
+        ps.ActiveStream.drop(self.state)
         self.state.results = {**self.state.results, "streamed_in_parts": True}
         self.state.phase, self.state.done = "done", True
         self.scratch.remove()
 
-    def _send(self, part: ps.Part | None, to: str) -> list[Outgoing]:
-        if part is None:
-            return []
-        members: list[Member] = [
-            points_member(name, a) if name in ("points", "double_blinded") else ndarray_member(name, a)
-            for name, a in part.arrays.items()
-        ]
-        return [Outgoing(to, part.kind, _STEPS[part.kind], members=members, meta=dict(part.meta))]
+
+_Handler = Callable[[Stream, Mapping[str, Artifact], bytes], Moved]
+_ACTIVE: dict[str, _Handler] = {
+    "start": Stream._active_start,
+    "send-start": lambda st, r, salt: st._active_send_start(ps.ActiveStream.load(st.state)),
+    "wait-responses": Stream._active_take,
+    "send-finish": lambda st, r, salt: st._active_send_finish(ps.ActiveStream.load(st.state)),
+}
+_PASSIVE: dict[str, _Handler] = {
+    "start": Stream._passive_take_start,
+    "respond": Stream._passive_take_start,
+    "send-points": lambda st, r, salt: st._passive_send_points(ps.PassiveStream.load(st.state)),
+    "wait-finish": Stream._passive_take_finish,
+}
+
+
+def _send(part: ps.Part | None, to: str) -> list[Outgoing]:
+    if part is None:
+        return []
+    members: list[Member] = [
+        points_member(name, a) if name in ("points", "double_blinded") else ndarray_member(name, a)
+        for name, a in part.arrays.items()
+    ]
+    return [Outgoing(to, part.kind, _STEPS[part.kind], members=members, meta=dict(part.meta))]
 
 
 def _part(art: Artifact) -> ps.Part:

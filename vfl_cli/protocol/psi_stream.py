@@ -43,19 +43,23 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from vfl_cli.crypto import channel, ecdh
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.protocol import psi
+from vfl_cli.protocol.base import JobState
+from vfl_cli.protocol.kit import PartyState
 
 __all__ = [
     "DEFAULT_MEMORY",
+    "ActiveStream",
     "Budget",
     "Chunks",
     "Part",
+    "PassiveStream",
     "StreamAlignment",
     "choose",
     "csv_chunks",
@@ -368,12 +372,7 @@ def _spill_own(scratch: Scratch, job: Callable[[], np.ndarray], first: int, coun
 
 def sent_digest(scratch: Scratch, job_id: str, budget: Budget) -> bytes:
     """:func:`vfl_cli.protocol.psi.points_digest` of ``sent.pts``, read a part at a time."""
-    job = job_id.encode("utf-8")
-    h = hashlib.sha256(b"vfl/psi/v1/points" + len(job).to_bytes(4, "big") + job)
-    with scratch.path("sent.pts").open("rb") as fh:
-        while block := fh.read(32 * budget.part):
-            h.update(block)
-    return h.digest()
+    return bytes.fromhex(_points_digest_of(scratch, "sent.pts", job_id, budget))
 
 
 def part_digest(points: np.ndarray, job_id: str, part: int) -> bytes:
@@ -488,58 +487,134 @@ def ordered(chunks: Chunks, rows: np.ndarray, key: bytes, job_id: str, width: in
     return StreamAlignment(ids=out_ids, rows=out_rows, fingerprint=fp.digest(), digest_key=digest_key)
 
 
-# --------------------------------------------------------------------------- the parties
+# --------------------------------------------------------------------------- the parties' states
 
 START, RESPONSE, FINISH = "psi/start", "psi/response", "psi/finish"
 
 
-def _same_ids(state: Mapping[str, Any], chunks: Chunks) -> None:
+@dataclass(frozen=True)
+class _StreamState(PartyState):
+    """A party's streamed state, kept under ``JobState.data["stream"]`` (whether that key holds
+    a state is how the ``psi`` job knows it streams): the kit's load/store on that one entry."""
+
+    @classmethod
+    def load(cls: type[_S], job: JobState) -> _S:
+        inner = JobState(job.phase, dict(job.data.get("stream") or {}))
+        return super().load(inner)
+
+    def store(self, job: JobState) -> None:
+        inner = JobState(job.phase)
+        super().store(inner)
+        job.data["stream"] = inner.data
+
+    @staticmethod
+    def present(job: JobState) -> bool:
+        """Whether ``job`` holds a streamed state (the alignment streams and is not done)."""
+        return job.data.get("stream") is not None
+
+    @staticmethod
+    def drop(job: JobState) -> None:
+        """The alignment is complete: the streamed state (and what secrets are left) goes."""
+        job.data.pop("stream", None)
+
+
+_S = TypeVar("_S", bound=_StreamState)
+
+
+@dataclass(frozen=True)
+class ActiveStream(_StreamState):
+    """The active party's state between its streamed steps (secrets set to None once used)."""
+
+    job: str = ""
+    party: str = ""
+    n: int = 0
+    width: int = 0
+    ids_digest: str = ""
+    scalar: bytes | None = None
+    seed: bytes = b""
+    exchange_secret: bytes | None = None
+    exchange_public: bytes = b""
+    commitment: bytes = b""
+    part_size: int = 0
+    start_parts: int = 0
+    sent: int = 0
+    received: int = 0
+    response_parts: int = 0
+    peer: str = ""
+    peer_n: int = 0
+    peer_seed: bytes = b""
+    peer_last: str | None = None
+    channel_key: bytes | None = None
+    m: int = 0
+    finish_parts: int = 0
+    finish_sent: int = 0
+    response_digest: str = ""
+    sealed_seeds: bytes = b""
+
+    @property
+    def responses_in(self) -> bool:
+        return self.response_parts > 0 and self.received == self.response_parts
+
+
+@dataclass(frozen=True)
+class PassiveStream(_StreamState):
+    """The passive party's state between its streamed steps (its scalar set to None after the
+    last start part, the channel key after the first finish part)."""
+
+    job: str = ""
+    party: str = ""
+    active: str = ""
+    n: int = 0
+    width: int = 0
+    ids_digest: str = ""
+    scalar: bytes | None = None
+    seed: bytes = b""
+    exchange_public: bytes = b""
+    channel_key: bytes | None = None
+    commitment: bytes = b""
+    start_n: int = 0
+    start_size: int = 0
+    start_parts: int = 0
+    start_taken: int = 0
+    start_last: str | None = None
+    part_size: int = 0
+    points_parts: int = 0
+    points_sent: int = 0
+    response_digest: str = ""
+    finish_taken: int = 0
+    finish_parts: int = 0
+    last_position: int = -1
+    m: int = 0
+    seeds: dict[str, str] = field(default_factory=dict)  # hex, once the finish message opened them
+
+
+@dataclass(frozen=True)
+class _Own:
+    """What a party knows of its own ids once it has blinded and sorted them."""
+
+    n: int
+    width: int
+    ids_digest: str
+
+
+# --------------------------------------------------------------------------- shared steps
+
+
+def _same_ids(ids_digest: str, chunks: Chunks) -> None:
     digest, _, _ = _ids_digest(chunks)
-    if not hmac.compare_digest(digest.hex(), state["ids_digest"]):
+    if not hmac.compare_digest(digest.hex(), ids_digest):
         raise DataError("the id column changed since this party's previous alignment step; "
                         "run the alignment again from the start")
 
 
 def _own(chunks: Chunks, domain: bytes, scalar: bytes, scratch: Scratch, budget: Budget,
-         workers: ecdh.Workers, progress: psi.Progress | None) -> dict[str, Any]:
+         n_jobs: int | None, progress: psi.Progress | None) -> _Own:
     digest, n, width = _ids_digest(chunks)
     if n == 0:
         raise DataError("the id column has no rows: there is nothing to align")
-    blind_own(chunks, domain, scalar, scratch, budget, n_upper=n, workers=workers, progress=progress)
-    return {"n": n, "width": width, "ids_digest": digest.hex()}
-
-
-def active_begin(chunks: Chunks, *, job_id: str, salt: bytes, party: str, scratch: Scratch,
-                 budget: Budget, n_jobs: int | None = None, rng: Random | None = None,
-                 seed: bytes | None = None, progress: psi.Progress | None = None) -> dict[str, Any]:
-    """Active party: draw alpha, the seed and the exchange key; blind and sort its ids.
-
-    Returns:
-        The private state (JSON), for :func:`active_next_start` and the later steps.
-    """
-    scalar = ecdh.new_scalar(rng)
-    seed = psi.new_seed(rng) if seed is None else seed
-    exchange_secret, exchange_public = channel.new_exchange(rng)
     with ecdh.Workers(n_jobs) as workers:
-        own = _own(chunks, psi.make_domain(job_id, salt), scalar, scratch, budget, workers, progress)
-    n = own["n"]
-    return {**own, "job": job_id, "party": party, "scalar": scalar.hex(), "seed": seed.hex(),
-            "exchange_secret": exchange_secret.hex(), "exchange_public": exchange_public.hex(),
-            "part_size": budget.part, "start_parts": parts_of(n, budget.part), "sent": 0,
-            "start_digest": sent_digest(scratch, job_id, budget).hex(),
-            "commitment": psi.commit_seed(seed, job_id).hex(), "received": 0}
-
-
-def active_next_start(state: dict[str, Any], scratch: Scratch) -> Part | None:
-    """The next start part, or ``None`` when all are sent."""
-    k = state["sent"] + 1
-    if k > state["start_parts"]:
-        return None
-    state["sent"] = k
-    meta = {"stream": 1, "part": k, "parts": state["start_parts"], "part_size": state["part_size"],
-            "count": state["n"], "seed_commitment": state["commitment"],
-            "exchange_public": state["exchange_public"]}
-    return Part(START, meta, {"points": sent_part(scratch, state["n"], state["part_size"], k)})
+        blind_own(chunks, domain, scalar, scratch, budget, n_upper=n, workers=workers, progress=progress)
+    return _Own(n, width, digest.hex())
 
 
 def _meta_int(meta: Mapping[str, Any], key: str, what: str, low: int = 1, high: int = 1 << 40) -> int:
@@ -547,6 +622,13 @@ def _meta_int(meta: Mapping[str, Any], key: str, what: str, low: int = 1, high: 
     if type(value) is not int or not low <= value <= high:
         raise InvalidArtifact(f"{what}: {key} must be a whole number in {low}..{high}, got {value!r}")
     return value
+
+
+def _meta_hex(meta: Mapping[str, Any], key: str, what: str) -> bytes:
+    try:
+        return bytes.fromhex(str(meta.get(key)))
+    except ValueError as exc:
+        raise InvalidArtifact(f"{what}: {key} is not hex") from exc
 
 
 def _check_turn(part: Part, expected: int, parts: int | None, what: str) -> int:
@@ -559,234 +641,264 @@ def _check_turn(part: Part, expected: int, parts: int | None, what: str) -> int:
     return total
 
 
-def active_take(state: dict[str, Any], part: Part, scratch: Scratch, *, peer: str,
-                n_jobs: int | None = None, progress: psi.Progress | None = None) -> bool:
+def _part_size(n: int, size: int, k: int) -> int:
+    """Points in part ``k`` (1-based) of ``n`` points in parts of ``size``."""
+    return min(size, n - (k - 1) * size)
+
+
+def _rows_at(scratch: Scratch, positions: np.ndarray, budget: Budget) -> np.ndarray:
+    """This party's file rows at ``positions`` of its sent list (``sent.rows`` read where needed,
+    never whole)."""
+    rows = np.empty(len(positions), dtype=np.int64)
+    sent_rows = np.memmap(scratch.path("sent.rows"), dtype="<i8", mode="r")  # never empty: n > 0
+    for a in range(0, len(positions), budget.part):
+        rows[a:a + budget.part] = sent_rows[positions[a:a + budget.part]]
+    del sent_rows
+    return rows
+
+
+def _points_digest_of(scratch: Scratch, name: str, job_id: str, budget: Budget) -> str:
+    """:func:`vfl_cli.protocol.psi.points_digest` of a file of points, a part at a time."""
+    job = job_id.encode("utf-8")
+    h = hashlib.sha256(b"vfl/psi/v1/points" + len(job).to_bytes(4, "big") + job)
+    with scratch.path(name).open("rb") as fh:
+        while block := fh.read(32 * budget.part):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the active party
+
+
+def active_begin(chunks: Chunks, *, job_id: str, salt: bytes, party: str, scratch: Scratch,
+                 budget: Budget, n_jobs: int | None = None, rng: Random | None = None,
+                 seed: bytes | None = None, progress: psi.Progress | None = None) -> ActiveStream:
+    """Active party: draw alpha, the seed and the exchange key; blind and sort its ids."""
+    scalar = ecdh.new_scalar(rng)
+    seed = psi.new_seed(rng) if seed is None else seed
+    exchange_secret, exchange_public = channel.new_exchange(rng)
+    own = _own(chunks, psi.make_domain(job_id, salt), scalar, scratch, budget, n_jobs, progress)
+    return ActiveStream(job=job_id, party=party, n=own.n, width=own.width, ids_digest=own.ids_digest,
+                        scalar=scalar, seed=seed, exchange_secret=exchange_secret, exchange_public=exchange_public,
+                        commitment=psi.commit_seed(seed, job_id), part_size=budget.part,
+                        start_parts=parts_of(own.n, budget.part))
+
+
+def active_next_start(state: ActiveStream, scratch: Scratch) -> tuple[ActiveStream, Part | None]:
+    """The next start part (``None`` when all are sent)."""
+    k = state.sent + 1
+    if k > state.start_parts:
+        return state, None
+    meta = {"stream": 1, "part": k, "parts": state.start_parts, "part_size": state.part_size,
+            "count": state.n, "seed_commitment": state.commitment.hex(),
+            "exchange_public": state.exchange_public.hex()}
+    return state.but(sent=k), Part(START, meta, {"points": sent_part(scratch, state.n, state.part_size, k)})
+
+
+def active_take(state: ActiveStream, part: Part, scratch: Scratch, *, peer: str, n_jobs: int | None = None,
+                progress: psi.Progress | None = None) -> ActiveStream:
     """Active party: take the next response part (re-blinded start points, or the peer's own
-    points, which are blinded again here). Returns whether every part is in."""
-    k = state["received"] + 1
+    points, which are blinded again here). ``responses_in`` says whether every part is in."""
+    k = state.received + 1
     what = f"the response from {peer} (part {k})"
     if k == 1:
-        _first_response(state, part, peer, what)
-    _check_turn(part, k, state["response_parts"], what)
-    if k <= state["start_parts"]:
-        size = min(state["part_size"], state["n"] - (k - 1) * state["part_size"])
-        try:
-            echoed = bytes.fromhex(str(part.meta.get("start_part_digest")))
-        except ValueError:
-            echoed = b""
-        points = sent_part(scratch, state["n"], state["part_size"], k)
-        if not hmac.compare_digest(echoed, part_digest(points, state["job"], k)):
-            raise InvalidArtifact(f"{what} answers another start message (stale or replayed)")
-        double = psi.check_peer_points(part.arrays.get("double_blinded"), expected=size,
-                                       what=f"{what}: the re-blinded start points")
-        scratch.write_at("own.dbl", double, (k - 1) * state["part_size"])
+        state = _first_response(state, part, peer, what)
+    _check_turn(part, k, state.response_parts, what)
+    if k <= state.start_parts:
+        _take_echo(state, part, scratch, k, what)
     else:
-        peer_points = check_part(part.arrays.get("points"), state.get("peer_last"), what=f"{what}: its own points")
-        if len(peer_points):
-            state["peer_last"] = peer_points[-1].tobytes().hex()
-        again = psi.double_blind(peer_points, bytes.fromhex(state["scalar"]), what=f"{what}: its own points",
-                                 n_jobs=n_jobs, progress=progress)
-        at = (k - 1 - state["start_parts"]) * state["part_size"]
-        scratch.write_at("peer.pts", peer_points, at)
-        scratch.write_at("peer.dbl", again, at)
-    state["received"] = k
-    return bool(k == state["response_parts"])
+        state = _take_peer_points(state, part, scratch, k, what, n_jobs, progress)
+    return state.but(received=k)
 
 
-def _first_response(state: dict[str, Any], part: Part, peer: str, what: str) -> None:
+def _take_echo(state: ActiveStream, part: Part, scratch: Scratch, k: int, what: str) -> None:
+    """A response part re-blinding start part ``k``: checked against what was sent, then stored."""
+    try:  # anything but the digest of that part is the answer to another message
+        echoed = bytes.fromhex(str(part.meta.get("start_part_digest")))
+    except ValueError:
+        echoed = b""
+    points = sent_part(scratch, state.n, state.part_size, k)
+    if not hmac.compare_digest(echoed, part_digest(points, state.job, k)):
+        raise InvalidArtifact(f"{what} answers another start message (stale or replayed)")
+    double = psi.check_peer_points(part.arrays.get("double_blinded"), expected=_part_size(state.n, state.part_size, k),
+                                   what=f"{what}: the re-blinded start points")
+    scratch.write_at("own.dbl", double, (k - 1) * state.part_size)
+
+
+def _take_peer_points(state: ActiveStream, part: Part, scratch: Scratch, k: int, what: str,
+                      n_jobs: int | None, progress: psi.Progress | None) -> ActiveStream:
+    """A part of the peer's own sorted points: checked, stored, and blinded with alpha."""
+    assert state.scalar is not None
+    peer_points = check_part(part.arrays.get("points"), state.peer_last, what=f"{what}: its own points")
+    again = psi.double_blind(peer_points, state.scalar, what=f"{what}: its own points", n_jobs=n_jobs,
+                             progress=progress)
+    at = (k - 1 - state.start_parts) * state.part_size
+    scratch.write_at("peer.pts", peer_points, at)
+    scratch.write_at("peer.dbl", again, at)
+    return state.but(peer_last=peer_points[-1].tobytes().hex()) if len(peer_points) else state
+
+
+def _first_response(state: ActiveStream, part: Part, peer: str, what: str) -> ActiveStream:
     meta = part.meta
-    try:
-        seed = bytes.fromhex(str(meta.get("seed")))
-        public = bytes.fromhex(str(meta.get("exchange_public")))
-    except ValueError as exc:
-        raise InvalidArtifact(f"{what}: the seed or exchange key is not hex") from exc
+    seed = _meta_hex(meta, "seed", what)
+    public = _meta_hex(meta, "exchange_public", what)
     if len(seed) != psi.SEED_BYTES:
         raise InvalidArtifact(f"{what}: the seed is not {psi.SEED_BYTES} bytes")
     peer_n = _meta_int(meta, "count", what)
     peer_parts = _meta_int(meta, "points_parts", what)
-    if peer_parts != parts_of(peer_n, state["part_size"]):
+    if peer_parts != parts_of(peer_n, state.part_size):
         raise InvalidArtifact(f"{what}: {peer_parts} parts cannot carry {peer_n} points")
-    key = channel.channel_key(bytes.fromhex(state["exchange_secret"]), public,
-                              psi._channel_context(state["job"], state["party"], peer), what=what)
-    state.update(peer=peer, peer_n=peer_n, peer_seed=seed.hex(), channel_key=key.hex(),
-                 response_parts=state["start_parts"] + peer_parts)
+    assert state.exchange_secret is not None
+    key = channel.channel_key(state.exchange_secret, public, psi._channel_context(state.job, state.party, peer),
+                              what=what)
+    return state.but(peer=peer, peer_n=peer_n, peer_seed=seed, channel_key=key,
+                     response_parts=state.start_parts + peer_parts)
 
 
-def active_conclude(state: dict[str, Any], chunks: Chunks, scratch: Scratch, budget: Budget) -> StreamAlignment:
+def active_conclude(state: ActiveStream, chunks: Chunks, scratch: Scratch,
+                    budget: Budget) -> tuple[ActiveStream, StreamAlignment]:
     """Active party, all parts in: intersect, order, and keep the positions to send."""
-    _same_ids(state, chunks)
-    if scratch.size("own.dbl", _RECORD["p"]) != state["n"]:
-        raise InvalidArtifact(f"the response from {state['peer']}: expected {state['n']} re-blinded points")
-    own_pos, peer_pos = intersect(scratch, state["n"], state["peer_n"], budget)
-    rows = np.empty(len(own_pos), dtype=np.int64)
-    for a in range(0, len(own_pos), budget.part):  # sent.rows read where needed, never whole
-        sent_rows = np.memmap(scratch.path("sent.rows"), dtype="<i8", mode="r")
-        rows[a:a + budget.part] = sent_rows[own_pos[a:a + budget.part]]
+    _same_ids(state.ids_digest, chunks)
+    if scratch.size("own.dbl", _RECORD["p"]) != state.n:
+        raise InvalidArtifact(f"the response from {state.peer}: expected {state.n} re-blinded points")
+    own_pos, peer_pos = intersect(scratch, state.n, state.peer_n, budget)
+    rows = _rows_at(scratch, own_pos, budget)
     scratch.write("positions", np.sort(peer_pos))
-    seeds = {state["party"]: bytes.fromhex(state["seed"]), state["peer"]: bytes.fromhex(state["peer_seed"])}
-    key = psi.order_key(seeds, state["job"])
-    job = state["job"].encode("utf-8")
-    h = hashlib.sha256(b"vfl/psi/v1/points" + len(job).to_bytes(4, "big") + job)
-    with scratch.path("peer.pts").open("rb") as fh:
-        while block := fh.read(32 * budget.part):
-            h.update(block)
     m = len(peer_pos)
     del own_pos, peer_pos
-    sealed = psi.seal_seeds(bytes.fromhex(state["channel_key"]), seeds)
-    state.update(m=m, finish_parts=parts_of(m, state["part_size"]), finish_sent=0,
-                 response_digest=h.hexdigest(), sealed_seeds=sealed.hex())
-    for secret in ("scalar", "exchange_secret", "channel_key"):
-        state.pop(secret, None)
-    return ordered(chunks, rows, key, state["job"], state["width"], scratch, budget)
+    seeds = {state.party: state.seed, state.peer: state.peer_seed}
+    assert state.channel_key is not None
+    sealed = psi.seal_seeds(state.channel_key, seeds)
+    done = state.but(m=m, finish_parts=parts_of(m, state.part_size), finish_sent=0, sealed_seeds=sealed,
+                     response_digest=_points_digest_of(scratch, "peer.pts", state.job, budget),
+                     scalar=None, exchange_secret=None, channel_key=None)
+    key = psi.order_key(seeds, state.job)
+    return done, ordered(chunks, rows, key, state.job, state.width, scratch, budget)
 
 
-def active_next_finish(state: dict[str, Any], scratch: Scratch) -> Part | None:
-    """The next finish part (positions in the peer's list), or ``None`` when all are sent."""
-    k = state["finish_sent"] + 1
-    if k > state["finish_parts"]:
-        return None
-    state["finish_sent"] = k
-    size = state["part_size"]
-    positions = scratch.read("positions", "<i8", offset=(k - 1) * size, count=min(size, state["m"] - (k - 1) * size))
-    meta = {"stream": 1, "part": k, "parts": state["finish_parts"], "count": state["m"],
-            "response_digest": state["response_digest"], "sealed_seeds": state["sealed_seeds"]}
-    return Part(FINISH, meta, {"positions": positions.astype(np.int64)})
+def active_next_finish(state: ActiveStream, scratch: Scratch) -> tuple[ActiveStream, Part | None]:
+    """The next finish part (positions in the peer's list), ``None`` when all are sent."""
+    k = state.finish_sent + 1
+    if k > state.finish_parts:
+        return state, None
+    size = state.part_size
+    positions = scratch.read("positions", "<i8", offset=(k - 1) * size, count=_part_size(state.m, size, k))
+    meta = {"stream": 1, "part": k, "parts": state.finish_parts, "count": state.m,
+            "response_digest": state.response_digest, "sealed_seeds": state.sealed_seeds.hex()}
+    return state.but(finish_sent=k), Part(FINISH, meta, {"positions": positions.astype(np.int64)})
 
 
-def passive_take_start(state: dict[str, Any] | None, part: Part, chunks: Chunks, *, job_id: str,
+# --------------------------------------------------------------------------- the passive party
+
+
+def passive_take_start(state: PassiveStream | None, part: Part, chunks: Chunks, *, job_id: str,
                        salt: bytes, party: str, active: str, scratch: Scratch, budget: Budget,
                        n_jobs: int | None = None, rng: Random | None = None, seed: bytes | None = None,
-                       progress: psi.Progress | None = None) -> tuple[dict[str, Any], Part]:
+                       progress: psi.Progress | None = None) -> tuple[PassiveStream, Part]:
     """Passive party: answer one start part (the first also blinds and sorts this party's ids).
 
     Returns:
         The state and the response part re-blinding that start part.
     """
-    k = 1 if state is None else state["start_taken"] + 1
+    k = 1 if state is None else state.start_taken + 1
     what = f"the start message (part {k})"
     if part.meta.get("stream") != 1:
         raise InvalidArtifact(f"{what} is not a streamed start message")
     if state is None:
-        state = _passive_begin(part, chunks, job_id, salt, party, active, scratch, budget, n_jobs, rng, seed, progress)
-    _check_turn(part, k, state["start_parts"], what)
-    size = min(state["start_size"], state["start_n"] - (k - 1) * state["start_size"])
-    points = check_part(part.arrays.get("points"), state.get("start_last"), what=f"{what}: the points of {active}")
+        state = _passive_begin(part, chunks, job_id, salt, party, active, scratch, budget, n_jobs, rng, seed,
+                               progress)
+    _check_turn(part, k, state.start_parts, what)
+    points = check_part(part.arrays.get("points"), state.start_last, what=f"{what}: the points of {active}")
+    size = _part_size(state.start_n, state.start_size, k)
     if len(points) != size:
         raise InvalidArtifact(f"{what}: expected {size} points, got {len(points)}")
-    state["start_last"] = points[-1].tobytes().hex()
-    double = psi.double_blind(points, bytes.fromhex(state["scalar"]), what=f"{what}: the points of {active}",
-                              n_jobs=n_jobs, progress=progress)
-    state["start_taken"] = k
-    meta: dict[str, Any] = {"stream": 1, "part": k, "parts": state["start_parts"] + state["points_parts"],
+    assert state.scalar is not None
+    double = psi.double_blind(points, state.scalar, what=f"{what}: the points of {active}", n_jobs=n_jobs,
+                              progress=progress)
+    meta: dict[str, Any] = {"stream": 1, "part": k, "parts": state.start_parts + state.points_parts,
                             "start_part_digest": part_digest(points, job_id, k).hex()}
     if k == 1:
-        meta.update(count=state["n"], points_parts=state["points_parts"], seed=state["seed"],
-                    exchange_public=state["exchange_public"])
-    if k == state["start_parts"]:
-        state.pop("scalar")  # beta is no longer needed
-    return state, Part(RESPONSE, meta, {"double_blinded": double})
+        meta.update(count=state.n, points_parts=state.points_parts, seed=state.seed.hex(),
+                    exchange_public=state.exchange_public.hex())
+    last = k == state.start_parts  # beta is no longer needed after the last start part
+    new = state.but(start_taken=k, start_last=points[-1].tobytes().hex(), scalar=None if last else state.scalar)
+    return new, Part(RESPONSE, meta, {"double_blinded": double})
 
 
-def _passive_begin(part: Part, chunks: Chunks, job_id: str, salt: bytes, party: str, active: str,
-                   scratch: Scratch, budget: Budget, n_jobs: int | None, rng: Random | None,
-                   seed: bytes | None, progress: psi.Progress | None) -> dict[str, Any]:
-    what = "the start message"
-    meta = part.meta
+def _start_head(meta: Mapping[str, Any], what: str) -> tuple[int, int, bytes, bytes]:
+    """The first start part's count, part size, seed commitment and exchange key, checked."""
     start_n = _meta_int(meta, "count", what)
     start_size = _meta_int(meta, "part_size", what, 256)
     if _meta_int(meta, "parts", what) != parts_of(start_n, start_size):
         raise InvalidArtifact(f"{what}: {meta.get('parts')} parts of {start_size} cannot carry {start_n} points")
-    try:
-        commitment = bytes.fromhex(str(meta.get("seed_commitment")))
-        public = bytes.fromhex(str(meta.get("exchange_public")))
-    except ValueError as exc:
-        raise InvalidArtifact(f"{what}: the seed commitment or exchange key is not hex") from exc
+    commitment = _meta_hex(meta, "seed_commitment", what)
+    public = _meta_hex(meta, "exchange_public", what)
     if len(commitment) != 32:
         raise InvalidArtifact(f"{what}: the seed commitment is not 32 bytes")
+    return start_n, start_size, commitment, public
+
+
+def _passive_begin(part: Part, chunks: Chunks, job_id: str, salt: bytes, party: str, active: str,
+                   scratch: Scratch, budget: Budget, n_jobs: int | None, rng: Random | None,
+                   seed: bytes | None, progress: psi.Progress | None) -> PassiveStream:
+    what = "the start message"
+    start_n, start_size, commitment, public = _start_head(part.meta, what)
     beta = ecdh.new_scalar(rng)
     exchange_secret, exchange_public = channel.new_exchange(rng)
     key = channel.channel_key(exchange_secret, public, psi._channel_context(job_id, active, party), what=what)
     seed = psi.new_seed(rng) if seed is None else seed
-    with ecdh.Workers(n_jobs) as workers:
-        own = _own(chunks, psi.make_domain(job_id, salt), beta, scratch, budget, workers, progress)
-    return {**own, "job": job_id, "party": party, "active": active, "scalar": beta.hex(),
-            "seed": seed.hex(), "exchange_public": exchange_public.hex(), "channel_key": key.hex(),
-            "commitment": commitment.hex(), "start_n": start_n, "start_size": start_size,
-            "start_parts": parts_of(start_n, start_size), "start_taken": 0, "part_size": start_size,
-            "points_parts": parts_of(own["n"], start_size), "points_sent": 0,
-            "response_digest": sent_digest(scratch, job_id, budget).hex(), "finish_taken": 0}
+    own = _own(chunks, psi.make_domain(job_id, salt), beta, scratch, budget, n_jobs, progress)
+    return PassiveStream(job=job_id, party=party, active=active, n=own.n, width=own.width,
+                         ids_digest=own.ids_digest, scalar=beta, seed=seed, exchange_public=exchange_public,
+                         channel_key=key, commitment=commitment, start_n=start_n, start_size=start_size,
+                         start_parts=parts_of(start_n, start_size), part_size=start_size,
+                         points_parts=parts_of(own.n, start_size),
+                         response_digest=sent_digest(scratch, job_id, budget).hex())
 
 
-def passive_next_points(state: dict[str, Any], scratch: Scratch) -> Part | None:
+def passive_next_points(state: PassiveStream, scratch: Scratch) -> tuple[PassiveStream, Part | None]:
     """After the last start part: the next part of this party's own sorted points."""
-    if state["start_taken"] < state["start_parts"] or state["points_sent"] >= state["points_parts"]:
-        return None
-    state["points_sent"] += 1
-    k = state["points_sent"]
-    meta = {"stream": 1, "part": state["start_parts"] + k, "parts": state["start_parts"] + state["points_parts"]}
-    return Part(RESPONSE, meta, {"points": sent_part(scratch, state["n"], state["part_size"], k)})
+    if state.start_taken < state.start_parts or state.points_sent >= state.points_parts:
+        return state, None
+    k = state.points_sent + 1
+    meta = {"stream": 1, "part": state.start_parts + k, "parts": state.start_parts + state.points_parts}
+    return state.but(points_sent=k), Part(RESPONSE, meta, {"points": sent_part(scratch, state.n, state.part_size, k)})
 
 
-def passive_take_finish(state: dict[str, Any], part: Part, chunks: Chunks, scratch: Scratch,
-                        budget: Budget) -> StreamAlignment | None:
+def passive_take_finish(state: PassiveStream, part: Part, chunks: Chunks, scratch: Scratch,
+                        budget: Budget) -> tuple[PassiveStream, StreamAlignment | None]:
     """Passive party: take the next finish part; after the last, the alignment."""
-    k = state["finish_taken"] + 1
+    k = state.finish_taken + 1
     what = f"the finish message (part {k})"
     if k == 1:
-        _check_finish_head(state, part, what)
-    _check_turn(part, k, state["finish_parts"], what)
-    positions = np.asarray(part.arrays.get("positions"))
-    size = min(state["part_size"], state["m"] - (k - 1) * state["part_size"])
-    checked = psi._checked_positions(positions, state["n"], what)
-    if len(checked) != size or (len(checked) and checked[0] <= state.get("last_position", -1)):
+        state = _check_finish_head(state, part, what)
+    _check_turn(part, k, state.finish_parts, what)
+    size = _part_size(state.m, state.part_size, k)
+    checked = psi._checked_positions(np.asarray(part.arrays.get("positions")), state.n, what)
+    if len(checked) != size or (len(checked) and checked[0] <= state.last_position):
         raise InvalidArtifact(f"{what}: positions must be {size} ascending numbers, above the part before")
-    if len(checked):
-        state["last_position"] = int(checked[-1])
-    scratch.write_at("positions", checked, (k - 1) * state["part_size"])
-    state["finish_taken"] = k
-    if k < state["finish_parts"]:
-        return None
-    _same_ids(state, chunks)
-    received = scratch.read("positions", "<i8")
-    rows = np.empty(len(received), dtype=np.int64)
-    sent_rows = np.memmap(scratch.path("sent.rows"), dtype="<i8", mode="r")
-    for a in range(0, len(received), budget.part):
-        rows[a:a + budget.part] = sent_rows[received[a:a + budget.part]]
-    del sent_rows
-    key = psi.order_key(state["seeds"], state["job"])
-    return ordered(chunks, rows, key, state["job"], state["width"], scratch, budget)
+    scratch.write_at("positions", checked, (k - 1) * state.part_size)
+    state = state.but(finish_taken=k, last_position=int(checked[-1]) if len(checked) else state.last_position)
+    if k < state.finish_parts:
+        return state, None
+    _same_ids(state.ids_digest, chunks)
+    rows = _rows_at(scratch, scratch.read("positions", "<i8"), budget)
+    key = psi.order_key({p: bytes.fromhex(s) for p, s in state.seeds.items()}, state.job)
+    return state, ordered(chunks, rows, key, state.job, state.width, scratch, budget)
 
 
-def _check_finish_head(state: dict[str, Any], part: Part, what: str) -> None:
+def _check_finish_head(state: PassiveStream, part: Part, what: str) -> PassiveStream:
     meta = part.meta
-    if str(meta.get("response_digest")) != state["response_digest"]:
+    if str(meta.get("response_digest")) != state.response_digest:
         raise InvalidArtifact(f"{what} answers another response (stale or replayed)")
-    try:
-        sealed = bytes.fromhex(str(meta.get("sealed_seeds")))
-    except ValueError as exc:
-        raise InvalidArtifact(f"{what}: the sealed seeds are not hex") from exc
-    seeds = psi.open_seeds(bytes.fromhex(state["channel_key"]), sealed, what=what)
-    if state["active"] not in seeds or state["party"] not in seeds:
-        raise InvalidArtifact(f"{what} lacks the seed of {state['active']} or of {state['party']}")
-    psi.verify_seed(seeds[state["active"]], bytes.fromhex(state["commitment"]), state["job"])
-    if not hmac.compare_digest(seeds[state["party"]], bytes.fromhex(state["seed"])):
-        raise InvalidArtifact(f"{what} carries another seed for {state['party']} than it sent")
-    m = _meta_int(meta, "count", what, 0, state["n"])
-    state.update(m=m, finish_parts=parts_of(m, state["part_size"]),
-                 seeds={k: v for k, v in seeds.items()})
-    state.pop("channel_key")
-
-
-def state_json(state: dict[str, Any]) -> dict[str, Any]:
-    """The state with the seeds as hex (JSON-safe)."""
-    out = dict(state)
-    if "seeds" in out:
-        out["seeds"] = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in out["seeds"].items()}
-    return out
-
-
-def state_loaded(state: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(state)
-    if "seeds" in out:
-        out["seeds"] = {k: bytes.fromhex(v) for k, v in out["seeds"].items()}
-    return out
+    sealed = _meta_hex(meta, "sealed_seeds", what)
+    assert state.channel_key is not None
+    seeds = psi.open_seeds(state.channel_key, sealed, what=what)
+    if state.active not in seeds or state.party not in seeds:
+        raise InvalidArtifact(f"{what} lacks the seed of {state.active} or of {state.party}")
+    psi.verify_seed(seeds[state.active], state.commitment, state.job)
+    if not hmac.compare_digest(seeds[state.party], state.seed):
+        raise InvalidArtifact(f"{what} carries another seed for {state.party} than it sent")
+    m = _meta_int(meta, "count", what, 0, state.n)
+    return state.but(m=m, finish_parts=parts_of(m, state.part_size), channel_key=None,
+                     seeds={p: s.hex() for p, s in seeds.items()})

@@ -137,8 +137,12 @@ def centred_reference(XA: np.ndarray, XP: np.ndarray, y: np.ndarray, epochs: int
     return wa, wp
 
 
-@pytest.mark.parametrize("three", [False, True], ids=["two-parties", "three-parties"])
-def test_centred_logistic_equals_its_plaintext_reference(tmp_path: Path, sample, three: bool) -> None:
+@pytest.mark.parametrize(("three", "killed"), [(False, False), (True, False), (True, True)],
+                         ids=["two-parties", "three-parties", "three-parties-killed-and-resumed"])
+def test_centred_logistic_equals_its_plaintext_reference(tmp_path: Path, sample, monkeypatch, three: bool,
+                                                         killed: bool) -> None:
+    """Three parties with a per-row slope: each passive party holds its [[d]] while the other's
+    part comes (wait-peers); killed every few commits, the resumed job ends the same."""
     bank = make_party(tmp_path, "bank", "active", sample("breast_active.csv"), label_column="label")
     passive = pd.read_csv(sample("breast_passive.csv"), dtype={"id": str})
     names = ["p1", "p2"] if three else ["p1"]
@@ -151,7 +155,12 @@ def test_centred_logistic_equals_its_plaintext_reference(tmp_path: Path, sample,
     introduce(tmp_path, "bank", *names)
     align(bank, parties)
     params = dict(PARAMS, approximation="centred", epochs=2)
-    states = train(bank, parties, "hetero-lr", params)
+    if killed:
+        jobs.start_job(Workspace(bank), "hetero-lr", {"alignment": "al", **params}, job="tr")
+        drive_with_crashes([bank, *parties], "tr", monkeypatch, every=3, tries=400)
+        states = {ws.name: jobs.load_state(Workspace(ws), "tr") for ws in [bank, *parties]}
+    else:
+        states = train(bank, parties, "hetero-lr", params)
     df, cols = joined(bank, parties)
     split = split_rows(len(df), params["test_fraction"], params["seed"],
                        ids=jobs.load_state(Workspace(bank), "al")[0].arrays["aligned_ids"])

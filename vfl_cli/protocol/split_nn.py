@@ -139,7 +139,8 @@ PARAMS: dict[str, Param] = {
     "interactive_momentum": Float(0.9, 0.0, 1.0, open_high=True),
     "test_fraction": Float(0.2, 0.0, 1.0, open_low=True, open_high=True),
     "seed": Seed(),
-    "label_protection": Float(3.0, 0.0, 100.0, note="noise on dL/dh against label inference; 0: off"),
+    "label_protection": Float(3.0, 0.0, 100.0,
+                              note="noise on dL/dh, sized per batch to hold label attacks to AUC 0.5 + 0.25/L; 0: off"),
     "max_leak_auc": Float(1.0, 0.5, 1.0, note="refuse to send when a label attack's AUC exceeds it; 1: never"),
 }
 DEFAULTS: dict[str, Any] = defaults(PARAMS)

@@ -453,3 +453,31 @@ def test_position_advances_through_batches_and_epochs() -> None:
         st = st.advanced(2)
         seen.append((st.t, st.epoch, st.batch))
     assert seen == [(1, 0, 1), (2, 1, 0), (3, 1, 1), (4, 2, 0), (5, 2, 1)]
+
+
+def test_p1_answers_a_s_requests_and_a_reads_its_exact_gradient_and_loss() -> None:
+    """The pure steps of one round between A and P1, without files: A's masked gradient and loss
+    requests, P1's answer (decrypted, still masked), and what A reads from it."""
+    from vfl_cli.crypto import paillier
+    from vfl_cli.errors import InvalidArtifact
+    from vfl_cli.protocol.wire import sent_digests
+
+    k1, p1_key = paillier.generate_keypair(512)
+    rng = np.random.default_rng(3)
+    X, U, offset = rng.normal(size=(20, 3)), rng.normal(size=20), rng.normal(size=20)
+    enc_u = paillier.encrypt(k1, U)
+    for slope in (0.25, rng.uniform(0.1, 0.25, size=20)):
+        request, mask = hl.active_request(X, slope, offset, enc_u)
+        loss, lm = hl.loss_request(rng, enc_u, slope, offset, 256)
+        res = hl.Residual(0, 0, 3, 0.0, paillier.encrypt(k1, offset), None, request, loss)
+        grad_reply, loss_reply = hl.answer_active(p1_key, res, 3, None, 20, {"loss_sample": 256}, "bank")
+        ints = [[int.from_bytes(m.data[i:i + m.info["width"]], "big")
+                 for i in range(0, len(m.data), m.info["width"])] for m in (grad_reply, loss_reply)]
+        d = slope * U + offset
+        np.testing.assert_allclose(paillier.unmask(ints[0], mask), X.T @ d, atol=1e-8)
+        assert hl.mean_square_from_reply(ints[1], lm) == pytest.approx(np.mean(d**2), abs=1e-9)
+        # P1 never decrypts what it sent itself: its own partial scores in A's request are refused
+        sent = sent_digests([enc_u.to_bytes()], k1.width)
+        echo = hl.Residual(0, 0, 3, 0.0, res.offset, None, request, (enc_u, loss[1]))
+        with pytest.raises(InvalidArtifact, match="the loss request from bank holds ciphertexts"):
+            hl.answer_active(p1_key, echo, 3, sent, 20, {"loss_sample": 256}, "bank")

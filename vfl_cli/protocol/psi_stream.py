@@ -410,7 +410,7 @@ def intersect(scratch: Scratch, n_own: int, n_peer: int, budget: Budget) -> tupl
     points blinded again, in the peer's order), bucket by bucket.
 
     Returns:
-        ``(own positions, peer positions)`` of the common points, ascending in own positions.
+        ``(own positions, peer positions)`` of the common points, pair by pair, in bucket order.
 
     Raises:
         InvalidArtifact: a list repeats a point, or its points crowd into one bucket.
@@ -435,9 +435,8 @@ def intersect(scratch: Scratch, n_own: int, n_peer: int, budget: Budget) -> tupl
         peer_pos.append(peer["i"][ib])
         for prefix in ("A", "B"):
             scratch.path(f"{prefix}.{b}").unlink(missing_ok=True)
-    own_all, peer_all = np.concatenate(own_pos), np.concatenate(peer_pos)
-    by_own = np.argsort(own_all, kind="stable")
-    return own_all[by_own].astype(np.int64), peer_all[by_own].astype(np.int64)
+    # in bucket order: the callers need no pairing (rows are sorted when ordered, positions sent sorted)
+    return np.concatenate(own_pos).astype(np.int64, copy=False), np.concatenate(peer_pos).astype(np.int64, copy=False)
 
 
 # --------------------------------------------------------------------------- the joint order

@@ -24,7 +24,6 @@ from vfl_cli.protocol.joint_stats import (
     ActiveState,
     Products,
     _check_counts,
-    _digests,
     _refuse_echo,
     chosen,
     cross_products,
@@ -33,7 +32,7 @@ from vfl_cli.protocol.joint_stats import (
     unmask_events,
     within,
 )
-from vfl_cli.protocol.wire import load_mask, save_mask
+from vfl_cli.protocol.wire import load_mask, save_mask, sent_digests
 from vfl_cli.workspace import Workspace
 
 ROWS = 300
@@ -183,7 +182,7 @@ def test_the_active_party_refuses_its_own_ciphertexts_sent_back(keys) -> None:
     """An echo of A's Enc(z) as 'products' would make A decrypt its own rows for P_j."""
     pub, _ = keys
     z = paillier.encrypt(pub, np.random.default_rng(0).normal(size=(30, 2)))
-    st = ActiveState(30, [1, 2], {}, _digests([z.to_bytes()], pub.width))
+    st = ActiveState(30, [1, 2], {}, sent_digests([z.to_bytes()], pub.width))
     echo = Products([1], z[:1, :], None, np.zeros(0, np.int64), np.zeros(0, np.int64))
     with pytest.raises(InvalidArtifact, match="refused without decrypting"):
         _refuse_echo(st, echo, "bureau")

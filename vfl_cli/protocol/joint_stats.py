@@ -58,7 +58,6 @@ from vfl_cli.protocol.base import (
     Int,
     IntList,
     JobRef,
-    JobState,
     Param,
     PartyContext,
     Seed,
@@ -81,8 +80,8 @@ from vfl_cli.protocol.wire import (
     read_enc,
     read_ints,
     refuse_echo,
-    remember_sent,
     save_mask,
+    sent_digests,
 )
 
 __all__ = ["COLUMNS", "PRODUCTS", "RESULT", "JointStats", "standardise", "within"]
@@ -388,18 +387,11 @@ def _checked_r(r: np.ndarray, shape: tuple[int, int], sender: str) -> np.ndarray
 
 
 # ----- pure steps: the active party -----------------------------------------------------------
-def _digests(blobs: list[bytes], width: int) -> np.ndarray:
-    tmp = JobState()
-    remember_sent(tmp, blobs, width)
-    return tmp.arrays["sent_digests"]
-
-
 def _refuse_echo(st: ActiveState, prod: Products, sender: str) -> None:
     """A decrypts only what P_j computed: never its own ciphertexts sent back."""
-    tmp = JobState(arrays={} if st.sent_digests is None else {"sent_digests": st.sent_digests})
     for name, x in (("products", prod.c), ("label sums", prod.s)):
         if x is not None and x.size:
-            refuse_echo(tmp, x.to_bytes(), x.public.width, f"{PRODUCTS} ({name})", sender)
+            refuse_echo(st.sent_digests, x.to_bytes(), x.public.width, f"{PRODUCTS} ({name})", sender)
 
 
 def decrypt_products(priv: paillier.PrivateKey, prod: Products, rows: int, reveal_to: str,
@@ -442,7 +434,7 @@ def _send_columns(ctx: PartyContext, st: ActiveState, received: Any) -> Step[Act
     y_enc = paillier.encrypt(pub, labels_of(ctx, df), exponent=0) if p["label_rate"] else None
     blobs = [x.to_bytes() for x in (z_enc, y_enc) if x is not None]
     msg = Columns(len(df), numbers, z_enc, y_enc)
-    new = ActiveState(len(df), numbers, own, _digests(blobs, pub.width))
+    new = ActiveState(len(df), numbers, own, sent_digests(blobs, pub.width))
     return Step(new, "wait-products", [msg.to(q, "columns") for q in ctx.passives])
 
 

@@ -1,14 +1,16 @@
-"""Wire helpers shared by protocols: ciphertext and masked members, masks, stashes, the round.
+"""Wire helpers shared by protocols: ciphertext and masked members, masks, partial scores.
 
 Everything here turns a value a step produces into what crosses to a peer (an artifact
-member) or into what a party keeps between its steps (its job state), and back. Protocols
-import these instead of each other's internals. Ciphertexts are read with their key checked
-(a member encrypted under another key is refused, naming both fingerprints), counts are
+member) or into what a party keeps between its steps (a field of its typed state), and back.
+Protocols import these instead of each other's internals. Ciphertexts are read with their key
+checked (a member encrypted under another key is refused, naming both fingerprints), counts are
 checked before anything is decrypted, and a key holder can refuse to decrypt ciphertexts it
-sent itself (:func:`remember_sent`, :func:`refuse_echo`).
+sent itself (:func:`sent_digests`, :func:`refuse_echo`).
 
-The training position (``t``, ``epoch``, ``batch``) and stashes are kept under fixed keys of
-``JobState.data``/``arrays``: they are the (de)serialisation of those values, written once here.
+Plain values in, plain values out (artifacts, members, keys, arrays): nothing here reads or
+writes the engine's ``JobState``. A party's round, stashed ciphertexts and digests of what it
+sent live in fields of its typed state (:class:`vfl_cli.protocol.kit.PartyState`), and the round
+check is :func:`vfl_cli.protocol.kit.check_round`.
 """
 
 from __future__ import annotations
@@ -22,13 +24,11 @@ import numpy as np
 from vfl_cli.artifacts.container import Artifact, Member
 from vfl_cli.crypto import paillier
 from vfl_cli.errors import InvalidArtifact
-from vfl_cli.protocol.base import JobState, Outgoing, PartyContext
+from vfl_cli.protocol.base import Outgoing, PartyContext
 
 __all__ = [
     "PEER_SCORES",
     "SCORES",
-    "advance_position",
-    "check_round",
     "collect_scores",
     "enc_member",
     "exact_unmask",
@@ -40,20 +40,14 @@ __all__ = [
     "json_state",
     "load_mask",
     "packed_member",
-    "position",
     "read_enc",
     "read_ints",
     "read_packed",
     "refuse_echo",
-    "remember_sent",
     "save_mask",
     "send_scores",
     "sent_digests",
-    "stash",
-    "stash_members",
     "typed_array",
-    "unstash",
-    "unstash_members",
 ]
 
 #: Partial scores on their way to the active party (evaluation and prediction).
@@ -81,25 +75,17 @@ def sent_digests(blobs: list[bytes], width: int) -> np.ndarray:
     return np.concatenate([_digests(b, width) for b in blobs])
 
 
-def remember_sent(state: JobState, blobs: list[bytes], width: int) -> None:
-    """Keep digests of the ciphertexts under this party's key it sends this round."""
-    state.arrays["sent_digests"] = sent_digests(blobs, width)
-
-
 def is_echo(sent: np.ndarray | None, blob: bytes, width: int) -> bool:
     """Whether ``blob`` holds any ciphertext whose digest is among ``sent``."""
     return sent is not None and len(sent) > 0 and bool(np.isin(_digests(blob, width), sent).any())
 
 
-def refuse_echo(
-    state: JobState | np.ndarray | None, blob: bytes, width: int, what: str, sender: str
-) -> None:
+def refuse_echo(sent: np.ndarray | None, blob: bytes, width: int, what: str, sender: str) -> None:
     """Refuse to decrypt ciphertexts this party itself sent (a decryption oracle).
 
-    ``state`` is the engine's job state (digests kept by :func:`remember_sent`) or the digests
-    themselves (:func:`sent_digests`, kept by a protocol on the kit).
+    ``sent`` holds the digests of what it sent (:func:`sent_digests`, kept in a field of the
+    party's typed state), or is None when it sent nothing to refuse.
     """
-    sent = state.arrays.get("sent_digests") if isinstance(state, JobState) else state
     if is_echo(sent, blob, width):
         raise InvalidArtifact(
             f"{what} from {sender} holds ciphertexts that this party sent it; refused without "
@@ -272,64 +258,6 @@ def exact_unmask(raw: int, m: paillier.Mask, index: int = 0) -> int:
     """The exact signed integer under a mask (no decoding to floats)."""
     v = (int(raw) - m.offsets[index] - m.shift) % m.n
     return v - m.n if v > m.n // 2 else v
-
-
-# ----- training position -----------------------------------------------------------------------
-def position(state: JobState) -> tuple[int, int, int]:
-    """The global mini-batch counter t, the epoch and the batch within it."""
-    d = state.data
-    return int(d["t"]), int(d["epoch"]), int(d["batch"])
-
-
-def check_round(art: Artifact, state: JobState) -> None:
-    """Refuse an artifact for another round than the one this party is at."""
-    t = int(state.data["t"])
-    if art.round != t:
-        raise InvalidArtifact(
-            f"{art.kind} from {art.sender} is for round {art.round}, "
-            f"but this party is at round {t} (stale or replayed)"
-        )
-
-
-def advance_position(state: JobState, batches_per_epoch: int) -> None:
-    """Move to the next mini-batch, and to the next epoch after the last one."""
-    d = state.data
-    d["t"] += 1
-    d["batch"] += 1
-    if d["batch"] >= batches_per_epoch:
-        d["batch"] = 0
-        d["epoch"] += 1
-
-
-# ----- stashes: values kept in the party's own job state until its next step ----------------
-def stash(state: JobState, name: str, x: paillier.EncryptedArray) -> None:
-    """Keep ciphertexts in the party's private job state until its next step."""
-    state.arrays[f"stash_{name}"] = np.frombuffer(x.to_bytes(), dtype=np.uint8)
-    state.data[f"stash_{name}"] = {"shape": list(x.shape), "exponent": x.exponent}
-
-
-def unstash(state: JobState, name: str, public: paillier.PublicKey) -> paillier.EncryptedArray:
-    info = state.data.pop(f"stash_{name}")
-    data = state.arrays.pop(f"stash_{name}").tobytes()
-    return paillier.EncryptedArray.from_bytes(public, data, info["shape"], info["exponent"])
-
-
-def stash_members(state: JobState, members: list[Member], meta: dict[str, Any]) -> None:
-    for m in members:
-        state.arrays[f"member_{m.name}"] = np.frombuffer(m.data, dtype=np.uint8)
-    state.data["stashed_members"] = {
-        "meta": meta,
-        "members": [[m.name, m.type, dict(m.info)] for m in members],
-    }
-
-
-def unstash_members(state: JobState) -> tuple[list[Member], dict[str, Any]]:
-    saved = state.data.pop("stashed_members")
-    members = [
-        Member(n, t, state.arrays.pop(f"member_{n}").tobytes(), info)
-        for n, t, info in saved["members"]
-    ]
-    return members, dict(saved["meta"])
 
 
 # ----- partial scores to the active party ------------------------------------------------------

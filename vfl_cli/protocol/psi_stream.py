@@ -27,6 +27,11 @@ Held in memory at once: one chunk of ids, one part, two buckets; at the end, the
 (the aligned ids and rows, which the job state stores as arrays). The passive party keeps its
 scalar between the start parts it answers (in its private job state, dropped after the last).
 
+Between steps each party's state is a typed frozen dataclass (:class:`ActiveStream`,
+:class:`PassiveStream`) kept under the job state's ``stream`` entry; every step takes a state
+and returns a new one (secrets set to None once used), and :mod:`vfl_cli.protocol.align_stream`
+writes it into the job only after the step returned.
+
 Two parties only (one passive): with more, :func:`choose` keeps the in-memory path.
 """
 

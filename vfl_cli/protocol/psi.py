@@ -66,6 +66,7 @@ import numpy as np
 
 from vfl_cli.crypto import channel, ecdh
 from vfl_cli.errors import CryptoError, DataError, InvalidArtifact
+from vfl_cli.protocol.base import Progress  # the one progress type: (description, total) -> advance(n)
 
 __all__ = [
     "PROTOCOL",
@@ -107,9 +108,6 @@ __all__ = [
 PROTOCOL = "vfl/psi-ecdh-x25519/v1"
 SEED_BYTES = 32
 
-# Progress reporting, shaped like vfl_cli.protocol.base.Progress: called with a description and a
-# total, returns a function told how many more items are done.
-Progress = Callable[[str, int], Callable[[int], None]]
 # A party's ids, or a function returning them, called while the workers blind a peer's points (so
 # that reading a large file costs no wall time).
 Ids = Sequence[str] | Callable[[], Sequence[str]]

@@ -18,7 +18,7 @@ from vfl_cli import jobs
 from vfl_cli.metrics import regression_metrics
 from vfl_cli.models.features import split_rows
 from vfl_cli.models.optim import make_optimizer, own_curvature_step
-from vfl_cli.models.reference import fit_linear
+from vfl_cli.models.reference import fit_linear, fit_linear_blocks
 from vfl_cli.protocol import hetero_linear as hl
 from vfl_cli.workspace import Workspace
 
@@ -225,3 +225,31 @@ def test_a_declared_label_sigma_is_checked() -> None:
     for bad in (-1.0, "0.1", True, float("nan"), 1e9):
         with pytest.raises(InvalidArtifact, match="label_sigma"):
             hl.received_sigma(SimpleNamespace(meta={"label_sigma": bad}, kind="hetero/residual", sender="a"))
+
+
+def test_three_party_default_job_equals_the_block_replay(tmp_path: Path) -> None:
+    """The encrypted default (three parties: step 0.69, momentum 0.3, the decrement test) is what
+    reference.fit_linear_blocks replays, weights and exchange count, so the replay's figures
+    (bench_defaults_replay.py, motor) stand for the protocol's."""
+    frames = {n: pd.read_csv(fate(f"motor_hetero_{n}.csv"), dtype={"idx": str}).sample(n=300, random_state=2)
+              for n in ("guest", "host_1", "host_2")}
+    for n, df in frames.items():
+        df.to_csv(tmp_path / f"{n}.csv", index=False)
+    a = make_party(tmp_path, "plant", "active", tmp_path / "guest.csv", id_column="idx", label_column="motor_speed")
+    p1 = make_party(tmp_path, "s1", "passive", tmp_path / "host_1.csv", id_column="idx")
+    p2 = make_party(tmp_path, "s2", "passive", tmp_path / "host_2.csv", id_column="idx")
+    introduce(tmp_path, "plant", "s1", "s2")
+    align(a, [p1, p2])
+    params = {"epochs": 4, "test_fraction": 0.25, "seed": 11}
+    states = train(a, [p1, p2], "hetero-linear", params)
+    df, cols = joined(a, [p1, p2])
+    ids = jobs.load_state(Workspace(a), "al")[0].arrays["aligned_ids"]
+    tr = split_rows(len(df), params["test_fraction"], params["seed"], ids=ids).train
+    y = df["motor_speed"].to_numpy(float)[tr]
+    blocks = [standardised(df[c].to_numpy(float), tr)[tr] for c in cols]
+    ref = fit_linear_blocks(blocks, (y - y.mean()) / y.std(), epochs=params["epochs"])
+    got = np.concatenate([states["plant"][0].arrays["weights"][:-1], states["s1"][0].arrays["weights"],
+                          states["s2"][0].arrays["weights"]])
+    np.testing.assert_allclose(got, ref.coef, atol=1e-4)
+    assert states["plant"][0].arrays["weights"][-1] == pytest.approx(ref.intercept, abs=1e-4)
+    assert states["plant"][0].results["model"]["epochs_run"] == ref.exchanges

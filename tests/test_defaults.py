@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 from conftest import fate, introduce, make_party
 from test_protocol_hetero_linear import align, joined, standardised, train
 
@@ -94,11 +94,11 @@ def block_newton(blocks: list[np.ndarray], y: np.ndarray, epochs: int) -> list[n
     w = [np.zeros(b.shape[1]) for b in blocks]
     v = [np.zeros(b.shape[1]) for b in blocks]
     for _ in range(epochs):
-        d = sum(b @ wb for b, wb in zip(blocks, w)) - y
+        d = sum(b @ wb for b, wb in zip(blocks, w, strict=True)) - y
         v = [hl.NEWTON_MOMENTUM * vb + own_curvature_step(b, b.T @ d / len(y), curvature=1.0,
                                                            parties=len(blocks))
-             for b, vb in zip(blocks, v)]
-        w = [wb - vb for wb, vb in zip(w, v)]
+             for b, vb in zip(blocks, v, strict=True)]
+        w = [wb - vb for wb, vb in zip(w, v, strict=True)]
     return w
 
 

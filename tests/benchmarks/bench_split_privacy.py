@@ -15,7 +15,11 @@ seeds per setting: seconds instead of minutes, and the same gradients the protoc
 It also scores each row by its ``dL/dh`` summed over all epochs (an attacker pooling epochs).
 
     python tests/benchmarks/bench_split_privacy.py recipes/split_default_credit.toml --reference \\
-        --settings 0 1 2 3 --draws 3
+        --settings 1 2 3 4 --draws 6
+
+It ends with a markdown table over the draws (the same draws at every setting, and unprotected:
+the test-AUC change is against the same draw). ``--fixed`` replaces the default (noise sized per
+batch to hold the attacks to ``0.5 + 0.25 / label_protection``) by the previous fixed noise.
 """
 
 from __future__ import annotations
@@ -181,6 +185,39 @@ def reference(setting: float, seeds: tuple[int, int], data: tuple) -> dict[str, 
             "worst_epoch_passive_dl_dh": worst, "pooled_epochs_passive": privacy.leak_aucs(yt, pooled)}
 
 
+def _use_fixed_noise() -> None:
+    """Replace the adaptive protection by the previous default (max-norm noise plus noise along the
+    label directions of ``strength`` times the batch's largest gradient), for comparison."""
+    from vfl_cli import privacy
+    from vfl_cli.models import split_spec as ss
+
+    def fixed(delta, labels, strength, rng, *, head="binary"):  # type: ignore[no-untyped-def]
+        return privacy.protect_labels(delta, labels, strength, rng, categorical=head != "regression")
+
+    ss.protect = fixed  # type: ignore[assignment]
+
+
+def summary(runs: dict[float, list[dict[str, object]]]) -> str:
+    """One markdown row per setting: ranges over the draws, the test-AUC change against the same
+    draw without protection (runs[0.0])."""
+    def worst(r: dict[str, object], key: str) -> float:
+        return max(r[key].values()) if r[key] else 0.5  # type: ignore[attr-defined]
+
+    lines = ["| `label_protection` | worst epoch, P's `dL/dh` | worst epoch, A's meter | pooled epochs | "
+             "test AUC change: min..max (mean) |", "|---|---|---|---|---|"]
+    for s, rs in runs.items():
+        cols = [f"{min(v):.3f}-{max(v):.3f}" for v in
+                ([worst(r, k) for r in rs] for k in ("worst_epoch_passive_dl_dh", "worst_epoch_meter",
+                                                     "pooled_epochs_passive"))]
+        if s == 0.0:
+            change = "(" + "-".join(f"{f([float(r['test_auc']) for r in rs]):.3f}" for f in (min, max)) + ")"  # type: ignore[arg-type]
+        else:
+            d = [float(r["test_auc"]) - float(b["test_auc"]) for r, b in zip(rs, runs[0.0], strict=True)]  # type: ignore[arg-type]
+            change = f"{min(d):+.3f}..{max(d):+.3f} ({np.mean(d):+.4f})"
+        lines.append(f"| {s:g} | " + " | ".join(cols) + f" | {change} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe", type=Path)
@@ -189,16 +226,22 @@ def main() -> None:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--reference", action="store_true")
     ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--fixed", action="store_true",
+                    help="the previous default: fixed noise, label_protection times the batch's largest gradient")
     args = ap.parse_args()
     print(json.dumps({"load_before": os.getloadavg()}), flush=True)
     if args.reference:
         import secrets
 
+        if args.fixed:
+            _use_fixed_noise()
         data = _joined(args.recipe)
         draws = [(secrets.randbits(128), secrets.randbits(128)) for _ in range(args.draws)]
+        runs = {s: [reference(s, seeds, data) for seeds in draws] for s in dict.fromkeys([0.0, *args.settings])}
         for s in args.settings:
-            for seeds in draws:
-                print(json.dumps(reference(s, seeds, data)), flush=True)
+            for r in runs[s]:
+                print(json.dumps(r), flush=True)
+        print(summary(runs), flush=True)
     else:
         for s in args.settings:
             print(json.dumps(one(args.recipe, args.bits, s, args.epochs)), flush=True)

@@ -88,6 +88,7 @@ import numpy as np
 
 from vfl_cli.artifacts.container import Artifact, Member
 from vfl_cli.crypto import paillier
+from vfl_cli.crypto.encoding import rescale_factor
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.models.features import split_rows, transform_from_arrays
 from vfl_cli.models.optim import SCHEDULES, EarlyStopping, make_optimizer, newton_decrement, own_curvature_step
@@ -770,8 +771,7 @@ def mean_square_from_reply(reply: list[int], lm: LossMask) -> float:
     sum_d2 = q - 2 * cross - sum(v * v for v in lm.s)
     if sum_d2 < 0:
         raise InvalidArtifact("the loss reply is inconsistent (negative sum of squares)")
-    scale = 16 ** (-2 * lm.exponent)
-    return float(sum_d2 / scale / lm.count)
+    return float(sum_d2 / rescale_factor(0, 2 * lm.exponent) / lm.count)  # 16^(-2e): the square's scale
 
 
 def released_offset(offset: np.ndarray, sigma: float, params: Mapping[str, Any], binary: bool,

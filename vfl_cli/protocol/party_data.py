@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from vfl_cli.errors import DataError, VflError
+from vfl_cli.errors import DataError
 from vfl_cli.models.features import Split, aligned_rows, numeric_matrix, prepare, split_rows
 from vfl_cli.models.reference import minibatches
 from vfl_cli.protocol.base import PartyContext
+from vfl_cli.protocol.kit import finished_job
 
 
 class PartyData:
@@ -23,9 +24,7 @@ class PartyData:
 
     def __init__(self, ctx: PartyContext, *, intercept: bool) -> None:
         alignment = ctx.params["alignment"]
-        info = ctx.job_info(alignment)
-        if info["protocol"] != "psi" or not info["done"]:
-            raise VflError(f"job {alignment} is not a finished alignment (psi) job on {ctx.name}")
+        info = finished_job(ctx, alignment, ("psi",))
         self.fingerprint = str(info["results"]["fingerprint"])
         arrays = ctx.job_arrays(alignment)
         rows = arrays["aligned_rows"]

@@ -167,6 +167,10 @@ class Protocol(ABC):
         """Take one step: update ``state`` in place and return the messages to send.
 
         ``received`` maps each expected sender to its artifact (already verified by the engine).
+        The engine commits ``state`` with the messages (atomically) only when this returns, and
+        reloads the committed state from disk after any error, so a step that raises half-way
+        leaves nothing behind on disk; :class:`~vfl_cli.protocol.kit.KitProtocol` also writes
+        ``state`` only after its handler returned, so nothing changes in memory either.
         """
 
 

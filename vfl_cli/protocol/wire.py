@@ -23,6 +23,7 @@ import numpy as np
 
 from vfl_cli.artifacts.container import Artifact, Member
 from vfl_cli.crypto import paillier
+from vfl_cli.crypto.signing import short
 from vfl_cli.errors import InvalidArtifact
 from vfl_cli.protocol.base import Outgoing, PartyContext
 
@@ -176,8 +177,8 @@ def read_enc(
         raise InvalidArtifact(f"{art.kind} from {art.sender} lacks ciphertexts {name!r}")
     if m.info.get("key_id") != public.fingerprint:
         raise InvalidArtifact(
-            f"{name!r} from {art.sender} was encrypted under key {str(m.info.get('key_id'))[:16]}, "
-            f"expected {public.fingerprint[:16]}"
+            f"{name!r} from {art.sender} was encrypted under key {short(str(m.info.get('key_id')))}, "
+            f"expected {short(public.fingerprint)}"
         )
     shape = [int(s) for s in m.info.get("shape", [])]
     if rows is not None and shape != [rows]:
@@ -209,7 +210,7 @@ def read_packed(art: Artifact, name: str, public: paillier.PublicKey) -> paillie
         raise InvalidArtifact(f"{art.kind} from {art.sender} lacks packed ciphertexts {name!r}")
     if m.info.get("key_id") != public.fingerprint:
         raise InvalidArtifact(
-            f"{name!r} from {art.sender} is not under key {public.fingerprint[:16]}"
+            f"{name!r} from {art.sender} is not under key {short(public.fingerprint)}"
         )
     return paillier.Packed.from_bytes(public, m.data, dict(m.info["packed"]))
 

@@ -186,3 +186,23 @@ def test_encodings_group_one_hot_columns_and_count_filled_cells() -> None:
         {"column": "age", "encoding": "numeric, standardised", "imputed_cells": 3},
         {"column": "region", "encoding": "onehot (2 categories)", "imputed_cells": 0},
         {"column": "plan", "encoding": "frequency (3 categories)", "imputed_cells": 1}]
+
+
+def test_both_reports_show_the_label_noise_the_job_spent(reports: dict[str, str]) -> None:
+    """hetero-lr's label privacy (public: every party computes it) in each party's report: the
+    epsilon spent, the asked label_bits and the information bound, as in the job's results; and
+    "label noise off" for the job above, which turned it off."""
+    from vfl_cli import jobs
+    from vfl_cli.workspace import Workspace
+
+    root = Path(reports["dir"])
+    assert "label noise off" in reports["bank"]
+    train(root / "bank", [root / "bureau"], "hetero-lr", dict(PARAMS, epochs=2, label_bits=0.5), job="ln")
+    for name in ("bank", "bureau"):
+        privacy = jobs.load_state(Workspace(root / name), "ln")[0].results["privacy"]
+        assert privacy["label_noise_sigma"] > 0
+        run("-w", str(root / name), "report", "ln", "--out", str(root / f"{name}-ln.html"))
+        page = (root / f"{name}-ln.html").read_text()
+        assert "Label privacy" in page and f"label_epsilon {privacy['label_epsilon']:.3g} spent" in page
+        assert f"label_bits = {privacy['label_bits']:g}" in page
+        assert f"information bound {privacy['label_information_bits']:.3g} label bits" in page

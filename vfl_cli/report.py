@@ -336,17 +336,30 @@ def _classifier_plots(y: np.ndarray, p: np.ndarray) -> list[str]:
     return out
 
 
+def _label_noise(meter: dict[str, Any]) -> str:
+    """hetero-lr / hetero-linear's label noise in words: what was asked (label_bits) and spent."""
+    if not meter["label_noise_sigma"]:
+        return "label noise off"
+    text = (f"label_epsilon {float(meter['label_epsilon']):.3g} spent (delta {float(meter['label_delta']):.3g}), "
+            f"noise deviation {float(meter['label_noise_sigma']):.3g} per row over "
+            f"{int(meter['releases_per_row'])} releases")
+    if meter.get("label_bits"):
+        text += f"; label_bits = {float(meter['label_bits']):g}"
+    if meter.get("label_information_bits") is not None:
+        text += (f"; information bound {float(meter['label_information_bits']):.3g} label bits (the widest party, "
+                 f"{int(meter.get('widest_columns', 0))} columns, over those releases)")
+    return _e(text)
+
+
 def _privacy_section(state: JobState) -> list[str]:
     """The privacy meter: label attacks this party ran on the gradients it sent, per epoch."""
     meter = state.results.get("privacy")
     if not isinstance(meter, dict):
         return []
     if "label_noise_sigma" in meter:  # hetero-lr / hetero-linear: label noise, not a meter
-        noise = (f"label_epsilon {float(meter['label_epsilon']):.3g} spent (delta {float(meter['label_delta']):.3g}), "
-                 f"noise deviation {float(meter['label_noise_sigma']):.3g} per row over "
-                 f"{int(meter['releases_per_row'])} releases" if meter["label_noise_sigma"] else "label noise off")
         return ["<h2>Label privacy</h2>",
-                f"<p class=note>{noise}; see docs/protocols/hetero-linear.md for what each party learns.</p>"]
+                f"<p class=note>{_label_noise(meter)}; see docs/protocols/hetero-linear.md for what each party "
+                "learns.</p>"]
     leaks = [(h["epoch"] + 1, h["label_leak_auc"]) for h in state.results.get("history") or []
              if h.get("label_leak_auc")]
     settings = ", ".join(f"{k} = {_e(meter[k])}" for k in ("label_protection", "max_leak_auc") if k in meter)

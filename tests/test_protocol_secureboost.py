@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import drive, introduce, make_party
+from conftest import drive, introduce, make_party, received
 
 from vfl_cli import jobs
 from vfl_cli.models import trees
@@ -160,10 +160,42 @@ def test_last_passive_splits_ride_with_the_next_rounds_gradients(tmp_path: Path)
     wss = setup(tmp_path, synthetic(tmp_path))
     params = {**PARAMS, "trees": 6, "depth": 3}
     state = train(wss, params)
-    passive_rounds = params["trees"] - 1  # active_trees = 1
+    passive_rounds = params["trees"]  # active_trees = 1 comes on top
     assert state.data["t"] <= passive_rounds * params["depth"] + 1, state.data["t"]
     ref, _ = reference(wss, params)
     assert np.max(np.abs(np.array(state.results["test_scores"]) - ref[:, 0])) < 1e-6
     passive, _ = jobs.load_state(Workspace(wss[1]), "sb")
     last_layer = {r for r, nid, _, _ in passive.data["model"] if 3 <= nid < 7}  # the third layer
-    assert len(last_layer - {params["trees"] - 1}) >= 2, passive.data["model"]  # merged twice
+    assert len(last_layer - {params["trees"]}) >= 2, passive.data["model"]  # merged twice
+
+
+def test_multiclass_last_passive_splits_ride_with_the_next_rounds_gradients(tmp_path: Path) -> None:
+    """Three class trees per round with one passive party: a row held in ``m`` trees travels
+    with ``2^m - 1`` left variants, so a round takes ``depth`` exchanges (2 x depth hand-offs),
+    one more at the end, and the scores still equal the reference."""
+    wss = setup(tmp_path, synthetic(tmp_path, objective="multiclass"))
+    params = {**PARAMS, "objective": "multiclass", "trees": 4, "depth": 2, "active_trees": 0}
+    state = train(wss, params)
+    assert state.data["t"] <= params["trees"] * params["depth"] + 1, state.data["t"]
+    raw = state.arrays["raw"]
+    test = split_rows(len(raw), 0.25, 3,
+                      ids=jobs.load_state(Workspace(wss[0]), "al")[0].arrays["aligned_ids"]).test
+    ref, _ = reference(wss, params)
+    assert np.max(np.abs(raw[test] - ref)) < 1e-6
+    merged = [a for a in received(wss[1], "sb") if a.kind == "sbt/layer" and a.meta.get("merged")]
+    assert merged, "no merged hand-off"
+    assert all("gh_left" in a.members for a in merged)
+
+
+def test_held_variants_and_the_mask_each_row_takes() -> None:
+    size = sbt_data.tree_size(2)  # 7 nodes per class tree
+    # three rows, two class trees; held nodes: 1 (tree 0) and 8 (tree 1, its node 1)
+    held_node = np.array([[1, 8], [1, 9], [2, 8]])
+    pending = [[1, 0], [8, 0]]
+    sample = np.array([True, True, True])
+    rows, masks = sbt_data.held_variants(held_node, pending, sample, size)
+    assert rows.tolist() == [0, 0, 0, 1, 2] and masks.tolist() == [1, 2, 3, 1, 1]
+    # after the splits: row 0 left in tree 0 (node 3) and right in tree 1 (node 11: 8's right);
+    # row 1 right in tree 0; row 2 left in tree 1 (node 10)
+    after = np.array([[3, 11], [4, 9], [2, 10]])
+    assert sbt_data.taken_masks(held_node, pending, sample, size, after).tolist() == [1, 0, 1]

@@ -98,6 +98,7 @@ def test_subsampling_is_reproducible_and_keeps_columns_out() -> None:
     a = trees.fit(Xb, np.full(6, 8), y, p, blocks=[2, 4], active_trees=1)
     b = trees.fit(Xb, np.full(6, 8), y, p, blocks=[2, 4], active_trees=1)
     assert np.array_equal(a.raw(Xb), b.raw(Xb))
+    assert len(a.rounds) == 1 + p.trees  # the protected round comes on top of the budget
     first = {n["split"][0] for n in a.rounds[0][0].nodes if n["split"] is not None}
     later = {n["split"][0] for t in a.rounds[1:] for n in t[0].nodes if n["split"] is not None}
     assert first and first <= {0, 1}  # the first round: the active party's block only

@@ -47,6 +47,7 @@ __all__ = [
     "leaf_value",
     "loss",
     "predict_proba",
+    "rounds",
     "row_sample",
     "row_weights",
     "split_gains",
@@ -263,18 +264,19 @@ def _grow(Xb: np.ndarray, n_bins: np.ndarray, g: np.ndarray, h: np.ndarray, rows
 def fit(Xb: np.ndarray, n_bins: np.ndarray, y: np.ndarray, p: BoostParams,
         n_classes: int = 2, *, blocks: list[int] | None = None, active_trees: int = 0,
         goss_seed: int = 0) -> Booster:
-    """Boost ``p.trees`` rounds on binned rows ``Xb`` (n x F) with labels ``y``.
+    """Boost ``active_trees + p.trees`` rounds on binned rows ``Xb`` (n x F) with labels ``y``.
 
     ``blocks`` are the column counts of each party (the active party's first; default one
-    block): each party samples its own columns (:func:`column_sample`), and the first
-    ``active_trees`` rounds use the first block only. Rows are sampled and weighted by
-    :func:`row_weights` (``goss_seed``: the label holder's secret seed of GOSS's draws).
+    block): each party samples its own columns (:func:`column_sample`). The first
+    ``active_trees`` rounds use the first block only and come on top of the ``p.trees`` rounds
+    with every block (:func:`rounds`). Rows are sampled and weighted by :func:`row_weights`
+    (``goss_seed``: the label holder's secret seed of GOSS's draws).
     """
     blocks = blocks or [Xb.shape[1]]
     base = init_score(y, p.objective, n_classes)
     booster = Booster(base, [], p.objective)
     raw = np.tile(base, (len(y), 1))
-    for r in range(p.trees):
+    for r in range(rounds(p, active_trees)):
         allowed = np.concatenate([column_sample(p, r, b, f) & (b == 0 or r >= active_trees)
                                   for b, f in enumerate(blocks)])
         g, h = gradients(y, raw, p.objective)
@@ -287,6 +289,12 @@ def fit(Xb: np.ndarray, n_bins: np.ndarray, y: np.ndarray, p: BoostParams,
             raw[:, k] += tree.values()[tree.leaf_of(
                 lambda s, r: len(Xb) if s is None else Xb[r, s[0]] <= s[1])]
     return booster
+
+
+def rounds(p: BoostParams, active_trees: int) -> int:
+    """Boosting rounds in all: ``active_trees`` from the active party's columns only, then
+    ``p.trees`` with every party's (the protection does not take trees from the budget)."""
+    return active_trees + p.trees
 
 
 def row_sample(p: BoostParams, round_no: int, n: int) -> np.ndarray:

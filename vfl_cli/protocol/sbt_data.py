@@ -168,8 +168,13 @@ def g_bits(g: np.ndarray) -> int:
     return max(0, int(np.ceil(np.log2(top))))
 
 
+def total_rounds(data: PartyData) -> int:
+    """``active_trees`` protected rounds, then ``trees`` with every party (:func:`trees.rounds`)."""
+    return trees.rounds(data.params, int(data.params_raw["active_trees"]))
+
+
 def should_stop(st: Any, data: ActiveData) -> bool:
-    if st.round_no >= data.params.trees:
+    if st.round_no >= total_rounds(data):
         return True
     wait = data.params_raw["early_stopping_rounds"]
     return bool(wait and st.best and st.round_no - int(st.best[1]) > wait)
@@ -246,37 +251,78 @@ def close_round(st: Any, data: ActiveData) -> Any:
                   pending_sums={})
 
 
-def held_rows(held_node: np.ndarray, pending: list[list[int]], sample: np.ndarray, size: int
-              ) -> np.ndarray:
-    """The sampled rows of the held nodes, split by split, ascending within each (the order of
-    the ``gh_left`` ciphertexts)."""
-    rows = [np.flatnonzero((held_node[:, nid // size] == nid) & sample) for nid, _ in pending]
-    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
+def held_matrix(held_node: np.ndarray, pending: list[list[int]], sample: np.ndarray, size: int
+                ) -> np.ndarray:
+    """Rows x class trees: the sampled row is in a held node of that tree."""
+    held = np.zeros(held_node.shape, dtype=bool)
+    for nid, _ in pending:
+        k = nid // size
+        held[:, k] |= held_node[:, k] == nid
+    return np.asarray(held & sample[:, None])
 
 
-def left_variants(st: Any, data: ActiveData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gradients of the new round for ``rows`` had their held split sent them left."""
+def held_variants(held_node: np.ndarray, pending: list[list[int]], sample: np.ndarray, size: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(row, mask) of each ``gh_left`` ciphertext, in their order: rows ascending, and for a
+    sampled row in held nodes of ``m`` class trees the masks ``1 .. 2^m - 1`` (bit ``i``: the
+    row went left in the ``i``-th of those trees, by class; one tree per round: mask 1, left)."""
+    m = held_matrix(held_node, pending, sample, size).sum(axis=1)
+    rows = np.flatnonzero(m)
+    reps = (np.int64(1) << m[rows].astype(np.int64)) - 1
+    starts = np.cumsum(reps) - reps
+    out = np.repeat(rows, reps)
+    return out, np.arange(len(out)) - np.repeat(starts, reps) + 1
+
+
+def taken_masks(held_node: np.ndarray, pending: list[list[int]], sample: np.ndarray, size: int,
+                node: np.ndarray) -> np.ndarray:
+    """Each row's mask (:func:`held_variants`) as the held splits sent it (``node``: the nodes
+    after them); 0: every held split sent it right, or it is in no held node."""
+    held = held_matrix(held_node, pending, sample, size)
+    left = held & (node == held_node + held_node % size + 1)
+    rank = np.where(held, np.cumsum(held, axis=1) - 1, 0)
+    return np.asarray((left.astype(np.int64) << rank).sum(axis=1))
+
+
+def variant_count(node: np.ndarray, pending: list[list[int]], grow: np.ndarray, size: int) -> int:
+    """How many ``gh_left`` ciphertexts holding ``pending`` would take (every ``grow`` row
+    sampled)."""
+    sample = np.zeros(len(node), dtype=bool)
+    sample[grow] = True
+    m = held_matrix(node, pending, sample, size).sum(axis=1)
+    return int(((np.int64(1) << m.astype(np.int64)) - 1).sum())
+
+
+def left_variants(st: Any, data: ActiveData, rows: np.ndarray, masks: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of the new round for each (row, mask) of :func:`held_variants`: the row's
+    scores had the held splits of the mask's trees sent it left."""
     size = tree_size(data.params.depth)
+    pending = [s for lst in st.held_pending.values() for s in lst]
+    held = held_matrix(st.held_node, pending, st.sample, size)[rows]
+    rank = np.where(held, np.cumsum(held, axis=1) - 1, 0)
     raw = st.raw[rows].copy()
     for nid_s, (wl, wr) in st.held.items():
         k = int(nid_s) // size
-        raw[st.held_node[rows, k] == int(nid_s), k] += wl - wr
+        went = (st.held_node[rows, k] == int(nid_s)) & held[:, k] & ((masks >> rank[:, k]) & 1 == 1)
+        raw[went, k] += wl - wr
     return trees.gradients(data.y[rows], raw, data.params.objective)
 
 
 def settle_round(st: Any, data: ActiveData, node: np.ndarray) -> Any:
     """The assignment arrived (``node``: the held round's nodes after it): scores of the rows
-    sent left moved, their gradients of the new round switched to the left variant, the held
-    round's losses recorded."""
+    sent left moved, the new round's gradients of each held row switched to the variant of the
+    way it went, the held round's losses recorded."""
     size = tree_size(data.params.depth)
     raw, g, h = st.raw.copy(), st.g.copy(), st.h.copy()
     for nid_s, (wl, wr) in st.held.items():
         nid = int(nid_s)
         k, i = divmod(nid, size)
-        left = node[:, k] == nid + i + 1
-        raw[left, k] += wl - wr
-        moved = left & (st.g_alt[:, k] == st.g_alt[:, k])  # rows with a left variant (not NaN)
-        g[moved, k], h[moved, k] = st.g_alt[moved, k], st.h_alt[moved, k]
+        raw[node[:, k] == nid + i + 1, k] += wl - wr
+    pending = [s for lst in st.held_pending.values() for s in lst]
+    rows, masks = held_variants(st.held_node, pending, st.sample, size)
+    pick = taken_masks(st.held_node, pending, st.sample, size, node)[rows] == masks
+    g[rows[pick]], h[rows[pick]] = st.g_alt[pick], st.h_alt[pick]
     history, best = _record(st, data, raw, st.round_no - 1)
     return st.but(raw=raw, g=g, h=h, history=history, best=best, held={}, held_node=None,
                   held_pending={}, g_alt=None, h_alt=None)
@@ -482,23 +528,22 @@ def apply_own_splits(st: Any, msg: LayerMessage, data: PartyData
 def choose_left(msg: LayerMessage, held_node: np.ndarray, node: np.ndarray,
                 E: paillier.EncryptedArray, alt: paillier.EncryptedArray, sender: str
                 ) -> paillier.EncryptedArray:
-    """The new round's row ciphertexts: for every sampled row this party's last split sent
-    left, its ``gh_left`` ciphertext instead of its ``gh`` one (merged hand-off)."""
+    """The new round's row ciphertexts: for every sampled row that one of this party's last
+    splits sent left, its ``gh_left`` ciphertext of the way it went (:func:`held_variants`)
+    instead of its ``gh`` one (merged hand-off)."""
     size = tree_size(msg.depth)
-    count = len(held_rows(held_node, msg.splits, msg.sample, size))
-    if alt.size != count:
+    rows, _ = held_variants(held_node, msg.splits, msg.sample, size)
+    if alt.size != len(rows):
         raise InvalidArtifact(f"sbt/layer from {sender}: {alt.size} left-variant ciphertexts "
-                              f"for {count} sampled rows of the held nodes")
+                              f"for {len(rows)} variants of the sampled rows of the held nodes")
+    first = np.full(len(msg.sample), -1)
+    first[rows[::-1]] = np.arange(len(rows))[::-1]  # each row's first variant
+    taken = taken_masks(held_node, msg.splits, msg.sample, size, node)
     pos = np.full(len(msg.sample), -1)
     pos[np.flatnonzero(msg.sample)] = np.arange(int(msg.sample.sum()))
     cts, alts = list(E.raw_ciphertexts()), alt.raw_ciphertexts()
-    at = 0
-    for nid, _ in msg.splits:
-        k, i = divmod(nid, size)
-        rows = np.flatnonzero((held_node[:, k] == nid) & msg.sample)
-        for j in np.flatnonzero(node[rows, k] == nid + i + 1).tolist():
-            cts[pos[rows[j]]] = alts[at + j]
-        at += len(rows)
+    for r in np.flatnonzero(taken).tolist():
+        cts[pos[r]] = alts[first[r] + int(taken[r]) - 1]
     return paillier.EncryptedArray(E.public, cts, E.shape, E.exponent)
 
 

@@ -14,14 +14,15 @@ Per boosting round (one tree per class), layer by layer (one exchange per layer)
    hessians of every class in fixed point (:class:`vfl_cli.crypto.histogram.RowLayout`).
 2. ``sbt/reply`` P_j -> A: the left/right assignment of the rows of each node it split, and
    for each node asked, the cumulative bin sums of every (allowed) column, in a shuffled order
-   under fresh opaque ids from P_j's CSPRNG, many per ciphertext (``pack``, re-randomised). P_j
-   builds the smaller child's bin sums by the engine's 0/1 matrix product and derives the
-   sibling by subtraction from the parent's, kept in its state.
+   under fresh opaque ids from P_j's CSPRNG, many per ciphertext (``pack``, re-randomised); only
+   candidates that can split the node (``sbt_data._splittable``). P_j builds the smaller
+   child's bin sums (:func:`vfl_cli.crypto.histogram.bin_sums`) and derives the sibling by
+   subtraction from the parent's, kept in its state.
 
 A decrypts, adds its own plaintext candidates, computes the gains, and picks the best split
 per node over all parties; a passive split is known to A by its opaque id only, and P_j keeps
 (column, bin) in its state. Leaf weights live with A only. The first ``active_trees`` rounds use
-A's columns only (no message at all).
+A's columns only (no message at all), on top of the ``trees`` rounds with every party.
 
 What each party learns (semi-honest; figures in docs/protocols/secureboost.md):
 
@@ -67,6 +68,9 @@ LAYER = "sbt/layer"
 REPLY = "sbt/reply"
 #: Fixed-point bits of transmitted gradients (resolution 2^-40).
 PRECISION = 40
+#: Left-variant ciphertexts a merged hand-off may always carry: about 1 s of encryption at
+#: 2048 bits, what the two vfl processes of a separate exchange cost.
+MERGE_VARIANTS = 8192
 
 
 # ----- states ---------------------------------------------------------------------------------
@@ -103,7 +107,7 @@ class ActiveState(PartyState):
     held: dict[str, list[float]] = field(default_factory=dict)  # node -> [left, right] values
     held_node: np.ndarray | None = None  # the held round's nodes
     held_pending: dict[str, list[list[int]]] = field(default_factory=dict)
-    g_alt: np.ndarray | None = None  # the new round's g, h had the held split sent a row left
+    g_alt: np.ndarray | None = None  # the new round's g, h per (row, mask) of sd.held_variants
     h_alt: np.ndarray | None = None
     #: digests of this round's ``gh`` ciphertexts: a reply holding any of them is refused
     sent: np.ndarray | None = None
@@ -169,22 +173,24 @@ def _active_drive(ctx: PartyContext, st: ActiveState, data: sd.ActiveData) -> St
 
 
 def _can_merge(ctx: PartyContext, st: ActiveState, data: sd.ActiveData) -> bool:
-    """One passive party, one tree per round, no GOSS (its sample follows the gradients) and a
-    next round to carry the splits."""
-    return (len(ctx.passives) == 1 and st.classes == 1 and not data.params.goss_top
-            and st.round_no + 1 < data.params.trees)
+    """One passive party, no GOSS (its sample follows the gradients), a next round to carry the
+    splits, and not too many left variants (a row held in ``m`` class trees needs ``2^m - 1``):
+    at most one per training row or :data:`MERGE_VARIANTS`."""
+    if len(ctx.passives) != 1 or data.params.goss_top or st.round_no + 1 >= sd.total_rounds(data):
+        return False
+    pending = st.pending.get(ctx.passives[0], [])
+    count = sd.variant_count(st.node, pending, data.grow, _tree_size(data.params.depth))  # type: ignore[arg-type]
+    return count <= max(len(data.grow), MERGE_VARIANTS)
 
 
 def _send_merged(ctx: PartyContext, st: ActiveState, data: sd.ActiveData) -> Step[ActiveState]:
     """The round's last passive splits with the next round's first layer: ``gh`` as if every
     held row went right, ``gh_left`` as if it went left; the passive party picks."""
     st = _begin_round(ctx, sd.close_round(st, data), data)
-    rows = sd.held_rows(st.held_node, st.held_pending[ctx.passives[0]], st.sample,  # type: ignore[arg-type]
-                        _tree_size(data.params.depth))
-    gl, hl = sd.left_variants(st, data, rows)
-    g_alt, h_alt = np.full_like(st.g, np.nan), np.full_like(st.h, np.nan)
-    g_alt[rows], h_alt[rows] = gl, hl
-    st = st.but(g_alt=g_alt, h_alt=h_alt, g_bits=max(st.g_bits, sd.g_bits(np.vstack([gl, hl]))))
+    rows, masks = sd.held_variants(st.held_node, st.held_pending[ctx.passives[0]], st.sample,  # type: ignore[arg-type]
+                                   _tree_size(data.params.depth))
+    gl, hl = sd.left_variants(st, data, rows, masks)
+    st = st.but(g_alt=gl, h_alt=hl, g_bits=max(st.g_bits, sd.g_bits(np.vstack([gl, hl]))))
     return _send_layer(ctx, st, data, first=True, left_rows=rows)
 
 
@@ -200,8 +206,7 @@ def _send_layer(ctx: PartyContext, st: ActiveState, data: sd.ActiveData, *, firs
         rows = np.flatnonzero(st.sample)  # type: ignore[arg-type]
         plains = layout.encode(layout.quantise(st.g[rows]), layout.quantise(st.h[rows]))  # type: ignore[index]
         if left_rows is not None and st.g_alt is not None and st.h_alt is not None:
-            plains += layout.encode(layout.quantise(st.g_alt[left_rows]),
-                                    layout.quantise(st.h_alt[left_rows]))
+            plains += layout.encode(layout.quantise(st.g_alt), layout.quantise(st.h_alt))
         priv = ctx.private_key()
         enc = encrypt_rows(priv.public, plains, private=priv)
         members.append(enc_member("gh", enc[np.arange(len(rows))]))
@@ -384,7 +389,8 @@ class SecureBoost(KitProtocol[Any]):
         "alignment": JobRef(note="the psi job whose rows to train on"),
         "objective": Choice("binary", *trees.OBJECTIVES),
         "classes": Int(0, 0, 64, note="multiclass: number of classes (0: from the labels)"),
-        "trees": Int(10, 1, 1000, note="boosting rounds (one tree per class each)"),
+        "trees": Int(10, 1, 1000, note="boosting rounds with every party's columns (one tree per "
+                     "class each), after the active_trees rounds"),
         "depth": Int(3, 1, 8),
         "max_bins": Int(32, 3, 256, note="the missing bin included"),
         "learning_rate": Float(0.1, 0.0, 1.0, open_low=True),
@@ -397,7 +403,8 @@ class SecureBoost(KitProtocol[Any]):
         "goss_other": Float(0.1, 0.0, 1.0, open_low=True,
                             note="GOSS: share drawn from the other rows, up-weighted"),
         "colsample": Float(1.0, 0.0, 1.0, open_low=True, note="each party its own columns"),
-        "active_trees": Int(1, 0, 1000, note="first rounds from the active party's columns only"),
+        "active_trees": Int(1, 0, 1000, note="rounds from the active party's columns only, first "
+                            "and on top of trees"),
         # feature selection (vfl_cli.woe_select, applied by vfl_cli.columns.job_columns): each
         # party keeps its own columns by its own IV; which ones stays in its job.json
         "binning": JobRef("a finished woe-binning job: each party selects its columns by IV", optional=True),

@@ -7,6 +7,7 @@ aggregate it agrees to reveal). It runs through the real ``vfl`` commands, like 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 from collections.abc import Iterator, Mapping
@@ -19,7 +20,8 @@ import pytest
 from conftest import carry, error_line, run
 
 from vfl_cli.artifacts.container import Artifact
-from vfl_cli.errors import InvalidArtifact, VflError
+from vfl_cli.crypto import paillier
+from vfl_cli.errors import CryptoError, InvalidArtifact, VflError
 from vfl_cli.protocol.base import Expect, JobState, PartyContext
 from vfl_cli.protocol.kit import KitProtocol, Message, PartyState, Phase, Step, nothing
 from vfl_cli.protocol.registry import (
@@ -31,6 +33,7 @@ from vfl_cli.protocol.registry import (
     names,
     register,
 )
+from vfl_cli.protocol.wire import enc_member, packed_member
 
 ASK, COUNT = "toy/ask", "toy/count"
 
@@ -202,3 +205,21 @@ def test_a_model_renderer_may_be_named_and_imported_on_first_use() -> None:
             model_table("handshake", {})
     finally:
         REGISTRY.pop("row-count-card")
+
+
+def test_wire_members_carry_only_fresh_ciphertexts() -> None:
+    """enc_member/packed_member are where ciphertexts leave a party: a ciphertext computed from
+    others (its randomness a function of theirs and of this party's operands) is refused until
+    it is re-randomised."""
+    pub, _ = paillier.generate_keypair(512)
+    x = paillier.encrypt(pub, np.array([1.0, -2.0, 3.5]))
+    assert enc_member("x", x).info["shape"] == [3]
+    computed = x + x
+    with pytest.raises(CryptoError, match="fresh"):
+        enc_member("x", computed)
+    assert enc_member("x", paillier.rerandomize(computed)).data != computed.to_bytes()
+    packed = paillier.pack(x)
+    assert packed_member("p", packed).info["packed"] == packed.meta()
+    stale = dataclasses.replace(packed, ciphertexts=packed.ciphertexts + packed.ciphertexts)
+    with pytest.raises(CryptoError, match="fresh"):
+        packed_member("p", stale)

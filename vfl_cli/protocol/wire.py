@@ -5,7 +5,9 @@ member) or into what a party keeps between its steps (a field of its typed state
 Protocols import these instead of each other's internals. Ciphertexts are read with their key
 checked (a member encrypted under another key is refused, naming both fingerprints), counts are
 checked before anything is decrypted, and a key holder can refuse to decrypt ciphertexts it
-sent itself (:func:`sent_digests`, :func:`refuse_echo`).
+sent itself (:func:`sent_digests`, :func:`refuse_echo`). Ciphertexts leave a party only fresh:
+:func:`enc_member` and :func:`packed_member` refuse ciphertexts computed from others
+(``paillier.require_fresh``) until they are re-randomised or masked.
 
 Plain values in, plain values out (artifacts, members, keys, arrays): nothing here reads or
 writes the engine's ``JobState``. A party's round, stashed ciphertexts and digests of what it
@@ -156,6 +158,7 @@ def typed_array(art: Artifact, name: str, kinds: str) -> np.ndarray:
 
 
 def enc_member(name: str, x: paillier.EncryptedArray) -> Member:
+    paillier.require_fresh(x, repr(name))
     return Member(
         name,
         "paillier",
@@ -191,6 +194,7 @@ def read_enc(
 
 
 def packed_member(name: str, p: paillier.Packed) -> Member:
+    paillier.require_fresh(p, repr(name))
     return Member(
         name,
         "paillier",

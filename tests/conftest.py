@@ -45,7 +45,7 @@ def run(*args: str, ok: bool = True) -> Result:
 def error_line(result: Result) -> str:
     """The single ``Error:`` line of a failed command (and check it failed as a user error)."""
     assert result.exit_code == 1, result.output
-    lines = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     return lines[0]

@@ -215,7 +215,7 @@ def test_step_killed_after_commit_is_completed_without_duplicates(two_parties, m
     reports = jobs.step(Workspace(bureau))
     assert reports == [] or all(not r.sent for r in reports)
     assert len(list((bureau / "outbox").glob("*.zip"))) == 1
-    ledger = [json.loads(l) for l in (bureau / "ledger.jsonl").read_text().splitlines()]
+    ledger = [json.loads(line) for line in (bureau / "ledger.jsonl").read_text().splitlines()]
     assert [e["event"] for e in ledger] == ["received", "received", "sent"]
     carry(bureau, bank)
     assert json.loads(run("-w", str(bank), "step", "--json").stdout)[0]["done"]

@@ -122,7 +122,8 @@ def test_woe_binning_active_party_refuses_its_own_labels_sent_back_as_sums(cases
 
 
 @pytest.mark.parametrize("kinds", [("sbt/reply", "woe/sums"), ("split/activation-request", "split/backward")])
-def test_the_genuine_messages_were_taken(request: pytest.FixtureRequest, tmp_path: Path, kinds: tuple[str, ...]) -> None:
+def test_the_genuine_messages_were_taken(request: pytest.FixtureRequest, tmp_path: Path,
+                                         kinds: tuple[str, ...]) -> None:
     """The control: each genuine message the echoes replace is taken by the same step."""
     cases = request.getfixturevalue("nn_cases" if kinds[0].startswith("split/") else "cases")
     for kind in kinds:

@@ -78,9 +78,8 @@ def test_logistic_equals_the_plaintext_reference(two_parties) -> None:
     assert results["metrics"]["test"]["auc"] > 0.95
     # the loss A computed through the masked exchange equals the reference's Taylor loss
     assert len(results["history"]) == PARAMS["epochs"]
-    assert set(results["split"]["test_ids"]) == set(
-        Workspace(bank).read_data()["id"].iloc[jobs.load_state(Workspace(bank), "al")[0].arrays["aligned_rows"][split.test]]
-    )
+    aligned_rows = jobs.load_state(Workspace(bank), "al")[0].arrays["aligned_rows"]
+    assert set(results["split"]["test_ids"]) == set(Workspace(bank).read_data()["id"].iloc[aligned_rows[split.test]])
     # the passive party learns no metrics and keeps only its own model part
     assert states["bureau"][0].results["metrics"] == {}
     assert set(states["bureau"][0].results["model"]["features"]) == set(p_cols)
@@ -148,7 +147,7 @@ def test_centred_logistic_equals_its_plaintext_reference(tmp_path: Path, sample,
     names = ["p1", "p2"] if three else ["p1"]
     column_sets = np.array_split(np.array([c for c in passive.columns if c != "id"]), len(names))
     parties = []
-    for name, cols in zip(names, column_sets):
+    for name, cols in zip(names, column_sets, strict=True):
         f = tmp_path / f"{name}.csv"
         passive[["id", *cols]].to_csv(f, index=False)
         parties.append(make_party(tmp_path, name, "passive", f))
@@ -234,8 +233,10 @@ def test_mismatched_alignment_is_refused(two_parties, tmp_path: Path) -> None:
 
 def test_bad_training_parameters_are_refused(two_parties) -> None:
     bank, _ = two_parties
-    for params, message in [({}, "alignment="), ({"alignment": "al", "optimizer": "lbfgs"}, "optimizer must be one of"),
-                            ({"alignment": "al", "epochs": 0}, "epochs"), ({"alignment": "al", "nope": 1}, "unknown training")]:
+    for params, message in [({}, "alignment="),
+                            ({"alignment": "al", "optimizer": "lbfgs"}, "optimizer must be one of"),
+                            ({"alignment": "al", "epochs": 0}, "epochs"),
+                            ({"alignment": "al", "nope": 1}, "unknown training")]:
         args = ["-w", str(bank), "job", "start", "--protocol", "hetero-lr"]
         for k, v in params.items():
             args += ["--param", f"{k}={v}"]
@@ -245,7 +246,8 @@ def test_bad_training_parameters_are_refused(two_parties) -> None:
 def test_training_before_alignment_finishes_is_refused(two_parties) -> None:
     bank, _ = two_parties
     jobs.start_job(Workspace(bank), "psi", {}, job="al")
-    message = error_line(run("-w", str(bank), "job", "start", "--protocol", "hetero-lr", "--param", "alignment=al", ok=False))
+    message = error_line(run("-w", str(bank), "job", "start", "--protocol", "hetero-lr", "--param", "alignment=al",
+                             ok=False))
     assert "not a finished alignment" in message
     assert len(list((bank / "jobs").iterdir())) == 1
 
@@ -291,7 +293,8 @@ def test_whitened_linear_equals_its_reference_and_predicts(tmp_path: Path) -> No
     blocks = [Whitener.fit(df[c].to_numpy(float)[split.train]).transform(df[c].to_numpy(float)) for c in (ca, cp)]
     X = np.hstack(blocks)
     y = df["motor_speed"].to_numpy(float)
-    ref = fit_linear(X[split.train], y[split.train], make_optimizer("sgd", lr=0.5, momentum=0.5), 3, None, params["seed"])
+    ref = fit_linear(X[split.train], y[split.train], make_optimizer("sgd", lr=0.5, momentum=0.5), 3, None,
+                     params["seed"])
     got = np.concatenate([states["plant"][0].arrays["weights"][:-1], states["s1"][0].arrays["weights"]])
     np.testing.assert_allclose(got, ref.coef, atol=1e-6)
     # whitened columns are uncorrelated on the training rows
@@ -338,7 +341,8 @@ def test_label_noise_reaches_the_passive_party_only(two_parties) -> None:
     noisy = train(bank, [bureau], "hetero-lr", dict(params, label_epsilon=4.0), job="t1")
     privacy = noisy["bank"][0].results["privacy"]
     assert privacy["releases_per_row"] == 2 and privacy["label_epsilon"] == pytest.approx(4.0)
-    assert privacy["label_noise_sigma"] == pytest.approx(hl.label_noise_sigma(noisy["bank"][0].results["model"]["params"], True))
+    noisy_params = noisy["bank"][0].results["model"]["params"]
+    assert privacy["label_noise_sigma"] == pytest.approx(hl.label_noise_sigma(noisy_params, True))
     assert exact["bank"][0].results["privacy"]["label_epsilon"] == 0.0
     # the passive party trained on noisy residuals; the noise came from A's own CSPRNG
     w0, w1 = exact["bureau"][0].arrays["weights"], noisy["bureau"][0].arrays["weights"]

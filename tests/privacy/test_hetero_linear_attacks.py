@@ -164,7 +164,7 @@ def label_score(d: np.ndarray, u: np.ndarray) -> np.ndarray:
     ``u p^2 + (1 - u) p - (d + y) = 0``; otherwise the sign of ``u/8 - d`` decides. Returns a
     score, > 0 for label 1 (certain ones at +-1)."""
     out = 0.125 * u - d
-    for i, (di, ui) in enumerate(zip(d, u)):
+    for i, (di, ui) in enumerate(zip(d, u, strict=True)):
         fits = []
         for yv in (0.0, 1.0):
             roots = np.roots([ui, 1 - ui, -(di + yv)]) if abs(ui) > 1e-12 else np.array([di + yv])
@@ -202,7 +202,7 @@ def true_residuals(bank: Path, bureau: Path, views: Views, job: str = "tr") -> n
     p_data = hl.LinearData(_context(bureau, job), intercept=False)
     proto, params = hl.HeteroLogistic(), _context(bank, job).params
     out = []
-    for t, rows in zip(sorted(views.masks["bureau"]), _rows_per_round(bureau, views, "bureau", job)):
+    for t, rows in zip(sorted(views.masks["bureau"]), _rows_per_round(bureau, views, "bureau", job), strict=False):
         assert a_data.y is not None
         s, off = proto.residual_terms(params, a_data.X[rows] @ views.weights["bank"][t], a_data.y[rows])
         out.append(s * (p_data.X[rows] @ views.weights["bureau"][t]) + off)
@@ -218,7 +218,7 @@ def true_labels(bank: Path, job: str = "tr") -> np.ndarray:
 def true_partials(bureau: Path, views: Views, rows_per_t: list[np.ndarray], job: str = "tr") -> np.ndarray:
     data = hl.LinearData(_context(bureau, job), intercept=False)
     ts = sorted(views.masks["bank"])
-    return np.concatenate([data.X[r] @ views.weights["bureau"][t] for t, r in zip(ts, rows_per_t)])
+    return np.concatenate([data.X[r] @ views.weights["bureau"][t] for t, r in zip(ts, rows_per_t, strict=False)])
 
 
 def _rows_per_round(ws: Path, views: Views, party: str, job: str = "tr") -> list[np.ndarray]:
@@ -227,8 +227,9 @@ def _rows_per_round(ws: Path, views: Views, party: str, job: str = "tr") -> list
     return [data.batch_rows(ctx.params, *divmod(t, data.batches_per_epoch)) for t in sorted(views.masks[party])]
 
 
+# the batch bound alone (label noise, on by default, is measured apart)
 SMALL = {"epochs": 1, "batch_size": 10, "learning_rate": 0.1, "test_fraction": 0.25, "seed": 3,
-         "label_epsilon": 0.0, "label_bits": 0.0}  # the batch bound alone (label noise, on by default, is measured apart)
+         "label_epsilon": 0.0, "label_bits": 0.0}
 
 
 def test_small_batch_attacks_succeed_without_the_bound(tmp_path: Path, sample: Any, monkeypatch: Any) -> None:
@@ -281,7 +282,8 @@ def test_attacks_fail_at_the_bound(tmp_path: Path, sample: Any) -> None:
     rounds = sorted(views.masks["bank"])
     _, U = active_solves_partials(bank, views)
     true_u = true_partials(bureau, views, _rows_per_round(bank, views, "bank"))
-    later = np.concatenate([np.full(len(r), t > 0) for t, r in zip(rounds, _rows_per_round(bank, views, "bank"))])
+    rows_per_t = _rows_per_round(bank, views, "bank")
+    later = np.concatenate([np.full(len(r), t > 0) for t, r in zip(rounds, rows_per_t, strict=False)])
     # at t = 0 every partial score is 0 (public initial weights); after that none is solved
     assert later.any() and not (np.abs(U - true_u)[later] < 1e-6).any()
     assert np.corrcoef(U[later], true_u[later])[0, 1] < 0.9

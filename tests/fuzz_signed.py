@@ -47,7 +47,7 @@ def _recording(raw: list[tuple[str, str, str, int, Outgoing]]) -> Callable[..., 
 
     def recording(ws: Workspace, job: str, engine: dict[str, Any], outgoing: list[Outgoing]) -> Any:
         out = original(ws, job, engine, outgoing)
-        for (name, _, art), msg in zip(out, outgoing):
+        for (name, _, art), msg in zip(out, outgoing, strict=True):
             raw.append((name, ws.name, job, art.seq, msg))
         return out
 
@@ -142,7 +142,7 @@ META_VALUES: list[Any] = [None, -1, 0, 10**30, -(10**30), 1e308, "x", "zz" * 40,
 INFO_VALUES: list[Any] = [None, -1, 0, 10**12, "x", [], [10**9, 10**9], {}, 1.5]
 
 
-def mutate(msg: Outgoing, op: str, pick: int, value_index: int) -> tuple[Outgoing, dict[str, int], str]:
+def mutate(msg: Outgoing, op: str, pick: int, value_index: int) -> tuple[Outgoing, dict[str, int], str]:  # noqa: C901 (one branch per mutation)
     """The message changed by ``op`` (``pick`` chooses the member or field), the engine's
     sequence override (``{"seq": n}``) for a mutation of the seq, and the op applied (an op
     with nothing to act on, such as dropping a member of a message without one, adds a field)."""
@@ -161,11 +161,13 @@ def mutate(msg: Outgoing, op: str, pick: int, value_index: int) -> tuple[Outgoin
         other = "paillier" if member.type == "ndarray" else "ndarray"
         return _with_member(msg, member.name, Member(member.name, other, member.data, dict(member.info))), {}, op
     if op == "extra-member":
-        return _with_member(msg, "extra", Member("extra", "ndarray", _npy(np.zeros(3)), {"shape": [3], "dtype": "float64"})), {}, op
+        extra = Member("extra", "ndarray", _npy(np.zeros(3)), {"shape": [3], "dtype": "float64"})
+        return _with_member(msg, "extra", extra), {}, op
     if op == "drop-meta" and keys:
         return replace(msg, meta={k: v for k, v in msg.meta.items() if k != keys[pick % len(keys)]}), {}, op
     if op == "meta-value" and keys:
-        return replace(msg, meta={**msg.meta, keys[pick % len(keys)]: META_VALUES[value_index % len(META_VALUES)]}), {}, op
+        changed = {**msg.meta, keys[pick % len(keys)]: META_VALUES[value_index % len(META_VALUES)]}
+        return replace(msg, meta=changed), {}, op
     if op == "extra-meta":
         return replace(msg, meta={**msg.meta, "extra": META_VALUES[value_index % len(META_VALUES)]}), {}, op
     if op == "round":

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from vfl_cli.crypto import paillier as P
 from vfl_cli.crypto import encoding, paillier_kernels, parallel
+from vfl_cli.crypto import paillier as P
 from vfl_cli.errors import CryptoError, EncodingOverflow, InvalidArtifact, KeyMismatch, VflError
 
 RES = 2.0**-32  # resolution of EXPONENT = -8

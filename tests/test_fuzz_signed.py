@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import ROOT, error_line, introduce, make_party, run
 from fuzz_signed import MUST_REFUSE, OPS, Case, feed, mutate, record_job, recording, restore, signed_bytes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from vfl_cli import jobs
 from vfl_cli.artifacts.container import Member, new_artifact
 from vfl_cli.errors import InvalidArtifact, VflError
@@ -158,7 +159,8 @@ def test_a_loss_request_where_none_is_due_is_refused_before_decrypting() -> None
     assert [e for e in range(10) if loss_due(params, e, 3, 4)] == [0, 2, 5, 8, 9]
     assert not any(loss_due(params, e, b, 4) for e in range(10) for b in range(3))
     art = new_artifact(kind="hetero/residual", job="j", seq=2, step="residual", sender="bank", recipient="bureau",
-                       members=[Member("loss_values", "paillier", b"x", {}), Member("loss_cross", "paillier", b"y", {})])
+                       members=[Member("loss_values", "paillier", b"x", {}),
+                                Member("loss_cross", "paillier", b"y", {})])
     expect_members(art, LOSS_MEMBERS, True, "the loss is due")
     with pytest.raises(InvalidArtifact, match="holds 'loss_values', 'loss_cross', which this step does not expect"):
         expect_members(art, LOSS_MEMBERS, loss_due(params, 1, 3, 4), "the loss is due")

@@ -115,7 +115,7 @@ def test_aggregate_is_master_plus_weighted_sum(n_nodes: int, size: int, seed: in
     deltas = [rng.normal(size=size) for _ in range(n_nodes)]
     weights = rng.dirichlet(np.ones(n_nodes))
     weights /= weights.sum()
-    expected = master + sum(w * d for w, d in zip(weights, deltas))
+    expected = master + sum(w * d for w, d in zip(weights, deltas, strict=True))
     np.testing.assert_allclose(aggregate(master, deltas, weights), expected, atol=1e-12)
     # The server needs only the weighted sum (what secure aggregation would reveal).
     summed = weighted_sum(deltas, weights)

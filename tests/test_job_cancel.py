@@ -67,7 +67,8 @@ def test_cancel_and_reject_mistakes(two_parties) -> None:
     run("-w", str(bank), "job", "cancel", "hs")
     err = error_line(run("-w", str(bank), "job", "cancel", "hs", ok=False))
     assert err == "Error: job hs is already cancelled here; there is nothing to cancel"
-    assert error_line(run("-w", str(bank), "job", "cancel", "nope", ok=False)).startswith("Error: bank has no job 'nope'")
+    refused = error_line(run("-w", str(bank), "job", "cancel", "nope", ok=False))
+    assert refused.startswith("Error: bank has no job 'nope'")
 
 
 def test_a_rejection_reaches_every_party_through_the_proposer(two_parties, sample, tmp_path: Path) -> None:

@@ -57,7 +57,10 @@ def test_the_default_fits_the_largest_file_of_a_10m_id_alignment(two_parties) ->
             largest = max([largest, *((a / "outbox" / f).stat().st_size for f in
                                       [p.name for p in (a / "outbox").glob("*-to-*.zip")])])
             carry(a, b)
-        run("-w", str(bureau), "step") if (bureau / "jobs" / "al").exists() else run("-w", str(bureau), "job", "accept", "al")
+        if (bureau / "jobs" / "al").exists():
+            run("-w", str(bureau), "step")
+        else:
+            run("-w", str(bureau), "job", "accept", "al")
         run("-w", str(bank), "step")
     ids = len(Workspace(bank).read_data())
     assert largest > 32 * ids  # the file holding one curve point per id was seen

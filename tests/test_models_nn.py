@@ -32,7 +32,7 @@ from vfl_cli.models.nn import (
     make_optimizers,
     predict,
 )
-from vfl_cli.models.optim import make_optimizer
+from vfl_cli.models.optim import Optimizer, make_optimizer
 
 EPS = 1e-6
 shapes = st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 4))
@@ -70,7 +70,7 @@ def _check_layer(
     grad_in = layer.backward(weights)
     analytic = [g.copy() for g in layer.grads()]
     np.testing.assert_allclose(grad_in, _numeric_grad(scalar, x), rtol=1e-5, atol=1e-7)
-    for param, grad in zip(layer.params(), analytic):
+    for param, grad in zip(layer.params(), analytic, strict=True):
         np.testing.assert_allclose(grad, _numeric_grad(scalar, param), rtol=1e-5, atol=1e-7)
 
 
@@ -327,7 +327,9 @@ def test_mlp_learns_breast_cancer_and_is_deterministic() -> None:
 
 def test_fit_resumes_exactly_with_saved_optimiser_state() -> None:
     X_tr, _, y_tr, _ = _breast()
-    factory = lambda: make_optimizer("adam", lr=0.01)
+    def factory() -> Optimizer:
+        return make_optimizer("adam", lr=0.01)
+
     whole = build_sequential(MLP, X_tr.shape[1], seed=1)
     fit(whole, "binary", X_tr, y_tr, factory, 4, 64, seed=2)
     part = build_sequential(MLP, X_tr.shape[1], seed=1)
@@ -337,7 +339,7 @@ def test_fit_resumes_exactly_with_saved_optimiser_state() -> None:
     resumed = build_sequential(MLP, X_tr.shape[1], seed=99)
     resumed.set_flat(flat)
     restored = make_optimizers(resumed, factory)
-    for opt, state in zip(restored, states):
+    for opt, state in zip(restored, states, strict=True):
         opt.load_state_dict(state)
     fit(resumed, "binary", X_tr, y_tr, factory, 2, 64, seed=2, optimizers=restored, start_epoch=2)
     np.testing.assert_allclose(resumed.get_flat(), whole.get_flat(), rtol=0, atol=1e-12)
@@ -371,7 +373,9 @@ def test_regression_head_fits_a_line() -> None:
 
 def test_fit_refuses_bad_input() -> None:
     model = build_sequential([{"type": "dense", "units": 1}], 2)
-    sgd = lambda: make_optimizer("sgd")
+    def sgd() -> Optimizer:
+        return make_optimizer("sgd")
+
     with pytest.raises(DataError, match="labels 0 and 1"):
         fit(model, "binary", np.zeros((3, 2)), [0, 1, 2], sgd, 1, None, 0)
     with pytest.raises(DataError, match=r"y has shape \(2,\), expected \(3,\)"):

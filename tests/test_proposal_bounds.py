@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from conftest import error_line, introduce, make_party, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from vfl_cli import jobs
 from vfl_cli.errors import VflError
 from vfl_cli.protocol.base import REGISTRY, Outgoing, Param, get_protocol, spec_table
@@ -160,7 +161,8 @@ def fix_docs() -> None:
     """Rewrite each protocol doc's parameter table from the code."""
     for protocol, doc in DOCS.items():
         path = ROOT / "docs" / "protocols" / doc
-        text, n = TABLE.subn(lambda _: spec_table(spec_of(protocol)) + "\n", path.read_text(), count=1)
+        table = spec_table(spec_of(protocol)) + "\n"
+        text, n = TABLE.subn(lambda _, table=table: table, path.read_text(), count=1)
         if n != 1:
             raise SystemExit(f"{path}: no parameter table to replace")
         path.write_text(text)

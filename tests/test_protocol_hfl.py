@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import drive, ROOT, carry, introduce, make_party
+from conftest import ROOT, carry, drive, introduce, make_party
 
 from vfl_cli import jobs
 from vfl_cli.artifacts.container import Artifact, ndarray_member
@@ -131,6 +131,30 @@ def test_secure_aggregation_equals_plaintext_and_hides_deltas(parties: dict[str,
     assert Workspace(parties["server"]).public_key.fingerprint != holder_key
 
 
+def _carry_and_step(others: list[Path], job: str) -> None:
+    """Carry every file between ``others`` and step (or accept) the job on each of them once."""
+    for src in others:
+        for dst in others:
+            if src != dst:
+                carry(src, dst)
+    for ws in others:
+        w = Workspace(ws)
+        if (ws / "jobs" / job / "job.json").exists():
+            jobs.step(w, job)
+        elif any((ws / "inbox").glob(f"{job}.001.*")):
+            jobs.accept_job(w, job)
+
+
+def _round_trip(server: Path, others: list[Path], job: str) -> None:
+    """Carry and step every party but the predictor until the server sent its next update."""
+    before = len(list((server / "archive" / "sent").glob(f"{job}.*update*")))
+    for _ in range(20):
+        _carry_and_step(others, job)
+        if len(list((server / "archive" / "sent").glob(f"{job}.*update*"))) > before:
+            return
+    raise AssertionError("no update")
+
+
 def test_predictor_refuses_replayed_and_gapped_updates(parties: dict[str, Path]) -> None:
     job = "ord"
     jobs.start_job(Workspace(parties["server"]), "hfl", dict(SMALL, rounds=4, full_every=4), job=job)
@@ -138,26 +162,9 @@ def test_predictor_refuses_replayed_and_gapped_updates(parties: dict[str, Path])
     pred = parties["predictor"]
     others = [p for p in everyone if p != pred]
 
-    def round_trip() -> None:
-        """Carry and step every party but the predictor until the server sent its next update."""
-        before = len(list((parties["server"] / "archive" / "sent").glob(f"{job}.*update*")))
-        for _ in range(20):
-            for src in others:
-                for dst in others:
-                    if src != dst:
-                        carry(src, dst)
-            for ws in others:
-                w = Workspace(ws)
-                if (ws / "jobs" / job / "job.json").exists():
-                    jobs.step(w, job)
-                elif any((ws / "inbox").glob(f"{job}.001.*")):
-                    jobs.accept_job(w, job)
-            if len(list((parties["server"] / "archive" / "sent").glob(f"{job}.*update*"))) > before:
-                return
-        raise AssertionError("no update")
-
-    round_trip()
-    round_trip()  # the server has sent the full update (v1) and two real-time updates (v2, v3)
+    _round_trip(parties["server"], others, job)
+    _round_trip(parties["server"], others, job)
+    # the server has sent the full update (v1) and two real-time updates (v2, v3)
     updates = sorted((parties["server"] / "outbox").glob(f"{job}.*-to-predictor.zip"))
     proposal, v1, v2, v3 = updates
     for f in (proposal, v1):
@@ -182,7 +189,8 @@ def test_predictor_refuses_replayed_and_gapped_updates(parties: dict[str, Path])
     np.testing.assert_array_equal(jobs.load_state(Workspace(pred), job)[0].arrays["replica"], state.arrays["replica"])
     drive(everyone, job)
     final = jobs.load_state(Workspace(pred), job)[0]
-    np.testing.assert_array_equal(final.arrays["replica"], jobs.load_state(Workspace(parties["server"]), job)[0].arrays["master"])
+    master = jobs.load_state(Workspace(parties["server"]), job)[0].arrays["master"]
+    np.testing.assert_array_equal(final.arrays["replica"], master)
 
 
 def test_protocol_refuses_an_update_version_out_of_order(parties: dict[str, Path]) -> None:

@@ -81,7 +81,8 @@ def test_recipe_scripts_run_one_per_party(tmp_path: Path) -> None:
         assert proc.returncode == 0, f"{name}.sh:\n{proc.stderr}"
     assert done["bureau"].stdout.strip() == "bureau: done"
     assert (tmp_path / "machine-bank" / "bank" / "report.html").exists()
-    assert json.loads(run("-w", str(tmp_path / "machine-bureau" / "bureau"), "status", "--json").stdout)["jobs"][0]["done"]
+    status = run("-w", str(tmp_path / "machine-bureau" / "bureau"), "status", "--json").stdout
+    assert json.loads(status)["jobs"][0]["done"]
     text = (tmp_path / "scripts" / "bank.sh").read_text()
     assert text.index("while [ ! -f") < text.index("keys import") < text.index("job start")
     err = error_line(run("recipe", "script", str(HANDSHAKE), "--out-dir", str(tmp_path / "scripts"), ok=False))

@@ -107,7 +107,7 @@ def test_without_a_matching_policy_a_proposal_waits_for_a_person(wired, tmp_path
     w.run(once=True)
     w.run(once=True)
     assert engine.list_jobs(Workspace(bureau)) == []
-    waits = [l for l in lines if "waits for a person" in l]
+    waits = [line for line in lines if "waits for a person" in line]
     assert waits == [("[hs] proposal from bank waits for a person: the policy does not allow protocol "
                       "handshake; run 'vfl job accept hs' or 'vfl job reject hs'")]  # said once
 
@@ -121,7 +121,7 @@ def test_a_bad_file_is_logged_and_the_loop_goes_on(wired) -> None:
     os.utime(bad, (time.time() - 3600, time.time() - 3600))  # settled: not still being written
     w, lines = watcher(bureau, Policy(frozenset({"bank"}), frozenset({"handshake"})))
     w.run(once=True)
-    assert [l for l in lines if l.startswith("rejected zz.001")]
+    assert [line for line in lines if line.startswith("rejected zz.001")]
     assert [j["done"] for j in engine.list_jobs(Workspace(bureau))] == [True]
 
 

@@ -865,6 +865,7 @@ def _run(
         report.sent += [{"file": n, "recipient": a.recipient} for n, _, a in out]
         report.received += [n for n, _ in consumed]
         report.waiting_for = []
+        del state, out  # freed before the next load: never two copies of a large state (a streamed result)
 
 
 def _gather(

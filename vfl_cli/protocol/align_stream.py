@@ -119,9 +119,9 @@ class Stream:
         moved.state.store(self.state)
         self.state.phase = moved.phase
         if moved.result is not None:
-            self._keep(moved.result)
+            self._keep(moved.result, final=moved.done)
         if moved.done:
-            self._done(moved.state.part_size)
+            self._done(moved.state)
         return out
 
     # ----- the active party
@@ -170,14 +170,24 @@ class Stream:
         return Moved(s, "wait-finish" if result is None else "done", None, result, done=result is not None)
 
     # ----- the job's result
-    def _keep(self, result: ps.StreamAlignment) -> None:
-        Aligned(aligned_ids=result.ids, aligned_rows=np.asarray(result.rows, dtype=np.int64),
-                digest_key=result.digest_key).store(self.state)
+    def _keep(self, result: ps.StreamAlignment, *, final: bool) -> None:
+        """The alignment's figures at once; its arrays too if this step finishes the job, else
+        into scratch until the step that does (the job state stays small in between)."""
+        if final:
+            Aligned(aligned_ids=result.ids, aligned_rows=np.asarray(result.rows, dtype=np.int64),
+                    digest_key=result.digest_key).store(self.state)
+        else:
+            ps.save_result(self.scratch, result)
+            Aligned(digest_key=result.digest_key).store(self.state)
         self.state.results = {"intersection_size": int(len(result.ids)), "fingerprint": result.fingerprint.hex()}
 
-    def _done(self, part_size: int) -> None:
+    def _done(self, s: ps.ActiveStream | ps.PassiveStream) -> None:
         """The alignment is complete: secrets and scratch files go, the result stays."""
-        StreamedWith({"memory_bound": self.budget.memory, "part_size": part_size}).store(self.state)
+        kept = Aligned.load(self.state)
+        if kept.aligned_ids is None:  # kept in scratch since the step that computed it
+            ids, rows = ps.saved_result(self.scratch, s.width)
+            kept.but(aligned_ids=ids, aligned_rows=rows.astype(np.int64, copy=False)).store(self.state)
+        StreamedWith({"memory_bound": self.budget.memory, "part_size": s.part_size}).store(self.state)
         ps.ActiveStream.drop(self.state)
         self.state.results = {**self.state.results, "streamed_in_parts": True}
         self.state.phase, self.state.done = "done", True

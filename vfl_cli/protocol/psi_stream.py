@@ -483,12 +483,24 @@ def ordered(chunks: Chunks, rows: np.ndarray, key: bytes, job_id: str, width: in
         out_rows[done:done + len(records)] = records["i"]
         text = np.char.decode(records["s"], "utf-8")
         out_ids[done:done + len(records)] = text
-        if len(text):
-            fp.update(b"," + ",".join(json.dumps(s, ensure_ascii=True) for s in text.tolist()).encode("ascii"))
+        for a in range(0, len(text), 8192):  # a few thousand ids' JSON at a time, not a bucket's
+            fp.update(b"," + ",".join(json.dumps(s, ensure_ascii=True) for s in text[a:a + 8192].tolist()).encode())
         done += len(records)
         scratch.path(f"M.{b}").unlink(missing_ok=True)
     fp.update(b"]")
     return StreamAlignment(ids=out_ids, rows=out_rows, fingerprint=fp.digest(), digest_key=digest_key)
+
+
+def save_result(scratch: Scratch, result: StreamAlignment) -> None:
+    """Keep the aligned ids and rows in scratch until the step that finishes the job (the
+    steps sending the other finish parts then neither load nor save them)."""
+    scratch.write("result.ids", result.ids)
+    scratch.write("result.rows", np.asarray(result.rows, dtype="<i8"))
+
+
+def saved_result(scratch: Scratch, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`save_result` kept: ``(ids, rows)``."""
+    return scratch.read("result.ids", f"<U{max(1, width)}"), scratch.read("result.rows", "<i8")
 
 
 # --------------------------------------------------------------------------- the parties' states

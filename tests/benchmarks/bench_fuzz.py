@@ -2,7 +2,8 @@
 
 Real jobs run first between real workspaces (handshake, psi, hetero-lr, split-nn, predict,
 secureboost and woe-binning between a bank and a bureau; hfl between a server, three workers and
-a predictor), recording every message and the recipient's workspace just before it took it. Then, for randomly drawn messages:
+a predictor), recording every message and the recipient's workspace just before it took it. Then,
+for randomly drawn messages:
 
 * ``structural``: the message changed for its step (tests/fuzz_signed.py: members dropped,
   re-typed, re-shaped, cut; meta of the wrong type or size; another kind; round; seq), signed
@@ -51,11 +52,19 @@ sys.path.insert(0, str(TESTS))
 os.environ.setdefault("VFL_N_JOBS", "1")
 
 import pytest  # noqa: E402
-
 from conftest import ROOT, introduce, make_party, run  # noqa: E402
 from fuzz_signed import (  # noqa: E402
-    MUST_REFUSE, OPS, Case, feed, mutate, record_job, recording, restore, signed_bytes,
+    MUST_REFUSE,
+    OPS,
+    Case,
+    feed,
+    mutate,
+    record_job,
+    recording,
+    restore,
+    signed_bytes,
 )
+
 from vfl_cli import jobs  # noqa: E402
 from vfl_cli.errors import VflError  # noqa: E402
 from vfl_cli.workspace import Workspace  # noqa: E402
@@ -73,7 +82,8 @@ def record_all(root: Path, skip: tuple[str, ...] = ()) -> tuple[list[Case], dict
     hroot = root / "hfl"
     hroot.mkdir()
     server = make_party(hroot, "server", "server", HFL / "server.csv", label_column="label")
-    nodes = [make_party(hroot, n, "worker", HFL / f"{n}.csv", label_column="label") for n in ("node0", "node1", "node2")]
+    nodes = [make_party(hroot, n, "worker", HFL / f"{n}.csv", label_column="label")
+             for n in ("node0", "node1", "node2")]
     predictor = make_party(hroot, "predictor", "predictor", HFL / "predictor.csv")
     introduce(hroot, "server", "node0", "node1", "node2", "predictor")
     store = root / "snapshots"
@@ -111,7 +121,8 @@ def impostors(root: Path, cases: list[Case]) -> dict[str, Path]:
     """Workspaces with a sender's name but their own keys, trusting every recipient; and mallory."""
     out: dict[str, Path] = {}
     for name, role, data in [("bank", "active", ROOT / "sample_data" / "breast_active.csv"),
-                             ("server", "server", HFL / "server.csv"), ("mallory", "active", ROOT / "sample_data" / "breast_active.csv")]:
+                             ("server", "server", HFL / "server.csv"),
+                             ("mallory", "active", ROOT / "sample_data" / "breast_active.csv")]:
         home = root / f"impostor-{name}"
         home.mkdir()
         out[name] = make_party(home, name, role, data, label_column="label")
@@ -176,10 +187,11 @@ def structural(case: Case, rng: random.Random, work: Path, tally: Tally, before:
         tally.n["structural-unsendable"] += 1  # the container will not write it (negative seq...)
         return
     changed = msg != case.message or bool(override)
-    try_file(case, work, name, data, op in MUST_REFUSE and changed, f"structural:{case.message.kind}:{op}", tally, before)
+    try_file(case, work, name, data, op in MUST_REFUSE and changed, f"structural:{case.message.kind}:{op}", tally,
+             before)
 
 
-def byte_level(case: Case, rng: random.Random, work: Path, tally: Tally, before: dict[str, str]) -> None:
+def byte_level(case: Case, rng: random.Random, work: Path, tally: Tally, before: dict[str, str]) -> None:  # noqa: C901
     genuine = (case.snapshot / "inbox" / case.file).read_bytes()
     data = bytearray(genuine)
     how = rng.choice(["flip", "flips", "cut", "insert", "zero", "append", "dup", "random", "empty"])
@@ -218,7 +230,8 @@ def unsigned(case: Case, rng: random.Random, work: Path, tally: Tally, before: d
     msg, override, _ = mutate(case.message, rng.choice(OPS), rng.randrange(8), rng.randrange(64)) \
         if rng.random() < 0.5 else (case.message, {}, "")
     try:
-        ((name, data, _),) = jobs._to_artifacts(Workspace(who), case.job, {"next_seq": {msg.recipient: override.get("seq", case.seq)}}, [msg])
+        engine = {"next_seq": {msg.recipient: override.get("seq", case.seq)}}
+        ((name, data, _),) = jobs._to_artifacts(Workspace(who), case.job, engine, [msg])
     except VflError:
         tally.n["unsigned-unsendable"] += 1
         return
@@ -302,7 +315,7 @@ def run_special(case: Case, what: str, make: Any, root: Path, cli: bool) -> dict
         lines = proc.stderr.strip().splitlines()
         out["peak_mib"] = round(int(lines[-1]) / 1024, 1) if lines and lines[-1].isdigit() else None
         out["result"] = (f"exit {proc.returncode}" + (" TRACEBACK" if "Traceback" in proc.stderr else "")
-                         + (": " + next((l for l in lines if l.startswith("Error:")), "")[:100]))
+                         + (": " + next((line for line in lines if line.startswith("Error:")), "")[:100]))
     else:
         last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
         out.update(json.loads(last) if last.startswith("{") else {"result": "child died: " + proc.stderr[-200:]})
@@ -321,7 +334,7 @@ def run_special(case: Case, what: str, make: Any, root: Path, cli: bool) -> dict
 
 # ----- the real command, on a sample -----------------------------------------------------------
 def cli_sample(cases: list[Case], rng: random.Random, root: Path, count: int, tally: Tally) -> None:
-    for i in range(count):
+    for _ in range(count):
         case = rng.choice(cases)
         msg, override, op = mutate(case.message, rng.choice(OPS), rng.randrange(8), rng.randrange(64))
         try:
@@ -334,7 +347,7 @@ def cli_sample(cases: list[Case], rng: random.Random, root: Path, count: int, ta
         verb = ["step"] if (work / "jobs" / case.job / "job.json").exists() else ["job", "accept", case.job]
         proc = subprocess.run(["vfl", "-w", str(work), *verb], capture_output=True, text=True, timeout=300, check=False)
         tally.n["cli"] += 1
-        errors = [l for l in proc.stderr.splitlines() if l.startswith("Error:")]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
         if "Traceback" in proc.stderr or proc.returncode not in (0, 1) or (proc.returncode == 1 and len(errors) != 1):
             tally.tracebacks.append(f"cli:{case.message.kind}:{op}: exit {proc.returncode} {proc.stderr[-200:]!r}")
 
@@ -359,7 +372,8 @@ def main() -> None:
     # by the same step, so the workspace changes anyway: only the others are hashed.
     befores = {c.snapshot: tree_hash(c.snapshot) if (c.snapshot / "jobs" / c.job / "job.json").exists()
                or c.message.kind == jobs.PROPOSAL else {} for c in cases}
-    print(f"{len(cases)} messages of {len({c.message.kind for c in cases})} kinds recorded in {time.perf_counter() - t0:.0f} s")
+    kinds = len({c.message.kind for c in cases})
+    print(f"{len(cases)} messages of {kinds} kinds recorded in {time.perf_counter() - t0:.0f} s")
     tally = Tally()
     work = root / "work"
     # The command sample and the special files first, so that a run cut short still has them.

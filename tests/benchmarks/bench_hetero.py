@@ -97,13 +97,13 @@ def phe_iteration(XA: np.ndarray, XP: np.ndarray, y: np.ndarray, bits: int) -> f
     a = XA @ wa
     p = 1 / (1 + np.exp(-a))
     slope, offset = p * (1 - p), p - y
-    d1 = [e * float(s) + float(o) for e, s, o in zip(enc_u, slope, offset)]
-    ga = [sum((d * float(x) for d, x in zip(d1, col)), kp.encrypt(0)) for col in XA.T]
+    d1 = [e * float(s) + float(o) for e, s, o in zip(enc_u, slope, offset, strict=True)]
+    ga = [sum((d * float(x) for d, x in zip(d1, col, strict=True)), kp.encrypt(0)) for col in XA.T]
     ga = [g + random.random() for g in ga]  # masks
     enc_off = [ka.encrypt(float(v)) for v in offset]
     enc_slope = [ka.encrypt(float(v)) for v in slope]
-    d2 = [o + s * float(v) for o, s, v in zip(enc_off, enc_slope, u)]
-    gp = [sum((d * float(x) for d, x in zip(d2, col)), ka.encrypt(0)) for col in XP.T]
+    d2 = [o + s * float(v) for o, s, v in zip(enc_off, enc_slope, u, strict=True)]
+    gp = [sum((d * float(x) for d, x in zip(d2, col, strict=True)), ka.encrypt(0)) for col in XP.T]
     gp = [g + random.random() for g in gp]
     [sp.decrypt(g) for g in ga]
     [sa.decrypt(g) for g in gp]

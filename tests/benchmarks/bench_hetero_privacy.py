@@ -22,13 +22,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "privacy")]
 
-import conftest
-from test_hetero_linear_attacks import Views, _context, _drive, _received, exact_gradient
+import conftest  # noqa: E402 (found through the sys.path above)
+from test_hetero_linear_attacks import Views, _context, _drive, _received, exact_gradient  # noqa: E402
 
-from vfl_cli import jobs
-from vfl_cli.privacy import roc_auc
-from vfl_cli.protocol import hetero_linear as hl
-from vfl_cli.workspace import Workspace
+from vfl_cli import jobs  # noqa: E402
+from vfl_cli.privacy import roc_auc  # noqa: E402
+from vfl_cli.protocol import hetero_linear as hl  # noqa: E402
+from vfl_cli.workspace import Workspace  # noqa: E402
 
 FATE = HERE.parents[1] / "sample_data" / "fate"
 
@@ -59,7 +59,8 @@ def main() -> None:
             from sklearn.linear_model import LogisticRegression
 
             alone = LogisticRegression(C=1 / (0.01 * len(tr)), max_iter=2000).fit(own.X[tr], y[tr])
-            print(json.dumps({"active_party_alone_test_auc": round(roc_auc(y[te], alone.decision_function(own.X[te])), 4)}))
+            auc = roc_auc(y[te], alone.decision_function(own.X[te]))
+            print(json.dumps({"active_party_alone_test_auc": round(auc, 4)}))
         g0 = exact_gradient(_received(p, job, hl.REPLY)[0], views.masks["lab"][0], len(tr))
         w = jobs.load_state(Workspace(p), job)[0].arrays["weights"]
         res = jobs.load_state(Workspace(a), job)[0].results

@@ -279,7 +279,8 @@ def recipe_runs(workdir: Path, sample_seeds: int) -> None:
         big, whole = max(r[pos] for r in rt), max(f[pos] for f in full)
         print(f"| {what} | {big:,} B | {whole:,} B | {big / whole:.1%} |")
     print(f"\nSample data by simulation (= the job), {sample_seeds} seeds, recipe settings:\n")
-    print("| model | rounds | FedAvg | Actor-Critic | without node0 | AC - FedAvg | clean - AC | AC wins | node0 policy weight, last round |")
+    print("| model | rounds | FedAvg | Actor-Critic | without node0 | AC - FedAvg | clean - AC | AC wins "
+          "| node0 policy weight, last round |")
     print("|---|---|---|---|---|---|---|---|---|")
     for model in ("mlp", "logistic"):
         for rounds in (10, 20):
@@ -358,7 +359,7 @@ def main() -> None:
         )
         print("|---|---|---|---|---|")
         applied, policy = first_weights
-        for r, (w, p) in enumerate(zip(applied, policy), start=1):
+        for r, (w, p) in enumerate(zip(applied, policy, strict=False), start=1):
             print(
                 f"| {r} | {p[0]:.3f} | "
                 + " ".join(f"{v:.3f}" for v in p[1:])

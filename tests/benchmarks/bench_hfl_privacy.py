@@ -24,11 +24,11 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "privacy")]
 
-import test_hfl_attacks as attack
-from conftest import drive, introduce, make_party
+import test_hfl_attacks as attack  # noqa: E402 (found through the sys.path above)
+from conftest import drive, introduce, make_party  # noqa: E402
 
-from vfl_cli import jobs
-from vfl_cli.workspace import Workspace
+from vfl_cli import jobs  # noqa: E402
+from vfl_cli.workspace import Workspace  # noqa: E402
 
 
 def parties(root: Path) -> dict[str, Path]:

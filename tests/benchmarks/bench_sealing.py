@@ -29,7 +29,7 @@ from vfl_cli.crypto.signing import Signer
 def _status(field: str) -> int:
     """A /proc/self/status figure in bytes (VmRSS: resident now; VmHWM: peak resident)."""
     with open("/proc/self/status") as fh:
-        line = next(l for l in fh if l.startswith(field + ":"))
+        line = next(x for x in fh if x.startswith(field + ":"))
     return int(line.split()[1]) * 1024
 
 

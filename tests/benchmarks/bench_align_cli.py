@@ -124,7 +124,8 @@ def print_peaks(folder: Path) -> None:
         x = json.loads(line)
         if any(w in x["argv"] for w in ("step", "start", "accept")):
             print(f"  {' '.join(x['argv'])}: peak RSS {x['peak_mib']:.0f} MiB "
-                  f"(workers {x['workers_peak_mib']:.0f} MiB), CPU {x['cpu_s']:.1f} s + workers {x['workers_cpu_s']:.1f} s", flush=True)
+                  f"(workers {x['workers_peak_mib']:.0f} MiB), CPU {x['cpu_s']:.1f} s "
+                  f"+ workers {x['workers_cpu_s']:.1f} s", flush=True)
     peaks.unlink()
 
 
@@ -237,7 +238,8 @@ id_column = "id"
               f"{report['timings_s']['align']:.1f} s | {report['alignment']['intersection_size']:,} | "
               f"{report['bytes_exchanged']:,} | {report['bytes_exchanged'] / (2 * args.n):.1f} | {peak:.0f} MiB "
               f"(job steps {peaks.steps:.0f} MiB, setup {peaks.setup:.0f} MiB) |"
-              f" {'streamed, bound ' + args.memory if streamed else 'in memory'} | {report['exchanges']} files |",
+              f" {'streamed, bound ' + (args.memory or 'default') if streamed else 'in memory'} |"
+              f" {report['exchanges']} files |",
               flush=True)
         print(sealing_cost(meter, report["timings_s"]["align"]), flush=True)
         print_peaks(folder)

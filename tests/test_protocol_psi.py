@@ -190,7 +190,7 @@ def test_byte_order_of_macs(values: list[bytes], share_first_word: bool) -> None
     if share_first_word:  # the rare path: equal first words, decided by the others
         values = [values[0][:8] + v[8:] for v in values] if values else values
     words = np.frombuffer(b"".join(values), dtype=">u8").reshape(len(values), 4)
-    order = psi._byte_order(words).tolist()
+    order = psi.byte_order(words).tolist()
     assert [values[i] for i in order] == sorted(values)
 
 

@@ -321,7 +321,7 @@ def test_only_fresh_ciphertexts_leave_a_party() -> None:
         split_nn.Request(0, 0, False, computed, 1, 100).members()
     assert split_nn.Request(0, 0, False, fresh, 1, 100).members()[0].name == "act"
     # slots through the crypto layer's signed layout; an overflow is an invalid artifact
-    packed = split_nn._packed(np.array([[5], [-3]], dtype=object), 10)
+    packed = split_nn.pack_slots(np.array([[5], [-3]], dtype=object), 10)
     assert split_nn.unslot(int(packed[0]) % pub.n, pub.n, 10, 2) == [5, -3]
     with pytest.raises(InvalidArtifact, match="overflowed its slot"):
         split_nn.unslot(1 << 30, pub.n, 10, 2)

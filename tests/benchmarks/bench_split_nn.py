@@ -45,8 +45,8 @@ def batch(bits: int, rows: int, k: int, m: int, epoch_rows: int) -> dict[str, fl
     params = {"interactive_lr": 0.5, "interactive_momentum": 0.9}  # the recipes' values
     share_bits, width, S = sn.layout(bits, k, params)
     # A's share carries A's noise: about lr S 2^124 / (1 - momentum) units of 2^-64 (issue #14)
-    U = sn._uniform((k, m), share_bits - 3, signed=True)
-    V = -U + sn._ints(rng.normal(size=(k, m)), sn.SHARE_E)
+    U = sn.uniform_ints((k, m), share_bits - 3, signed=True)
+    V = -U + sn.fixed_ints(rng.normal(size=(k, m)), sn.SHARE_E)
     delta = rng.normal(size=(rows, m)) / rows
     t: dict[str, float] = {}
 
@@ -58,27 +58,27 @@ def batch(bits: int, rows: int, k: int, m: int, epoch_rows: int) -> dict[str, fl
 
     Se = sn.slot_count(bits, sn.ERR_SLOT_BITS)
     H = clock("P: encrypt h (pre-shifted into slots)",
-              lambda: sn._enc_ints(pub, sn._shifted(sn._pad(sn._ints(h), S), width, S), sn.E))
-    Vc = clock("P: encrypt V", lambda: sn._enc_ints(pub, V, 2 * sn.E))
+              lambda: sn.encrypt_ints(pub, sn.shift_slots(sn.pad_rows(sn.fixed_ints(h), S), width, S), sn.E))
+    Vc = clock("P: encrypt V", lambda: sn.encrypt_ints(pub, V, 2 * sn.E))
     groups = len(H) // S
     hu = clock("A: [[h]] U, S rows per ciphertext (52-bit limbs)",
-               lambda: sn._enc_matmul_ints(H.reshape(groups, S * k), np.vstack([U] * S), share_bits))
-    R = sn._uniform((groups * S, m), width - 2, signed=False)
+               lambda: sn.enc_matmul_ints(H.reshape(groups, S * k), np.vstack([U] * S), share_bits))
+    R = sn.uniform_ints((groups * S, m), width - 2, signed=False)
     act = clock("A: add masks R, re-randomise (long exponent)",
-                lambda: sn.add_fresh(hu, sn._packed(R.reshape(groups, S, -1).transpose(1, 0, 2), width)))
+                lambda: sn.add_fresh(hu, sn.pack_slots(R.reshape(groups, S, -1).transpose(1, 0, 2), width)))
     raw = clock("P: decrypt activation", lambda: priv.decrypt_raw(act))
     clock("P: unslot activation", lambda: [sn.unslot(int(v), pub.n, width, S) for v in raw])
-    g = clock("A: delta^T [[h]] (slot partial sums)", lambda: paillier.plain_matmul(sn._pad(delta, S).T, H))
-    eps = sn._uniform((S, m, k), sn.RHO_BITS, signed=True)
+    g = clock("A: delta^T [[h]] (slot partial sums)", lambda: paillier.plain_matmul(sn.pad_rows(delta, S).T, H))
+    eps = sn.uniform_ints((S, m, k), sn.RHO_BITS, signed=True)
     clock("A: add noise eps, re-randomise (long exponent)",
-          lambda: sn.add_fresh(g, sn._packed(eps, width)))
+          lambda: sn.add_fresh(g, sn.pack_slots(eps, width)))
 
     def err_product() -> paillier.EncryptedArray:
         shifted = [paillier.add_ints(Vc, U).T]
         for _ in range(Se - 1):
             shifted.append(shifted[-1].mul(1 << sn.ERR_SLOT_BITS))
         blocks = paillier.concatenate(shifted)
-        d = sn._pad(delta, Se)
+        d = sn.pad_rows(delta, Se)
         return sn._enc_matmul(blocks.T, d.reshape(len(d) // Se, Se * m).T)
 
     err = clock("A: [[W_P]] delta^T, S rows per ciphertext", err_product)

@@ -213,7 +213,7 @@ def test_decrypted_activation_is_masked_2_to_40_wider_than_the_value(job: dict[s
     masks = []
     for t, art in enumerate(requests):
         U, R = as_ints(job["a_states"][t]["share"]), as_ints(job["a_states"][t]["mask"])
-        exact = split_nn._ints(job["h"][3 * t]).dot(U)  # h at 2^-32 times U at 2^-64: at 2^-96
+        exact = split_nn.fixed_ints(job["h"][3 * t]).dot(U)  # h at 2^-32 times U at 2^-64: at 2^-96
         width, slots = int(art.members["act"].info["slot_bits"]), int(art.members["act"].info["slots"])
         dec = np.array(slots_of(art, "act", priv), dtype=object).reshape(-1, exact.shape[1], slots)
         dec = dec.transpose(0, 2, 1).reshape(-1, exact.shape[1])[:len(exact)]  # slot s of group g: row g S + s

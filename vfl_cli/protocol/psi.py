@@ -114,7 +114,7 @@ Ids = Sequence[str] | Callable[[], Sequence[str]]
 _SHOWN = 5  # how many offending ids or rows an error message lists
 _ORDER_PERSON = b"vfl-psi-order"  # BLAKE2b personalisation of the joint order
 _DIGEST_PERSON = b"vfl-psi-digest"  # of the digest key, derived from the order key
-_FINGERPRINT_PERSON = b"vfl-psi-fp"  # of the alignment fingerprint (a MAC of the ordered ids)
+FINGERPRINT_PERSON = b"vfl-psi-fp"  # of the alignment fingerprint (a MAC of the ordered ids)
 
 
 # --------------------------------------------------------------------------- messages and state
@@ -446,11 +446,11 @@ def final_order(ids: Iterable[str], key: bytes) -> list[str]:
 
 
 def _order_permutation(values: Sequence[str], key: bytes) -> np.ndarray:
-    macs = _order_macs(values, key)
-    return _byte_order(np.frombuffer(macs, dtype=">u8").reshape(len(values), 4))
+    macs = order_macs(values, key)
+    return byte_order(np.frombuffer(macs, dtype=">u8").reshape(len(values), 4))
 
 
-def _order_macs(values: Sequence[str], key: bytes) -> bytes:
+def order_macs(values: Sequence[str], key: bytes) -> bytes:
     """The 32-byte sort keys of :func:`final_order`, concatenated."""
     keyed = hashlib.blake2b(digest_size=32, key=key, person=_ORDER_PERSON)
 
@@ -481,7 +481,7 @@ def alignment_fingerprint(ordered: Sequence[str], key: bytes, job_id: str) -> by
         job_id: the alignment job's id.
     """
     return hashlib.blake2b(
-        _encode_list([job_id, *ordered]), digest_size=32, key=key, person=_FINGERPRINT_PERSON
+        _encode_list([job_id, *ordered]), digest_size=32, key=key, person=FINGERPRINT_PERSON
     ).digest()
 
 
@@ -508,11 +508,11 @@ def open_seeds(key: bytes, sealed: bytes, *, what: str) -> dict[str, bytes]:
     return seeds
 
 
-def _channel_context(job_id: str, active: str, passive: str) -> bytes:
+def channel_context(job_id: str, active: str, passive: str) -> bytes:
     return b"vfl/psi/v1/channel\x00" + _encode_list([job_id, active, passive])
 
 
-def _byte_order(words: np.ndarray) -> np.ndarray:
+def byte_order(words: np.ndarray) -> np.ndarray:
     """The sorting permutation of 32-byte strings given as four big-endian 64-bit words each."""
     # The first word alone decides unless two strings share it (probability about n^2 / 2^65
     # for MACs); then all four words are compared.
@@ -588,7 +588,7 @@ def double_blind(
     """
     checked = check_peer_points(points, expected=expected, what=what)
     with ecdh.Workers(n_jobs) as workers:
-        return _submit_peer(workers, checked, scalar, what, progress)()
+        return submit_peer(workers, checked, scalar, what, progress)()
 
 
 def check_peer_points(points: object, *, expected: int | None = None, what: str) -> np.ndarray:
@@ -599,12 +599,12 @@ def check_peer_points(points: object, *, expected: int | None = None, what: str)
         raise InvalidArtifact(f"{what}: {_strip_what(exc, what)}") from exc
 
 
-def _submit_peer(
+def submit_peer(
     workers: ecdh.Workers, points: np.ndarray, scalar: bytes, what: str, progress: Progress | None
 ) -> Callable[[], np.ndarray]:
     """Queue checked peer points to be blinded again; the result refuses small-order points."""
     pending = workers.submit(
-        ecdh.Work(points, scalar=scalar, progress=_bar(progress, f"blinding again {what}", len(points)))
+        ecdh.Work(points, scalar=scalar, progress=progress_bar(progress, f"blinding again {what}", len(points)))
     )
 
     def result() -> np.ndarray:
@@ -620,7 +620,7 @@ def _submit_own(
     workers: ecdh.Workers, ids: Sequence[str], domain: bytes, scalar: bytes, progress: Progress | None
 ) -> Callable[[], np.ndarray]:
     """Queue this party's ids to be hashed and blinded (in file order)."""
-    advance = _bar(progress, "hashing and blinding ids", len(ids))
+    advance = progress_bar(progress, "hashing and blinding ids", len(ids))
     return workers.submit(ecdh.Work(ids, domain=domain, scalar=scalar, progress=advance))
 
 
@@ -763,13 +763,13 @@ def respond(
     beta = ecdh.new_scalar(rng)
     exchange_secret, exchange_public = channel.new_exchange(rng)
     key = channel.channel_key(
-        exchange_secret, message.exchange_public, _channel_context(job_id, active, party),
+        exchange_secret, message.exchange_public, channel_context(job_id, active, party),
         what="the start message",
     )
     what = f"the points of {active} (start message)"
     checked = check_peer_points(message.points, what=what)
     with ecdh.Workers(n_jobs) as workers:
-        pending_double = _submit_peer(workers, checked, beta, what, progress)
+        pending_double = submit_peer(workers, checked, beta, what, progress)
         # While A's points are blinded: Pi's own ids (read now if they are to be read), queued
         # behind them on the same workers, then the digests.
         ids = _resolve(ids)
@@ -794,7 +794,7 @@ def respond(
 
 def _check_start(message: StartMessage, job_id: str) -> None:
     """Refuse a start message for another job, without a 32-byte seed commitment, or empty."""
-    _same_job(message.job_id, job_id, "the start message")
+    check_same_job(message.job_id, job_id, "the start message")
     if not isinstance(message.seed_commitment, bytes) or len(message.seed_commitment) != 32:
         raise InvalidArtifact("the start message: the seed commitment is not 32 bytes")
     if len(message.points) == 0:
@@ -833,9 +833,9 @@ def finish(
     peer_points, channels = _check_responses(state, responses)
     with ecdh.Workers(n_jobs) as workers:
         # Every passive party's points on one pool; meanwhile the checks that need no result.
-        pending = [_submit_peer(workers, p, state.scalar, w, progress) for p, w in peer_points]
+        pending = [submit_peer(workers, p, state.scalar, w, progress) for p, w in peer_points]
         ids = _resolve(ids)
-        _same_ids(ids, state.ids_digest)
+        check_same_ids(ids, state.ids_digest)
         own_doubles = [_own_double_index(responses[name], name, n) for name in names]
         digests = {name: points_digest(responses[name].points, state.job_id) for name in names}
         peer_doubles = [result() for result in pending]
@@ -901,7 +901,7 @@ def _check_responses(
     for name in sorted(responses):
         response = responses[name]
         where = f"the response from {name}"
-        _same_job(response.job_id, state.job_id, where)
+        check_same_job(response.job_id, state.job_id, where)
         if not hmac.compare_digest(response.start_digest, state.start_digest):
             raise InvalidArtifact(f"{where} answers another start message (stale or replayed)")
         if not isinstance(response.seed, bytes) or len(response.seed) != SEED_BYTES:
@@ -910,7 +910,7 @@ def _check_responses(
             raise InvalidArtifact(f"{where} holds no points of its own (the party has no ids)")
         channels[name] = channel.channel_key(
             state.exchange_secret, response.exchange_public,
-            _channel_context(state.job_id, state.party, name), what=where,
+            channel_context(state.job_id, state.party, name), what=where,
         )
         what = f"{where}: its own points"
         peer_points.append((check_peer_points(response.points, what=what), what))
@@ -930,9 +930,9 @@ def conclude(state: PassiveState, ids: Sequence[str], message: FinishMessage) ->
         InvalidArtifact: the message is for another job or response, the positions are out of
             range or repeated, or the seeds do not match (A's commitment, Pi's own seed).
     """
-    _same_ids(ids, state.ids_digest)
+    check_same_ids(ids, state.ids_digest)
     where = "the finish message"
-    _same_job(message.job_id, state.job_id, where)
+    check_same_job(message.job_id, state.job_id, where)
     if not hmac.compare_digest(message.response_digest, state.response_digest):
         raise InvalidArtifact(f"{where} answers another response (stale or replayed)")
     seeds = open_seeds(state.channel_key, message.sealed_seeds, what=where)
@@ -941,12 +941,12 @@ def conclude(state: PassiveState, ids: Sequence[str], message: FinishMessage) ->
     verify_seed(seeds[state.active], state.seed_commitment, state.job_id)
     if not hmac.compare_digest(seeds[state.party], state.seed):
         raise InvalidArtifact(f"{where} carries another seed for {state.party} than it sent")
-    positions = _checked_positions(message.positions, len(state.order), where)
+    positions = checked_positions(message.positions, len(state.order), where)
     rows = state.order[positions]
     return _alignment(ids, rows, order_key(seeds, state.job_id), state.job_id)
 
 
-def _checked_positions(received: object, n: int, where: str) -> np.ndarray:
+def checked_positions(received: object, n: int, where: str) -> np.ndarray:
     """Positions in a list of ``n`` points: integers in range, ascending, never repeated."""
     positions = np.asarray(received)
     if positions.ndim != 1 or (positions.size and positions.dtype.kind not in "iu"):
@@ -963,14 +963,14 @@ def _checked_positions(received: object, n: int, where: str) -> np.ndarray:
 
 
 def _alignment(ids: Sequence[str], rows: np.ndarray, key: bytes, job_id: str) -> Alignment:
-    return _ordered_alignment(_take(ids, rows), rows, key, job_id)
+    return ordered_alignment(take_rows(ids, rows), rows, key, job_id)
 
 
-def _ordered_alignment(chosen: list[str], rows: np.ndarray, key: bytes, job_id: str) -> Alignment:
+def ordered_alignment(chosen: list[str], rows: np.ndarray, key: bytes, job_id: str) -> Alignment:
     """The alignment of the common ids ``chosen`` (this party's ``rows``) in the joint order."""
-    macs = _order_macs(chosen, key)
-    permutation = _byte_order(np.frombuffer(macs, dtype=">u8").reshape(len(chosen), 4))
-    ordered = _take(chosen, permutation)
+    macs = order_macs(chosen, key)
+    permutation = byte_order(np.frombuffer(macs, dtype=">u8").reshape(len(chosen), 4))
+    ordered = take_rows(chosen, permutation)
     return Alignment(
         ids=ordered,
         rows=rows[permutation].astype(np.int64),
@@ -979,7 +979,7 @@ def _ordered_alignment(chosen: list[str], rows: np.ndarray, key: bytes, job_id: 
     )
 
 
-def _take(values: Sequence[str], rows: np.ndarray) -> list[str]:
+def take_rows(values: Sequence[str], rows: np.ndarray) -> list[str]:
     """``[values[r] for r in rows]``, through a numpy array of the same objects (faster)."""
     array = np.empty(len(values), dtype=object)
     array[:] = values
@@ -990,7 +990,7 @@ def _resolve(ids: Ids) -> Sequence[str]:
     return ids() if callable(ids) else ids
 
 
-def _bar(progress: Progress | None, description: str, total: int) -> Callable[[int], None] | None:
+def progress_bar(progress: Progress | None, description: str, total: int) -> Callable[[int], None] | None:
     return None if progress is None else progress(description, total)
 
 
@@ -1007,12 +1007,12 @@ def _prefix(points: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(points[:, :8]).view("<u8").ravel()
 
 
-def _same_job(got: str, expected: str, where: str) -> None:
+def check_same_job(got: str, expected: str, where: str) -> None:
     if got != expected:
         raise InvalidArtifact(f"{where} belongs to job {got!r}, not to this job {expected!r}")
 
 
-def _same_ids(ids: Sequence[str], digest: bytes) -> None:
+def check_same_ids(ids: Sequence[str], digest: bytes) -> None:
     if not hmac.compare_digest(ids_digest(ids), digest):
         raise DataError(
             "the id column changed since this party's previous alignment step; "

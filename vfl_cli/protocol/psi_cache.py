@@ -225,7 +225,7 @@ def publish_cache(
     width = truncation_bytes(len(ids), limits.max_queries, limits.max_query_ids)
     domain = psi.make_domain(cache_id, salt)
     with ecdh.Workers(n_jobs) as workers:
-        bar = psi._bar(progress, "hashing and blinding ids", len(ids))
+        bar = psi.progress_bar(progress, "hashing and blinding ids", len(ids))
         pending = workers.submit(ecdh.Work(ids, domain=domain, scalar=beta, progress=bar))
         encoded = [value.encode("utf-8") for value in ids]  # while the workers compute
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
@@ -249,7 +249,7 @@ def check_cache(message: CacheMessage, *, cache_id: str) -> CachedSet:
             limits, unsorted or repeated values.
     """
     where = "the cache"
-    psi._same_job(message.cache_id, cache_id, where)
+    psi.check_same_job(message.cache_id, cache_id, where)
     values = message.values
     if not isinstance(values, np.ndarray) or values.dtype != np.uint8 or values.ndim != 2:
         raise InvalidArtifact(f"{where}: values must be a 2-d uint8 array")
@@ -358,7 +358,7 @@ def respond_query(
         )
     _check_use(secret.limits, query=query, count=len(message.points), now=now,
                where=f"cache {secret.cache_id}")
-    psi._same_job(message.job_id, job_id, "the start message")
+    psi.check_same_job(message.job_id, job_id, "the start message")
     if not isinstance(message.seed_commitment, bytes) or len(message.seed_commitment) != 32:
         raise InvalidArtifact("the start message: the seed commitment is not 32 bytes")
     what = f"the points of {active} (start message)"
@@ -368,10 +368,10 @@ def respond_query(
     exchange_secret, exchange_public = channel.new_exchange(rng)
     key = channel.channel_key(
         exchange_secret, message.exchange_public,
-        psi._channel_context(job_id, active, secret.owner), what="the start message",
+        psi.channel_context(job_id, active, secret.owner), what="the start message",
     )
     with ecdh.Workers(n_jobs) as workers:
-        double = psi._submit_peer(workers, checked, secret.scalar, what, progress)()
+        double = psi.submit_peer(workers, checked, secret.scalar, what, progress)()
     seed = psi.new_seed(rng)
     state = OwnerQueryState(
         job_id=job_id, party=secret.owner, active=active, seed=seed,
@@ -401,22 +401,22 @@ def finish_query(
         InvalidArtifact: the response is for another job or start, or holds invalid points.
     """
     where = f"the response from {owner}"
-    psi._same_ids(ids, state.ids_digest)
-    psi._same_job(response.job_id, state.job_id, where)
+    psi.check_same_ids(ids, state.ids_digest)
+    psi.check_same_job(response.job_id, state.job_id, where)
     if not hmac.compare_digest(response.start_digest, state.start_digest):
         raise InvalidArtifact(f"{where} answers another start message (stale or replayed)")
     if not isinstance(response.seed, bytes) or len(response.seed) != psi.SEED_BYTES:
         raise InvalidArtifact(f"{where}: the seed is not {psi.SEED_BYTES} bytes")
     key = channel.channel_key(
         state.exchange_secret, response.exchange_public,
-        psi._channel_context(state.job_id, state.party, owner), what=where,
+        psi.channel_context(state.job_id, state.party, owner), what=where,
     )
     what = f"{where}: the re-blinded start points"
     double = psi.check_peer_points(response.double_blinded, expected=len(state.order), what=what)
     with ecdh.Workers(n_jobs) as workers:
         # Points that are not X25519 outputs of the owner's scalar: refused like any small-order
         # point, never looked up.
-        unblinded = psi._submit_peer(workers, double, state.inverse, what, None)()
+        unblinded = psi.submit_peer(workers, double, state.inverse, what, None)()
     width = cache.values.shape[1]
     wanted = _as_strings(np.ascontiguousarray(unblinded[:, :width]))
     cached = _as_strings(cache.values)
@@ -432,8 +432,8 @@ def finish_query(
         sealed_seeds=psi.seal_seeds(key, seeds),
     )
     rows = state.order[found]
-    chosen = psi._take(ids, rows)
-    return psi._ordered_alignment(chosen, rows, order_key, state.job_id), message
+    chosen = psi.take_rows(ids, rows)
+    return psi.ordered_alignment(chosen, rows, order_key, state.job_id), message
 
 
 def conclude_query(
@@ -446,7 +446,7 @@ def conclude_query(
             or seeds that do not open or do not match.
     """
     where = "the finish message"
-    psi._same_job(message.job_id, state.job_id, where)
+    psi.check_same_job(message.job_id, state.job_id, where)
     if not hmac.compare_digest(message.response_digest, state.response_digest):
         raise InvalidArtifact(f"{where} answers another response (stale or replayed)")
     seeds = psi.open_seeds(state.channel_key, message.sealed_seeds, what=where)
@@ -455,8 +455,8 @@ def conclude_query(
     psi.verify_seed(seeds[state.active], state.seed_commitment, state.job_id)
     if not hmac.compare_digest(seeds[state.party], state.seed):
         raise InvalidArtifact(f"{where} carries another seed for {state.party} than it sent")
-    positions = psi._checked_positions(message.positions, len(secret.order), where)
+    positions = psi.checked_positions(message.positions, len(secret.order), where)
     rows = secret.order[positions]
     offsets, blob = secret.id_offsets, secret.id_bytes
     chosen = [blob[offsets[r]:offsets[r + 1]].tobytes().decode("utf-8") for r in rows.tolist()]
-    return psi._ordered_alignment(chosen, rows, psi.order_key(seeds, state.job_id), state.job_id)
+    return psi.ordered_alignment(chosen, rows, psi.order_key(seeds, state.job_id), state.job_id)

@@ -304,7 +304,7 @@ def _clear(scratch: Scratch, prefix: str) -> None:
 def _sorted(records: np.ndarray) -> np.ndarray:
     """Records sorted by their point (as 32 bytes)."""
     words = np.ascontiguousarray(records["p"]).view(">u8").reshape(len(records), 4)
-    ordered: np.ndarray = records[psi._byte_order(words)]
+    ordered: np.ndarray = records[psi.byte_order(words)]
     return ordered
 
 
@@ -340,7 +340,7 @@ def blind_own(chunks: Chunks, domain: bytes, scalar: bytes, scratch: Scratch, bu
     """
     buckets = budget.buckets(n_upper)
     _clear(scratch, "own")
-    advance = psi._bar(progress, "hashing and blinding ids", n_upper)
+    advance = psi.progress_bar(progress, "hashing and blinding ids", n_upper)
     n, pending = 0, None
     for first, ids in chunks():  # the next chunk is read while the workers blind this one
         job = workers.submit(ecdh.Work(ids, domain=domain, scalar=scalar))
@@ -400,7 +400,7 @@ def check_part(points: object, previous: str | None, *, what: str) -> np.ndarray
     of the last point of the part before), so no point repeats in the whole message."""
     array = psi.check_peer_points(points, what=what)
     words = array.view(">u8").reshape(len(array), 4)
-    ascending = np.array_equal(psi._byte_order(words), np.arange(len(array))) and not _repeats(array).size
+    ascending = np.array_equal(psi.byte_order(words), np.arange(len(array))) and not _repeats(array).size
     if not ascending or (previous is not None and len(array) and array[0].tobytes().hex() <= previous):
         raise InvalidArtifact(f"{what}: the points are not in strictly ascending order (a streamed "
                               "message is sent sorted; a repeated or reordered point is refused)")
@@ -467,19 +467,19 @@ def ordered(chunks: Chunks, rows: np.ndarray, key: bytes, job_id: str, width: in
         chosen_rows = wanted[lo:hi]
         chosen = [ids[r - first] for r in chosen_rows.tolist()]
         records = np.empty(len(chosen), dtype=record)
-        records["p"] = np.frombuffer(psi._order_macs(chosen, key), np.uint8).reshape(-1, 32)
+        records["p"] = np.frombuffer(psi.order_macs(chosen, key), np.uint8).reshape(-1, 32)
         records["i"] = chosen_rows
         records["s"] = [s.encode("utf-8") for s in chosen]
         _spill(scratch, "M", records, records["p"], buckets)
     out_rows = np.empty(m, dtype=np.int64)
     out_ids = np.empty(m, dtype=f"U{max(1, width)}")  # filled bucket by bucket, never copied
     digest_key = psi.digest_key(key)
-    fp = hashlib.blake2b(digest_size=32, key=digest_key, person=psi._FINGERPRINT_PERSON)
+    fp = hashlib.blake2b(digest_size=32, key=digest_key, person=psi.FINGERPRINT_PERSON)
     fp.update(b"[" + json.dumps(job_id, ensure_ascii=True).encode("ascii"))
     done = 0
     for b in range(buckets):
         records = scratch.read(f"M.{b}", record)
-        records = records[psi._byte_order(np.ascontiguousarray(records["p"]).view(">u8").reshape(-1, 4))]
+        records = records[psi.byte_order(np.ascontiguousarray(records["p"]).view(">u8").reshape(-1, 4))]
         out_rows[done:done + len(records)] = records["i"]
         text = np.char.decode(records["s"], "utf-8")
         out_ids[done:done + len(records)] = text
@@ -509,29 +509,42 @@ START, RESPONSE, FINISH = "psi/start", "psi/response", "psi/finish"
 
 
 @dataclass(frozen=True)
+class _Slot(PartyState):
+    """The one job-state entry a streamed state lives in (absent: the job does not stream)."""
+
+    stream: dict[str, Any] | None = None
+
+    def store(self, job: JobState) -> None:
+        if self.stream is None:
+            job.data.pop("stream", None)
+        else:
+            super().store(job)
+
+
+@dataclass(frozen=True)
 class _StreamState(PartyState):
     """A party's streamed state, kept under ``JobState.data["stream"]`` (whether that key holds
     a state is how the ``psi`` job knows it streams): the kit's load/store on that one entry."""
 
     @classmethod
     def load(cls: type[_S], job: JobState) -> _S:
-        inner = JobState(job.phase, dict(job.data.get("stream") or {}))
+        inner = JobState(job.phase, dict(_Slot.load(job).stream or {}))
         return super().load(inner)
 
     def store(self, job: JobState) -> None:
         inner = JobState(job.phase)
         super().store(inner)
-        job.data["stream"] = inner.data
+        _Slot(inner.data).store(job)
 
     @staticmethod
     def present(job: JobState) -> bool:
         """Whether ``job`` holds a streamed state (the alignment streams and is not done)."""
-        return job.data.get("stream") is not None
+        return _Slot.load(job).stream is not None
 
     @staticmethod
     def drop(job: JobState) -> None:
         """The alignment is complete: the streamed state (and what secrets are left) goes."""
-        job.data.pop("stream", None)
+        _Slot().store(job)
 
 
 _S = TypeVar("_S", bound=_StreamState)
@@ -765,7 +778,7 @@ def _first_response(state: ActiveStream, part: Part, peer: str, what: str) -> Ac
     if peer_parts != parts_of(peer_n, state.part_size):
         raise InvalidArtifact(f"{what}: {peer_parts} parts cannot carry {peer_n} points")
     assert state.exchange_secret is not None
-    key = channel.channel_key(state.exchange_secret, public, psi._channel_context(state.job, state.party, peer),
+    key = channel.channel_key(state.exchange_secret, public, psi.channel_context(state.job, state.party, peer),
                               what=what)
     return state.but(peer=peer, peer_n=peer_n, peer_seed=seed, channel_key=key,
                      response_parts=state.start_parts + peer_parts)
@@ -861,7 +874,7 @@ def _passive_begin(part: Part, chunks: Chunks, job_id: str, salt: bytes, party: 
     start_n, start_size, commitment, public = _start_head(part.meta, what)
     beta = ecdh.new_scalar(rng)
     exchange_secret, exchange_public = channel.new_exchange(rng)
-    key = channel.channel_key(exchange_secret, public, psi._channel_context(job_id, active, party), what=what)
+    key = channel.channel_key(exchange_secret, public, psi.channel_context(job_id, active, party), what=what)
     seed = psi.new_seed(rng) if seed is None else seed
     own = _own(chunks, psi.make_domain(job_id, salt), beta, scratch, budget, n_jobs, progress)
     return PassiveStream(job=job_id, party=party, active=active, n=own.n, width=own.width,
@@ -890,7 +903,7 @@ def passive_take_finish(state: PassiveStream, part: Part, chunks: Chunks, scratc
         state = _check_finish_head(state, part, what)
     _check_turn(part, k, state.finish_parts, what)
     size = _part_size(state.m, state.part_size, k)
-    checked = psi._checked_positions(np.asarray(part.arrays.get("positions")), state.n, what)
+    checked = psi.checked_positions(np.asarray(part.arrays.get("positions")), state.n, what)
     if len(checked) != size or (len(checked) and checked[0] <= state.last_position):
         raise InvalidArtifact(f"{what}: positions must be {size} ascending numbers, above the part before")
     scratch.write_at("positions", checked, (k - 1) * state.part_size)

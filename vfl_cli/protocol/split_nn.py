@@ -192,17 +192,17 @@ def layout(bits: int, kp: int, params: Mapping[str, Any]) -> tuple[int, int, int
 
 
 # ----- exact integers ---------------------------------------------------------------------------
-def _big(x: np.ndarray) -> np.ndarray:
+def ints_from_hex(x: np.ndarray) -> np.ndarray:
     """Integers kept as hex text in a job state (whose arrays hold no Python objects) -> ints."""
     return np.array([int(str(v), 16) for v in x.flat], dtype=object).reshape(x.shape)
 
 
-def _text(x: np.ndarray) -> np.ndarray:
+def ints_to_hex(x: np.ndarray) -> np.ndarray:
     """Integers (object array) as hex text, exact at any size."""
     return np.array([hex(int(v)) for v in x.flat], dtype=str).reshape(x.shape)
 
 
-def _ints(x: np.ndarray, exponent: int = E) -> np.ndarray:
+def fixed_ints(x: np.ndarray, exponent: int = E) -> np.ndarray:
     """Fixed-point integers of ``x`` at ``exponent`` (as Python ints, exact): the crypto layer's encoding."""
     return np.array(encoding.encode_signed(x, exponent), dtype=object).reshape(np.shape(x))
 
@@ -213,7 +213,7 @@ def _times(x: np.ndarray, c: float) -> np.ndarray:
     return (2 * num * x + den) // (2 * den)
 
 
-def _uniform(shape: tuple[int, ...], bits: int, *, signed: bool) -> np.ndarray:
+def uniform_ints(shape: tuple[int, ...], bits: int, *, signed: bool) -> np.ndarray:
     """Uniform integers from the OS's CSPRNG: in ``[0, 2^bits)``, or ``[-2^bits, 2^bits)`` if signed."""
     width, offset = (bits + 1, 1 << bits) if signed else (bits, 0)
     out = np.empty(int(np.prod(shape)), dtype=object)
@@ -221,7 +221,7 @@ def _uniform(shape: tuple[int, ...], bits: int, *, signed: bool) -> np.ndarray:
     return out.reshape(shape)
 
 
-def _pad(x: np.ndarray, slots: int) -> np.ndarray:
+def pad_rows(x: np.ndarray, slots: int) -> np.ndarray:
     extra = -len(x) % slots
     return np.vstack([x, np.zeros((extra, x.shape[1]), dtype=x.dtype)]) if extra else x
 
@@ -268,13 +268,13 @@ def _read_slots(residues: list[int], n: int, width: int, slots: int) -> np.ndarr
     return np.array(flat, dtype=object).reshape(len(residues), slots)
 
 
-def _packed(x: np.ndarray, width: int) -> np.ndarray:
+def pack_slots(x: np.ndarray, width: int) -> np.ndarray:
     """``sum_s x[s] 2^(width s)`` over the first axis: one plaintext of ``S`` signed slots."""
     lay = _slots(width, len(x))
     return sum((x[s] * (1 << lay.shift(s)) for s in range(len(x))), np.zeros(x.shape[1:], dtype=object))
 
 
-def _shifted(x: np.ndarray, width: int, slots: int) -> np.ndarray:
+def shift_slots(x: np.ndarray, width: int, slots: int) -> np.ndarray:
     """Row ``i`` of the integers ``x`` times ``2^(width (i mod slots))``: exact (object array)."""
     lay = _slots(width, slots)
     shift = np.array([1 << lay.shift(i % slots) for i in range(len(x))], dtype=object)
@@ -282,7 +282,7 @@ def _shifted(x: np.ndarray, width: int, slots: int) -> np.ndarray:
     return out
 
 
-def _enc_ints(public: paillier.PublicKey, x: np.ndarray, exponent: int) -> paillier.EncryptedArray:
+def encrypt_ints(public: paillier.PublicKey, x: np.ndarray, exponent: int) -> paillier.EncryptedArray:
     """Fresh encryptions of exact integers (any size below ``n / 4``), read at ``exponent``."""
     from vfl_cli.crypto.histogram import encrypt_rows
 
@@ -319,7 +319,7 @@ def _enc_matmul(enc: paillier.EncryptedArray, W: np.ndarray, exponent: int = E) 
     return paillier.concatenate(parts)[np.argsort(order)].T
 
 
-def _enc_matmul_ints(enc: paillier.EncryptedArray, W: np.ndarray, bits: int) -> paillier.EncryptedArray:
+def enc_matmul_ints(enc: paillier.EncryptedArray, W: np.ndarray, bits: int) -> paillier.EncryptedArray:
     """``enc @ W`` for exact integers ``|W| < 2^bits`` (object array): one product per 52-bit
     limb (exact float64 integers), recombined by ``2^(52 l)``; read at ``enc``'s exponent."""
     out, rest = None, W
@@ -337,7 +337,7 @@ def _enc_matmul_ints(enc: paillier.EncryptedArray, W: np.ndarray, bits: int) -> 
     return out
 
 
-def _member(name: str, x: paillier.EncryptedArray, **info: Any) -> Member:
+def enc_member_info(name: str, x: paillier.EncryptedArray, **info: Any) -> Member:
     m = enc_member(name, x)
     return Member(m.name, m.type, m.data, {**m.info, **info})
 
@@ -358,25 +358,13 @@ class Sealed:
     def open(self, public: paillier.PublicKey) -> paillier.EncryptedArray:
         return paillier.EncryptedArray.from_bytes(public, self.blob, list(self.shape), self.exponent)
 
-    @staticmethod
-    def load(job: JobState, name: str) -> Sealed | None:
-        """The ciphertexts kept as ``stash_<name>`` (bytes in ``arrays``, shape and exponent in ``data``)."""
-        key = f"stash_{name}"
-        if key not in job.arrays:
-            return None
-        info = job.data[key]
-        return Sealed(job.arrays[key].tobytes(), tuple(info["shape"]), int(info["exponent"]))
+    @classmethod
+    def from_parts(cls, blob: np.ndarray, info: Mapping[str, Any]) -> Sealed:
+        """From :meth:`parts`: the bytes as a uint8 array, the shape and exponent as JSON."""
+        return cls(blob.tobytes(), tuple(info["shape"]), int(info["exponent"]))
 
-    @staticmethod
-    def store(job: JobState, name: str, x: Sealed | None) -> None:
-        key = f"stash_{name}"
-        job.data.pop(name, None)  # written by the kit's default store; kept under key instead
-        if x is None:
-            job.arrays.pop(key, None)
-            job.data.pop(key, None)
-        else:
-            job.arrays[key] = np.frombuffer(x.blob, dtype=np.uint8)
-            job.data[key] = {"shape": list(x.shape), "exponent": x.exponent}
+    def parts(self) -> tuple[np.ndarray, dict[str, Any]]:
+        return np.frombuffer(self.blob, dtype=np.uint8), {"shape": list(self.shape), "exponent": self.exponent}
 
 
 @dataclass(frozen=True)
@@ -403,7 +391,7 @@ class _Party(PartyState):
     def load(cls: type[P], job: JobState) -> P:
         typed = super().load(job)
         nets = {k.removeprefix("net_"): v for k, v in job.arrays.items() if k.startswith("net_")}
-        exact = {n: _big(job.arrays[n]) for n in cls._EXACT if n in job.arrays}
+        exact = {n: ints_from_hex(job.arrays[n]) for n in cls._EXACT if n in job.arrays}
         seed = int(job.data["private_seed"], 16) if "private_seed" in job.data else 0
         out: P = typed.but(seed=seed, nets=nets, **exact)
         return out
@@ -418,7 +406,7 @@ class _Party(PartyState):
         for name in self._EXACT:
             value = getattr(self, name)
             if value is not None:
-                job.arrays[name] = _text(value)
+                job.arrays[name] = ints_to_hex(value)
 
     def advanced(self: P, batches_per_epoch: int) -> P:
         """At the next mini-batch, and at the next epoch after the last one."""
@@ -450,15 +438,25 @@ class ActiveState(_Party):
 
     _EXACT: ClassVar[tuple[str, ...]] = ("share", "velocity", "rho", "mask")
 
+    _SEALED: ClassVar[tuple[str, ...]] = ("h", "v")  # kept as "stash_<name>": bytes in arrays, shape in data
+
     @classmethod
     def load(cls, job: JobState) -> ActiveState:
         typed: ActiveState = super().load(job)
-        return typed.but(h=Sealed.load(job, "h"), v=Sealed.load(job, "v"))
+        keys = {name: f"stash_{name}" for name in cls._SEALED}
+        sealed = {n: Sealed.from_parts(job.arrays[k], job.data[k]) if k in job.arrays else None
+                  for n, k in keys.items()}
+        return typed.but(**sealed)
 
     def store(self, job: JobState) -> None:
         super().store(job)
-        Sealed.store(job, "h", self.h)
-        Sealed.store(job, "v", self.v)
+        for name in self._SEALED:
+            key, value = f"stash_{name}", getattr(self, name)
+            job.data.pop(name, None)  # written by the kit's default store; kept under key instead
+            job.arrays.pop(key, None)
+            job.data.pop(key, None)
+            if value is not None:
+                job.arrays[key], job.data[key] = value.parts()
 
 
 def share_ints(state: JobState) -> np.ndarray:
@@ -563,7 +561,7 @@ class Forward(Message):
     def members(self) -> list[Member]:
         for x in (self.h, self.v):
             paillier.require_fresh(x, "the forward message")
-        return [_member("h", self.h, slots=self.slots, slot_bits=self.width), enc_member("v", self.v)]
+        return [enc_member_info("h", self.h, slots=self.slots, slot_bits=self.width), enc_member("v", self.v)]
 
     @classmethod
     def read(cls, art: Artifact, state: ActiveState, inputs: _Inputs, public: paillier.PublicKey,
@@ -612,7 +610,7 @@ class Request(Message):
 
     def members(self) -> list[Member]:
         paillier.require_fresh(self.act, "the activation request")
-        return [_member("act", self.act, slots=self.slots, slot_bits=self.width)]
+        return [enc_member_info("act", self.act, slots=self.slots, slot_bits=self.width)]
 
     @classmethod
     def read(cls, art: Artifact, state: PassiveState, inputs: _Inputs, public: paillier.PublicKey) -> Request:
@@ -673,8 +671,8 @@ class Backward(Message):
     def members(self) -> list[Member]:
         for x in (self.grad, self.err):
             paillier.require_fresh(x, "the backward message")
-        return [_member("grad", self.grad, slots=self.slots, slot_bits=self.width),
-                _member("err", self.err, slots=self.err_slots, slot_bits=ERR_SLOT_BITS)]
+        return [enc_member_info("grad", self.grad, slots=self.slots, slot_bits=self.width),
+                enc_member_info("err", self.err, slots=self.err_slots, slot_bits=ERR_SLOT_BITS)]
 
     @classmethod
     def read(cls, art: Artifact, state: PassiveState, inputs: _Inputs, public: paillier.PublicKey) -> Backward:
@@ -703,7 +701,7 @@ def passive_start(inputs: _Inputs, seed: int) -> PassiveState:
     dim = inputs.data.X.shape[1]
     net = ss.build_part(inputs.spec, "passive", dim, seed)
     # V: P's share of W_P, drawn by P alone; A draws its share U the same way: W_P = U + V
-    share = _ints(ss.initial_share(inputs.spec, ss.out_dim(net, dim), seed), SHARE_E)
+    share = fixed_ints(ss.initial_share(inputs.spec, ss.out_dim(net, dim), seed), SHARE_E)
     return PassiveState(fingerprint=inputs.data.fingerprint, seed=seed,
                         nets={} if net is None else {"passive": net.get_flat()}, share=share)
 
@@ -717,8 +715,8 @@ def passive_forward(state: PassiveState, inputs: _Inputs, own: paillier.PublicKe
     # row i goes to slot i mod S of A's products: encrypt its integers at 2^-32 already
     # shifted by 2^(width (i mod S)); V is P's share, integers at 2^-64
     _, width, slots = layout(own.bits, h.shape[1], inputs.params)
-    H = _enc_ints(own, _shifted(_pad(_ints(h), slots), width, slots), E)
-    V = _enc_ints(own, _need(state.share, "share of W_P"), SHARE_E)
+    H = encrypt_ints(own, shift_slots(pad_rows(fixed_ints(h), slots), width, slots), E)
+    V = encrypt_ints(own, _need(state.share, "share of W_P"), SHARE_E)
     return Forward(state.epoch, state.batch, len(rows), state.evaluating, inputs.data.fingerprint, H, V, slots, width)
 
 
@@ -732,7 +730,7 @@ def passive_activation(state: PassiveState, inputs: _Inputs, req: Request, priv:
     slots = _read_slots(priv.decrypt_raw(req.act), n, req.width, req.slots).reshape(groups, units, req.slots)
     raw = slots.transpose(0, 2, 1).reshape(groups * req.slots, units)
     # hU + R from A (at 2^-96), plus hV on exactly the integers A used: h at 2^-32, V at 2^-64
-    masked = (raw[:len(rows)] + _ints(h).dot(_need(state.share, "share of W_P"))) % n
+    masked = (raw[:len(rows)] + fixed_ints(h).dot(_need(state.share, "share of W_P"))) % n
     return Activation(state.epoch, state.batch, state.evaluating, [int(v) for v in masked.ravel()], n)
 
 
@@ -786,7 +784,7 @@ def _with_interactive(state: ActiveState, inputs: _Inputs, kp: int, slots: int) 
     spec, dim = inputs.spec, inputs.data.X.shape[1]
     ka = ss.out_dim(ss.build_part(spec, "active", dim, 0), dim)
     return state.but(W_A=ss.initial_active_weights(spec, ka, state.seed), b=np.zeros(spec.units),
-                     share=_ints(ss.initial_share(spec, kp, state.seed), SHARE_E),
+                     share=fixed_ints(ss.initial_share(spec, kp, state.seed), SHARE_E),
                      rho=np.zeros((slots, kp, spec.units), dtype=object))
 
 
@@ -800,10 +798,10 @@ def activation_request(state: ActiveState, inputs: _Inputs, fwd: Forward,
     U = _need(state.share, "share of W_P")
     # rows g S .. g S + S - 1 of [[h]] arrive shifted into slots 0 .. S-1: one product of the
     # S rows with S copies of U puts their S outputs into the slots of one ciphertext (at 2^-96)
-    hu = _enc_matmul_ints(fwd.h.reshape(groups, slots * kp), np.vstack([U] * slots), share_bits)
+    hu = enc_matmul_ints(fwd.h.reshape(groups, slots * kp), np.vstack([U] * slots), share_bits)
     # R: uniform over 2^40 times the bound of |h U|, added before the products are re-randomised
-    R = _uniform((groups * slots, units), width - 2, signed=False)
-    hu = add_fresh(hu, _packed(R.reshape(groups, slots, -1).transpose(1, 0, 2), width))
+    R = uniform_ints((groups * slots, units), width - 2, signed=False)
+    hu = add_fresh(hu, pack_slots(R.reshape(groups, slots, -1).transpose(1, 0, 2), width))
     new = state.but(mask=R, h=Sealed.of(fwd.h), v=Sealed.of(fwd.v))
     return new, Request(state.epoch, state.batch, state.evaluating, hu, slots, width)
 
@@ -869,15 +867,15 @@ def backward_message(peer: paillier.PublicKey, H: paillier.EncryptedArray, Vc: p
     # gradient of W_P under KP: [[h]] arrives shifted, so delta^T [[h]] holds one partial sum per
     # slot (rows i = s mod S), at 2^-64; each is noised with its own eps_s = rho_s,t - rho_s,t-1,
     # rho uniform over 2^40 times the sum's public bound 2^GRAD_BITS, at its own resolution
-    d = _pad(delta, slots)
+    d = pad_rows(delta, slots)
     unit = encoding.real_values(1, E)  # one unit of the transmitted encoding, 2^-32
     bound = H_BOUND * (np.abs(d) + unit).reshape(-1, slots, m).sum(axis=0).max()
     if bound >= 2.0**GRAD_BITS:
         raise VflError(f"the gradient of the interactive layer may reach {bound:.3g}, above the protocol's public "
                        f"bound 2^{GRAD_BITS} its noise is sized for: lower learning_rate or standardise the label")
-    rho = _uniform(rho_before.shape, RHO_BITS, signed=True)
+    rho = uniform_ints(rho_before.shape, RHO_BITS, signed=True)
     eps = rho - rho_before
-    grad = add_fresh(paillier.plain_matmul(d.T, H), _packed(eps.transpose(0, 2, 1), width))
+    grad = add_fresh(paillier.plain_matmul(d.T, H), pack_slots(eps.transpose(0, 2, 1), width))
     return grad, _error(peer, Vc, U, sent), eps.sum(axis=0), rho
 
 
@@ -890,7 +888,7 @@ def _error(peer: paillier.PublicKey, Vc: paillier.EncryptedArray, U: np.ndarray,
     for _ in range(s_err - 1):  # each slot's block from the previous: a 115-bit exponent each
         shifted.append(shifted[-1].mul(1 << ERR_SLOT_BITS))
     blocks = paillier.concatenate(shifted)
-    ds = _pad(sent, s_err)
+    ds = pad_rows(sent, s_err)
     err = _enc_matmul(blocks.T, ds.reshape(len(ds) // s_err, s_err * sent.shape[1]).T)
     return paillier.rerandomize(err, randomiser="long-exponent")
 

@@ -58,18 +58,18 @@ from vfl_cli.protocol.predict import SCORING_PARAMS
 from vfl_cli.protocol.split_nn import (
     H_BOUND,
     E,
-    _big,
-    _enc_ints,
-    _enc_matmul_ints,
-    _ints,
-    _member,
-    _packed,
-    _pad,
-    _shifted,
-    _text,
-    _uniform,
     add_fresh,
+    enc_matmul_ints,
+    enc_member_info,
+    encrypt_ints,
+    fixed_ints,
+    ints_from_hex,
+    ints_to_hex,
     layout,
+    pack_slots,
+    pad_rows,
+    shift_slots,
+    uniform_ints,
     unslot,
 )
 from vfl_cli.protocol.wire import ints_member, read_enc, read_ints, refuse_echo, sent_digests
@@ -120,7 +120,7 @@ class SplitModelPart:
 
     def share(self) -> np.ndarray:
         """This party's share of ``W_P``: exact integers at 2^-64."""
-        return _big(self.arrays["share"])
+        return ints_from_hex(self.arrays["share"])
 
 
 def model_part(ctx: PartyContext) -> SplitModelPart:
@@ -162,7 +162,7 @@ class Forward(Message):
         return {"rows": self.rows, "alignment": self.alignment}
 
     def members(self) -> list[Member]:
-        return [_member("h", self.h), _member("v", self.v)]
+        return [enc_member_info("h", self.h), enc_member_info("v", self.v)]
 
     @classmethod
     def read(cls, art: Artifact, public: paillier.PublicKey, rows: int, alignment: str,
@@ -198,7 +198,7 @@ class Request(Message):
         return {}
 
     def members(self) -> list[Member]:
-        return [_member("act", self.act, slots=self.slots, slot_bits=self.width)]
+        return [enc_member_info("act", self.act, slots=self.slots, slot_bits=self.width)]
 
     @classmethod
     def read(cls, art: Artifact, public: paillier.PublicKey, groups: int, units: int, slots: int,
@@ -243,8 +243,8 @@ def passive_forward(model: SplitModelPart, X: np.ndarray, public: paillier.Publi
     h = _bottom(model, "passive", X)
     V = model.share()
     _, width, slots = layout(public.bits, V.shape[0], model.params)
-    H = _enc_ints(public, _shifted(_pad(_ints(h), slots), width, slots), E)
-    return Forward(len(X), alignment, H, _enc_ints(public, V, 2 * E))
+    H = encrypt_ints(public, shift_slots(pad_rows(fixed_ints(h), slots), width, slots), E)
+    return Forward(len(X), alignment, H, encrypt_ints(public, V, 2 * E))
 
 
 def _bottom(model: SplitModelPart, part: str, X: np.ndarray) -> np.ndarray:
@@ -261,9 +261,9 @@ def active_request(model: SplitModelPart, fwd: Forward, public: paillier.PublicK
     if max((abs(int(u)) for u in U.flat), default=0) >= 1 << share_bits:
         raise VflError(f"the share of W_P in job {model.job} exceeds its public {share_bits}-bit bound")
     groups, units = fwd.h.shape[0] // slots, U.shape[1]
-    hu = _enc_matmul_ints(fwd.h.reshape(groups, slots * U.shape[0]), np.vstack([U] * slots), share_bits)
-    R = _uniform((groups * slots, units), width - 2, signed=False)
-    packed = _packed(R.reshape(groups, slots, -1).transpose(1, 0, 2), width)
+    hu = enc_matmul_ints(fwd.h.reshape(groups, slots * U.shape[0]), np.vstack([U] * slots), share_bits)
+    R = uniform_ints((groups * slots, units), width - 2, signed=False)
+    packed = pack_slots(R.reshape(groups, slots, -1).transpose(1, 0, 2), width)
     hu = add_fresh(hu, packed)  # the crypto layer's long-exponent re-randomiser: fresh
     return Request(hu, slots, width), R
 
@@ -278,7 +278,7 @@ def passive_activation(model: SplitModelPart, X: np.ndarray, req: Request,
     for g in range(groups):
         for j in range(units):
             raw[g * req.slots:(g + 1) * req.slots, j] = unslot(int(cts[g * units + j]), n, req.width, req.slots)
-    masked = (raw[:len(X)] + _ints(_bottom(model, "passive", X)).dot(V)) % n
+    masked = (raw[:len(X)] + fixed_ints(_bottom(model, "passive", X)).dot(V)) % n
     return Activation([int(v) for v in masked.ravel()], n)
 
 
@@ -328,7 +328,7 @@ def _active_request(ctx: PartyContext, state: ActiveState, received: Mapping[str
     _, _, slots = layout(public.bits, model.share().shape[0], model.params)
     fwd = Forward.read(art, public, len(X), fingerprint(ctx), model.share(), slots)
     req, R = active_request(model, fwd, public)
-    return Step(state.but(mask=_text(R)), "wait-activation", [req.to(p, "request", 1)])
+    return Step(state.but(mask=ints_to_hex(R)), "wait-activation", [req.to(p, "request", 1)])
 
 
 def _active_score(ctx: PartyContext, state: ActiveState, received: Mapping[str, Artifact]) -> Step[ActiveState]:
@@ -339,7 +339,7 @@ def _active_score(ctx: PartyContext, state: ActiveState, received: Mapping[str, 
     if state.mask is None:
         raise VflError("this party holds no mask for the activation (its state is damaged)")
     act = Activation.read(art, len(X) * model.share().shape[1], ctx.public_key(p).n)
-    out = active_outputs(model, X, act, _big(state.mask))
+    out = active_outputs(model, X, act, ints_from_hex(state.mask))
     head = model.spec.head
     scores = make_head(head).predict(out)
     points = None

@@ -109,12 +109,12 @@ def test_report_names_its_data_columns_intersection_and_audit(reports: dict[str,
 
 
 def test_report_loss_names_say_what_they_are(reports: dict[str, str]) -> None:
-    from vfl_cli.report import loss_name
+    from vfl_cli.protocol.registry import loss_label
 
     page = reports["bank"]
-    assert f"<td>{loss_name('hetero-lr', PARAMS)}</td>" in page
-    assert loss_name("hetero-lr", {"approximation": "taylor"}).startswith("train loss (Taylor approximation")
-    assert loss_name("hetero-lr", {}) == "train loss (mean squared error of the probability, on the last batch)"
+    assert f"<td>{loss_label('hetero-lr', PARAMS)}</td>" in page
+    assert loss_label("hetero-lr", {"approximation": "taylor"}).startswith("train loss (Taylor approximation")
+    assert loss_label("hetero-lr", {}) == "train loss (mean squared error of the probability, on the last batch)"
     assert "test log-loss (cross-entropy of the predicted probability)" in page
     assert "<td>loss</td>" not in page and "<td>log_loss</td>" not in page
 

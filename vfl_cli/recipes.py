@@ -397,7 +397,8 @@ def party_summaries(runner: Runner, job: str) -> dict[str, Any]:
     A recipe runs every party on one machine, so its report.json may show each party's own
     facts side by side; no party's report.html shows another's.
     """
-    from vfl_cli.report import audit_summary, data_summary, loss_name
+    from vfl_cli.protocol.registry import loss_label
+    from vfl_cli.report import audit_summary, data_summary
     from vfl_cli.report_scorecard import scorecard_summary
     from vfl_cli.workspace import Workspace
 
@@ -409,7 +410,7 @@ def party_summaries(runner: Runner, job: str) -> dict[str, Any]:
     sizes = {d["intersection_size"] for d in data.values()} - {None}
     params = {k: v for k, v in runner.recipe.tables.get("train", {}).items()}
     out: dict[str, Any] = {"data": data, "audit": audit,
-                           "loss_names": {"train.loss": loss_name(runner.recipe.protocol, params),
+                           "loss_names": {"train.loss": loss_label(runner.recipe.protocol, params),
                                           "test.log_loss":
                                               "test log-loss (cross-entropy of the predicted probability)"}}
     if len(sizes) == 1:

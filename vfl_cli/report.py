@@ -25,7 +25,7 @@ from vfl_cli import jobs
 from vfl_cli.crypto.signing import short
 from vfl_cli.models.reference import sigmoid
 from vfl_cli.protocol.base import JobState
-from vfl_cli.protocol.registry import REGISTRY
+from vfl_cli.protocol.registry import REGISTRY, loss_label
 from vfl_cli.workspace import Workspace
 
 CSS = """
@@ -150,19 +150,6 @@ def _tree_tables(state: JobState) -> list[str]:
     return out
 
 
-def loss_name(protocol: str, params: dict[str, Any]) -> str:
-    """What a job's training loss is, in words (the number alone reads as a log-loss)."""
-    if protocol == "hetero-lr":
-        if params.get("approximation") == "taylor":
-            return "train loss (Taylor approximation of the log-loss, on the last batch)"
-        return "train loss (mean squared error of the probability, on the last batch)"
-    if protocol == "hetero-linear":
-        return "train loss (mean squared error, on the last batch)"
-    if protocol == "split-nn":
-        return "train loss (the network's objective, mean over the epoch's batches)"
-    return "train loss"
-
-
 #: Test metric names spelt out in the report.
 METRIC_NAMES = {"log_loss": "test log-loss (cross-entropy of the predicted probability)",
                 "auc": "AUC (area under the ROC curve)", "ks": "KS (Kolmogorov-Smirnov statistic)",
@@ -173,7 +160,7 @@ def _metric_rows(metrics: dict[str, Any], protocol: str, params: dict[str, Any])
     rows = []
     for split, vals in metrics.items():
         for k, v in vals.items():
-            name = loss_name(protocol, params) if (split, k) == ("train", "loss") else METRIC_NAMES.get(k, k)
+            name = loss_label(protocol, params) if (split, k) == ("train", "loss") else METRIC_NAMES.get(k, k)
             rows.append([split, name, _fmt(v)])
     return rows
 
@@ -191,7 +178,7 @@ def _training_curve(history: list[dict[str, Any]], card: dict[str, Any], protoco
     ax.set_xlim(0.5, last + 0.5)
     ax.set_xticks(range(1, last + 1, max(1, last // 12)))
     ax.set_xlabel("epoch")
-    ax.set_ylabel(loss_name(protocol, params).removeprefix("train "))
+    ax.set_ylabel(loss_label(protocol, params).removeprefix("train "))
     ax.grid(alpha=0.3)
     every = int(params.get("loss_every", 1) or 1)
     how = (f"measured after epoch 1, every {every} epochs (loss_every = {every}) and the last"

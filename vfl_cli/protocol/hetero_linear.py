@@ -862,7 +862,6 @@ class HeteroLinear(KitProtocol[Any]):
     name = "hetero-linear"
     summary = "hetero linear regression (squared loss), no third party"
     task = "regression"
-    loss_name = "mse"
     states: ClassVar[Mapping[str, type[PartyState]]] = {"active": ActiveState, "passive": PassiveState}
 
     def constant_slope(self, params: Mapping[str, Any]) -> float | None:

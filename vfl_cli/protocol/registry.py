@@ -82,6 +82,8 @@ class ProtocolInfo:
         model: Renders its model card as a table (``vfl model show``): a function, or
             ``"module:function"`` imported on first use; None: it trains no model.
         export_standardiser: ``vfl model export`` adds the party's column means and deviations.
+        loss: What its training loss is, in words, for the report: text, or a function of the
+            job's parameters returning text.
     """
 
     target: str
@@ -95,12 +97,19 @@ class ProtocolInfo:
     model: Any = None  # Callable[[Mapping[str, Any]], ModelTable] | str | None
     export_standardiser: bool = True
     predictor: str | None = None
+    loss: Any = "train loss"  # str | Callable[[Mapping[str, Any]], str]
 
     def __post_init__(self) -> None:
         # predicts and predictor say one thing: a linear entry may give either
         if self.predicts and self.predictor is None:
             object.__setattr__(self, "predictor", "predict")
         object.__setattr__(self, "predicts", self.predictor is not None)
+
+
+def _logistic_loss(params: Mapping[str, Any]) -> str:
+    if params.get("approximation") == "taylor":
+        return "train loss (Taylor approximation of the log-loss, on the last batch)"
+    return "train loss (mean squared error of the probability, on the last batch)"
 
 
 #: Every protocol, by the name jobs and recipes use. One line per protocol.
@@ -126,6 +135,7 @@ REGISTRY: dict[str, ProtocolInfo] = {
         binary=True,
         predicts=True,
         model=weights_table,
+        loss=_logistic_loss,
     ),
     "hetero-linear": ProtocolInfo(
         "vfl_cli.protocol.hetero_linear:HeteroLinear",
@@ -135,6 +145,7 @@ REGISTRY: dict[str, ProtocolInfo] = {
         evaluated=True,
         predicts=True,
         model=weights_table,
+        loss="train loss (mean squared error, on the last batch)",
     ),
     "predict": ProtocolInfo(
         "vfl_cli.protocol.predict:Predict",
@@ -148,6 +159,7 @@ REGISTRY: dict[str, ProtocolInfo] = {
         evaluated=True,
         model=card_table,
         predictor="split-nn-predict",
+        loss="train loss (the network's objective, mean over the epoch's batches)",
     ),
     "split-nn-predict": ProtocolInfo("vfl_cli.protocol.split_predict:SplitPredict", "scoring aligned rows with a split-nn model: the forward pass of training (masked shares of W_P); only the active party sees scores", needs_alignment=True),  # noqa: E501
     "secureboost": ProtocolInfo("vfl_cli.protocol.secureboost:SecureBoost", "hetero gradient boosting (SecureBoost): encrypted per-bin sums, splits kept by their owners", needs_alignment=True, trains=True, evaluated=True, model=lambda card: importlib.import_module("vfl_cli.protocol.sbt_card").trees_table(card), export_standardiser=False, predictor="secureboost-predict"),  # noqa: E501
@@ -195,6 +207,14 @@ def get_protocol(name: str) -> Protocol:
     module, cls = info(name).target.split(":")
     protocol: Protocol = getattr(importlib.import_module(module), cls)()
     return protocol
+
+
+def loss_label(name: str, params: Mapping[str, Any]) -> str:
+    """What a job of protocol ``name`` calls its training loss, in words (the number alone reads
+    as a log-loss); "train loss" for a protocol not registered."""
+    entry = REGISTRY.get(name)
+    label = "train loss" if entry is None else entry.loss
+    return str(label(params) if callable(label) else label)
 
 
 def model_table(name: str, card: Mapping[str, Any]) -> ModelTable:

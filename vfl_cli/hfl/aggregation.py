@@ -78,6 +78,7 @@ from typing import Any
 
 import numpy as np
 
+from vfl_cli.checks import whole
 from vfl_cli.errors import VflError
 from vfl_cli.hfl.worker import STAT_NAMES, Delta
 from vfl_cli.models.nn import Sequential, build_sequential
@@ -314,9 +315,9 @@ class ActorCritic:
         stat_names: Sequence[str] = STAT_NAMES,
         seed: int = 0,
     ) -> None:
-        if isinstance(n_nodes, bool) or not isinstance(n_nodes, int) or n_nodes < 2:
+        if not whole(n_nodes, 2):
             raise VflError(f"Actor-Critic weighting needs at least 2 nodes, got {n_nodes!r}")
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        if not whole(hidden, 1):
             raise VflError(f"hidden must be a whole number >= 1, got {hidden!r}")
         positive = {"actor_lr": actor_lr, "critic_lr": critic_lr, "sigma": sigma, "bound": bound}
         for name, value in positive.items():
@@ -326,7 +327,7 @@ class ActorCritic:
             raise VflError(f"memory must be in [0, 1), got {memory!r}")
         if not _finite(entropy) or entropy < 0:
             raise VflError(f"entropy must be a number >= 0, got {entropy!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if not whole(seed):
             raise VflError(f"seed must be a whole number, got {seed!r}")
         self.n_nodes = n_nodes
         self.hidden = hidden
@@ -546,7 +547,7 @@ class ActorCritic:
                 f"expected {_STATE_KIND!r} version {_STATE_VERSION}"
             )
         round_ = state.get("round")
-        if isinstance(round_, bool) or not isinstance(round_, int) or round_ < 0:
+        if not whole(round_, 0):
             raise VflError(f"state field 'round' must be a whole number >= 0, got {round_!r}")
         prev = state.get("prev_probs")
         prev_arr = None if prev is None else _array(prev, "prev_probs", (self.n_nodes,))

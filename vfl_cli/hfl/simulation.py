@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from vfl_cli.checks import whole
 from vfl_cli.errors import VflError
 from vfl_cli.hfl.aggregation import ActorCritic, aggregate
 from vfl_cli.hfl.model import init_model, model_loss
@@ -89,7 +90,7 @@ def simulate(
     """
     if weighting not in WEIGHTINGS:
         raise VflError(f"unknown weighting {weighting!r}; allowed: {', '.join(WEIGHTINGS)}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+    if not whole(rounds, 1):
         raise VflError(f"rounds must be a whole number >= 1, got {rounds!r}")
     if len(nodes) < 1:
         raise VflError("need at least one node")

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vfl_cli.checks import np_whole, whole
 from vfl_cli.errors import InvalidArtifact, VflError
 from vfl_cli.hfl.model import model_predict
 from vfl_cli.models.nn import Head, build_sequential
@@ -61,7 +62,7 @@ _MAX_PARAMS = 2**32 - 1  # indices travel as uint32
 
 
 def _version(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not np_whole(value, 1):
         raise VflError(f"update version must be a whole number >= 1, got {value!r}")
     return int(value)
 
@@ -351,7 +352,7 @@ class UpdatePublisher:
             VflError: If the state is malformed.
         """
         version = state.get("version")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        if not whole(version, 0):
             raise VflError(
                 f"publisher state 'version' must be a whole number >= 0, got {version!r}"
             )

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from vfl_cli.checks import np_whole
 from vfl_cli.errors import DataError, VflError
 from vfl_cli.hfl.model import network
 from vfl_cli.models.nn import Head, fit, make_head
@@ -52,7 +53,7 @@ class Delta:
             raise VflError(f"a delta must be a vector, got shape {values.shape}")
         if not np.all(np.isfinite(values)):
             raise VflError("delta contains NaN or infinite values; local training diverged")
-        if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, (int, np.integer)):
+        if not np_whole(self.n_samples):
             raise VflError(f"n_samples must be a whole number, got {self.n_samples!r}")
         if self.n_samples < 1:
             raise VflError(f"n_samples must be >= 1, got {self.n_samples}")

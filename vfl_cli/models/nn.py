@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vfl_cli.checks import np_whole
 from vfl_cli.errors import DataError, VflError
 from vfl_cli.models.optim import Optimizer
 from vfl_cli.models.reference import minibatches, sigmoid
@@ -169,7 +170,7 @@ class Dense(Layer):
         seed: int | np.random.Generator | None = None,
     ) -> None:
         for name, value in (("in_dim", in_dim), ("units", out_dim)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            if not np_whole(value, 1):
                 raise VflError(f"dense layer: {name} must be a whole number >= 1, got {value!r}")
         if init not in INITS:
             raise VflError(f"dense layer: unknown init {init!r}; allowed: {', '.join(INITS)}")
@@ -699,7 +700,7 @@ def build_sequential(spec: Sequence[Mapping[str, Any]], in_dim: int, seed: int =
             "network spec must be a non-empty list of layer dicts, e.g. "
             '[{"type": "dense", "units": 16}, {"type": "relu"}, {"type": "dense", "units": 1}]'
         )
-    if isinstance(in_dim, bool) or not isinstance(in_dim, (int, np.integer)) or in_dim < 1:
+    if not np_whole(in_dim, 1):
         raise VflError(f"input width must be a whole number >= 1, got {in_dim!r}")
     layers: list[Layer] = []
     width = int(in_dim)
@@ -753,7 +754,7 @@ def make_optimizers(model: Sequential, factory: Callable[[], Optimizer]) -> list
 
 
 def _epochs(epochs: Any) -> int:
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+    if not np_whole(epochs, 1):
         raise VflError(f"epochs must be a whole number >= 1, got {epochs!r}")
     return int(epochs)
 

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vfl_cli.checks import np_whole
 from vfl_cli.errors import VflError
 
 __all__ = [
@@ -84,7 +85,7 @@ def _fraction(name: str, value: Any) -> float:
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not np_whole(value, 1):
         raise VflError(f"{name} must be a whole number >= 1, got {value!r}")
     return int(value)
 
@@ -270,7 +271,7 @@ class Optimizer(ABC):
                 f"optimiser state is for {state.get('name')!r}, this optimiser is {self.name!r}"
             )
         t = state.get("t")
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
+        if not np_whole(t, 0):
             raise VflError(f"optimiser state field 't' must be a whole number >= 0, got {t!r}")
         return int(t)
 

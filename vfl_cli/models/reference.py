@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from vfl_cli.checks import whole
 from vfl_cli.errors import DataError, VflError
 from vfl_cli.models.optim import Optimizer, make_optimizer, newton_decrement, own_curvature, own_curvature_step
 
@@ -236,7 +237,7 @@ def _fit(
     fixed: bool = False,
 ) -> ReferenceFit:
     features, target = _check_xy(X, y, binary=binary)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+    if not whole(epochs, 1):
         raise VflError(f"epochs must be a whole number >= 1, got {epochs!r}")
     n, d = features.shape
     if fit_intercept:

@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from vfl_cli.checks import whole
 from vfl_cli.errors import VflError
 from vfl_cli.models.nn import INITS, Dense, Dropout, Sequential, build_sequential, make_head
 from vfl_cli.models.optim import Optimizer, make_optimizer
@@ -215,7 +216,7 @@ def _interactive(inter: Any) -> tuple[int, str]:
     if inter.get("type", "dense") != "dense":
         raise VflError(f"model spec, interactive layer: type must be dense, not {inter.get('type')!r}")
     units = inter.get("units", 8)
-    if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+    if not whole(units, 1):
         raise VflError(f"model spec, interactive layer: units must be a whole number >= 1, got {units!r}")
     init = str(inter.get("init", "xavier"))
     if init not in INITS:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from vfl_cli.artifacts.container import Artifact, Member
+from vfl_cli.checks import whole
 from vfl_cli.errors import InvalidArtifact, VflError
 from vfl_cli.names import is_name
 
@@ -435,7 +436,7 @@ def meta_list(art: Artifact, key: str, *, item: type = str, max_len: int = 1_000
 def meta_int(art: Artifact, key: str, *, low: int = 0, high: int = SEED_MAX) -> int:
     """A whole-number field of a received message's meta, in ``low..high``."""
     value = art.meta.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if not whole(value, low, high):
         raise InvalidArtifact(f"{art.kind} from {art.sender}: {key} must be a whole number in "
                               f"{low}..{_int_text(high)}, not {_shown(value)}")
     return value

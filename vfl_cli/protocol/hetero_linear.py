@@ -87,6 +87,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from vfl_cli.artifacts.container import Artifact, Member
+from vfl_cli.checks import whole
 from vfl_cli.crypto import paillier
 from vfl_cli.crypto.encoding import rescale_factor
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
@@ -362,7 +363,7 @@ def peer_columns(known: Mapping[str, int], art: Artifact, smallest_batch: int) -
     Every later gradient request from that party must hold exactly this many values.
     """
     cols = art.meta.get("columns")
-    if isinstance(cols, bool) or not isinstance(cols, int) or cols < 1:
+    if not whole(cols, 1):
         raise InvalidArtifact(f"{art.kind} from {art.sender} does not declare its column count")
     if known.get(art.sender, cols) != cols:
         raise InvalidArtifact(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vfl_cli.artifacts.container import Artifact
+from vfl_cli.checks import whole
 from vfl_cli.crypto import histogram as hg
 from vfl_cli.crypto import paillier
 from vfl_cli.errors import DataError, InvalidArtifact
@@ -478,7 +479,7 @@ class LayerMessage:
 
         def num(key: str, low: int, high: int) -> int:
             v = meta.get(key)
-            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            if not whole(v, low, high):
                 raise InvalidArtifact(f"sbt/layer from {art.sender}: {key} must be a whole "
                                       f"number in {low}..{high}, not {v!r:.40}")
             return v

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from vfl_cli.artifacts.container import Artifact, Member
+from vfl_cli.checks import whole
 from vfl_cli.crypto import paillier
 from vfl_cli.crypto.signing import short
 from vfl_cli.errors import InvalidArtifact
@@ -113,7 +114,7 @@ def expect_meta_count(art: Artifact, key: str, actual: int, *, required: bool = 
     value = art.meta.get(key)
     if value is None and not required and key not in art.meta:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value != actual:
+    if not whole(value) or value != actual:
         raise InvalidArtifact(
             f"{art.kind} from {art.sender} declares {key}={str(value)[:40]!r} in its manifest, "
             f"but holds {actual}; refused (its counts and its payload disagree)"

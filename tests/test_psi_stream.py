@@ -283,3 +283,23 @@ def test_streamed_through_vfl_equals_in_memory(tmp_path: Path, monkeypatch: pyte
     p_big = engine.load_state(Workspace(bureau), "big")[0]
     assert a_big.arrays["aligned_ids"].tolist() == p_big.arrays["aligned_ids"].tolist()
     assert json.loads((bank / "vfl.json").read_text()).get("memory") is None  # --memory is not saved
+
+
+def test_csv_layout_detected_once_per_unchanged_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vfl_cli import tables
+
+    path = tmp_path / "ids.csv"
+    path.write_text("id;x\na;1,5\nb;2,5\n")
+    calls: list[Path] = []
+    detect = tables.detect_format
+    monkeypatch.setattr(tables, "detect_format", lambda p, **o: calls.append(p) or detect(p, **o))
+    fmt, names = ps.csv_layout(path)
+    first = len(calls)
+    assert first >= 1 and (fmt, names) == (detect(path), tables.read_header(path))
+    assert ps.csv_layout(path) == (fmt, names) and len(calls) == first + 1  # read_header above only
+    assert fmt.sep == ";" and fmt.decimal == "," and names == ["id", "x"]
+    assert [ids for _, ids in ps.csv_chunks(path, "id", 1)()] == [["a"], ["b"]]
+    path.write_text("id,x\nc,1.5\nd,2.5\ne,3\n")  # a changed file is detected again
+    before = len(calls)
+    assert ps.csv_layout(path)[0].sep == "," and len(calls) > before
+    assert [ids for _, ids in ps.csv_chunks(path, "id", 2)()] == [["c", "d"], ["e"]]

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -57,6 +57,9 @@ from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.protocol import psi
 from vfl_cli.protocol.base import JobState
 from vfl_cli.protocol.kit import PartyState
+
+if TYPE_CHECKING:
+    from vfl_cli.tables import CsvFormat
 
 __all__ = [
     "DEFAULT_MEMORY",
@@ -68,6 +71,7 @@ __all__ = [
     "StreamAlignment",
     "choose",
     "csv_chunks",
+    "csv_layout",
     "format_memory",
     "in_memory_estimate",
     "list_chunks",
@@ -200,10 +204,7 @@ def csv_chunks(path: Path, id_column: str, size: int, csv: Mapping[str, Any] | N
     """
     import pandas as pd
 
-    from vfl_cli import tables
-
-    fmt = tables.detect_format(path, **dict(csv or {}))
-    names = tables.read_header(path, sep=fmt.sep, decimal=fmt.decimal, encoding=fmt.encoding)
+    fmt, names = csv_layout(path, csv)
     if id_column not in names:
         raise DataError(f"{path} has no id column {id_column!r}")
 
@@ -220,6 +221,39 @@ def csv_chunks(path: Path, id_column: str, size: int, csv: Mapping[str, Any] | N
                 first += len(cells)
 
     return read
+
+
+_LAYOUTS: dict[tuple[Any, ...], tuple[CsvFormat, list[str]]] = {}  # file identity -> (CsvFormat, names)
+
+
+def csv_layout(path: Path, csv: Mapping[str, Any] | None = None) -> tuple[CsvFormat, list[str]]:
+    """The format and column names of a CSV (:func:`vfl_cli.tables.detect_format`, ``read_header``),
+    detected once per process for an unchanged file.
+
+    A streamed alignment advances one part at a time and opens the id column again for every
+    part; detecting the format (the first 64 KiB parsed with every separator) cost more CPU than
+    reading the part's ids. The file is known unchanged by its device, inode, size and mtime in
+    nanoseconds; any change detects again.
+    """
+    from vfl_cli import tables
+
+    options = dict(csv or {})
+    try:
+        st = os.stat(path)
+        key: tuple[Any, ...] | None = (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size,
+                                       st.st_mtime_ns, tuple(sorted(options.items())))
+    except OSError:
+        key = None  # detect_format says what is wrong with the path
+    if key is not None and key in _LAYOUTS:
+        fmt, names = _LAYOUTS[key]
+        return fmt, list(names)
+    fmt = tables.detect_format(path, **options)
+    names = tables.read_header(path, sep=fmt.sep, decimal=fmt.decimal, encoding=fmt.encoding)
+    if key is not None:
+        if len(_LAYOUTS) >= 8:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = (fmt, list(names))
+    return fmt, names
 
 
 def _ids_digest(chunks: Chunks) -> tuple[bytes, int, int]:

@@ -323,6 +323,17 @@ def protection_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, batch, 0x1AB])
 
 
+def row_noise(seed: int, rows: np.ndarray, width: int) -> np.ndarray:
+    """Each training row's own label-protection noise (``len(rows)`` by ``width``), from the active
+    party's private seed keyed by the row's position, not the epoch: the same in every epoch, so an
+    attacker summing a row's gradients over the epochs does not average it away."""
+    return np.array([np.random.default_rng([seed, int(r), 0x9001]).standard_normal(width) for r in rows],
+                    dtype=np.float64).reshape(len(rows), width)
+
+
+#: the share of each batch's noise that is the row's own (:func:`row_noise`), the rest fresh:
+#: ``ROW_SHARE * row + sqrt(1 - ROW_SHARE ** 2) * fresh``
+ROW_SHARE = 1.0
 #: standard errors of a label-free score's AUC: a batch cannot be held closer to chance than this
 CHANCE_BAND_SE = 2.0
 #: noise scales tried per draw: doubling from ``SCALE_START`` up to ``SCALE_MAX``, then bisected
@@ -350,7 +361,7 @@ def chance_band(labels: np.ndarray) -> float:
 
 
 def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.random.Generator,
-            *, head: str = "binary") -> np.ndarray:
+            *, head: str = "binary", seed: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
     """``delta`` as the passive party's bottom will see it, label-protected by ``strength`` (0: unchanged).
 
     Classification heads: Gaussian noise along the batch's label directions
@@ -360,6 +371,9 @@ def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.rand
     (:func:`vfl_cli.privacy.leak_aucs`) on the candidate this party is about to send all reach at
     most :func:`leak_target` (or the batch's :func:`chance_band`, if higher). Noise costs accuracy
     only where and when the batch leaks. Regression: :func:`vfl_cli.privacy.protect_labels`.
+    ``seed`` (the active party's private seed) and ``rows`` (the batch's training-row positions):
+    :data:`ROW_SHARE` of the noise is each row's :func:`row_noise`, the same in every epoch, so
+    pooling epochs does not average it away; None: every draw fresh.
 
     Raises:
         VflError: a negative strength, or labels and gradients of different lengths.
@@ -384,7 +398,8 @@ def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.rand
     target = max(leak_target(strength), chance_band(labels))
     if target >= 1.0:  # a strength of 1/4 or less: nothing to hold
         return g.copy()
-    return _least_noise(flat, np.asarray(labels).ravel(), basis, scale, target, rng).reshape(g.shape)
+    own = None if rows is None or seed is None else row_noise(seed, rows, flat.shape[1])[:, :len(basis)]
+    return _least_noise(flat, np.asarray(labels).ravel(), basis, scale, target, rng, own).reshape(g.shape)
 
 
 def noise_basis(g: np.ndarray, dirs: np.ndarray) -> np.ndarray:
@@ -422,14 +437,16 @@ def linear_leak(labels: np.ndarray, grads: np.ndarray) -> float:
 
 
 def _least_noise(g: np.ndarray, y: np.ndarray, dirs: np.ndarray, scale: np.ndarray, target: float,
-                 rng: np.random.Generator) -> np.ndarray:
+                 rng: np.random.Generator, own: np.ndarray | None = None) -> np.ndarray:
     """``g + s * noise`` with the smallest scale ``s`` found whose worst leak is at most ``target``;
     after :data:`NOISE_DRAWS` draws that never get there, the least leaking candidate tried."""
     from vfl_cli.privacy import leak_aucs
 
     best, best_leak = g, float("inf")
     for _ in range(NOISE_DRAWS):
-        noise = (rng.standard_normal((len(g), len(dirs))) * scale) @ dirs
+        fresh = rng.standard_normal((len(g), len(dirs)))
+        mix = fresh if own is None else ROW_SHARE * own + np.sqrt(1.0 - ROW_SHARE ** 2) * fresh
+        noise = (mix * scale) @ dirs
         tried: dict[float, float] = {}
 
         def worst(s: float, noise: np.ndarray = noise, tried: dict[float, float] = tried) -> float:
@@ -528,15 +545,17 @@ def central_fit(spec: SplitSpec, XA: np.ndarray, XP: np.ndarray, y: np.ndarray, 
     seed, batch = int(params["seed"]), int(params["batch_size"]) or None
     history: list[float] = []
     for epoch in range(epochs if epochs is not None else int(params["epochs"])):
-        losses = [_central_batch(model, XA[rows], XP[rows], y[rows], params, opts, (sa, sp), epoch, b)
+        losses = [_central_batch(model, XA, XP, y, rows, params, opts, (sa, sp), epoch, b)
                   for b, rows in enumerate(minibatches(len(y), batch, seed=seed, epoch=epoch))]
         history.append(float(np.mean(losses)))
     return model, history
 
 
-def _central_batch(model: SplitModel, xa: np.ndarray, xp: np.ndarray, y: np.ndarray, params: Mapping[str, Any],
-                   opts: dict[str, list[Optimizer]], seeds: Seeds, epoch: int, b: int) -> float:
+def _central_batch(model: SplitModel, XA: np.ndarray, XP: np.ndarray, Y: np.ndarray, rows: np.ndarray,
+                   params: Mapping[str, Any], opts: dict[str, list[Optimizer]], seeds: Seeds, epoch: int,
+                   b: int) -> float:
     sa, sp = seeds
+    xa, xp, y = XA[rows], XP[rows], Y[rows]
     for net, part, s in ((model.bottom_a, "active", sa), (model.bottom_p, "passive", sp), (model.top, "top", sa)):
         reseed_dropout(net, s, epoch, b, part)
     ha, hp = forward(model.bottom_a, xa), forward(model.bottom_p, xp)
@@ -544,7 +563,7 @@ def _central_batch(model: SplitModel, xa: np.ndarray, xp: np.ndarray, y: np.ndar
     loss, dout = make_head(model.spec.head).loss_grad(forward(model.top, z), y)
     delta = backward(model.top, dout)
     sent = protect(delta, y, float(params.get("label_protection", 0.0)), protection_rng(sa, epoch, b),
-                   head=model.spec.head)
+                   head=model.spec.head, seed=sa, rows=rows)
     g_wa, g_wp, g_b = ha.T @ delta, hp.T @ delta, delta.sum(axis=0)
     backward(model.bottom_a, delta @ model.W_A.T)
     backward(model.bottom_p, sent @ model.W_P.T)

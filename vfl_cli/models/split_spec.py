@@ -361,7 +361,8 @@ def chance_band(labels: np.ndarray) -> float:
 
 
 def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.random.Generator,
-            *, head: str = "binary", seed: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+            *, head: str = "binary", seed: int | None = None, rows: np.ndarray | None = None,
+            pooled: np.ndarray | None = None) -> np.ndarray:
     """``delta`` as the passive party's bottom will see it, label-protected by ``strength`` (0: unchanged).
 
     Classification heads: Gaussian noise along the batch's label directions
@@ -373,7 +374,9 @@ def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.rand
     only where and when the batch leaks. Regression: :func:`vfl_cli.privacy.protect_labels`.
     ``seed`` (the active party's private seed) and ``rows`` (the batch's training-row positions):
     :data:`ROW_SHARE` of the noise is each row's :func:`row_noise`, the same in every epoch, so
-    pooling epochs does not average it away; None: every draw fresh.
+    pooling epochs does not average it away; None: every draw fresh. ``pooled``: each of the
+    batch's rows' ``delta'`` summed over the batches sent before; the search then also holds the
+    three attacks on ``pooled + candidate`` (an attacker pooling epochs) to the target.
 
     Raises:
         VflError: a negative strength, or labels and gradients of different lengths.
@@ -399,7 +402,7 @@ def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.rand
     if target >= 1.0:  # a strength of 1/4 or less: nothing to hold
         return g.copy()
     own = None if rows is None or seed is None else row_noise(seed, rows, flat.shape[1])[:, :len(basis)]
-    return _least_noise(flat, np.asarray(labels).ravel(), basis, scale, target, rng, own).reshape(g.shape)
+    return _least_noise(flat, np.asarray(labels).ravel(), basis, scale, target, rng, own, pooled).reshape(g.shape)
 
 
 def noise_basis(g: np.ndarray, dirs: np.ndarray) -> np.ndarray:
@@ -437,7 +440,8 @@ def linear_leak(labels: np.ndarray, grads: np.ndarray) -> float:
 
 
 def _least_noise(g: np.ndarray, y: np.ndarray, dirs: np.ndarray, scale: np.ndarray, target: float,
-                 rng: np.random.Generator, own: np.ndarray | None = None) -> np.ndarray:
+                 rng: np.random.Generator, own: np.ndarray | None = None,
+                 pooled: np.ndarray | None = None) -> np.ndarray:
     """``g + s * noise`` with the smallest scale ``s`` found whose worst leak is at most ``target``;
     after :data:`NOISE_DRAWS` draws that never get there, the least leaking candidate tried."""
     from vfl_cli.privacy import leak_aucs
@@ -453,6 +457,8 @@ def _least_noise(g: np.ndarray, y: np.ndarray, dirs: np.ndarray, scale: np.ndarr
             candidate = g + s * noise
             leaks = leak_aucs(y, candidate)
             tried[s] = max([*leaks.values(), linear_leak(y, candidate)]) if leaks else 0.5
+            if pooled is not None and leaks:
+                tried[s] = max(tried[s], *leak_aucs(y, pooled + candidate).values())
             return tried[s]
 
         lo, hi = 0.0, SCALE_START
@@ -544,16 +550,17 @@ def central_fit(spec: SplitSpec, XA: np.ndarray, XP: np.ndarray, y: np.ndarray, 
     opts["interactive"] = [factory(), factory(), interactive_optimizer(params)]
     seed, batch = int(params["seed"]), int(params["batch_size"]) or None
     history: list[float] = []
+    pool = np.zeros((len(y), model.W_P.shape[1]))  # every row's delta' summed so far, as A's meter keeps it
     for epoch in range(epochs if epochs is not None else int(params["epochs"])):
-        losses = [_central_batch(model, XA, XP, y, rows, params, opts, (sa, sp), epoch, b)
+        losses = [_central_batch(model, XA, XP, y, rows, pool, params, opts, (sa, sp), epoch, b)
                   for b, rows in enumerate(minibatches(len(y), batch, seed=seed, epoch=epoch))]
         history.append(float(np.mean(losses)))
     return model, history
 
 
 def _central_batch(model: SplitModel, XA: np.ndarray, XP: np.ndarray, Y: np.ndarray, rows: np.ndarray,
-                   params: Mapping[str, Any], opts: dict[str, list[Optimizer]], seeds: Seeds, epoch: int,
-                   b: int) -> float:
+                   pool: np.ndarray, params: Mapping[str, Any], opts: dict[str, list[Optimizer]], seeds: Seeds,
+                   epoch: int, b: int) -> float:
     sa, sp = seeds
     xa, xp, y = XA[rows], XP[rows], Y[rows]
     for net, part, s in ((model.bottom_a, "active", sa), (model.bottom_p, "passive", sp), (model.top, "top", sa)):
@@ -563,7 +570,8 @@ def _central_batch(model: SplitModel, XA: np.ndarray, XP: np.ndarray, Y: np.ndar
     loss, dout = make_head(model.spec.head).loss_grad(forward(model.top, z), y)
     delta = backward(model.top, dout)
     sent = protect(delta, y, float(params.get("label_protection", 0.0)), protection_rng(sa, epoch, b),
-                   head=model.spec.head, seed=sa, rows=rows)
+                   head=model.spec.head, seed=sa, rows=rows, pooled=pool[rows])
+    pool[rows] += sent
     g_wa, g_wp, g_b = ha.T @ delta, hp.T @ delta, delta.sum(axis=0)
     backward(model.bottom_a, delta @ model.W_A.T)
     backward(model.bottom_p, sent @ model.W_P.T)

@@ -948,7 +948,8 @@ def train_batch(state: ActiveState, inputs: _Inputs, z_p: np.ndarray, rows: np.n
     # every other gradient, W_P's included, uses the exact delta
     sent = ss.protect(delta, y, float(params["label_protection"]),
                       ss.protection_rng(state.seed, state.epoch, state.batch), head=spec.head,
-                      seed=state.seed, rows=train_positions(inputs.data.split.train, rows))
+                      seed=state.seed, rows=train_positions(inputs.data.split.train, rows),
+                      pooled=None if state.meter_pool is None else state.meter_pool[rows])
     new = metered(state, inputs, sent, rows, end=state.batch == inputs.data.batches_per_epoch - 1)
     H, Vc = _need(state.h, "[[h]]").open(peer), _need(state.v, "[[V]]").open(peer)
     share_bits, width, _ = layout(peer.bits, H.shape[1], params)

@@ -19,11 +19,21 @@ gives the sum: "sealing cost: X s of the align stage's Y s, N bytes sealed".
 
 ``--memory`` sets every party's memory bound (``VFL_MEMORY``): an alignment whose in-memory peak
 would pass it streams in parts (vfl_cli.protocol.psi_stream).
+
+``--dask-workers N`` starts a ``distributed.LocalCluster`` of N worker processes (one thread each)
+and gives its address to every ``vfl`` process (``VFL_DASK_SCHEDULER``, the ``vfl --dask-scheduler``
+path): the parties' hashing and blinding batches then run on those workers. The workers are not
+children of the ``vfl`` processes, so their CPU seconds and peak RSS are read from the workers
+themselves (``client.run`` of ``getrusage``) before and after each run and reported beside the
+party processes'.
+
+    python tests/benchmarks/bench_align_cli.py --n 10000000 --dask-workers 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -51,9 +61,9 @@ def write_parties(folder: Path, n: int, overlap: float, seed: int = 0) -> tuple[
             fh.write("id,x,label\n" if label else "id,x\n")
             x = rng.normal(size=len(ids))
             if label:
-                fh.writelines(f"c{i:09d},{v:.4f},{int(v > 0)}\n" for i, v in zip(ids, x))
+                fh.writelines(f"c{i:09d},{v:.4f},{int(v > 0)}\n" for i, v in zip(ids, x, strict=True))
             else:
-                fh.writelines(f"c{i:09d},{v:.4f}\n" for i, v in zip(ids, x))
+                fh.writelines(f"c{i:09d},{v:.4f}\n" for i, v in zip(ids, x, strict=True))
         paths.append(path)
     return paths[0], paths[1]
 
@@ -115,18 +125,71 @@ def peak_recorder(folder: Path) -> dict[str, str]:
     return {"PYTHONPATH": path, "VFL_BENCH_PEAKS": str(folder / "peaks.jsonl")}
 
 
-def print_peaks(folder: Path) -> None:
-    """The job steps' exit records, one line each (the recipe's setup commands left out)."""
+def print_peaks(folder: Path) -> float:
+    """The job steps' exit records, one line each (the recipe's setup commands left out).
+
+    Returns the CPU seconds of those job steps, their own (local) workers included."""
     peaks = folder / "peaks.jsonl"
     if not peaks.exists():
-        return
+        return 0.0
+    total = 0.0
     for line in peaks.read_text().splitlines():
         x = json.loads(line)
         if any(w in x["argv"] for w in ("step", "start", "accept")):
+            total += x["cpu_s"] + x["workers_cpu_s"]
             print(f"  {' '.join(x['argv'])}: peak RSS {x['peak_mib']:.0f} MiB "
                   f"(workers {x['workers_peak_mib']:.0f} MiB), CPU {x['cpu_s']:.1f} s "
                   f"+ workers {x['workers_cpu_s']:.1f} s", flush=True)
     peaks.unlink()
+    return total
+
+
+def aligned_digest(job: Path) -> str:
+    """SHA-256 of the job's aligned ids, sorted (one per line): equal between two runs of the same
+    files exactly when they found the same intersection (the order follows the run's random
+    scalars, and the fingerprint is a MAC under a per-run key, so neither compares across runs)."""
+    import hashlib
+
+    with np.load(job / "arrays.npz", allow_pickle=False) as z:
+        ids = z["aligned_ids"]
+    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:16] + f" ({len(ids):,} ids)"
+
+
+def _worker_usage() -> tuple[float, float]:
+    """CPU seconds and peak RSS (MiB) of the Dask worker process this runs on."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime, own.ru_maxrss / 1024
+
+
+class DaskWorkers:
+    """A local Dask cluster of ``n`` worker processes, one thread each, and their CPU use.
+
+    The workers are not children of the ``vfl`` processes: :meth:`usage` asks each worker for its
+    own ``getrusage`` (CPU seconds so far, peak RSS)."""
+
+    def __init__(self, n: int) -> None:
+        import distributed
+
+        self.cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                dashboard_address=None)
+        self.client = distributed.Client(self.cluster, set_as_default=False)  # the calibration stays local
+        self.client.wait_for_workers(n)
+        self.address = self.cluster.scheduler_address
+
+    def usage(self) -> dict[str, tuple[float, float]]:
+        """Per worker process (by address): CPU seconds so far, peak RSS in MiB."""
+        return dict(self.client.run(_worker_usage))
+
+    def overhead(self) -> tuple[float, float]:
+        """CPU seconds so far of the cluster's other parts: the nannies (children of this process,
+        each starting and watching one worker) and the scheduler (the event-loop thread of this
+        process it runs on: ``time.thread_time`` there)."""
+        nannies = sum(cpu for cpu, _ in self.client.run(_worker_usage, nanny=True).values())
+        return nannies, float(self.client.run_on_scheduler(time.thread_time))
+
+    def close(self) -> None:
+        self.client.close()
+        self.cluster.close()
 
 
 class StepPeaks:
@@ -152,15 +215,20 @@ class StepPeaks:
         self._stop.set()
         self._thread.join()
 
+    @staticmethod
+    def _parents() -> dict[int, int]:
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+        return parents
+
     def _run(self) -> None:
         me = os.getpid()
         while not self._stop.wait(0.5):
-            parents: dict[int, int] = {}
-            for stat in Path("/proc").glob("[0-9]*/stat"):
-                try:
-                    parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    continue
+            parents = self._parents()
             for pid in parents:
                 chain, p = [], pid
                 while p in parents and p != me and len(chain) < 10:
@@ -170,10 +238,8 @@ class StepPeaks:
                     continue
                 commands = []
                 for q in chain:
-                    try:
+                    with contextlib.suppress(OSError):
                         commands.append(Path(f"/proc/{q}/cmdline").read_bytes().split(b"\0"))
-                    except OSError:
-                        pass
                 step = any(b"step" in c or (b"job" in c and (b"start" in c or b"accept" in c)) for c in commands)
                 try:
                     status = Path(f"/proc/{pid}/status").read_text()
@@ -194,8 +260,22 @@ def main() -> None:
     ap.add_argument("--overlap", type=float, default=0.5)
     ap.add_argument("--runs", type=int, default=1, help="align the same files this many times")
     ap.add_argument("--memory", help="every party's memory bound (VFL_MEMORY), e.g. 256MB")
+    ap.add_argument("--dask-workers", type=int, default=0, metavar="N",
+                    help="run the parties' batches on a local Dask cluster of N worker processes")
     args = ap.parse_args()
     env = dict(os.environ, **({"VFL_MEMORY": args.memory} if args.memory else {}))
+    dask = DaskWorkers(args.dask_workers) if args.dask_workers else None
+    if dask is not None:
+        env["VFL_DASK_SCHEDULER"] = dask.address
+        print(f"Dask: LocalCluster at {dask.address}, {args.dask_workers} worker processes x 1 thread", flush=True)
+    try:
+        run_all(args, env, dask)
+    finally:
+        if dask is not None:
+            dask.close()
+
+
+def run_all(args: argparse.Namespace, env: dict[str, str], dask: DaskWorkers | None) -> None:
     folder = Path(tempfile.mkdtemp())
     t = time.perf_counter()
     active, passive = write_parties(folder, args.n, args.overlap)
@@ -224,6 +304,8 @@ id_column = "id"
         load = os.getloadavg()[0]
         work = folder / f"w{run}"
         meter = folder / f"seal-{run}.jsonl"
+        before = dask.usage() if dask is not None else {}
+        overhead = dask.overhead() if dask is not None else (0.0, 0.0)
         with StepPeaks() as peaks:
             done = subprocess.run([sys.executable, "-m", "vfl_cli", "recipe", "run", str(recipe), "--workdir",
                                    str(work)], capture_output=True, text=True, check=False,
@@ -232,8 +314,8 @@ id_column = "id"
             sys.exit(done.stderr)
         report = json.loads((work / "report.json").read_text())
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        streamed = json.loads((work / "a" / "jobs" / "bench-align" / "state.json").read_text())["results"].get(
-            "streamed_in_parts", False)
+        results = json.loads((work / "a" / "jobs" / "bench-align" / "state.json").read_text())["results"]
+        streamed = results.get("streamed_in_parts", False)
         print(f"| {run} | {both:.1f}, {one:.1f} | {load:.1f} → {os.getloadavg()[0]:.1f} | "
               f"{report['timings_s']['align']:.1f} s | {report['alignment']['intersection_size']:,} | "
               f"{report['bytes_exchanged']:,} | {report['bytes_exchanged'] / (2 * args.n):.1f} | {peak:.0f} MiB "
@@ -241,8 +323,26 @@ id_column = "id"
               f" {'streamed, bound ' + (args.memory or 'default') if streamed else 'in memory'} |"
               f" {report['exchanges']} files |",
               flush=True)
+        print(f"aligned ids (active party, sorted): sha256 {aligned_digest(work / 'a' / 'jobs' / 'bench-align')}",
+              flush=True)
         print(sealing_cost(meter, report["timings_s"]["align"]), flush=True)
-        print_peaks(folder)
+        steps_cpu = print_peaks(folder)
+        total = steps_cpu
+        if dask is not None:
+            after = dask.usage()
+            spent = {w: after[w][0] - before.get(w, (0.0, 0.0))[0] for w in after}
+            total += sum(spent.values())
+            for w in sorted(after):
+                print(f"  Dask worker {w}: CPU {spent[w]:.1f} s this run, peak RSS {after[w][1]:.0f} MiB "
+                      f"(since the cluster started)", flush=True)
+            nannies, scheduler = (b - a for a, b in zip(overhead, dask.overhead(), strict=True))
+            print(f"CPU: job steps {steps_cpu:.1f} s + Dask workers {sum(spent.values()):.1f} s "
+                  f"= {total:.1f} s; besides: the scheduler's thread {scheduler:.1f} s, the nannies "
+                  f"{nannies:.1f} s", flush=True)
+        if total:
+            print(f"{2 * args.n:,} ids in {total:.1f} CPU s (job steps with their workers): "
+                  f"{2 * args.n / total:,.0f} ids per CPU-second; align stage wall "
+                  f"{report['timings_s']['align']:.1f} s", flush=True)
         shutil.rmtree(work)
 
 

@@ -160,19 +160,21 @@ def test_own_curvature_step_of_one_party_is_the_newton_step() -> None:
 
 def test_history_gives_the_loss_per_hand_off(tmp_path: Path) -> None:
     a, p = motor(tmp_path)
-    states = train(a, [p], "hetero-linear", {**PARAMS, "epochs": 2})
+    states = train(a, [p], "hetero-linear", {**PARAMS, "epochs": 3})
     history = states["plant"][0].results["history"]
-    # full batch: one round of four hand-offs per epoch, the loss after each
-    assert [h["handoffs"] for h in history] == [4, 8]
-    assert history[1]["loss"] < history[0]["loss"]
+    # full batch: one round of four hand-offs per epoch, the loss at the weights each starts
+    # from (block CG, the default: the first exchange only measures the gradient)
+    assert [h["handoffs"] for h in history] == [4, 8, 12]
+    assert history[2]["loss"] < history[1]["loss"] == pytest.approx(history[0]["loss"])
 
 
 def test_default_job_stops_on_convergence_at_least_squares(tmp_path: Path) -> None:
-    """No training parameter: newton at full batch stops by itself (every party's Newton
-    decrement below tol) before the cap, at the least-squares fit of the same split."""
+    """No training parameter: block CG at full batch stops by itself (the last two steps'
+    joint decrements below tol) before the cap, at the least-squares fit of the same split."""
     from sklearn.linear_model import LinearRegression
 
-    assert hl.DEFAULTS["optimizer"] == "auto" and hl.optimizer_name(hl.DEFAULTS) == "newton"
+    assert hl.DEFAULTS["optimizer"] == "auto" and hl.optimizer_name(hl.DEFAULTS, linear=True) == "cg"
+    assert hl.optimizer_name(hl.DEFAULTS) == "newton"  # hetero-lr
     a = make_party(tmp_path, "school", "active", fate("student_hetero_guest.csv"), id_column="id", label_column="y")
     p = make_party(tmp_path, "home", "passive", fate("student_hetero_host.csv"), id_column="id")
     introduce(tmp_path, "school", "home")
@@ -227,8 +229,8 @@ def test_a_declared_label_sigma_is_checked() -> None:
             hl.received_sigma(SimpleNamespace(meta={"label_sigma": bad}, kind="hetero/residual", sender="a"))
 
 
-def test_three_party_default_job_equals_the_block_replay(tmp_path: Path) -> None:
-    """The encrypted default (three parties: step 0.69, momentum 0.3, the decrement test) is what
+def test_three_party_newton_job_equals_the_block_replay(tmp_path: Path) -> None:
+    """The encrypted own-curvature step (three parties: step 0.69, momentum 0.3, the decrement test) is what
     reference.fit_linear_blocks replays, weights and exchange count, so the replay's figures
     (bench_defaults_replay.py, motor) stand for the protocol's."""
     frames = {n: pd.read_csv(fate(f"motor_hetero_{n}.csv"), dtype={"idx": str}).sample(n=300, random_state=2)
@@ -240,7 +242,9 @@ def test_three_party_default_job_equals_the_block_replay(tmp_path: Path) -> None
     p2 = make_party(tmp_path, "s2", "passive", tmp_path / "host_2.csv", id_column="idx")
     introduce(tmp_path, "plant", "s1", "s2")
     align(a, [p1, p2])
-    params = {"epochs": 4, "test_fraction": 0.25, "seed": 11}
+    # the own-curvature step (the default until block CG; its equality with the job is
+    # test_protocol_hetero_linear's test_default_block_cg_job_equals_the_block_replay)
+    params = {"epochs": 4, "test_fraction": 0.25, "seed": 11, "optimizer": "newton"}
     states = train(a, [p1, p2], "hetero-linear", params)
     df, cols = joined(a, [p1, p2])
     ids = jobs.load_state(Workspace(a), "al")[0].arrays["aligned_ids"]

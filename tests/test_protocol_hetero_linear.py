@@ -485,3 +485,47 @@ def test_p1_answers_a_s_requests_and_a_reads_its_exact_gradient_and_loss() -> No
         echo = hl.Residual(0, 0, 3, 0.0, res.offset, None, request, (enc_u, loss[1]))
         with pytest.raises(InvalidArtifact, match="the loss request from bank holds ciphertexts"):
             hl.answer_active(p1_key, echo, 3, sent, 20, {"loss_sample": 256}, "bank")
+
+
+def _motor_parties(tmp_path: Path, rows: int) -> tuple[Path, list[Path]]:
+    frames = {n: pd.read_csv(fate(f"motor_hetero_{n}.csv"), dtype={"idx": str}).sample(n=rows, random_state=2)
+              for n in ("guest", "host_1", "host_2")}
+    for n, df in frames.items():
+        df.to_csv(tmp_path / f"{n}.csv", index=False)
+    a = make_party(tmp_path, "plant", "active", tmp_path / "guest.csv", id_column="idx", label_column="motor_speed")
+    p1 = make_party(tmp_path, "s1", "passive", tmp_path / "host_1.csv", id_column="idx")
+    p2 = make_party(tmp_path, "s2", "passive", tmp_path / "host_2.csv", id_column="idx")
+    introduce(tmp_path, "plant", "s1", "s2")
+    align(a, [p1, p2])
+    return a, [p1, p2]
+
+
+@pytest.mark.parametrize("epochs", [4, 20])
+def test_default_block_cg_job_equals_the_block_replay(tmp_path: Path, epochs: int) -> None:
+    """hetero-linear's default at full batch (block CG, three parties: the trial point, the
+    curvature P1 squares, alpha and beta) is what reference.fit_linear_blocks(method="cg")
+    replays: weights, exchanges run and the stop test, so the replay's motor figures
+    (bench_defaults_replay.py) stand for the protocol's."""
+    from vfl_cli.models.reference import fit_linear_blocks
+
+    a, (p1, p2) = _motor_parties(tmp_path, 300)
+    params = {"epochs": epochs, "test_fraction": 0.25, "seed": 11}
+    assert hl.optimizer_name({**hl.DEFAULTS, **params}, linear=True) == "cg"
+    states = train(a, [p1, p2], "hetero-linear", params)
+    df, cols = joined(a, [p1, p2])
+    ids = jobs.load_state(Workspace(a), "al")[0].arrays["aligned_ids"]
+    tr = split_rows(len(df), params["test_fraction"], params["seed"], ids=ids).train
+    y = df["motor_speed"].to_numpy(float)[tr]
+    blocks = [standardised(df[c].to_numpy(float), tr)[tr] for c in cols]
+    ref = fit_linear_blocks(blocks, (y - y.mean()) / y.std(), epochs=epochs, method="cg")
+    got = np.concatenate([states["plant"][0].arrays["weights"][:-1], states["s1"][0].arrays["weights"],
+                          states["s2"][0].arrays["weights"]])
+    np.testing.assert_allclose(got, ref.coef, atol=1e-6)
+    assert states["plant"][0].arrays["weights"][-1] == pytest.approx(ref.intercept, abs=1e-6)
+    model = states["plant"][0].results["model"]
+    assert model["epochs_run"] == ref.exchanges and model["converged"] is ref.converged
+    # the loss A measured under the masks is the replay's (at the weights each exchange starts from)
+    history = states["plant"][0].results["history"]
+    assert [h["loss"] / 2 for h in history] == pytest.approx([ref.loss_history[0], *ref.loss_history[:-1]], rel=1e-6)
+    if epochs == 20:
+        assert ref.converged and ref.exchanges < epochs  # the stop test ran, before the cap

@@ -48,6 +48,8 @@ class Views:
 
     masks: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     weights: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    # block CG: the optimiser's state and A's curvature mask while the round's mask is out
+    data: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
 
 
 def _parties(tmp_path: Path, sample: Any, rows: int | None, *, noise: bool = False) -> tuple[Path, Path]:
@@ -76,16 +78,17 @@ def _snapshot(ws: Path, job: str, views: Views) -> None:
     t = int(state.data.get("t", -1))
     if "grad_mask" in state.data:
         views.masks.setdefault(ws.name, {})[t] = dict(state.data["grad_mask"])
+        views.data.setdefault(ws.name, {})[t] = {k: state.data.get(k) for k in ("optimizer", "curv_mask")}
     if "weights" in state.arrays:
         views.weights.setdefault(ws.name, {}).setdefault(t, state.arrays["weights"].copy())
 
 
-def run_job(parties: list[Path], params: dict[str, Any], job: str = "tr") -> Views:
+def run_job(parties: list[Path], params: dict[str, Any], job: str = "tr", protocol: str = "hetero-lr") -> Views:
     """Align, then train step by step, keeping each party's own state after every command."""
     jobs.start_job(Workspace(parties[0]), "psi", {}, job="al")
     _drive(parties, "al", None)
     views = Views()
-    jobs.start_job(Workspace(parties[0]), "hetero-lr", {"alignment": "al", **params}, job=job)
+    jobs.start_job(Workspace(parties[0]), protocol, {"alignment": "al", **params}, job=job)
     _snapshot(parties[0], job, views)
     _drive(parties, job, views)
     return views
@@ -519,3 +522,119 @@ def test_first_batch_subset_sum_and_label_noise() -> None:
     top = max(abs(v) for row in A for v in row).bit_length()
     majority = max(int(y.sum()), len(y) - int(y.sum()))
     assert max(bench.labels_found(A, t, y, k) for k in range(0, top + 1, 8)) <= majority
+
+
+# ----- block CG (hetero-linear's default at full batch): what its scalars give A and Pj --------
+def _motor_pair(tmp_path: Path, rows: int) -> tuple[Path, Path]:
+    from conftest import fate
+
+    for n in ("guest", "host_1"):
+        df = pd.read_csv(fate(f"motor_hetero_{n}.csv"), dtype={"idx": str}).sample(n=rows, random_state=4)
+        df.to_csv(tmp_path / f"{n}.csv", index=False)
+    plant = make_party(tmp_path, "plant", "active", tmp_path / "guest.csv", id_column="idx",
+                       label_column="motor_speed")
+    sensors = make_party(tmp_path, "sensors", "passive", tmp_path / "host_1.csv", id_column="idx")
+    introduce(tmp_path, "plant", "sensors")
+    return plant, sensors
+
+
+@dataclass
+class CGView:
+    """What A holds about one block-CG exchange t >= 1, from its own workspace."""
+
+    b: np.ndarray  # X_A^T U_T = b: its exact gradient at the trial point, its offsets removed
+    curvature: float  # ||X p||^2 / n, unmasked from P1's answer
+    own: np.ndarray  # X_A p_A: its own share of the direction's scores
+    alpha: float
+
+
+def active_cg_views(plant: Path, views: Views, job: str = "tr") -> tuple[np.ndarray, list[CGView]]:
+    """Everything A's workspace says about the passive party's trial scores, per CG exchange."""
+    from vfl_cli.models.optim import BlockCG
+
+    ctx = _context(plant, job)
+    data = hl.LinearData(ctx, intercept=True)
+    rows = data.batch_rows(ctx.params, 0, 0)
+    X = data.X[rows]
+    target = hl.HeteroLinear()._target(ctx, data)[0][rows]
+    grads = _received(plant, job, hl.GRADIENT)
+    out = []
+    for t in sorted(views.masks["plant"])[1:]:
+        state = views.data["plant"][t]
+        g = exact_gradient(grads[t], views.masks["plant"][t], len(rows))
+        curv_reply = wire.read_ints(grads[t], "curv_reply", 2)
+        curvature = hl.mean_square_from_reply(curv_reply, hl.LossMask.from_json(state["curv_mask"]))
+        opt = state["optimizer"]
+        p = BlockCG.from_state(opt).direction(float(opt["beta"]))
+        offset = X @ (views.weights["plant"][t] + p) - target
+        out.append(CGView(len(rows) * g - X.T @ offset, curvature, X @ p, float(opt["rz_sum"]) / curvature))
+    return X, out
+
+
+def _cg_equations(X: np.ndarray, cg: list[CGView], flat: np.ndarray) -> np.ndarray:
+    """A's equations in the passive trial scores U_T of every CG exchange (stacked in ``flat``):
+    its gradients (linear) and the curvature (quadratic, in U_T - U, with the scores U at the
+    passive party's weights following from the steps alpha: U = 0 at the first)."""
+    n = len(X)
+    trial = flat.reshape(len(cg), n)
+    out, current = [], np.zeros(n)
+    for u, view in zip(trial, cg, strict=True):
+        out.append(X.T @ u - view.b)
+        direction = view.own + u - current
+        out.append(np.array([direction @ direction / n - view.curvature]))
+        current = current + view.alpha * (u - current)
+    return np.concatenate(out)
+
+
+def test_block_cg_scalars_solve_no_passive_score(tmp_path: Path) -> None:
+    """hetero-linear's block CG (docs/protocols/hetero-linear.md, Block CG): A's new scalars (the
+    joint direction's curvature, each step) add one quadratic equation per exchange to its
+    linear ones; no passive training score becomes solvable. Two parties (the worst case: the
+    joint scalars are the one passive party's).
+
+    * A's attack from its own workspace: least squares on all its equations, started at the
+      linear equations' least-norm solution; no row within 1e-6, and the curvature makes the
+      per-row error no smaller (to 1%).
+    * Local identifiability: the Jacobian of all A's equations at the true scores; a row's score
+      is determined (locally, whatever the solver) only if its unit vector lies in the
+      Jacobian's row space. None does.
+    * The passive party: every gradient it holds at a CG iterate is ``g + alpha (g_T - g)`` of
+      the trial gradients it unmasked (alpha, beta give it no new gradient equation).
+    """
+    from scipy.optimize import least_squares
+
+    plant, sensors = _motor_pair(tmp_path, 120)
+    params = {"epochs": 6, "tol": 0.0, "test_fraction": 0.25, "seed": 3}
+    views = run_job([plant, sensors], params, protocol="hetero-linear")
+    X, cg = active_cg_views(plant, views)
+    # the truth (scoring only): the passive party's trial weights w + p, from its weights and alpha
+    p_ctx = _context(sensors, "tr")
+    p_data = hl.LinearData(p_ctx, intercept=False)
+    Xp = p_data.X[p_data.batch_rows(p_ctx.params, 0, 0)]
+    ts = sorted(views.masks["sensors"])[1:]
+    w = views.weights["sensors"]
+    truth = np.concatenate([Xp @ (w[t] + (w[t + 1] - w[t]) / v.alpha) for t, v in zip(ts, cg, strict=True)])
+    assert np.abs(_cg_equations(X, cg, truth)).max() < 1e-6  # A's equations, as the attack reads them
+    linear = np.concatenate([np.linalg.pinv(X.T) @ v.b for v in cg])
+    fit = least_squares(lambda f: _cg_equations(X, cg, f), linear, xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    for guess in (linear, fit.x):
+        assert not (np.abs(guess - truth) < 1e-6).any()
+    assert np.sqrt(np.mean((fit.x - truth) ** 2)) >= 0.99 * np.sqrt(np.mean((linear - truth) ** 2))
+    # local identifiability at the truth: J's row space against every unit vector
+    eps = 1e-6
+    J = np.array([(_cg_equations(X, cg, truth + eps * e) - _cg_equations(X, cg, truth - eps * e)) / (2 * eps)
+                  for e in np.eye(len(truth))]).T
+    basis = np.linalg.svd(J, full_matrices=False)[2][: np.linalg.matrix_rank(J)]
+    assert len(basis) <= len(cg) * (X.shape[1] + 1) < len(truth)
+    assert (basis**2).sum(axis=0).max() < 0.99  # no unit vector (row) in the row space
+    # the passive party: the gradient it holds at each CG iterate is g + alpha (g_T - g), from
+    # the trial gradient g_T it unmasked and the reply's alpha: no gradient beyond the trial ones
+    replies = _received(sensors, "tr", hl.REPLY)
+    trial = {t: exact_gradient(replies[t], views.masks["sensors"][t], len(Xp)) for t in sorted(replies)}
+    held = {t: np.asarray(d["optimizer"]["cg"]["g"]) for t, d in views.data["sensors"].items()
+            if d["optimizer"].get("cg")}
+    assert sorted(held) == ts and np.allclose(held[1], trial[0], rtol=0, atol=1e-12)
+    for t in ts[:-1]:
+        alpha = float(replies[t].meta["alpha"])
+        assert alpha == pytest.approx(cg[t - 1].alpha, rel=1e-9)
+        np.testing.assert_allclose(held[t + 1], held[t] + alpha * (trial[t] - held[t]), rtol=0, atol=1e-12)

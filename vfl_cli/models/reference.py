@@ -35,7 +35,15 @@ import numpy as np
 
 from vfl_cli.checks import whole
 from vfl_cli.errors import DataError, VflError
-from vfl_cli.models.optim import Optimizer, make_optimizer, newton_decrement, own_curvature, own_curvature_step
+from vfl_cli.models.optim import (
+    BlockCG,
+    Optimizer,
+    cg_converged,
+    cg_scalars,
+    make_optimizer,
+    newton_decrement,
+    own_curvature_step,
+)
 
 __all__ = [
     "BLOCK_METHODS",
@@ -380,11 +388,14 @@ def fit_linear_blocks(blocks: Sequence[Any], y: Any, *, epochs: int = 10, tol: f
     * ``newton-exact-step``: the same block directions (no momentum), scaled each exchange by
       the exact minimiser of the joint loss along them. It needs the joint ``d^T H d``, which no
       party holds: a yardstick for "is the step size the problem", not a protocol.
-    * ``cg``: block-preconditioned conjugate gradients (preconditioner: each party's own
-      curvature). Exact on the quadratic in at most as many exchanges as columns; per exchange it
-      needs two joint scalars (the sum of the parties' decrements ``g_j^T H_j^-1 g_j`` and
-      ``||X d||^2`` of the joint direction ``d``), i.e. direction scores under encryption: a
-      protocol change, not in hetero-linear today.
+    * ``cg`` (hetero-linear's default at full batch since 2026-12-02): block-preconditioned
+      conjugate gradients (preconditioner: each party's own curvature), exchange by exchange as
+      the protocol runs it (:class:`~vfl_cli.models.optim.BlockCG`): the first exchange measures
+      the gradient, each later one takes the exact CG step (two joint scalars: the sum of the
+      parties' decrements and ``||X p||^2`` of the joint direction); training stops when the
+      last two steps removed less than ``tol / 2`` of loss
+      (:func:`~vfl_cli.models.optim.cg_converged`), or at ``epochs``. Exact on the quadratic in
+      at most one more exchange than columns.
 
     Returns:
         The fit (``coef`` all blocks' weights in order, without the intercept), ``loss_history``
@@ -402,12 +413,10 @@ def fit_linear_blocks(blocks: Sequence[Any], y: Any, *, epochs: int = 10, tol: f
     target = np.asarray(y, dtype=np.float64)
     parts = [np.asarray(b, dtype=np.float64) for b in blocks]
     parts[0] = np.hstack([parts[0], np.ones((len(target), 1))])
-    c = 0.25 if binary else 1.0
-    curv = [own_curvature(b, c, ridge) for b in parts]
     ws = [np.zeros(b.shape[1]) for b in parts]
     ws[0][-1] = initial_intercept(target, binary=binary)
     if method == "cg":
-        history, converged = _block_cg(parts, target, ws, curv, epochs=epochs, tol=tol)
+        history, converged = _block_cg(parts, target, ws, epochs=epochs, tol=tol, ridge=ridge)
     else:
         noise = _BlockNoise(binary, label_sigma, np.random.default_rng(seed))
         history, converged = _block_newton(parts, target, ws, noise, epochs=epochs, tol=tol, method=method,
@@ -476,24 +485,27 @@ def _block_newton(parts: list[np.ndarray], y: np.ndarray, ws: list[np.ndarray], 
     return history, False
 
 
-def _block_cg(parts: list[np.ndarray], y: np.ndarray, ws: list[np.ndarray], curv: list[np.ndarray], *,
-              epochs: int, tol: float) -> tuple[list[float], bool]:
-    grads, _ = _block_grads(parts, ws, y)
-    zs = [np.linalg.solve(h, g) for h, g in zip(curv, grads, strict=True)]
-    dirs = [-z for z in zs]
-    rz = sum(float(g @ z) for g, z in zip(grads, zs, strict=True))
-    history: list[float] = []
-    for _ in range(epochs):
-        if rz < tol:
+def _block_cg(parts: list[np.ndarray], y: np.ndarray, ws: list[np.ndarray], *, epochs: int, tol: float,
+              ridge: float) -> tuple[list[float], bool]:
+    """hetero-linear's block CG exchange by exchange (:class:`~vfl_cli.models.optim.BlockCG`):
+    the first exchange only measures the gradient, each later one the gradient at the trial
+    point ``w + p`` and the joint curvature along ``p``; stop on :func:`cg_converged`."""
+    n = len(y)
+    grads, loss = _block_grads(parts, ws, y)
+    cgs = [BlockCG().start(b, g, ridge) for b, g in zip(parts, grads, strict=True)]
+    history, decreases, rz_prev = [loss], [], None
+    for _ in range(1, epochs):
+        rz = sum(c.rz for c in cgs)
+        beta, _ = cg_scalars(rz, rz_prev, None)
+        dirs = [c.direction(beta) for c in cgs]
+        scores = sum((b @ d for b, d in zip(parts, dirs, strict=True)), np.zeros(n))
+        _, alpha = cg_scalars(rz, rz_prev, float(scores @ scores) / n)
+        trial, _ = _block_grads(parts, [w + d for w, d in zip(ws, dirs, strict=True)], y)
+        for j, (b, c) in enumerate(zip(parts, cgs, strict=True)):
+            ws[j], cgs[j] = c.advance(b, ws[j], trial[j], alpha, beta, ridge)
+        rz_prev = rz
+        decreases.append(alpha * rz)
+        history.append(_block_grads(parts, ws, y)[1])
+        if cg_converged(decreases, tol):
             return history, True
-        scores = sum((b @ d for b, d in zip(parts, dirs, strict=True)), np.zeros(len(y)))
-        alpha = rz / max(float(scores @ scores) / len(y), 1e-300)
-        for w, d in zip(ws, dirs, strict=True):
-            w += alpha * d
-        grads, loss = _block_grads(parts, ws, y)
-        history.append(loss)
-        zs = [np.linalg.solve(h, g) for h, g in zip(curv, grads, strict=True)]
-        new_rz = sum(float(g @ z) for g, z in zip(grads, zs, strict=True))
-        dirs = [-z + (new_rz / rz) * d for z, d in zip(zs, dirs, strict=True)]
-        rz = new_rz
     return history, False

@@ -5,8 +5,9 @@ files carried between folders) with no training parameter but ``key_bits``, then
 (LogisticRegression / LinearRegression, default settings) is trained on the joined columns of
 the same training rows (every aligned id not in the job's test ids), standardised on them, and
 scored on the same test ids. Prints the metric of both, the gap, the training hand-offs (4 per
-exchange, from the job's history), the files carried in all (``exchanges``, alignment included)
-and the exchanges run.
+exchange, from the job's history), the files carried in all (``exchanges``, alignment included),
+the exchanges run, wall and CPU seconds (every ``vfl`` process of the recipe) and the optimiser
+``auto`` chose.
 
 Sets: FATE's copies in sample_data/fate (breast, default_credit, student, motor; vehicle with
 the label "class 0 against the rest") and scikit-learn's bundled tables, split by columns (the
@@ -98,7 +99,7 @@ def recipe_text(name: str, bits: int, extra: list[str], protocol: str | None = N
 def run_set(name: str, bits: int, extra: list[str], work: Path, protocol: str | None = None) -> dict[str, Any]:
     f = work / f"{name}.toml"
     f.write_text(recipe_text(name, bits, extra, protocol))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run([sys.executable, "-m", "vfl_cli", "recipe", "run", str(f), "--workdir",
                            str(work / name), "--json"], capture_output=True, text=True, check=False)
     if proc.returncode and "stage train done" in proc.stderr:
@@ -109,7 +110,16 @@ def run_set(name: str, bits: int, extra: list[str], work: Path, protocol: str | 
     else:
         report = json.loads(proc.stdout)
     report["wall_s"] = time.perf_counter() - t0
+    report["cpu_s"] = _children_cpu() - cpu0
     return report
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of every finished child process, theirs included."""
+    import resource
+
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
 
 
 def from_state(workdir: Path, job: str, log: str) -> dict[str, Any]:
@@ -120,6 +130,16 @@ def from_state(workdir: Path, job: str, log: str) -> dict[str, Any]:
     state, _ = jobs.load_state(Workspace(workdir / "a"), job)
     carried = sum(1 for line in log.splitlines() if " -> " in line and line.strip().endswith(".zip"))
     return {**state.results, "exchanges": carried}
+
+
+def _optimizer(model: dict[str, Any]) -> str:
+    """The optimiser the job ran (``auto`` resolved as the protocol resolves it)."""
+    from vfl_cli.protocol import hetero_linear as hl
+
+    if model.get("protocol") not in ("hetero-lr", "hetero-linear"):
+        return "-"
+    params = {**hl.DEFAULTS, **model.get("params", {})}
+    return hl.optimizer_name(params, linear=model.get("protocol") == "hetero-linear")
 
 
 def joined(name: str) -> tuple[pd.DataFrame, list[str], str]:
@@ -163,7 +183,7 @@ def main() -> None:
     protocol = "split-nn" if args.split_nn else None
     print(f"load {os.getloadavg()}", flush=True)
     print(f"{'set':16} {'metric':6} {'vfl':>9} {'sklearn':>9} {'gap':>9} {'hand-offs':>9} "
-          f"{'files':>5} {'exch.':>5} {'stop':>9} {'wall s':>7}", flush=True)
+          f"{'files':>5} {'exch.':>5} {'stop':>9} {'wall s':>7} {'cpu s':>7} {'optimizer':>9}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         write_sets(Path(tmp))
         for name in args.sets.split(","):
@@ -181,7 +201,8 @@ def main() -> None:
                 handoffs = 4 * epochs + 3  # full batch, then the test rows' forward pass
             stop = "converged" if model.get("converged") else "cap"
             print(f"{name:16} {'AUC' if lr else 'RMSE':6} {ours:9.4f} {ref:9.4f} {gap:>9} "
-                  f"{handoffs!s:>9} {report['exchanges']:5d} {epochs!s:>5} {stop:>9} {report['wall_s']:7.0f}",
+                  f"{handoffs!s:>9} {report['exchanges']:5d} {epochs!s:>5} {stop:>9} {report['wall_s']:7.0f} "
+                  f"{report['cpu_s']:7.0f} {_optimizer(model)!s:>9}",
                   flush=True)
     print(f"load {os.getloadavg()}", flush=True)
 

@@ -1,7 +1,9 @@
 """Replay full-batch hetero-linear on the defaults bench's regression sets, without encryption.
 
-The protocol's default step (each party's own-curvature Newton direction, heavy-ball 0.3, the
-decrement test) and two yardsticks, through ``reference.fit_linear_blocks`` on each party's own
+hetero-linear's default at full batch (block-preconditioned CG, exchange by exchange as the
+protocol runs it, its joint stop test), the own-curvature Newton step (``optimizer = "newton"``,
+heavy-ball 0.3, the decrement test; the default until 2026-12-02) and the yardstick of an exact
+joint step along Newton's directions, through ``reference.fit_linear_blocks`` on each party's own
 columns (standardised on the training rows, as ``PartyData`` does) and the standardised label,
 on the training and test ids a job with the default seed and test fraction draws
 (``split_rows`` over the ids). Prints the test RMSE's gap to least squares after the exchanges

@@ -19,8 +19,11 @@ from vfl_cli.errors import DataError, VflError
 from vfl_cli.models.optim import (
     SGD,
     Adam,
+    BlockCG,
     EarlyStopping,
     LearningRateSchedule,
+    cg_converged,
+    cg_scalars,
     make_optimizer,
 )
 from vfl_cli.models.reference import (
@@ -411,3 +414,55 @@ def test_binary_block_replay_tracks_logistic_regression_and_its_noise_is_seeded(
     assert np.abs(noisy[0].coef[10:] - noisy[2].coef[10:]).max() > np.abs(noisy[0].coef[:10] - noisy[2].coef[:10]).max()
     with pytest.raises(VflError, match="binary replay"):
         fit_linear_blocks(blocks, y, binary=True, method="cg")
+
+
+def test_block_cg_from_trial_gradients_is_textbook_pcg() -> None:
+    """BlockCG (hetero-linear's default) takes each step from the gradient at the trial point
+    w + p: the same iterates as textbook preconditioned CG with the block-diagonal
+    preconditioner, computed on the joined matrix."""
+    from scipy.linalg import block_diag
+
+    from vfl_cli.models.optim import own_curvature
+
+    blocks, y, _ = _correlated_blocks()
+    parts = [np.hstack([blocks[0], np.ones((len(y), 1))]), *blocks[1:]]
+    X, n = np.hstack(parts), len(y)
+    H, M = X.T @ X / n, block_diag(*[own_curvature(b, 1.0) for b in parts])
+    w = np.zeros(X.shape[1])
+    r = X.T @ (X @ w - y) / n
+    z = np.linalg.solve(M, r)
+    p, rz = -z, r @ z
+    splits = np.cumsum([b.shape[1] for b in parts])[:-1]
+    cgs = [BlockCG().start(b, g) for b, g in zip(parts, np.split(r, splits), strict=True)]
+    ws, rz_prev = np.split(w, splits), None
+    for _ in range(6):
+        # the textbook step
+        alpha = rz / (p @ H @ p)
+        w, r = w + alpha * p, r + alpha * H @ p
+        z = np.linalg.solve(M, r)
+        new = r @ z
+        # the parties' step: beta, the trial point's gradient, the curvature of the joint direction
+        beta, _ = cg_scalars(sum(c.rz for c in cgs), rz_prev, None)
+        dirs = [c.direction(beta) for c in cgs]
+        scores = sum(b @ d for b, d in zip(parts, dirs, strict=True))
+        RZ = sum(c.rz for c in cgs)
+        _, step = cg_scalars(RZ, rz_prev, float(scores @ scores) / n)
+        trial = np.concatenate(ws) + np.concatenate(dirs)
+        g_trial = np.split(X.T @ (X @ trial - y) / n, splits)
+        moved = [c.advance(b, wj, g, step, beta) for c, b, wj, g in zip(cgs, parts, ws, g_trial, strict=True)]
+        ws, cgs, rz_prev = [m[0] for m in moved], [m[1] for m in moved], RZ
+        assert step == pytest.approx(alpha, rel=1e-9)
+        np.testing.assert_allclose(np.concatenate(ws), w, atol=1e-10)
+        assert sum(c.rz for c in cgs) == pytest.approx(new, rel=1e-7, abs=1e-14)
+        p, rz = -z + (new / rz) * p, new
+    # the state is JSON and comes back the same
+    again = BlockCG.from_state(json.loads(json.dumps(cgs[1].state_dict())))
+    assert again == cgs[1] and again.started and not BlockCG().started
+
+
+def test_block_cg_stop_test_needs_two_small_steps() -> None:
+    assert not cg_converged([], 3e-4) and not cg_converged([1e-5], 3e-4)
+    assert not cg_converged([0.4, 1.2e-4, 3.8e-4], 3e-4)  # motor's pattern: one small step, then a big one
+    assert cg_converged([0.4, 1e-4, 1e-4], 3e-4)
+    assert not cg_converged([1e-9, 1e-9], 0.0)  # tol 0: never
+    assert cg_scalars(2.0, None, 4.0) == (0.0, 0.5) and cg_scalars(2.0, 4.0, 0.0) == (0.5, 0.0)

@@ -529,3 +529,24 @@ def test_default_block_cg_job_equals_the_block_replay(tmp_path: Path, epochs: in
     assert [h["loss"] / 2 for h in history] == pytest.approx([ref.loss_history[0], *ref.loss_history[:-1]], rel=1e-6)
     if epochs == 20:
         assert ref.converged and ref.exchanges < epochs  # the stop test ran, before the cap
+
+
+def test_block_cg_is_refused_where_it_does_not_apply() -> None:
+    """optimizer = "cg" minimises the squared loss exactly at full batch: hetero-lr, mini-batches,
+    penalties and label noise are refused at proposal (and acceptance: the same check); auto
+    falls back to newton there."""
+    from vfl_cli.errors import VflError
+
+    linear, logistic = hl.HeteroLinear(), hl.HeteroLogistic()
+    ok = linear.check_params({"alignment": "al", "optimizer": "cg"}, [])
+    assert linear.cg(ok) and not linear.cg({**ok, "optimizer": "newton"})
+    refused = [({"batch_size": 64}, "full batch"), ({"l2": 0.1}, "penalty"), ({"l1": 0.1}, "penalty"),
+               ({"label_epsilon": 1.0, "label_clip": 2.0}, "label noise")]
+    for extra, why in refused:
+        with pytest.raises(VflError, match=why):
+            linear.check_params({"alignment": "al", "optimizer": "cg", **extra}, [])
+        auto = linear.check_params({"alignment": "al", **extra}, [])
+        assert hl.optimizer_name(auto, linear=True) == ("adam" if "batch_size" in extra else "newton")
+    with pytest.raises(VflError, match="hetero-linear"):
+        logistic.check_params({"alignment": "al", "optimizer": "cg"}, [])
+    assert not logistic.cg(logistic.check_params({"alignment": "al"}, []))

@@ -181,11 +181,10 @@ class DaskWorkers:
         return dict(self.client.run(_worker_usage))
 
     def overhead(self) -> tuple[float, float]:
-        """CPU seconds so far of the cluster's other parts: the nannies (children of this process,
-        each starting and watching one worker) and the scheduler (the event-loop thread of this
-        process it runs on: ``time.thread_time`` there)."""
-        nannies = sum(cpu for cpu, _ in self.client.run(_worker_usage, nanny=True).values())
-        return nannies, float(self.client.run_on_scheduler(time.thread_time))
+        """CPU seconds so far of the cluster's other parts, all in this process: this process
+        (the scheduler, the nannies that start and watch the workers, and the /proc sampler of
+        :class:`StepPeaks`), and the scheduler's event-loop thread alone (``time.thread_time``)."""
+        return _worker_usage()[0], float(self.client.run_on_scheduler(time.thread_time))
 
     def close(self) -> None:
         self.client.close()
@@ -335,10 +334,10 @@ id_column = "id"
             for w in sorted(after):
                 print(f"  Dask worker {w}: CPU {spent[w]:.1f} s this run, peak RSS {after[w][1]:.0f} MiB "
                       f"(since the cluster started)", flush=True)
-            nannies, scheduler = (b - a for a, b in zip(overhead, dask.overhead(), strict=True))
+            here, scheduler = (b - a for a, b in zip(overhead, dask.overhead(), strict=True))
             print(f"CPU: job steps {steps_cpu:.1f} s + Dask workers {sum(spent.values()):.1f} s "
-                  f"= {total:.1f} s; besides: the scheduler's thread {scheduler:.1f} s, the nannies "
-                  f"{nannies:.1f} s", flush=True)
+                  f"= {total:.1f} s; besides: this bench process {here:.1f} s (scheduler, nannies, /proc "
+                  f"sampler; the scheduler's thread alone {scheduler:.1f} s)", flush=True)
         if total:
             print(f"{2 * args.n:,} ids in {total:.1f} CPU s (job steps with their workers): "
                   f"{2 * args.n / total:,.0f} ids per CPU-second; align stage wall "

@@ -148,7 +148,8 @@ def test_active_party_cannot_solve_the_passive_bottom_output(job: dict[str, Any]
     rows = len(job["h"][0])
     raw = split_nn.read_ints(art, "z", rows * m)
     R = R[:rows].ravel()
-    z_p = encoding.decode([encoding.signed((v - int(r)) % modulus, modulus) for v, r in zip(raw, R)], 3 * split_nn.E)
+    z_p = encoding.decode([encoding.signed((v - int(r)) % modulus, modulus) for v, r in zip(raw, R, strict=True)],
+                          3 * split_nn.E)
     z_p = np.asarray(z_p).reshape(rows, m)
     h_hat = z_p @ np.linalg.pinv(U0.astype(float) / 2.0**64)
     h = job["h"][0]
@@ -163,7 +164,7 @@ def gradient_slots(job: dict[str, Any]) -> tuple[list[int], list[int]]:
     bureau = job["bureau"]
     priv = Workspace(bureau).private_key
     noisy_all, clean_all = [], []
-    for art, exact in zip(archived(bureau, "backward"), job["exact_grad"]):
+    for art, exact in zip(archived(bureau, "backward"), job["exact_grad"], strict=True):
         noisy = slots_of(art, "grad", priv)
         clean = [split_nn.unslot(int(v), priv.public.n, int(art.members["grad"].info["slot_bits"]), len(noisy[0]))
                  for v in priv.decrypt_raw(exact)]
@@ -185,14 +186,14 @@ def test_decrypted_gradient_is_masked_in_its_low_bits(job: dict[str, Any]) -> No
     noisy, clean = gradient_slots(job)
     assert len(noisy) >= 24
     # before the fix every difference was 0 mod 2^32 (the low bits were the gradient's own)
-    low_bits_are_fair([a - b for a, b in zip(noisy, clean)])
+    low_bits_are_fair([a - b for a, b in zip(noisy, clean, strict=True)])
 
 
 def test_decrypted_gradient_noise_is_2_to_40_wider_than_the_value(job: dict[str, Any]) -> None:
     """As P: the noise on each decrypted slot of the gradient of ``W_P`` exceeds the value by
     2^40, so what P decrypts says nothing of the value, not even its sign."""
     noisy, clean = gradient_slots(job)
-    noise = [a - b for a, b in zip(noisy, clean)]
+    noise = [a - b for a, b in zip(noisy, clean, strict=True)]
     top = max(abs(c) for c in clean)
     assert 0 < top < 2 ** (split_nn.GRAD_BITS + 64)  # the public bound the noise is sized for holds
     # every noise exceeds the largest value by 2^40 (before: |noise| <= 2^21 units, the value ~2^60)
@@ -200,7 +201,7 @@ def test_decrypted_gradient_noise_is_2_to_40_wider_than_the_value(job: dict[str,
     # and is spread over its whole public width 2^(RHO_BITS + 1)
     assert np.median([abs(e).bit_length() for e in noise]) >= split_nn.RHO_BITS - 2
     # P's best guess of a value's sign, the sign of what it decrypted, is at chance
-    agree = [(a > 0) == (b > 0) for a, b in zip(noisy, clean) if b]
+    agree = [(a > 0) == (b > 0) for a, b in zip(noisy, clean, strict=True) if b]
     assert abs(np.mean(agree) - 0.5) < 4 * 0.5 / np.sqrt(len(agree)), np.mean(agree)
 
 

@@ -6,6 +6,7 @@ end-to-end runs through the real command are in test_cli_train.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -550,3 +551,36 @@ def test_block_cg_is_refused_where_it_does_not_apply() -> None:
     with pytest.raises(VflError, match="hetero-linear"):
         logistic.check_params({"alignment": "al", "optimizer": "cg"}, [])
     assert not logistic.cg(logistic.check_params({"alignment": "al"}, []))
+
+
+def test_p1_squares_the_cg_direction_on_every_row_and_refuses_echoes() -> None:
+    """Block CG's curvature request: A's masked direction scores on every row; P1's ``[Q, cross]``
+    gives A ``||X p||^2 / n`` exactly. P1 refuses a request that is not one value per row (a
+    sample would make alpha inexact, a single row would be one score squared) and one that holds
+    its own ``[[X_1 z_1]]`` ciphertexts."""
+    from vfl_cli.crypto import paillier
+    from vfl_cli.errors import InvalidArtifact
+    from vfl_cli.protocol.wire import sent_digests
+
+    k1, p1_key = paillier.generate_keypair(512)
+    rng = np.random.default_rng(5)
+    n, X = 30, rng.normal(size=(30, 2))
+    z, prev, own = rng.normal(size=n), rng.normal(size=n), rng.normal(size=n)
+    enc_z, enc_p, beta = paillier.encrypt(k1, z), paillier.encrypt(k1, prev), 0.37
+    scores = enc_p * beta - enc_z
+    curv, cm = hl.loss_request(rng, scores, 1, own, n)
+    request, _ = hl.active_request(X, 1.0, own, scores)
+    res = hl.Residual(1, 0, 2, 0.0, paillier.encrypt(k1, own), None, request, None, beta, curv)
+    members = hl.answer_active(p1_key, res, 2, None, n, {"loss_sample": 256}, "plant")
+    reply = next(m for m in members if m.name == "curv_reply")
+    ints = [int.from_bytes(reply.data[i:i + reply.info["width"]], "big")
+            for i in range(0, len(reply.data), reply.info["width"])]
+    direction = own + beta * prev - z
+    assert hl.mean_square_from_reply(ints, cm) == pytest.approx(direction @ direction / n, rel=1e-9)
+    short, _ = hl.loss_request(rng, scores, 1, own, n - 1)
+    with pytest.raises(InvalidArtifact, match="the curvature request from plant has the wrong size"):
+        hl.answer_active(p1_key, dataclasses.replace(res, curvature=short), 2, None, n, {"loss_sample": 256}, "plant")
+    sent = sent_digests([enc_z.to_bytes()], k1.width)
+    echo = dataclasses.replace(res, curvature=(enc_z, curv[1]))
+    with pytest.raises(InvalidArtifact, match="the curvature request from plant holds ciphertexts"):
+        hl.answer_active(p1_key, echo, 2, sent, n, {"loss_sample": 256}, "plant")

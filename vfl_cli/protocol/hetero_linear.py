@@ -674,15 +674,16 @@ class PeerPartial(Message):
 
     @staticmethod
     def read_su(art: Artifact, t: int, ka: paillier.PublicKey, rows: int, *, counted: bool,
-                beta: float | None = None) -> paillier.EncryptedArray:
+                beta: float | None = None, with_p: bool = False) -> paillier.EncryptedArray:
         """The peer's part of ``[[d]]``; ``counted``: its manifest declares the row count too.
-        ``beta`` (block CG): the part at the trial point, ``su + beta sp``."""
+        Block CG: ``with_p``, the previous direction's scores ``sp`` are due (from the second
+        step on), and the part at the trial point is ``su + beta sp``."""
         check_round(art, t)
         if counted:
             expect_meta_count(art, "rows", rows)
         su = read_enc(art, "su", ka, rows=rows)
-        expect_members(art, ("sp",), bool(beta), "block CG sends the previous direction's scores from the second step")
-        return su + read_enc(art, "sp", ka, rows=rows) * beta if beta else su
+        expect_members(art, ("sp",), with_p, "block CG sends the previous direction's scores from the second step")
+        return su + read_enc(art, "sp", ka, rows=rows) * beta if with_p and beta else su
 
 
 @dataclass(frozen=True)
@@ -1146,7 +1147,8 @@ class HeteroLinear(KitProtocol[Any]):
         if c is not None:
             d = res.offset
             for part in (a for a in received.values() if a.kind == PEER_PARTIAL):
-                d = d + PeerPartial.read_su(part, st.t, ka, len(rows), counted=True, beta=res.beta)
+                d = d + PeerPartial.read_su(part, st.t, ka, len(rows), counted=True, beta=res.beta,
+                                            with_p=cg is not None and cg.p is not None)
             return self._p_send_gradient(ctx, st, data, d + c * u, answer, count)
         # A's slope differs per row: d = [[offset]] + [[slope]] * u_j + (the other passives' parts)
         if res.slope is None:  # Residual.read refuses a per-row residual without it

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import fate, introduce, make_party
-from test_protocol_hetero_linear import align, joined, standardised, train
+from test_protocol_hetero_linear import align, joined, motor_parties, standardised, train
 
 from vfl_cli import jobs
 from vfl_cli.metrics import regression_metrics
@@ -233,15 +233,7 @@ def test_three_party_newton_job_equals_the_block_replay(tmp_path: Path) -> None:
     """The encrypted own-curvature step (three parties: step 0.69, momentum 0.3, the decrement test) is what
     reference.fit_linear_blocks replays, weights and exchange count, so the replay's figures
     (bench_defaults_replay.py, motor) stand for the protocol's."""
-    frames = {n: pd.read_csv(fate(f"motor_hetero_{n}.csv"), dtype={"idx": str}).sample(n=300, random_state=2)
-              for n in ("guest", "host_1", "host_2")}
-    for n, df in frames.items():
-        df.to_csv(tmp_path / f"{n}.csv", index=False)
-    a = make_party(tmp_path, "plant", "active", tmp_path / "guest.csv", id_column="idx", label_column="motor_speed")
-    p1 = make_party(tmp_path, "s1", "passive", tmp_path / "host_1.csv", id_column="idx")
-    p2 = make_party(tmp_path, "s2", "passive", tmp_path / "host_2.csv", id_column="idx")
-    introduce(tmp_path, "plant", "s1", "s2")
-    align(a, [p1, p2])
+    a, (p1, p2) = motor_parties(tmp_path, 300)
     # the own-curvature step (the default until block CG; its equality with the job is
     # test_protocol_hetero_linear's test_default_block_cg_job_equals_the_block_replay)
     params = {"epochs": 4, "test_fraction": 0.25, "seed": 11, "optimizer": "newton"}

@@ -488,7 +488,7 @@ def test_p1_answers_a_s_requests_and_a_reads_its_exact_gradient_and_loss() -> No
             hl.answer_active(p1_key, echo, 3, sent, 20, {"loss_sample": 256}, "bank")
 
 
-def _motor_parties(tmp_path: Path, rows: int) -> tuple[Path, list[Path]]:
+def motor_parties(tmp_path: Path, rows: int) -> tuple[Path, list[Path]]:
     frames = {n: pd.read_csv(fate(f"motor_hetero_{n}.csv"), dtype={"idx": str}).sample(n=rows, random_state=2)
               for n in ("guest", "host_1", "host_2")}
     for n, df in frames.items():
@@ -509,7 +509,7 @@ def test_default_block_cg_job_equals_the_block_replay(tmp_path: Path, epochs: in
     (bench_defaults_replay.py) stand for the protocol's."""
     from vfl_cli.models.reference import fit_linear_blocks
 
-    a, (p1, p2) = _motor_parties(tmp_path, 300)
+    a, (p1, p2) = motor_parties(tmp_path, 300)
     params = {"epochs": epochs, "test_fraction": 0.25, "seed": 11}
     assert hl.optimizer_name({**hl.DEFAULTS, **params}, linear=True) == "cg"
     states = train(a, [p1, p2], "hetero-linear", params)

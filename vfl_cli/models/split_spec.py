@@ -332,8 +332,13 @@ def row_noise(seed: int, rows: np.ndarray, width: int) -> np.ndarray:
 
 
 #: the share of each batch's noise that is the row's own (:func:`row_noise`), the rest fresh:
-#: ``ROW_SHARE * row + sqrt(1 - ROW_SHARE ** 2) * fresh``
-ROW_SHARE = 1.0
+#: ``ROW_SHARE * row + sqrt(1 - ROW_SHARE ** 2) * fresh``. 0: every batch's noise is fresh. A
+#: row's own noise is the same vector in every epoch, so P can cancel it: stacking a row's
+#: ``dL/dh`` of all epochs, the row part lies in at most ``m`` directions shared by all rows (of
+#: the same batches), and projecting them out leaves the gradients bare (label-free, up to AUC
+#: 1.00 on split_default_credit, 0.95 on split_breast; docs/benchmarks.md). Fresh noise cannot be
+#: cancelled; the pool in the search (``protect(pooled=...)``) holds an attacker summing epochs.
+ROW_SHARE = 0.0
 #: standard errors of a label-free score's AUC: a batch cannot be held closer to chance than this
 CHANCE_BAND_SE = 2.0
 #: noise scales tried per draw: doubling from ``SCALE_START`` up to ``SCALE_MAX``, then bisected
@@ -373,8 +378,8 @@ def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.rand
     most :func:`leak_target` (or the batch's :func:`chance_band`, if higher). Noise costs accuracy
     only where and when the batch leaks. Regression: :func:`vfl_cli.privacy.protect_labels`.
     ``seed`` (the active party's private seed) and ``rows`` (the batch's training-row positions):
-    :data:`ROW_SHARE` of the noise is each row's :func:`row_noise`, the same in every epoch, so
-    pooling epochs does not average it away; None: every draw fresh. ``pooled``: each of the
+    :data:`ROW_SHARE` of the noise is each row's :func:`row_noise`, the same in every epoch (0, the
+    default: none; every draw fresh, see :data:`ROW_SHARE` for why). ``pooled``: each of the
     batch's rows' ``delta'`` summed over the batches sent before; the search then also holds the
     three attacks on ``pooled + candidate`` (an attacker pooling epochs) to the target.
 
@@ -401,7 +406,8 @@ def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.rand
     target = max(leak_target(strength), chance_band(labels))
     if target >= 1.0:  # a strength of 1/4 or less: nothing to hold
         return g.copy()
-    own = None if rows is None or seed is None else row_noise(seed, rows, flat.shape[1])[:, :len(basis)]
+    own = (None if rows is None or seed is None or ROW_SHARE == 0
+           else row_noise(seed, rows, flat.shape[1])[:, :len(basis)])
     return _least_noise(flat, np.asarray(labels).ravel(), basis, scale, target, rng, own, pooled).reshape(g.shape)
 
 

@@ -13,11 +13,12 @@ other value when the file is read; a label column with more than two text values
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vfl_cli.errors import DataError, VflError
-from vfl_cli.tables import check_options, read_header, read_table
+from vfl_cli.tables import check_options, read_header, read_table, read_table_chunks
 from vfl_cli.tables import near as _near
 
 if TYPE_CHECKING:
@@ -84,7 +85,11 @@ def text_columns(df: pd.DataFrame, columns: list[str]) -> dict[str, str]:
 
 def refuse_text_columns(df: pd.DataFrame, columns: list[str], *, what: str, fix: str) -> None:
     """One error naming every text column and the command that leaves them out."""
-    text = text_columns(df, columns)
+    refuse_text(text_columns(df, columns), what=what, fix=fix)
+
+
+def refuse_text(text: dict[str, str], *, what: str, fix: str) -> None:
+    """:func:`refuse_text_columns` for the text columns found already (column -> example cell)."""
     if not text:
         return
     listed = ", ".join(f"{c!r} (e.g. {v!r})" for c, v in list(text.items())[:MAX_LISTED])
@@ -110,33 +115,100 @@ def label_values(df: pd.DataFrame, label: str, positive: str | None, *, what: st
     import numpy as np
     import pandas as pd
 
-    text = df[label].astype("string").str.strip()
-    missing = (text.isna() | (text == "")).to_numpy(dtype=bool)
-    if missing.any() and not allow_missing:
-        rows = ", ".join(str(i + 2) for i in missing.nonzero()[0][:MAX_LISTED])
-        raise DataError(f"{what}: the label column {label!r} is empty in {int(missing.sum())} row(s) "
-                        f"(lines {rows}{', ...' if missing.sum() > MAX_LISTED else ''}); fill in or delete those rows")
-    values = sorted(set(text[~missing]))
+    scan = LabelScan(label, positive)
+    text, missing, numbers = scan.add(df, 0)
+    scan.check(what=what, allow_missing=allow_missing)
     if positive is not None:
-        if len(values) > 2:
-            raise DataError(f"{what}: the label column {label!r} holds {len(values)} different values "
-                            f"({', '.join(map(repr, values[:MAX_LISTED]))}); a yes/no label has two")
-        if positive not in values and (len(values) == 2 or not allow_missing):
-            raise DataError(f"{what}: --positive-label {positive!r} is not a value of the label column {label!r} "
-                            f"(its values: {', '.join(map(repr, values[:MAX_LISTED]))})")
         hit = (text == positive).to_numpy(dtype=bool, na_value=False)
         return pd.Series(np.where(missing, np.nan, hit.astype("float64")), index=df.index)
-    numbers = pd.to_numeric(text.where(~missing, None), errors="coerce")
-    not_numbers = numbers.isna().to_numpy(dtype=bool) & ~missing
-    if not_numbers.any():
-        if len(values) == 2:
-            raise DataError(f"{what}: the label column {label!r} holds text ({values[0]!r}, {values[1]!r}); "
-                            f"say which value is the positive class with --positive-label, e.g. "
-                            f"--positive-label {values[1]!r}")
-        example = str(text[not_numbers].iloc[0])
-        raise DataError(f"{what}: the label column {label!r} holds {len(values)} different text values "
-                        f"(e.g. {example!r}); a classifier needs two classes, a regression numbers")
     return numbers.astype("float64")
+
+
+class LabelScan:
+    """The label column's checks (:func:`label_values`) over a file read a chunk at a time.
+
+    Held between chunks: the count and first lines of empty labels, the first cell that is not a
+    number, whether ``positive`` was seen, the label's values (the set while it is small, else a
+    64-bit hash per distinct value of each chunk, and the five smallest values).
+    """
+
+    SMALL = 1000  # distinct values kept as text; past this, hashed (a regression label's numbers)
+
+    def __init__(self, label: str, positive: str | None) -> None:
+        self.label, self.positive = label, positive
+        self.missing = 0
+        self.missing_lines: list[int] = []
+        self.not_number: str | None = None
+        self.values: set[str] | None = set()
+        self.hashed: list[Any] = []
+        self.smallest: list[str] = []
+        self.positive_seen = False
+
+    def add(self, df: pd.DataFrame, first: int) -> tuple[pd.Series, Any, pd.Series]:
+        """Take one chunk (its first row is data row ``first + 1``); return its labels as text,
+        the mask of empty ones and the labels as numbers (NaN where not a number)."""
+        import heapq
+
+        import pandas as pd
+
+        text = df[self.label].astype("string").str.strip()
+        missing = (text.isna() | (text == "")).to_numpy(dtype=bool)
+        self.missing += int(missing.sum())
+        room = MAX_LISTED + 1 - len(self.missing_lines)
+        self.missing_lines += [first + int(i) + 2 for i in missing.nonzero()[0][:room]]
+        values = set(text[~missing])
+        self.positive_seen = self.positive_seen or self.positive in values
+        self.smallest = heapq.nsmallest(MAX_LISTED, set(self.smallest) | values)
+        if self.values is not None:
+            self.values |= values
+            if len(self.values) > self.SMALL:
+                self.hashed, self.values = [_distinct_hashes(self.values)], None
+        else:
+            self.hashed.append(_distinct_hashes(values))
+        numbers = pd.to_numeric(text.where(~missing, None), errors="coerce")
+        not_numbers = numbers.isna().to_numpy(dtype=bool) & ~missing
+        if self.not_number is None and not_numbers.any():
+            self.not_number = str(text[not_numbers].iloc[0])
+        return text, missing, numbers
+
+    def distinct(self) -> int:
+        if self.values is not None:
+            return len(self.values)
+        import numpy as np
+
+        return len(np.unique(np.concatenate(self.hashed)))
+
+    def check(self, *, what: str, allow_missing: bool = False) -> None:
+        """Raise :func:`label_values`'s errors for the chunks taken."""
+        label, positive = self.label, self.positive
+        if self.missing and not allow_missing:
+            rows = ", ".join(map(str, self.missing_lines[:MAX_LISTED]))
+            raise DataError(f"{what}: the label column {label!r} is empty in {self.missing} row(s) "
+                            f"(lines {rows}{', ...' if self.missing > MAX_LISTED else ''}); fill in or delete "
+                            "those rows")
+        count, values = self.distinct(), self.smallest  # the values, sorted, as far as they are shown
+        if positive is not None:
+            if count > 2:
+                raise DataError(f"{what}: the label column {label!r} holds {count} different values "
+                                f"({', '.join(map(repr, values[:MAX_LISTED]))}); a yes/no label has two")
+            if not self.positive_seen and (count == 2 or not allow_missing):
+                raise DataError(f"{what}: --positive-label {positive!r} is not a value of the label column "
+                                f"{label!r} (its values: {', '.join(map(repr, values[:MAX_LISTED]))})")
+            return
+        if self.not_number is not None:
+            if count == 2:
+                raise DataError(f"{what}: the label column {label!r} holds text ({values[0]!r}, {values[1]!r}); "
+                                f"say which value is the positive class with --positive-label, e.g. "
+                                f"--positive-label {values[1]!r}")
+            raise DataError(f"{what}: the label column {label!r} holds {count} different text values "
+                            f"(e.g. {self.not_number!r}); a classifier needs two classes, a regression numbers")
+
+
+def _distinct_hashes(values: set[str]) -> Any:
+    import numpy as np
+    import pandas as pd
+
+    return np.unique(pd.util.hash_array(np.asarray(sorted(values), dtype=object), categorize=False))
 
 
 def missing_cells(df: pd.DataFrame, columns: list[str]) -> dict[str, int]:
@@ -170,10 +242,34 @@ def feature_columns(config: dict[str, Any], path: Path | None = None) -> list[st
                            features=config.get("features"), what=str(path))
 
 
+def check_rows(memory: int, columns: int) -> int:
+    """Rows of a data file :func:`check_data` reads at once under a memory bound of ``memory``
+    bytes: the streamed alignment's chunk of ids (:attr:`vfl_cli.protocol.psi_stream.Budget.chunk`,
+    about 3 kB per id in flight), fewer for a wide file (about 600 bytes per cell while a chunk is
+    parsed and checked)."""
+    from vfl_cli.protocol.psi_stream import Budget
+
+    budget = Budget(memory)
+    return max(256, min(budget.chunk, budget.usable // (600 * max(1, columns))))
+
+
+def memory_bound(memory: int | str | None = None) -> int:
+    """``memory`` (bytes, or a size such as ``"512MB"``: ``vfl init --memory``, vfl.json's
+    ``memory``), else the environment's ``VFL_MEMORY``, else the default bound (2 GB)."""
+    import os
+
+    from vfl_cli.protocol.psi_stream import DEFAULT_MEMORY, parse_memory
+
+    if isinstance(memory, int):
+        return memory
+    value = memory or os.environ.get("VFL_MEMORY")
+    return DEFAULT_MEMORY if value in (None, "") else parse_memory(value)
+
+
 def check_data(data: Path, *, role: str, id_column: str, label_column: str | None,
                csv: dict[str, str | None] | None = None, exclude: list[str] | None = None,
                features: list[str] | None = None, positive_label: str | None = None,
-               encode: dict[str, str] | None = None) -> dict[str, Any]:
+               encode: dict[str, str] | None = None, memory: int | None = None) -> dict[str, Any]:
     """Check a party's data file before it is used, and return what vfl.json keeps about it.
 
     Checked: the file's format; the id column (present, no empty or repeated ids); the label
@@ -181,11 +277,13 @@ def check_data(data: Path, *, role: str, id_column: str, label_column: str | Non
     feature columns (present, numbers only unless encoded: text columns are named with the
     options that leave them out or encode them).
 
+    The file is read :func:`check_rows` rows at a time under the memory bound (``memory``, else
+    ``VFL_MEMORY``, else 2 GB: :func:`memory_bound`), never whole; the errors are those of a
+    whole read, ids repeated in different chunks included (:class:`vfl_cli.protocol.psi.IdScan`).
+
     Raises:
         DataError: naming the column and the fix.
     """
-    from vfl_cli.protocol.psi import normalise_ids
-
     options = check_options(**(csv or {}))
     config: dict[str, Any] = {"data": str(data.resolve()), "id_column": id_column, "label_column": label_column}
     if options:
@@ -194,12 +292,15 @@ def check_data(data: Path, *, role: str, id_column: str, label_column: str | Non
         if not label_column:
             raise DataError("--positive-label names a value of the label column: give --label-column too")
         config["positive_label"] = positive_label
-    df = read_table(data, id_column, **options)
-    columns = [str(c) for c in df.columns]
+    columns = read_header(data, **options)
+    rows = check_rows(memory_bound(memory), len(columns))
+    scan = _scan_data(data, id_column, label_column if label_column in columns else None, positive_label,
+                      rows, options)
     if label_column is not None and label_column not in columns:
         raise DataError(f"{data} has no label column {label_column!r}{_near(label_column, columns)}; "
                         f"its columns are: {', '.join(columns[:12])}")
-    normalise_ids(df[id_column].tolist(), column=id_column)
+    scan.ids.finish(lambda: ((first + 1, frame[id_column].tolist())
+                             for first, frame in read_table_chunks(data, id_column, rows, **options)))
     check_exclusions(columns, exclude or [], id_column=id_column, label_column=label_column, what=str(data))
     chosen = choose_features(columns, id_column=id_column, label_column=label_column, exclude=exclude or [],
                              features=features, what=str(data))
@@ -207,9 +308,10 @@ def check_data(data: Path, *, role: str, id_column: str, label_column: str | Non
         raise DataError(f"{data} has no feature columns besides the id column")
     encode = {c: k for c, k in (encode or {}).items() if k != "none"}
     check_encodings(columns, encode, id_column=id_column, label_column=label_column, what=str(data))
-    refuse_text_columns(df, [c for c in chosen if c not in encode], what=str(data), fix="vfl init ...")
-    if label_column is not None:
-        label_values(df, label_column, positive_label, what=str(data))
+    refuse_text({c: scan.text[c] for c in chosen if c not in encode and c in scan.text}, what=str(data),
+                fix="vfl init ...")
+    if scan.label is not None:
+        scan.label.check(what=str(data))
     if exclude:
         config["exclude"] = list(dict.fromkeys(exclude))
     if features is not None:
@@ -219,11 +321,42 @@ def check_data(data: Path, *, role: str, id_column: str, label_column: str | Non
     return config
 
 
+@dataclass
+class _DataScan:
+    ids: Any  # vfl_cli.protocol.psi.IdScan
+    label: LabelScan | None
+    text: dict[str, str] = field(default_factory=dict)  # text column -> its first cell not a number
+
+
+def _scan_data(data: Path, id_column: str, label_column: str | None, positive_label: str | None, rows: int,
+               options: dict[str, str]) -> _DataScan:
+    """One pass over the file, ``rows`` rows at a time: what :func:`check_data` checks, gathered."""
+    from vfl_cli.protocol.psi import IdScan
+
+    scan = _DataScan(IdScan(id_column), LabelScan(label_column, positive_label) if label_column else None)
+    for first, frame in read_table_chunks(data, id_column, rows, **options):
+        scan.ids.add(frame[id_column].tolist(), first + 1)
+        others = [str(c) for c in frame.columns if c != id_column and c not in scan.text]
+        for column, example in text_columns(frame, others).items():
+            scan.text[column] = example
+        if scan.label is not None:
+            scan.label.add(frame, first)
+    return scan
+
+
 def data_notes(config: dict[str, Any]) -> list[str]:
-    """What a party should know about its data before a job: missing cells that will be imputed."""
-    df = read_party_table(config)
+    """What a party should know about its data before a job: missing cells that will be imputed.
+
+    The file is read a chunk at a time under the memory bound, as :func:`check_data` reads it."""
+    path = Path(config["data"])
     encoded = set(config.get("encode") or {})  # an empty cell of an encoded column is a category
-    missing = missing_cells(df, [c for c in feature_columns(config) if c not in encoded])
+    counted = [c for c in feature_columns(config) if c not in encoded]
+    counts = dict.fromkeys(counted, 0)
+    rows = check_rows(memory_bound(config.get("memory")), len(read_header(path, **_csv(config))))
+    for _, frame in read_table_chunks(path, config["id_column"], rows, **_csv(config)):
+        for column, n in missing_cells(frame, counted).items():
+            counts[column] += n
+    missing = {c: n for c, n in counts.items() if n}
     if not missing:
         return []
     listed = ", ".join(f"{c}: {n}" for c, n in list(missing.items())[:MAX_LISTED])

@@ -13,11 +13,13 @@ else escapes (a malformed file is a user mistake, not a bug).
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import difflib
 import io
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -216,28 +218,65 @@ def read_table(path: Path, id_column: str, **options: Any) -> pd.DataFrame:
     Raises:
         DataError: the file cannot be read as a table, or has no column ``id_column``.
     """
-    import pandas as pd
+    fmt, names = _table_layout(path, id_column, options)
+    with _read_errors(path, fmt, len(names)):
+        df = _read_csv(path, fmt, names, id_column)
+    df[id_column] = df[id_column].fillna("").astype(str)
+    return df
 
+
+def read_table_chunks(path: Path, id_column: str, rows: int, **options: Any) -> Iterator[tuple[int, pd.DataFrame]]:
+    """:func:`read_table` ``rows`` rows at a time: ``(first, frame)`` with ``first`` the number
+    of data rows before the frame (its index counts from ``first``), never the whole file.
+
+    Each chunk's columns are typed from that chunk alone (a column of numbers with one text cell
+    is text only in the chunk that holds it); cells read as in :func:`read_table`.
+
+    Raises:
+        DataError: as :func:`read_table`, when the chunk with the problem is reached.
+    """
+    fmt, names = _table_layout(path, id_column, options)
+    with _read_errors(path, fmt, len(names)):
+        reader = _read_csv(path, fmt, names, id_column, chunksize=max(1, rows))
+        with reader:
+            for frame in reader:
+                frame[id_column] = frame[id_column].fillna("").astype(str)
+                yield int(frame.index[0]) if len(frame) else 0, frame
+
+
+def _table_layout(path: Path, id_column: str, options: dict[str, Any]) -> tuple[CsvFormat, list[str]]:
     fmt = detect_format(path, **options)
     names = read_header(path, sep=fmt.sep, decimal=fmt.decimal, encoding=fmt.encoding)
     if id_column not in names:
         raise DataError(f"{path} has no id column {id_column!r}{near(id_column, names)}; its columns are: "
                         f"{', '.join(names[:12])}")
+    return fmt, names
+
+
+def _read_csv(path: Path, fmt: CsvFormat, names: list[str], id_column: str, **more: Any) -> Any:
+    import pandas as pd
+
+    return pd.read_csv(path, sep=fmt.sep, decimal=fmt.decimal, thousands=fmt.thousands,
+                       encoding=fmt.encoding, header=0,
+                       names=names, index_col=False, dtype={id_column: str}, keep_default_na=False,
+                       na_values=[""], skipinitialspace=True, engine="c", **more)
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path, fmt: CsvFormat, columns: int) -> Iterator[None]:
+    """pandas' errors reading ``path`` as DataError naming the file and the fix."""
+    import pandas as pd
+
     try:
         with warnings.catch_warnings():
             # rows longer than the header would otherwise lose their last cells silently
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            df = pd.read_csv(path, sep=fmt.sep, decimal=fmt.decimal, thousands=fmt.thousands,
-                             encoding=fmt.encoding, header=0,
-                             names=names, index_col=False, dtype={id_column: str}, keep_default_na=False,
-                             na_values=[""], skipinitialspace=True, engine="c")
+            yield
     except pd.errors.ParserWarning as exc:
-        raise DataError(f"{path} has rows with more cells than its header has names ({len(names)}, "
+        raise DataError(f"{path} has rows with more cells than its header has names ({columns}, "
                         f"{fmt.describe()}); name every column, or give the right --sep") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not {fmt.encoding} text further down (byte {exc.start + 1}); "
                         "save it as 'CSV UTF-8'") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, csv.Error, OSError) as exc:
         raise DataError(f"{path} is not a readable CSV ({fmt.describe()}): {str(exc).strip()}") from exc
-    df[id_column] = df[id_column].fillna("").astype(str)
-    return df

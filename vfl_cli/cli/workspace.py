@@ -59,12 +59,14 @@ def init(directory: Path, name: str | None, role: str, data: Path, id_column: st
         vfl init bank --role active --data bank.csv --id-column id --label-column default
         vfl init bureau --role passive --data bureau.csv --id-column id --exclude region
     """
+    bound = None
     if memory is not None:
         from vfl_cli.protocol.psi_stream import parse_memory
 
-        parse_memory(memory)  # refused before anything is written
+        bound = parse_memory(memory)  # refused before anything is written
     choice = {"csv": {"sep": sep, "decimal": decimal, "encoding": encoding}, "exclude": list(exclude),
-              "features": _names(features), "positive_label": positive_label, "encode": parse_encodings(encode)}
+              "features": _names(features), "positive_label": positive_label, "encode": parse_encodings(encode),
+              "memory": bound}  # the data file is checked a chunk at a time under this bound
     ws = Workspace.init(directory, name=name or directory.resolve().name.lower(), role=role,
                         data=data, id_column=id_column, label_column=label_column,
                         max_file_size=max_file_size, **choice)

@@ -75,6 +75,7 @@ __all__ = [
     "Alignment",
     "BlindedSet",
     "FinishMessage",
+    "IdScan",
     "Ids",
     "PassiveState",
     "Progress",
@@ -288,8 +289,9 @@ def _cell_text(value: object, column: str, row: int) -> str | None:
     return text
 
 
-def _normalise_cells(values: list[object], column: str, first_row: int = 1) -> list[str]:
-    """Cell by cell, naming the rows that break a rule (see :func:`normalise_ids`)."""
+def _classify_cells(values: list[object], column: str, first_row: int = 1
+                    ) -> tuple[list[str], list[int], list[int], list[int]]:
+    """The ids of the good cells, and the rows of the cells not valid UTF-8, empty, or with a NUL."""
     ids: list[str] = []
     empty: list[int] = []
     invalid: list[int] = []
@@ -304,25 +306,110 @@ def _normalise_cells(values: list[object], column: str, first_row: int = 1) -> l
             nul.append(row)
         else:
             ids.append(text)
-    if invalid:
-        raise DataError(
-            f"id column {column!r}: {len(invalid)} id(s) are not valid UTF-8 text (rows "
-            f"{_listed(invalid)}); save the file as UTF-8"
-        )
-    if empty:
-        raise DataError(
-            f"id column {column!r}: {len(empty)} row(s) have an empty id (rows "
-            f"{_listed(empty)}); every row needs an id"
-        )
-    if nul:
-        raise DataError(
-            f"id column {column!r}: {len(nul)} id(s) contain a NUL character (rows "
-            f"{_listed(nul)}); the file is damaged or not a text CSV"
-        )
-    if not ids:
-        raise DataError(f"id column {column!r} has no rows: there is nothing to align")
+    return ids, invalid, empty, nul
+
+
+def _normalise_cells(values: list[object], column: str, first_row: int = 1) -> list[str]:
+    """Cell by cell, naming the rows that break a rule (see :func:`normalise_ids`)."""
+    ids, invalid, empty, nul = _classify_cells(values, column, first_row)
+    _refuse_bad_cells(column, (len(invalid), invalid), (len(empty), empty), (len(nul), nul), len(ids))
     _refuse_repeats(ids, column, first_row)
     return ids
+
+
+class IdScan:
+    """:func:`normalise_ids` over a file read a chunk at a time, in memory bounded by the chunk:
+    the same rules and the same errors, ids repeated in different chunks included.
+
+    Held between chunks: 8 bytes per id (a 64-bit SipHash of each id, pandas' ``hash_array``) and
+    the first few offending rows. Ids whose hashes meet are read again in :meth:`finish`, to tell
+    a repeat from a hash collision and to name the repeats; that second pass holds only those ids.
+
+    Example::
+
+        scan = IdScan("id")
+        for first, cells in chunks():           # first: the data row number of cells[0]
+            scan.add(cells, first)
+        scan.finish(chunks)                      # raises what normalise_ids(all cells) raises
+    """
+
+    def __init__(self, column: str = "id") -> None:
+        self.column = column
+        self.rows = 0
+        self._bad: list[tuple[int, list[int]]] = [(0, []), (0, []), (0, [])]  # invalid, empty, NUL
+        self._hashes: list[np.ndarray] = []
+
+    def add(self, cells: list[object], first_row: int) -> None:
+        """Check one chunk of cells, data rows ``first_row``, ``first_row + 1``, ..."""
+        ids = _normalise_text(cells)
+        if ids is None:
+            ids, *bad = _classify_cells(cells, self.column, first_row)
+            self._bad = [(n + len(new), rows + new[:_SHOWN + 1 - len(rows)])
+                         for (n, rows), new in zip(self._bad, bad, strict=True)]
+        self.rows += len(cells)
+        if ids and not any(n for n, _ in self._bad):  # after a bad cell only the bad cells are named
+            self._hashes.append(_hash_ids(ids))
+
+    def finish(self, again: Callable[[], Iterable[tuple[int, list[object]]]]) -> int:
+        """Raise what :func:`normalise_ids` raises for the whole column, else return its length.
+
+        ``again`` gives the same chunks again (read only when two hashes meet).
+        """
+        invalid, empty, nul = self._bad
+        _refuse_bad_cells(self.column, invalid, empty, nul, self.rows - invalid[0] - empty[0] - nul[0])
+        hashes = np.concatenate(self._hashes) if self._hashes else np.empty(0, np.uint64)
+        self._hashes = []
+        order = np.argsort(hashes, kind="stable")
+        hashes = hashes[order]
+        same = hashes[1:] == hashes[:-1]
+        del hashes
+        if same.any():
+            meets = np.zeros(len(order), dtype=bool)
+            meets[1:] |= same
+            meets[:-1] |= same
+            self._name_repeats(np.sort(order[meets]) + 1, again)  # the data rows whose hashes meet
+        return self.rows
+
+    def _name_repeats(self, rows: np.ndarray, again: Callable[[], Iterable[tuple[int, list[object]]]]) -> None:
+        seen: dict[str, tuple[int, list[int]]] = {}  # id -> (rows holding it, the first four)
+        for first, cells in again():
+            lo, hi = np.searchsorted(rows, [first, first + len(cells)])
+            for row in rows[lo:hi].tolist():
+                value = _cell_text(cells[row - first], self.column, row) or ""
+                n, kept = seen.get(value, (0, []))
+                seen[value] = (n + 1, kept if len(kept) > 3 else [*kept, row])
+        repeated = [(v, kept) for v, (n, kept) in seen.items() if n > 1]  # in the order they first appear
+        if repeated:
+            raise _repeats_error(self.column, repeated, len(repeated))
+
+
+def _hash_ids(ids: list[str]) -> np.ndarray:
+    import pandas as pd
+
+    return np.asarray(pd.util.hash_array(np.asarray(ids, dtype=object), categorize=False), dtype=np.uint64)
+
+
+_Rows = tuple[int, Sequence[int]]  # how many rows, and the first of them (at least _SHOWN + 1 of them)
+
+
+def _refuse_bad_cells(column: str, invalid: _Rows, empty: _Rows, nul: _Rows, good: int) -> None:
+    if invalid[0]:
+        raise DataError(
+            f"id column {column!r}: {invalid[0]} id(s) are not valid UTF-8 text (rows "
+            f"{_listed(invalid[1])}); save the file as UTF-8"
+        )
+    if empty[0]:
+        raise DataError(
+            f"id column {column!r}: {empty[0]} row(s) have an empty id (rows "
+            f"{_listed(empty[1])}); every row needs an id"
+        )
+    if nul[0]:
+        raise DataError(
+            f"id column {column!r}: {nul[0]} id(s) contain a NUL character (rows "
+            f"{_listed(nul[1])}); the file is damaged or not a text CSV"
+        )
+    if not good:
+        raise DataError(f"id column {column!r} has no rows: there is nothing to align")
 
 
 def _refuse_repeats(ids: Sequence[str], column: str, first_row: int = 1) -> None:
@@ -332,10 +419,16 @@ def _refuse_repeats(ids: Sequence[str], column: str, first_row: int = 1) -> None
     for row, value in enumerate(ids, start=first_row):
         rows.setdefault(value, []).append(row)
     repeated = [(v, r) for v, r in rows.items() if len(r) > 1]
-    shown = "; ".join(f"{v!r} (rows {_listed(r, 3)})" for v, r in repeated[:_SHOWN])
-    more = f"; and {len(repeated) - _SHOWN} more" if len(repeated) > _SHOWN else ""
-    raise DataError(
-        f"id column {column!r}: {len(repeated)} id(s) appear more than once: {shown}{more}. "
+    raise _repeats_error(column, repeated, len(repeated))
+
+
+def _repeats_error(column: str, first: Sequence[tuple[str, Sequence[int]]], count: int) -> DataError:
+    """``count`` ids repeated; ``first``: the first few (in the order they first appear) with their
+    rows (at least the first four)."""
+    shown = "; ".join(f"{v!r} (rows {_listed(r, 3)})" for v, r in first[:_SHOWN])
+    more = f"; and {count - _SHOWN} more" if count > _SHOWN else ""
+    return DataError(
+        f"id column {column!r}: {count} id(s) appear more than once: {shown}{more}. "
         "Ids must be unique (rows sharing an id cannot be aligned one to one): remove the "
         "duplicates or choose a column with unique ids"
     )

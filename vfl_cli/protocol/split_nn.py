@@ -926,7 +926,8 @@ def _next_batch(state: ActiveState, loss: float, inputs: _Inputs) -> tuple[Activ
 
 def train_positions(train: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``rows`` (positions in the aligned data) as positions among the training rows ``train``,
-    as the plaintext reference numbers them (the key of each row's own protection noise)."""
+    as the plaintext reference numbers them (the key of each row's own protection noise, used when
+    ``split_spec.ROW_SHARE`` is above 0)."""
     where = np.full(int(max(train.max(initial=-1), rows.max(initial=-1))) + 1, -1, dtype=np.int64)
     where[train] = np.arange(len(train))
     found: np.ndarray = where[rows]

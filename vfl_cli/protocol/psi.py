@@ -321,9 +321,10 @@ class IdScan:
     """:func:`normalise_ids` over a file read a chunk at a time, in memory bounded by the chunk:
     the same rules and the same errors, ids repeated in different chunks included.
 
-    Held between chunks: 8 bytes per id (a 64-bit SipHash of each id, pandas' ``hash_array``) and
-    the first few offending rows. Ids whose hashes meet are read again in :meth:`finish`, to tell
-    a repeat from a hash collision and to name the repeats; that second pass holds only those ids.
+    Held between chunks: 8 bytes per id (a 64-bit SipHash of each id, pandas' ``hash_array``,
+    sorted in place at the end) and the first few offending rows. When two hashes meet, the ids are
+    read again in :meth:`finish` and those with a meeting hash held, to tell a repeat from a hash
+    collision and to name the repeats.
 
     Example::
 
@@ -359,25 +360,22 @@ class IdScan:
         _refuse_bad_cells(self.column, invalid, empty, nul, self.rows - invalid[0] - empty[0] - nul[0])
         hashes = np.concatenate(self._hashes) if self._hashes else np.empty(0, np.uint64)
         self._hashes = []
-        order = np.argsort(hashes, kind="stable")
-        hashes = hashes[order]
+        hashes.sort()  # in place: 8 bytes per id in all
         same = hashes[1:] == hashes[:-1]
-        del hashes
         if same.any():
-            meets = np.zeros(len(order), dtype=bool)
-            meets[1:] |= same
-            meets[:-1] |= same
-            self._name_repeats(np.sort(order[meets]) + 1, again)  # the data rows whose hashes meet
+            meet = np.unique(hashes[1:][same])
+            del hashes, same
+            self._name_repeats(meet, again)
         return self.rows
 
-    def _name_repeats(self, rows: np.ndarray, again: Callable[[], Iterable[tuple[int, list[object]]]]) -> None:
+    def _name_repeats(self, meet: np.ndarray, again: Callable[[], Iterable[tuple[int, list[object]]]]) -> None:
+        """Read the ids again; those whose hash is in ``meet`` are held, with their rows."""
         seen: dict[str, tuple[int, list[int]]] = {}  # id -> (rows holding it, the first four)
         for first, cells in again():
-            lo, hi = np.searchsorted(rows, [first, first + len(cells)])
-            for row in rows[lo:hi].tolist():
-                value = _cell_text(cells[row - first], self.column, row) or ""
-                n, kept = seen.get(value, (0, []))
-                seen[value] = (n + 1, kept if len(kept) > 3 else [*kept, row])
+            ids = _normalise_text(cells) or _classify_cells(cells, self.column, first)[0]  # no bad cell here
+            for i in np.flatnonzero(np.isin(_hash_ids(ids), meet)).tolist():
+                n, kept = seen.get(ids[i], (0, []))
+                seen[ids[i]] = (n + 1, kept if len(kept) > 3 else [*kept, first + i])
         repeated = [(v, kept) for v, (n, kept) in seen.items() if n > 1]  # in the order they first appear
         if repeated:
             raise _repeats_error(self.column, repeated, len(repeated))

@@ -276,7 +276,7 @@ def test_streamed_through_vfl_equals_in_memory(tmp_path: Path, monkeypatch: pyte
         key = {j: bytes.fromhex(s.data["digest_key"]) for j, s in (("mem", mem), ("big", big))}
         ids = {j: s.arrays["aligned_ids"].tolist() for j, s in (("mem", mem), ("big", big))}
         assert set(ids["big"]) == set(ids["mem"])
-        rows = dict(zip(mem.arrays["aligned_ids"].tolist(), mem.arrays["aligned_rows"].tolist()))
+        rows = dict(zip(mem.arrays["aligned_ids"].tolist(), mem.arrays["aligned_rows"].tolist(), strict=True))
         assert big.arrays["aligned_rows"].tolist() == [rows[i] for i in ids["big"]]
         assert big.results["fingerprint"] == psi.alignment_fingerprint(ids["big"], key["big"], "big").hex()
     a_big = engine.load_state(Workspace(bank), "big")[0]

@@ -18,7 +18,8 @@ def test_a_python_int_is_whole_exactly_within_its_bounds(value: int, low: int | 
     assert np_whole(value, low, high) is inside
 
 
-@given(st.booleans() | st.floats(allow_nan=True) | st.text(max_size=4) | st.none() | st.lists(st.integers(), max_size=2))
+@given(st.booleans() | st.floats(allow_nan=True) | st.text(max_size=4) | st.none()
+       | st.lists(st.integers(), max_size=2))
 def test_bools_floats_text_and_lists_are_never_whole(value: object) -> None:
     assert not whole(value) and not np_whole(value)
     assert not whole(value, 0, 10) and not np_whole(value, 0, 10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -73,7 +74,8 @@ def test_a_recipe_may_name_a_spec_file(tmp_path: Path) -> None:
     ({"passive": [{"type": "lstm"}]}, "passive layers: layer 0: unknown type 'lstm'"),
     ({"active": [{"type": "dense"}]}, "missing field 'units'"),
     ({"top": [{"type": "dense", "units": 3}]}, "the binary head needs 1 output, but the network ends with width 3"),
-    ({"head": "multiclass", "interactive": {"units": 4}, "top": [{"type": "dense", "units": 1}]}, "one output per class"),
+    ({"head": "multiclass", "interactive": {"units": 4}, "top": [{"type": "dense", "units": 1}]},
+     "one output per class"),
     ({"head": "ordinal"}, "unknown head 'ordinal'"),
     ({"passive": [{"type": "relu", "mode": "ciphertext"}]}, "passive layers are plaintext layers"),
     ({"passive": [{"type": "relu", "mode": "secret"}]}, "mode must be plaintext or ciphertext"),
@@ -102,7 +104,9 @@ def test_the_reference_equals_one_network_trained_with_nn() -> None:
     net = build_sequential([{"type": "dense", "units": 1}], 5)
     W_A, W_P = ss.initial_interactive(spec, 3, 2, 4)
     net.layers[0].W[...] = np.vstack([W_A, W_P])
-    factory = lambda: make_optimizer("sgd", lr=0.1, momentum=0.9)
+    def factory() -> Any:
+        return make_optimizer("sgd", lr=0.1, momentum=0.9)
+
     fit(net, "binary", np.hstack([XA, XP]), y, factory, 3, 16, 4, optimizers=make_optimizers(net, factory))
     np.testing.assert_allclose(np.vstack([model.W_A, model.W_P]), net.layers[0].W, atol=1e-12)
     np.testing.assert_allclose(model.b, net.layers[0].b, atol=1e-12)

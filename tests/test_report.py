@@ -171,8 +171,10 @@ def test_recipe_report_json_holds_each_partys_data_audit_and_loss_names(reports:
     for name, csv in (("bank", "breast_active.csv"), ("bureau", "breast_passive.csv")):
         assert out["data"][name]["data_sha256"] == hashlib.sha256((sample / csv).read_bytes()).hexdigest()
         assert out["audit"][name]["ok"] and out["audit"][name]["files_checked"] > 0
-    assert {"column": "radius_error", "encoding": "numeric, standardised", "imputed_cells": 0} in out["data"]["bureau"]["columns"]
-    assert out["loss_names"]["train.loss"] == "train loss (mean squared error of the probability, on the last batch)"
+    radius = {"column": "radius_error", "encoding": "numeric, standardised", "imputed_cells": 0}
+    assert radius in out["data"]["bureau"]["columns"]
+    assert out["loss_names"]["train.loss"] == (
+        "train loss (mean squared error of the probability, on the last batch)")
 
 
 def test_encodings_group_one_hot_columns_and_count_filled_cells() -> None:

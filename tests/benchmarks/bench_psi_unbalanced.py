@@ -29,9 +29,9 @@ def write_csv(path: Path, ids: np.ndarray, label: bool, rng: np.random.Generator
     with path.open("w") as fh:
         fh.write("id,x,y\n" if label else "id,x\n")
         if label:
-            fh.writelines(f"c{i:010d},{v:.3f},{int(v > 0)}\n" for i, v in zip(ids.tolist(), x))
+            fh.writelines(f"c{i:010d},{v:.3f},{int(v > 0)}\n" for i, v in zip(ids.tolist(), x, strict=True))
         else:
-            fh.writelines(f"c{i:010d},{v:.3f}\n" for i, v in zip(ids.tolist(), x))
+            fh.writelines(f"c{i:010d},{v:.3f}\n" for i, v in zip(ids.tolist(), x, strict=True))
 
 
 def vfl(*args: str) -> tuple[float, float, float]:

@@ -31,10 +31,10 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench_secureboost import run_recipe
+from bench_secureboost import run_recipe  # noqa: E402
 
-from vfl_cli import jobs
-from vfl_cli.workspace import Workspace
+from vfl_cli import jobs  # noqa: E402
+from vfl_cli.workspace import Workspace  # noqa: E402
 
 
 def vfl(ws: Path, *args: str) -> float:

@@ -365,10 +365,9 @@ def _context(ws: Workspace, info: dict[str, Any], progress: Progress) -> PartyCo
 def _memory_bound(ws: Workspace) -> int:
     """This party's memory bound: ``memory`` of vfl.json (or --memory), else the environment's
     ``VFL_MEMORY``, else 2 GB."""
-    from vfl_cli.protocol.psi_stream import DEFAULT_MEMORY, parse_memory
+    from vfl_cli.columns import memory_bound
 
-    value = ws.config.get("memory") or os.environ.get("VFL_MEMORY")
-    return DEFAULT_MEMORY if value in (None, "") else parse_memory(value)
+    return memory_bound(ws.config.get("memory"))
 
 
 def _to_artifacts(

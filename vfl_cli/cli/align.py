@@ -28,14 +28,14 @@ memory_option = click.option(
 
 def use_memory(ws: Workspace, memory: str | None) -> None:
     """Apply --memory to this command (not saved) and say which bound is in use (stderr)."""
-    from vfl_cli.protocol.psi_stream import DEFAULT_MEMORY, format_memory, parse_memory
+    from vfl_cli.columns import memory_bound
+    from vfl_cli.protocol.psi_stream import format_memory
 
     if memory is not None:
         ws.config["memory"] = memory
-    value = ws.config.get("memory") or os.environ.get("VFL_MEMORY")
-    bound = DEFAULT_MEMORY if value in (None, "") else parse_memory(value)
+    bound = memory_bound(ws.config.get("memory"))
     source = ("--memory" if memory is not None else "workspace setting" if ws.config.get("memory")
-              else "VFL_MEMORY" if value else "default")
+              else "VFL_MEMORY" if os.environ.get("VFL_MEMORY") else "default")
     say(f"Memory bound: {format_memory(bound)} ({source}); an alignment whose in-memory peak would "
         "pass it streams in parts")
 

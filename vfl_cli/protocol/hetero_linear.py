@@ -1140,10 +1140,11 @@ class HeteroLinear(KitProtocol[Any]):
             answer = answer_active(ctx.private_key(), res, st.columns[ctx.active], st.sent_digests, len(rows),
                                    ctx.params, ctx.active)
         count = res.request.count if res.request is not None else None
-        u = data.X[rows] @ st.w
         if res.beta is not None and cg is not None:  # block CG: at the trial point w + p
             u = data.X[rows] @ (st.w + cg.direction(res.beta))
             st = st.but(optimizer={**st.optimizer, "beta": res.beta})
+        else:
+            u = data.X[rows] @ st.w
         if c is not None:
             d = res.offset
             for part in (a for a in received.values() if a.kind == PEER_PARTIAL):
@@ -1248,7 +1249,8 @@ class HeteroLinear(KitProtocol[Any]):
         request, m = active_request(data.X[rows], slope, offset, passive_sum if trial is None else trial.passive)
         loss, lm = None, None
         if loss_due(ctx.params, st.epoch, st.batch, data.batches_per_epoch):  # at this party's weights
-            base = self.residual_terms(ctx.params, data.X[rows] @ st.w, target[rows])
+            base = (slope, offset) if trial is None else self.residual_terms(ctx.params, data.X[rows] @ st.w,
+                                                                              target[rows])
             loss, lm = loss_request(ctx.rng, passive_sum if trial is None else trial.current, *base,
                                     int(ctx.params["loss_sample"]))
         binary = self.task == "binary"

@@ -323,22 +323,6 @@ def protection_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, batch, 0x1AB])
 
 
-def row_noise(seed: int, rows: np.ndarray, width: int) -> np.ndarray:
-    """Each training row's own label-protection noise (``len(rows)`` by ``width``), from the active
-    party's private seed keyed by the row's position, not the epoch: the same in every epoch, so an
-    attacker summing a row's gradients over the epochs does not average it away."""
-    return np.array([np.random.default_rng([seed, int(r), 0x9001]).standard_normal(width) for r in rows],
-                    dtype=np.float64).reshape(len(rows), width)
-
-
-#: the share of each batch's noise that is the row's own (:func:`row_noise`), the rest fresh:
-#: ``ROW_SHARE * row + sqrt(1 - ROW_SHARE ** 2) * fresh``. 0: every batch's noise is fresh. A
-#: row's own noise is the same vector in every epoch, so P can cancel it: stacking a row's
-#: ``dL/dh`` of all epochs, the row part lies in at most ``m`` directions shared by all rows (of
-#: the same batches), and projecting them out leaves the gradients bare (label-free, up to AUC
-#: 1.00 on split_default_credit, 0.95 on split_breast; docs/benchmarks.md). Fresh noise cannot be
-#: cancelled; the pool in the search (``protect(pooled=...)``) holds an attacker summing epochs.
-ROW_SHARE = 0.0
 #: standard errors of a label-free score's AUC: a batch cannot be held closer to chance than this
 CHANCE_BAND_SE = 2.0
 #: noise scales tried per draw: doubling from ``SCALE_START`` up to ``SCALE_MAX``, then bisected
@@ -366,8 +350,7 @@ def chance_band(labels: np.ndarray) -> float:
 
 
 def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.random.Generator,
-            *, head: str = "binary", seed: int | None = None, rows: np.ndarray | None = None,
-            pooled: np.ndarray | None = None) -> np.ndarray:
+            *, head: str = "binary", pooled: np.ndarray | None = None) -> np.ndarray:
     """``delta`` as the passive party's bottom will see it, label-protected by ``strength`` (0: unchanged).
 
     Classification heads: Gaussian noise along the batch's label directions
@@ -377,9 +360,8 @@ def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.rand
     (:func:`vfl_cli.privacy.leak_aucs`) on the candidate this party is about to send all reach at
     most :func:`leak_target` (or the batch's :func:`chance_band`, if higher). Noise costs accuracy
     only where and when the batch leaks. Regression: :func:`vfl_cli.privacy.protect_labels`.
-    ``seed`` (the active party's private seed) and ``rows`` (the batch's training-row positions):
-    :data:`ROW_SHARE` of the noise is each row's :func:`row_noise`, the same in every epoch (0, the
-    default: none; every draw fresh, see :data:`ROW_SHARE` for why). ``pooled``: each of the
+    Every draw is fresh: noise the same for a row in every epoch can be cancelled by stacking the
+    row's gradients over the epochs (docs/protocols/split-nn.md). ``pooled``: each of the
     batch's rows' ``delta'`` summed over the batches sent before; the search then also holds the
     three attacks on ``pooled + candidate`` (an attacker pooling epochs) to the target.
 
@@ -406,9 +388,7 @@ def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.rand
     target = max(leak_target(strength), chance_band(labels))
     if target >= 1.0:  # a strength of 1/4 or less: nothing to hold
         return g.copy()
-    own = (None if rows is None or seed is None or ROW_SHARE == 0
-           else row_noise(seed, rows, flat.shape[1])[:, :len(basis)])
-    return _least_noise(flat, np.asarray(labels).ravel(), basis, scale, target, rng, own, pooled).reshape(g.shape)
+    return _least_noise(flat, np.asarray(labels).ravel(), basis, scale, target, rng, pooled).reshape(g.shape)
 
 
 def noise_basis(g: np.ndarray, dirs: np.ndarray) -> np.ndarray:
@@ -446,17 +426,14 @@ def linear_leak(labels: np.ndarray, grads: np.ndarray) -> float:
 
 
 def _least_noise(g: np.ndarray, y: np.ndarray, dirs: np.ndarray, scale: np.ndarray, target: float,
-                 rng: np.random.Generator, own: np.ndarray | None = None,
-                 pooled: np.ndarray | None = None) -> np.ndarray:
+                 rng: np.random.Generator, pooled: np.ndarray | None = None) -> np.ndarray:
     """``g + s * noise`` with the smallest scale ``s`` found whose worst leak is at most ``target``;
     after :data:`NOISE_DRAWS` draws that never get there, the least leaking candidate tried."""
     from vfl_cli.privacy import leak_aucs
 
     best, best_leak = g, float("inf")
     for _ in range(NOISE_DRAWS):
-        fresh = rng.standard_normal((len(g), len(dirs)))
-        mix = fresh if own is None else ROW_SHARE * own + np.sqrt(1.0 - ROW_SHARE ** 2) * fresh
-        noise = (mix * scale) @ dirs
+        noise = (rng.standard_normal((len(g), len(dirs))) * scale) @ dirs
         tried: dict[float, float] = {}
 
         def worst(s: float, noise: np.ndarray = noise, tried: dict[float, float] = tried) -> float:
@@ -479,8 +456,6 @@ def _least_noise(g: np.ndarray, y: np.ndarray, dirs: np.ndarray, scale: np.ndarr
         s = min(tried, key=lambda k: (tried[k], -k))
         if tried[s] < best_leak:
             best, best_leak = g + s * noise, tried[s]
-        if own is not None and ROW_SHARE == 1.0:  # no fresh part: every further draw is this one
-            break
     return best
 
 
@@ -578,7 +553,7 @@ def _central_batch(model: SplitModel, XA: np.ndarray, XP: np.ndarray, Y: np.ndar
     loss, dout = make_head(model.spec.head).loss_grad(forward(model.top, z), y)
     delta = backward(model.top, dout)
     sent = protect(delta, y, float(params.get("label_protection", 0.0)), protection_rng(sa, epoch, b),
-                   head=model.spec.head, seed=sa, rows=rows, pooled=pool[rows])
+                   head=model.spec.head, pooled=pool[rows])
     pool[rows] += sent
     g_wa, g_wp, g_b = ha.T @ delta, hp.T @ delta, delta.sum(axis=0)
     backward(model.bottom_a, delta @ model.W_A.T)

@@ -924,16 +924,6 @@ def _next_batch(state: ActiveState, loss: float, inputs: _Inputs) -> tuple[Activ
     return new.but(evaluating=nxt == "evaluate"), nxt
 
 
-def train_positions(train: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``rows`` (positions in the aligned data) as positions among the training rows ``train``,
-    as the plaintext reference numbers them (the key of each row's own protection noise, used when
-    ``split_spec.ROW_SHARE`` is above 0)."""
-    where = np.full(int(max(train.max(initial=-1), rows.max(initial=-1))) + 1, -1, dtype=np.int64)
-    where[train] = np.arange(len(train))
-    found: np.ndarray = where[rows]
-    return found
-
-
 def train_batch(state: ActiveState, inputs: _Inputs, z_p: np.ndarray, rows: np.ndarray, peer: paillier.PublicKey,
                 who: str) -> tuple[ActiveState, Backward]:
     """A's plaintext part of one mini-batch (interactive layer, top network, loss, its own steps)
@@ -949,7 +939,6 @@ def train_batch(state: ActiveState, inputs: _Inputs, z_p: np.ndarray, rows: np.n
     # every other gradient, W_P's included, uses the exact delta
     sent = ss.protect(delta, y, float(params["label_protection"]),
                       ss.protection_rng(state.seed, state.epoch, state.batch), head=spec.head,
-                      seed=state.seed, rows=train_positions(inputs.data.split.train, rows),
                       pooled=None if state.meter_pool is None else state.meter_pool[rows])
     new = metered(state, inputs, sent, rows, end=state.batch == inputs.data.batches_per_epoch - 1)
     H, Vc = _need(state.h, "[[h]]").open(peer), _need(state.v, "[[V]]").open(peer)

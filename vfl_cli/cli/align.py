@@ -26,8 +26,10 @@ memory_option = click.option(
     "would pass it streams in parts, with bounded memory.")
 
 
-def use_memory(ws: Workspace, memory: str | None) -> None:
-    """Apply --memory to this command (not saved) and say which bound is in use (stderr)."""
+def use_memory(ws: Workspace, memory: str | None,
+               effect: str = "an alignment whose in-memory peak would pass it streams in parts") -> None:
+    """Apply --memory to this command (not saved) and say which bound is in use, and its
+    ``effect`` (stderr)."""
     from vfl_cli.columns import memory_bound
     from vfl_cli.protocol.psi_stream import format_memory
 
@@ -36,8 +38,7 @@ def use_memory(ws: Workspace, memory: str | None) -> None:
     bound = memory_bound(ws.config.get("memory"))
     source = ("--memory" if memory is not None else "workspace setting" if ws.config.get("memory")
               else "VFL_MEMORY" if os.environ.get("VFL_MEMORY") else "default")
-    say(f"Memory bound: {format_memory(bound)} ({source}); an alignment whose in-memory peak would "
-        "pass it streams in parts")
+    say(f"Memory bound: {format_memory(bound)} ({source}); {effect}")
 
 
 data_option = click.option(
@@ -119,22 +120,27 @@ def next_query_id(ws: Workspace, cache: str) -> str:
               help="Ids per alignment.")
 @click.option("--valid-days", type=int, default=30, show_default=True, help="Days until it expires.")
 @data_option
+@memory_option
 @json_option
 @click.pass_context
 def cache_command(ctx: click.Context, peer: str, job_id: str | None, max_queries: int,
-                  max_query_ids: int, valid_days: int, data: Path | None, as_json: bool) -> None:
+                  max_query_ids: int, valid_days: int, data: Path | None, memory: str | None,
+                  as_json: bool) -> None:
     """Passive party: publish this party's blinded ids once, for cheap later alignments.
 
     The active party keeps the cache (it runs 'vfl align respond' on it) and then aligns small
-    sets with 'vfl align start --cache JOB'. This party answers at most --max-queries of them,
+    sets with 'vfl align start --cache JOB'. The ids are read, blinded and sorted in chunks
+    within --memory, whatever their number; the cache is one file. This party answers at most --max-queries of them,
     each of at most --max-query-ids ids, for --valid-days days, and only for that peer.
 
     Example:
 
     \b
         bureau$ vfl align cache --with bank --max-queries 30 --valid-days 30
+        bureau$ vfl align cache --with bank --memory 512MB
     """
     ws = workspace(ctx)
+    use_memory(ws, memory, "the ids are read, blinded and sorted in chunks within it")
     params = {"max_queries": max_queries, "max_query_ids": max_query_ids, "valid_days": valid_days}
     with progress_bars() as progress:
         r = engine.start_job(ws, "psi-cache", params, peers=[peer], job=job_id, data=data,

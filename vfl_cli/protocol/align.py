@@ -21,7 +21,9 @@ passive party ``start`` (waits for the start) -> ``wait-finish`` -> done. A ``ps
 ``cache`` parameter runs :class:`CachedQuery` (the unbalanced steps, same phases and kinds, the
 response without the owner's points); a job the active party streams (sets past its memory
 bound) runs :mod:`vfl_cli.protocol.align_stream`. :class:`AlignCache` (``psi-cache``) publishes
-the passive party's blinded set once (``psi/cache``, :class:`Cache`).
+the passive party's blinded set once (``psi/cache``, :class:`Cache`), in bounded memory
+(:func:`vfl_cli.protocol.psi_cache.publish_streamed`); both parties keep the cache's lists as
+files of the cache job's private ``cache/`` folder (0700, files 0600), which each query maps.
 
 Afterwards every party holds, in its own job state, the common ids in the jointly shuffled
 order (``aligned_ids``) and the row of its own file for each (``aligned_rows``). The party's
@@ -48,6 +50,7 @@ from vfl_cli.artifacts.container import Artifact
 from vfl_cli.errors import DataError, InvalidArtifact, VflError
 from vfl_cli.names import is_name
 from vfl_cli.protocol import align_stream, psi, psi_cache
+from vfl_cli.protocol import psi_stream as ps
 from vfl_cli.protocol.base import Expect, Hex, Int, JobState, Outgoing, PartyContext, need, typed_params
 from vfl_cli.protocol.kit import KitProtocol, Message, PartyState, Phase, Step, from_active, nothing
 
@@ -430,65 +433,75 @@ class _Limited(PartyState):
     def limits(self) -> psi_cache.CacheLimits:
         return _limits(self.max_queries, self.max_query_ids, self.expires)
 
-    def results(self, values: np.ndarray) -> dict[str, Any]:
+    cached_ids: int = 0
+    bytes_per_id: int = 0
+
+    def results(self) -> dict[str, Any]:
         """The cache job's results: its size, width and limits (what both parties may see)."""
-        return {"cached_ids": len(values), "bytes_per_id": int(values.shape[1]),
+        return {"cached_ids": self.cached_ids, "bytes_per_id": self.bytes_per_id,
                 "max_queries": self.max_queries, "max_query_ids": self.max_query_ids, "expires": self.expires}
+
+
+def _cache_files(ctx: PartyContext, cache: str) -> ps.Scratch:
+    """The private folder (0700) of cache job ``cache``'s lists: ``jobs/<cache>/cache``, beside
+    the folder of ``ctx``'s job (a job id is a name, never a path)."""
+    if ctx.scratch is None:
+        raise VflError("a psi-cache job keeps its lists in files: it needs the job's folder")
+    return ps.Scratch(ctx.scratch().parent.parent / cache / "cache")
 
 
 @dataclass(frozen=True)
 class CacheOwner(_Limited):
-    """The passive owner's cache secret, kept until the cache expires: beta answers queries."""
+    """The passive owner's cache secret, kept until the cache expires: beta answers queries; its
+    sorted order and ids are files (:func:`psi_cache.open_secret`)."""
 
     scalar: bytes = b""
     user: str = ""
-    cache_order: np.ndarray | None = None
-    cache_id_bytes: np.ndarray | None = None
-    cache_id_offsets: np.ndarray | None = None
 
-    def secret(self, cache_id: str, owner: str) -> psi_cache.CacheSecret:
-        arrays = _secret_fields(self, ("cache_order", "cache_id_bytes", "cache_id_offsets"))
-        order, id_bytes, id_offsets = arrays.values()
-        return psi_cache.CacheSecret(
-            cache_id=cache_id, owner=owner, user=self.user, scalar=self.scalar, order=order, id_bytes=id_bytes,
-            id_offsets=id_offsets, limits=self.limits(),
-        )
+    def secret(self, ctx: PartyContext, cache_id: str) -> psi_cache.CacheSecret:
+        return psi_cache.open_secret(_cache_files(ctx, cache_id), n=self.cached_ids, cache_id=cache_id,
+                                     owner=ctx.name, user=self.user, scalar=self.scalar, limits=self.limits())
 
 
 @dataclass(frozen=True)
 class CacheUser(_Limited):
-    """The active user's copy of the cache."""
+    """The active user's copy of the cache (its values a file, :func:`psi_cache.mapped_values`)."""
 
     owner: str = ""
-    cache_values: np.ndarray | None = None
 
-    def cached_set(self, cache_id: str) -> psi_cache.CachedSet:
-        values = _secret_fields(self, ("cache_values",))["cache_values"]
+    def cached_set(self, ctx: PartyContext, cache_id: str) -> psi_cache.CachedSet:
+        values = psi_cache.mapped_values(_cache_files(ctx, cache_id), self.cached_ids, self.bytes_per_id)
         return psi_cache.CachedSet(cache_id, values, self.limits())
 
 
 def _publish(ctx: PartyContext, state: CacheOwner, received: Mapping[str, Artifact]) -> Step[CacheOwner]:
-    """Owner: blind every id once with a long-lived beta (:func:`psi_cache.publish_cache`)."""
-    ids = _own_ids(ctx)
+    """Owner: blind every id once with a long-lived beta, in bounded memory
+    (:func:`psi_cache.publish_streamed`); the cache is sent as one artifact."""
     p = ctx.params
     expires = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=p["valid_days"])
     limits = psi_cache.CacheLimits(p["max_queries"], p["max_query_ids"], expires)
-    secret, message = psi_cache.publish_cache(
-        ids, cache_id=ctx.job, salt=_salt(ctx), owner=ctx.name, user=ctx.active, limits=limits,
+    files, budget = _cache_files(ctx, ctx.job), ps.Budget(ctx.memory or ps.DEFAULT_MEMORY)
+    data = ctx.data_file()
+    published = psi_cache.publish_streamed(
+        ps.csv_chunks(data, ctx.id_column, budget.chunk, ctx.csv), files, budget,
+        n_upper=align_stream._count_lines(data), cache_id=ctx.job, salt=_salt(ctx), limits=limits,
         progress=ctx.progress,
     )
-    new = CacheOwner(**_limits_meta(limits), scalar=secret.scalar, user=ctx.active, cache_order=secret.order,
-                     cache_id_bytes=secret.id_bytes, cache_id_offsets=secret.id_offsets)
-    out = [Cache.publish(message.values, limits).to(ctx.active, "cache")]
-    return Step(new, "published", out, new.results(message.values))
+    new = CacheOwner(**_limits_meta(limits), cached_ids=published.n, bytes_per_id=published.width,
+                     scalar=published.scalar, user=ctx.active)
+    values = psi_cache.mapped_values(files, published.n, published.width)
+    out = [Cache.publish(values, limits).to(ctx.active, "cache")]
+    return Step(new, "published", out, new.results())
 
 
 def _keep_cache(ctx: PartyContext, state: CacheUser, received: Mapping[str, Artifact]) -> Step[CacheUser]:
-    """User: check the cache and keep it (:func:`psi_cache.check_cache`)."""
+    """User: check the cache (:func:`psi_cache.check_cache`) and keep its values as a file."""
     owner = ctx.passives[0]
     cached = psi_cache.check_cache(_received(Cache, received, owner), cache_id=ctx.job)
-    new = CacheUser(**_limits_meta(cached.limits), owner=owner, cache_values=cached.values)
-    return Step(new, "cached", [], new.results(cached.values))
+    _cache_files(ctx, ctx.job).write("values", cached.values)
+    n, width = cached.values.shape
+    new = CacheUser(**_limits_meta(cached.limits), cached_ids=n, bytes_per_id=width, owner=owner)
+    return Step(new, "cached", [], new.results())
 
 
 class AlignCache(KitProtocol[Any]):
@@ -608,7 +621,7 @@ def _start_query(ctx: PartyContext, state: QueryUser, received: Mapping[str, Art
     ids = _own_ids(ctx)
     kept = state.keep_ids(ids, _file_sha256(ctx.data_file()))
     secret, message = psi_cache.start_query(
-        ids, CacheUser.load(query.state).cached_set(query.cache), job_id=ctx.job, query=query.number,
+        ids, CacheUser.load(query.state).cached_set(ctx, query.cache), job_id=ctx.job, query=query.number,
         salt=query.salt, party=ctx.name, now=datetime.now(timezone.utc), progress=ctx.progress,
     )
     new = kept.but(inverse=secret.inverse, seed=secret.seed, exchange_secret=secret.exchange_secret,
@@ -625,7 +638,7 @@ def _respond_query(ctx: PartyContext, state: QueryOwner, received: Mapping[str, 
                         f"respond with --data {ctx.data_file(query.cache)}")
     start: psi.StartMessage = _received(Start, received, ctx.active)
     secret, response = psi_cache.respond_query(
-        start, CacheOwner.load(query.state).secret(query.cache, ctx.name), job_id=ctx.job, query=query.number,
+        start, CacheOwner.load(query.state).secret(ctx, query.cache), job_id=ctx.job, query=query.number,
         active=ctx.active, now=datetime.now(timezone.utc), progress=ctx.progress,
     )
     new = state.but(seed=secret.seed, seed_commitment=secret.seed_commitment,
@@ -642,7 +655,8 @@ def _finish_query(ctx: PartyContext, state: QueryUser, received: Mapping[str, Ar
     secret = state.secret(ctx)
     response: psi_cache.QueryResponse = _received(CachedResponse, received, owner)
     alignment, message = psi_cache.finish_query(
-        secret, state.kept_ids(ctx), CacheUser.load(query.state).cached_set(query.cache), response, owner=owner
+        secret, state.kept_ids(ctx), CacheUser.load(query.state).cached_set(ctx, query.cache), response,
+        owner=owner
     )
     out = [Finish(message.response_digest, message.sealed_seeds, message.positions).to(owner, "finish")]
     return state.aligned(alignment, out, order=None, inverse=None, seed=None, exchange_secret=None)
@@ -652,7 +666,7 @@ def _conclude_query(ctx: PartyContext, state: QueryOwner, received: Mapping[str,
     """Owner, after hand-off 3: the alignment (:func:`psi_cache.conclude_query`)."""
     query = _Query.of(ctx)
     message: psi.FinishMessage = _received(Finish, received, ctx.active)
-    cache = CacheOwner.load(query.state).secret(query.cache, ctx.name)
+    cache = CacheOwner.load(query.state).secret(ctx, query.cache)
     alignment = psi_cache.conclude_query(state.secret(ctx), cache, message)
     return state.aligned(alignment, seed=None, channel_key=None)
 

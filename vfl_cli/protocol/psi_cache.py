@@ -23,6 +23,11 @@ beta is the computational Diffie-Hellman problem), and the owner gives that help
 the cache was made for: a cache is a bounded membership oracle, and these bounds are its size. The
 owner sees fresh, random-looking points each query (a fresh alpha): queries cannot be linked.
 
+Bounded memory: :func:`publish_streamed` publishes the same cache (same values, same order, for
+the same beta) with the ids read in chunks and the blinded points sorted through bucket files
+(:func:`vfl_cli.protocol.psi_stream.blind_own`); the owner's secret lists (``order``, its ids)
+stay in files that the query steps map (:func:`open_secret`), reading only the rows they need.
+
 Truncation: a cached value is the first ``w`` bytes of ``[beta]H(y)``; a false match needs two
 different points to agree on them. ``w`` (:func:`truncation_bytes`) keeps the chance of any false
 match, over every query the limits allow and within the cache, below ``2^-40``.
@@ -32,16 +37,19 @@ from __future__ import annotations
 
 import hmac
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from random import Random
+from typing import Any
 
 import numpy as np
 
 from vfl_cli.crypto import channel, ecdh
 from vfl_cli.errors import CryptoError, DataError, InvalidArtifact
 from vfl_cli.protocol import psi
+from vfl_cli.protocol import psi_stream as ps
 
 __all__ = [
     "CacheLimits",
@@ -54,8 +62,11 @@ __all__ = [
     "check_cache",
     "conclude_query",
     "finish_query",
+    "mapped_values",
+    "open_secret",
     "pack_values",
     "publish_cache",
+    "publish_streamed",
     "respond_query",
     "start_query",
     "truncation_bytes",
@@ -239,6 +250,111 @@ def publish_cache(
         raise CryptoError("two cached values collide (probability below 2^-40); publish again")
     secret = CacheSecret(cache_id, owner, user, beta, order, id_bytes, offsets, limits)
     return secret, CacheMessage(cache_id=cache_id, values=values, limits=limits)
+
+
+def _keeping_ids(chunks: ps.Chunks, files: ps.Scratch) -> ps.Chunks:
+    """``chunks``, writing each chunk's ids (UTF-8, concatenated) and their end offsets to
+    ``ids.bytes`` and ``ids.offsets`` as they are read (the layout of :class:`CacheSecret`)."""
+    def read() -> Iterator[tuple[int, list[str]]]:
+        files.write("ids.bytes", np.empty(0, np.uint8))
+        files.write("ids.offsets", np.zeros(1, np.int64))
+        end = 0
+        for first, ids in chunks():
+            encoded = [value.encode("utf-8") for value in ids]
+            ends = end + np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)))
+            files.write("ids.bytes", np.frombuffer(b"".join(encoded), np.uint8), append=True)
+            files.write("ids.offsets", ends, append=True)
+            end = int(ends[-1]) if len(ends) else end
+            yield first, ids
+
+    return read
+
+
+@dataclass(frozen=True)
+class Published:
+    """What :func:`publish_streamed` leaves beside its files: beta (secret), the number of ids
+    and the bytes kept per value."""
+
+    scalar: bytes
+    n: int
+    width: int
+
+
+def publish_streamed(
+    chunks: ps.Chunks,
+    files: ps.Scratch,
+    budget: ps.Budget,
+    *,
+    n_upper: int,
+    cache_id: str,
+    salt: bytes,
+    limits: CacheLimits,
+    rng: Random | None = None,
+    n_jobs: int | None = None,
+    progress: psi.Progress | None = None,
+) -> Published:
+    """Owner: :func:`publish_cache` in bounded memory, into the private folder ``files``.
+
+    The ids are hashed and blinded a chunk at a time and the points sorted through bucket files
+    (:func:`vfl_cli.protocol.psi_stream.blind_own`, which refuses repeated ids); the sorted
+    points are then truncated a part at a time. Sorting the whole points orders their distinct
+    truncations as sorting the truncations does, so the files hold exactly what
+    :func:`publish_cache` returns for the same beta: ``values`` (the message's values),
+    ``order``, ``ids.bytes`` and ``ids.offsets`` (the secret's arrays).
+
+    Args:
+        n_upper: an upper bound on the number of ids (sizes the buckets).
+
+    Raises:
+        DataError: an id appears twice.
+        CryptoError: two truncated values collide (probability below 2^-40).
+    """
+    beta = ecdh.new_scalar(rng)
+    domain = psi.make_domain(cache_id, salt)
+    with ecdh.Workers(n_jobs) as workers:
+        n = ps.blind_own(_keeping_ids(chunks, files), domain, beta, files, budget, n_upper=n_upper,
+                         workers=workers, progress=progress)
+    width = truncation_bytes(n, limits.max_queries, limits.max_query_ids)
+    files.write("values", np.empty(0, np.uint8))
+    last: Any = None
+    for part in range(1, ps.parts_of(n, budget.part) + 1):
+        ranked = _as_strings(np.ascontiguousarray(ps.sent_part(files, n, budget.part, part)[:, :width]))
+        after = last is None or not len(ranked) or bool(ranked[0] > last)
+        if not after or (len(ranked) > 1 and not bool(np.all(ranked[1:] > ranked[:-1]))):  # pragma: no cover
+            raise CryptoError("two cached values collide (probability below 2^-40); publish again")
+        last = ranked[-1] if len(ranked) else last
+        files.write("values", ranked, append=True)
+    os.replace(files.path("sent.rows"), files.path("order"))
+    files.path("sent.pts").unlink()
+    return Published(scalar=beta, n=n, width=width)
+
+
+def _mapped(files: ps.Scratch, name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only map of a file of ``files`` (nothing read until used), checked for its size."""
+    path = files.path(name)
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if not path.exists() or path.stat().st_size != size:
+        raise DataError(f"the cache's file {path} is missing or changed; publish the cache again")
+    if size == 0:
+        return np.empty(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape)
+
+
+def mapped_values(files: ps.Scratch, n: int, width: int) -> np.ndarray:
+    """The cache's ``(n, width)`` values kept in ``files`` (``values``), mapped, not read."""
+    return _mapped(files, "values", np.uint8, (n, width))
+
+
+def open_secret(files: ps.Scratch, *, n: int, cache_id: str, owner: str, user: str, scalar: bytes,
+                limits: CacheLimits) -> CacheSecret:
+    """The owner's :class:`CacheSecret` over the files :func:`publish_streamed` wrote, mapped:
+    a query reads only the rows of its matches."""
+    offsets = _mapped(files, "ids.offsets", np.int64, (n + 1,))
+    total = int(offsets[-1])
+    return CacheSecret(cache_id=cache_id, owner=owner, user=user, scalar=scalar,
+                       order=_mapped(files, "order", np.int64, (n,)),
+                       id_bytes=_mapped(files, "ids.bytes", np.uint8, (total,)), id_offsets=offsets,
+                       limits=limits)
 
 
 def check_cache(message: CacheMessage, *, cache_id: str) -> CachedSet:
@@ -456,7 +572,7 @@ def conclude_query(
     if not hmac.compare_digest(seeds[state.party], state.seed):
         raise InvalidArtifact(f"{where} carries another seed for {state.party} than it sent")
     positions = psi.checked_positions(message.positions, len(secret.order), where)
-    rows = secret.order[positions]
+    rows = np.asarray(secret.order[positions], dtype=np.int64)  # the order may be a file's map
     offsets, blob = secret.id_offsets, secret.id_bytes
     chosen = [blob[offsets[r]:offsets[r + 1]].tobytes().decode("utf-8") for r in rows.tolist()]
     return psi.ordered_alignment(chosen, rows, psi.order_key(seeds, state.job_id), state.job_id)

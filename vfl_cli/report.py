@@ -338,11 +338,31 @@ def _label_noise(meter: dict[str, Any]) -> str:
     return _e(text)
 
 
+def _aggregation(meter: dict[str, Any]) -> str:
+    """hfl's privacy settings in words: what the server sees, the node floor, DP-FedAvg's epsilon."""
+    text = (f"Secure aggregation {'on' if meter['secure_aggregation'] else 'off'}: the server sees "
+            f"{meter.get('server_sees', '')}; at least min_nodes = {int(meter.get('min_nodes', 0))} nodes per "
+            "aggregate. ")
+    dp = meter.get("dp")
+    if not isinstance(dp, dict):
+        return text + "DP-FedAvg off (no epsilon: dp_clip = 0)"
+    text += (f"DP-FedAvg: each node's delta clipped to {float(dp['clip']):g}, noise multiplier "
+             f"{float(dp['noise_multiplier']):g}, epsilon {float(dp['epsilon']):.3g} at delta "
+             f"{float(dp['delta']):.3g} over the rounds run")
+    if dp.get("epsilon_each_delta") is not None:
+        text += f" (each node's own delta, which the server sees: epsilon {float(dp['epsilon_each_delta']):.3g})"
+    return text
+
+
 def _privacy_section(state: JobState) -> list[str]:
     """The privacy meter: label attacks this party ran on the gradients it sent, per epoch."""
     meter = state.results.get("privacy")
     if not isinstance(meter, dict):
         return []
+    if "secure_aggregation" in meter:  # hfl: aggregation mode and DP-FedAvg, not a label meter
+        return ["<h2>Privacy</h2>",
+                f"<p class=note>{_e(_aggregation(meter))}; see docs/protocols/hfl.md for what each party "
+                "learns.</p>"]
     if "label_noise_sigma" in meter:  # hetero-lr / hetero-linear: label noise, not a meter
         return ["<h2>Label privacy</h2>",
                 f"<p class=note>{_label_noise(meter)}; see docs/protocols/hetero-linear.md for what each party "

@@ -191,3 +191,29 @@ def test_dp_epsilon_is_reported(runs: dict[str, Any]) -> None:
     assert results["privacy"]["secure_aggregation"] is True
     assert dp["clip"] == DP["dp_clip"] and 0 < dp["epsilon"] < float("inf")
     assert len(dp["round_multipliers"]) == PARAMS["rounds"]
+
+
+def test_the_server_report_shows_aggregation_and_epsilon(runs: dict[str, Any], tmp_path: Path) -> None:
+    """`vfl report` of the server: what it sees, the node floor and DP-FedAvg's epsilon, per job
+    (before: an empty "Privacy meter" heading, the split-nn label meter's, with nothing under it)."""
+    from html import unescape
+
+    from conftest import run
+
+    pages = {}
+    for job in ("plain", "secure", "dp_plain", "dp"):
+        out = tmp_path / f"{job}.html"
+        run("-w", str(runs["server"]), "report", job, "--out", str(out))
+        pages[job] = " ".join(unescape(out.read_text()).split())
+    for job, page in pages.items():
+        assert "Privacy meter" not in page, job
+        assert "min_nodes = 3 nodes per aggregate" in page, job
+        secure = "on: the server sees each round's weighted sum" in page
+        assert secure == (job in ("secure", "dp")), job
+        assert secure or "Secure aggregation off: the server sees every node's delta" in page, job
+    assert "DP-FedAvg off" in pages["secure"] and "DP-FedAvg off" in pages["plain"]
+    for job in ("dp", "dp_plain"):
+        dp = jobs.load_state(Workspace(runs["server"]), job)[0].results["privacy"]["dp"]
+        assert f"clipped to 0.5, noise multiplier 2, epsilon {dp['epsilon']:.3g} at delta 1e-05" in pages[job]
+    each = jobs.load_state(Workspace(runs["server"]), "dp_plain")[0].results["privacy"]["dp"]["epsilon_each_delta"]
+    assert f"which the server sees: epsilon {each:.3g}" in pages["dp_plain"]

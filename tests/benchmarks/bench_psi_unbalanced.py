@@ -4,7 +4,12 @@ The passive party (bureau) holds ``--n`` ids and publishes them once as a cache
 (``vfl align cache``); the active party (bank) keeps it (``vfl align respond``) and aligns
 ``--m`` new ids (``vfl align start --cache``), ``--shared`` of them known to the bureau. Every
 step is its own ``vfl`` process; for each it reports wall time, CPU seconds (the process and its
-workers, from wait4) and peak RSS, plus the size of every file sent.
+workers, from wait4) and peak RSS (the largest of the process and its workers), plus the size of
+every file sent.
+
+The data files are written by a separate process (``--setup``): Linux carries a process's peak RSS
+over fork and exec into the child's ``ru_maxrss``, so a script holding 10M ids (570 MiB) would
+floor every step's figure at its own size.
 
     python tests/benchmarks/bench_psi_unbalanced.py --n 1000000 --m 10000
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -82,9 +88,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000, help="ids of the large (cached) set")
     ap.add_argument("--m", type=int, default=10_000, help="new ids aligned against the cache")
     ap.add_argument("--shared", type=float, default=0.5, help="fraction of the new ids in the cache")
+    ap.add_argument("--setup", metavar="DIR", help=argparse.SUPPRESS)  # internal: write the files only
     args = ap.parse_args()
+    if args.setup:
+        setup(Path(args.setup), args.n, args.m, args.shared)
+        return
     root = Path(tempfile.mkdtemp())
-    bank, bureau = setup(root, args.n, args.m, args.shared)
+    subprocess.run([sys.executable, __file__, "--setup", str(root), "--n", str(args.n), "--m", str(args.m),
+                    "--shared", str(args.shared)], check=True)
+    bank, bureau = root / "bank", root / "bureau"
     print(f"unbalanced PSI {datetime.date.today()}: cache {args.n:,} ids x {args.m:,} new ids, "
           f"{os.cpu_count()} cores, load before {os.getloadavg()}")
     rows = []
@@ -106,7 +118,8 @@ def main() -> None:
         query = [r for r in rows if r[0] == party and r[1].startswith("query")]
         print(f"{party}, per query: {sum(r[2] for r in query):.2f} s wall, {sum(r[3] for r in query):.2f} s CPU, "
               f"{sum(r[5] for r in query):,} B sent")
-    print(f"load after {os.getloadavg()}")
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"load after {os.getloadavg()}; this script's own peak RSS {own:.0f} MiB (the floor of the figures)")
     shutil.rmtree(root)
 
 

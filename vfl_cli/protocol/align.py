@@ -484,7 +484,7 @@ def _publish(ctx: PartyContext, state: CacheOwner, received: Mapping[str, Artifa
     data = ctx.data_file()
     published = psi_cache.publish_streamed(
         ps.csv_chunks(data, ctx.id_column, budget.chunk, ctx.csv), files, budget,
-        n_upper=align_stream._count_lines(data), cache_id=ctx.job, salt=_salt(ctx), limits=limits,
+        n_upper=align_stream.count_lines(data), cache_id=ctx.job, salt=_salt(ctx), limits=limits,
         progress=ctx.progress,
     )
     new = CacheOwner(**_limits_meta(limits), cached_ids=published.n, bytes_per_id=published.width,

@@ -100,9 +100,26 @@ def one(path: Path, bits: int, setting: float, epochs: int | None) -> dict[str, 
     active = next(p["name"] for p in report["parties"] if p["role"] == "active")
     passive = next(p["name"] for p in report["parties"] if p["role"] == "passive")
     job = report["jobs"]["train"]
-    return {"label_protection": setting, "wall_s": round(wall, 1), "test_auc": report["metrics"]["test"].get("auc"),
-            "meter_per_epoch": [h.get("label_leak_auc") for h in report["history"]],
-            "passive_dl_dh_per_batch": passive_leaks(work / "run", active, passive, job)}
+    out = {"label_protection": setting, "wall_s": round(wall, 1), "test_auc": report["metrics"]["test"].get("auc"),
+           "meter_per_epoch": [h.get("label_leak_auc") for h in report["history"]],
+           "passive_dl_dh_per_batch": passive_leaks(work / "run", active, passive, job)}
+    if setting:  # the same job without protection: the reference (equal to the job to 1e-6) on its own seeds
+        seeds = job_seeds(work / "run", active, passive, job)
+        data = _joined(recipe)
+        out["reference_test_auc"] = reference(setting, seeds, data)["test_auc"]
+        out["unprotected_test_auc"] = reference(0.0, seeds, data)["test_auc"]
+    return out
+
+
+def job_seeds(run: Path, active: str, passive: str, job: str) -> tuple[int, int]:
+    """The two parties' private seeds, each read from its own job state (only this script sees both)."""
+    from vfl_cli import jobs
+    from vfl_cli.workspace import Workspace
+
+    def seed(ws: str) -> int:
+        return int(jobs.load_state(Workspace(run / ws), job)[0].data["private_seed"], 16)
+
+    return seed(active), seed(passive)
 
 
 def _joined(path: Path) -> tuple[dict[str, object], np.ndarray, np.ndarray, np.ndarray, object]:

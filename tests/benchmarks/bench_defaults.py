@@ -55,14 +55,19 @@ SETS: dict[str, tuple[str, str, str, str, list[str]]] = {
     "wine": ("hetero-lr", "id", "y", "wine_guest.csv", ["wine_host.csv"]),
     "digits": ("hetero-lr", "id", "y", "digits_guest.csv", ["digits_host.csv"]),
     "diabetes": ("hetero-linear", "id", "y", "diabetes_guest.csv", ["diabetes_host.csv"]),
+    # diabetes above its median: a binary set for split-nn (``--split-nn --sets diabetes_high``)
+    "diabetes_high": ("hetero-lr", "id", "y", "diabetes_high_guest.csv", ["diabetes_host.csv"]),
 }
+#: the sets run when ``--sets`` is not given (diabetes_high only on request: diabetes is the regression set)
+DEFAULT_SETS = [name for name in SETS if name != "diabetes_high"]
 
 #: Where each set's files are: FATE's folder, or the temporary one :func:`write_sets` fills.
 WHERE: dict[str, Path] = {}
 
 
 def write_sets(folder: Path) -> None:
-    """The derived sets as CSV files: vehicle binarised, scikit-learn's tables split by columns."""
+    """The derived sets as CSV files: vehicle binarised, scikit-learn's tables split by columns,
+    diabetes also as "above the median" (binary, over all rows)."""
     from sklearn import datasets
 
     v = pd.read_csv(FATE / "vehicle_scale_hetero_guest.csv")
@@ -79,7 +84,10 @@ def write_sets(folder: Path) -> None:
         guest.insert(1, "y", label(d.target))
         guest.to_csv(folder / f"{name}_guest.csv", index=False)
         X.iloc[:, [0, *range(half, X.shape[1])]].to_csv(folder / f"{name}_host.csv", index=False)
-    for name in ("vehicle", "wine", "digits", "diabetes"):
+    guest = pd.read_csv(folder / "diabetes_guest.csv")
+    guest.assign(y=(guest["y"] > guest["y"].median()).astype(int)).to_csv(folder / "diabetes_high_guest.csv",
+                                                                          index=False)
+    for name in ("vehicle", "wine", "digits", "diabetes", "diabetes_high"):
         WHERE[name] = folder
 
 
@@ -176,7 +184,7 @@ def sklearn_metric(name: str, test_ids: list[str], mlp: bool = False) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bits", type=int, default=1024)
-    ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--sets", default=",".join(DEFAULT_SETS))
     ap.add_argument("--set", action="append", default=[], help="a [train] line, e.g. epochs=20")
     ap.add_argument("--split-nn", action="store_true", help="the classification sets as split-nn jobs")
     args = ap.parse_args()

@@ -54,13 +54,6 @@ SETS = {
 }
 
 
-def write_sets(folder: Path) -> None:
-    """bench_defaults' derived sets, and diabetes as "above the median" (binary, over all rows)."""
-    bench_defaults.write_sets(folder)
-    guest = pd.read_csv(folder / "diabetes_guest.csv")
-    guest.assign(y=(guest["y"] > guest["y"].median()).astype(int)).to_csv(folder / "diabetes_high_guest.csv",
-                                                                          index=False)
-    bench_defaults.WHERE["diabetes_high"] = folder
 
 
 def joined(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -138,7 +131,7 @@ def main() -> None:
     shown = {k: v for k, v in params.items() if k != "alignment"}
     print(f"load {os.getloadavg()}; params {shown}")
     tmp = tempfile.TemporaryDirectory()
-    write_sets(Path(tmp.name))
+    bench_defaults.write_sets(Path(tmp.name))
     for name in args.sets.split(","):
         r = run(name, params, args.draws)
         print(f"{r['set']:>15} rows {r['rows']:>6}  split-nn AUC {r['mean']:.4f} (draws "

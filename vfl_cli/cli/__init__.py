@@ -42,7 +42,8 @@ class VflGroup(click.Group):
 @click.option("-q", "--quiet", is_flag=True, help="Print no status lines or progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for user errors too.")
 @click.option("--dask-scheduler", envvar="VFL_DASK_SCHEDULER", metavar="ADDRESS",
-              help="Run the Paillier engine's work on this Dask cluster (tcp://host:8786); needs "
+              help="Run the Paillier engine's and the alignment's hashing and blinding on this Dask "
+              "cluster (tcp://host:8786); needs "
               "the vfl_cli[dask] extra on every worker. Use only a cluster this party controls.")
 @click.version_option(__version__, prog_name="vfl")
 def cli(workspace: str | None, quiet: bool, debug: bool, dask_scheduler: str | None) -> None:

@@ -54,8 +54,6 @@ SETS = {
 }
 
 
-
-
 def joined(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(ids, X_active, X_passive, y) of the rows both files hold, in the active file's order."""
     guest, host, label = SETS[name]

@@ -51,5 +51,8 @@ def test_left_out_rows_are_known_to_have_small_gradients(tmp_path: Path) -> None
     kept_top = np.sort(g[grow])[::-1][:top]
     share = left_out.sum() / n
     assert left_out.sum() == n - top - round(params["goss_other"] * n)
-    assert (g[left_out] <= kept_top.min()).all()  # the attack's label is right for every row
+    # the attack's label is right for every row. Rows in one leaf share a gradient, so rows tied
+    # with the smallest kept one can be left out; ``raw`` rebuilt by subtraction is exact only
+    # to rounding, hence the 1e-9 margin (a wrong label would be off by a leaf's step).
+    assert (g[left_out] <= kept_top.min() + 1e-9).all()
     print(f"the passive party knows {share:.0%} of the {n} training rows have small gradients")

@@ -9,8 +9,11 @@
    (:func:`vfl_cli.models.split_spec.central_fit`; since issue #14 each party draws its initial
    weights from a private seed, so the baseline's initial weights are its own draw); prints both
    metrics, wall time per epoch and the machine's load.
+3. ``--aggregate``: what one batch of the aggregate design studied for issue #14 would cost (not
+   built), beside ``--batch`` in the same run.
 
     python tests/benchmarks/bench_split_nn.py --batch --bits 2048 --rows 2048 --k 2 --m 2
+    python tests/benchmarks/bench_split_nn.py --batch --aggregate --bits 2048 --rows 2048 --k 8 --m 8 --d 10
     python tests/benchmarks/bench_split_nn.py --recipe recipes/split_default_credit.toml --epochs 1
 """
 
@@ -89,6 +92,47 @@ def batch(bits: int, rows: int, k: int, m: int, epoch_rows: int) -> dict[str, fl
     return {k: round(v, 2) for k, v in t.items()}
 
 
+def aggregate(bits: int, rows: int, k: int, m: int, d: int, epoch_rows: int) -> dict[str, float]:
+    """The cryptographic work one batch would add in the aggregate design of issue #14's study
+    (``bench_split_aggregate_study.py``; not built): A encrypts ``delta'`` and ``delta' U^T`` under
+    its own key, P forms ``[[G]] = [[delta' U^T]] + [[delta']] V^T`` (V at 2^-64), backpropagates
+    through its dense-ReLU bottom under encryption (``X^T [[G (.) relu']]``, one product per unit),
+    masks the ``d k`` sums and A decrypts them. Timed with one key; the ReLU mask of half the rows."""
+    from vfl_cli.crypto import paillier
+    from vfl_cli.protocol import split_nn as sn
+
+    pub, priv = paillier.generate_keypair(bits)
+    rng = np.random.default_rng(0)
+    delta = rng.normal(size=(rows, m)) / rows
+    U = rng.normal(size=(k, m))
+    X = rng.normal(size=(rows, d))
+    M = rng.random((rows, k)) < 0.5
+    t: dict[str, float] = {}
+
+    def clock(name: str, f):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        out = f()
+        t[name] = time.perf_counter() - t0
+        return out
+
+    share_bits = sn.layout(bits, k, {"interactive_lr": 0.5, "interactive_momentum": 0.9})[0]
+    V = sn.uniform_ints((m, k), share_bits - 3, signed=True)  # P's share: as wide as the protocol's
+    D = clock("A: encrypt delta' (n x m)", lambda: paillier.encrypt(pub, delta))
+    clock("A: encrypt delta' U^T (n x k)", lambda: paillier.encrypt(pub, delta @ U.T))
+    clock("P: [[delta']] V^T (52-bit limbs of the share)", lambda: sn.enc_matmul_ints(D, V, share_bits))
+    # [[G]]: the sum of the two above (n k additions, negligible); for the products' timing a
+    # fresh array of the same shape does (their cost is set by X's encoding, not by G's values)
+    G = paillier.encrypt(pub, rng.normal(size=(rows, k)) / rows)
+    sums = clock("P: X^T [[G (.) relu']], one product per unit",
+                 lambda: [paillier.plain_matmul((X * M[:, j:j + 1]).T, G[:, j]) for j in range(k)])
+    masked = clock("P: mask the d k sums, re-randomise",
+                   lambda: [paillier.rerandomize(s + rng.normal(size=d) * 2.0**40) for s in sums])
+    clock("A: decrypt the d k masked sums", lambda: [priv.decrypt(s) for s in masked])
+    t["total"] = sum(t.values())
+    t[f"total scaled to {epoch_rows} rows"] = t["total"] * epoch_rows / rows
+    return {k: round(v, 2) for k, v in t.items()}
+
+
 def central(recipe_path: Path, epochs: int | None) -> dict[str, float]:
     """The same architecture trained centrally in plaintext on the joined data (same split)."""
     from vfl_cli.metrics import classification_metrics, multiclass_metrics
@@ -161,12 +205,19 @@ def main() -> None:
     ap.add_argument("--epoch-rows", type=int, default=24000)
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--m", type=int, default=2)
+    ap.add_argument("--aggregate", action="store_true", help="also time the aggregate design (not built)")
+    ap.add_argument("--d", type=int, default=10, help="P's columns (--aggregate)")
     ap.add_argument("--recipe", type=Path)
     ap.add_argument("--epochs", type=int)
     args = ap.parse_args()
     if args.batch:
         print(json.dumps({"bits": args.bits, "rows": args.rows, "k": args.k, "m": args.m, "load": load(),
                           "wall_s": batch(args.bits, args.rows, args.k, args.m, args.epoch_rows)}, indent=2))
+    if args.aggregate:
+        print(json.dumps({"design": "aggregate", "bits": args.bits, "rows": args.rows, "k": args.k, "m": args.m,
+                          "d": args.d, "load": load(),
+                          "wall_s": aggregate(args.bits, args.rows, args.k, args.m, args.d, args.epoch_rows)},
+                         indent=2))
     if args.recipe:
         print(json.dumps(recipe_run(args.recipe, args.epochs), indent=2, default=str))
 

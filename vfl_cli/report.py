@@ -174,7 +174,14 @@ def _training_curve(history: list[dict[str, Any]], card: dict[str, Any], protoco
     epochs = [int(h["epoch"]) + 1 for h in history]
     last = max([int(model.get("epochs_run") or 0), *epochs])
     fig, ax = plt.subplots(figsize=(4.6, 3.2))
-    ax.plot(epochs, [h["loss"] for h in history], marker="o")
+    ax.plot(epochs, [h["loss"] for h in history], marker="o", label="training")
+    validated = [(e, h["val_loss"]) for e, h in zip(epochs, history, strict=True) if "val_loss" in h]
+    if validated:  # split-nn's early stop: the loss on the held-out rows, and the epoch kept
+        ax.plot(*zip(*validated, strict=True), marker=".", label="validation")
+        kept = (model.get("validation") or {}).get("kept_epoch")
+        if kept is not None:
+            ax.axvline(int(kept) + 1, color="grey", linestyle=":", label="kept")
+        ax.legend()
     ax.set_xlim(0.5, last + 0.5)
     ax.set_xticks(range(1, last + 1, max(1, last // 12)))
     ax.set_xlabel("epoch")

@@ -84,6 +84,19 @@ def split_rows(n: int, test_fraction: float, seed: int, ids: np.ndarray | None =
     return Split(train=np.sort(perm[n_test:]), test=np.sort(perm[:n_test]))
 
 
+def validation_split(n_train: int, fraction: float) -> tuple[slice, slice]:
+    """``(validation, fit)``: positions among the ``n_train`` training rows (in the job's
+    train order, public: from the ids and the job's seed) held out to stop on, and trained on.
+
+    The first ``round(fraction n_train)`` rows validate, the rest train; ``fraction`` 0 (or too
+    few rows to spare one and keep two) holds out nothing. Label-free, as the test split is.
+    """
+    n_val = int(round(n_train * fraction)) if fraction > 0 else 0
+    if n_val < 1 or n_train - n_val < 2:
+        n_val = 0
+    return slice(0, n_val), slice(n_val, n_train)
+
+
 def id_order(ids: np.ndarray, seed: int) -> np.ndarray:
     """Positions of ``ids`` sorted by BLAKE2b of each id keyed by the public ``seed`` (ties by id).
 

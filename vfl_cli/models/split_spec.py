@@ -58,6 +58,7 @@ import numpy as np
 
 from vfl_cli.checks import whole
 from vfl_cli.errors import VflError
+from vfl_cli.models.features import validation_split
 from vfl_cli.models.nn import INITS, Dense, Dropout, Sequential, build_sequential, make_head
 from vfl_cli.models.optim import Optimizer, make_optimizer
 from vfl_cli.models.reference import minibatches
@@ -514,6 +515,34 @@ def interactive_optimizer(params: Mapping[str, Any]) -> Optimizer:
     return make_optimizer("sgd", lr=params["interactive_lr"], momentum=params["interactive_momentum"], l2=params["l2"])
 
 
+#: a validation loss counts as better when it is below the best so far by more than this
+VALIDATION_TOL = 1e-4
+
+
+@dataclass
+class EarlyStop:
+    """The active party's stopping rule: the validation loss checked once per epoch (before its
+    last mini-batch's step); stop after ``patience`` checks without an improvement of
+    :data:`VALIDATION_TOL`, or at the ``epochs`` cap, and keep the best checked model."""
+
+    patience: int
+    best: float = float("inf")
+    best_epoch: int = -1
+    since: int = 0
+
+    def check(self, loss: float, epoch: int) -> bool:
+        """Record epoch ``epoch``'s validation loss: True when it is the best so far."""
+        if loss < self.best - VALIDATION_TOL:
+            self.best, self.best_epoch, self.since = float(loss), int(epoch), 0
+            return True
+        self.since += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.since >= self.patience
+
+
 def central_fit(spec: SplitSpec, XA: np.ndarray, XP: np.ndarray, y: np.ndarray, params: Mapping[str, Any],
                 *, epochs: int | None = None, seeds: int | Seeds | None = None) -> tuple[SplitModel, list[float]]:
     """Train the same architecture centrally in plaintext, as the protocol does.
@@ -522,9 +551,15 @@ def central_fit(spec: SplitSpec, XA: np.ndarray, XP: np.ndarray, y: np.ndarray, 
     ``params["seed"]``, for a reference run), mini-batches, dropout masks, label protection
     (``label_protection``, drawn from the active seed) and optimisers: the job's optimiser for
     every layer except W_P, which uses SGD with momentum (``interactive_lr``,
-    ``interactive_momentum``) as in the protocol. Returns the model and the mean training loss of
-    each epoch (mean over its mini-batches, as the protocol reports it).
+    ``interactive_momentum``) as in the protocol. The rows come in the job's train order: the
+    first ``validation_fraction`` of them are held out (:func:`validation_split`) and, before
+    each epoch's last step, scored; training stops after ``patience`` epochs without a better
+    validation loss and the model is the best one scored (:class:`EarlyStop`). Returns the
+    model and the mean training loss of each epoch trained (mean over its mini-batches, as the
+    protocol reports it).
     """
+    import copy
+
     sa, sp = seed_pair(int(params["seed"]) if seeds is None else seeds)
     model = SplitModel.build(spec, XA.shape[1], XP.shape[1], (sa, sp))
     factory = optimizer_factory(params)
@@ -532,13 +567,26 @@ def central_fit(spec: SplitSpec, XA: np.ndarray, XP: np.ndarray, y: np.ndarray, 
             for part, net in (("active", model.bottom_a), ("passive", model.bottom_p), ("top", model.top))}
     opts["interactive"] = [factory(), factory(), interactive_optimizer(params)]
     seed, batch = int(params["seed"]), int(params["batch_size"]) or None
+    val, fit = validation_split(len(y), float(params.get("validation_fraction", 0.0)))
+    XA_f, XP_f, y_f = XA[fit], XP[fit], y[fit]
+    stopper = EarlyStop(int(params.get("patience", 1))) if val.stop > 0 else None
+    kept: SplitModel | None = None
     history: list[float] = []
-    pool = np.zeros((len(y), model.W_P.shape[1]))  # every row's delta' summed so far, as A's meter keeps it
-    for epoch in range(epochs if epochs is not None else int(params["epochs"])):
-        losses = [_central_batch(model, XA, XP, y, rows, pool, params, opts, (sa, sp), epoch, b)
-                  for b, rows in enumerate(minibatches(len(y), batch, seed=seed, epoch=epoch))]
+    pool = np.zeros((len(y_f), model.W_P.shape[1]))  # every row's delta' summed so far, as A's meter keeps it
+    cap = epochs if epochs is not None else int(params["epochs"])
+    for epoch in range(cap):
+        batches = minibatches(len(y_f), batch, seed=seed, epoch=epoch)
+        losses = []
+        for b, rows in enumerate(batches):
+            if stopper is not None and b == len(batches) - 1:
+                out = make_head(spec.head).loss_grad(model.output(XA[val], XP[val]), y[val])[0]
+                if stopper.check(float(out), epoch):
+                    kept = copy.deepcopy(model)
+            losses.append(_central_batch(model, XA_f, XP_f, y_f, rows, pool, params, opts, (sa, sp), epoch, b))
         history.append(float(np.mean(losses)))
-    return model, history
+        if stopper is not None and stopper.stop:
+            break
+    return (kept if kept is not None else model), history
 
 
 def _central_batch(model: SplitModel, XA: np.ndarray, XP: np.ndarray, Y: np.ndarray, rows: np.ndarray,

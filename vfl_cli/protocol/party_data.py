@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from vfl_cli.errors import DataError
-from vfl_cli.models.features import Split, aligned_rows, numeric_matrix, prepare, split_rows
+from vfl_cli.models.features import Split, aligned_rows, numeric_matrix, prepare, split_rows, validation_split
 from vfl_cli.models.reference import minibatches
 from vfl_cli.protocol.base import PartyContext
 from vfl_cli.protocol.kit import finished_job
@@ -22,7 +22,7 @@ from vfl_cli.protocol.kit import finished_job
 class PartyData:
     """This party's aligned, split, standardised features (and labels for A)."""
 
-    def __init__(self, ctx: PartyContext, *, intercept: bool) -> None:
+    def __init__(self, ctx: PartyContext, *, intercept: bool, hold_out: float = 0.0) -> None:
         alignment = ctx.params["alignment"]
         info = finished_job(ctx, alignment, ("psi",))
         self.fingerprint = str(info["results"]["fingerprint"])
@@ -44,15 +44,20 @@ class PartyData:
             if np.isnan(y).any():
                 raise DataError(f"{ctx.name}: the label column {ctx.label_column!r} has missing values")
             self.y = y
+        # ``hold_out``: the share of the training rows kept out of the mini-batches (split-nn's
+        # validation rows, public as the test rows are); ``fit``: the rows trained on
+        val, fit = validation_split(len(self.split.train), hold_out)
+        self.validation: np.ndarray = self.split.train[val]
+        self.fit: np.ndarray = self.split.train[fit]
         batches = self._batches(ctx.params, 0)
         self.batches_per_epoch = len(batches)
         self.smallest_batch = min(len(b) for b in batches)
 
     def _batches(self, params: Mapping[str, Any], epoch: int) -> list[np.ndarray]:
-        return minibatches(len(self.split.train), params["batch_size"] or None, seed=params["seed"], epoch=epoch)
+        return minibatches(len(self.fit), params["batch_size"] or None, seed=params["seed"], epoch=epoch)
 
     def batch_rows(self, params: Mapping[str, Any], epoch: int, batch: int) -> np.ndarray:
-        rows: np.ndarray = self.split.train[self._batches(params, epoch)[batch]]
+        rows: np.ndarray = self.fit[self._batches(params, epoch)[batch]]
         return rows
 
 

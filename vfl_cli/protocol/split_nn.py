@@ -129,7 +129,7 @@ ERR_SLOT_BITS = 115  # a slot of dL/dh: |dL/dh| <= 2^16 at 2^-96 (W_P at 2^-64 t
 #: Every split-nn parameter but ``model`` (checked by ``split_spec.parse_spec``): default and range.
 PARAMS: dict[str, Param] = {
     "alignment": JobRef(note="the finished psi job whose rows to train on"),
-    "epochs": Int(60, 1, 10_000),
+    "epochs": Int(200, 1, 10_000, note="the cap: training stops earlier on the validation rows"),
     "batch_size": Int(0, 0, 100_000_000, note="0: full batch"),
     "optimizer": Choice("adam", "adam", "sgd"),
     "learning_rate": Float(0.1, 0.0, 10.0, open_low=True),
@@ -142,6 +142,9 @@ PARAMS: dict[str, Param] = {
     "label_protection": Float(3.0, 0.0, 100.0,
                               note="noise on dL/dh, sized per batch to hold label attacks to AUC 0.5 + 0.25/L; 0: off"),
     "max_leak_auc": Float(1.0, 0.5, 1.0, note="refuse to send when a label attack's AUC exceeds it; 1: never"),
+    "validation_fraction": Float(0.1, 0.0, 0.5, note="training rows held out; A scores them every epoch, stops "
+                                 "on them and keeps the best model; 0: train every epoch, keep the last"),
+    "patience": Int(30, 1, 10_000, note="epochs without a better validation loss before training stops"),
 }
 DEFAULTS: dict[str, Any] = defaults(PARAMS)
 
@@ -384,6 +387,8 @@ class _Party(PartyState):
     velocity: np.ndarray | None = None  # exact integers (hex text in the job state)
     mean: np.ndarray | None = None  # the standardiser, once finished
     scale: np.ndarray | None = None
+    kept: dict[str, Any] = field(default_factory=dict)  # the best validated model's part (JSON; :func:`kept`)
+    best_epoch: int = -1  # the epoch whose validation check kept it
 
     _EXACT: ClassVar[tuple[str, ...]] = ("share", "velocity")
 
@@ -407,6 +412,27 @@ class _Party(PartyState):
             value = getattr(self, name)
             if value is not None:
                 job.arrays[name] = ints_to_hex(value)
+
+    def snapshot(self: P) -> P:
+        """This state with its model part (networks, optimisers, share, velocity) kept as the best:
+        restored by :meth:`restored` when training stops (validation on)."""
+        kept = {"nets": {k: v.tolist() for k, v in self.nets.items()}, "opt": self.opt,
+                "share": None if self.share is None else [f"{int(x):x}" for x in self.share.flat],
+                "velocity": None if self.velocity is None else [f"{int(x):x}" for x in self.velocity.flat]}
+        return self.but(kept=kept, best_epoch=self.epoch)
+
+    def restored(self: P) -> P:
+        """The model part kept by :meth:`snapshot` (this state when nothing was kept)."""
+        k = self.kept
+        if not k:
+            return self
+        shape = _need(self.share, "share of W_P").shape
+
+        def ints(x: list[str] | None) -> np.ndarray | None:
+            return None if x is None else np.array([int(v, 16) for v in x], dtype=object).reshape(shape)
+
+        return self.but(nets={p: np.asarray(v, dtype=np.float64) for p, v in k["nets"].items()}, opt=k["opt"],
+                        share=ints(k["share"]), velocity=ints(k["velocity"]))
 
     def advanced(self: P, batches_per_epoch: int) -> P:
         """At the next mini-batch, and at the next epoch after the last one."""
@@ -435,8 +461,25 @@ class ActiveState(_Party):
     meter_pool: np.ndarray | None = None  # the privacy meter: every row's gradients summed over epochs
     meter_g: np.ndarray | None = None  # and this epoch's gradients with their labels
     meter_y: np.ndarray | None = None
+    val_best: float | None = None  # the early stop: the best validation loss, checks since it
+    val_since: int = 0
 
     _EXACT: ClassVar[tuple[str, ...]] = ("share", "velocity", "rho", "mask")
+
+    def snapshot(self) -> ActiveState:
+        """:meth:`_Party.snapshot` with A's own interactive part (``W_A``, ``b``, its noise ``rho``)."""
+        new = super().snapshot()
+        rho = _need(self.rho, "rho")
+        extra = {"W_A": _need(self.W_A, "W_A").tolist(), "b": _need(self.b, "b").tolist(),
+                 "rho": [f"{int(x):x}" for x in rho.flat], "rho_shape": list(rho.shape)}
+        return new.but(kept={**new.kept, **extra})
+
+    def restored(self) -> ActiveState:
+        k = self.kept
+        if not k:
+            return self
+        rho = np.array([int(v, 16) for v in k["rho"]], dtype=object).reshape(k["rho_shape"])
+        return super().restored().but(W_A=np.asarray(k["W_A"]), b=np.asarray(k["b"]), rho=rho)
 
     _SEALED: ClassVar[tuple[str, ...]] = ("h", "v")  # kept as "stash_<name>": bytes in arrays, shape in data
 
@@ -474,13 +517,26 @@ class _Inputs:
 
     @classmethod
     def of(cls, ctx: PartyContext) -> _Inputs:
-        return cls(PartyData(ctx, intercept=False), ss.parse_spec(ctx.params["model"]), ctx.params)
+        params = ctx.params
+        data = PartyData(ctx, intercept=False, hold_out=float(params.get("validation_fraction", 0.0)))
+        return cls(data, ss.parse_spec(params["model"]), params)
 
     def rows(self, state: _Party) -> np.ndarray:
-        """This step's rows: the test rows once evaluating, else the mini-batch of the position."""
+        """This step's forward rows: the test rows once evaluating, else the mini-batch, followed
+        in an epoch's last mini-batch by the validation rows (A scores them; nobody trains on them)."""
         if state.evaluating:
             return self.data.split.test
+        batch = self.batch_rows(state)
+        return np.concatenate([batch, self.data.validation]) if self.validating(state) else batch
+
+    def batch_rows(self, state: _Party) -> np.ndarray:
+        """The rows this step trains on (the mini-batch of the position)."""
         return self.data.batch_rows(self.params, state.epoch, state.batch)
+
+    def validating(self, state: _Party) -> bool:
+        """Whether this step's forward carries the validation rows (an epoch's last mini-batch)."""
+        return (not state.evaluating and len(self.data.validation) > 0
+                and state.batch == self.data.batches_per_epoch - 1)
 
     def labels(self, who: str) -> np.ndarray:
         if self.data.y is None:
@@ -502,6 +558,17 @@ def bottom_output(state: _Party, inputs: _Inputs, part: str, rows: np.ndarray, *
     net = _net(state, inputs.spec, part, inputs.data.X.shape[1])
     ss.reseed_dropout(net, state.seed, state.epoch, state.batch, part)
     return net, ss.forward(net, inputs.data.X[rows], train=train)
+
+
+def step_output(state: _Party, inputs: _Inputs, part: str) -> np.ndarray:
+    """A bottom's output on this step's forward rows (:meth:`_Inputs.rows`): the mini-batch with
+    its dropout masks, the validation rows and the test rows without (as a model scores)."""
+    if state.evaluating:
+        return bottom_output(state, inputs, part, inputs.rows(state), train=False)[1]
+    h = bottom_output(state, inputs, part, inputs.batch_rows(state), train=True)[1]
+    if inputs.validating(state):
+        h = np.vstack([h, bottom_output(state, inputs, part, inputs.data.validation, train=False)[1]])
+    return h
 
 
 def _opts(params: Mapping[str, Any], saved: Mapping[str, list[dict[str, Any]]], part: str,
@@ -659,6 +726,7 @@ class Backward(Message):
     epoch: int
     batch: int
     next: str  # "batch" or "evaluate"
+    keep: bool  # this batch's validation check was the best: keep the model as it was before its step
     grad: paillier.EncryptedArray
     err: paillier.EncryptedArray
     slots: int
@@ -666,7 +734,7 @@ class Backward(Message):
     err_slots: int
 
     def meta(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "next": self.next}
+        return {"epoch": self.epoch, "batch": self.batch, "next": self.next, "keep": self.keep}
 
     def members(self) -> list[Member]:
         for x in (self.grad, self.err):
@@ -681,7 +749,7 @@ class Backward(Message):
         k, m = _need(state.share, "share of W_P").shape
         _, width, slots = layout(public.bits, k, inputs.params)
         s_err = slot_count(public.bits, ERR_SLOT_BITS)
-        groups = -(-len(inputs.rows(state)) // s_err)
+        groups = -(-len(inputs.batch_rows(state)) // s_err)
         grad, err = read_enc(art, "grad", public), read_enc(art, "err", public)
         if grad.shape != (m, k) or err.shape != (k, groups):
             raise InvalidArtifact(f"backward message from {art.sender} has the wrong number of values")
@@ -692,7 +760,11 @@ class Backward(Message):
         nxt = art.meta.get("next")
         if nxt not in ("batch", "evaluate"):
             raise InvalidArtifact(f"backward message from {art.sender} says next={nxt!r}")
-        return cls(state.epoch, state.batch, str(nxt), grad, err, slots, width, s_err)
+        keep = art.meta.get("keep")
+        if keep not in (True, False) or (keep and not inputs.validating(state)):
+            raise InvalidArtifact(f"backward message from {art.sender} says keep={keep!r} where no validation "
+                                  "check was due")
+        return cls(state.epoch, state.batch, str(nxt), bool(keep), grad, err, slots, width, s_err)
 
 
 # ----- pure steps: the passive party ------------------------------------------------------------
@@ -709,7 +781,7 @@ def passive_start(inputs: _Inputs, seed: int) -> PassiveState:
 def passive_forward(state: PassiveState, inputs: _Inputs, own: paillier.PublicKey) -> Forward:
     """P's bottom output on this step's rows, encrypted into its slots, and ``[[V]]``, under P's key."""
     rows = inputs.rows(state)
-    _, h = bottom_output(state, inputs, "passive", rows, train=not state.evaluating)
+    h = step_output(state, inputs, "passive")
     if not np.all(np.isfinite(h)) or np.abs(h).max(initial=0.0) > H_BOUND:
         raise VflError("the passive bottom network's outputs exploded (training diverged): lower learning_rate")
     # row i goes to slot i mod S of A's products: encrypt its integers at 2^-32 already
@@ -723,7 +795,7 @@ def passive_forward(state: PassiveState, inputs: _Inputs, own: paillier.PublicKe
 def passive_activation(state: PassiveState, inputs: _Inputs, req: Request, priv: paillier.PrivateKey) -> Activation:
     """``h U + R`` (decrypted, split into its slots) plus ``h V``: exact integers modulo ``n``."""
     rows = inputs.rows(state)
-    _, h = bottom_output(state, inputs, "passive", rows, train=not state.evaluating)
+    h = step_output(state, inputs, "passive")
     n = priv.public.n
     groups, units = req.act.shape
     # ciphertext (g, j) holds unit j of rows g S .. g S + S - 1 in its slots 0 .. S-1
@@ -736,8 +808,11 @@ def passive_activation(state: PassiveState, inputs: _Inputs, req: Request, priv:
 
 def passive_backward(state: PassiveState, inputs: _Inputs, back: Backward, priv: paillier.PrivateKey) -> PassiveState:
     """P steps its share ``V`` with the noised gradient and its bottom network with ``dL/dh``,
-    then moves to the next mini-batch (or to the test rows)."""
-    rows = inputs.rows(state)
+    then moves to the next mini-batch (or to the test rows). When A's validation check says so, the
+    model as it was before this step is kept; at the end the kept one is restored."""
+    rows = inputs.batch_rows(state)
+    if back.keep:
+        state = state.snapshot()
     n, V = priv.public.n, _need(state.share, "share of W_P")
     k, m = V.shape
     share_bits = layout(priv.public.bits, k, inputs.params)[0]
@@ -757,7 +832,9 @@ def passive_backward(state: PassiveState, inputs: _Inputs, back: Backward, priv:
         ss.step_net(net, opts)
         new = new.but(nets={**new.nets, "passive": net.get_flat()}, opt={**new.opt, "passive": _saved(opts)})
     new = new.advanced(inputs.data.batches_per_epoch)
-    return new.but(evaluating=True) if back.next == "evaluate" else new
+    if back.next == "evaluate":
+        return new.restored().but(evaluating=True)
+    return new
 
 
 # ----- pure steps: the active party -------------------------------------------------------------
@@ -812,10 +889,9 @@ def unmasked(z: list[int], R: np.ndarray, n: int) -> np.ndarray:
                            E + SHARE_E)
 
 
-def _active_forward(state: ActiveState, inputs: _Inputs, z_p: np.ndarray,
-                    rows: np.ndarray) -> tuple[Sequential | None, Sequential | None, np.ndarray, np.ndarray]:
+def _active_forward(state: ActiveState, inputs: _Inputs, z_p: np.ndarray, rows: np.ndarray, *,
+                    train: bool) -> tuple[Sequential | None, Sequential | None, np.ndarray, np.ndarray]:
     """A's bottom network, top network, bottom output ``h_A`` and the network's output."""
-    train = not state.evaluating
     bottom, h_a = bottom_output(state, inputs, "active", rows, train=train)
     top = _net(state, inputs.spec, "top", inputs.spec.units)
     ss.reseed_dropout(top, state.seed, state.epoch, state.batch, "top")
@@ -854,7 +930,7 @@ def metered(state: ActiveState, inputs: _Inputs, sent: np.ndarray, rows: np.ndar
                        f"label_protection (now {params['label_protection']}) or max_leak_auc")
     if not end:
         return new
-    train = data.split.train
+    train = data.fit
     return new.but(leak={"label_leak_auc": leaks, "label_leak_auc_pooled": leak_aucs(data.y[train], pool[train])})
 
 
@@ -912,24 +988,51 @@ def _stepped_own(state: ActiveState, params: Mapping[str, Any], bottom: Sequenti
     return state.but(nets=nets, opt=opt, W_A=W_A, b=b)
 
 
-def _next_batch(state: ActiveState, loss: float, inputs: _Inputs) -> tuple[ActiveState, str]:
-    """The loss recorded (and the epoch's history entry after its last batch), the position
-    advanced, and what comes next: another ``"batch"`` or ``"evaluate"``."""
+def _validated(state: ActiveState, inputs: _Inputs, z_val: np.ndarray, who: str) -> tuple[ActiveState, float, bool]:
+    """The validation loss of the model as it is before this step (no dropout), checked by the
+    early stop (:class:`vfl_cli.models.split_spec.EarlyStop`): ``(state, loss, keep)``, the
+    state's model kept as the best when ``keep``."""
+    rows = inputs.data.validation
+    _, _, _, out = _active_forward(state, inputs, z_val, rows, train=False)
+    loss = float(make_head(inputs.spec.head).loss_grad(out, inputs.labels(who)[rows])[0])
+    stop = ss.EarlyStop(int(inputs.params["patience"]), float("inf") if state.val_best is None else state.val_best,
+                        state.best_epoch, state.val_since)
+    keep = stop.check(loss, state.epoch)
+    new = state.snapshot() if keep else state
+    return new.but(val_best=stop.best, val_since=stop.since), loss, keep
+
+
+def _next_batch(state: ActiveState, loss: float, inputs: _Inputs,
+                val_loss: float | None) -> tuple[ActiveState, str]:
+    """The loss recorded (and the epoch's history entry after its last batch, with its validation
+    loss), the position advanced, and what comes next: another ``"batch"`` or ``"evaluate"``
+    (the epoch cap, or ``patience`` checks without a better validation loss: then the kept
+    model is restored)."""
     losses, history, leak = [*state.losses, float(loss)], state.history, state.leak
     if state.batch == inputs.data.batches_per_epoch - 1:
-        history = [*history, {"epoch": state.epoch, "loss": float(np.mean(losses)), **(leak or {})}]
+        val = {} if val_loss is None else {"val_loss": val_loss}
+        history = [*history, {"epoch": state.epoch, "loss": float(np.mean(losses)), **val, **(leak or {})}]
         losses, leak = [], None
     new = state.but(losses=losses, history=history, leak=leak).advanced(inputs.data.batches_per_epoch)
-    nxt = "batch" if new.epoch < int(inputs.params["epochs"]) else "evaluate"
-    return new.but(evaluating=nxt == "evaluate"), nxt
+    stopped = val_loss is not None and state.val_since >= int(inputs.params["patience"])
+    if new.epoch < int(inputs.params["epochs"]) and not stopped:
+        return new, "batch"
+    return new.restored().but(evaluating=True), "evaluate"
 
 
-def train_batch(state: ActiveState, inputs: _Inputs, z_p: np.ndarray, rows: np.ndarray, peer: paillier.PublicKey,
+def train_batch(state: ActiveState, inputs: _Inputs, z_p: np.ndarray, peer: paillier.PublicKey,
                 who: str) -> tuple[ActiveState, Backward]:
     """A's plaintext part of one mini-batch (interactive layer, top network, loss, its own steps)
-    and the backward message for P: the noised gradient of ``W_P`` and the protected ``dL/dh``."""
+    and the backward message for P: the noised gradient of ``W_P`` and the protected ``dL/dh``.
+    ``z_p`` covers the forward's rows (:meth:`_Inputs.rows`): the mini-batch, then any
+    validation rows, which A scores first (:func:`_validated`)."""
     spec, params = inputs.spec, inputs.params
-    bottom, top, h_a, out = _active_forward(state, inputs, z_p, rows)
+    rows = inputs.batch_rows(state)
+    val_loss, keep = None, False
+    if inputs.validating(state):
+        state, val_loss, keep = _validated(state, inputs, z_p[len(rows):], who)
+    z_p = z_p[:len(rows)]
+    bottom, top, h_a, out = _active_forward(state, inputs, z_p, rows, train=True)
     y = inputs.labels(who)[rows]
     loss, dout = make_head(spec.head).loss_grad(out, y)
     if not np.isfinite(loss):
@@ -942,15 +1045,16 @@ def train_batch(state: ActiveState, inputs: _Inputs, z_p: np.ndarray, rows: np.n
                       pooled=None if state.meter_pool is None else state.meter_pool[rows])
     new = metered(state, inputs, sent, rows, end=state.batch == inputs.data.batches_per_epoch - 1)
     H, Vc = _need(state.h, "[[h]]").open(peer), _need(state.v, "[[V]]").open(peer)
-    share_bits, width, _ = layout(peer.bits, H.shape[1], params)
+    share_bits, width, h_slots = layout(peer.bits, H.shape[1], params)
+    H = H[:-(-len(rows) // h_slots) * h_slots]  # the mini-batch's slot groups (validation rows score only)
     U = _need(state.share, "share of W_P")
     grad, err, eps, rho = backward_message(peer, H, Vc, U, delta, sent, _need(state.rho, "rho"), width)
     new = _stepped_own(new, params, bottom, top, h_a, delta)
     share, velocity = _step_share(U, state.velocity, params, -eps, share_bits)
     new = new.but(share=share, velocity=velocity, rho=rho, mask=None, h=None, v=None)
-    new, nxt = _next_batch(new, float(loss), inputs)
+    new, nxt = _next_batch(new, float(loss), inputs, val_loss)
     slots = slot_count(peer.bits, ERR_SLOT_BITS)
-    return new, Backward(state.epoch, state.batch, nxt, grad, err, rho.shape[0], width, slots)
+    return new, Backward(state.epoch, state.batch, nxt, keep, grad, err, rho.shape[0], width, slots)
 
 
 def _test_metrics(head: str, y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
@@ -1002,6 +1106,11 @@ def results(ctx: PartyContext, state: _Party, inputs: _Inputs, metrics: dict[str
         "metrics": metrics,
         "history": history,
     }
+    if len(inputs.data.validation):
+        # the model kept: the one scored best on the validation rows (A's check, told to P)
+        out["model"]["validation"] = {"rows": int(len(inputs.data.validation)), "kept_epoch": int(state.best_epoch)}
+        if isinstance(state, ActiveState) and state.val_best is not None:
+            out["model"]["validation"]["best_loss"] = float(state.val_best)
     if ctx.is_active and spec.head != "regression":
         out["privacy"] = _privacy(ctx.params, history)
     return out
@@ -1068,13 +1177,13 @@ def _a_step(ctx: PartyContext, state: ActiveState, received: Mapping[str, Artifa
     z_p = unmasked(act.z, _need(state.mask, "mask R")[:len(rows)], peer.n).reshape(len(rows), units)
     if state.evaluating:
         return _a_evaluate(ctx, state.but(mask=None, h=None, v=None), inputs, z_p, rows)
-    new, back = train_batch(state, inputs, z_p, rows, peer, ctx.name)
+    new, back = train_batch(state, inputs, z_p, peer, ctx.name)
     return Step(new, "wait-forward", [back.to(p, "backward", state.t)])
 
 
 def _a_evaluate(ctx: PartyContext, state: ActiveState, inputs: _Inputs, z_p: np.ndarray,
                 rows: np.ndarray) -> Step[ActiveState]:
-    _, _, _, out = _active_forward(state, inputs, z_p, rows)
+    _, _, _, out = _active_forward(state, inputs, z_p, rows, train=False)
     pred = make_head(inputs.spec.head).predict(out)
     test = _test_metrics(inputs.spec.head, inputs.labels(ctx.name)[rows], pred)
     metrics = {"train": {"loss": state.history[-1]["loss"]} if state.history else {}, "test": test}

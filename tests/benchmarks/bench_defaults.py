@@ -208,6 +208,8 @@ def main() -> None:
             if protocol and isinstance(epochs, int):
                 handoffs = 4 * epochs + 3  # full batch, then the test rows' forward pass
             stop = "converged" if model.get("converged") else "cap"
+            if model.get("validation"):  # split-nn's early stop: the epoch whose model it kept
+                stop = f"kept {int(model['validation']['kept_epoch']) + 1}"
             print(f"{name:16} {'AUC' if lr else 'RMSE':6} {ours:9.4f} {ref:9.4f} {gap:>9} "
                   f"{handoffs!s:>9} {report['exchanges']:5d} {epochs!s:>5} {stop:>9} {report['wall_s']:7.0f} "
                   f"{report['cpu_s']:7.0f} {_optimizer(model)!s:>9}",

@@ -19,6 +19,7 @@ stopping when the loss stops improving), on the same joined, standardised traini
     python tests/benchmarks/bench_defaults_split.py --draws 3   # all six sets
     python tests/benchmarks/bench_defaults_split.py --sets breast,default_credit --draws 3
     python tests/benchmarks/bench_defaults_split.py --set-param epochs=30 --set-param learning_rate=0.05 --linear-top
+    python tests/benchmarks/bench_defaults_split.py --compare-stops --sets breast,digits   # stopping rules
 
 Prints, per set: the test AUC of each seed draw, their mean, MLPClassifier's AUC, the gap and
 the epochs each draw trained (the cap, or where the early stop on the validation rows ended it)
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,6 +110,73 @@ def run(name: str, params: dict, draws: int) -> dict:
             "mlp_seconds": round(time.time() - t0, 1), "mlp_epochs": int(mlp.n_iter_)}
 
 
+def _stopped(curve: list[float], patience: int, higher: bool = False) -> tuple[int, int]:
+    """``(kept, trained)``: the early stop's rule (:class:`split_spec.EarlyStop`) on a curve of
+    per-epoch checks; ``higher``: a score to raise (an AUC), not a loss."""
+    from vfl_cli.models import split_spec as ss
+
+    rule = ss.EarlyStop(patience)
+    for epoch, value in enumerate(curve):
+        rule.check(-value if higher else value, epoch)
+        if rule.stop:
+            return rule.best_epoch, epoch + 1
+    return rule.best_epoch, len(curve)
+
+
+def compare_stops(name: str, params: dict[str, Any], draws: int) -> str:
+    """Stopping rules side by side on the same trainings: each draw trained to the ``epochs`` cap
+    without stopping, the validation loss, the validation AUC and the test AUC recorded at every
+    epoch's check (before its last step, where the job checks), then each rule applied to the
+    recorded curves. Gap to MLPClassifier (mean / worst) and the epochs each draw trains."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neural_network import MLPClassifier
+
+    from vfl_cli.models import split_spec as ss
+    from vfl_cli.models.features import split_rows, validation_split
+    from vfl_cli.models.nn import make_head
+
+    ids, XA, XP, y = joined(name)
+    split = split_rows(len(y), params["test_fraction"], params["seed"], ids=ids)
+    XA, XP = standardise(XA, split.train), standardise(XP, split.train)
+    spec = ss.parse_spec(params.get("model"))
+    val = split.train[validation_split(len(split.train), float(params["validation_fraction"]))[0]]
+    patience = int(params["patience"])
+    rng = np.random.default_rng(2026)
+    rules: dict[str, list[tuple[float, int]]] = {
+        f"val loss, best kept (patience {patience})": [], f"val loss, last kept (patience {patience})": [],
+        f"val AUC, best kept (patience {patience})": [], "60 epochs": [], f"{params['epochs']} epochs": []}
+    plain = ss._central_batch
+    for _ in range(draws):
+        seeds = (int(rng.integers(1 << 62)), int(rng.integers(1 << 62)))
+        curves: dict[str, list[float]] = {"loss": [], "auc": [], "test": []}
+
+        def spy(model: ss.SplitModel, *args: object, curves: dict[str, list[float]] = curves) -> float:
+            out = model.output(XA[val], XP[val])
+            curves["loss"].append(float(make_head(spec.head).loss_grad(out, y[val])[0]))
+            curves["auc"].append(float(roc_auc_score(y[val], out.ravel())))
+            curves["test"].append(float(roc_auc_score(y[split.test], model.predict(XA[split.test],
+                                                                                   XP[split.test]).ravel())))
+            return float(plain(model, *args))  # type: ignore[arg-type]
+
+        ss._central_batch = spy  # type: ignore[assignment]
+        try:
+            ss.central_fit(spec, XA[split.train], XP[split.train], y[split.train],
+                           {**params, "batch_size": 0, "patience": 10**9}, seeds=seeds)
+        finally:
+            ss._central_batch = plain
+        test = curves["test"]
+        (kept, run), (akept, arun) = _stopped(curves["loss"], patience), _stopped(curves["auc"], patience, True)
+        for key, (at, n) in zip(rules, [(kept, run), (run - 1, run), (akept, arun), (59, 60),
+                                         (len(test) - 1, len(test))], strict=True):
+            rules[key].append((test[at], n))
+    X = np.hstack([XA, XP])
+    mlp = MLPClassifier(hidden_layer_sizes=(2 * spec.units, spec.units), random_state=0)
+    ref = float(roc_auc_score(y[split.test], mlp.fit(X[split.train], y[split.train]).predict_proba(
+        X[split.test])[:, 1]))
+    return "\n".join(f"{name:>15}  {key:34} gap {ref - np.mean([a for a, _ in v]):+.4f} / "
+                     f"{ref - min(a for a, _ in v):+.4f}  epochs {[n for _, n in v]}" for key, v in rules.items())
+
+
 def main() -> None:
     from vfl_cli.protocol import split_nn
 
@@ -118,6 +187,8 @@ def main() -> None:
     ap.add_argument("--linear-top", action="store_true",
                     help="a candidate default: the default spec's top without its ReLU on z")
     ap.add_argument("--spec", help="a candidate [model] table as JSON (instead of the default)")
+    ap.add_argument("--compare-stops", action="store_true",
+                    help="stopping rules side by side on the same full-batch trainings (compare_stops)")
     args = ap.parse_args()
     params = dict(split_nn.DEFAULTS)
     if args.spec:
@@ -134,6 +205,9 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     bench_defaults.write_sets(Path(tmp.name))
     for name in args.sets.split(","):
+        if args.compare_stops:
+            print(compare_stops(name, params, args.draws), flush=True)
+            continue
         r = run(name, params, args.draws)
         print(f"{r['set']:>15} rows {r['rows']:>6}  split-nn AUC {r['mean']:.4f} (draws "
               f"{', '.join(f'{a:.4f}' for a in r['aucs'])})  MLPClassifier {r['mlp']:.4f} "

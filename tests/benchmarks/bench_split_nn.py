@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def load() -> str:
     return os.getloadavg().__repr__()
+
+
+class Clock:
+    """Wall seconds of each named step, in the order run: ``clock(name, f)`` runs ``f``."""
+
+    def __init__(self) -> None:
+        self.t: dict[str, float] = {}
+
+    def __call__(self, name: str, f: Any) -> Any:
+        t0 = time.perf_counter()
+        out = f()
+        self.t[name] = time.perf_counter() - t0
+        return out
+
+    def totals(self, rows: int, epoch_rows: int) -> dict[str, float]:
+        t = dict(self.t)
+        t["total"] = sum(t.values())
+        t[f"total scaled to {epoch_rows} rows"] = t["total"] * epoch_rows / rows
+        return {k: round(v, 2) for k, v in t.items()}
 
 
 def batch(bits: int, rows: int, k: int, m: int, epoch_rows: int) -> dict[str, float]:
@@ -51,13 +71,7 @@ def batch(bits: int, rows: int, k: int, m: int, epoch_rows: int) -> dict[str, fl
     U = sn.uniform_ints((k, m), share_bits - 3, signed=True)
     V = -U + sn.fixed_ints(rng.normal(size=(k, m)), sn.SHARE_E)
     delta = rng.normal(size=(rows, m)) / rows
-    t: dict[str, float] = {}
-
-    def clock(name: str, f):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        out = f()
-        t[name] = time.perf_counter() - t0
-        return out
+    clock = Clock()
 
     Se = sn.slot_count(bits, sn.ERR_SLOT_BITS)
     H = clock("P: encrypt h (pre-shifted into slots)",
@@ -87,9 +101,7 @@ def batch(bits: int, rows: int, k: int, m: int, epoch_rows: int) -> dict[str, fl
     err = clock("A: [[W_P]] delta^T, S rows per ciphertext", err_product)
     pe = clock("A: re-randomise error", lambda: paillier.rerandomize(err, randomiser="long-exponent"))
     clock("P: decrypt error", lambda: priv.decrypt_raw(pe))
-    t["total"] = sum(t.values())
-    t[f"total scaled to {epoch_rows} rows"] = t["total"] * epoch_rows / rows
-    return {k: round(v, 2) for k, v in t.items()}
+    return clock.totals(rows, epoch_rows)
 
 
 def aggregate(bits: int, rows: int, k: int, m: int, d: int, epoch_rows: int) -> dict[str, float]:
@@ -107,13 +119,7 @@ def aggregate(bits: int, rows: int, k: int, m: int, d: int, epoch_rows: int) -> 
     U = rng.normal(size=(k, m))
     X = rng.normal(size=(rows, d))
     M = rng.random((rows, k)) < 0.5
-    t: dict[str, float] = {}
-
-    def clock(name: str, f):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        out = f()
-        t[name] = time.perf_counter() - t0
-        return out
+    clock = Clock()
 
     share_bits = sn.layout(bits, k, {"interactive_lr": 0.5, "interactive_momentum": 0.9})[0]
     V = sn.uniform_ints((m, k), share_bits - 3, signed=True)  # P's share: as wide as the protocol's
@@ -128,9 +134,7 @@ def aggregate(bits: int, rows: int, k: int, m: int, d: int, epoch_rows: int) -> 
     masked = clock("P: mask the d k sums, re-randomise",
                    lambda: [paillier.rerandomize(s + rng.normal(size=d) * 2.0**40) for s in sums])
     clock("A: decrypt the d k masked sums", lambda: [priv.decrypt(s) for s in masked])
-    t["total"] = sum(t.values())
-    t[f"total scaled to {epoch_rows} rows"] = t["total"] * epoch_rows / rows
-    return {k: round(v, 2) for k, v in t.items()}
+    return clock.totals(rows, epoch_rows)
 
 
 def central(recipe_path: Path, epochs: int | None) -> dict[str, float]:

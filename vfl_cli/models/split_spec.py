@@ -49,6 +49,7 @@ parties' private seeds when given (the protocol never derives a secret from the 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -558,8 +559,6 @@ def central_fit(spec: SplitSpec, XA: np.ndarray, XP: np.ndarray, y: np.ndarray, 
     model and the mean training loss of each epoch trained (mean over its mini-batches, as the
     protocol reports it).
     """
-    import copy
-
     sa, sp = seed_pair(int(params["seed"]) if seeds is None else seeds)
     model = SplitModel.build(spec, XA.shape[1], XP.shape[1], (sa, sp))
     factory = optimizer_factory(params)

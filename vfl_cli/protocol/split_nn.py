@@ -205,6 +205,15 @@ def ints_to_hex(x: np.ndarray) -> np.ndarray:
     return np.array([hex(int(v)) for v in x.flat], dtype=str).reshape(x.shape)
 
 
+def _hex_json(x: np.ndarray | None) -> list[Any] | None:
+    """Exact integers as nested lists of hex text (JSON, shape kept): :func:`_from_hex_json` reads them."""
+    return None if x is None else list(ints_to_hex(x).tolist())
+
+
+def _from_hex_json(x: list[Any] | None) -> np.ndarray | None:
+    return None if x is None else ints_from_hex(np.array(x, dtype=str))
+
+
 def fixed_ints(x: np.ndarray, exponent: int = E) -> np.ndarray:
     """Fixed-point integers of ``x`` at ``exponent`` (as Python ints, exact): the crypto layer's encoding."""
     return np.array(encoding.encode_signed(x, exponent), dtype=object).reshape(np.shape(x))
@@ -387,7 +396,7 @@ class _Party(PartyState):
     velocity: np.ndarray | None = None  # exact integers (hex text in the job state)
     mean: np.ndarray | None = None  # the standardiser, once finished
     scale: np.ndarray | None = None
-    kept: dict[str, Any] = field(default_factory=dict)  # the best validated model's part (JSON; :func:`kept`)
+    kept: dict[str, Any] = field(default_factory=dict)  # the best validated model's part (JSON; :meth:`snapshot`)
     best_epoch: int = -1  # the epoch whose validation check kept it
 
     _EXACT: ClassVar[tuple[str, ...]] = ("share", "velocity")
@@ -417,8 +426,7 @@ class _Party(PartyState):
         """This state with its model part (networks, optimisers, share, velocity) kept as the best:
         restored by :meth:`restored` when training stops (validation on)."""
         kept = {"nets": {k: v.tolist() for k, v in self.nets.items()}, "opt": self.opt,
-                "share": None if self.share is None else [f"{int(x):x}" for x in self.share.flat],
-                "velocity": None if self.velocity is None else [f"{int(x):x}" for x in self.velocity.flat]}
+                "share": _hex_json(self.share), "velocity": _hex_json(self.velocity)}
         return self.but(kept=kept, best_epoch=self.epoch)
 
     def restored(self: P) -> P:
@@ -426,13 +434,8 @@ class _Party(PartyState):
         k = self.kept
         if not k:
             return self
-        shape = _need(self.share, "share of W_P").shape
-
-        def ints(x: list[str] | None) -> np.ndarray | None:
-            return None if x is None else np.array([int(v, 16) for v in x], dtype=object).reshape(shape)
-
         return self.but(nets={p: np.asarray(v, dtype=np.float64) for p, v in k["nets"].items()}, opt=k["opt"],
-                        share=ints(k["share"]), velocity=ints(k["velocity"]))
+                        share=_from_hex_json(k["share"]), velocity=_from_hex_json(k["velocity"]))
 
     def advanced(self: P, batches_per_epoch: int) -> P:
         """At the next mini-batch, and at the next epoch after the last one."""
@@ -469,17 +472,15 @@ class ActiveState(_Party):
     def snapshot(self) -> ActiveState:
         """:meth:`_Party.snapshot` with A's own interactive part (``W_A``, ``b``, its noise ``rho``)."""
         new = super().snapshot()
-        rho = _need(self.rho, "rho")
         extra = {"W_A": _need(self.W_A, "W_A").tolist(), "b": _need(self.b, "b").tolist(),
-                 "rho": [f"{int(x):x}" for x in rho.flat], "rho_shape": list(rho.shape)}
+                 "rho": _hex_json(_need(self.rho, "rho"))}
         return new.but(kept={**new.kept, **extra})
 
     def restored(self) -> ActiveState:
         k = self.kept
         if not k:
             return self
-        rho = np.array([int(v, 16) for v in k["rho"]], dtype=object).reshape(k["rho_shape"])
-        return super().restored().but(W_A=np.asarray(k["W_A"]), b=np.asarray(k["b"]), rho=rho)
+        return super().restored().but(W_A=np.asarray(k["W_A"]), b=np.asarray(k["b"]), rho=_from_hex_json(k["rho"]))
 
     _SEALED: ClassVar[tuple[str, ...]] = ("h", "v")  # kept as "stash_<name>": bytes in arrays, shape in data
 

@@ -21,6 +21,7 @@ from test_protocol_split_nn import PARAMS, SPEC, small_parties, train
 from vfl_cli import jobs, privacy
 from vfl_cli.errors import VflError
 from vfl_cli.models import split_spec as ss
+from vfl_cli.protocol import split_nn
 from vfl_cli.workspace import Workspace
 
 
@@ -97,7 +98,7 @@ def test_meter_is_recorded_and_shown(tmp_path: Path, sample) -> None:
     a = states["bank"]
     assert [sorted(h["label_leak_auc"]) for h in a.results["history"]] == [sorted(privacy.ATTACKS)] * 2
     meter = a.results["privacy"]
-    assert meter["label_protection"] == 3.0 and meter["max_leak_auc"] == 1.0
+    assert meter["label_protection"] == 3.0 and meter["pooled_protection"] == 3.0 and meter["max_leak_auc"] == 1.0
     worst = meter["worst_label_leak_auc"]
     assert all(0.5 <= worst[k] <= 1.0 for k in privacy.ATTACKS)
     assert sorted(meter["pooled_label_leak_auc"]) == sorted(privacy.ATTACKS)
@@ -193,6 +194,29 @@ def test_protect_is_a_function_of_the_private_generator() -> None:
     assert ss.leak_target(0.0) == 1.0 and ss.leak_target(3.0) == pytest.approx(0.5 + 0.25 / 3)
 
 
+def test_the_pool_is_held_to_its_own_target_and_only_when_asked() -> None:
+    """An attacker pooling epochs sums each row's ``delta'``: with the pool given, the search also
+    holds the attacks on ``pooled + sent`` to ``leak_target(pooled_strength)``; with
+    ``pooled_strength`` 0 only this batch is held, and the pool reads the labels."""
+    g, y = separable(n=2000)
+    pooled = np.zeros_like(g)
+    for epoch in range(6):  # six epochs of the same batch, fresh noise each time
+        pooled = pooled + ss.protect(g, y, 3.0, ss.protection_rng(21, epoch, 0), pooled=pooled)
+    held = max(privacy.leak_aucs(y, pooled).values())
+    assert held <= ss.leak_target(3.0), held
+    for strength, bound in ((1.5, ss.leak_target(1.5)), (0.0, None)):
+        pooled = np.zeros_like(g)
+        for epoch in range(6):
+            sent = ss.protect(g, y, 3.0, ss.protection_rng(21, epoch, 0), pooled=pooled, pooled_strength=strength)
+            assert max(leaks_of(y, sent).values()) <= ss.leak_target(3.0)  # each epoch is still held
+            pooled = pooled + sent
+        leak = max(privacy.leak_aucs(y, pooled).values())
+        if bound is None:
+            assert leak > ss.leak_target(1.5), leak  # not held: six epochs of fresh noise average out
+        else:
+            assert ss.leak_target(3.0) < leak <= bound, leak  # held to the looser target, not the tighter
+
+
 def test_a_one_unit_top_keeps_the_passive_view_equal_to_the_meter() -> None:
     """With a one-unit top every row's ``delta`` is a multiple of one vector and the noise stays in
     that line, so what P decrypts, ``delta' W_P^T``, leaks what A meters on ``delta'``, whatever
@@ -233,3 +257,9 @@ def test_a_small_batch_is_held_to_chance_not_below_it() -> None:
     band = ss.chance_band(y)
     assert band > ss.leak_target(3.0)
     assert max(leaks_of(y, ss.protect(g, y, 3.0, np.random.default_rng(9))).values()) <= band
+
+
+@pytest.mark.parametrize(("key", "value"), [("pooled_protection", -1.0), ("label_protection", -0.5)])
+def test_negative_protection_is_refused_at_the_proposal(key: str, value: float) -> None:
+    with pytest.raises(VflError, match=key):
+        split_nn.check_params({"alignment": "al", key: value}, [{"role": "active"}, {"role": "passive"}])

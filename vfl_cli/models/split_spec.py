@@ -352,7 +352,8 @@ def chance_band(labels: np.ndarray) -> float:
 
 
 def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.random.Generator,
-            *, head: str = "binary", pooled: np.ndarray | None = None) -> np.ndarray:
+            *, head: str = "binary", pooled: np.ndarray | None = None,
+            pooled_strength: float | None = None) -> np.ndarray:
     """``delta`` as the passive party's bottom will see it, label-protected by ``strength`` (0: unchanged).
 
     Classification heads: Gaussian noise along the batch's label directions
@@ -365,7 +366,8 @@ def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.rand
     Every draw is fresh: noise the same for a row in every epoch can be cancelled by stacking the
     row's gradients over the epochs (docs/protocols/split-nn.md). ``pooled``: each of the
     batch's rows' ``delta'`` summed over the batches sent before; the search then also holds the
-    three attacks on ``pooled + candidate`` (an attacker pooling epochs) to the target.
+    three attacks on ``pooled + candidate`` (an attacker pooling epochs) to
+    ``leak_target(pooled_strength)`` (``strength`` when None; 0: the pool is not held).
 
     Raises:
         VflError: a negative strength, or labels and gradients of different lengths.
@@ -390,7 +392,11 @@ def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.rand
     target = max(leak_target(strength), chance_band(labels))
     if target >= 1.0:  # a strength of 1/4 or less: nothing to hold
         return g.copy()
-    return _least_noise(flat, np.asarray(labels).ravel(), basis, scale, target, rng, pooled).reshape(g.shape)
+    pool_target = max(leak_target(strength if pooled_strength is None else pooled_strength), chance_band(labels))
+    if pooled is None or pool_target >= 1.0:
+        pooled = None
+    return _least_noise(flat, np.asarray(labels).ravel(), basis, scale, (target, pool_target), rng,
+                        pooled).reshape(g.shape)
 
 
 def noise_basis(g: np.ndarray, dirs: np.ndarray) -> np.ndarray:
@@ -427,12 +433,15 @@ def linear_leak(labels: np.ndarray, grads: np.ndarray) -> float:
     return worst
 
 
-def _least_noise(g: np.ndarray, y: np.ndarray, dirs: np.ndarray, scale: np.ndarray, target: float,
+def _least_noise(g: np.ndarray, y: np.ndarray, dirs: np.ndarray, scale: np.ndarray, targets: tuple[float, float],
                  rng: np.random.Generator, pooled: np.ndarray | None = None) -> np.ndarray:
-    """``g + s * noise`` with the smallest scale ``s`` found whose worst leak is at most ``target``;
-    after :data:`NOISE_DRAWS` draws that never get there, the least leaking candidate tried."""
+    """``g + s * noise`` with the smallest scale ``s`` found whose worst leak is at most the first
+    of ``targets`` and whose leak on ``pooled + candidate`` is at most the second (each reading is
+    kept relative to its own target, so 1 means "at the target"); after :data:`NOISE_DRAWS` draws
+    that never get there, the least leaking candidate tried."""
     from vfl_cli.privacy import leak_aucs
 
+    target, pool_target = targets
     best, best_leak = g, float("inf")
     for _ in range(NOISE_DRAWS):
         noise = (rng.standard_normal((len(g), len(dirs))) * scale) @ dirs
@@ -441,18 +450,18 @@ def _least_noise(g: np.ndarray, y: np.ndarray, dirs: np.ndarray, scale: np.ndarr
         def worst(s: float, noise: np.ndarray = noise, tried: dict[float, float] = tried) -> float:
             candidate = g + s * noise
             leaks = leak_aucs(y, candidate)
-            tried[s] = max([*leaks.values(), linear_leak(y, candidate)]) if leaks else 0.5
+            tried[s] = max([*leaks.values(), linear_leak(y, candidate)]) / target if leaks else 0.5 / target
             if pooled is not None and leaks:
-                tried[s] = max(tried[s], *leak_aucs(y, pooled + candidate).values())
+                tried[s] = max(tried[s], max(leak_aucs(y, pooled + candidate).values()) / pool_target)
             return tried[s]
 
         lo, hi = 0.0, SCALE_START
-        while worst(hi) > target and hi < SCALE_MAX:
+        while worst(hi) > 1.0 and hi < SCALE_MAX:
             lo, hi = hi, 2 * hi
-        if tried[hi] <= target:
+        if tried[hi] <= 1.0:
             for _ in range(BISECT_STEPS if lo else 0):
                 mid = float(np.sqrt(lo * hi))
-                lo, hi = (mid, hi) if worst(mid) > target else (lo, mid)
+                lo, hi = (mid, hi) if worst(mid) > 1.0 else (lo, mid)
             found: np.ndarray = g + hi * noise
             return found
         s = min(tried, key=lambda k: (tried[k], -k))
@@ -600,7 +609,8 @@ def _central_batch(model: SplitModel, XA: np.ndarray, XP: np.ndarray, Y: np.ndar
     loss, dout = make_head(model.spec.head).loss_grad(forward(model.top, z), y)
     delta = backward(model.top, dout)
     sent = protect(delta, y, float(params.get("label_protection", 0.0)), protection_rng(sa, epoch, b),
-                   head=model.spec.head, pooled=pool[rows])
+                   head=model.spec.head, pooled=pool[rows],
+                   pooled_strength=float(params.get("pooled_protection", params.get("label_protection", 0.0))))
     pool[rows] += sent
     g_wa, g_wp, g_b = ha.T @ delta, hp.T @ delta, delta.sum(axis=0)
     backward(model.bottom_a, delta @ model.W_A.T)

@@ -141,6 +141,9 @@ PARAMS: dict[str, Param] = {
     "seed": Seed(),
     "label_protection": Float(3.0, 0.0, 100.0,
                               note="noise on dL/dh, sized per batch to hold label attacks to AUC 0.5 + 0.25/L; 0: off"),
+    "pooled_protection": Float(3.0, 0.0, 100.0,
+                               note="also hold the attacks on each row's dL/dh summed over the epochs so far "
+                               "to 0.5 + 0.25/L; 0: not held (each epoch still is)"),
     "max_leak_auc": Float(1.0, 0.5, 1.0, note="refuse to send when a label attack's AUC exceeds it; 1: never"),
     "validation_fraction": Float(0.1, 0.0, 0.5, note="training rows held out; A scores them every epoch, stops "
                                  "on them and keeps the best model; 0: train every epoch, keep the last"),
@@ -1043,7 +1046,8 @@ def train_batch(state: ActiveState, inputs: _Inputs, z_p: np.ndarray, peer: pail
     # every other gradient, W_P's included, uses the exact delta
     sent = ss.protect(delta, y, float(params["label_protection"]),
                       ss.protection_rng(state.seed, state.epoch, state.batch), head=spec.head,
-                      pooled=None if state.meter_pool is None else state.meter_pool[rows])
+                      pooled=None if state.meter_pool is None else state.meter_pool[rows],
+                      pooled_strength=float(params["pooled_protection"]))
     new = metered(state, inputs, sent, rows, end=state.batch == inputs.data.batches_per_epoch - 1)
     H, Vc = _need(state.h, "[[h]]").open(peer), _need(state.v, "[[V]]").open(peer)
     share_bits, width, h_slots = layout(peer.bits, H.shape[1], params)
@@ -1075,6 +1079,7 @@ def _privacy(params: Mapping[str, Any], history: list[dict[str, Any]]) -> dict[s
     return {
         "meter": "label attacks on the gradients A sent, max(AUC, 1 - AUC) per epoch",
         "label_protection": float(params["label_protection"]),
+        "pooled_protection": float(params["pooled_protection"]),
         "max_leak_auc": float(params["max_leak_auc"]),
         "worst_label_leak_auc": {k: max(x[k] for x in leaks) for k in leaks[0]} if leaks else {},
         "pooled_label_leak_auc": next((h["label_leak_auc_pooled"] for h in reversed(history)

@@ -376,7 +376,8 @@ def _privacy_section(state: JobState) -> list[str]:
                 "learns.</p>"]
     leaks = [(h["epoch"] + 1, h["label_leak_auc"]) for h in state.results.get("history") or []
              if h.get("label_leak_auc")]
-    settings = ", ".join(f"{k} = {_e(meter[k])}" for k in ("label_protection", "max_leak_auc") if k in meter)
+    settings = ", ".join(f"{k} = {_e(meter[k])}" for k in ("label_protection", "pooled_protection", "max_leak_auc")
+                         if k in meter)
     out = ["<h2>Privacy meter</h2>",
            f"<p class=note>{_e(meter.get('meter', ''))}: 0.5 is chance, 1.0 reads every label. {settings}.</p>"]
     if leaks:

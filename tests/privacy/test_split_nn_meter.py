@@ -110,6 +110,7 @@ def test_meter_is_recorded_and_shown(tmp_path: Path, sample) -> None:
     run("-w", str(bank), "report", "tr", "--out", str(out))
     html = out.read_text()
     assert "Privacy meter" in html and "principal attack" in html and "pooling epochs" in html
+    assert "pooled_protection = 3.0" in html
 
 
 def test_a_leak_above_the_bound_is_refused_before_sending(tmp_path: Path, sample) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_protocol_split_nn import PARAMS, SPEC, joined, small_parties, train
 
@@ -316,6 +317,31 @@ def test_the_default_holds_label_inference_to_0_60_on_400_rows(tmp_path: Path, p
     else:
         # the attacks work (measured 0.949, 0.897, 0.937): the protection is what stops them
         assert min(worst) > 0.7 and max(worst) > 0.9, worst
+
+
+def test_without_the_pooled_bound_pooling_epochs_reads_the_labels(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pooled_protection = 0`` (each epoch held, the pool not), on a set whose gradients keep
+    their label signal (600 default_credit rows, 24 full-batch epochs, a real job): every epoch P
+    decrypts stays at the target, while P, summing each row's ``dL/dh`` over the epochs, reads
+    the labels well above it. What the docs say of lifting the bound (0.96-0.99 over
+    split_default_credit's 100-200 epochs, benchmarks.md); the default is tested below."""
+    monkeypatch.setattr(split_nn, "private_seed", lambda role: (3333, 4444)[role == "passive"])
+    fate = Path(__file__).resolve().parents[2] / "sample_data" / "fate"
+    guest = pd.read_csv(fate / "default_credit_hetero_guest.csv", dtype={"id": str}, nrows=600)
+    guest.rename(columns={"y": "label"}).to_csv(tmp_path / "guest.csv", index=False)
+    host = fate / "default_credit_hetero_host.csv"
+    bank, bureau = small_parties(tmp_path, tmp_path / "guest.csv", host, "label", 600)
+    train(bank, bureau, dict(PARAMS, model=SPEC, batch_size=0, epochs=24, pooled_protection=0.0), job=JOB)
+    _, y = truth(bank, bureau)
+    k = int(SPEC["passive"][0]["units"])
+    single = max(max(leak.values()) for leak in passive_leaks(bureau, y, k))
+    pooled = pooled_leak(bureau, y, k)
+    # measured: every epoch at most 0.583, pooled 0.705 (with the default pooled bound, the same
+    # job: every epoch 0.581, pooled 0.613)
+    assert single <= 0.6 and pooled > 0.65, (single, pooled)
+    meter = jobs.load_state(Workspace(bank), JOB)[0].results["privacy"]
+    assert meter["pooled_protection"] == 0.0 and max(meter["pooled_label_leak_auc"].values()) > 0.65
 
 
 def test_the_default_holds_the_pooled_attack_on_400_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -389,10 +389,11 @@ def protect(delta: np.ndarray, labels: np.ndarray, strength: float, rng: np.rand
         return protect_labels(g, labels, strength, rng)
     basis = noise_basis(flat, dirs)
     scale = np.abs(flat @ basis.T).max(axis=0)
-    target = max(leak_target(strength), chance_band(labels))
+    band = chance_band(labels)
+    target = max(leak_target(strength), band)
     if target >= 1.0:  # a strength of 1/4 or less: nothing to hold
         return g.copy()
-    pool_target = max(leak_target(strength if pooled_strength is None else pooled_strength), chance_band(labels))
+    pool_target = max(leak_target(strength if pooled_strength is None else pooled_strength), band)
     if pooled is None or pool_target >= 1.0:
         pooled = None
     return _least_noise(flat, np.asarray(labels).ravel(), basis, scale, (target, pool_target), rng,

@@ -111,3 +111,33 @@ def test_the_reference_equals_one_network_trained_with_nn() -> None:
     np.testing.assert_allclose(np.vstack([model.W_A, model.W_P]), net.layers[0].W, atol=1e-12)
     np.testing.assert_allclose(model.b, net.layers[0].b, atol=1e-12)
     assert len(history) == 3
+
+
+def test_lr_decay_is_an_inverse_time_schedule_on_every_layer_but_w_p() -> None:
+    """``lr_decay``: step ``t`` of every party-held layer uses ``lr / (1 + d t)``; the shares of
+    ``W_P`` keep ``interactive_lr``; a job stored before the parameter trains at a constant rate."""
+    from vfl_cli.protocol.split_nn import DEFAULTS
+
+    assert DEFAULTS["lr_decay"] == 0.1
+    params = {**DEFAULTS, "learning_rate": 0.2, "lr_decay": 0.5}
+    opt = ss.optimizer_factory(params)()
+    rates = []
+    for _ in range(4):
+        rates.append(opt.learning_rate())
+        opt.step(np.zeros(2), np.ones(2))
+    np.testing.assert_allclose(rates, [0.2 / (1 + 0.5 * t) for t in range(4)])
+    assert ss.interactive_optimizer(params).learning_rate() == params["interactive_lr"]
+    older = {k: v for k, v in params.items() if k != "lr_decay"}
+    legacy = ss.optimizer_factory(older)()
+    legacy.step(np.zeros(2), np.ones(2))
+    assert legacy.learning_rate() == 0.2
+    assert ss.optimizer_factory({**params, "lr_decay": 0.0})().schedule.name == "constant"
+
+    rng = np.random.default_rng(1)
+    XA, XP = rng.normal(size=(80, 3)), rng.normal(size=(80, 2))
+    y = (XA[:, 0] + XP[:, 1] > 0).astype(float)
+    spec = ss.default_spec()
+    base = {**DEFAULTS, "epochs": 6, "validation_fraction": 0.0, "label_protection": 0.0}
+    decayed, _ = ss.central_fit(spec, XA, XP, y, base, seeds=(1, 2))
+    constant, _ = ss.central_fit(spec, XA, XP, y, {**base, "lr_decay": 0.0}, seeds=(1, 2))
+    assert not np.allclose(decayed.bottom_p.get_flat(), constant.bottom_p.get_flat())

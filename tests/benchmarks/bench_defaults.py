@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run from a checkout without the package installed
 FATE = ROOT / "sample_data" / "fate"
 
 #: name: (protocol, id column, label column, active file, passive files)

@@ -66,7 +66,7 @@ def run(name: str, params: dict[str, Any], draws: int, z: float, percentile: flo
     from sklearn.metrics import roc_auc_score
     from sklearn.neural_network import MLPClassifier
 
-    from vfl_cli.models.features import split_rows
+    from vfl_cli.models.features import split_rows, validation_split
 
     ids, XA, XP, y = bds.joined(name)
     split = split_rows(len(y), params["test_fraction"], params["seed"], ids=ids)
@@ -94,7 +94,9 @@ def run(name: str, params: dict[str, Any], draws: int, z: float, percentile: flo
         aucs.append(float(roc_auc_score(y[split.test], model.predict(XA[split.test], XP[split.test]).ravel())))
         assert hook.first is not None
         x, dW = hook.first
-        rows = y[split.train][: len(x)]  # full batch (the default): the first batch is every training row
+        # full batch (the default): the first batch is every row trained on, after the validation rows
+        _, fit = validation_split(len(split.train), float(params.get("validation_fraction", 0.0)))
+        rows = y[split.train][fit][: len(x)]
         attack.append(max(max(a, 1 - a) for a in (roc_auc_score(rows, x @ dW[:, j]) for j in range(dW.shape[1]))))
     X = np.hstack([XA, XP])
     mlp = MLPClassifier(hidden_layer_sizes=(2 * spec.units, spec.units), random_state=0)

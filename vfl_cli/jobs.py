@@ -56,9 +56,11 @@ from vfl_cli.protocol.base import (
     Outgoing,
     PartyContext,
     Progress,
+    Protocol,
     get_protocol,
     no_progress,
     party_list,
+    with_legacy,
 )
 from vfl_cli.workspace import Workspace, secure_folders
 
@@ -341,7 +343,7 @@ def _context(ws: Workspace, info: dict[str, Any], progress: Progress) -> PartyCo
         name=ws.name,
         role=me["role"],
         job=info["job"],
-        params=info["params"],
+        params=with_legacy(info["params"], get_protocol(info["protocol"]).params_spec),
         parties=[{"name": p["name"], "role": p["role"]} for p in info["parties"]],
         rng=ws.rng(),
         data=data,
@@ -563,6 +565,33 @@ def _no_proposal(ws: Workspace, job: str | None, rejected: Rejections) -> None:
     )
 
 
+def _version() -> str:
+    from vfl_cli import __version__
+
+    return f"vfl {__version__}"
+
+
+def params_drift(protocol: Protocol, params: Any, parties: list[dict[str, Any]]) -> str:
+    """How a job's parameters differ from their checked form under this vfl ("" when they do not).
+
+    A proposal is in its checked form when proposer and acceptor run the same protocol
+    version; a parameter added since (or one this version no longer knows) shows up here, and
+    the job cannot be stepped as its proposer meant it.
+    """
+    try:
+        checked = protocol.check_params(params, parties)
+    except VflError as exc:  # an unknown parameter, or a value outside this version's range
+        return str(exc)
+    if not isinstance(params, dict):
+        return "not a table"
+    if checked == params:
+        return ""
+    missing = [k for k in checked if k not in params]
+    changed = [k for k in checked if k in params and checked[k] != params[k]]
+    parts = ([f"no {', '.join(missing)}"] if missing else []) + ([f"{', '.join(changed)} changed"] if changed else [])
+    return "; ".join(parts) or "different"
+
+
 def _check_proposal(ws: Workspace, name: str, art: Artifact) -> dict[str, Any]:
     meta = art.meta
     if (job_dir(ws, art.job) / "job.json").exists():
@@ -592,8 +621,11 @@ def _check_proposal(ws: Workspace, name: str, art: Artifact) -> dict[str, Any]:
     protocol = get_protocol(str(meta.get("protocol")))
     protocol.check_parties([{"name": p["name"], "role": p["role"]} for p in parties])
     params = meta.get("params", {})
-    if protocol.check_params(params, parties) != params:
-        raise InvalidArtifact(f"{name}: the proposal's parameters are not in their checked form")
+    drift = params_drift(protocol, params, parties)
+    if drift:
+        raise InvalidArtifact(f"{name}: the proposal's parameters are not in this vfl's checked form ({drift}); "
+                              f"the proposer may run another vfl version or build (this is {_version()}): "
+                              "both parties need the same one")
     return {
         "job": art.job,
         "protocol": meta["protocol"],
@@ -846,6 +878,7 @@ def _run(
         if missing:
             report.waiting_for = [m.describe() for m in missing]
             return report
+        _check_steppable(protocol, info)
         try:
             outgoing = protocol.advance(ctx, state, received)
         except (InvalidArtifact, KeyMismatch) as exc:  # the content is refused: quarantined, nothing changes
@@ -865,6 +898,17 @@ def _run(
         report.received += [n for n, _ in consumed]
         report.waiting_for = []
         del state, out  # freed before the next load: never two copies of a large state (a streamed result)
+
+
+def _check_steppable(protocol: Protocol, info: dict[str, Any]) -> None:
+    """Refuse to step a job proposed under another vfl: its parameters, checked by this one,
+    differ (a parameter added since, say), so its steps would not be the ones its parties agreed."""
+    drift = params_drift(protocol, with_legacy(info["params"], protocol.params_spec), info["parties"])
+    if drift:
+        job = info["job"]
+        raise VflError(f"job {job} was started by another vfl version or build: its parameters differ from what "
+                       f"{_version()} checks ({drift}). Finish it with the vfl that started it, or cancel it "
+                       f"(vfl job cancel {job}) and start it again")
 
 
 def _gather(

@@ -516,7 +516,7 @@ class SplitModel:
 
 def optimizer_factory(params: Mapping[str, Any]) -> Any:
     kw: dict[str, Any] = {"lr": params["learning_rate"], "l2": params["l2"]}
-    decay = float(params.get("lr_decay", 0.0))  # a job accepted before the parameter: constant
+    decay = float(params.get("lr_decay", 0.0))  # absent (a reference call without it): constant, its legacy value
     if decay > 0:
         kw.update(schedule="inverse_time", decay=decay)
     if str(params["optimizer"]).lower() == "sgd":

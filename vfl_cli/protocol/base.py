@@ -202,6 +202,9 @@ class Param:
     choices: tuple[Any, ...] = ()
     max_len: int = MAX_LIST
     note: str = ""
+    #: what a job proposed before this parameter existed did, as a value of it (None: there is no
+    #: such value, and this vfl will not step such a job: :func:`with_legacy`)
+    legacy: Any = None
 
     @property
     def required(self) -> bool:
@@ -310,9 +313,9 @@ def Seed(default: int = 42) -> Param:
 
 
 def Float(default: float, low: float, high: float, *, open_low: bool = False,
-          open_high: bool = False, note: str = "") -> Param:
+          open_high: bool = False, note: str = "", legacy: float | None = None) -> Param:
     """A finite number between ``low`` and ``high`` (NaN and infinities are refused)."""
-    return Param("float", default, low, high, open_low=open_low, open_high=open_high, note=note)
+    return Param("float", default, low, high, open_low=open_low, open_high=open_high, note=note, legacy=legacy)
 
 
 def Bool(default: bool, note: str = "") -> Param:
@@ -364,6 +367,14 @@ def typed_params(params: Any, spec: Mapping[str, Param], *, what: str) -> dict[s
         value = params.get(key, p.default)
         out[key] = p.check(key, value, what=what)
     return out
+
+
+def with_legacy(params: Mapping[str, Any], spec: Mapping[str, Param]) -> dict[str, Any]:
+    """A stored job's parameters as this vfl steps them: each parameter added since the job was
+    proposed, and declared with a ``legacy`` value, at that value (the job runs as its parties
+    agreed); any other difference is left for the engine to refuse."""
+    missing = {k: p.legacy for k, p in spec.items() if k not in params and p.legacy is not None}
+    return {**params, **missing}
 
 
 def defaults(spec: Mapping[str, Param]) -> dict[str, Any]:

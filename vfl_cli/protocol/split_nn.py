@@ -134,7 +134,7 @@ PARAMS: dict[str, Param] = {
     "optimizer": Choice("adam", "adam", "sgd"),
     "learning_rate": Float(0.1, 0.0, 10.0, open_low=True),
     "lr_decay": Float(0.1, 0.0, 100.0, note="step t's learning rate is learning_rate / (1 + lr_decay t) "
-                      "for every layer but W_P's shares; 0: constant"),
+                      "for every layer but W_P's shares; 0: constant", legacy=0.0),
     "momentum": Float(0.0, 0.0, 1.0, open_high=True, note="sgd only"),
     "l2": Float(0.0, 0.0, 100.0),
     "interactive_lr": Float(0.5, 0.0, 10.0, open_low=True),

@@ -28,7 +28,7 @@ __all__ = ["known_private_seeds"]  # the autouse fixture: the parties' private s
 
 #: Full batches at a high learning rate: the validation loss turns up within a few epochs.
 STOPPING = dict(PARAMS, model=SPEC, batch_size=0, epochs=25, learning_rate=0.3, patience=3,
-                validation_fraction=0.25)
+                validation_fraction=0.25, keep_model="best")
 
 
 def test_training_stops_on_the_validation_rows_and_both_parties_keep_the_best_model(tmp_path: Path, sample) -> None:
@@ -57,6 +57,29 @@ def test_training_stops_on_the_validation_rows_and_both_parties_keep_the_best_mo
     assert len(sent) == run
     shown = run_cli("-w", str(bureau), "model", "show", "tr")
     assert f"kept the model of epoch {kept + 1}, best on" in " ".join((shown.stdout + shown.stderr).split())
+
+
+def test_keep_model_last_keeps_the_model_of_the_last_check(tmp_path: Path, sample) -> None:
+    """The default: the stop is the same rule, but both parties keep the model as it was at the last
+    validation check (before that epoch's step), not the best scored one."""
+    bank, bureau = small_parties(tmp_path, sample("breast_active.csv"), sample("breast_passive.csv"), "label", 120)
+    params = dict(STOPPING, keep_model="last")
+    states = train(bank, bureau, params)
+    a, p = states["bank"], states["bureau"]
+    run, history = a.results["model"]["epochs_run"], a.results["history"]
+    assert run < params["epochs"]  # stopped by the same rule as "best"
+    val = [h["val_loss"] for h in history]
+    best = int(np.argmin(val))
+    assert run - 1 - best == params["patience"]  # patience checks after the best loss
+    assert a.results["model"]["validation"]["kept_epoch"] == p.results["model"]["validation"]["kept_epoch"] == run - 1
+    assert a.results["model"]["validation"]["keep"] == "last"
+    model, losses, _ = reference(bank, bureau, params, "label")
+    np.testing.assert_allclose([h["loss"] for h in history], losses, atol=1e-6)
+    np.testing.assert_allclose(shares_sum(a, p), model.W_P, atol=1e-6)
+    np.testing.assert_allclose(p.arrays["net_passive"], model.bottom_p.get_flat(), atol=1e-6)
+    # not the best one: the kept model differs from the one "best" keeps on the same job
+    best_model, _, _ = reference(bank, bureau, dict(params, keep_model="best"), "label")
+    assert not np.allclose(best_model.W_P, model.W_P)
 
 
 def test_without_validation_rows_every_epoch_trains_and_the_last_model_is_kept(tmp_path: Path, sample) -> None:

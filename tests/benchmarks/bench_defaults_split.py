@@ -20,6 +20,7 @@ stopping when the loss stops improving), on the same joined, standardised traini
     python tests/benchmarks/bench_defaults_split.py --sets breast,default_credit --draws 3
     python tests/benchmarks/bench_defaults_split.py --set-param epochs=30 --set-param learning_rate=0.05 --linear-top
     python tests/benchmarks/bench_defaults_split.py --compare-stops --sets breast,digits   # stopping rules
+    python tests/benchmarks/bench_defaults_split.py --compare-stops --patiences 10,20 --draws 10   # and patience
 
 Prints, per set: the test AUC of each seed draw, their mean, MLPClassifier's AUC, the gap and
 the epochs each draw trained (the cap, or where the early stop on the validation rows ended it)
@@ -123,11 +124,12 @@ def _stopped(curve: list[float], patience: int, higher: bool = False) -> tuple[i
     return rule.best_epoch, len(curve)
 
 
-def compare_stops(name: str, params: dict[str, Any], draws: int) -> str:
+def compare_stops(name: str, params: dict[str, Any], draws: int, patiences: tuple[int, ...] = ()) -> str:
     """Stopping rules side by side on the same trainings: each draw trained to the ``epochs`` cap
     without stopping, the validation loss, the validation AUC and the test AUC recorded at every
     epoch's check (before its last step, where the job checks), then each rule applied to the
-    recorded curves. Gap to MLPClassifier (mean / worst) and the epochs each draw trains."""
+    recorded curves (the validation loss's rule also at each of ``patiences``). Gap to
+    MLPClassifier (mean / worst) and the epochs each draw trains."""
     from sklearn.metrics import roc_auc_score
     from sklearn.neural_network import MLPClassifier
 
@@ -145,6 +147,8 @@ def compare_stops(name: str, params: dict[str, Any], draws: int) -> str:
     rules: dict[str, list[tuple[float, int]]] = {
         f"val loss, best kept (patience {patience})": [], f"val loss, last kept (patience {patience})": [],
         f"val AUC, best kept (patience {patience})": [], "60 epochs": [], f"{params['epochs']} epochs": []}
+    others = [p for p in patiences if p != patience]
+    rules.update({f"val loss, best kept (patience {p})": [] for p in others})
     plain = ss._central_batch
     for _ in range(draws):
         seeds = (int(rng.integers(1 << 62)), int(rng.integers(1 << 62)))
@@ -166,8 +170,9 @@ def compare_stops(name: str, params: dict[str, Any], draws: int) -> str:
             ss._central_batch = plain
         test = curves["test"]
         (kept, run), (akept, arun) = _stopped(curves["loss"], patience), _stopped(curves["auc"], patience, True)
-        for key, (at, n) in zip(rules, [(kept, run), (run - 1, run), (akept, arun), (59, 60),
-                                         (len(test) - 1, len(test))], strict=True):
+        stops = [(kept, run), (run - 1, run), (akept, arun), (59, 60), (len(test) - 1, len(test))]
+        stops += [_stopped(curves["loss"], p) for p in others]
+        for key, (at, n) in zip(rules, stops, strict=True):
             rules[key].append((test[at], n))
     X = np.hstack([XA, XP])
     mlp = MLPClassifier(hidden_layer_sizes=(2 * spec.units, spec.units), random_state=0)
@@ -189,6 +194,7 @@ def main() -> None:
     ap.add_argument("--spec", help="a candidate [model] table as JSON (instead of the default)")
     ap.add_argument("--compare-stops", action="store_true",
                     help="stopping rules side by side on the same full-batch trainings (compare_stops)")
+    ap.add_argument("--patiences", help="with --compare-stops: the validation loss's rule also at these, e.g. 10,20")
     args = ap.parse_args()
     params = dict(split_nn.DEFAULTS)
     if args.spec:
@@ -206,7 +212,8 @@ def main() -> None:
     bench_defaults.write_sets(Path(tmp.name))
     for name in args.sets.split(","):
         if args.compare_stops:
-            print(compare_stops(name, params, args.draws), flush=True)
+            patiences = tuple(int(p) for p in args.patiences.split(",")) if args.patiences else ()
+            print(compare_stops(name, params, args.draws, patiences), flush=True)
             continue
         r = run(name, params, args.draws)
         print(f"{r['set']:>15} rows {r['rows']:>6}  split-nn AUC {r['mean']:.4f} (draws "

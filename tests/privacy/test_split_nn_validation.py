@@ -47,3 +47,18 @@ def test_the_passive_party_learns_the_kept_epoch_and_no_validation_gradient(tmp_
         assert per_unit.shape[1] - trained < int(art.members["err"].info["slots"])  # padding only
         assert all(v == 0 for v in per_unit[:, trained:].flat)
         assert np.count_nonzero(per_unit[:, :trained]) > 0
+
+
+def test_with_keep_model_last_every_flag_says_keep(tmp_path: Path, monkeypatch) -> None:
+    """The default ``keep_model = "last"``: A keeps the model of every check, so every flag P reads
+    says keep and tells it nothing about the validation loss; P learns when training stopped
+    (the number of backward messages), as with any stop."""
+    monkeypatch.setattr(split_nn, "private_seed", lambda role: (1111, 2222)[role == "passive"])
+    sample = Path(__file__).resolve().parents[2] / "sample_data"
+    bank, bureau = small_parties(tmp_path, sample / "breast_active.csv", sample / "breast_passive.csv", "label", 120)
+    train(bank, bureau, dict(STOPPING, keep_model="last"), job=JOB)
+    backs = archived(bureau, "backward")
+    a = jobs.load_state(Workspace(bank), JOB)[0].results["model"]
+    assert [b.meta["keep"] for b in backs] == [True] * len(backs)  # full batch: every epoch checks
+    assert a["epochs_run"] == len(backs) < STOPPING["epochs"]
+

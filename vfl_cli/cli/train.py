@@ -300,8 +300,9 @@ def model_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     if card.get("epochs_run") is not None:
         trained.append(f"{card['epochs_run']} epochs")
     if card.get("validation"):
-        trained.append(f"kept the model of epoch {int(card['validation']['kept_epoch']) + 1}, "
-                       f"best on {card['validation']['rows']} validation rows")
+        val = card["validation"]
+        how = ("the last checked on" if val.get("keep") == "last" else "best on")  # older cards: best
+        trained.append(f"kept the model of epoch {int(val['kept_epoch']) + 1}, {how} {val['rows']} validation rows")
     if card.get("rounds_run") is not None:
         trained.append(f"{card['rounds_run']} rounds")
     print_result(f"[bold]{card['protocol']}[/bold] model of job {job_id}, {ws.name}'s part"

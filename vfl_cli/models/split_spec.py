@@ -568,7 +568,8 @@ def central_fit(spec: SplitSpec, XA: np.ndarray, XP: np.ndarray, y: np.ndarray, 
     ``interactive_momentum``) as in the protocol. The rows come in the job's train order: the
     first ``validation_fraction`` of them are held out (:func:`validation_split`) and, before
     each epoch's last step, scored; training stops after ``patience`` epochs without a better
-    validation loss and the model is the best one scored (:class:`EarlyStop`). Returns the
+    validation loss (:class:`EarlyStop`) and the model kept is the one scored last
+    (``keep_model`` "last") or best ("best", also when the params do not say). Returns the
     model and the mean training loss of each epoch trained (mean over its mini-batches, as the
     protocol reports it).
     """
@@ -592,7 +593,7 @@ def central_fit(spec: SplitSpec, XA: np.ndarray, XP: np.ndarray, y: np.ndarray, 
         for b, rows in enumerate(batches):
             if stopper is not None and b == len(batches) - 1:
                 out = make_head(spec.head).loss_grad(model.output(XA[val], XP[val]), y[val])[0]
-                if stopper.check(float(out), epoch):
+                if stopper.check(float(out), epoch) or params.get("keep_model", "best") == "last":
                     kept = copy.deepcopy(model)
             losses.append(_central_batch(model, XA_f, XP_f, y_f, rows, pool, params, opts, (sa, sp), epoch, b))
         history.append(float(np.mean(losses)))

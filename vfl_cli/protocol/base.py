@@ -323,9 +323,9 @@ def Bool(default: bool, note: str = "") -> Param:
     return Param("bool", default, note=note)
 
 
-def Choice(default: str, *choices: str, note: str = "") -> Param:
+def Choice(default: str, *choices: str, note: str = "", legacy: str | None = None) -> Param:
     """One of the given strings, exactly."""
-    return Param("choice", default, choices=choices, note=note)
+    return Param("choice", default, choices=choices, note=note, legacy=legacy)
 
 
 def IntList(default: list[int], low: int, high: int, max_len: int = MAX_LIST,

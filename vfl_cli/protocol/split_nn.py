@@ -148,8 +148,11 @@ PARAMS: dict[str, Param] = {
                                "to 0.5 + 0.25/L; 0: not held (each epoch still is)"),
     "max_leak_auc": Float(1.0, 0.5, 1.0, note="refuse to send when a label attack's AUC exceeds it; 1: never"),
     "validation_fraction": Float(0.1, 0.0, 0.5, note="training rows held out; A scores them every epoch, stops "
-                                 "on them and keeps the best model; 0: train every epoch, keep the last"),
+                                 "on them and keeps the model keep_model says; 0: train every epoch, keep the last"),
     "patience": Int(30, 1, 10_000, note="epochs without a better validation loss before training stops"),
+    "keep_model": Choice("last", "last", "best", note="with validation rows, the model kept when training "
+                         "stops: the one at the last validation check, or the one scored best there",
+                         legacy="best"),
 }
 DEFAULTS: dict[str, Any] = defaults(PARAMS)
 
@@ -997,13 +1000,14 @@ def _stepped_own(state: ActiveState, params: Mapping[str, Any], bottom: Sequenti
 def _validated(state: ActiveState, inputs: _Inputs, z_val: np.ndarray, who: str) -> tuple[ActiveState, float, bool]:
     """The validation loss of the model as it is before this step (no dropout), checked by the
     early stop (:class:`vfl_cli.models.split_spec.EarlyStop`): ``(state, loss, keep)``, the
-    state's model kept as the best when ``keep``."""
+    state's model kept when ``keep``: the best so far, or every check's with ``keep_model`` "last"."""
     rows = inputs.data.validation
     _, _, _, out = _active_forward(state, inputs, z_val, rows, train=False)
     loss = float(make_head(inputs.spec.head).loss_grad(out, inputs.labels(who)[rows])[0])
     stop = ss.EarlyStop(int(inputs.params["patience"]), float("inf") if state.val_best is None else state.val_best,
                         state.best_epoch, state.val_since)
-    keep = stop.check(loss, state.epoch)
+    # the stop counts checks since the best loss either way; "last" keeps the model of every check
+    keep = stop.check(loss, state.epoch) or inputs.params["keep_model"] == "last"
     new = state.snapshot() if keep else state
     return new.but(val_best=stop.best, val_since=stop.since), loss, keep
 
@@ -1116,7 +1120,8 @@ def results(ctx: PartyContext, state: _Party, inputs: _Inputs, metrics: dict[str
     }
     if len(inputs.data.validation):
         # the model kept: the one scored best on the validation rows (A's check, told to P)
-        out["model"]["validation"] = {"rows": int(len(inputs.data.validation)), "kept_epoch": int(state.best_epoch)}
+        out["model"]["validation"] = {"rows": int(len(inputs.data.validation)), "kept_epoch": int(state.best_epoch),
+                                      "keep": str(ctx.params.get("keep_model", "best"))}
         if isinstance(state, ActiveState) and state.val_best is not None:
             out["model"]["validation"]["best_loss"] = float(state.val_best)
     if ctx.is_active and spec.head != "regression":

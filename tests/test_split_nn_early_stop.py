@@ -1,7 +1,8 @@
-"""split-nn stops on held-out validation rows and keeps the best model (issue #15).
+"""split-nn stops on held-out validation rows and keeps the last or the best model (issue #15).
 
 The active party scores the validation rows once per epoch, tells the passive party in its
-backward message when the model it is about to step is the best so far (``keep``), and stops after
+backward message when to keep the model it is about to step (``keep``: every check with
+``keep_model = "last"``, the default; the best so far with ``"best"``), and stops after
 ``patience`` epochs without a better validation loss; both parties then restore the kept model.
 Jobs run in-process through the job engine with 512-bit keys on small data, against the plaintext
 reference (``split_spec.central_fit``), which stops the same way.

@@ -1119,7 +1119,7 @@ def results(ctx: PartyContext, state: _Party, inputs: _Inputs, metrics: dict[str
         "history": history,
     }
     if len(inputs.data.validation):
-        # the model kept: the one scored best on the validation rows (A's check, told to P)
+        # the model kept: the last checked or the best scored on the validation rows (keep_model; A's check, told to P)
         out["model"]["validation"] = {"rows": int(len(inputs.data.validation)), "kept_epoch": int(state.best_epoch),
                                       "keep": str(ctx.params.get("keep_model", "best"))}
         if isinstance(state, ActiveState) and state.val_best is not None:

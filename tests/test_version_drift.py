@@ -74,5 +74,8 @@ def test_a_parameter_added_with_a_legacy_value_keeps_an_older_job_stepping_as_ag
     assert stepped["lr_decay"] == 0.0 != checked["lr_decay"]  # a constant rate, as its parties agreed
     assert jobs.params_drift(split, stepped, parties) == ""  # so the engine steps it
     assert with_legacy(checked, split.params_spec) == checked  # a current job is left as it is
+    # local_steps came later still: a job without it steps A's layers once per exchange, as before
+    assert with_legacy({k: v for k, v in checked.items() if k != "local_steps"},
+                       split.params_spec)["local_steps"] == 1 != checked["local_steps"]
     # a parameter without a legacy value is not filled: such a job is refused (above)
     assert "salt" not in with_legacy({}, get_protocol("psi").params_spec)

@@ -353,9 +353,11 @@ def test_the_default_holds_the_pooled_attack_on_400_rows(tmp_path: Path, monkeyp
     _, y = truth(bank, bureau)
     pooled = pooled_leak(bureau, y, int(SPEC["passive"][0]["units"]))
     # measured 0.581 (fresh noise, the pool in the search; the same with the validation rows held
-    # out), 0.584 (row noise), 0.613 (fresh noise
-    # without the pool in the search)
-    assert pooled <= 0.59, pooled
+    # out), 0.584 (row noise), 0.613 (fresh noise without the pool in the search). Over six private
+    # seed pairs (2026-12-03): 0.579-0.611 with local_steps 1, 0.577-0.609 with 2 (the default
+    # since; this pair 0.602); 0.549-0.654 without the pool in the search. A holds its pool of
+    # delta'; P sums delta' W_P^T over a moving W_P, which reads up to about 0.03 more.
+    assert pooled <= 0.615, pooled
     # noise that is each row's own, the same in every epoch, is cancelled by stacking epochs:
     # measured 0.621 with split_spec.ROW_SHARE = 1 (the previous default), 0.531 with fresh noise
     # (0.546 with the validation rows held out)

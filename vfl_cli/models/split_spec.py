@@ -610,7 +610,8 @@ def _central_batch(model: SplitModel, XA: np.ndarray, XP: np.ndarray, Y: np.ndar
     for net, part, s in ((model.bottom_a, "active", sa), (model.bottom_p, "passive", sp), (model.top, "top", sa)):
         reseed_dropout(net, s, epoch, b, part)
     ha, hp = forward(model.bottom_a, xa), forward(model.bottom_p, xp)
-    z = ha @ model.W_A + hp @ model.W_P + model.b
+    z_p = hp @ model.W_P  # the passive contribution, as A decrypts it before any step
+    z = ha @ model.W_A + z_p + model.b
     loss, dout = make_head(model.spec.head).loss_grad(forward(model.top, z), y)
     delta = backward(model.top, dout)
     sent = protect(delta, y, float(params.get("label_protection", 0.0)), protection_rng(sa, epoch, b),
@@ -627,4 +628,15 @@ def _central_batch(model: SplitModel, XA: np.ndarray, XP: np.ndarray, Y: np.ndar
     model.W_A = opt_wa.step(model.W_A, g_wa)
     model.b = opt_b.step(model.b, g_b, mask=False)
     model.W_P = opt_wp.step(model.W_P, g_wp)
+    for _ in range(int(params.get("local_steps", 1)) - 1):  # FedBCD: A's own layers again on the same z_P
+        reseed_dropout(model.bottom_a, sa, epoch, b, "active")
+        reseed_dropout(model.top, sa, epoch, b, "top")
+        ha = forward(model.bottom_a, xa)
+        _, dout = make_head(model.spec.head).loss_grad(forward(model.top, ha @ model.W_A + z_p + model.b), y)
+        delta = backward(model.top, dout)
+        backward(model.bottom_a, delta @ model.W_A.T)
+        step_net(model.bottom_a, opts["active"])
+        step_net(model.top, opts["top"])
+        model.W_A = opt_wa.step(model.W_A, ha.T @ delta)
+        model.b = opt_b.step(model.b, delta.sum(axis=0), mask=False)
     return float(loss)

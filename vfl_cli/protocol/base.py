@@ -302,9 +302,9 @@ _CHECKS: dict[str, Callable[[Param, Any], Any]] = {
 }
 
 
-def Int(default: int, low: int, high: int, note: str = "") -> Param:
+def Int(default: int, low: int, high: int, note: str = "", *, legacy: int | None = None) -> Param:
     """A whole number in ``low..high`` (a bool or text is refused; 3.0 is taken as 3)."""
-    return Param("int", default, low, high, note=note)
+    return Param("int", default, low, high, note=note, legacy=legacy)
 
 
 def Seed(default: int = 42) -> Param:

@@ -150,6 +150,8 @@ PARAMS: dict[str, Param] = {
     "validation_fraction": Float(0.1, 0.0, 0.5, note="training rows held out; A scores them every epoch, stops "
                                  "on them and keeps the model keep_model says; 0: train every epoch, keep the last"),
     "patience": Int(30, 1, 10_000, note="epochs without a better validation loss before training stops"),
+    "local_steps": Int(2, 1, 100, note="A's own layers step this many times per exchange, on the z_P it "
+                       "already holds (FedBCD's local updates); 1: once", legacy=1),
     "keep_model": Choice("last", "last", "best", note="with validation rows, the model kept when training "
                          "stops: the one at the last validation check, or the one scored best there",
                          legacy="best"),
@@ -1061,6 +1063,9 @@ def train_batch(state: ActiveState, inputs: _Inputs, z_p: np.ndarray, peer: pail
     U = _need(state.share, "share of W_P")
     grad, err, eps, rho = backward_message(peer, H, Vc, U, delta, sent, _need(state.rho, "rho"), width)
     new = _stepped_own(new, params, bottom, top, h_a, delta)
+    for _ in range(int(params["local_steps"]) - 1):  # FedBCD: A's own layers again, on the z_P it holds
+        bottom, top, h_a, out = _active_forward(new, inputs, z_p, rows, train=True)
+        new = _stepped_own(new, params, bottom, top, h_a, ss.backward(top, make_head(spec.head).loss_grad(out, y)[1]))
     share, velocity = _step_share(U, state.velocity, params, -eps, share_bits)
     new = new.but(share=share, velocity=velocity, rho=rho, mask=None, h=None, v=None)
     new, nxt = _next_batch(new, float(loss), inputs, val_loss)

@@ -329,3 +329,22 @@ def test_only_fresh_ciphertexts_leave_a_party() -> None:
 
 def encoding_signed(v: int, n: int) -> int:
     return v - n if v > n // 2 else v
+
+
+def test_local_steps_move_only_the_active_partys_layers_within_an_exchange() -> None:
+    """``local_steps``: A steps its own layers again on the ``z_P`` it holds; P's part (its bottom
+    and ``W_P``) learns from the first pass only, so after one exchange it is the same whatever
+    A did locally, while A's layers differ."""
+    rng = np.random.default_rng(5)
+    XA, XP = rng.standard_normal((60, 4)), rng.standard_normal((60, 3))
+    y = (XA[:, 0] + XP[:, 0] > 0).astype(float)
+    full = dict(check_params({"alignment": "al", **PARAMS, "model": SPEC}, [{"role": "active"}, {"role": "passive"}]),
+                batch_size=0, validation_fraction=0.0)  # the model after the exchange, not a kept one
+    spec = ss.parse_spec(SPEC)
+    once, _ = ss.central_fit(spec, XA, XP, y, {**full, "local_steps": 1}, epochs=1, seeds=SEEDS)
+    thrice, _ = ss.central_fit(spec, XA, XP, y, {**full, "local_steps": 3}, epochs=1, seeds=SEEDS)
+    np.testing.assert_array_equal(once.W_P, thrice.W_P)
+    np.testing.assert_array_equal(once.bottom_p.get_flat(), thrice.bottom_p.get_flat())
+    assert not np.allclose(once.W_A, thrice.W_A)
+    assert not np.allclose(once.top.get_flat(), thrice.top.get_flat())
+    assert not np.allclose(once.bottom_a.get_flat(), thrice.bottom_a.get_flat())

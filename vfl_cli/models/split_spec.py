@@ -565,7 +565,8 @@ def central_fit(spec: SplitSpec, XA: np.ndarray, XP: np.ndarray, y: np.ndarray, 
     ``params["seed"]``, for a reference run), mini-batches, dropout masks, label protection
     (``label_protection``, drawn from the active seed) and optimisers: the job's optimiser for
     every layer except W_P, which uses SGD with momentum (``interactive_lr``,
-    ``interactive_momentum``) as in the protocol. The rows come in the job's train order: the
+    ``interactive_momentum``) as in the protocol, and A's ``local_steps`` (its own layers stepped
+    again on the same ``z_P``; 1 when the params do not say). The rows come in the job's train order: the
     first ``validation_fraction`` of them are held out (:func:`validation_split`) and, before
     each epoch's last step, scored; training stops after ``patience`` epochs without a better
     validation loss (:class:`EarlyStop`) and the model kept is the one scored last
@@ -618,25 +619,26 @@ def _central_batch(model: SplitModel, XA: np.ndarray, XP: np.ndarray, Y: np.ndar
                    head=model.spec.head, pooled=pool[rows],
                    pooled_strength=float(params.get("pooled_protection", params.get("label_protection", 0.0))))
     pool[rows] += sent
-    g_wa, g_wp, g_b = ha.T @ delta, hp.T @ delta, delta.sum(axis=0)
-    backward(model.bottom_a, delta @ model.W_A.T)
+    g_wp = hp.T @ delta
     backward(model.bottom_p, sent @ model.W_P.T)
-    step_net(model.bottom_a, opts["active"])
+    _step_active(model, ha, delta, opts)
     step_net(model.bottom_p, opts["passive"])
-    step_net(model.top, opts["top"])
-    opt_wa, opt_b, opt_wp = opts["interactive"]
-    model.W_A = opt_wa.step(model.W_A, g_wa)
-    model.b = opt_b.step(model.b, g_b, mask=False)
-    model.W_P = opt_wp.step(model.W_P, g_wp)
+    model.W_P = opts["interactive"][2].step(model.W_P, g_wp)
     for _ in range(int(params.get("local_steps", 1)) - 1):  # FedBCD: A's own layers again on the same z_P
         reseed_dropout(model.bottom_a, sa, epoch, b, "active")
         reseed_dropout(model.top, sa, epoch, b, "top")
         ha = forward(model.bottom_a, xa)
         _, dout = make_head(model.spec.head).loss_grad(forward(model.top, ha @ model.W_A + z_p + model.b), y)
-        delta = backward(model.top, dout)
-        backward(model.bottom_a, delta @ model.W_A.T)
-        step_net(model.bottom_a, opts["active"])
-        step_net(model.top, opts["top"])
-        model.W_A = opt_wa.step(model.W_A, ha.T @ delta)
-        model.b = opt_b.step(model.b, delta.sum(axis=0), mask=False)
+        _step_active(model, ha, backward(model.top, dout), opts)
     return float(loss)
+
+
+def _step_active(model: SplitModel, ha: np.ndarray, delta: np.ndarray, opts: dict[str, list[Optimizer]]) -> None:
+    """A's own layers (bottom, top, ``W_A``, ``b``) stepped on the exact ``delta`` (the top's
+    backward already run), as the protocol's ``_stepped_own`` does."""
+    backward(model.bottom_a, delta @ model.W_A.T)
+    step_net(model.bottom_a, opts["active"])
+    step_net(model.top, opts["top"])
+    opt_wa, opt_b, _ = opts["interactive"]
+    model.W_A = opt_wa.step(model.W_A, ha.T @ delta)
+    model.b = opt_b.step(model.b, delta.sum(axis=0), mask=False)

@@ -1065,7 +1065,8 @@ def train_batch(state: ActiveState, inputs: _Inputs, z_p: np.ndarray, peer: pail
     new = _stepped_own(new, params, bottom, top, h_a, delta)
     for _ in range(int(params["local_steps"]) - 1):  # FedBCD: A's own layers again, on the z_P it holds
         bottom, top, h_a, out = _active_forward(new, inputs, z_p, rows, train=True)
-        new = _stepped_own(new, params, bottom, top, h_a, ss.backward(top, make_head(spec.head).loss_grad(out, y)[1]))
+        dout = make_head(spec.head).loss_grad(out, y)[1]
+        new = _stepped_own(new, params, bottom, top, h_a, ss.backward(top, dout))
     share, velocity = _step_share(U, state.velocity, params, -eps, share_bits)
     new = new.but(share=share, velocity=velocity, rho=rho, mask=None, h=None, v=None)
     new, nxt = _next_batch(new, float(loss), inputs, val_loss)

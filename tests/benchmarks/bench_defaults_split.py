@@ -11,10 +11,11 @@ path ``tests/test_protocol_split_nn.py`` proves equal to the encrypted job (weig
 test predictions to 1e-6 for the same private seeds). Each party's private seed is a fresh draw
 in a real job, so the reference runs ``--draws`` seed pairs.
 
-The baseline is ``MLPClassifier`` of the same shape: one hidden layer as wide as both bottoms
-together (8 + 8 ReLU units), a second of the interactive layer's 8 units with ReLU, one logistic
-output; scikit-learn's own defaults otherwise (Adam, lr 1e-3, batches of 200, up to 200 epochs,
-stopping when the loss stops improving), on the same joined, standardised training rows.
+The baseline is ``MLPClassifier`` of the same shape (``mlp_shape``): one hidden layer as wide as
+both bottoms together (8 + 8 ReLU units with the defaults), a second of the interactive layer's
+units (8) with ReLU, one logistic output; scikit-learn's own defaults otherwise (Adam, lr 1e-3,
+batches of 200, up to 200 epochs, stopping when the loss stops improving), on the same joined,
+standardised training rows.
 
     python tests/benchmarks/bench_defaults_split.py --draws 3   # all six sets
     python tests/benchmarks/bench_defaults_split.py --sets breast,default_credit --draws 3
@@ -76,6 +77,15 @@ def standardise(X: np.ndarray, train: np.ndarray) -> np.ndarray:
     return (X - mean) / np.where(std > 0, std, 1)
 
 
+def mlp_shape(spec: Any, dim_a: int, dim_p: int) -> tuple[int, int]:
+    """MLPClassifier's hidden layers for a split network: both bottoms' outputs side by side, then
+    the interactive layer's units (the defaults: ``(16, 8)``)."""
+    from vfl_cli.models import split_spec as ss
+
+    model = ss.SplitModel.build(spec, dim_a, dim_p, (0, 1))
+    return ss.out_dim(model.bottom_a, dim_a) + ss.out_dim(model.bottom_p, dim_p), spec.units
+
+
 def run(name: str, params: dict, draws: int) -> dict:
     from sklearn.metrics import roc_auc_score
     from sklearn.neural_network import MLPClassifier
@@ -97,8 +107,7 @@ def run(name: str, params: dict, draws: int) -> dict:
         aucs.append(float(roc_auc_score(y[split.test], model.predict(XA[split.test], XP[split.test]).ravel())))
         trained.append(len(history))  # epochs trained: the cap, or where the early stop ended it
     ours = time.time() - t0
-    width = 2 * spec.units  # both bottoms side by side
-    mlp = MLPClassifier(hidden_layer_sizes=(width, spec.units), random_state=0)
+    mlp = MLPClassifier(hidden_layer_sizes=mlp_shape(spec, XA.shape[1], XP.shape[1]), random_state=0)
     X = np.hstack([XA, XP])
     t0 = time.time()
     mlp.fit(X[split.train], y[split.train])
@@ -175,7 +184,7 @@ def compare_stops(name: str, params: dict[str, Any], draws: int, patiences: tupl
         for key, (at, n) in zip(rules, stops, strict=True):
             rules[key].append((test[at], n))
     X = np.hstack([XA, XP])
-    mlp = MLPClassifier(hidden_layer_sizes=(2 * spec.units, spec.units), random_state=0)
+    mlp = MLPClassifier(hidden_layer_sizes=mlp_shape(spec, XA.shape[1], XP.shape[1]), random_state=0)
     ref = float(roc_auc_score(y[split.test], mlp.fit(X[split.train], y[split.train]).predict_proba(
         X[split.test])[:, 1]))
     return "\n".join(f"{name:>15}  {key:34} gap {ref - np.mean([a for a, _ in v]):+.4f} / "

@@ -18,7 +18,18 @@ It also scores each row by its ``dL/dh`` summed over all epochs (an attacker poo
         --settings 1 2 3 4 --draws 6
 
 It ends with a markdown table over the draws (the same draws at every setting, and unprotected:
-the test-AUC change is against the same draw). ``--fixed`` replaces the default (noise sized per
+the test-AUC change is against the same draw). With ``--reference``, ``--set-param NAME=VALUE``
+(a JSON value) changes a training parameter of the recipe, ``--draw-seed`` draws the seed pairs
+from ``numpy.random.default_rng(N)`` (the same pairs in every run, for paired comparisons of
+settings) and ``--passive-optimizer`` gives the passive party's bottom its own optimiser, a study
+of how the optimiser meets the noise (docs/benchmarks.md, "The protection's cost and the passive
+bottom's optimiser"):
+
+    python tests/benchmarks/bench_split_privacy.py recipes/split_default_credit.toml --reference \
+        --settings 3 --draws 12 --draw-seed 11 --set-param local_steps=2 \
+        --passive-optimizer '{"name": "sgd", "lr": 0.5, "momentum": 0.9}'
+
+``--fixed`` replaces the default (noise sized per
 batch to hold the attacks to ``0.5 + 0.25 / label_protection``) by the previous fixed noise.
 """
 
@@ -202,6 +213,31 @@ def reference(setting: float, seeds: tuple[int, int], data: tuple) -> dict[str, 
             "worst_epoch_passive_dl_dh": worst, "pooled_epochs_passive": privacy.leak_aucs(yt, pooled)}
 
 
+def _use_passive_optimizer(spec: dict[str, object], model: object) -> None:
+    """The passive bottom's parameters stepped by ``make_optimizer(**spec)``, every other layer by
+    the job's optimiser (``central_fit`` asks ``optimizer_factory`` for the active bottom's
+    parameters first, then the passive bottom's, then the top's and the interactive ones);
+    ``model``: the recipe's ``[model]`` table."""
+    from vfl_cli.models import split_spec as ss
+    from vfl_cli.models.optim import make_optimizer
+
+    job_factory = ss.optimizer_factory
+    count = [len(net.params()) if net else 0 for net in
+             (ss.build_part(ss.parse_spec(model), part, 1, 0) for part in ("active", "passive"))]  # type: ignore[arg-type]
+    passive = range(count[0], count[0] + count[1])
+
+    def factory(params):  # type: ignore[no-untyped-def]
+        job, made = job_factory(params), [0]
+
+        def one():  # type: ignore[no-untyped-def]
+            made[0] += 1
+            return make_optimizer(**spec) if made[0] - 1 in passive else job()
+
+        return one
+
+    ss.optimizer_factory = factory  # type: ignore[assignment]
+
+
 def _use_fixed_noise() -> None:
     """Replace the adaptive protection by the previous default (max-norm noise plus noise along the
     label directions of ``strength`` times the batch's largest gradient), for comparison."""
@@ -226,11 +262,13 @@ def summary(runs: dict[float, list[dict[str, object]]]) -> str:
         cols = [f"{min(v):.3f}-{max(v):.3f}" for v in
                 ([worst(r, k) for r in rs] for k in ("worst_epoch_passive_dl_dh", "worst_epoch_meter",
                                                      "pooled_epochs_passive"))]
+        aucs = [float(r["test_auc"]) for r in rs]  # type: ignore[arg-type]
         if s == 0.0:
-            change = "(" + "-".join(f"{f([float(r['test_auc']) for r in rs]):.3f}" for f in (min, max)) + ")"  # type: ignore[arg-type]
+            change = f"({min(aucs):.3f}-{max(aucs):.3f}, mean {np.mean(aucs):.4f})"
         else:
-            d = [float(r["test_auc"]) - float(b["test_auc"]) for r, b in zip(rs, runs[0.0], strict=True)]  # type: ignore[arg-type]
-            change = f"{min(d):+.3f}..{max(d):+.3f} ({np.mean(d):+.4f})"
+            d = [a - float(b["test_auc"]) for a, b in zip(aucs, runs[0.0], strict=True)]  # type: ignore[arg-type]
+            change = (f"{min(d):+.3f}..{max(d):+.3f} ({np.mean(d):+.4f}; {sum(x >= -0.015 for x in d)}/{len(d)} "
+                      f"within 0.015; mean {np.mean(aucs):.4f})")
         lines.append(f"| {s:g} | " + " | ".join(cols) + f" | {change} |")
     return "\n".join(lines)
 
@@ -245,6 +283,11 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--fixed", action="store_true",
                     help="the previous default: fixed noise, label_protection times the batch's largest gradient")
+    ap.add_argument("--set-param", action="append", default=[], metavar="NAME=VALUE",
+                    help="with --reference: a training parameter over the recipe's (VALUE is JSON)")
+    ap.add_argument("--draw-seed", type=int, help="with --reference: seed pairs from default_rng(N), not fresh")
+    ap.add_argument("--passive-optimizer", type=json.loads, metavar="JSON",
+                    help='with --reference: the passive bottom\'s optimiser, e.g. {"name": "sgd", "lr": 0.5}')
     args = ap.parse_args()
     print(json.dumps({"load_before": os.getloadavg()}), flush=True)
     if args.reference:
@@ -252,8 +295,16 @@ def main() -> None:
 
         if args.fixed:
             _use_fixed_noise()
-        data = _joined(args.recipe)
-        draws = [(secrets.randbits(128), secrets.randbits(128)) for _ in range(args.draws)]
+        params, *rest = _joined(args.recipe)
+        if args.passive_optimizer:
+            _use_passive_optimizer(args.passive_optimizer, params["model"])
+        over = dict(item.split("=", 1) for item in args.set_param)
+        data = ({**params, **{k: json.loads(v) for k, v in over.items()}}, *rest)
+        if args.draw_seed is None:
+            draws = [(secrets.randbits(128), secrets.randbits(128)) for _ in range(args.draws)]
+        else:
+            rng = np.random.default_rng(args.draw_seed)
+            draws = [(int(rng.integers(1 << 62)), int(rng.integers(1 << 62))) for _ in range(args.draws)]
         runs = {s: [reference(s, seeds, data) for seeds in draws] for s in dict.fromkeys([0.0, *args.settings])}
         for s in args.settings:
             for r in runs[s]:

@@ -296,10 +296,10 @@ def main() -> None:
         if args.fixed:
             _use_fixed_noise()
         params, *rest = _joined(args.recipe)
-        if args.passive_optimizer:
-            _use_passive_optimizer(args.passive_optimizer, params["model"])
         over = dict(item.split("=", 1) for item in args.set_param)
         data = ({**params, **{k: json.loads(v) for k, v in over.items()}}, *rest)
+        if args.passive_optimizer:  # counted on the network trained, a --set-param model included
+            _use_passive_optimizer(args.passive_optimizer, data[0]["model"])
         if args.draw_seed is None:
             draws = [(secrets.randbits(128), secrets.randbits(128)) for _ in range(args.draws)]
         else:
